@@ -1,0 +1,247 @@
+"""Augmentation presets that mimic what happens to images on their way through social media.
+
+A detector that only ever saw pristine PNGs learns compression and resampling traces instead of generator traces,
+so training and robustness checks run images through these named, citable pipelines. Every preset is an
+``albumentations.Compose``; :func:`apply` wraps it for PIL images, :func:`contact_sheet` shows what a preset does,
+and ``augment-preview`` is the CLI front end.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Annotated, Any
+
+import albumentations as A
+import cv2
+import numpy as np
+import typer
+from PIL import Image, ImageDraw, ImageFont
+
+from synthdet.images import ImageLoadError, load_image
+
+
+class JpegRGB(A.ImageCompression):
+    """``A.ImageCompression`` restricted to JPEG, encoding the RGB image the way a real encoder does.
+
+    albumentations 2.0.8 hands the RGB array straight to ``cv2.imencode``, which reads it as BGR: luma and chroma
+    are computed with red and blue swapped, so the chroma-subsampling artefacts land on the wrong colours and the
+    result differs from a genuine JPEG of the image by ~5 grey levels on average. Swapping channels around the
+    encoder makes the output byte-identical to PIL's JPEG round trip at the same quality.
+    """
+
+    def __init__(self, quality_range: tuple[int, int] = (99, 100), p: float = 0.5) -> None:
+        super().__init__(compression_type="jpeg", quality_range=quality_range, p=p)
+
+    def apply(self, img: np.ndarray, quality: int, image_type: str, **params: Any) -> np.ndarray:
+        ok, encoded = cv2.imencode(".jpg", np.ascontiguousarray(img[..., ::-1]), (cv2.IMWRITE_JPEG_QUALITY, quality))
+        if not ok:
+            raise RuntimeError(f"OpenCV failed to JPEG-encode a {img.shape} image")
+        return np.ascontiguousarray(cv2.imdecode(encoded, cv2.IMREAD_COLOR)[..., ::-1])
+
+
+class ShrinkLongestSide(A.LongestMaxSize):
+    """``A.LongestMaxSize`` that never enlarges: platforms downsize big uploads but leave small ones alone."""
+
+    def get_params_dependent_on_data(self, params: dict[str, Any], data: dict[str, Any]) -> dict[str, Any]:
+        return {"scale": min(1.0, super().get_params_dependent_on_data(params, data)["scale"])}
+
+
+def jpeg(quality: int | tuple[int, int], p: float = 1.0) -> JpegRGB:
+    """JPEG re-encoding at a fixed quality or a uniformly drawn one from an inclusive range."""
+    lo, hi = (quality, quality) if isinstance(quality, int) else quality
+    return JpegRGB(quality_range=(lo, hi), p=p)
+
+
+def _mild() -> list[A.BasicTransform]:
+    return [
+        A.HorizontalFlip(p=0.5),
+        jpeg((85, 100), p=0.3),
+        A.GaussianBlur(sigma_limit=(0.2, 1.0), p=0.1),
+    ]
+
+
+def _strong() -> list[A.BasicTransform]:
+    # JPEG goes last: the platform's re-encode is the final thing that happens to an uploaded image.
+    return [
+        A.HorizontalFlip(p=0.5),
+        A.Downscale(
+            scale_range=(0.5, 0.9),
+            interpolation_pair={"downscale": cv2.INTER_AREA, "upscale": cv2.INTER_LINEAR},
+            p=0.3,
+        ),
+        A.OneOf(
+            [A.GaussianBlur(sigma_limit=(0.5, 2.0)), A.Sharpen(), A.MotionBlur(blur_limit=(3, 7))],
+            p=0.3,
+        ),
+        A.GaussNoise(std_range=(0.01, 0.05), p=0.2),
+        A.CoarseDropout(
+            num_holes_range=(1, 4), hole_height_range=(0.05, 0.15), hole_width_range=(0.05, 0.15), fill=0, p=0.3
+        ),
+        jpeg((30, 95), p=0.5),
+    ]
+
+
+def _wang2020(p: float) -> Callable[[], list[A.BasicTransform]]:
+    # Wang et al. blur with scipy's gaussian_filter, sigma ~ U[0, 3], then JPEG; sigma exactly 0 would make
+    # albumentations' kernel NaN, so the lower bound is a sigma whose kernel is the identity.
+    def build() -> list[A.BasicTransform]:
+        return [A.GaussianBlur(sigma_limit=(1e-3, 3.0), p=p), jpeg((30, 100), p=p)]
+
+    return build
+
+
+def _social() -> list[A.BasicTransform]:
+    return [ShrinkLongestSide(max_size=1080, interpolation=cv2.INTER_AREA, p=1.0), jpeg((70, 90), p=1.0)]
+
+
+@dataclass(frozen=True)
+class Preset:
+    """A named pipeline: ``build`` returns fresh transforms, ``description`` says where the recipe comes from."""
+
+    description: str
+    build: Callable[[], list[A.BasicTransform]]
+
+
+PRESETS: dict[str, Preset] = {
+    "none": Preset("Identity: no augmentation (evaluation baseline).", list),
+    "mild": Preset(
+        "Light training jitter (project default, no paper): h-flip, JPEG q85-100 (p=0.3), Gaussian blur (p=0.1).",
+        _mild,
+    ),
+    "strong": Preset(
+        "Junaid et al. 2026 EfficientNet-B4 recipe: JPEG q30-95, one of blur/sharpen/motion blur, Gaussian noise, "
+        "CoarseDropout, h-flip, down-up resize (probabilities are ours).",
+        _strong,
+    ),
+    "wang2020": Preset(
+        "Wang et al. CVPR 2020 'CNN-generated images are surprisingly easy to spot', Blur+JPEG (0.5): "
+        "Gaussian blur sigma in [0,3] and JPEG q30-100, each p=0.5 (also used by Li et al. 2025).",
+        _wang2020(0.5),
+    ),
+    "wang2020-0.1": Preset(
+        "Wang et al. CVPR 2020, Blur+JPEG (0.1): Gaussian blur sigma in [0,3] and JPEG q30-100, each p=0.1.",
+        _wang2020(0.1),
+    ),
+    "social": Preset(
+        "Social-media upload simulation (project heuristic): shrink long side to 1080 px (never enlarge), "
+        "then JPEG q70-90.",
+        _social,
+    ),
+}
+
+
+def _preset(name: str) -> Preset:
+    try:
+        return PRESETS[name]
+    except KeyError:
+        raise ValueError(f"unknown augmentation preset {name!r}; valid presets: {', '.join(PRESETS)}") from None
+
+
+def describe(name: str) -> str:
+    """One-line provenance of a preset, for help texts and reports."""
+    return _preset(name).description
+
+
+def get_augment(name: str, *, seed: int | None = None, always: bool = False) -> A.Compose:
+    """Build preset ``name`` as a fresh pipeline; repeated calls on it give successive random draws.
+
+    ``seed`` makes the draw sequence reproducible. ``always=True`` forces every top-level step to fire (``OneOf``
+    still picks one member): the worst case, for previews and tests.
+    """
+    transforms = _preset(name).build()
+    if always:
+        for t in transforms:
+            t.p = 1.0
+    aug = A.Compose(transforms, seed=seed)
+    if seed is not None:
+        # Compose gives every transform the *same* seed, so transforms that consume the same number of random
+        # draws make identical keep/skip decisions (blur fires exactly when JPEG does). Give each its own stream.
+        for t, child in zip(aug.transforms, np.random.SeedSequence(seed).spawn(len(aug.transforms)), strict=True):
+            t.set_random_seed(int(child.generate_state(1)[0]))
+    return aug
+
+
+def apply(aug: A.Compose, img: Image.Image) -> Image.Image:
+    """Run ``aug`` on an RGB PIL image and return a new RGB PIL image."""
+    if img.mode != "RGB":
+        raise ValueError(f"expected an RGB image, got mode {img.mode!r}; load it with synthdet.images.load_image")
+    out = aug(image=np.asarray(img))["image"]
+    return Image.fromarray(np.ascontiguousarray(out), "RGB")
+
+
+def _tile(img: Image.Image, label: str, size: int, font: ImageFont.ImageFont | ImageFont.FreeTypeFont) -> Image.Image:
+    """Fit ``img`` into a ``size``×``size`` square (aspect kept, letterboxed) with ``label`` in the top-left."""
+    thumb = img.copy()
+    thumb.thumbnail((size, size), Image.Resampling.LANCZOS)
+    tile = Image.new("RGB", (size, size), (40, 40, 40))
+    tile.paste(thumb, ((size - thumb.width) // 2, (size - thumb.height) // 2))
+    draw = ImageDraw.Draw(tile)
+    *_, right, bottom = draw.textbbox((4, 2), label, font=font)
+    draw.rectangle((0, 0, right + 4, bottom + 2), fill=(0, 0, 0))
+    draw.text((4, 2), label, fill=(255, 255, 255), font=font)
+    return tile
+
+
+def contact_sheet(
+    img: Image.Image,
+    presets: Sequence[str] = tuple(PRESETS),
+    *,
+    n_samples: int = 4,
+    seed: int = 0,
+    tile: int = 256,
+) -> Image.Image:
+    """Grid with one row per preset: the original, then ``n_samples`` random draws, each ``tile`` px square.
+
+    Augmentations run on the full-resolution image and are shrunk afterwards, so geometry (e.g. ``social``'s
+    resize) is faithful while fine JPEG artefacts may be hard to see at small ``tile`` sizes.
+    """
+    if n_samples < 0:
+        raise ValueError(f"n_samples must be >= 0, got {n_samples}")
+    if tile < 16:
+        raise ValueError(f"tile must be >= 16 px, got {tile}")
+    augs = [(name, get_augment(name, seed=seed)) for name in presets]
+    font = ImageFont.load_default(size=max(10, tile // 16))
+    sheet = Image.new("RGB", ((n_samples + 1) * tile, len(augs) * tile), (0, 0, 0))
+    for row, (name, aug) in enumerate(augs):
+        sheet.paste(_tile(img, f"{name}: original", tile, font), (0, row * tile))
+        for col in range(1, n_samples + 1):
+            sheet.paste(_tile(apply(aug, img), f"{name} #{col}", tile, font), (col * tile, row * tile))
+    return sheet
+
+
+app = typer.Typer(help="Preview augmentation presets.")
+
+
+def augment_preview(
+    image: Annotated[Path, typer.Argument(help="Image to augment.")],
+    out: Annotated[Path, typer.Option("--out", "-o", help="Where to write the contact sheet (PNG).")] = Path(
+        "augment-preview.png"
+    ),
+    presets: Annotated[
+        list[str] | None, typer.Option("--preset", "-p", help=f"Repeatable; default all: {', '.join(PRESETS)}.")
+    ] = None,
+    samples: Annotated[int, typer.Option("--samples", "-n", min=0, help="Random draws per preset.")] = 4,
+    seed: Annotated[int, typer.Option(help="Seed for reproducible draws.")] = 0,
+    tile: Annotated[int, typer.Option(min=16, help="Tile edge in pixels.")] = 256,
+) -> None:
+    """Write a contact sheet: one row per preset, the original then random augmented draws."""
+    names = presets or list(PRESETS)
+    unknown = [n for n in names if n not in PRESETS]
+    if unknown:
+        raise typer.BadParameter(
+            f"unknown preset(s) {', '.join(unknown)}; valid presets: {', '.join(PRESETS)}", param_hint="--preset"
+        )
+    try:
+        img = load_image(image)
+    except ImageLoadError as e:
+        typer.echo(f"error: cannot read {image}: {e.reason}" + (f" ({e.detail})" if e.detail else ""), err=True)
+        raise typer.Exit(code=2) from None
+    sheet = contact_sheet(img, names, n_samples=samples, seed=seed, tile=tile)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    sheet.save(out, format="PNG")
+    typer.echo(f"wrote {out} ({len(names)} presets x {samples + 1} columns)")
+
+
+app.command("augment-preview")(augment_preview)

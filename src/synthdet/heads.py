@@ -1,0 +1,265 @@
+"""Small heads trained on cached features, as scikit-learn estimators.
+
+Every parameter is an explicit keyword (``get_params``/``set_params``/``clone`` work), ``fit(X, y)`` and
+``predict_proba(X)`` behave as in scikit-learn, so cross-validation, threshold tuning and ensembles compose with them.
+Recipes follow Junaid et al., MediaEval 2026 (``seeds/000``): AdamW + cosine schedule, label-smoothed BCE (0.05),
+batch 512, early stopping on validation ROC AUC, fixed seed.
+
+Heads also round-trip through plain tensors (:meth:`state` / :func:`head_from_state`) so a detector is saved as
+safetensors + JSON, never pickle.
+"""
+
+from __future__ import annotations
+
+import copy
+from typing import Any, ClassVar
+
+import numpy as np
+import torch
+from sklearn.base import BaseEstimator, ClassifierMixin
+from sklearn.linear_model import LogisticRegression
+from sklearn.metrics import roc_auc_score
+from sklearn.model_selection import train_test_split
+from torch import nn
+
+
+class _Residual(nn.Module):
+    def __init__(self, inner: nn.Module) -> None:
+        super().__init__()
+        self.inner = inner
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x + self.inner(x)
+
+
+def _net_linear(d: int, hidden: int, dropout: float) -> nn.Module:
+    """LayerNorm + 2-layer MLP (the seed's "linear probe")."""
+    return nn.Sequential(nn.LayerNorm(d), nn.Linear(d, hidden), nn.GELU(), nn.Dropout(dropout), nn.Linear(hidden, 1))
+
+
+def _net_residual(d: int, hidden: int, dropout: float) -> nn.Module:
+    """Projection, one residual MLP block (skip connection), then the logit."""
+    return nn.Sequential(
+        nn.LayerNorm(d), nn.Linear(d, hidden), nn.GELU(),
+        _Residual(nn.Sequential(nn.LayerNorm(hidden), nn.Linear(hidden, hidden), nn.GELU(), nn.Dropout(dropout))),
+        nn.Linear(hidden, 1),
+    )
+
+
+def _net_deep(d: int, hidden: int, dropout: float) -> nn.Module:
+    """3-layer GELU/dropout MLP with residual connections (the seed's open-run probe)."""
+    block = lambda: _Residual(nn.Sequential(nn.LayerNorm(hidden), nn.Linear(hidden, hidden), nn.GELU(), nn.Dropout(dropout)))  # noqa: E731
+    return nn.Sequential(
+        nn.LayerNorm(d), nn.Linear(d, hidden), nn.GELU(), nn.Dropout(dropout), block(), block(), nn.Linear(hidden, 1)
+    )
+
+
+class TorchProbe(ClassifierMixin, BaseEstimator):
+    """Base class: an MLP on features, trained full-batch-free with AdamW and early stopping on val ROC AUC."""
+
+    kind: ClassVar[str] = ""
+    _builder: ClassVar[Any] = None
+    default_hidden: ClassVar[int] = 256
+    default_dropout: ClassVar[float] = 0.1
+
+    def __init__(
+        self,
+        *,
+        hidden: int | None = None,
+        dropout: float | None = None,
+        lr: float = 1e-3,
+        weight_decay: float = 1e-4,
+        epochs: int = 60,
+        batch_size: int = 512,
+        label_smoothing: float = 0.05,
+        patience: int = 10,
+        val_fraction: float = 0.15,
+        seed: int = 42,
+        device: str | None = None,
+    ) -> None:
+        self.hidden = hidden
+        self.dropout = dropout
+        self.lr = lr
+        self.weight_decay = weight_decay
+        self.epochs = epochs
+        self.batch_size = batch_size
+        self.label_smoothing = label_smoothing
+        self.patience = patience
+        self.val_fraction = val_fraction
+        self.seed = seed
+        self.device = device
+
+    def _make(self, d: int) -> nn.Module:
+        """``hidden``/``dropout`` of None mean the recipe's defaults for this probe."""
+        hidden = self.default_hidden if self.hidden is None else self.hidden
+        dropout = self.default_dropout if self.dropout is None else self.dropout
+        return type(self)._builder(d, hidden, dropout)
+
+    def _device(self) -> torch.device:
+        return torch.device(self.device or ("cuda" if torch.cuda.is_available() else "cpu"))
+
+    def fit(self, X: np.ndarray, y: np.ndarray, *, X_val: np.ndarray | None = None, y_val: np.ndarray | None = None) -> TorchProbe:
+        """Fit on ``(X, y)``; early-stop on ``(X_val, y_val)``, or on a stratified slice of ``X`` if none is given."""
+        X = np.asarray(X, dtype=np.float32)
+        y = np.asarray(y).astype(np.float32)
+        self.classes_ = np.array([0, 1])
+        if X_val is None and self.val_fraction > 0 and len(np.unique(y)) == 2 and len(y) >= 20:
+            X, X_val, y, y_val = train_test_split(X, y, test_size=self.val_fraction, random_state=self.seed, stratify=y)
+        torch.manual_seed(self.seed)
+        rng = np.random.default_rng(self.seed)
+        dev = self._device()
+        net = self._make(X.shape[1]).to(dev)
+        opt = torch.optim.AdamW(net.parameters(), lr=self.lr, weight_decay=self.weight_decay)
+        steps_per_epoch = max(1, int(np.ceil(len(X) / self.batch_size)))
+        sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=self.epochs * steps_per_epoch)
+        Xt, yt = torch.from_numpy(X).to(dev), torch.from_numpy(y).to(dev)
+        eps = self.label_smoothing
+        best, best_state, bad, self.history_ = -np.inf, None, 0, []
+        for epoch in range(self.epochs):
+            net.train()
+            order = torch.from_numpy(rng.permutation(len(X))).to(dev)
+            total = 0.0
+            for s in range(steps_per_epoch):
+                idx = order[s * self.batch_size : (s + 1) * self.batch_size]
+                target = yt[idx] * (1 - eps) + 0.5 * eps
+                loss = nn.functional.binary_cross_entropy_with_logits(net(Xt[idx]).squeeze(1), target)
+                opt.zero_grad(set_to_none=True)
+                loss.backward()
+                opt.step()
+                sched.step()
+                total += float(loss.detach()) * len(idx)
+            record = {"epoch": epoch, "loss": total / len(X)}
+            if X_val is not None and len(np.unique(y_val)) == 2:
+                self.net_ = net
+                score = roc_auc_score(y_val, self.predict_proba(X_val)[:, 1])
+                record["val_auc"] = score
+                if score > best + 1e-5:
+                    best, best_state, bad = score, copy.deepcopy(net.state_dict()), 0
+                else:
+                    bad += 1
+            self.history_.append(record)
+            if X_val is not None and bad >= self.patience:
+                break
+        if best_state is not None:
+            net.load_state_dict(best_state)
+        self.net_ = net.eval()
+        self.best_val_auc_ = None if best == -np.inf else float(best)
+        self.n_features_in_ = X.shape[1]
+        return self
+
+    @torch.no_grad()
+    def decision_function(self, X: np.ndarray) -> np.ndarray:
+        net = self.net_.eval()
+        dev = next(net.parameters()).device
+        out = [
+            net(torch.from_numpy(np.asarray(X[i : i + 8192], dtype=np.float32)).to(dev)).squeeze(1).cpu()
+            for i in range(0, len(X), 8192)
+        ]
+        return torch.cat(out).numpy() if out else np.empty(0, dtype=np.float32)
+
+    def predict_proba(self, X: np.ndarray) -> np.ndarray:
+        p = 1.0 / (1.0 + np.exp(-self.decision_function(X).astype(np.float64)))
+        return np.stack([1 - p, p], axis=1)
+
+    def predict(self, X: np.ndarray) -> np.ndarray:
+        return (self.predict_proba(X)[:, 1] >= 0.5).astype(int)
+
+    def n_parameters(self, d: int) -> int:
+        return sum(p.numel() for p in self._make(d).parameters())
+
+    def state(self) -> dict[str, torch.Tensor]:
+        return {k: v.detach().cpu().contiguous() for k, v in self.net_.state_dict().items()}
+
+    def load_state(self, state: dict[str, torch.Tensor], n_features: int) -> TorchProbe:
+        self.net_ = self._make(n_features)
+        self.net_.load_state_dict(state)
+        self.net_.eval()
+        self.classes_ = np.array([0, 1])
+        self.n_features_in_ = n_features
+        return self
+
+
+class LinearProbe(TorchProbe):
+    """LayerNorm + 2-layer MLP (Junaid et al. 2026, constrained run)."""
+
+    kind = "linear"
+    _builder = staticmethod(_net_linear)
+
+
+class ResidualProbe(TorchProbe):
+    """Residual probe with a skip connection (Junaid et al. 2026, the constrained-run submission)."""
+
+    kind = "residual"
+    _builder = staticmethod(_net_residual)
+    default_hidden = 512
+
+
+
+class DeepProbe(TorchProbe):
+    """3-layer GELU/dropout residual MLP (Junaid et al. 2026, open runs)."""
+
+    kind = "deep"
+    _builder = staticmethod(_net_deep)
+    default_hidden = 384
+    default_dropout = 0.3
+
+
+
+class LogisticHead(ClassifierMixin, BaseEstimator):
+    """Standardised features + L2 logistic regression: the strong, hard-to-overfit baseline."""
+
+    kind: ClassVar[str] = "logreg"
+
+    def __init__(self, *, C: float = 0.5, max_iter: int = 2000, seed: int = 42) -> None:
+        self.C = C
+        self.max_iter = max_iter
+        self.seed = seed
+
+    def fit(self, X: np.ndarray, y: np.ndarray, **_: Any) -> LogisticHead:
+        X = np.asarray(X, dtype=np.float64)
+        self.mean_ = X.mean(0)
+        self.scale_ = X.std(0) + 1e-6
+        self.lr_ = LogisticRegression(C=self.C, max_iter=self.max_iter, random_state=self.seed)
+        self.lr_.fit((X - self.mean_) / self.scale_, np.asarray(y).astype(int))
+        self.classes_ = self.lr_.classes_
+        self.n_features_in_ = X.shape[1]
+        return self
+
+    def decision_function(self, X: np.ndarray) -> np.ndarray:
+        Z = (np.asarray(X, dtype=np.float64) - self.mean_) / self.scale_
+        return Z @ self.lr_.coef_[0] + self.lr_.intercept_[0]
+
+    def predict_proba(self, X: np.ndarray) -> np.ndarray:
+        p = 1.0 / (1.0 + np.exp(-self.decision_function(X)))
+        return np.stack([1 - p, p], axis=1)
+
+    def predict(self, X: np.ndarray) -> np.ndarray:
+        return (self.predict_proba(X)[:, 1] >= 0.5).astype(int)
+
+    def state(self) -> dict[str, torch.Tensor]:
+        return {
+            "mean": torch.from_numpy(self.mean_), "scale": torch.from_numpy(self.scale_),
+            "coef": torch.from_numpy(self.lr_.coef_[0].copy()), "intercept": torch.tensor(self.lr_.intercept_),
+        }
+
+    def load_state(self, state: dict[str, torch.Tensor], n_features: int) -> LogisticHead:
+        self.mean_, self.scale_ = state["mean"].numpy(), state["scale"].numpy()
+        self.lr_ = LogisticRegression(C=self.C)
+        self.lr_.coef_ = state["coef"].numpy()[None, :]
+        self.lr_.intercept_ = state["intercept"].numpy()
+        self.lr_.classes_ = self.classes_ = np.array([0, 1])
+        self.n_features_in_ = n_features
+        return self
+
+
+HEADS: dict[str, type] = {cls.kind: cls for cls in (LinearProbe, ResidualProbe, DeepProbe, LogisticHead)}
+
+
+def make_head(kind: str, **params: Any) -> BaseEstimator:
+    if kind not in HEADS:
+        raise ValueError(f"unknown head {kind!r}; choose from {', '.join(HEADS)}")
+    return HEADS[kind](**params)
+
+
+def head_from_state(kind: str, params: dict[str, Any], state: dict[str, torch.Tensor], n_features: int) -> BaseEstimator:
+    return make_head(kind, **params).load_state(state, n_features)
