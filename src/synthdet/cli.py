@@ -23,8 +23,13 @@ err = Console(stderr=True)
 
 
 def _fail(message: str, code: int = 2) -> typer.Exit:
-    err.print(f"[bold red]error:[/] {message}")
+    err.print(f"[bold red]error:[/] {message}", soft_wrap=True, highlight=False)
     return typer.Exit(code)
+
+
+def _skipped(path: object, reason: str) -> None:
+    """One line per unusable file on stderr, never wrapped, so it can be grepped."""
+    err.print(f"[yellow]skipped[/] {path}: {reason}", soft_wrap=True, highlight=False)
 
 
 def _mount_optional() -> None:
@@ -69,7 +74,24 @@ def data_index(
     bad = df[~df["ok"]]
     console.print(f"{len(df)} images indexed → {out}  ({int(df['ok'].sum())} ok, {len(bad)} unreadable)")
     for path, reason in zip(bad["path"], bad["error"]):
-        err.print(f"[yellow]skipped[/] {path}: {reason}")
+        _skipped(path, reason)
+
+
+weights_app = typer.Typer(help="Backbone weights: fetch into the Hugging Face cache where a hub is reachable.",
+                          no_args_is_help=True)
+app.add_typer(weights_app, name="weights")
+
+
+@weights_app.command("fetch")
+def weights_fetch(name: Annotated[str, typer.Argument(help="Backbone name, timm:<model> or open_clip:<arch>/<tag>.")]) -> None:
+    """Download weights (needs internet); afterwards the backbone loads offline from the cache."""
+    from .backbones import fetch_weights
+
+    try:
+        fetch_weights(name)
+    except (RuntimeError, ValueError) as e:
+        raise _fail(str(e), code=1) from None
+    console.print(f"{name}: weights are in the Hugging Face cache")
 
 
 @app.command()
@@ -132,7 +154,7 @@ def extract(
         f"in {dt:.1f}s → {store.dir}"
     )
     for s in res.skipped:
-        err.print(f"[yellow]skipped[/] {s.path}: {s.reason}")
+        _skipped(s.path, s.reason)
 
 
 def _metrics_table(title: str, metrics: dict) -> Table:
@@ -171,7 +193,7 @@ def _run_train(data: Path, out: Path, **kwargs) -> None:  # noqa: ANN003 - forwa
     except (ManifestError, WeightsNotFoundError, ValueError) as e:
         raise _fail(str(e)) from None
     for path, reason in res.skipped:
-        err.print(f"[yellow]skipped[/] {path}: {reason}")
+        _skipped(path, reason)
     card = res.detector.card
     console.print(_metrics_table(f"held-out split — {card.backbone} + {card.head} ({card.features})", res.metrics))
     console.print(_generator_table(res.metrics))
@@ -238,7 +260,8 @@ def predict(
             path, prob, reason = next(results)
             if prob is None:
                 raise _fail(f"{path}: cannot be scored: {reason}", code=1)
-            console.print(f"{Path(path).name}: [bold]{_verdict(prob, det.threshold)}[/]  (p_fake={prob:.3f}, threshold {det.threshold:.3f})")
+            console.print(f"{Path(path).name}: [bold]{_verdict(prob, det.threshold)}[/]  (p_fake={prob:.3f}, threshold {det.threshold:.3f})",
+                          soft_wrap=True)
             return
         _write_predictions(results, out, thr)
     except ManifestError as e:
@@ -260,7 +283,7 @@ def _write_predictions(results, out: Path | None, thr: float) -> None:  # noqa: 
                     skip_file = open(skipped_path, "w", newline="")  # noqa: SIM115
                     csv.writer(skip_file).writerow(["path", "reason"])
                 csv.writer(skip_file).writerow([path, reason])
-                err.print(f"[yellow]skipped[/] {path}: {reason}")
+                _skipped(path, reason)
                 n_skipped += 1
                 continue
             p = round(prob, 6)

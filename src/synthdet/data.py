@@ -58,7 +58,7 @@ def _rows_from_folder(root: Path) -> pd.DataFrame:
     if not rows:
         raise ManifestError(
             f"{root}: no images found (expected 0_real/ + 1_fake/, real/ + fake/, or image files; "
-            f"suffixes {', '.join(sorted({'.jpg', '.png', '.webp'}))} ...)"
+            f"see synthdet.images.IMAGE_SUFFIXES)"
         )
     return pd.DataFrame(rows)
 
@@ -115,15 +115,14 @@ def _probe(path: str, max_pixels: int) -> dict:
         rec["error"] = f"unreadable: {e.strerror or e}"
         return rec
     try:
-        with Image.open(path) as im:
-            rec["format"] = im.format or ""
         img = load_image(path, max_pixels=max_pixels)
-        rec["width"], rec["height"] = img.size
-        rec["ok"] = True
     except ImageLoadError as e:
         rec["error"] = e.reason + (f": {e.detail}" if e.detail else "")
-    except Exception as e:  # noqa: BLE001 - Image.open failures are re-diagnosed by load_image above
-        rec["error"] = f"not-an-image: {e}"
+        return rec
+    rec["width"], rec["height"] = img.size
+    with Image.open(path) as im:  # header only: the file is known to decode
+        rec["format"] = im.format or ""
+    rec["ok"] = True
     return rec
 
 

@@ -20,7 +20,7 @@ from safetensors.torch import load_file, save_file
 
 from . import __version__
 from .backbones import Backbone, create_backbone
-from .features import forward_batches
+from .features import ImageTransform, forward_batches
 from .heads import head_from_state
 from .images import DEFAULT_MAX_PIXELS
 from .preprocess import Preprocess
@@ -112,10 +112,12 @@ class Detector:
         max_pixels: int = DEFAULT_MAX_PIXELS,
         chunk: int = 1024,
         progress: bool = True,
+        transform: ImageTransform | None = None,
     ) -> Iterator[tuple[str, float | None, str]]:
         """Yield ``(path, probability of being generated, "")`` or ``(path, None, reason)``, in input order.
 
-        Paths are consumed in chunks, so memory stays bounded however many files are scored.
+        Paths are consumed in chunks, so memory stays bounded however many files are scored. ``transform`` alters
+        the decoded pixels first (robustness slices: JPEG, resize, crop …).
         """
         it = iter(paths)
         while batch := [str(p) for _, p in zip(range(chunk), it)]:
@@ -124,7 +126,7 @@ class Detector:
             errors: dict[int, str] = {}
             for pairs, pooled, layers, errs in forward_batches(
                 self.backbone, items, taps=self.card.features == "concat", batch_size=batch_size,
-                num_workers=num_workers, max_pixels=max_pixels, desc="score", progress=progress,
+                num_workers=num_workers, max_pixels=max_pixels, desc="score", progress=progress, transform=transform,
             ):
                 errors.update(errs)
                 if pairs:

@@ -12,12 +12,13 @@ import json
 import os
 import shutil
 import uuid
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 import torch
+from PIL import Image
 from torch.utils.data import DataLoader, Dataset
 from tqdm.auto import tqdm
 
@@ -148,13 +149,21 @@ class Skipped:
     reason: str
 
 
+ImageTransform = Callable[[Image.Image, str], Image.Image]
+"""Applied to decoded pixels before preprocessing (e.g. a robustness slice); gets the image and its key."""
+
+
 class _ViewsDataset(Dataset):
     """One item per image: the stacked tensors of the views still missing for it (decoded once)."""
 
-    def __init__(self, items: Sequence[tuple[str, str, Sequence[int]]], backbone: Backbone, max_pixels: int) -> None:
+    def __init__(
+        self, items: Sequence[tuple[str, str, Sequence[int]]], backbone: Backbone, max_pixels: int,
+        transform: ImageTransform | None = None,
+    ) -> None:
         self.items = items
         self.pre = backbone.preprocess
         self.max_pixels = max_pixels
+        self.transform = transform
 
     def __len__(self) -> int:
         return len(self.items)
@@ -162,7 +171,9 @@ class _ViewsDataset(Dataset):
     def __getitem__(self, i: int) -> tuple[int, torch.Tensor | None, str]:
         path, sha, views = self.items[i]
         try:
-            img = load_image(path, max_pixels=self.max_pixels, draft_size=self.pre.draft_size)
+            img = load_image(path, max_pixels=self.max_pixels, draft_size=None if self.transform else self.pre.draft_size)
+            if self.transform is not None:
+                img = self.transform(img, sha)
             return i, torch.stack([self.pre(img, view=v, key=sha) for v in views]), ""
         except ImageLoadError as e:
             return i, None, e.reason + (f": {e.detail}" if e.detail else "")
@@ -187,16 +198,19 @@ def forward_batches(
     max_pixels: int = DEFAULT_MAX_PIXELS,
     desc: str = "extract",
     progress: bool = True,
+    transform: ImageTransform | None = None,
 ) -> Iterator[tuple[list[tuple[int, int]], torch.Tensor, list[torch.Tensor], list[tuple[int, str]]]]:
     """Stream ``(item_view_pairs, pooled, layers, errors)`` over items, with bounded memory.
 
     Decoding runs in DataLoader workers; the network sees batches of about ``batch_size`` views; CUDA uses bf16
     autocast. Items that fail to decode come back in ``errors`` as ``(item index, reason)`` and never stop the run.
+    ``transform`` alters decoded pixels first (robustness slices); draft decoding is then off, so the slice sees
+    the image as stored.
     """
     workers = num_workers_default() if num_workers is None else num_workers
     per_item = max(1, max((len(v) for _, _, v in items), default=1))
     loader = DataLoader(
-        _ViewsDataset(items, backbone, max_pixels),
+        _ViewsDataset(items, backbone, max_pixels, transform),
         batch_size=max(1, batch_size // per_item),
         num_workers=workers,
         collate_fn=_collate,

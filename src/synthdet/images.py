@@ -86,7 +86,9 @@ def load_image(
         fp = p
     try:
         with warnings.catch_warnings():
-            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            # Pillow warns from ~89 Mpx; our own ``max_pixels`` check below is the policy, so the warning must not
+            # refuse images under a (default or raised) limit. Above 2x its limit Pillow still raises, handled below.
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
             with Image.open(fp) as img:
                 w, h = img.size
                 if w * h > max_pixels:
@@ -103,8 +105,11 @@ def load_image(
                 return _to_rgb(img)
     except ImageLoadError:
         raise
-    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as e:
-        raise ImageLoadError(name, "too-large", str(e)) from None
+    except Image.DecompressionBombError as e:
+        raise ImageLoadError(
+            name, "too-large", f"{e} Refused: the limit is {max_pixels:,} px (--max-pixels) and Pillow's ceiling "
+            f"{2 * (Image.MAX_IMAGE_PIXELS or 0):,} px"
+        ) from None
     except UnidentifiedImageError:
         raise ImageLoadError(name, "not-an-image", "no known image format") from None
     except OSError as e:

@@ -75,7 +75,7 @@ class Preprocess(BaseModel):
             if rng is None:
                 side, left, top = short, (w - short) // 2, (h - short) // 2
             else:
-                side = max(8, int(short * rng.uniform(*self.views.crop_scale)))
+                side = min(short, max(8, int(short * rng.uniform(*self.views.crop_scale))))  # tiny images: whole
                 left, top = rng.randint(0, w - side), rng.randint(0, h - side)
             out = img.crop((left, top, left + side, top + side))
             if rng is not None and rng.random() < self.views.p_downscale:

@@ -1,0 +1,191 @@
+"""heads: scikit-learn estimators on cached features that learn, reproduce, serialise and clone."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from safetensors.torch import load_file, save_file
+from sklearn.base import clone
+from sklearn.exceptions import NotFittedError
+from sklearn.metrics import roc_auc_score
+from sklearn.model_selection import cross_val_score
+
+from synthdet.heads import HEADS, DeepProbe, LinearProbe, LogisticHead, ResidualProbe, head_from_state, make_head
+
+KINDS = ["linear", "residual", "deep", "logreg"]
+TORCH_KINDS = ["linear", "residual", "deep"]
+D = 64
+
+
+def blobs(n: int, seed: int, *, shift: float = 2.0) -> tuple[np.ndarray, np.ndarray]:
+    """Two Gaussian blobs in 64-d, ``2 * shift`` apart along a fixed random direction (Bayes AUC ≈ 0.998)."""
+    direction = np.random.default_rng(1234).normal(size=D)
+    direction /= np.linalg.norm(direction)
+    rng = np.random.default_rng(seed)
+    y = rng.integers(0, 2, n)
+    X = rng.normal(size=(n, D)) + np.outer(2 * y - 1, direction) * shift
+    return X.astype(np.float32), y
+
+
+@pytest.fixture(scope="module")
+def data() -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    X, y = blobs(500, seed=1)
+    Xt, yt = blobs(300, seed=2)
+    return X, y, Xt, yt
+
+
+@pytest.fixture(scope="module")
+def fitted(data) -> dict:
+    X, y, _, _ = data
+    return {k: make_head(k, **({"epochs": 25} if k in TORCH_KINDS else {})).fit(X, y) for k in KINDS}
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_learns_separable_blobs(fitted: dict, data, kind: str) -> None:
+    _, _, Xt, yt = data
+    head = fitted[kind]
+    assert roc_auc_score(yt, head.predict_proba(Xt)[:, 1]) > 0.95
+    assert (head.predict(Xt) == yt).mean() > 0.9
+    assert head.n_features_in_ == D and list(head.classes_) == [0, 1]
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_predict_proba_contract(fitted: dict, data, kind: str) -> None:
+    _, _, Xt, _ = data
+    head = fitted[kind]
+    p = head.predict_proba(Xt)
+    assert p.shape == (len(Xt), 2)
+    assert np.allclose(p.sum(axis=1), 1.0)
+    assert ((p >= 0) & (p <= 1)).all()
+    assert np.array_equal(head.predict(Xt), (p[:, 1] >= 0.5).astype(int))
+    z = head.decision_function(Xt)
+    assert z.shape == (len(Xt),)
+    assert np.allclose(1 / (1 + np.exp(-z.astype(np.float64))), p[:, 1], atol=1e-6)
+    assert head.predict_proba(Xt[:0]).shape == (0, 2)
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_fixed_seed_is_reproducible(data, kind: str) -> None:
+    X, y, Xt, _ = data
+    params = {"epochs": 4} if kind in TORCH_KINDS else {}
+    a = make_head(kind, seed=3, **params).fit(X, y).predict_proba(Xt)
+    b = make_head(kind, seed=3, **params).fit(X, y).predict_proba(Xt)
+    assert np.array_equal(a, b)
+    if kind in TORCH_KINDS:
+        c = make_head(kind, seed=4, **params).fit(X, y).predict_proba(Xt)
+        assert not np.array_equal(a, c)
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_state_round_trip(fitted: dict, data, kind: str, tmp_path) -> None:
+    _, _, Xt, _ = data
+    head = fitted[kind]
+    state = head.state()
+    assert all(isinstance(v, torch.Tensor) for v in state.values())
+    path = tmp_path / "head.safetensors"
+    save_file(state, str(path))  # tensors only: no pickle anywhere
+    restored = head_from_state(kind, head.get_params(), load_file(str(path)), D)
+    assert type(restored) is type(head)
+    assert np.array_equal(restored.predict_proba(Xt), head.predict_proba(Xt))
+    assert restored.n_features_in_ == D and list(restored.classes_) == [0, 1]
+    fresh = make_head(kind, **head.get_params()).load_state(state, D)
+    assert np.array_equal(fresh.predict_proba(Xt), head.predict_proba(Xt))
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_get_params_and_clone(fitted: dict, data, kind: str) -> None:
+    X, y, Xt, _ = data
+    head = fitted[kind]
+    params = head.get_params()
+    expected = (
+        {"hidden", "dropout", "lr", "weight_decay", "epochs", "batch_size", "label_smoothing", "patience",
+         "val_fraction", "seed", "device"}
+        if kind in TORCH_KINDS
+        else {"C", "max_iter", "seed"}
+    )
+    assert set(params) == expected
+    twin = clone(head)
+    assert type(twin) is type(head) and twin is not head and twin.get_params() == params
+    assert not hasattr(twin, "n_features_in_")  # clone is unfitted
+    twin.set_params(seed=99)
+    assert twin.get_params()["seed"] == 99 and head.get_params()["seed"] == params["seed"]
+    again = clone(head).fit(X, y)  # clone + fit reproduces the fitted head exactly
+    assert np.array_equal(again.predict_proba(Xt), head.predict_proba(Xt))
+
+
+@pytest.mark.parametrize("kind", TORCH_KINDS)
+def test_unfitted_probe_refuses_to_predict(data, kind: str) -> None:
+    with pytest.raises((AttributeError, NotFittedError)):
+        make_head(kind).predict_proba(data[2])
+
+
+def test_cross_validation_composes(data) -> None:
+    X, y, _, _ = data
+    for head in (LogisticHead(), LinearProbe(epochs=3, hidden=32)):
+        scores = cross_val_score(head, X, y, cv=3, scoring="roc_auc")
+        assert scores.shape == (3,) and scores.min() > 0.9
+
+
+def test_early_stopping(data) -> None:
+    X, y, _, _ = data
+    head = LinearProbe(epochs=60, patience=2).fit(X, y)
+    n = len(head.history_)
+    assert n < 60
+    aucs = [r["val_auc"] for r in head.history_]
+    best_epoch = int(np.argmax(aucs))
+    assert n == best_epoch + 2 + 1  # stopped exactly `patience` epochs after the best
+    assert head.best_val_auc_ == pytest.approx(max(aucs))
+    assert [r["epoch"] for r in head.history_] == list(range(n))
+    assert all(np.isfinite(r["loss"]) for r in head.history_)
+
+
+def test_explicit_validation_set_is_used(data) -> None:
+    X, y, Xt, yt = data
+    head = LinearProbe(epochs=3, val_fraction=0.0).fit(X, y, X_val=Xt, y_val=yt)
+    assert len(head.history_) == 3 and all("val_auc" in r for r in head.history_)
+    assert head.best_val_auc_ == pytest.approx(max(r["val_auc"] for r in head.history_))
+
+
+def test_no_validation_runs_all_epochs() -> None:
+    X, y = blobs(16, seed=5)  # fewer than 20 rows: no validation slice
+    head = LinearProbe(epochs=7, patience=1).fit(X, y)
+    assert len(head.history_) == 7 and head.best_val_auc_ is None
+    assert "val_auc" not in head.history_[0]
+
+
+def test_label_smoothing(data) -> None:
+    X, y, _, _ = data
+    assert LinearProbe().get_params()["label_smoothing"] == 0.05
+    assert ResidualProbe().label_smoothing == DeepProbe().label_smoothing == 0.05
+    # smoothing caps confidence: with targets 0.85/0.15 the fitted probabilities stay further from 0 and 1
+    sharp = LinearProbe(label_smoothing=0.0, val_fraction=0.0, epochs=30).fit(X, y).predict_proba(X)[:, 1]
+    smooth = LinearProbe(label_smoothing=0.3, val_fraction=0.0, epochs=30).fit(X, y).predict_proba(X)[:, 1]
+    assert smooth[y == 1].mean() < sharp[y == 1].mean() - 0.05
+    assert smooth[y == 0].mean() > sharp[y == 0].mean() + 0.05
+
+
+def test_parameter_counts_match_the_seed_recipes() -> None:
+    """Junaid et al. 2026 at d=768: linear ≈ 257K, residual ≈ 723K, deep ≈ 461K parameters."""
+    linear, residual, deep = (make_head(k).n_parameters(768) for k in ("linear", "residual", "deep"))
+    assert 190_000 <= linear <= 300_000
+    assert 600_000 <= residual <= 800_000
+    assert 400_000 <= deep <= 500_000
+    assert make_head("linear", hidden=32).n_parameters(768) < linear  # `hidden` really sizes the net
+
+
+def test_dropout_and_hidden_overrides(data) -> None:
+    X, y, _, _ = data
+    head = DeepProbe(hidden=16, dropout=0.0, epochs=1).fit(X, y)
+    linears = [m for m in head.net_.modules() if isinstance(m, torch.nn.Linear)]
+    assert linears[0].out_features == 16
+    drops = [m for m in head.net_.modules() if isinstance(m, torch.nn.Dropout)]
+    assert drops and all(m.p == 0.0 for m in drops)
+    assert all(m.p == 0.3 for m in DeepProbe()._make(8).modules() if isinstance(m, torch.nn.Dropout))
+
+
+def test_registry() -> None:
+    assert set(HEADS) == set(KINDS)
+    assert isinstance(make_head("residual", hidden=8), ResidualProbe)
+    with pytest.raises(ValueError, match="unknown head"):
+        make_head("transformer")
