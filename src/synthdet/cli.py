@@ -34,9 +34,13 @@ def _skipped(path: object, reason: str) -> None:
 
 def _mount_optional() -> None:
     from .augment import augment_preview
+    from .finetune import finetune_command
     from .submit import app as submit_app
 
     app.add_typer(submit_app, name="submit")
+    app.command("finetune", help="Fine-tune the last N blocks of a backbone with a head, from images (resumable).")(
+        finetune_command
+    )
     app.command("augment-preview", help="Show every augmentation preset on one image, as a contact-sheet PNG.")(
         augment_preview
     )
@@ -99,11 +103,17 @@ def backbones() -> None:
     """List every registered backbone, its features and preprocessing, and whether its weights are here."""
     from .backbones import list_backbones
 
-    table = Table("name", "description", "weights here", "weights from")
+    table = Table("name", "description", "features", "preprocessing", "weights here", "weights from")
     for e in list_backbones():
-        table.add_row(e.name, e.description, "yes" if e.weights_present() else "[red]no[/]", e.weights_hint)
-    table.add_row("timm:<model>", "any timm model (pooled + per-block taps)", "-", "--weights FILE or HF cache")
-    table.add_row("open_clip:<arch>/<tag>", "any open_clip vision tower", "-", "--weights FILE or HF cache")
+        p = e.preprocess
+        pre = (f"{p.size}px {p.mode} {p.resample}, JPEG q{p.jpeg_quality}, mean {tuple(round(m, 3) for m in p.mean)} "
+               f"std {tuple(round(v, 3) for v in p.std)}") if p else "-"
+        table.add_row(e.name, e.description, e.features, pre, "yes" if e.weights_present() else "[red]no[/]",
+                      e.weights_hint)
+    table.add_row("timm:<model>", "any timm model", "pooled + per-block taps", "from timm's config", "-",
+                  "--weights FILE or HF cache")
+    table.add_row("open_clip:<arch>/<tag>", "any open_clip vision tower", "pooled + block class tokens",
+                  "from open_clip's config", "-", "--weights FILE or HF cache")
     console.print(table)
 
 
@@ -213,12 +223,13 @@ def train(
     cache: Annotated[Optional[Path], typer.Option(help="Feature cache root.")] = None,
     batch_size: Annotated[int, typer.Option()] = 32,
     workers: Annotated[Optional[int], typer.Option()] = None,
+    refit: Annotated[bool, typer.Option(help="After evaluating, refit on fit+val (threshold re-tuned on calib).")] = False,
 ) -> None:
     """index → extract (cached) → split → fit → calibrate → evaluate → save, on your own data."""
     if features not in ("pooled", "concat"):
         raise _fail(f"--features must be pooled or concat, not {features!r}")
     _run_train(data, out, backbone=backbone, weights=weights, head=head, features=features, n_views=views, seed=seed,
-               cache_dir=cache, batch_size=batch_size, num_workers=workers)
+               cache_dir=cache, batch_size=batch_size, num_workers=workers, refit=refit)
 
 
 def _verdict(prob: float, threshold: float) -> str:
@@ -310,7 +321,7 @@ def demo(
     data = demo_data_dir()
     console.print(f"[bold]synthdet demo[/] — data: {data} (shipped compact copy; see CREDITS.md), backbone {backbone}")
     t0 = time.perf_counter()
-    _run_train(data / "manifest.csv", out, backbone=backbone, head="linear", features="pooled", n_views=views,
+    _run_train(data / "manifest.csv", out, backbone=backbone, head="logreg", features="concat", n_views=views,
                cache_dir=cache or out / "cache")
     summary = json.loads((out / "card.json").read_text())["metrics"]["val"]
     console.print(f"done in {time.perf_counter() - t0:.0f}s — held-out ROC AUC [bold]{summary['roc_auc']:.4f}[/]")

@@ -212,6 +212,19 @@ def split(df: pd.DataFrame, *, val_fraction: float = 0.2, seed: int = 42) -> pd.
     return out
 
 
+def three_way_split(
+    df: pd.DataFrame, *, val_fraction: float = 0.2, calib_fraction: float = 0.15, seed: int = 42
+) -> pd.Series:
+    """Three-way split: ``val`` held out by :func:`synthdet.data.split`, the rest divided again
+    into ``fit`` and ``calib`` (seed + 1). Rows must be decodable and labelled."""
+    out = split(df, val_fraction=val_fraction, seed=seed)
+    train_idx = df.index[out == "train"]
+    inner = split(df.loc[train_idx], val_fraction=calib_fraction, seed=seed + 1)
+    out[train_idx[inner == "val"]] = "calib"
+    out[train_idx[inner == "train"]] = "fit"
+    return out
+
+
 def kfold(df: pd.DataFrame, *, k: int = 5, seed: int = 42) -> pd.Series:
     """Stratified k-fold assignment (fold id per row, -1 for unusable rows); copies share a fold."""
     ok = df[df["ok"] & (df["label"] >= 0)]

@@ -96,7 +96,15 @@ class Detector:
         card_file = path / "card.json"
         if not card_file.is_file():
             raise FileNotFoundError(f"{path}: not a synthdet detector (no card.json)")
-        card = Card.model_validate_json(card_file.read_text())
+        if (path / "backbone.safetensors").is_file():  # fine-tuned: base backbone + tuned tensors
+            from .finetune import load_finetuned
+
+            return load_finetuned(path)
+        return cls._load_plain(path)
+
+    @classmethod
+    def _load_plain(cls, path: Path) -> Detector:
+        card = Card.model_validate_json((path / "card.json").read_text())
         head = head_from_state(card.head, card.head_params, load_file(str(path / "head.safetensors")), card.n_features)
         return cls(card, head)
 

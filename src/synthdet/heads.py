@@ -11,7 +11,9 @@ safetensors + JSON, never pickle.
 
 from __future__ import annotations
 
+import contextlib
 import copy
+from collections.abc import Callable, Iterable
 from typing import Any, ClassVar
 
 import numpy as np
@@ -21,6 +23,42 @@ from sklearn.linear_model import LogisticRegression
 from sklearn.metrics import roc_auc_score
 from sklearn.model_selection import train_test_split
 from torch import nn
+
+
+def smoothed_bce(logits: torch.Tensor, y: torch.Tensor, label_smoothing: float) -> torch.Tensor:
+    """BCE against targets pulled towards 0.5 by ``label_smoothing`` (overconfident heads calibrate worse)."""
+    return nn.functional.binary_cross_entropy_with_logits(logits, y * (1 - label_smoothing) + 0.5 * label_smoothing)
+
+
+def train_epoch(
+    net: nn.Module,
+    batches: Iterable[tuple[torch.Tensor, torch.Tensor]],
+    opt: torch.optim.Optimizer,
+    sched: torch.optim.lr_scheduler.LRScheduler,
+    *,
+    label_smoothing: float,
+    grad_clip: float | None = None,
+    autocast: Callable[[], contextlib.AbstractContextManager] = contextlib.nullcontext,
+) -> float:
+    """One pass over ``(inputs, 0/1 targets)`` batches; returns the mean loss.
+
+    The one optimisation loop of synthdet: heads on cached features and backbone fine-tuning from images both run
+    it, so loss, clipping and schedule stepping cannot drift apart.
+    """
+    total, n = 0.0, 0
+    for x, y in batches:
+        with autocast():
+            logits = net(x).squeeze(1)
+        loss = smoothed_bce(logits.float(), y, label_smoothing)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        if grad_clip:
+            nn.utils.clip_grad_norm_([p for g in opt.param_groups for p in g["params"]], grad_clip)
+        opt.step()
+        sched.step()
+        total += float(loss.detach()) * len(y)
+        n += len(y)
+    return total / max(n, 1)
 
 
 class _Residual(nn.Module):
@@ -95,6 +133,17 @@ class TorchProbe(ClassifierMixin, BaseEstimator):
         dropout = self.default_dropout if self.dropout is None else self.dropout
         return type(self)._builder(d, hidden, dropout)
 
+    def param_groups(self, net: nn.Module) -> list[dict[str, Any]]:
+        """AdamW parameter groups; groups without an ``lr`` use the optimiser's (subclasses give some their own)."""
+        return [{"params": list(net.parameters())}]
+
+    def init_net(self, n_features: int) -> nn.Module:
+        """A fresh network as ``net_``, for callers that train it themselves (fine-tuning) or load tensors into it."""
+        self.net_ = self._make(n_features)
+        self.classes_ = np.array([0, 1])
+        self.n_features_in_ = n_features
+        return self.net_
+
     def _device(self) -> torch.device:
         return torch.device(self.device or ("cuda" if torch.cuda.is_available() else "cpu"))
 
@@ -109,26 +158,17 @@ class TorchProbe(ClassifierMixin, BaseEstimator):
         rng = np.random.default_rng(self.seed)
         dev = self._device()
         net = self._make(X.shape[1]).to(dev)
-        opt = torch.optim.AdamW(net.parameters(), lr=self.lr, weight_decay=self.weight_decay)
+        opt = torch.optim.AdamW(self.param_groups(net), lr=self.lr, weight_decay=self.weight_decay)
         steps_per_epoch = max(1, int(np.ceil(len(X) / self.batch_size)))
         sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=self.epochs * steps_per_epoch)
         Xt, yt = torch.from_numpy(X).to(dev), torch.from_numpy(y).to(dev)
-        eps = self.label_smoothing
         best, best_state, bad, self.history_ = -np.inf, None, 0, []
         for epoch in range(self.epochs):
             net.train()
             order = torch.from_numpy(rng.permutation(len(X))).to(dev)
-            total = 0.0
-            for s in range(steps_per_epoch):
-                idx = order[s * self.batch_size : (s + 1) * self.batch_size]
-                target = yt[idx] * (1 - eps) + 0.5 * eps
-                loss = nn.functional.binary_cross_entropy_with_logits(net(Xt[idx]).squeeze(1), target)
-                opt.zero_grad(set_to_none=True)
-                loss.backward()
-                opt.step()
-                sched.step()
-                total += float(loss.detach()) * len(idx)
-            record = {"epoch": epoch, "loss": total / len(X)}
+            batches = ((Xt[idx], yt[idx]) for idx in order.split(self.batch_size))
+            loss = train_epoch(net, batches, opt, sched, label_smoothing=self.label_smoothing)
+            record = {"epoch": epoch, "loss": loss}
             if X_val is not None and len(np.unique(y_val)) == 2:
                 self.net_ = net
                 score = roc_auc_score(y_val, self.predict_proba(X_val)[:, 1])
@@ -171,11 +211,8 @@ class TorchProbe(ClassifierMixin, BaseEstimator):
         return {k: v.detach().cpu().contiguous() for k, v in self.net_.state_dict().items()}
 
     def load_state(self, state: dict[str, torch.Tensor], n_features: int) -> TorchProbe:
-        self.net_ = self._make(n_features)
-        self.net_.load_state_dict(state)
+        self.init_net(n_features).load_state_dict(state)
         self.net_.eval()
-        self.classes_ = np.array([0, 1])
-        self.n_features_in_ = n_features
         return self
 
 
@@ -263,3 +300,6 @@ def make_head(kind: str, **params: Any) -> BaseEstimator:
 
 def head_from_state(kind: str, params: dict[str, Any], state: dict[str, torch.Tensor], n_features: int) -> BaseEstimator:
     return make_head(kind, **params).load_state(state, n_features)
+
+
+from . import fusion as _fusion  # noqa: E402,F401 - registers "fusion"; it subclasses TorchProbe, so it loads last

@@ -107,8 +107,8 @@ def load_image(
         raise
     except Image.DecompressionBombError as e:
         raise ImageLoadError(
-            name, "too-large", f"{e} Refused: the limit is {max_pixels:,} px (--max-pixels) and Pillow's ceiling "
-            f"{2 * (Image.MAX_IMAGE_PIXELS or 0):,} px"
+            name, "too-large", f"{e} Refused: the limit is {max_pixels:,} px (--max-pixels), and Pillow refuses "
+            f"anything above {2 * (Image.MAX_IMAGE_PIXELS or 0):,} px regardless"
         ) from None
     except UnidentifiedImageError:
         raise ImageLoadError(name, "not-an-image", "no known image format") from None

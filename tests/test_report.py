@@ -1,0 +1,174 @@
+"""evaluate_detector + report: a tiny real detector (trained here on demo images) scored clean and under slices; the
+self-contained HTML report, checked as text and rendered by headless Chromium; the evaluate/report commands."""
+
+from __future__ import annotations
+
+import base64
+import io
+import re
+import shutil
+import subprocess
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+from PIL import Image
+from typer.testing import CliRunner
+
+from synthdet.data import index, write_manifest
+from synthdet.demo import demo_data_dir
+from synthdet.detector import Detector
+from synthdet.report import app, render_report
+from synthdet.slices import EvalRun, evaluate_detector, is_small
+
+SECTIONS = ("summary", "metrics", "curves", "histograms", "confusion", "reliability", "groups", "robustness", "errors",
+            "skipped")
+PLOTS = ("ROC and PR curves", "score histograms", "confusion matrices", "reliability diagram", "per-generator bars",
+         "robustness deltas")
+
+
+def small_demo_csv(tmp_path: Path, n_per_class: int = 20) -> Path:
+    """A labelled CSV over the first images of each class of the shipped demo data."""
+    src = pd.read_csv(demo_data_dir() / "manifest.csv")
+    part = pd.concat([src[src.label == c].head(n_per_class) for c in (0, 1)])
+    part = part.assign(path=[str(demo_data_dir() / p) for p in part.path])
+    out = tmp_path / "small.csv"
+    part.to_csv(out, index=False)
+    return out
+
+
+@pytest.fixture(scope="module")
+def evaluated(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Detector, pd.DataFrame, EvalRun]:
+    """Train on 40 demo images (~10 s), then evaluate on them plus three rows that cannot be scored."""
+    from synthdet.train import train_detector
+
+    tmp = tmp_path_factory.mktemp("report")
+    csv = small_demo_csv(tmp)
+    res = train_detector(csv, backbone="effnet-lite0", head="logreg", n_views=1, cache_dir=tmp / "cache",
+                         out=tmp / "det", num_workers=0, progress=False)
+    manifest = index(csv, progress=False)
+    gone = manifest.iloc[0].copy()
+    gone["path"] = str(tmp / "deleted-after-indexing.jpg")
+    bad = manifest.iloc[1].copy()
+    bad["ok"], bad["error"] = False, "truncated"
+    unlabelled = manifest.iloc[2].copy()
+    unlabelled["label"] = -1
+    manifest = pd.concat([manifest, pd.DataFrame([gone, bad, unlabelled])], ignore_index=True)
+    write_manifest(manifest, tmp / "manifest.csv")
+    run = evaluate_detector(res.detector, manifest, slices=["jpeg85", "small"], bootstrap=200, num_workers=0,
+                            progress=False, name="tiny")
+    return tmp, res.detector, manifest, run
+
+
+def test_evaluate_detector_scores_clean_and_slices(evaluated) -> None:
+    _, det, manifest, run = evaluated
+    s = run.scores
+    assert len(s) == 40 and s["label"].sum() == 20
+    assert {"path", "label", "source", "generator", "prob_clean", "prob_jpeg85"} <= set(s.columns)
+    assert "prob_small" not in s  # a subset slice is not re-scored
+    clean = dict((p, prob) for p, prob, _ in det.predict_paths(s["path"].head(4).tolist(), num_workers=0, progress=False))
+    assert np.allclose([clean[p] for p in s["path"].head(4)], s["prob_clean"].head(4), atol=1e-6)
+    assert not np.allclose(s["prob_clean"], s["prob_jpeg85"])  # the slice reached the pixels
+    assert np.abs(s["prob_clean"] - s["prob_jpeg85"]).max() < 0.5  # … and is still the same image
+    assert run.slices == ["clean", "jpeg85", "small"]
+    assert run.metrics["small"]["n"] == int(is_small(s).sum())
+    assert run.threshold == det.threshold and run.metrics["clean"]["at_threshold"]["threshold"] == det.threshold
+    assert "generator" in run.metrics["clean"]["by"]  # per-generator metrics for clean
+    assert "source" not in run.metrics["clean"]["by"]  # one source per file: no groups worth reporting
+    d = run.deltas()
+    assert list(d.index) == run.slices and d.loc["clean", "roc_auc_delta"] == 0
+    assert d.loc["jpeg85", "f1_delta"] == pytest.approx(
+        run.metrics["jpeg85"]["at_threshold"]["f1"] - run.metrics["clean"]["at_threshold"]["f1"])
+    reasons = {(Path(r.path).name, r.slice): r.reason for r in run.skipped.itertuples()}
+    assert reasons[("deleted-after-indexing.jpg", "clean")] == "not-found"
+    assert ("no label" in reasons.values()) and ("truncated" in reasons.values())
+    assert len(run.skipped) == 3
+
+
+def test_eval_run_saves_and_loads(evaluated, tmp_path: Path) -> None:
+    *_, run = evaluated
+    back = EvalRun.load(run.save(tmp_path / "run"))
+    pd.testing.assert_frame_equal(back.scores, run.scores)
+    assert back.metrics["clean"]["ci"] == pytest.approx(run.metrics["clean"]["ci"])
+    assert len(back.skipped) == 3 and back.info["slices"] == run.info["slices"]
+
+
+def check_html(html: str, n_runs: int) -> None:
+    """Self-contained: no remote URL anywhere a browser would fetch one; all sections; inline PNG plots."""
+    assert not re.search(r"""(?:src|href)\s*=\s*["']?\s*(?:https?:)?//""", html, re.I)
+    assert not re.search(r"url\(\s*['\"]?(?:https?:)?//", html, re.I) and "<script" not in html.lower()
+    for anchor in SECTIONS:
+        assert f'id="{anchor}"' in html, anchor
+    pngs = dict(re.findall(r'<img class="plot" alt="([^"]*)" src="data:image/png;base64,([A-Za-z0-9+/=]+)"', html))
+    assert set(PLOTS) <= set(pngs)
+    for data in pngs.values():
+        with Image.open(io.BytesIO(base64.b64decode(data))) as im:
+            assert im.format == "PNG" and im.width > 300
+    assert re.search(r'src="data:image/jpeg;base64,', html)  # error thumbnails
+    assert html.count('<span class="swatch"') >= n_runs
+
+
+def test_report_single_run(evaluated, tmp_path: Path) -> None:
+    *_, run = evaluated
+    out = render_report([run], tmp_path / "r.html")
+    html = out.read_text()
+    check_html(html, 1)
+    assert 'id="gap"' not in html  # no reference to compare with
+    assert "Robustness slices" in html and "jpeg85" in html and "ROC AUC" in html
+
+
+def test_report_compares_runs_side_by_side(evaluated, tmp_path: Path) -> None:
+    *_, run = evaluated
+    other = EvalRun("tiny", run.threshold, run.scores, {"clean": run.metrics["clean"]}, run.skipped, run.info)
+    html = render_report([run, other], tmp_path / "cmp.html").read_text()
+    check_html(html, 2)
+    assert 'id="gap"' in html and "tiny (2)" in html  # repeated names are told apart
+
+
+def _chromium() -> str | None:
+    return next((p for p in map(shutil.which, ("chromium", "chromium-browser", "google-chrome")) if p), None)
+
+
+def test_report_renders_in_headless_chromium(evaluated, tmp_path: Path) -> None:
+    binary = _chromium()
+    if binary is None:
+        pytest.skip("no chromium binary (apt-get install -y chromium)")
+    *_, run = evaluated
+    report = render_report([run], tmp_path / "report.html")
+    shot = tmp_path / "shot.png"
+    subprocess.run(
+        [binary, "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+         "--disable-background-networking", "--disable-component-update", "--disable-sync",
+         f"--user-data-dir={tmp_path / 'profile'}", f"--screenshot={shot}", "--window-size=1280,2000",
+         f"file://{report}"],
+        check=True, capture_output=True, timeout=120,
+    )
+    with Image.open(shot) as im:
+        assert im.size == (1280, 2000)
+        px = np.asarray(im.convert("L"), dtype=np.float64)
+    assert px.std() > 20  # not blank: text, tables and plots
+    assert (px < 100).mean() > 0.005  # dark ink (text, curves) somewhere
+    upper, lower = px[:1000], px[1000:]
+    assert upper.std() > 10 and lower.std() > 10  # content down the page, not only a header
+
+
+def test_commands_evaluate_and_report(evaluated, tmp_path: Path) -> None:
+    tmp, *_ = evaluated
+    runner = CliRunner()
+    res = runner.invoke(app, ["evaluate", str(tmp / "det"), str(tmp / "manifest.csv"), "-o", str(tmp_path / "run"),
+                              "-s", "small", "--bootstrap", "50", "--workers", "0"])
+    assert res.exit_code == 0, res.output
+    for name in ("scores.parquet", "metrics.json", "skipped.csv", "report.html"):
+        assert (tmp_path / "run" / name).is_file(), name
+    assert "ROC AUC" in res.output and "small" in res.output
+    run = EvalRun.load(tmp_path / "run")
+    assert run.slices == ["clean", "small"] and run.name == "run" and len(run.skipped) == 3
+    res = runner.invoke(app, ["report", str(tmp_path / "run"), str(tmp_path / "run"), "-o", str(tmp_path / "cmp.html")])
+    assert res.exit_code == 0, res.output
+    check_html((tmp_path / "cmp.html").read_text(), 2)
+    res = runner.invoke(app, ["evaluate", str(tmp / "det"), str(tmp / "manifest.csv"), "-o", str(tmp_path / "x"),
+                              "-s", "jpeg42"])
+    assert res.exit_code == 2 and "unknown slice" in res.output
+    res = runner.invoke(app, ["report", str(tmp_path / "nothing"), "-o", str(tmp_path / "y.html")])
+    assert res.exit_code == 2
