@@ -413,10 +413,12 @@ def main(argv: list[str] | None = None) -> dict:
         f"naive/floor = {ratios['naive/floor']:.2f}   extract cold/naive = {ratios['extract_cold/naive']:.2f}x   "
         f"synthdet/naive in CPU time = {ratios['synthdet/naive_cpu']:.2f}x"
     )
-    console.print(f"load average (1 min) before/after timing: {load_before[0]:.2f} / {load_after[0]:.2f} "
-                  f"on {facts['cpu_count']} CPUs" + ("  [yellow]busy machine: numbers are noisy[/]"
-                                                     if max(load_before[0], load_after[0]) > (facts["cpu_count"] or 1) + 0.5
-                                                     else ""))
+    busy = max(load_before[0], load_after[0]) > (facts["cpu_count"] or 1) + 0.5
+    console.print(
+        f"load average (1 min) before/after timing: {load_before[0]:.2f} / {load_after[0]:.2f} on {facts['cpu_count']} CPUs"
+        + ("  [yellow]busy machine: numbers are noisy, and batch-1 forwards with more than 1 torch thread suffer most "
+           "(compare --threads 1)[/]" if busy else "")
+    )
     console.print(
         f"sanity: cosine(naive, synthdet) features mean {sanity['cosine_naive_vs_synthdet_mean']:.3f}, "
         f"min {sanity['cosine_min']:.3f}"

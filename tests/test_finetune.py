@@ -115,9 +115,12 @@ def test_a_saved_run_reloads_with_its_tuned_weights(tiny, items, tmp_path: Path)
     expected = [p for _, p, _ in result.detector.predict_paths(paths, num_workers=0, progress=False)]
     det = load_finetuned(tmp_path / "run" / "detector", device="cpu")
     assert det.card.weights_id == result.detector.card.weights_id
-    assert [p for _, p, _ in det.predict_paths(paths, num_workers=0, progress=False)] == expected
+    # the same tensors on the same device score identically; CPU vs CUDA (bf16 autocast) only approximately
+    tol = 0.0 if result.detector.backbone.device.type == "cpu" else 0.02
+    assert np.allclose([p for _, p, _ in det.predict_paths(paths, num_workers=0, progress=False)], expected, atol=tol)
     via_load = Detector.load(tmp_path / "run" / "detector")  # the generic entry point finds the tuned tensors
-    assert [p for _, p, _ in via_load.predict_paths(paths, num_workers=0, progress=False)] == expected
+    assert np.allclose([p for _, p, _ in via_load.predict_paths(paths, num_workers=0, progress=False)], expected,
+                       atol=tol)
     stripped = tmp_path / "stripped"
     shutil.copytree(tmp_path / "run" / "detector", stripped)
     (stripped / "backbone.safetensors").unlink()

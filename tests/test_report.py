@@ -116,6 +116,10 @@ def test_report_single_run(evaluated, tmp_path: Path) -> None:
     check_html(html, 1)
     assert 'id="gap"' not in html  # no reference to compare with
     assert "Robustness slices" in html and "jpeg85" in html and "ROC AUC" in html
+    private = render_report([run], tmp_path / "private.html", thumbnails=False).read_text()
+    assert "data:image/jpeg" not in private and "not shown" in private  # a report travels; private data need not
+    some = render_report([run], tmp_path / "some.html", thumbnails=lambda p: "real" in Path(p).parts).read_text()
+    assert 0 < some.count("data:image/jpeg") < html.count("data:image/jpeg")
 
 
 def test_report_compares_runs_side_by_side(evaluated, tmp_path: Path) -> None:

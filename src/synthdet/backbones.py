@@ -69,6 +69,20 @@ def list_backbones() -> list[BackboneEntry]:
     return list(_REGISTRY.values())
 
 
+_PREFIXES: dict[str, Callable[..., Backbone]] = {}
+
+
+def register_backbone_prefix(prefix: str) -> Callable[[Callable[..., Backbone]], Callable[..., Backbone]]:
+    """Register a factory for every name ``<prefix>:<rest>``, for backbones built around another one
+    (``dualstream:<model>``); it is called as ``factory(name, rest, weights=, pretrained=, preprocess=)``."""
+
+    def deco(fn: Callable[..., Backbone]) -> Callable[..., Backbone]:
+        _PREFIXES[prefix] = fn
+        return fn
+
+    return deco
+
+
 @cache
 def _file_digest(path: str, mtime: float, size: int) -> str:
     h = hashlib.sha256()
@@ -386,8 +400,11 @@ def create_backbone(
     ``pretrained=False`` builds a randomly initialised network (tests, tiny configs); ``device`` defaults to CUDA
     when available.
     """
+    prefix, _, rest = name.partition(":")
     if name in _REGISTRY:
         bb = _REGISTRY[name].factory(weights=weights, pretrained=pretrained, preprocess=preprocess)
+    elif prefix in _PREFIXES:
+        bb = _PREFIXES[prefix](name, rest, weights=weights, pretrained=pretrained, preprocess=preprocess)
     elif name.startswith("timm:"):
         bb = _timm_backbone(name, name[5:], weights=weights, pretrained=pretrained, preprocess=preprocess)
     elif name.startswith("open_clip:"):
@@ -395,7 +412,10 @@ def create_backbone(
         bb = _open_clip_backbone(name, arch, tag or None, weights=weights, pretrained=pretrained, preprocess=preprocess)
     else:
         known = ", ".join(sorted(_REGISTRY))
-        raise ValueError(f"unknown backbone {name!r}; registered: {known}; or use timm:<model> / open_clip:<arch>/<tag>")
+        prefixes = "".join(f" / {p}:<model>" for p in sorted(_PREFIXES))
+        raise ValueError(
+            f"unknown backbone {name!r}; registered: {known}; or use timm:<model> / open_clip:<arch>/<tag>{prefixes}"
+        )
     for p in bb.parameters():
         p.requires_grad_(False)
     return bb.to(default_device(device))
@@ -454,3 +474,6 @@ def fetch_weights(name: str, *, timeout: float = 600.0) -> None:
             f"{name}: could not download weights ({last}). This machine cannot reach the hub: run "
             f"`synthdet weights fetch {name}` on one that can and copy ~/.cache/huggingface here, or pass --weights FILE."
         )
+
+
+from . import dualstream as _dualstream  # noqa: E402,F401 - registers "dualstream:" and "dualstream-dct:"

@@ -11,7 +11,7 @@ import time
 from collections.abc import Iterable, Iterator
 from importlib import resources
 from pathlib import Path
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 import numpy as np
 import torch
@@ -24,6 +24,9 @@ from .features import ImageTransform, forward_batches
 from .heads import head_from_state
 from .images import DEFAULT_MAX_PIXELS
 from .preprocess import Preprocess
+
+if TYPE_CHECKING:
+    from .ensemble import EnsembleDetector
 
 FeatureKind = Literal["pooled", "concat"]
 
@@ -90,12 +93,17 @@ class Detector:
         return path
 
     @classmethod
-    def load(cls, path: str | Path | None = None) -> Detector:
-        """Load a saved detector; ``None`` loads the default detector shipped inside the package."""
+    def load(cls, path: str | Path | None = None) -> Detector | EnsembleDetector:
+        """Load a saved detector; ``None`` loads the default detector shipped inside the package. An ensemble folder
+        gives an :class:`~synthdet.ensemble.EnsembleDetector`: same ``card``, ``threshold`` and ``predict_paths``."""
         path = Path(path) if path is not None else default_detector_path()
         card_file = path / "card.json"
         if not card_file.is_file():
             raise FileNotFoundError(f"{path}: not a synthdet detector (no card.json)")
+        if json.loads(card_file.read_text()).get("kind") == "ensemble":  # saved detectors combined by a rule
+            from .ensemble import load_ensemble
+
+            return load_ensemble(path)
         if (path / "backbone.safetensors").is_file():  # fine-tuned: base backbone + tuned tensors
             from .finetune import load_finetuned
 

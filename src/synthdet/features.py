@@ -12,7 +12,7 @@ import json
 import os
 import shutil
 import uuid
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -171,16 +171,34 @@ class _ViewsDataset(Dataset):
     def __getitem__(self, i: int) -> tuple[int, torch.Tensor | None, str]:
         path, sha, views = self.items[i]
         try:
-            img = load_image(path, max_pixels=self.max_pixels, draft_size=None if self.transform else self.pre.draft_size)
-            if self.transform is not None:
-                img = self.transform(img, sha)
-            return i, torch.stack([self.pre(img, view=v, key=sha) for v in views]), ""
+            if self.transform is not None:  # a slice must see the image as stored: no draft decoding
+                img = self.transform(load_image(path, max_pixels=self.max_pixels), sha)
+                return i, torch.stack([self.pre(img, view=v, key=sha) for v in views]), ""
+            # view 0 always comes from the same decode, so cached and freshly scored features agree; training views
+            # (smaller crops) need more pixels, so a large JPEG is decoded a second time at a finer DCT scale
+            img = load_image(path, max_pixels=self.max_pixels, draft_size=self.pre.canonical_draft_size)
+            fine = img
+            if any(views) and img.info.get("draft_scale", 1) > 1:
+                fine = load_image(path, max_pixels=self.max_pixels, draft_size=self.pre.draft_size)
+            return i, torch.stack([self.pre(img if v == 0 else fine, view=v, key=sha) for v in views]), ""
         except ImageLoadError as e:
             return i, None, e.reason + (f": {e.detail}" if e.detail else "")
 
 
 def _collate(batch: list) -> list:
     return batch
+
+
+def _regroup(loader: Iterable[list], size: int) -> Iterator[list]:
+    """Concatenate small loader batches into groups of ``size`` items (the last one may be short)."""
+    buf: list = []
+    for batch in loader:
+        buf.extend(batch)
+        if len(buf) >= size:
+            yield buf
+            buf = []
+    if buf:
+        yield buf
 
 
 def num_workers_default() -> int:
@@ -209,9 +227,10 @@ def forward_batches(
     """
     workers = num_workers_default() if num_workers is None else num_workers
     per_item = max(1, max((len(v) for _, _, v in items), default=1))
-    loader = DataLoader(
+    per_forward = max(1, batch_size // per_item)
+    loader = DataLoader(  # small loader batches keep every worker busy; the network still sees ``batch_size``
         _ViewsDataset(items, backbone, max_pixels, transform),
-        batch_size=max(1, batch_size // per_item),
+        batch_size=max(1, min(4, per_forward)),
         num_workers=workers,
         collate_fn=_collate,
         persistent_workers=False,
@@ -220,7 +239,7 @@ def forward_batches(
     device = backbone.device
     autocast = torch.autocast("cuda", dtype=torch.bfloat16) if device.type == "cuda" else torch.autocast("cpu", enabled=False)
     bar = tqdm(total=len(items), desc=desc, unit="img", disable=not progress)
-    for batch in loader:
+    for batch in _regroup(loader, per_forward):
         pairs: list[tuple[int, int]] = []
         tensors: list[torch.Tensor] = []
         errors: list[tuple[int, str]] = []

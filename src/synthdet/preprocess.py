@@ -61,8 +61,13 @@ class Preprocess(BaseModel):
 
     @property
     def draft_size(self) -> int:
-        """Short side a JPEG must keep when draft-decoded: enough for the smallest training crop, with 2x margin."""
+        """Short side a JPEG must keep when draft-decoded for training views: the smallest crop, with 2x margin."""
         return int(2 * self.size / self.views.crop_scale[0])
+
+    @property
+    def canonical_draft_size(self) -> int:
+        """Short side to keep for view 0 (inference): twice the model size, so the final resize still antialiases."""
+        return 2 * self.size
 
     def render(self, img: Image.Image, *, view: int = 0, key: str = "") -> Image.Image:
         """Apply the chain (canonical for ``view == 0``) and return the RGB image the model sees, before tensors."""

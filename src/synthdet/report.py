@@ -12,6 +12,7 @@ import base64
 import html
 import io
 import math
+import re
 import time
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import replace
@@ -53,7 +54,8 @@ img.plot{max-width:100%;height:auto;display:block;margin:6px 0}
 .thumbs{display:flex;flex-wrap:wrap;gap:10px}
 figure{margin:0;width:156px;font-size:11.5px;color:#3b4254}
 figure img{display:block;border:1px solid #d5d9e1;max-width:150px;max-height:150px}
-figcaption{word-break:break-all}
+figcaption{word-break:break-all}summary{cursor:pointer;color:#2a5bd7;font-size:13px;margin:4px 0}
+.ph{width:150px;height:96px;display:flex;align-items:center;justify-content:center;background:#eef0f4;color:#7a8294;border:1px dashed #c9ced8}
 nav a{margin-right:12px;color:#2a5bd7;text-decoration:none;font-size:13px}
 .swatch{display:inline-block;width:11px;height:11px;border-radius:2px;margin-right:5px;vertical-align:-1px}
 """
@@ -294,7 +296,8 @@ def _groups(runs: list[EvalRun]) -> str:
                 cells += [_ci_cell(g["at_threshold"], "accuracy") if g else "–", _ci_cell(g, "roc_auc") if g else "–"]
             rows.append(cells)
         header = ["value", "class", "n"] + [h for r in runs for h in (f"correct {html.escape(r.name)}", "ROC AUC")]
-        parts.append(f"<h3>per {html.escape(col)}</h3>" + _img_tag(fig, f"per-{col} bars") + _table(header, rows, left=2))
+        parts.append(f"<h3>per {html.escape(col)}</h3>" + _img_tag(fig, f"per-{col} bars")
+                     + f"<details><summary>table ({len(values)} values)</summary>{_table(header, rows, left=2)}</details>")
     note = ('<p class="note">Single-class groups (every generator, every camera source) have no ROC AUC; their '
             '"correct" is the recall of fakes or the specificity on real photos. One easy family must not hide a weak '
             'one.</p>')
@@ -352,7 +355,7 @@ def _thumbnail(path: str) -> str | None:
 
 def _figure(row: pd.Series, show: Callable[[str], bool]) -> str:
     data = _thumbnail(row["path"]) if show(row["path"]) else ""
-    img = ("(image not shown)" if data == "" else "(image not found)" if data is None
+    img = ('<div class="ph">not shown</div>' if data == "" else '<div class="ph">file not found</div>' if data is None
            else f'<img alt="{html.escape(Path(row["path"]).name)}" src="data:image/jpeg;base64,{data}">')
     gen = html.escape(str(row.get("generator", ""))[:40])
     return (f"<figure>{img}<figcaption><b>p = {row[f'prob_{CLEAN}']:.3f}</b><br>{gen}<br>"
@@ -401,13 +404,11 @@ def render_report(
     if not runs:
         raise ValueError("render_report needs at least one evaluation run")
     runs = _unique_names(runs)
-    sections = [_summary(runs), *([_gap(runs)] if len(runs) > 1 else []), _metrics(runs), _curves(runs),
-                _histograms(runs), _confusions(runs), _reliability(runs), _groups(runs), _robustness(runs),
-                _errors(runs, thumbnails if callable(thumbnails) else lambda _: bool(thumbnails)), _skipped(runs)]
-    nav = "".join(f'<a href="#{a}">{t}</a>' for a, t in (
-        ("summary", "summary"), *([("gap", "gap")] if len(runs) > 1 else []), ("metrics", "metrics"),
-        ("curves", "curves"), ("histograms", "scores"), ("confusion", "confusion"), ("reliability", "calibration"),
-        ("groups", "groups"), ("robustness", "robustness"), ("errors", "errors"), ("skipped", "skipped")))
+    show = thumbnails if callable(thumbnails) else lambda _: bool(thumbnails)
+    sections = [_summary(runs), *([_gap(runs)] if len(runs) > 1 else []), _metrics(runs), _robustness(runs),
+                _curves(runs), _histograms(runs), _confusions(runs), _reliability(runs), _groups(runs),
+                _errors(runs, show), _skipped(runs)]
+    nav = "".join(f'<a href="#{a}">{a}</a>' for a in (re.match(r'<section id="([^"]+)"', s)[1] for s in sections))
     runs_meta = "<br>".join(
         f"{_swatch(i)}<b>{html.escape(r.name)}</b>: {html.escape(_describe(r))}" for i, r in enumerate(runs))
     doc = (f'<!DOCTYPE html><html lang="en"><head><meta charset="utf-8"><title>{html.escape(title)}</title>'

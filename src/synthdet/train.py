@@ -46,6 +46,37 @@ def load_features(
     return assemble_features(pooled, layers, kind), np.repeat(np.arange(len(shas)), len(views))
 
 
+def usable_rows(
+    data: str | Path | pd.DataFrame, *, progress: bool = True
+) -> tuple[pd.DataFrame, list[tuple[str, str]]]:
+    """Decodable, labelled rows of a folder, CSV or manifest frame, and the unusable files with their reasons."""
+    df = data.copy() if isinstance(data, pd.DataFrame) else index(data, progress=progress)
+    skipped = [(p, e) for p, e in zip(df.loc[~df["ok"], "path"], df.loc[~df["ok"], "error"])]
+    df = df[df["ok"] & (df["label"] >= 0)].reset_index(drop=True)
+    if df.empty or df["label"].nunique() < 2:
+        raise ManifestError("training needs decodable images of both classes (label 0 = real, 1 = fake)")
+    return df, skipped
+
+
+def head_config(
+    head: str, features: FeatureKind, head_params: dict[str, Any] | None, bb: Backbone
+) -> tuple[FeatureKind, dict[str, Any]]:
+    """The features a head reads and its parameters: layer-wise fusion reads pooled + every tap, split back into
+    layers, whatever ``features`` says."""
+    if head != "fusion":
+        return features, dict(head_params or {})
+    return "concat", {"layer_dims": [bb.embed_dim, *bb.layer_dims], **(head_params or {})}
+
+
+def fit_head(
+    head: str, head_params: dict[str, Any], X_fit: np.ndarray, y_fit: np.ndarray, X_cal: np.ndarray, y_cal: np.ndarray
+) -> tuple[Any, float]:
+    """Fit on the ``fit`` rows, early-stop on ``calib`` and take the F1-optimal threshold on ``calib`` probabilities,
+    so the threshold never comes from rows the head was fitted on."""
+    model = make_head(head, **head_params).fit(X_fit, y_fit, X_val=X_cal, y_val=y_cal)
+    return model, f1_optimal_threshold(y_cal, model.predict_proba(X_cal)[:, 1])
+
+
 def train_detector(
     data: str | Path | pd.DataFrame,
     *,
@@ -68,16 +99,11 @@ def train_detector(
     """Train, calibrate and evaluate a detector; ``refit=True`` then refits on fit + val (the threshold is re-tuned
     on ``calib``, still unseen), so a shipped detector uses every image while its card keeps honest held-out metrics.
     """
-    df = data.copy() if isinstance(data, pd.DataFrame) else index(data, progress=progress)
-    skipped = [(p, e) for p, e in zip(df.loc[~df["ok"], "path"], df.loc[~df["ok"], "error"])]
-    df = df[df["ok"] & (df["label"] >= 0)].reset_index(drop=True)
-    if df.empty or df["label"].nunique() < 2:
-        raise ManifestError("training needs decodable images of both classes (label 0 = real, 1 = fake)")
+    df, skipped = usable_rows(data, progress=progress)
     df["split"] = three_way_split(df, val_fraction=val_fraction, calib_fraction=calib_fraction, seed=seed)
 
-    if head == "fusion":
-        features = "concat"
     bb = backbone if isinstance(backbone, Backbone) else create_backbone(backbone, weights=weights)
+    features, head_params = head_config(head, features, head_params, bb)
     store = FeatureStore.for_backbone(bb, cache_dir)
     views = list(range(max(1, n_views)))
     many = {"fit", "val"} if refit else {"fit"}  # splits a head is fitted on get every view; the rest view 0
@@ -101,11 +127,7 @@ def train_detector(
     X_fit, y_fit, _ = part("fit", views)
     X_cal, y_cal, _ = part("calib", [0])
     X_val, y_val, val_rows = part("val", [0])
-    if head == "fusion":  # layer-wise fusion reads pooled + every tap, split back into layers
-        head_params = {"layer_dims": [bb.embed_dim, *bb.layer_dims], **(head_params or {})}
-    model = make_head(head, **(head_params or {}))
-    model.fit(X_fit, y_fit, X_val=X_cal, y_val=y_cal)
-    threshold = f1_optimal_threshold(y_cal, model.predict_proba(X_cal)[:, 1])
+    model, threshold = fit_head(head, head_params, X_fit, y_fit, X_cal, y_cal)
     val_prob = model.predict_proba(X_val)[:, 1]
     metrics = binary_metrics(y_val, val_prob, threshold=threshold)
     by = grouped_metrics(
@@ -116,10 +138,9 @@ def train_detector(
     metrics["by"] = {col: {g: {k: m[k] for k in keep} for g, m in groups.items()} for col, groups in by.items()}
     if refit:
         X_all, y_all, _ = part("val", views)
-        model = make_head(head, **(head_params or {})).fit(
-            np.concatenate([X_fit, X_all]), np.concatenate([y_fit, y_all]), X_val=X_cal, y_val=y_cal
+        model, threshold = fit_head(
+            head, head_params, np.concatenate([X_fit, X_all]), np.concatenate([y_fit, y_all]), X_cal, y_cal
         )
-        threshold = f1_optimal_threshold(y_cal, model.predict_proba(X_cal)[:, 1])
     counts = df.groupby("split")["label"].agg(["size", "sum"]).rename(columns={"size": "n", "sum": "n_fake"})
     card = Card(
         backbone=bb.name, weights_id=bb.weights_id, weights_file=str(weights) if weights else None,

@@ -1,0 +1,284 @@
+"""Stratified k-fold cross-validation of a detector recipe: how much do its scores move with the split?
+
+Raza 2025 (``seeds/003``) validates with 5-fold stratified CV "to assess stability and variance" and then retrains
+the final model on all labelled images; one 80/20 split of a 927-image set can be lucky or unlucky by several
+points of F1, and k folds show by how much.
+
+Folds come from :func:`synthdet.data.kfold` (stratified by label, by content hash, so copies share a fold); every
+image is tested exactly once. Inside the k-1 training folds a stratified ``calib`` slice (15 %, seed + 1, as in
+``train_detector``) is held out: the head early-stops on it and the fold's F1-optimal threshold is chosen on it —
+never on the test fold, whose images only ever get scored. Fold metrics are computed on the test fold alone; the
+summary is mean ± population std (ddof 0, as scikit-learn's CV examples) over folds.
+
+:func:`run_folds` is the loop for any recipe given as a :data:`FoldFitter`; :func:`cross_validate` runs it for a
+head on cached features, :func:`finetune_fitter` makes the fitter for fine-tuning from images (one fine-tuning per
+fold: fine on a GPU, slow on CPU). With ``refit_all`` the head is then fitted on every labelled image and its
+threshold taken from the out-of-fold probabilities — each from a model that never saw that image, as scikit-learn's
+``TunedThresholdClassifierCV`` does; torch heads train for the median best epoch of the folds (nothing is left to
+early-stop on).
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Annotated, Any, cast
+
+import numpy as np
+import pandas as pd
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from .backbones import Backbone, create_backbone
+from .calibrate import f1_optimal_threshold
+from .data import kfold, manifest_hash, split
+from .detector import Card, Detector, FeatureKind
+from .evaluate import binary_metrics
+from .features import FeatureStore, extract
+from .heads import make_head
+from .train import fit_head, head_config, load_features, usable_rows
+
+if TYPE_CHECKING:
+    from .finetune import FineTuneConfig
+
+FoldFitter = Callable[[int, pd.DataFrame, pd.DataFrame], tuple[np.ndarray, float]]
+"""``(fold, train rows with a split column "fit"/"calib", test rows) → (test probabilities, threshold)``.
+
+The threshold must come from the ``calib`` rows; a NaN probability marks a test image that could not be scored (it
+is left out of that fold's metrics and kept in the out-of-fold table)."""
+
+#: Per-fold metrics, in table order: ranking metrics, then decisions at the fold's own calibrated threshold.
+FOLD_METRICS = ("roc_auc", "ap", "f1", "accuracy", "eer")
+
+
+@dataclass
+class CVResult:
+    folds: list[dict[str, Any]]  # per fold: fold, n, n_fake, threshold and FOLD_METRICS
+    mean: dict[str, float]
+    std: dict[str, float]
+    oof: pd.DataFrame  # one row per image: path, sha256, label, source, generator, fold, prob, threshold
+    detector: Detector | None = None  # with refit_all: fitted on every image, threshold from the oof probabilities
+    skipped: list[tuple[str, str]] = field(default_factory=list)
+    config: dict[str, Any] = field(default_factory=dict)  # what was cross-validated (backbone, head, k …)
+
+    def summary(self) -> dict[str, Any]:
+        return {"config": self.config, "folds": self.folds, "mean": self.mean, "std": self.std}
+
+
+def fold_metrics(y: np.ndarray, prob: np.ndarray, threshold: float) -> dict[str, float]:
+    m = binary_metrics(y, prob, threshold=threshold)
+    at = m["at_threshold"]
+    return {"n": m["n"], "n_fake": m["n_fake"], "threshold": float(threshold), "roc_auc": m["roc_auc"], "ap": m["ap"],
+            "f1": at["f1"], "accuracy": at["accuracy"], "eer": m["eer"]}
+
+
+def run_folds(
+    df: pd.DataFrame, fit_fold: FoldFitter, *, k: int = 5, seed: int = 42, calib_fraction: float = 0.15
+) -> CVResult:
+    """Fit ``k`` times, each time testing one fold; ``df`` holds decodable, labelled rows (one per image is kept)."""
+    df = df.drop_duplicates("sha256").reset_index(drop=True)
+    df["fold"] = kfold(df, k=k, seed=seed)
+    prob = np.full(len(df), np.nan)
+    thr = np.full(len(df), np.nan)
+    folds = []
+    for f in range(k):
+        train = df[df["fold"] != f].copy()
+        inner = split(train, val_fraction=calib_fraction, seed=seed + 1)
+        train["split"] = np.where(inner == "val", "calib", "fit")
+        test = df[df["fold"] == f]
+        p, t = fit_fold(f, train, test)
+        prob[test.index], thr[test.index] = p, t
+        scored = np.isfinite(p)
+        folds.append({"fold": f, **fold_metrics(test["label"].to_numpy()[scored], p[scored], t)})
+    table = pd.DataFrame(folds)
+    keep = [c for c in ("path", "sha256", "label", "source", "generator", "fold") if c in df]
+    oof = df[keep].assign(prob=prob, threshold=thr)
+    return CVResult(folds, {m: float(table[m].mean()) for m in FOLD_METRICS},
+                    {m: float(table[m].std(ddof=0)) for m in FOLD_METRICS}, oof)
+
+
+def _best_epoch(model: Any) -> int | None:
+    """Epoch (1-based) with the best calib ROC AUC, for heads that early-stop (torch probes); None for the others."""
+    history = getattr(model, "history_", None)
+    if not history or "val_auc" not in history[0]:
+        return None
+    return 1 + int(np.argmax([r["val_auc"] for r in history]))
+
+
+def cross_validate(
+    data: str | Path | pd.DataFrame,
+    *,
+    backbone: str | Backbone = "effnet-lite0",
+    weights: str | Path | None = None,
+    head: str = "logreg",
+    head_params: dict[str, Any] | None = None,
+    features: FeatureKind = "pooled",
+    n_views: int = 4,
+    k: int = 5,
+    seed: int = 42,
+    calib_fraction: float = 0.15,
+    cache_dir: str | Path | None = None,
+    batch_size: int = 32,
+    num_workers: int | None = None,
+    refit_all: bool = False,
+    out: str | Path | None = None,
+    progress: bool = True,
+) -> CVResult:
+    """k-fold CV of ``head`` on cached features (``fit`` rows get ``n_views`` views, calib and test rows view 0, as
+    in ``train_detector``). ``out`` receives ``cv.json``, ``oof.csv`` and, with ``refit_all``, ``detector/``."""
+    df, skipped = usable_rows(data, progress=progress)
+    df = df.drop_duplicates("sha256").reset_index(drop=True)
+    bb = backbone if isinstance(backbone, Backbone) else create_backbone(backbone, weights=weights)
+    features, params = head_config(head, features, head_params, bb)
+    store = FeatureStore.for_backbone(bb, cache_dir)
+    views = list(range(max(1, n_views)))  # every image is in the fit rows of some fold: extract every view once
+    ex = extract(bb, df["path"].tolist(), df["sha256"].tolist(), store, views=views, batch_size=batch_size,
+                 num_workers=num_workers, progress=progress)
+    skipped += [(s.path, s.reason) for s in ex.skipped]
+    df = df[~df["path"].isin({s.path for s in ex.skipped})].reset_index(drop=True)
+    X, owner = load_features(store, df["sha256"].tolist(), views, features)  # row i * len(views) + v
+    y = df["label"].to_numpy()[owner]
+
+    def rows(images: pd.Index, every_view: bool) -> np.ndarray:
+        first = np.asarray(images) * len(views)
+        return (first[:, None] + np.arange(len(views))).ravel() if every_view else first
+
+    best_epochs: list[int | None] = []
+
+    def fit_fold(_: int, train: pd.DataFrame, test: pd.DataFrame) -> tuple[np.ndarray, float]:
+        fit, cal = rows(train.index[train["split"] == "fit"], True), rows(train.index[train["split"] == "calib"], False)
+        model, threshold = fit_head(head, params, X[fit], y[fit], X[cal], y[cal])
+        best_epochs.append(_best_epoch(model))
+        return model.predict_proba(X[rows(test.index, False)])[:, 1], threshold
+
+    result = run_folds(df, fit_fold, k=k, seed=seed, calib_fraction=calib_fraction)
+    result.skipped = skipped
+    result.config = {"backbone": bb.name, "weights_id": bb.weights_id, "head": head, "features": features,
+                     "n_views": len(views), "k": k, "seed": seed, "calib_fraction": calib_fraction,
+                     "n_images": len(df), "skipped": len(skipped)}
+    if refit_all:
+        result.detector = _refit(df, X, y, bb, weights, head, params, features, best_epochs, result)
+    if out is not None:
+        save_cv(result, out)
+    return result
+
+
+def _refit(
+    df: pd.DataFrame, X: np.ndarray, y: np.ndarray, bb: Backbone, weights: str | Path | None, head: str,
+    params: dict[str, Any], features: FeatureKind, best_epochs: list[int | None], cv: CVResult,
+) -> Detector:
+    """The head on every image and view; threshold from the out-of-fold probabilities (each from a model that never
+    saw that image); torch heads train for the folds' median best epoch, as nothing is held out to stop on."""
+    if all(e is not None for e in best_epochs):
+        params = {**params, "epochs": max(1, round(float(np.median(best_epochs)))), "val_fraction": 0.0}
+    model = make_head(head, **params).fit(X, y)
+    scored = cv.oof[np.isfinite(cv.oof["prob"])]
+    threshold = f1_optimal_threshold(scored["label"].to_numpy(), scored["prob"].to_numpy())
+    card = Card(
+        backbone=bb.name, weights_id=bb.weights_id, weights_file=str(weights) if weights else None,
+        preprocess=bb.preprocess, features=features, head=head, head_params=model.get_params(),
+        n_features=X.shape[1], threshold=threshold, prior=float(df["label"].mean()), metrics={"cv": cv.summary()},
+        data={"manifest_hash": manifest_hash(df), "n_images": len(df), "n_views": cv.config["n_views"],
+              "seed": cv.config["seed"], "k": cv.config["k"], "refit_on": "all",
+              "threshold_from": "out-of-fold probabilities"},
+    )
+    return Detector(card, model, backbone=bb)
+
+
+def save_cv(result: CVResult, out: str | Path) -> Path:
+    """``cv.json`` (config, folds, mean, std), ``oof.csv`` and the refitted ``detector/`` (with its manifest, every
+    row ``split=fit``: an ensemble calibrated on these images is warned that this member has seen them)."""
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "cv.json").write_text(json.dumps(result.summary(), indent=2))
+    result.oof.to_csv(out / "oof.csv", index=False)
+    if result.detector is not None:
+        result.detector.save(out / "detector")
+        result.oof.drop(columns=["prob", "threshold"]).assign(split="fit").to_csv(
+            out / "detector" / "manifest.csv", index=False)
+    return out
+
+
+def finetune_fitter(
+    backbone: str, cfg: FineTuneConfig | None = None, run_dir: str | Path = "cv-finetune", *,
+    weights: str | Path | None = None, progress: bool = True,
+) -> FoldFitter:
+    """A :data:`FoldFitter` that fine-tunes ``backbone`` (a fresh copy per fold: fine-tuning trains it in place) on
+    the fold's ``fit`` rows, selects the epoch and threshold on its ``calib`` rows, and scores the test fold through
+    ``predict_paths``, as inference will. ``cfg`` is a :class:`~synthdet.finetune.FineTuneConfig`; fold f's run goes
+    to ``run_dir/fold<f>`` (resumable). Use as ``run_folds(usable_rows(data)[0], finetune_fitter("effnet-lite0"))``.
+    """
+    from .finetune import FineTuneConfig, finetune
+
+    cfg = cfg or FineTuneConfig()
+
+    def fit_fold(fold: int, train: pd.DataFrame, test: pd.DataFrame) -> tuple[np.ndarray, float]:
+        items = {name: list(zip(part["path"], part["label"].astype(int))) for name, part in train.groupby("split")}
+        bb = create_backbone(backbone, weights=weights)
+        det = finetune(bb, items["fit"], items["calib"], cfg, Path(run_dir) / f"fold{fold}", weights_file=weights,
+                       progress=progress).detector
+        scored = det.predict_paths(test["path"].tolist(), batch_size=cfg.batch_size, num_workers=cfg.num_workers,
+                                   max_pixels=cfg.max_pixels, progress=progress)
+        return np.array([np.nan if p is None else p for _, p, _ in scored]), det.threshold
+
+    return fit_fold
+
+
+# ------------------------------------------------------------------------------------------------------------ CLI
+def cv_table(result: CVResult) -> Table:
+    c = result.config
+    table = Table(title=f"{c['k']}-fold CV — {c['backbone']} + {c['head']} ({c['features']}, {c['n_views']} views, "
+                        f"{c['n_images']} images)")
+    for col in ("fold", "n", "fake", "ROC AUC", "AP", "F1", "accuracy", "EER", "threshold"):
+        table.add_column(col, justify="right")
+    for f in result.folds:
+        table.add_row(str(f["fold"]), str(f["n"]), str(f["n_fake"]), *(f"{f[m]:.4f}" for m in FOLD_METRICS),
+                      f"{f['threshold']:.3f}")
+    table.add_section()
+    table.add_row("mean ± std", str(sum(f["n"] for f in result.folds)), str(sum(f["n_fake"] for f in result.folds)),
+                  *(f"{result.mean[m]:.4f} ± {result.std[m]:.4f}" for m in FOLD_METRICS), "")
+    table.caption = "F1 and accuracy at each fold's threshold, chosen on a calibration slice of its training folds"
+    return table
+
+
+def cv_command(
+    data: Annotated[Path, typer.Argument(help="Folder (0_real/1_fake, real/fake), CSV path,label or manifest.")],
+    out: Annotated[Path, typer.Option("-o", "--out", help="Folder for cv.json, oof.csv and (--refit) detector/.")],
+    backbone: Annotated[str, typer.Option(help="Backbone name (see `synthdet backbones`).")] = "effnet-lite0",
+    weights: Annotated[Path | None, typer.Option(help="Local weights file for the backbone.")] = None,
+    head: Annotated[str, typer.Option(help="linear | residual | deep | logreg | fusion")] = "logreg",
+    features: Annotated[str, typer.Option(help="pooled | concat (pooled + every layer tap)")] = "pooled",
+    views: Annotated[int, typer.Option(min=1, help="Cached training views per image.")] = 4,
+    k: Annotated[int, typer.Option(min=2, help="Number of folds.")] = 5,
+    seed: Annotated[int, typer.Option()] = 42,
+    cache: Annotated[Path | None, typer.Option(help="Feature cache root.")] = None,
+    batch_size: Annotated[int, typer.Option(min=1)] = 32,
+    workers: Annotated[int | None, typer.Option(help="DataLoader workers.")] = None,
+    refit: Annotated[bool, typer.Option(help="Then fit on every image → OUT/detector (threshold from out-of-fold "
+                                             "probabilities).")] = False,
+) -> None:
+    """Stratified k-fold cross-validation of a head on cached features: each fold, then mean ± std."""
+    from .backbones import WeightsNotFoundError
+    from .data import ManifestError
+
+    if features not in ("pooled", "concat"):
+        raise typer.BadParameter(f"--features must be pooled or concat, not {features!r}")
+    console, err = Console(), Console(stderr=True)
+    try:
+        result = cross_validate(
+            data, backbone=backbone, weights=weights, head=head, features=cast(FeatureKind, features), n_views=views,
+            k=k, seed=seed, cache_dir=cache, batch_size=batch_size, num_workers=workers, refit_all=refit, out=out,
+        )
+    except (ManifestError, WeightsNotFoundError, ValueError) as e:
+        err.print(f"[bold red]error:[/] {e}", soft_wrap=True, highlight=False)
+        raise typer.Exit(2) from None
+    for path, reason in result.skipped:
+        err.print(f"[yellow]skipped[/] {path}: {reason}", soft_wrap=True, highlight=False)
+    console.print(cv_table(result))
+    console.print(f"folds → [bold]{out / 'cv.json'}[/], out-of-fold probabilities → [bold]{out / 'oof.csv'}[/]")
+    if result.detector is not None:
+        console.print(f"detector fitted on every image → [bold]{out / 'detector'}[/]  "
+                      f"(threshold {result.detector.threshold:.3f}, from the out-of-fold probabilities)")

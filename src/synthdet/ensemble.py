@@ -1,0 +1,343 @@
+"""Ensembles of saved detectors, themselves a saved detector (Li 2025, ``seeds/002``: runs #8 and #9).
+
+Rules, over the members' probabilities of being generated (:func:`combine`):
+
+- ``mean``: weighted mean of the probabilities (weights given, or equal);
+- ``majority``: each member votes "generated" when its probability reaches *its own* calibrated threshold; the
+  output is the (weighted, default equal) fraction of votes for "generated" — Li's run #8;
+- ``weighted-majority``: the same vote, each member weighted by its F1 on its held-out split (``card.metrics['val']
+  ['at_threshold']['f1']``, or the cross-validation mean F1 of a detector refitted on everything) — run #9, which
+  weighted by test-set F1; synthdet never looks at test labels.
+
+Ties: a vote split exactly in half scores 0.5, and synthdet decides ``score >= threshold`` everywhere, so at the
+plain-majority threshold 0.5 a tie counts as *generated* (a missed fake is the costlier error when triaging
+misinformation). The saved ensemble does not keep 0.5: its threshold is the F1-optimal one on the calibration data
+(``--calib``), which for a vote is the F1-optimal vote quota (ties prefer the higher quota, as in
+:func:`~synthdet.calibrate.f1_optimal_threshold`). Calibration images must be unseen by the members (e.g. their
+shared held-out ``val`` split); the card counts, per member, calibration images found in that member's
+``manifest.csv`` outside its ``val`` split, and the command warns when there are any.
+
+On disk an ensemble is a folder with ``card.json`` (``kind: "ensemble"``, rule, weights, members, threshold,
+calibration metrics) and ``members/`` holding a copy of every member folder, so it is self-contained;
+:meth:`synthdet.detector.Detector.load` returns an :class:`EnsembleDetector` for it. Members on the same backbone
+(name, weights and preprocessing) share one forward pass per image.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import time
+from collections.abc import Iterable, Iterator, Sequence
+from pathlib import Path
+from typing import Annotated, Any, Literal, get_args
+
+import numpy as np
+import pandas as pd
+import typer
+from pydantic import BaseModel, ConfigDict
+from rich.console import Console
+from rich.table import Table
+
+from . import __version__
+from .backbones import Backbone
+from .calibrate import f1_optimal_threshold
+from .data import manifest_hash
+from .detector import Card, Detector, assemble_features
+from .evaluate import binary_metrics
+from .features import ImageTransform, forward_batches
+from .images import DEFAULT_MAX_PIXELS
+from .train import usable_rows
+
+Rule = Literal["mean", "majority", "weighted-majority"]
+RULES: tuple[str, ...] = get_args(Rule)
+
+
+def combine(
+    probs: np.ndarray, thresholds: Sequence[float] | np.ndarray, rule: str, weights: Sequence[float] | None = None
+) -> np.ndarray:
+    """Ensemble scores ``[n]`` from member probabilities ``[n, m]``; a row with a NaN (a member could not score the
+    image) gives NaN. ``thresholds`` are the members' own, used by the votes; ``weights`` default to equal, except
+    for ``weighted-majority``, which needs them (the members' validation F1)."""
+    probs = np.atleast_2d(np.asarray(probs, dtype=np.float64))
+    m = probs.shape[1]
+    w = _weights(m, rule, weights)
+    thr = np.asarray(thresholds, dtype=np.float64)
+    if thr.shape != (m,):
+        raise ValueError(f"need {m} member thresholds, got {len(thr)}")
+    scores = probs if rule == "mean" else (probs >= thr).astype(np.float64)
+    out = scores @ w / w.sum()
+    out[np.isnan(probs).any(axis=1)] = np.nan
+    return out
+
+
+def _weights(m: int, rule: str, weights: Sequence[float] | None) -> np.ndarray:
+    if rule not in RULES:
+        raise ValueError(f"unknown rule {rule!r}; choose from {', '.join(RULES)}")
+    if weights is None and rule == "weighted-majority":
+        raise ValueError("weighted-majority needs weights (each member's validation F1)")
+    w = np.ones(m) if weights is None else np.asarray(weights, dtype=np.float64)
+    if w.shape != (m,) or (w < 0).any() or w.sum() <= 0:
+        raise ValueError(f"need {m} non-negative weights with a positive sum, got {list(w)}")
+    return w
+
+
+def validation_f1(card: Card) -> float:
+    """A member's honest F1 at its own threshold: on its held-out split, or the CV mean of a refit-on-all detector."""
+    if "val" in card.metrics:
+        return float(card.metrics["val"]["at_threshold"]["f1"])
+    if "cv" in card.metrics:
+        return float(card.metrics["cv"]["mean"]["f1"])
+    raise ValueError(f"{card.backbone} + {card.head}: its card has no validation F1 (metrics 'val' or 'cv') to "
+                     f"weight by")
+
+
+class EnsembleCard(BaseModel):
+    """``card.json`` of an ensemble; ``backbone``/``weights_id``/``head``/``features`` summarise the members for
+    reports that show any detector's card."""
+
+    model_config = ConfigDict(extra="allow")
+
+    synthdet_version: str = __version__
+    kind: Literal["ensemble"] = "ensemble"
+    rule: Rule
+    names: list[str]  # m<j>-<folder name>: table rows, metric keys, and the folder names under members/
+    members: list[str]  # member folders; relative ones are inside the ensemble folder
+    weights: list[float]
+    threshold: float
+    prior: float = 0.5
+    backbone: str
+    weights_id: str
+    head: str
+    features: str
+    metrics: dict[str, Any] = {}
+    data: dict[str, Any] = {}
+    created: str = ""
+
+
+class EnsembleDetector:
+    """Saved detectors combined by a rule, with the interface of :class:`~synthdet.detector.Detector` that scoring
+    uses: ``card``, ``threshold``, ``backbone``, ``predict_paths``."""
+
+    def __init__(self, card: EnsembleCard, members: Sequence[Detector], member_dirs: Sequence[Path]) -> None:
+        if any(isinstance(m, EnsembleDetector) for m in members):
+            raise ValueError("an ensemble member must be a single detector, not an ensemble")
+        self.card = card
+        self.members = list(members)
+        self.member_dirs = [Path(d) for d in member_dirs]
+        groups: dict[tuple, list[int]] = {}
+        for j, m in enumerate(self.members):
+            c = m.card
+            groups.setdefault((c.backbone, c.weights_id, c.weights_file, c.preprocess.model_dump_json()), []).append(j)
+        self.groups = list(groups.values())  # member indices sharing one forward pass
+
+    @classmethod
+    def from_members(
+        cls, member_dirs: Sequence[str | Path], *, rule: str = "mean", weights: Sequence[float] | None = None,
+        threshold: float = 0.5,
+    ) -> EnsembleDetector:
+        """Load the members; weights default to equal, or to the members' validation F1 for ``weighted-majority``."""
+        dirs = [Path(d) for d in member_dirs]
+        if len(dirs) < 2:
+            raise ValueError("an ensemble needs at least two detectors")
+        members = [Detector.load(d) for d in dirs]
+        cards = [m.card for m in members]
+        if weights is None:
+            weights = [validation_f1(c) for c in cards] if rule == "weighted-majority" else [1.0] * len(members)
+        card = EnsembleCard(
+            rule=rule, names=[f"m{j}-{d.resolve().name}" for j, d in enumerate(dirs)], members=[str(d) for d in dirs],
+            weights=_weights(len(dirs), rule, weights).tolist(), threshold=threshold,
+            backbone="+".join(c.backbone for c in cards), weights_id="+".join(c.weights_id for c in cards),
+            head=f"ensemble-{rule}", features="+".join(str(c.features) for c in cards),
+        )
+        return cls(card, members, dirs)
+
+    @property
+    def threshold(self) -> float:
+        return self.card.threshold
+
+    @property
+    def member_thresholds(self) -> list[float]:
+        return [m.threshold for m in self.members]
+
+    @property
+    def backbone(self) -> Backbone:
+        """The first member's backbone; loads (and checks the weights of) every member's, so callers fail early."""
+        for group in self.groups:
+            _ = self.members[group[0]].backbone
+        return self.members[0].backbone
+
+    def _tables(
+        self, paths: Iterable[str | Path], *, batch_size: int = 32, num_workers: int | None = None,
+        max_pixels: int = DEFAULT_MAX_PIXELS, chunk: int = 1024, progress: bool = True,
+        transform: ImageTransform | None = None,
+    ) -> Iterator[tuple[list[str], np.ndarray, dict[int, str]]]:
+        """Per chunk of paths: the members' probabilities ``[n, m]`` (NaN where a file failed) and the failures."""
+        it = iter(paths)
+        while batch := [str(p) for _, p in zip(range(chunk), it)]:
+            items = [(p, p, [0]) for p in batch]
+            table = np.full((len(batch), len(self.members)), np.nan)
+            errors: dict[int, str] = {}
+            for group in self.groups:
+                taps = any(self.members[j].card.features == "concat" for j in group)
+                for pairs, pooled, layers, errs in forward_batches(
+                    self.members[group[0]].backbone, items, taps=taps, batch_size=batch_size, num_workers=num_workers,
+                    max_pixels=max_pixels, desc="score", progress=progress, transform=transform,
+                ):
+                    for i, reason in errs:
+                        errors.setdefault(i, reason)
+                    if pairs:
+                        rows = [i for i, _ in pairs]
+                        for j in group:
+                            m = self.members[j]
+                            table[rows, j] = m.predict_features(assemble_features(pooled, layers, m.card.features))
+            yield batch, table, errors
+
+    def member_probs(self, paths: Sequence[str | Path], **kw: Any) -> np.ndarray:
+        """Every member's probability for every path, ``[n, m]`` (NaN rows: files that cannot be scored); ``kw`` as
+        :meth:`predict_paths`. For calibration and benchmarks: any rule applies to it through :func:`combine`."""
+        tables = [t for _, t, _ in self._tables(paths, **kw)]
+        return np.concatenate(tables) if tables else np.empty((0, len(self.members)))
+
+    def predict_paths(
+        self,
+        paths: Iterable[str | Path],
+        *,
+        batch_size: int = 32,
+        num_workers: int | None = None,
+        max_pixels: int = DEFAULT_MAX_PIXELS,
+        chunk: int = 1024,
+        progress: bool = True,
+        transform: ImageTransform | None = None,
+    ) -> Iterator[tuple[str, float | None, str]]:
+        """As :meth:`Detector.predict_paths`: ``(path, ensemble score, "")`` or ``(path, None, reason)``, in order."""
+        for batch, table, errors in self._tables(paths, batch_size=batch_size, num_workers=num_workers,
+                                                 max_pixels=max_pixels, chunk=chunk, progress=progress,
+                                                 transform=transform):
+            scores = combine(table, self.member_thresholds, self.card.rule, self.card.weights)
+            for i, path in enumerate(batch):
+                ok = np.isfinite(scores[i])
+                yield (path, float(scores[i]), "") if ok else (path, None, errors.get(i, "unknown error"))
+
+    def save(self, path: str | Path, *, copy_members: bool = True) -> Path:
+        """Write ``card.json``; members are copied into ``members/`` (self-contained) or referenced by absolute path."""
+        path = Path(path)
+        path.mkdir(parents=True, exist_ok=True)
+        names = []
+        for name, src in zip(self.card.names, self.member_dirs):
+            if not copy_members:
+                names.append(str(src.resolve()))
+                continue
+            dst = path / "members" / name
+            if src.resolve() != dst.resolve():
+                shutil.copytree(src, dst, dirs_exist_ok=True)
+            names.append(dst.relative_to(path).as_posix())
+        self.card.members = names
+        self.card.created = self.card.created or time.strftime("%Y-%m-%dT%H:%M:%S%z")
+        tmp = path / "card.json.tmp"
+        tmp.write_text(json.dumps(self.card.model_dump(mode="json"), indent=2))
+        tmp.replace(path / "card.json")
+        return path
+
+
+def load_ensemble(path: str | Path) -> EnsembleDetector:
+    path = Path(path)
+    card = EnsembleCard.model_validate_json((path / "card.json").read_text())
+    dirs = [path / m for m in card.members]  # an absolute member path stays absolute
+    return EnsembleDetector(card, [Detector.load(d) for d in dirs], dirs)
+
+
+def _seen(member_dir: Path, card: Card, shas: set[str]) -> int | None:
+    """How many of ``shas`` the member was fitted or calibrated on, by its ``manifest.csv`` (None: no manifest)."""
+    manifest = member_dir / "manifest.csv"
+    if not manifest.is_file():
+        return None
+    df = pd.read_csv(manifest, usecols=lambda c: c in ("sha256", "split"))
+    if "split" in df and card.data.get("refit_on") != "fit+val":
+        df = df[df["split"] != "val"]
+    return len(shas & set(df["sha256"]))
+
+
+def build_ensemble(
+    members: Sequence[str | Path],
+    *,
+    calib: str | Path | pd.DataFrame,
+    out: str | Path,
+    rule: str = "mean",
+    weights: Sequence[float] | None = None,
+    copy_members: bool = True,
+    batch_size: int = 32,
+    num_workers: int | None = None,
+    progress: bool = True,
+) -> EnsembleDetector:
+    """Combine saved detectors, choose the F1-optimal threshold on ``calib`` (labelled images scored through the
+    inference path) and save the ensemble to ``out``."""
+    ens = EnsembleDetector.from_members(members, rule=rule, weights=weights)
+    df, skipped = usable_rows(calib, progress=progress)
+    df = df.drop_duplicates("sha256").reset_index(drop=True)
+    table = ens.member_probs(df["path"].tolist(), batch_size=batch_size, num_workers=num_workers, progress=progress)
+    ok = np.isfinite(table).all(axis=1)
+    y, table = df["label"].to_numpy()[ok], table[ok]
+    prob = combine(table, ens.member_thresholds, rule, ens.card.weights)
+    ens.card.threshold = f1_optimal_threshold(y, prob)
+    ens.card.prior = float(y.mean())
+    each = {}
+    for j, (name, t) in enumerate(zip(ens.card.names, ens.member_thresholds)):
+        mm = binary_metrics(y, table[:, j], threshold=t)
+        each[name] = {"roc_auc": mm["roc_auc"], "ap": mm["ap"], "f1": mm["at_threshold"]["f1"], "threshold": t}
+    ens.card.metrics = {"calib": binary_metrics(y, prob, threshold=ens.card.threshold), "members": each}
+    shas = set(df["sha256"])
+    ens.card.data = {"calib": {
+        "manifest_hash": manifest_hash(df[ok]), "n_images": int(ok.sum()), "skipped": len(skipped) + int((~ok).sum()),
+        "seen_by_members": {n: _seen(d, m.card, shas) for n, d, m in zip(ens.card.names, ens.member_dirs,
+                                                                            ens.members)},
+    }}
+    ens.save(out, copy_members=copy_members)
+    return ens
+
+
+# ------------------------------------------------------------------------------------------------------------ CLI
+def ensemble_command(
+    members: Annotated[list[Path], typer.Argument(help="Two or more saved detector folders.")],
+    calib: Annotated[Path, typer.Option(help="Labelled images unseen by the members (folder, CSV or manifest): the "
+                                             "ensemble threshold is the F1-optimal one there.")],
+    out: Annotated[Path, typer.Option("-o", "--out", help="Ensemble detector folder to write.")],
+    rule: Annotated[str, typer.Option(help="mean | majority | weighted-majority")] = "mean",
+    weights: Annotated[str | None, typer.Option(help="Comma-separated member weights, e.g. 0.3,0.7 (default: equal; "
+                                                     "weighted-majority: each member's validation F1).")] = None,
+    batch_size: Annotated[int, typer.Option(min=1)] = 32,
+    workers: Annotated[int | None, typer.Option(help="DataLoader workers.")] = None,
+) -> None:
+    """Combine saved detectors by a rule into one detector, calibrated on held-out images."""
+    from .backbones import WeightsNotFoundError
+    from .data import ManifestError
+
+    console, err = Console(), Console(stderr=True)
+    try:
+        w = [float(x) for x in weights.split(",")] if weights else None
+    except ValueError:
+        raise typer.BadParameter(f"--weights must be comma-separated numbers, not {weights!r}") from None
+    try:
+        ens = build_ensemble(members, calib=calib, out=out, rule=rule, weights=w, batch_size=batch_size,
+                             num_workers=workers)
+    except (ManifestError, WeightsNotFoundError, FileNotFoundError, ValueError) as e:
+        err.print(f"[bold red]error:[/] {e}", soft_wrap=True, highlight=False)
+        raise typer.Exit(2) from None
+    cal = ens.card.metrics["calib"]
+    table = Table(title=f"ensemble ({rule}) on the calibration data: n={cal['n']} ({cal['n_fake']} fake)")
+    for col in ("member", "detector", "weight", "threshold", "ROC AUC", "AP", "F1"):
+        table.add_column(col, justify="left" if col in ("member", "detector") else "right")
+    for name, m, wt in zip(ens.card.names, ens.members, ens.card.weights):
+        mm = ens.card.metrics["members"][name]
+        table.add_row(name, f"{m.card.backbone} + {m.card.head} ({m.card.features})", f"{wt:.3f}",
+                      f"{mm['threshold']:.3f}", f"{mm['roc_auc']:.4f}", f"{mm['ap']:.4f}", f"{mm['f1']:.4f}")
+    table.add_section()
+    table.add_row("ensemble", rule, "", f"{ens.threshold:.3f}", f"{cal['roc_auc']:.4f}", f"{cal['ap']:.4f}",
+                  f"{cal['at_threshold']['f1']:.4f}")
+    table.caption = "F1 at each member's own threshold; the ensemble's threshold is F1-optimal here (optimistic)"
+    console.print(table)
+    for name, n in ens.card.data["calib"]["seen_by_members"].items():
+        if n:
+            err.print(f"[yellow]warning[/] {name} was fitted or calibrated on {n} of the calibration images: its "
+                      f"scores there are optimistic, and so is the ensemble's threshold", soft_wrap=True)
+    console.print(f"ensemble saved → [bold]{out}[/]  (score with: synthdet predict {out} IMAGES...)")

@@ -1,0 +1,147 @@
+"""Stratified k-fold cross-validation: folds, per-fold calibration and metrics, refit on everything, the command."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+from test_detector import small_demo_csv
+
+from synthdet.calibrate import f1_optimal_threshold
+from synthdet.cv import cross_validate, cv_command, finetune_fitter, fold_metrics, run_folds
+from synthdet.detector import Detector
+from synthdet.ensemble import validation_f1
+from synthdet.features import FeatureStore
+from synthdet.train import load_features, usable_rows
+
+
+def frame(n_real: int = 31, n_fake: int = 19) -> pd.DataFrame:
+    """Manifest-like rows (no files needed by the fold loop), plus one copy of the first image under another path."""
+    n = n_real + n_fake
+    df = pd.DataFrame({"path": [f"img{i}.jpg" for i in range(n)], "sha256": [f"{i:064x}" for i in range(n)],
+                       "label": [0] * n_real + [1] * n_fake, "ok": True})
+    return pd.concat([df, df.iloc[[0]].assign(path="copy-of-img0.jpg")], ignore_index=True)
+
+
+def test_folds_are_stratified_disjoint_cover_every_image_and_calibrate_inside_training() -> None:
+    df, seen = frame(), []
+    rng = np.random.default_rng(0)
+
+    def fit_fold(fold: int, train: pd.DataFrame, test: pd.DataFrame) -> tuple[np.ndarray, float]:
+        seen.append((fold, train, test))
+        return rng.random(len(test)), 0.5
+
+    res = run_folds(df, fit_fold, k=5, seed=42)
+    tests = [set(t["sha256"]) for _, _, t in seen]
+    assert [f for f, _, _ in seen] == list(range(5))
+    assert set().union(*tests) == set(df["sha256"]) and sum(map(len, tests)) == df["sha256"].nunique()  # disjoint
+    assert sorted(len(t) for t in tests) == [10, 10, 10, 10, 10]
+    assert sorted(int(t["label"].sum()) for _, _, t in seen) == [3, 4, 4, 4, 4]  # 19 fakes spread, stratified
+    for _, train, test in seen:
+        assert not set(train["sha256"]) & set(test["sha256"])
+        assert set(train["split"]) == {"fit", "calib"}
+        calib = train[train["split"] == "calib"]
+        assert calib["label"].nunique() == 2 and abs(len(calib) / len(train) - 0.15) < 0.05
+    # one row per image (the copy shares its fold and is dropped); each fold's metrics come from its test rows only
+    assert len(res.oof) == 50 and res.oof["fold"].value_counts().tolist() == [10] * 5
+    for f in res.folds:
+        rows = res.oof[res.oof["fold"] == f["fold"]]
+        assert f == {"fold": f["fold"], **fold_metrics(rows["label"].to_numpy(), rows["prob"].to_numpy(), 0.5)}
+    assert res.mean["roc_auc"] == pytest.approx(np.mean([f["roc_auc"] for f in res.folds]))
+    assert res.std["f1"] == pytest.approx(np.std([f["f1"] for f in res.folds]))
+
+
+def test_unscored_images_stay_in_the_table_but_out_of_the_metrics() -> None:
+    def fit_fold(fold: int, train: pd.DataFrame, test: pd.DataFrame) -> tuple[np.ndarray, float]:
+        p = test["label"].to_numpy() * 0.6 + 0.2
+        p[0] = np.nan
+        return p, 0.5
+
+    res = run_folds(frame(), fit_fold, k=5)
+    assert res.oof["prob"].isna().sum() == 5 and [f["n"] for f in res.folds] == [9] * 5
+    assert res.mean["roc_auc"] == 1.0 and res.mean["f1"] == 1.0
+
+
+@pytest.fixture(scope="module")
+def demo_cv(tmp_path_factory: pytest.TempPathFactory):
+    tmp = tmp_path_factory.mktemp("cv")
+    csv = small_demo_csv(tmp, n_per_class=20)
+    res = cross_validate(csv, backbone="effnet-lite0", head="logreg", n_views=1, k=5, cache_dir=tmp / "cache",
+                         num_workers=0, refit_all=True, out=tmp / "out", progress=False)
+    return tmp, csv, res
+
+
+def test_cross_validate_scores_each_image_once_with_thresholds_from_training_folds(demo_cv) -> None:
+    tmp, _, res = demo_cv
+    oof = res.oof
+    assert len(res.folds) == 5 and len(oof) == 40 and oof["prob"].notna().all()
+    assert oof.groupby("fold")["label"].sum().tolist() == [4] * 5  # 20 fakes, 4 per fold
+    for f in res.folds:  # metrics of fold f are those of its own test images at its own threshold
+        rows = oof[oof["fold"] == f["fold"]]
+        assert (rows["threshold"] == f["threshold"]).all()
+        assert f == {"fold": f["fold"], **fold_metrics(rows["label"].to_numpy(), rows["prob"].to_numpy(),
+                                                        f["threshold"])}
+    assert 0.5 < res.mean["roc_auc"] <= 1.0
+
+    # fold 0 by hand: logreg on the training folds' fit rows, threshold on their calib rows — the test fold unused
+    from synthdet.data import split
+    from synthdet.heads import make_head
+
+    det = res.detector
+    store = FeatureStore.for_backbone(det.backbone, tmp / "cache")
+    train = oof[oof["fold"] != 0].assign(ok=True)
+    calib = split(train, val_fraction=0.15, seed=43) == "val"
+    X, _ = load_features(store, train["sha256"].tolist(), [0], "pooled")
+    y = train["label"].to_numpy()
+    head = make_head("logreg").fit(X[~calib.to_numpy()], y[~calib.to_numpy()])
+    assert res.folds[0]["threshold"] == pytest.approx(f1_optimal_threshold(y[calib], head.predict_proba(X[calib])[:, 1]))
+
+
+def test_refit_on_everything_saves_a_detector_with_the_out_of_fold_threshold(demo_cv) -> None:
+    tmp, _, res = demo_cv
+    out = tmp / "out"
+    summary = json.loads((out / "cv.json").read_text())
+    assert summary["config"]["k"] == 5 and len(summary["folds"]) == 5
+    assert summary["mean"]["roc_auc"] == pytest.approx(res.mean["roc_auc"])
+    assert pd.read_csv(out / "oof.csv")[["sha256", "fold", "prob"]].equals(res.oof[["sha256", "fold", "prob"]])
+    det = Detector.load(out / "detector")
+    assert det.card.data["n_images"] == 40 and det.card.data["refit_on"] == "all"
+    assert det.threshold == pytest.approx(f1_optimal_threshold(res.oof["label"], res.oof["prob"]))
+    assert validation_f1(det.card) == pytest.approx(res.mean["f1"])  # what a weighted-majority ensemble reads
+    assert set(pd.read_csv(out / "detector" / "manifest.csv")["split"]) == {"fit"}
+    paths = res.oof["path"].iloc[:2].tolist()
+    assert all(p is not None for _, p, _ in det.predict_paths(paths, num_workers=0, progress=False))
+
+
+def test_cv_command_prints_folds_and_mean_std(demo_cv) -> None:
+    import typer
+    from typer.testing import CliRunner
+
+    tmp, csv, _ = demo_cv
+    app = typer.Typer()
+    app.command("cv")(cv_command)
+    app.command("other")(lambda: None)  # two commands: the sub-command name is part of the call, as in synthdet
+    res = CliRunner().invoke(app, ["cv", str(csv), "--head", "logreg", "--views", "1", "--k", "4", "--workers", "0",
+                                   "--cache", str(tmp / "cache"), "-o", str(tmp / "cmd")], env={"COLUMNS": "200"})
+    assert res.exit_code == 0, res.output
+    assert "4-fold CV" in res.output and "mean ± std" in res.output and (tmp / "cmd" / "oof.csv").is_file()
+    assert not (tmp / "cmd" / "detector").exists()
+    bad = CliRunner().invoke(app, ["cv", str(csv), "--features", "nope", "-o", str(tmp / "bad")])
+    assert bad.exit_code != 0
+
+
+def test_finetuning_cross_validates_through_a_fold_fitter(tmp_path: Path) -> None:
+    from conftest import make_labelled_folder
+    from tiny_clip import tiny_clip_checkpoint
+
+    from synthdet.finetune import FineTuneConfig
+
+    name, weights = tiny_clip_checkpoint(tmp_path / "clip", blocks=2)
+    df, _ = usable_rows(make_labelled_folder(tmp_path / "data", n_real=10, n_fake=10), progress=False)
+    cfg = FineTuneConfig(unfreeze_blocks=1, epochs=1, batch_size=4, num_workers=0, backbone_lr=1e-3)
+    res = run_folds(df, finetune_fitter(name, cfg, tmp_path / "runs", weights=weights, progress=False), k=2)
+    assert len(res.folds) == 2 and res.oof["prob"].notna().all() and len(res.oof) == 20
+    assert all((tmp_path / "runs" / f"fold{f}" / "detector" / "card.json").is_file() for f in (0, 1))
