@@ -14,7 +14,8 @@ interleaved rounds and keeps each path's fastest):
 - forward-only, batch 1: the same with a batch of one, for reading the naive loop (how much batching alone buys).
 
 A second section times decoding alone for large JPEGs (the only files draft decoding changes): full decode vs
-``load_image(..., draft_size=backbone.preprocess.draft_size)``.
+``load_image(..., draft_size=...)`` at the draft sizes the library uses (``preprocess.canonical_draft_size`` for view 0,
+i.e. inference and this benchmark's synthdet rows; ``preprocess.draft_size`` for training views).
 
 Compare the ratios, not the absolute numbers: they are all measured in one process, on one machine, in one run.
 
@@ -177,30 +178,45 @@ def timed(fn, device: torch.device):
     return time.perf_counter() - t0, cpu_seconds() - c0, out
 
 
-def decode_section(paths: list[Path], draft_size: int) -> dict | None:
-    """ms/image for large JPEGs: naive full decode, load_image without draft, load_image with draft."""
+def draft_sizes(pre) -> dict[str, int]:
+    """The draft sizes the library decodes with: view 0 (canonical, if this version has it) and training views."""
+    out = {}
+    if hasattr(pre, "canonical_draft_size"):
+        out["view 0"] = int(pre.canonical_draft_size)
+    out["training views"] = int(pre.draft_size)
+    return out
+
+
+def decode_section(paths: list[Path], drafts: dict[str, int]) -> dict | None:
+    """ms/image for large JPEGs: naive full decode, load_image without draft, load_image at each library draft size."""
     if not paths:
         return None
     methods = {
         "full decode (Image.open().convert)": lambda p: Image.open(p).convert("RGB"),
         "load_image (no draft)": lambda p: load_image(p),
-        f"load_image (draft_size={draft_size})": lambda p: load_image(p, draft_size=draft_size),
     }
+    for what, size in drafts.items():
+        methods[f"load_image (draft_size={size}, {what})"] = lambda p, size=size: load_image(p, draft_size=size)
+    passes = max(1, math.ceil(32 / len(paths)))  # at least 32 decodes per method
     rows = {}
     for name, fn in methods.items():
         fn(paths[0])  # warm-up
         sizes = set()
         t0 = time.perf_counter()
-        for p in paths:
-            sizes.add(fn(p).size)
+        for _ in range(passes):
+            for p in paths:
+                sizes.add(fn(p).size)
         dt = time.perf_counter() - t0
-        rows[name] = {"ms_per_image": 1000 * dt / len(paths), "decoded_sizes": sorted(f"{w}x{h}" for w, h in sizes)}
+        rows[name] = {"ms_per_image": 1000 * dt / (passes * len(paths)),
+                      "decoded_sizes": sorted(f"{w}x{h}" for w, h in sizes)}
     full = next(iter(rows.values()))["ms_per_image"]
     for r in rows.values():
         r["speedup_vs_full"] = full / r["ms_per_image"]
-    with Image.open(paths[0]) as im:
-        src = f"{im.size[0]}x{im.size[1]}"
-    return {"images": len(paths), "example_source_size": src, "methods": rows}
+    src = set()
+    for p in paths:
+        with Image.open(p) as im:
+            src.add(f"{im.size[0]}x{im.size[1]}")
+    return {"images": len(paths), "passes": passes, "source_sizes": sorted(src), "draft_sizes": drafts, "methods": rows}
 
 
 # ---------------------------------------------------------------------------------------------------------------- facts
@@ -368,9 +384,11 @@ def main(argv: list[str] | None = None) -> dict:
         load_after = os.getloadavg()
 
         # ---- decode alone, large JPEGs (those whose short side lets draft pick a 1/2 or smaller DCT scale)
-        big = [p for p, ((w, h), fmt) in zip(paths, sizes) if fmt == "JPEG" and min(w, h) // pre.draft_size >= 2]
+        drafts = draft_sizes(pre)
+        min_draft = min(drafts.values())
+        big = [p for p, ((w, h), fmt) in zip(paths, sizes) if fmt == "JPEG" and min(w, h) // min_draft >= 2]
         with console.status(f"decode: {len(big)} large JPEGs..."):
-            decode = decode_section(big, pre.draft_size)
+            decode = decode_section(big, drafts)
 
     # ---- sanity: both paths computed comparable features (they differ by design: synthdet re-encodes JPEG q90,
     # draft-decodes, crops before resizing; bf16 on CUDA)
@@ -424,19 +442,21 @@ def main(argv: list[str] | None = None) -> dict:
         f"min {sanity['cosine_min']:.3f}"
     )
     if decode:
-        dt_ = Table(title=f"decode only: {decode['images']} large JPEGs (e.g. {decode['example_source_size']}), "
-                          f"draft_size={pre.draft_size}")
+        src = decode["source_sizes"]
+        dt_ = Table(title=f"decode only: {decode['images']} large JPEGs ({', '.join(src[:3])}"
+                          f"{', ...' if len(src) > 3 else ''})")
         dt_.add_column("method")
         dt_.add_column("decoded to", justify="right")
         dt_.add_column("ms/image", justify="right")
         dt_.add_column("speed-up vs full", justify="right")
         for name, r in decode["methods"].items():
-            dt_.add_row(name, ", ".join(r["decoded_sizes"][:3]), f"{r['ms_per_image']:.1f}", f"{r['speedup_vs_full']:.2f}x")
+            ds = r["decoded_sizes"]
+            dt_.add_row(name, ", ".join(ds[:3]) + (", ..." if len(ds) > 3 else ""), f"{r['ms_per_image']:.1f}", f"{r['speedup_vs_full']:.2f}x")
         console.print(dt_)
     else:
         console.print(
-            f"decode only: skipped, no JPEG with short side >= {2 * pre.draft_size} px "
-            f"(draft_size={pre.draft_size}; smaller JPEGs decode at full size either way)"
+            f"decode only: skipped, no JPEG with short side >= {2 * min_draft} px "
+            f"(draft sizes {drafts}; smaller JPEGs decode at full size either way)"
         )
 
     report = {
@@ -444,7 +464,8 @@ def main(argv: list[str] | None = None) -> dict:
         "config": {
             "images": source, "n_requested": args.n, "n": n, "dropped": dropped, "backbone": args.backbone,
             "backbone_id": bb.id, "batch_size": args.batch_size, "workers": workers, "device": str(device),
-            "warmup_images": len(warm), "rounds": rounds, "threads": torch.get_num_threads(), "draft_size": pre.draft_size, "preprocess": pre.model_dump(mode="json"),
+            "warmup_images": len(warm), "rounds": rounds, "threads": torch.get_num_threads(), "draft_sizes": drafts,
+            "preprocess": pre.model_dump(mode="json"),
         },
         "machine": facts,
         "image_set": {"kinds": kind_counts, "megapixels": mpx, "bytes": nbytes, "setup_seconds": gen_s},

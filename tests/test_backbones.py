@@ -165,3 +165,34 @@ def test_file_digest_tracks_content(tmp_path: Path) -> None:
     p.write_bytes(b"abcd")
     assert file_digest(p) != d1 and len(d1) == 12
 
+
+
+def test_open_clip_tag_loads_from_the_hugging_face_cache_offline(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """`open_clip:<arch>/<tag>` finds the checkpoint in a Hugging Face cache laid out as the hub writes it."""
+    import huggingface_hub.constants as hf_constants
+    import open_clip
+    import torch
+
+    from synthdet.backbones import open_clip_cached_file
+    from tiny_clip import tiny_clip_checkpoint
+
+    name, weights = tiny_clip_checkpoint(tmp_path / "cfg")
+    arch = name.split(":", 1)[1]
+    repo = "synthdet-tests/tiny-clip"
+    monkeypatch.setitem(open_clip.pretrained._PRETRAINED, arch, {"testtag": {"hf_hub": f"{repo}/"}})
+    cache = tmp_path / "hub"
+    monkeypatch.setattr(hf_constants, "HF_HUB_CACHE", str(cache))
+    assert open_clip_cached_file(arch, "testtag") is None
+    with pytest.raises(WeightsNotFoundError, match="models--synthdet-tests--tiny-clip"):
+        create_backbone(f"{name}/testtag", device="cpu")
+
+    snapshot = cache / "models--synthdet-tests--tiny-clip" / "snapshots" / "abc123"
+    snapshot.mkdir(parents=True)
+    (cache / "models--synthdet-tests--tiny-clip" / "refs").mkdir()
+    (cache / "models--synthdet-tests--tiny-clip" / "refs" / "main").write_text("abc123")
+    (snapshot / "open_clip_pytorch_model.bin").write_bytes(weights.read_bytes())
+    bb = create_backbone(f"{name}/testtag", device="cpu")
+    assert bb.weights_id == f"{arch}.testtag"
+    expected = torch.load(weights, weights_only=True)
+    for key, value in bb.model.state_dict().items():
+        assert torch.equal(value, expected[f"visual.{key}"])

@@ -134,11 +134,11 @@ def _chromium() -> str | None:
     return next((p for p in map(shutil.which, ("chromium", "chromium-browser", "google-chrome")) if p), None)
 
 
-def test_report_renders_in_headless_chromium(evaluated, tmp_path: Path) -> None:
+def test_report_renders_in_headless_chromium(request: pytest.FixtureRequest, tmp_path: Path) -> None:
     binary = _chromium()
     if binary is None:
         pytest.skip("no chromium binary (apt-get install -y chromium)")
-    *_, run = evaluated
+    *_, run = request.getfixturevalue("evaluated")  # only now: skipping must not cost the training
     report = render_report([run], tmp_path / "report.html")
     shot = tmp_path / "shot.png"
     subprocess.run(

@@ -35,10 +35,15 @@ def _skipped(path: object, reason: str) -> None:
 def _mount_optional() -> None:
     from .augment import augment_preview
     from .finetune import finetune_command
+    from .report import evaluate_cmd, report_cmd
     from .submit import app as submit_app
 
     app.add_typer(submit_app, name="submit")
-    app.command("finetune", help="Fine-tune the last N blocks of a backbone with a head, from images (resumable).")(
+    app.command("evaluate", help="All Task A metrics with bootstrap CIs, per generator and under robustness slices; "
+                "writes a run folder and an HTML report.")(evaluate_cmd)
+    app.command("report", help="One self-contained HTML report comparing several evaluation runs.")(report_cmd)
+    app.command("finetune", help="Fine-tune a backbone with a head from images: last-N-block or full CNN fine-tuning, "
+                "recipes, data mixing (--data-weight/--val-data), two-stage (--init); resumable.")(
         finetune_command
     )
     app.command("augment-preview", help="Show every augmentation preset on one image, as a contact-sheet PNG.")(
@@ -114,6 +119,8 @@ def backbones() -> None:
                   "--weights FILE or HF cache")
     table.add_row("open_clip:<arch>/<tag>", "any open_clip vision tower", "pooled + block class tokens",
                   "from open_clip's config", "-", "--weights FILE or HF cache")
+    table.add_row("dualstream[-dct]:<model>", "RGB model + FFT (or 8x8 block DCT) branch, for fine-tuning",
+                  "[rgb pooled, freq 128]; freq + RGB taps", "the RGB model's", "-", "as the RGB model")
     console.print(table)
 
 

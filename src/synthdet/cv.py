@@ -47,8 +47,8 @@ if TYPE_CHECKING:
 FoldFitter = Callable[[int, pd.DataFrame, pd.DataFrame], tuple[np.ndarray, float]]
 """``(fold, train rows with a split column "fit"/"calib", test rows) → (test probabilities, threshold)``.
 
-The threshold must come from the ``calib`` rows; a NaN probability marks a test image that could not be scored (it
-is left out of that fold's metrics and kept in the out-of-fold table)."""
+The threshold must never come from the test rows: a recipe that fits something takes it from the ``calib`` rows. A
+NaN probability marks a test image that could not be scored (left out of that fold's metrics, kept in the table)."""
 
 #: Per-fold metrics, in table order: ranking metrics, then decisions at the fold's own calibrated threshold.
 FOLD_METRICS = ("roc_auc", "ap", "f1", "accuracy", "eer")

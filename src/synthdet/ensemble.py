@@ -133,10 +133,10 @@ class EnsembleDetector:
 
     @classmethod
     def from_members(
-        cls, member_dirs: Sequence[str | Path], *, rule: str = "mean", weights: Sequence[float] | None = None,
-        threshold: float = 0.5,
+        cls, member_dirs: Sequence[str | Path], *, rule: str = "mean", weights: Sequence[float] | None = None
     ) -> EnsembleDetector:
-        """Load the members; weights default to equal, or to the members' validation F1 for ``weighted-majority``."""
+        """Load the members; weights default to equal, or to the members' validation F1 for ``weighted-majority``.
+        The threshold stays 0.5 (the plain rule) until :func:`build_ensemble` calibrates it."""
         dirs = [Path(d) for d in member_dirs]
         if len(dirs) < 2:
             raise ValueError("an ensemble needs at least two detectors")
@@ -146,7 +146,7 @@ class EnsembleDetector:
             weights = [validation_f1(c) for c in cards] if rule == "weighted-majority" else [1.0] * len(members)
         card = EnsembleCard(
             rule=rule, names=[f"m{j}-{d.resolve().name}" for j, d in enumerate(dirs)], members=[str(d) for d in dirs],
-            weights=_weights(len(dirs), rule, weights).tolist(), threshold=threshold,
+            weights=_weights(len(dirs), rule, weights).tolist(), threshold=0.5,
             backbone="+".join(c.backbone for c in cards), weights_id="+".join(c.weights_id for c in cards),
             head=f"ensemble-{rule}", features="+".join(str(c.features) for c in cards),
         )
@@ -223,16 +223,16 @@ class EnsembleDetector:
         """Write ``card.json``; members are copied into ``members/`` (self-contained) or referenced by absolute path."""
         path = Path(path)
         path.mkdir(parents=True, exist_ok=True)
-        names = []
+        refs = []
         for name, src in zip(self.card.names, self.member_dirs):
             if not copy_members:
-                names.append(str(src.resolve()))
+                refs.append(str(src.resolve()))
                 continue
             dst = path / "members" / name
             if src.resolve() != dst.resolve():
                 shutil.copytree(src, dst, dirs_exist_ok=True)
-            names.append(dst.relative_to(path).as_posix())
-        self.card.members = names
+            refs.append(dst.relative_to(path).as_posix())
+        self.card.members = refs
         self.card.created = self.card.created or time.strftime("%Y-%m-%dT%H:%M:%S%z")
         tmp = path / "card.json.tmp"
         tmp.write_text(json.dumps(self.card.model_dump(mode="json"), indent=2))
@@ -286,7 +286,7 @@ def build_ensemble(
         mm = binary_metrics(y, table[:, j], threshold=t)
         each[name] = {"roc_auc": mm["roc_auc"], "ap": mm["ap"], "f1": mm["at_threshold"]["f1"], "threshold": t}
     ens.card.metrics = {"calib": binary_metrics(y, prob, threshold=ens.card.threshold), "members": each}
-    shas = set(df["sha256"])
+    shas = set(df.loc[ok, "sha256"])
     ens.card.data = {"calib": {
         "manifest_hash": manifest_hash(df[ok]), "n_images": int(ok.sum()), "skipped": len(skipped) + int((~ok).sum()),
         "seen_by_members": {n: _seen(d, m.card, shas) for n, d, m in zip(ens.card.names, ens.member_dirs,

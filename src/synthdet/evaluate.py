@@ -144,7 +144,8 @@ def resampled_metrics(
         fp = np.take_along_axis(np.concatenate([fp_ge, pad], 1), b[:, None], 1)[:, 0]
         return _decision(tp, fp, n_pos, n_neg)
 
-    at = {name: int(np.searchsorted(scores, t, side="left")) for name, t in (("at_0.5", 0.5), ("at_threshold", threshold))}
+    at = {name: int(np.searchsorted(scores, t, side="left"))
+          for name, t in (("at_0.5", 0.5), ("at_threshold", threshold))}
     f1_bins = 2 * tp_ge / np.maximum(tp_ge + fp_ge + n_pos[:, None], 1e-300)
     near_best = f1_bins >= f1_bins.max(1, keepdims=True) - 1e-12  # the tolerance of f1_optimal_threshold
     best = scores.size - 1 - np.argmax(near_best[:, ::-1], axis=1)  # ties: the higher threshold

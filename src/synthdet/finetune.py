@@ -790,14 +790,15 @@ def finetune_command(
     val_data: Annotated[Path | None, typer.Option(
         help="Source for epoch selection, threshold and held-out metrics [default: the first DATA].")] = None,
     head: Annotated[str | None, typer.Option(
-        help="fusion (pooled + every block) or linear (pooled) [default: fusion].")] = None,
+        help="fusion (pooled + every block), or linear, residual, deep (pooled) [default: fusion].")] = None,
     unfreeze: Annotated[str | None, typer.Option(help="Last N blocks to train, or 'all' [default: 2].")] = None,
     preprocess: Annotated[str | None, typer.Option(
         help="letterbox (long side to size, zero-pad: keeps aspect, but shows it to the model, a dev-data trap) or "
              "crop [default: the recipe's, else the backbone's: crop].")] = None,
     size: Annotated[int | None, typer.Option(min=16, help="Input size in pixels [default: the backbone's].")] = None,
     epochs: Annotated[int | None, typer.Option(min=1, help="[default: 3]")] = None,
-    patience: Annotated[int | None, typer.Option(min=1, help="Stop after N epochs without better val ROC AUC.")] = None,
+    patience: Annotated[int | None, typer.Option(
+        min=1, help="Stop after N epochs without a better val ROC AUC [default: never].")] = None,
     batch_size: Annotated[int | None, typer.Option(min=1, help="[default: 16]")] = None,
     head_lr: Annotated[float | None, typer.Option(help="[default: 3e-4]")] = None,
     backbone_lr: Annotated[float | None, typer.Option(help="[default: 1e-5]")] = None,

@@ -78,7 +78,8 @@ def _ci_cell(m: dict, key: str) -> str:
 def _delta(v: float) -> str:
     if math.isnan(v):
         return "–"
-    cls = "neg" if v < -0.0005 else "pos" if v > 0.0005 else ""
+    v = 0.0 if abs(v) < 0.0005 else v  # no "-0.000"
+    cls = "neg" if v < 0 else "pos" if v > 0 else ""
     return f'<span class="{cls}">{v:+.3f}</span>'
 
 
@@ -284,10 +285,11 @@ def _groups(runs: list[EvalRun]) -> str:
             ax.barh(pos, acc, height=height, color=_COLORS[i % len(_COLORS)], label=r.name,
                     xerr=np.nan_to_num(err), error_kw={"lw": 0.8, "ecolor": "#444"})
         ax.set_yticks(np.arange(len(values)), labels, fontsize=8)
-        ax.invert_yaxis()
+        ax.set_ylim(len(values) - 0.5, -0.5)  # first value on top, no empty margin
         ax.set(xlim=(0, 1.02), xlabel="share classified correctly at the tuned threshold", title=f"per {col}")
         ax.grid(axis="x", alpha=0.3)
-        ax.legend(fontsize=8, loc="lower right")
+        if len(runs) > 1:
+            ax.legend(fontsize=8, loc="lower right")
         rows = []
         for v, m in zip(values, first):
             cells = [html.escape(v or "(empty)"), _group_kind(m), str(m["n"])]
@@ -321,13 +323,15 @@ def _robustness(runs: list[EvalRun]) -> str:
         ax.set_xticks(np.arange(len(names)), names, rotation=30, ha="right")
         ax.set_title(title)
         ax.grid(axis="y", alpha=0.3)
-    axes[0].legend(fontsize=8)
+    if len(runs) > 1:
+        axes[0].legend(fontsize=8)
     parts = [_img_tag(fig, "robustness deltas")]
     for i, (r, d) in enumerate(zip(runs, deltas)):
         rows = []
         for s in d.index:
             m = r.metrics[s]
-            desc = "unaltered images" if s == CLEAN else r.info.get("slices", {}).get(s, SLICES[s].description if s in SLICES else "")
+            known = SLICES[s].description if s in SLICES else ""
+            desc = "unaltered images" if s == CLEAN else r.info.get("slices", {}).get(s, known)
             rows.append([html.escape(s), html.escape(desc), str(m["n"]),
                          _ci_cell(m, "roc_auc"), _delta(d.loc[s, "roc_auc_delta"]),
                          _ci_cell(m["at_threshold"], "f1"), _delta(d.loc[s, "f1_delta"]),
@@ -486,7 +490,9 @@ def evaluate_cmd(
     detector: Annotated[Optional[Path], typer.Argument(help="Detector folder (omit for the shipped default).")] = None,
     data: Annotated[Optional[Path], typer.Argument(help="Folder (0_real/1_fake, real/fake), CSV path,label or manifest.")] = None,
     out: Annotated[Path, typer.Option("-o", "--out", help="Run folder to write (scores, metrics, report.html).")] = Path("eval-run"),
-    slices: Annotated[list[str], typer.Option("-s", "--slice", help=f"Slice(s) to run, repeatable or comma-separated; 'all' or 'none'. Known: {', '.join(SLICES)}.")] = list(DEFAULT_SLICES),
+    slices: Annotated[list[str], typer.Option(
+        "-s", "--slice", help=f"Slice(s), repeatable or comma-separated; 'all' or 'none'. Known: {', '.join(SLICES)}.",
+    )] = list(DEFAULT_SLICES),
     bootstrap: Annotated[int, typer.Option(help="Bootstrap resamples for the 95% intervals (0: none).")] = 1000,
     workers: Annotated[Optional[int], typer.Option(help="Decoding workers (default: up to 4).")] = None,
     batch_size: Annotated[int, typer.Option()] = 32,
