@@ -41,10 +41,9 @@ import numpy as np
 import torch
 from PIL import Image, ImageDraw, features
 
-try:
-    import synthdet  # noqa: F401
-except ImportError:  # running from a checkout without `pip install -e .`
-    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
+_SRC = Path(__file__).resolve().parents[1] / "src"
+if (_SRC / "synthdet").is_dir():  # benchmark this checkout, installed or not
+    sys.path.insert(0, str(_SRC))
 
 from synthdet.backbones import Backbone, create_backbone  # noqa: E402
 from synthdet.features import FeatureStore, extract, forward_batches, num_workers_default  # noqa: E402

@@ -46,7 +46,8 @@ from synthdet.calibrate import f1_optimal_threshold  # noqa: E402
 from synthdet.data import index  # noqa: E402
 from synthdet.evaluate import binary_metrics  # noqa: E402
 from synthdet.features import FeatureStore, extract  # noqa: E402
-from synthdet.finetune import FineTuneConfig, finetune, fit_calib_val, score_items  # noqa: E402
+from synthdet.data import three_way_split  # noqa: E402
+from synthdet.finetune import FineTuneConfig, finetune, score_items  # noqa: E402
 from synthdet.heads import make_head  # noqa: E402
 from synthdet.train import load_features  # noqa: E402
 
@@ -78,7 +79,7 @@ def main(argv: list[str] | None = None) -> dict | None:
     t_start = time.perf_counter()
     df = index(args.manifest, progress=False)
     df = df[df["ok"] & (df["label"] >= 0)].drop_duplicates("sha256").reset_index(drop=True)
-    df["split"] = fit_calib_val(df)
+    df["split"] = three_way_split(df)
     bb = create_backbone(args.backbone)
     store = FeatureStore.for_backbone(bb, args.cache)
     parts = {name: df[df["split"] == name] for name in ("fit", "calib", "val")}

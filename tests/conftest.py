@@ -58,6 +58,34 @@ def write_image(path: str | Path, img: Image.Image | None = None, *, fmt: str | 
     return path
 
 
+def small_demo_csv(tmp_path: Path, n_per_class: int = 24) -> Path:
+    """A labelled CSV over the first images of each class of the demo data shipped in the package."""
+    import pandas as pd
+
+    from synthdet.demo import demo_data_dir
+
+    src = pd.read_csv(demo_data_dir() / "manifest.csv")
+    part = pd.concat([src[src.label == c].head(n_per_class) for c in (0, 1)])
+    part = part.assign(path=[str(demo_data_dir() / p) for p in part.path])
+    out = tmp_path / "small.csv"
+    part.to_csv(out, index=False)
+    return out
+
+
+def labelled_items(root: Path, n: int) -> list[tuple[str, int]]:
+    """``n`` tiny training images alternating real (4:3 photo-like JPEG) and "generated" (square noisy PNG)."""
+    rng = np.random.default_rng(0)
+    out = []
+    for i in range(n):
+        if i % 2:
+            arr = np.asarray(synthetic_photo(40, 40, seed=i), dtype=np.int16) + rng.integers(-40, 40, (40, 40, 3))
+            path = write_image(root / f"fake{i}.png", Image.fromarray(np.clip(arr, 0, 255).astype(np.uint8)))
+        else:
+            path = write_image(root / f"real{i}.jpg", synthetic_photo(48, 36, seed=i))
+        out.append((str(path), i % 2))
+    return out
+
+
 def pixels(img: Image.Image) -> np.ndarray:
     return np.asarray(img, dtype=np.int16)
 

@@ -14,8 +14,7 @@ import pandas as pd
 import pytest
 import timm
 import torch
-from conftest import synthetic_photo, write_image
-from PIL import Image
+from conftest import labelled_items, synthetic_photo
 from tiny_clip import tiny_clip_checkpoint
 
 from synthdet.backbones import create_backbone
@@ -32,16 +31,7 @@ IMAGENET_MEAN, IMAGENET_STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
 @pytest.fixture(scope="module")
 def items(tmp_path_factory: pytest.TempPathFactory) -> tuple[list, list]:
     """8 training and 4 validation images: real 4:3 JPEGs, "generated" square noisy PNGs, alternating."""
-    root = tmp_path_factory.mktemp("images")
-    rng = np.random.default_rng(0)
-    out = []
-    for i in range(12):
-        if i % 2:
-            arr = np.asarray(synthetic_photo(40, 40, seed=i), dtype=np.int16) + rng.integers(-40, 40, (40, 40, 3))
-            path = write_image(root / f"fake{i}.png", Image.fromarray(np.clip(arr, 0, 255).astype(np.uint8)))
-        else:
-            path = write_image(root / f"real{i}.jpg", synthetic_photo(48, 36, seed=i))
-        out.append((str(path), i % 2))
+    out = labelled_items(tmp_path_factory.mktemp("images"), 12)
     return out[:8], out[8:]
 
 

@@ -9,6 +9,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
+from conftest import small_demo_csv
 from synthdet.calibrate import f1_optimal_threshold
 from synthdet.data import index
 from synthdet.demo import demo_data_dir
@@ -16,14 +17,6 @@ from synthdet.detector import Detector, default_detector_path
 from synthdet.train import load_features, train_detector
 
 
-def small_demo_csv(tmp_path: Path, n_per_class: int = 24) -> Path:
-    """A labelled CSV over the first images of each class of the shipped demo data."""
-    src = pd.read_csv(demo_data_dir() / "manifest.csv")
-    part = pd.concat([src[src.label == c].head(n_per_class) for c in (0, 1)])
-    part = part.assign(path=[str(demo_data_dir() / p) for p in part.path])
-    out = tmp_path / "small.csv"
-    part.to_csv(out, index=False)
-    return out
 
 
 @pytest.fixture(scope="module")

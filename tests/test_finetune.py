@@ -12,8 +12,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from conftest import synthetic_photo, write_image
-from PIL import Image
+from conftest import labelled_items
 from pydantic import ValidationError
 from tiny_clip import tiny_clip_checkpoint
 
@@ -39,16 +38,7 @@ def fresh(tiny: tuple[str, Path]) -> Backbone:
 @pytest.fixture(scope="module")
 def items(tmp_path_factory: pytest.TempPathFactory) -> tuple[list, list]:
     """12 training and 6 validation images: real 4:3 photo-like JPEGs, "generated" square noisy PNGs."""
-    root = tmp_path_factory.mktemp("images")
-    rng = np.random.default_rng(0)
-    out = []
-    for i in range(18):
-        if i % 2:
-            arr = np.asarray(synthetic_photo(40, 40, seed=i), dtype=np.int16) + rng.integers(-40, 40, (40, 40, 3))
-            path = write_image(root / f"fake{i}.png", Image.fromarray(np.clip(arr, 0, 255).astype(np.uint8)))
-        else:
-            path = write_image(root / f"real{i}.jpg", synthetic_photo(48, 36, seed=i))
-        out.append((str(path), i % 2))
+    out = labelled_items(tmp_path_factory.mktemp("images"), 18)
     return out[:12], out[12:]
 
 

@@ -16,8 +16,8 @@ import pytest
 from PIL import Image
 from typer.testing import CliRunner
 
+from conftest import small_demo_csv
 from synthdet.data import index, write_manifest
-from synthdet.demo import demo_data_dir
 from synthdet.detector import Detector
 from synthdet.report import app, render_report
 from synthdet.slices import EvalRun, evaluate_detector, is_small
@@ -28,14 +28,6 @@ PLOTS = ("ROC and PR curves", "score histograms", "confusion matrices", "reliabi
          "robustness deltas")
 
 
-def small_demo_csv(tmp_path: Path, n_per_class: int = 20) -> Path:
-    """A labelled CSV over the first images of each class of the shipped demo data."""
-    src = pd.read_csv(demo_data_dir() / "manifest.csv")
-    part = pd.concat([src[src.label == c].head(n_per_class) for c in (0, 1)])
-    part = part.assign(path=[str(demo_data_dir() / p) for p in part.path])
-    out = tmp_path / "small.csv"
-    part.to_csv(out, index=False)
-    return out
 
 
 @pytest.fixture(scope="module")
@@ -44,7 +36,7 @@ def evaluated(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Detector,
     from synthdet.train import train_detector
 
     tmp = tmp_path_factory.mktemp("report")
-    csv = small_demo_csv(tmp)
+    csv = small_demo_csv(tmp, 20)
     res = train_detector(csv, backbone="effnet-lite0", head="logreg", n_views=1, cache_dir=tmp / "cache",
                          out=tmp / "det", num_workers=0, progress=False)
     manifest = index(csv, progress=False)

@@ -13,10 +13,12 @@ import pytest
 from PIL import Image
 from typer.testing import CliRunner
 
+from conftest import synthetic_photo, write_image
+
+from synthdet.cli import app
 from synthdet.submit import (
     TASK_A_COLUMNS,
     TASK_B_COLUMNS,
-    app,
     check_task_a,
     check_task_b,
     write_task_a,
@@ -321,12 +323,12 @@ def test_task_b_accepts_exif_rotated_masks_with_warning(tmp_path: Path) -> None:
 def test_cli_check(tmp_path: Path, images_dir: Path) -> None:
     runner = CliRunner()
     good = write_task_a(_scores(), 0.5, tmp_path / "good.csv")
-    result = runner.invoke(app, ["check", str(good), "--images", str(images_dir)])
+    result = runner.invoke(app, ["submit", "--check", str(good), "--images", str(images_dir)])
     assert result.exit_code == 0, result.output
     assert "OK" in result.output
 
     bad = _csv(tmp_path, _text([*VALID_ROWS, VALID_ROWS[0]]))
-    result = runner.invoke(app, ["check", str(bad), "--images", str(images_dir)])
+    result = runner.invoke(app, ["submit", "--check", str(bad), "--images", str(images_dir)])
     assert result.exit_code == 1
     assert "duplicate image_id (1): a.jpg (x2)" in result.output
 
@@ -334,7 +336,25 @@ def test_cli_check(tmp_path: Path, images_dir: Path) -> None:
 def test_cli_check_task_b(tmp_path: Path, images_dir: Path) -> None:
     zip_path, csv_path = write_task_b(_masks(), _scores(), 0.5, 0.5, tmp_path, "team")
     runner = CliRunner()
-    result = runner.invoke(app, ["check", str(csv_path), "--images", str(images_dir), "--masks", str(zip_path)])
+    result = runner.invoke(app, ["submit", "--check", str(csv_path), "--images", str(images_dir), "--masks", str(zip_path)])
     assert result.exit_code == 0, result.output
-    result = runner.invoke(app, ["check", str(csv_path), "--masks", str(zip_path)])
+    result = runner.invoke(app, ["submit", "--check", str(csv_path), "--masks", str(zip_path)])
     assert result.exit_code == 2  # usage error: masks need the images
+
+
+def test_submit_scores_every_test_image_and_validates(tmp_path: Path) -> None:
+    """`synthdet submit TESTDIR -o team.csv` with the shipped detector: one row per image, the unreadable one included."""
+    test_dir = tmp_path / "test"
+    test_dir.mkdir()
+    for i, (w, h) in enumerate([(320, 240), (256, 256)]):
+        write_image(test_dir / f"img{i}.jpg", synthetic_photo(w, h, seed=i))
+    (test_dir / "broken.png").write_bytes(b"\x89PNG\r\n\x1a\n broken")
+    out = tmp_path / "team_constrained.csv"
+    with pytest.warns(UserWarning, match="broken.png"):
+        result = CliRunner().invoke(app, ["submit", str(test_dir), "-o", str(out), "--workers", "0"])
+    assert result.exit_code == 0, result.output
+    df = pd.read_csv(out)
+    assert list(df.columns) == list(TASK_A_COLUMNS)
+    assert sorted(df.image_id) == ["broken.png", "img0.jpg", "img1.jpg"]
+    assert df.threshold.nunique() == 1 and df.prob.between(0, 1).all()
+    assert check_task_a(out, test_dir).ok

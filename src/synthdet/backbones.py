@@ -387,6 +387,30 @@ _register_open_clip("eva02-l14", "EVA02-L-14", "merged2b_s4b_b131k", "EVA02-L-14
                     "pooled 768 (projected); 24 block class tokens x 1024")
 
 
+def weights_available(name: str) -> bool:
+    """Whether ``name`` can load pretrained weights on this machine, checked without any network call."""
+    prefix, _, rest = name.partition(":")
+    if name in _REGISTRY:
+        return _REGISTRY[name].weights_present()
+    if prefix in _PREFIXES:
+        return weights_available(rest)
+    if prefix == "open_clip":
+        arch, _, tag = rest.partition("/")
+        return bool(tag) and open_clip_cached_file(arch, tag) is not None
+    if prefix == "timm":
+        import timm
+        from huggingface_hub import try_to_load_from_cache
+
+        try:
+            hub = timm.models.get_pretrained_cfg(rest).hf_hub_id
+        except Exception:  # noqa: BLE001 - unknown model or no pretrained config
+            return False
+        return bool(hub) and any(
+            isinstance(try_to_load_from_cache(hub, f), str) for f in ("model.safetensors", "pytorch_model.bin")
+        )
+    return False
+
+
 def create_backbone(
     name: str,
     *,

@@ -34,11 +34,21 @@ def _skipped(path: object, reason: str) -> None:
 
 def _mount_optional() -> None:
     from .augment import augment_preview
+    from .cv import cv_command
+    from .ensemble import ensemble_command
     from .finetune import finetune_command
+    from .recipes import app as recipes_app
     from .report import evaluate_cmd, report_cmd
-    from .submit import app as submit_app
+    from .submit import submit
 
-    app.add_typer(submit_app, name="submit")
+    app.command("submit", help="Write a MediaEval Task A CSV for a test folder and validate it; or validate "
+                "only (--check FILE --images DIR [--masks ZIP]).")(submit)
+    app.add_typer(recipes_app, name="recipes")
+    app.command("cv", help="Stratified k-fold cross-validation of a head on cached features (folds + mean ± std).")(
+        cv_command
+    )
+    app.command("ensemble", help="Combine saved detectors (mean | majority | weighted-majority) into one calibrated "
+                "detector.")(ensemble_command)
     app.command("evaluate", help="All Task A metrics with bootstrap CIs, per generator and under robustness slices; "
                 "writes a run folder and an HTML report.")(evaluate_cmd)
     app.command("report", help="One self-contained HTML report comparing several evaluation runs.")(report_cmd)
@@ -145,7 +155,7 @@ def extract(
     weights: Annotated[Optional[Path], typer.Option(help="Local weights file for the backbone.")] = None,
     views: Annotated[int, typer.Option(help="Views per image: 1 = canonical only, more = cached augmentations.")] = 1,
     cache: Annotated[Optional[Path], typer.Option(help="Feature cache root (default $SYNTHDET_CACHE or ~/.cache/synthdet).")] = None,
-    batch_size: Annotated[int, typer.Option()] = 32,
+    batch_size: Annotated[Optional[int], typer.Option(help="Images per forward pass (default: 8 on CPU, 64 on CUDA).")] = None,
     workers: Annotated[Optional[int], typer.Option(help="Decoding workers (default: up to 4).")] = None,
     device: Annotated[Optional[str], typer.Option(help="cpu, cuda, cuda:1 … (default: cuda if present).")] = None,
 ) -> None:
@@ -228,7 +238,7 @@ def train(
     views: Annotated[int, typer.Option(help="Cached training views per image (view 0 canonical, rest augmented).")] = 4,
     seed: Annotated[int, typer.Option()] = 42,
     cache: Annotated[Optional[Path], typer.Option(help="Feature cache root.")] = None,
-    batch_size: Annotated[int, typer.Option()] = 32,
+    batch_size: Annotated[Optional[int], typer.Option(help="Images per forward pass (default: 8 on CPU, 64 on CUDA).")] = None,
     workers: Annotated[Optional[int], typer.Option()] = None,
     refit: Annotated[bool, typer.Option(help="After evaluating, refit on fit+val (threshold re-tuned on calib).")] = False,
 ) -> None:
@@ -251,7 +261,7 @@ def predict(
     paths: Annotated[list[Path], typer.Argument(help="[DETECTOR] then image files, folders or a CSV with a path column.")],
     out: Annotated[Optional[Path], typer.Option("-o", "--out", help="CSV to write (image_id,prob,label,threshold).")] = None,
     detector: Annotated[Optional[Path], typer.Option("-d", "--detector", help="Detector folder (default: the shipped one).")] = None,
-    batch_size: Annotated[int, typer.Option()] = 32,
+    batch_size: Annotated[Optional[int], typer.Option(help="Images per forward pass (default: 8 on CPU, 64 on CUDA).")] = None,
     workers: Annotated[Optional[int], typer.Option()] = None,
     max_pixels: Annotated[int, typer.Option(help="Refuse images with more pixels.")] = 100_000_000,
 ) -> None:

@@ -121,7 +121,7 @@ def cross_validate(
     seed: int = 42,
     calib_fraction: float = 0.15,
     cache_dir: str | Path | None = None,
-    batch_size: int = 32,
+    batch_size: int | None = None,
     num_workers: int | None = None,
     refit_all: bool = False,
     out: str | Path | None = None,

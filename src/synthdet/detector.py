@@ -123,7 +123,7 @@ class Detector:
         self,
         paths: Iterable[str | Path],
         *,
-        batch_size: int = 32,
+        batch_size: int | None = None,
         num_workers: int | None = None,
         max_pixels: int = DEFAULT_MAX_PIXELS,
         chunk: int = 1024,

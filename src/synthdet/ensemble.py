@@ -168,7 +168,7 @@ class EnsembleDetector:
         return self.members[0].backbone
 
     def _tables(
-        self, paths: Iterable[str | Path], *, batch_size: int = 32, num_workers: int | None = None,
+        self, paths: Iterable[str | Path], *, batch_size: int | None = None, num_workers: int | None = None,
         max_pixels: int = DEFAULT_MAX_PIXELS, chunk: int = 1024, progress: bool = True,
         transform: ImageTransform | None = None,
     ) -> Iterator[tuple[list[str], np.ndarray, dict[int, str]]]:
@@ -203,7 +203,7 @@ class EnsembleDetector:
         self,
         paths: Iterable[str | Path],
         *,
-        batch_size: int = 32,
+        batch_size: int | None = None,
         num_workers: int | None = None,
         max_pixels: int = DEFAULT_MAX_PIXELS,
         chunk: int = 1024,
@@ -266,7 +266,7 @@ def build_ensemble(
     rule: str = "mean",
     weights: Sequence[float] | None = None,
     copy_members: bool = True,
-    batch_size: int = 32,
+    batch_size: int | None = None,
     num_workers: int | None = None,
     progress: bool = True,
 ) -> EnsembleDetector:

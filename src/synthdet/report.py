@@ -495,7 +495,7 @@ def evaluate_cmd(
     )] = list(DEFAULT_SLICES),
     bootstrap: Annotated[int, typer.Option(help="Bootstrap resamples for the 95% intervals (0: none).")] = 1000,
     workers: Annotated[Optional[int], typer.Option(help="Decoding workers (default: up to 4).")] = None,
-    batch_size: Annotated[int, typer.Option()] = 32,
+    batch_size: Annotated[Optional[int], typer.Option(help="Images per forward pass (default: 8 on CPU, 64 on CUDA).")] = None,
     split: Annotated[Optional[str], typer.Option(help="Only rows of this split (e.g. 'val' in a detector's manifest.csv).")] = None,
     name: Annotated[Optional[str], typer.Option(help="Run name in reports (default: the output folder's name).")] = None,
     thumbnails: Annotated[bool, typer.Option(help="Show the hardest errors as images in the report.")] = True,

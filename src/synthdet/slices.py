@@ -214,7 +214,7 @@ def evaluate_detector(
     slices: Sequence[str] = DEFAULT_SLICES,
     bootstrap: int = 1000,
     seed: int = 0,
-    batch_size: int = 32,
+    batch_size: int | None = None,
     num_workers: int | None = None,
     group_by: Sequence[str] = ("source", "generator"),
     name: str | None = None,

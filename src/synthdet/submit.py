@@ -482,14 +482,6 @@ def check_task_b(zip_path: Path, scores_csv: Path, images_dir: Path) -> CheckRep
 
 # ------------------------------------------------------------------------------------------------------- CLI
 
-app = typer.Typer(help="Check MediaEval SID submission files before uploading them.", no_args_is_help=True)
-
-
-@app.callback()
-def _submit() -> None:
-    """Keep ``check`` a named sub-command (``synthdet submit check``) although it is the only one."""
-
-
 def _print_report(report: CheckReport, title: str) -> None:
     console = Console(soft_wrap=True, highlight=False)
     console.print(f"[bold]{escape(title)}[/bold]: {report.n_rows} row(s)")
@@ -503,26 +495,56 @@ def _print_report(report: CheckReport, title: str) -> None:
         console.print(f"[red]FAILED[/red]: {len(report.errors)} error(s)")
 
 
-@app.command()
-def check(
-    file: Annotated[Path, typer.Argument(help="Task A CSV, or Task B scores.csv when --masks is given.")],
-    images: Annotated[
-        Path | None, typer.Option("--images", help="Test images directory: checks every image is covered.")
-    ] = None,
-    masks: Annotated[
-        Path | None, typer.Option("--masks", help="Task B <team>_localization_masks.zip (needs --images).")
-    ] = None,
-) -> None:
-    """Validate a submission against the organisers' format; exit 1 if anything would get it rejected."""
+def _check(file: Path, images: Path | None, masks: Path | None) -> None:
     if masks is None:
         report, title = check_task_a(file, images), f"Task A {file}"
     elif images is None:
-        raise typer.BadParameter(
-            "mask shapes are checked against the images: pass --images too",
-            param_hint="--images",
-        )
+        raise typer.BadParameter("mask shapes are checked against the images: pass --images too",
+                                 param_hint="--images")
     else:
         report, title = check_task_b(masks, file, images), f"Task B {masks} + {file}"
     _print_report(report, title)
     if not report.ok:
         raise typer.Exit(code=1)
+
+
+def _test_images(folder: Path) -> list[Path]:
+    return sorted(p for p in folder.rglob("*") if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES
+                  and not p.name.startswith("."))
+
+
+def submit(
+    paths: Annotated[list[Path] | None, typer.Argument(
+        help="[DETECTOR] TESTDIR: a detector folder (default: the shipped one) and the test images.")] = None,
+    out: Annotated[Path, typer.Option("-o", "--out", help="Task A CSV to write, e.g. teamname_constrained.csv.")] = Path(
+        "submission.csv"),
+    check: Annotated[Path | None, typer.Option(
+        "--check", help="Validate this Task A CSV (or Task B scores.csv with --masks) instead of writing one.")] = None,
+    images: Annotated[Path | None, typer.Option("--images", help="Test images directory for --check.")] = None,
+    masks: Annotated[Path | None, typer.Option("--masks", help="Task B <team>_localization_masks.zip (with --check).")] = None,
+    batch_size: Annotated[int | None, typer.Option(help="Images per forward pass.")] = None,
+    workers: Annotated[int | None, typer.Option(help="Decoding workers.")] = None,
+) -> None:
+    """Write a MediaEval Task A submission for every test image, then validate it; or only validate (--check).
+
+    An image that cannot be decoded still gets a row, with the detector's prior and a warning, as the organisers
+    require every test image.
+    """
+    if check is not None:
+        _check(check, images, masks)
+        return
+    from .detector import Detector
+
+    paths = list(paths or [])
+    detector = paths.pop(0) if len(paths) == 2 else None
+    if len(paths) != 1 or not paths[0].is_dir():
+        raise typer.BadParameter("expected [DETECTOR] TESTDIR, with TESTDIR a folder of test images")
+    test_dir = paths[0]
+    files = _test_images(test_dir)
+    if not files:
+        raise typer.BadParameter(f"{test_dir}: no test images ({', '.join(sorted(IMAGE_SUFFIXES))})")
+    det = Detector.load(detector)
+    rows = [(Path(p).name, prob) for p, prob, _ in det.predict_paths(files, batch_size=batch_size,
+                                                                       num_workers=workers)]
+    write_task_a(rows, det.threshold, out, prior=det.card.prior)
+    _check(out, test_dir, None)

@@ -90,7 +90,7 @@ def train_detector(
     calib_fraction: float = 0.15,
     seed: int = 42,
     cache_dir: str | Path | None = None,
-    batch_size: int = 32,
+    batch_size: int | None = None,
     num_workers: int | None = None,
     out: str | Path | None = None,
     refit: bool = False,

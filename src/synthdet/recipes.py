@@ -1,0 +1,247 @@
+"""Every system of the working notes as a named, runnable config (``configs/recipes/*.json``).
+
+A recipe is a list of steps — ``probe`` (head on cached features), ``finetune`` (from images, optionally continuing
+an earlier step: two-stage), ``ensemble`` (of earlier steps) and ``cv`` (k-fold) — with the section and table of the
+paper it reproduces. Steps write to ``OUT/<step id>/`` and a finished step is not run again, so an interrupted
+recipe resumes. A step whose backbone has no weights on this machine runs with a substitute (``effnet-lite2`` by
+default) and says so, in the output and in ``OUT/recipe.json``.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable, Sequence
+from importlib import resources
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+import pandas as pd
+import typer
+from pydantic import BaseModel, ConfigDict
+from rich.console import Console
+from rich.table import Table
+
+console = Console()
+
+
+class Step(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    id: str
+    kind: Literal["probe", "finetune", "ensemble", "cv"]
+    backbone: str | None = None  # probe/finetune; finetune defaults to its fine-tuning recipe's backbone
+    head: str | None = None  # probe
+    features: Literal["pooled", "concat"] = "pooled"  # probe
+    views: int = 4  # probe: cached training views per image
+    finetune: str | None = None  # a synthdet.finetune.RECIPES name (finetune, cv)
+    overrides: dict[str, Any] = {}  # FineTuneConfig fields on top of that recipe
+    init: str | None = None  # finetune: continue the detector of this earlier step (two-stage training)
+    data: Literal["train", "indomain"] = "train"  # which data the step trains on
+    members: list[str] = []  # ensemble: earlier step ids
+    rule: str = "mean"  # ensemble rule
+    weights: list[float] | None = None  # ensemble weights (mean rule)
+    k: int = 5  # cv folds
+
+
+class Recipe(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    name: str
+    title: str
+    cites: str
+    steps: list[Step]
+    notes: str = ""
+
+
+def load_recipes() -> dict[str, Recipe]:
+    folder = resources.files("synthdet") / "configs" / "recipes"
+    recipes = [Recipe.model_validate_json(f.read_text()) for f in folder.iterdir() if f.name.endswith(".json")]
+    return {r.name: r for r in sorted(recipes, key=lambda r: r.name)}
+
+
+def get_recipe(name: str) -> Recipe:
+    recipes = load_recipes()
+    if name not in recipes:
+        raise ValueError(f"unknown recipe {name!r}; recipes: {', '.join(recipes)}")
+    return recipes[name]
+
+
+def step_backbone(step: Step) -> str | None:
+    """The backbone a step asks for (None for ensembles and continued fine-tuning)."""
+    if step.kind in ("ensemble",) or step.init:
+        return None
+    if step.backbone:
+        return step.backbone
+    if step.finetune:
+        from .finetune import RECIPES
+
+        return RECIPES[step.finetune].backbone
+    return "effnet-lite0"
+
+
+def detector_dir(out: Path, step: Step) -> Path:
+    """Where a step's detector lives (fine-tuning runs keep checkpoints beside it)."""
+    return out / step.id / "detector" if step.kind == "finetune" else out / step.id
+
+
+def _done(out: Path, step: Step) -> bool:
+    marker = out / step.id / ("cv.json" if step.kind == "cv" else "")
+    return marker.is_file() if step.kind == "cv" else (detector_dir(out, step) / "card.json").is_file()
+
+
+def run_recipe(
+    name: str,
+    data: Sequence[str | Path],
+    *,
+    out: str | Path,
+    indomain: str | Path | None = None,
+    steps: Sequence[str] | None = None,
+    fallback: str = "effnet-lite2",
+    epochs: int | None = None,
+    cache_dir: str | Path | None = None,
+    num_workers: int | None = None,
+    log: Callable[[str], None] = console.print,
+) -> dict[str, Any]:
+    """Run a recipe's steps (or only ``steps`` and what they depend on); returns the run record (also saved)."""
+    from .backbones import weights_available
+    from .cv import cross_validate, finetune_fitter, run_folds, save_cv
+    from .data import index, read_manifest
+    from .ensemble import build_ensemble
+    from .finetune import finetune_detector, recipe_config
+    from .train import train_detector, usable_rows
+
+    recipe = get_recipe(name)
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    by_id = {s.id: s for s in recipe.steps}
+    wanted = _with_dependencies(by_id, steps or list(by_id))
+    sources = [Path(d) for d in data]
+    if not sources:
+        raise ValueError("a recipe needs at least one DATA source")
+
+    def frame(paths: Sequence[Path]) -> pd.DataFrame:
+        frames = [read_manifest(p) if p.suffix == ".parquet" else index(p, progress=False) for p in paths]
+        return pd.concat(frames, ignore_index=True)
+
+    record: dict[str, Any] = {"recipe": name, "cites": recipe.cites, "data": [str(s) for s in sources],
+                              "indomain": str(indomain) if indomain else None, "steps": {}}
+    for step in (s for s in recipe.steps if s.id in wanted):
+        asked = step_backbone(step)
+        backbone = asked
+        if asked is not None and not weights_available(asked):
+            prefix = asked.partition(":")[0]  # a wrapper such as dualstream: keeps its shape around the substitute
+            backbone = f"{prefix}:{fallback}" if prefix.startswith("dualstream") else fallback
+            log(f"[yellow]{step.id}: weights for {asked} are not on this machine → running with {fallback}[/]")
+        entry = {"kind": step.kind, "backbone_asked": asked, "backbone": backbone, "dir": str(detector_dir(out, step))}
+        record["steps"][step.id] = entry
+        if _done(out, step):
+            log(f"{step.id}: done already ({entry['dir']})")
+            continue
+        train_src = [Path(indomain)] if step.data == "indomain" and indomain else sources
+        log(f"[bold]{recipe.name} / {step.id}[/] ({step.kind}, {backbone or 'from ' + str(step.init or step.members)})")
+        if step.kind == "probe":
+            res = train_detector(frame(train_src), backbone=backbone, head=step.head or "linear",
+                                 features=step.features, n_views=step.views, cache_dir=cache_dir,
+                                 num_workers=num_workers, out=detector_dir(out, step))
+            entry["metrics"] = _summary(res.metrics)
+        elif step.kind == "finetune":
+            cfg = recipe_config(step.finetune, **step.overrides, epochs=epochs, num_workers=num_workers)
+            init = detector_dir(out, by_id[step.init]) if step.init else None
+            _, metrics = finetune_detector(list(train_src), backbone=None if init else backbone, init=init, cfg=cfg,
+                                           out=out / step.id)
+            entry["metrics"] = _summary(metrics)
+        elif step.kind == "ensemble":
+            members = [detector_dir(out, by_id[m]) for m in step.members]
+            calib = Path(indomain) if indomain else sources[0]
+            build_ensemble(members, calib=calib, out=detector_dir(out, step), rule=step.rule, weights=step.weights,
+                           num_workers=num_workers)
+            entry["calibrated_on"] = str(calib)
+        else:  # cv
+            if step.finetune:
+                cfg = recipe_config(step.finetune, **step.overrides, epochs=epochs, num_workers=num_workers)
+                result = run_folds(usable_rows(frame(train_src), progress=False)[0],
+                                   finetune_fitter(backbone, cfg, out / step.id / "folds"), k=step.k)
+            else:
+                result = cross_validate(frame(train_src), backbone=backbone, head=step.head or "logreg",
+                                        features=step.features, n_views=step.views, k=step.k, cache_dir=cache_dir,
+                                        num_workers=num_workers)
+            save_cv(result, out / step.id)
+            (out / step.id / "cv.json").write_text(json.dumps(result.summary(), indent=2))
+            entry["metrics"] = result.summary()
+        (out / "recipe.json").write_text(json.dumps(record, indent=2, default=str))
+    (out / "recipe.json").write_text(json.dumps(record, indent=2, default=str))
+    return record
+
+
+def _with_dependencies(by_id: dict[str, Step], wanted: Sequence[str]) -> set[str]:
+    unknown = [w for w in wanted if w not in by_id]
+    if unknown:
+        raise ValueError(f"unknown step(s) {unknown}; steps: {', '.join(by_id)}")
+    todo, seen = list(wanted), set()
+    while todo:
+        sid = todo.pop()
+        if sid not in seen:
+            seen.add(sid)
+            step = by_id[sid]
+            todo += step.members + ([step.init] if step.init else [])
+    return seen
+
+
+def _summary(metrics: dict[str, Any]) -> dict[str, float]:
+    return {"roc_auc": metrics["roc_auc"], "ap": metrics["ap"], "f1_tuned": metrics["at_threshold"]["f1"],
+            "threshold": metrics["at_threshold"]["threshold"]}
+
+
+# ------------------------------------------------------------------------------------------------------------ CLI
+app = typer.Typer(help="Named configs reproducing every system of the working notes.", no_args_is_help=True)
+
+
+@app.command("list")
+def list_cmd() -> None:
+    """Every recipe, its steps and the paper section it reproduces."""
+    from .backbones import weights_available
+
+    table = Table("recipe", "steps", "reproduces", title="synthdet recipes")
+    for r in load_recipes().values():
+        steps = []
+        for s in r.steps:
+            bb = step_backbone(s)
+            mark = "" if bb is None or weights_available(bb) else " [yellow](→ effnet-lite2)[/]"
+            steps.append(f"{s.id}: {s.kind}{' ' + bb if bb else ''}{mark}")
+        table.add_row(f"[bold]{r.name}[/]\n{r.title}", "\n".join(steps), r.cites)
+    console.print(table)
+
+
+@app.command("show")
+def show_cmd(name: Annotated[str, typer.Argument(help="Recipe name.")]) -> None:
+    """The full config of one recipe, as JSON."""
+    try:
+        console.print_json(get_recipe(name).model_dump_json())
+    except ValueError as e:
+        raise typer.BadParameter(str(e)) from None
+
+
+@app.command("run")
+def run_cmd(
+    name: Annotated[str, typer.Argument(help="Recipe name (see `synthdet recipes list`).")],
+    data: Annotated[list[Path], typer.Argument(help="Training data: folders, CSVs or manifests (several are mixed).")],
+    out: Annotated[Path, typer.Option("-o", "--out", help="Run folder (one subfolder per step; resumable).")] = Path("recipe-run"),
+    indomain: Annotated[Path | None, typer.Option(help="Small labelled in-domain set (two-stage steps, in-domain probes, ensemble calibration).")] = None,
+    step: Annotated[list[str] | None, typer.Option("--step", help="Run only these steps (and what they need).")] = None,
+    fallback: Annotated[str, typer.Option(help="Backbone used where a step's weights are absent.")] = "effnet-lite2",
+    epochs: Annotated[int | None, typer.Option(help="Override the epochs of fine-tuning steps (e.g. 1 for a smoke run).")] = None,
+    cache: Annotated[Path | None, typer.Option(help="Feature cache folder.")] = None,
+    workers: Annotated[int | None, typer.Option(help="Decoding workers.")] = None,
+) -> None:
+    """Run a recipe end to end on your data."""
+    try:
+        record = run_recipe(name, data, out=out, indomain=indomain, steps=step, fallback=fallback, epochs=epochs,
+                            cache_dir=cache, num_workers=workers)
+    except ValueError as e:
+        raise typer.BadParameter(str(e)) from None
+    table = Table("step", "kind", "backbone", "ROC AUC", "AP", "F1 (tuned)", title=f"{name} → {out}")
+    for sid, e in record["steps"].items():
+        m = e.get("metrics", {})
+        fmt = lambda k: f"{m[k]:.4f}" if isinstance(m.get(k), float) else "-"  # noqa: E731
+        table.add_row(sid, e["kind"], str(e["backbone"] or "-"), fmt("roc_auc"), fmt("ap"), fmt("f1_tuned"))
+    console.print(table)
