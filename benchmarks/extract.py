@@ -46,7 +46,7 @@ if (_SRC / "synthdet").is_dir():  # benchmark this checkout, installed or not
     sys.path.insert(0, str(_SRC))
 
 from synthdet.backbones import Backbone, create_backbone  # noqa: E402
-from synthdet.features import FeatureStore, extract, forward_batches, num_workers_default  # noqa: E402
+from synthdet.features import FeatureStore, batch_size_default, extract, forward_batches, num_workers_default  # noqa: E402
 from synthdet.images import ImageLoadError, is_image_path, load_image  # noqa: E402
 
 DEFAULT_JSON = Path(__file__).resolve().parent / "results" / "extract.json"
@@ -256,7 +256,7 @@ def main(argv: list[str] | None = None) -> dict:
     ap.add_argument("--images", type=Path, help="use this folder (recursive) instead of a generated set")
     ap.add_argument("--n", type=int, default=48, help="number of images (default 48)")
     ap.add_argument("--backbone", default="effnet-lite0")
-    ap.add_argument("--batch-size", type=int, default=32)
+    ap.add_argument("--batch-size", type=int, default=None, help="default: synthdet's (8 on CPU, 64 on CUDA)")
     ap.add_argument("--workers", type=int, default=None, help=f"DataLoader workers (default: synthdet's, {num_workers_default()} here)")
     ap.add_argument("--device", default=None, help="default: cuda if available, else cpu")
     ap.add_argument("--json", type=Path, default=DEFAULT_JSON, help=f"results file (default {DEFAULT_JSON})")
@@ -317,6 +317,7 @@ def main(argv: list[str] | None = None) -> dict:
         # ---- backbone
         with console.status(f"loading {args.backbone} on {device}..."):
             bb = create_backbone(args.backbone, device=device)
+        args.batch_size = args.batch_size or batch_size_default(bb.device)
         pre = bb.preprocess
         facts = machine_facts(device)
         console.print(
