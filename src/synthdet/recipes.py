@@ -153,9 +153,10 @@ def run_recipe(
         elif step.kind == "ensemble":
             members = [detector_dir(out, by_id[m]) for m in step.members]
             calib = Path(indomain) if indomain else sources[0]
-            build_ensemble(members, calib=calib, out=detector_dir(out, step), rule=step.rule, weights=step.weights,
-                           num_workers=num_workers)
+            ens = build_ensemble(members, calib=calib, out=detector_dir(out, step), rule=step.rule,
+                                 weights=step.weights, num_workers=num_workers)
             entry["calibrated_on"] = str(calib)
+            entry["metrics"] = _summary(ens.card.metrics["calib"])  # on the calibration data: optimistic
         else:  # cv
             if step.finetune:
                 cfg = recipe_config(step.finetune, **step.overrides, epochs=epochs, num_workers=num_workers)
