@@ -26,7 +26,6 @@ import argparse
 import json
 import os
 import platform
-import sys
 import tempfile
 import time
 from pathlib import Path
@@ -35,10 +34,7 @@ import numpy as np
 import pandas as pd
 import torch
 
-try:
-    import synthdet  # noqa: F401
-except ImportError:  # running from a checkout without `pip install -e .`
-    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
+from _common import ROOT, dev_data_parser  # noqa: E402 - also puts this checkout's src/ on the path
 
 from synthdet.backbones import create_backbone  # noqa: E402
 from synthdet.calibrate import f1_optimal_threshold  # noqa: E402
@@ -47,8 +43,6 @@ from synthdet.data import index  # noqa: E402
 from synthdet.ensemble import RULES, EnsembleDetector, combine, validation_f1  # noqa: E402
 from synthdet.train import train_detector  # noqa: E402
 
-ROOT = Path(__file__).resolve().parents[1]
-DEFAULT_MANIFEST = ROOT.parent / "shared" / "data" / "dev" / "manifest.csv"
 DEFAULT_JSON = ROOT / "benchmarks" / "results" / "cv.json"
 PROBES = [  # (label, head, features)
     ("logreg", "logreg", "concat"),
@@ -58,16 +52,10 @@ PROBES = [  # (label, head, features)
 
 
 def main(argv: list[str] | None = None) -> dict | None:
-    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--manifest", type=Path, default=DEFAULT_MANIFEST, help="CSV path,label[,…] or a data folder")
-    ap.add_argument("--backbone", default="effnet-lite0")
-    ap.add_argument("--cache", type=Path, default=None, help="feature cache root (default: synthdet's)")
-    ap.add_argument("--views", type=int, default=4, help="cached views per fit image (view 0 + augmentations)")
+    ap = dev_data_parser(__doc__.split("\n\n")[0], DEFAULT_JSON)
     ap.add_argument("--k", type=int, default=5, help="folds")
     ap.add_argument("--seed", type=int, default=42)
     ap.add_argument("--finetuned", type=Path, default=None, help="a fine-tuned detector folder (ensemble member)")
-    ap.add_argument("--workers", type=int, default=None, help="DataLoader workers for extraction and scoring")
-    ap.add_argument("--json", type=Path, default=DEFAULT_JSON)
     args = ap.parse_args(argv)
 
     from rich.console import Console

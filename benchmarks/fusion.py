@@ -28,18 +28,13 @@ import argparse
 import json
 import os
 import platform
-import sys
 import tempfile
 import time
-from pathlib import Path
 
 import numpy as np
 import torch
 
-try:
-    import synthdet  # noqa: F401
-except ImportError:  # running from a checkout without `pip install -e .`
-    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
+from _common import ROOT, dev_data_parser  # noqa: E402 - also puts this checkout's src/ on the path
 
 from synthdet.backbones import create_backbone  # noqa: E402
 from synthdet.calibrate import f1_optimal_threshold  # noqa: E402
@@ -51,21 +46,13 @@ from synthdet.finetune import FineTuneConfig, finetune, score_items  # noqa: E40
 from synthdet.heads import make_head  # noqa: E402
 from synthdet.train import load_features  # noqa: E402
 
-ROOT = Path(__file__).resolve().parents[1]
-DEFAULT_MANIFEST = ROOT.parent / "shared" / "data" / "dev" / "manifest.csv"
 DEFAULT_JSON = ROOT / "benchmarks" / "results" / "fusion.json"
 
 
 def main(argv: list[str] | None = None) -> dict | None:
-    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--manifest", type=Path, default=DEFAULT_MANIFEST, help="CSV path,label[,…] or a data folder")
-    ap.add_argument("--backbone", default="effnet-lite0")
-    ap.add_argument("--cache", type=Path, default=None, help="feature cache root (default: synthdet's)")
-    ap.add_argument("--views", type=int, default=4, help="cached views per fit image (view 0 + augmentations)")
+    ap = dev_data_parser(__doc__.split("\n\n")[0], DEFAULT_JSON)
     ap.add_argument("--seeds", type=int, default=3, help="seeds per torch head")
     ap.add_argument("--finetune", action="store_true", help="add the fine-tuned fusion row (slow on CPU)")
-    ap.add_argument("--workers", type=int, default=None, help="DataLoader workers for extraction / fine-tuning")
-    ap.add_argument("--json", type=Path, default=DEFAULT_JSON)
     args = ap.parse_args(argv)
 
     from rich.console import Console
