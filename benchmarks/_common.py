@@ -25,3 +25,11 @@ def dev_data_parser(description: str, default_json: Path) -> argparse.ArgumentPa
     ap.add_argument("--workers", type=int, default=None, help="DataLoader workers for extraction and scoring")
     ap.add_argument("--json", type=Path, default=default_json)
     return ap
+
+
+def data_missing(manifest: Path, console) -> bool:  # noqa: ANN001 - a rich Console
+    """Say so and return True when the shared development data is absent, so the benchmark skips cleanly."""
+    if manifest.exists():
+        return False
+    console.print(f"[yellow]skipped[/]: {manifest} not found (the shared development data is absent)")
+    return True

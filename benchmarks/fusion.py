@@ -34,7 +34,7 @@ import time
 import numpy as np
 import torch
 
-from _common import ROOT, dev_data_parser  # noqa: E402 - also puts this checkout's src/ on the path
+from _common import ROOT, data_missing, dev_data_parser  # noqa: E402 - also puts this checkout's src/ on the path
 
 from synthdet.backbones import create_backbone  # noqa: E402
 from synthdet.calibrate import f1_optimal_threshold  # noqa: E402
@@ -59,8 +59,7 @@ def main(argv: list[str] | None = None) -> dict | None:
     from rich.table import Table
 
     console = Console()
-    if not args.manifest.exists():
-        console.print(f"[yellow]skipped[/]: {args.manifest} not found (the shared development data is absent)")
+    if data_missing(args.manifest, console):
         return None
 
     t_start = time.perf_counter()

@@ -334,3 +334,16 @@ def test_iter_inputs(tmp_path: Path) -> None:
     (tmp_path / "nothing").mkdir()
     with pytest.raises(ManifestError, match="no images"):
         list(iter_inputs([tmp_path / "nothing"]))
+
+
+def test_index_reads_an_existing_csv_manifest_back_without_reindexing(tmp_path: Path) -> None:
+    from synthdet.data import index, write_manifest
+
+    folder = make_labelled_folder(tmp_path / "data")
+    df = index(folder, progress=False)
+    out = write_manifest(df, tmp_path / "m.csv")
+    first = Path(df.path.iloc[0])
+    first.unlink()  # a re-index would now report this file as unreadable
+    back = index(out, progress=False)
+    assert len(back) == len(df) and back.ok.all()
+    assert back.sha256.tolist() == df.sha256.tolist()

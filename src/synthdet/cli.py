@@ -134,20 +134,6 @@ def backbones() -> None:
     console.print(table)
 
 
-def _load_manifest(data: Path):  # noqa: ANN202 - pandas frame
-    from .data import index, read_manifest
-
-    if data.suffix == ".parquet" or (data.suffix == ".csv" and _is_manifest(data)):
-        return read_manifest(data)
-    return index(data)
-
-
-def _is_manifest(csv_path: Path) -> bool:
-    with open(csv_path, newline="") as f:
-        header = next(csv.reader(f), [])
-    return "sha256" in header and "ok" in header
-
-
 @app.command()
 def extract(
     data: Annotated[Path, typer.Argument(help="Folder, CSV or manifest.")],
@@ -161,12 +147,12 @@ def extract(
 ) -> None:
     """Run a backbone over a dataset once; features go to the on-disk cache (resumable, float16, memory-mapped)."""
     from .backbones import WeightsNotFoundError, create_backbone
-    from .data import ManifestError
+    from .data import ManifestError, index
     from .features import FeatureStore
     from .features import extract as run_extract
 
     try:
-        df = _load_manifest(data)
+        df = index(data)
         bb = create_backbone(backbone, weights=weights, device=device)
     except (ManifestError, WeightsNotFoundError, ValueError) as e:
         raise _fail(str(e)) from None
@@ -211,11 +197,11 @@ def _generator_table(metrics: dict) -> Table:
 
 def _run_train(data: Path, out: Path, **kwargs) -> None:  # noqa: ANN003 - forwarded to train_detector
     from .backbones import WeightsNotFoundError
-    from .data import ManifestError
+    from .data import ManifestError, index
     from .train import train_detector
 
     try:
-        df = _load_manifest(data)
+        df = index(data)
         res = train_detector(df, out=out, **kwargs)
     except (ManifestError, WeightsNotFoundError, ValueError) as e:
         raise _fail(str(e)) from None

@@ -106,6 +106,15 @@ def _rows_from_csv(csv: Path) -> pd.DataFrame:
     return out
 
 
+def _is_manifest_csv(csv: Path) -> bool:
+    """A CSV written by :func:`write_manifest` (every manifest column present), as opposed to a labels CSV."""
+    try:
+        header = pd.read_csv(csv, nrows=0).columns
+    except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError):
+        return False
+    return all(c in header for c in COLUMNS)
+
+
 def _probe(path: str, max_pixels: int) -> dict:
     """Hash the bytes and check that the file really decodes (a header alone is not enough: truncation hides)."""
     rec: dict = {"sha256": "", "width": 0, "height": 0, "format": "", "ok": False, "error": ""}
@@ -133,16 +142,17 @@ def index(
     workers: int = 4,
     progress: bool = True,
 ) -> pd.DataFrame:
-    """Build a manifest from a folder or CSV. Bad files are kept with ``ok=False`` and a reason."""
+    """Build a manifest from a folder or labels CSV (an existing manifest is read back as it is). Bad files are kept
+    with ``ok=False`` and a reason."""
     src = Path(source)
     if not src.exists():
         raise ManifestError(f"{src}: no such file or folder")
     if src.is_dir():
         df = _rows_from_folder(src)
+    elif src.suffix.lower() == ".parquet" or (src.suffix.lower() == ".csv" and _is_manifest_csv(src)):
+        return read_manifest(src)  # already indexed: nothing to hash or decode again
     elif src.suffix.lower() in (".csv", ".tsv"):
         df = _rows_from_csv(src)
-    elif src.suffix.lower() == ".parquet":
-        return read_manifest(src)
     else:
         raise ManifestError(f"{src}: expected a folder, a .csv or a .parquet manifest")
     for col in ("source", "generator"):

@@ -105,7 +105,7 @@ def run_recipe(
     """Run a recipe's steps (or only ``steps`` and what they depend on); returns the run record (also saved)."""
     from .backbones import weights_available
     from .cv import cross_validate, finetune_fitter, run_folds, save_cv
-    from .data import index, read_manifest
+    from .data import index
     from .ensemble import build_ensemble
     from .finetune import finetune_detector, recipe_config
     from .train import train_detector, usable_rows
@@ -120,7 +120,7 @@ def run_recipe(
         raise ValueError("a recipe needs at least one DATA source")
 
     def frame(paths: Sequence[Path]) -> pd.DataFrame:
-        frames = [read_manifest(p) if p.suffix == ".parquet" else index(p, progress=False) for p in paths]
+        frames = [index(p, progress=False) for p in paths]
         return pd.concat(frames, ignore_index=True)
 
     record: dict[str, Any] = {"recipe": name, "cites": recipe.cites, "data": [str(s) for s in sources],

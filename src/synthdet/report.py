@@ -451,19 +451,6 @@ console = Console()
 err = Console(stderr=True)
 
 
-def load_dataset(data: Path) -> pd.DataFrame:
-    """A manifest from a ``.parquet``/``.csv`` manifest as written by synthdet, else by indexing a folder or CSV."""
-    from .data import ManifestError, index, read_manifest
-
-    if data.suffix in (".parquet", ".csv") and data.is_file():
-        try:
-            return read_manifest(data)
-        except ManifestError:
-            if data.suffix == ".parquet":
-                raise
-    return index(data)
-
-
 def _slice_names(values: Sequence[str]) -> list[str]:
     """``-s jpeg85 -s launder``, ``-s jpeg85,launder``, ``-s all`` or ``-s none``."""
     names = [n.strip() for v in values for n in v.split(",") if n.strip()]
@@ -501,7 +488,7 @@ def evaluate_cmd(
     thumbnails: Annotated[bool, typer.Option(help="Show the hardest errors as images in the report.")] = True,
 ) -> None:
     """Score DATA clean and under robustness slices; write the run folder and its HTML report."""
-    from .data import ManifestError
+    from .data import ManifestError, index
     from .detector import Detector
 
     if data is None:  # one positional: it is the data, scored by the shipped detector
@@ -511,7 +498,7 @@ def evaluate_cmd(
     try:
         names = [get_slice(n).name for n in _slice_names(slices)]  # unknown names fail before any scoring
         det = Detector.load(detector)
-        df = load_dataset(data)
+        df = index(data)
         if split is not None:
             if "split" not in df:
                 raise ManifestError(f"{data}: no split column to select {split!r} from")
