@@ -47,7 +47,7 @@ if (_SRC / "synthdet").is_dir():  # benchmark this checkout, installed or not
 
 from synthdet.backbones import Backbone, create_backbone  # noqa: E402
 from synthdet.features import FeatureStore, batch_size_default, extract, forward_batches, num_workers_default  # noqa: E402
-from synthdet.images import ImageLoadError, is_image_path, load_image  # noqa: E402
+from synthdet.pixels import ImageLoadError, is_image_path, load_image  # noqa: E402
 
 DEFAULT_JSON = Path(__file__).resolve().parent / "results" / "extract.json"
 

@@ -15,7 +15,7 @@ from synthdet.backbones import (
     file_digest,
     list_backbones,
 )
-from synthdet.preprocess import Preprocess
+from synthdet.pixels import Preprocess
 
 
 def batch(pre: Preprocess, n: int = 2) -> torch.Tensor:

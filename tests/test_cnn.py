@@ -23,7 +23,7 @@ from synthdet.finetune import (
     RECIPES, FineTuneConfig, epoch_order, finetune, load_finetuned, mix_sources, recipe_config, set_preprocess,
     trainable_parameters,
 )
-from synthdet.preprocess import Preprocess
+from synthdet.pixels import Preprocess
 
 IMAGENET_MEAN, IMAGENET_STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
 

@@ -19,7 +19,7 @@ import synthdet
 from synthdet.backbones import Backbone
 from synthdet.data import sha256_file
 from synthdet.features import FeatureStore, default_cache_dir, extract
-from synthdet.images import load_image
+from synthdet.pixels import load_image
 
 F16_TOL = dict(rtol=2e-3, atol=2e-3)  # float16 storage: ~1e-3 relative resolution
 

@@ -19,7 +19,7 @@ from tiny_clip import tiny_clip_checkpoint
 from synthdet.backbones import Backbone, create_backbone
 from synthdet.detector import Detector
 from synthdet.finetune import FineTuneConfig, finetune, load_finetuned, trainable_parameters
-from synthdet.preprocess import Preprocess
+from synthdet.pixels import Preprocess
 
 BLOCKS = 3
 

@@ -19,7 +19,7 @@ import numpy as np
 import typer
 from PIL import Image, ImageDraw, ImageFont
 
-from synthdet.images import ImageLoadError, load_image
+from synthdet.pixels import ImageLoadError, load_image
 
 
 class JpegRGB(A.ImageCompression):
@@ -179,7 +179,7 @@ def get_augment(name: str, *, seed: int | None = None, always: bool = False) -> 
 def apply(aug: A.Compose, img: Image.Image) -> Image.Image:
     """Run ``aug`` on an RGB PIL image and return a new RGB PIL image."""
     if img.mode != "RGB":
-        raise ValueError(f"expected an RGB image, got mode {img.mode!r}; load it with synthdet.images.load_image")
+        raise ValueError(f"expected an RGB image, got mode {img.mode!r}; load it with synthdet.pixels.load_image")
     out = aug(image=np.asarray(img))["image"]
     return Image.fromarray(np.ascontiguousarray(out), "RGB")
 

@@ -26,7 +26,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from .preprocess import Preprocess
+from .pixels import Preprocess
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")  # never reach for a hub at run time; set before any hub import
 

@@ -22,7 +22,7 @@ from PIL import Image
 from sklearn.model_selection import StratifiedKFold, train_test_split
 from tqdm.auto import tqdm
 
-from .images import DEFAULT_MAX_PIXELS, ImageLoadError, is_image_path, load_image
+from .pixels import DEFAULT_MAX_PIXELS, ImageLoadError, is_image_path, load_image
 
 COLUMNS = ["path", "label", "source", "generator", "sha256", "width", "height", "format", "ok", "error"]
 _CLASS_DIRS = {"0_real": 0, "1_fake": 1, "real": 0, "fake": 1}
@@ -58,7 +58,7 @@ def _rows_from_folder(root: Path) -> pd.DataFrame:
     if not rows:
         raise ManifestError(
             f"{root}: no images found (expected 0_real/ + 1_fake/, real/ + fake/, or image files; "
-            f"see synthdet.images.IMAGE_SUFFIXES)"
+            f"see synthdet.pixels.IMAGE_SUFFIXES)"
         )
     return pd.DataFrame(rows)
 

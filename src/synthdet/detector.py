@@ -22,8 +22,8 @@ from . import __version__
 from .backbones import Backbone, create_backbone
 from .features import ImageTransform, forward_batches
 from .heads import head_from_state
-from .images import DEFAULT_MAX_PIXELS
-from .preprocess import Preprocess
+from .pixels import DEFAULT_MAX_PIXELS
+from .pixels import Preprocess
 
 if TYPE_CHECKING:
     from .ensemble import EnsembleDetector

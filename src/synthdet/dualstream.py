@@ -30,7 +30,7 @@ import torch
 from torch import nn
 
 from .backbones import Backbone, create_backbone, list_backbones, register_backbone_prefix
-from .preprocess import Preprocess
+from .pixels import Preprocess
 
 FreqKind = Literal["fft", "dct"]
 FREQ_DIM = 128

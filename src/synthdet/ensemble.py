@@ -46,7 +46,7 @@ from .data import manifest_hash
 from .detector import Card, Detector, assemble_features
 from .evaluate import binary_metrics
 from .features import ImageTransform, forward_batches
-from .images import DEFAULT_MAX_PIXELS
+from .pixels import DEFAULT_MAX_PIXELS
 from .train import usable_rows
 
 Rule = Literal["mean", "majority", "weighted-majority"]

@@ -23,7 +23,7 @@ from torch.utils.data import DataLoader, Dataset
 from tqdm.auto import tqdm
 
 from .backbones import Backbone
-from .images import DEFAULT_MAX_PIXELS, ImageLoadError, load_image
+from .pixels import DEFAULT_MAX_PIXELS, ImageLoadError, load_image
 
 
 def default_cache_dir() -> Path:

@@ -75,8 +75,8 @@ from .detector import Card, Detector
 from .evaluate import binary_metrics
 from .features import num_workers_default
 from .heads import TorchProbe, make_head, train_epoch
-from .images import DEFAULT_MAX_PIXELS, ImageLoadError, load_image
-from .preprocess import Preprocess
+from .pixels import DEFAULT_MAX_PIXELS, ImageLoadError, load_image
+from .pixels import Preprocess
 
 Item = tuple[str | Path, int]
 """A training or validation image: path and label (0 real, 1 generated)."""

@@ -31,7 +31,7 @@ from sklearn.metrics import brier_score_loss, precision_recall_curve, roc_curve
 
 from . import __version__
 from .evaluate import gap_table
-from .images import ImageLoadError, load_image
+from .pixels import ImageLoadError, load_image
 from .slices import CLEAN, DEFAULT_SLICES, SLICES, EvalRun, evaluate_detector, get_slice
 
 #: Thumbnails shown per kind of error (false positives, false negatives) and run; bounds the report's size.
