@@ -252,13 +252,21 @@ def test_two_processes_extract_into_one_cache(
     live = shards_dir / f".tmp-0-0-{os.getpid()}@{socket.gethostname()}"  # a third writer, mid-shard
     live.mkdir()
     (live / "pooled.npy").write_bytes(b"\x93NUMPY partial")
-    jobs = [spawn(tmp_path, name, {"root": str(root), "paths": paths[lo:hi], "shas": shas[lo:hi], "open_every": 3,
-                                   "flush_every": 1})
-            for name, lo, hi in (("a", 0, 12), ("b", 6, 18))]  # overlapping: images 6..11 in both
-    for proc, log in jobs:
-        assert proc.wait(timeout=300) == 0, log.read_text()
-    computed = [int(log.read_text().split("finished")[1]) for _, log in jobs]
-    assert all(c <= 12 for c in computed) and sum(computed) >= 18
+    proc, log = spawn(tmp_path, "other", {"root": str(root), "paths": paths[:12], "shas": shas[:12], "open_every": 3,
+                                          "flush_every": 1})
+    deadline = time.monotonic() + 120
+    while "extracting" not in log.read_text():  # the other process is up: extract images 6..17 here meanwhile
+        assert proc.poll() is None and time.monotonic() < deadline, log.read_text()
+        time.sleep(0.01)
+    mine = 0
+    for i in range(6, 18, 3):  # a fresh open per chunk, as repeated `synthdet extract` calls do
+        here = FeatureStore.for_backbone(effnet_lite0, root)
+        res = extract(effnet_lite0, paths[i:i + 3], shas[i:i + 3], here, batch_size=2, num_workers=0, flush_every=1)
+        assert not res.skipped and not here.problems
+        mine += res.computed
+    assert proc.wait(timeout=300) == 0, log.read_text()
+    theirs = int(log.read_text().split("finished")[1])
+    assert mine <= 12 and theirs <= 12 and mine + theirs >= 18  # images 6..11 are wanted by both
     store = FeatureStore.for_backbone(effnet_lite0, root)
     assert live.exists() and [p.name for p in shards_dir.glob(".tmp-*")] == [live.name]  # nobody's work deleted
     assert store.missing([f"{s}:0" for s in shas]) == [] and store.problems == []

@@ -3,6 +3,7 @@ temp folders of live writers kept, writes by another instance picked up, crash-s
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import os
@@ -140,8 +141,6 @@ def test_every_shard_has_a_manifest(store: FeatureStore) -> None:
     assert man["rows"] == 3
     assert man["arrays"]["pooled"]["shape"] == [3, 8] and man["arrays"]["layer_01"]["shape"] == [3, 5]
     assert all(a["dtype"] == "float16" and a["bytes"] == (d / f"{w}.npy").stat().st_size for w, a in man["arrays"].items())
-    import hashlib
-
     assert man["arrays"]["layer_00"]["sha256"] == hashlib.sha256((d / "layer_00.npy").read_bytes()).hexdigest()
     assert np.array_equal(np.load(d / "pooled.npy"), pooled)  # plain .npy files
 
@@ -175,6 +174,12 @@ def _garble_manifest(d: Path) -> None:
     (d / "shard.json").write_text('{"rows": 2, "arr')
 
 
+def _mistype_manifest(d: Path) -> None:  # valid JSON, wrong shape of record
+    man = json.loads((d / "shard.json").read_text())
+    man["arrays"]["pooled"] = "pooled.npy"
+    (d / "shard.json").write_text(json.dumps(man))
+
+
 def _drop_array(d: Path) -> None:
     (d / "layer_00.npy").unlink()
 
@@ -182,6 +187,7 @@ def _drop_array(d: Path) -> None:
 DAMAGE = {"truncated": (_truncate, "truncated"), "edited-bytes": (_edit_bytes, "checksum"),
           "no-keys": (_drop_keys, "no keys.txt"), "edited-keys": (_edit_keys, "keys.txt does not match"),
           "no-manifest": (_drop_manifest, "no shard.json"), "garbled-manifest": (_garble_manifest, "unreadable shard"),
+          "mistyped-manifest": (_mistype_manifest, "inconsistent shard.json"),
           "no-array": (_drop_array, "no layer_00.npy")}
 
 

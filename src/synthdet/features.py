@@ -228,7 +228,9 @@ def extract(
             layers = [torch.cat([b[i] for b in buf_layers]).numpy() for i in range(len(store.layer_dims))] if taps else None
             store.append(list(buf_keys), torch.cat(buf_pooled).numpy(), layers)
             result.computed += len(buf_keys)
-            buf_keys.clear(), buf_pooled.clear(), buf_layers.clear()
+            buf_keys.clear()
+            buf_pooled.clear()
+            buf_layers.clear()
 
     for pairs, pooled, layers, errors in forward_batches(
         backbone, todo, taps=taps, batch_size=batch_size, num_workers=num_workers, max_pixels=max_pixels,

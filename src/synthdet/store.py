@@ -155,7 +155,6 @@ class FeatureStore:
         self.layer_dims = [int(d) for d in layer_dims]
         self.identity = dict(identity or {})
         self.problems: list[str] = []
-        self._lock_fd: int | None = None
         self._lock_depth = 0
         self._shards: dict[str, list[str]] = {}  # shard name → its keys, row order
         self._index: dict[str, tuple[str, int]] = {}
@@ -197,11 +196,11 @@ class FeatureStore:
         fd = os.open(self.dir / "lock", os.O_RDWR | os.O_CREAT, 0o644)
         try:
             fcntl.flock(fd, fcntl.LOCK_EX)
-            self._lock_fd, self._lock_depth = fd, 1
+            self._lock_depth = 1
             try:
                 yield
             finally:
-                self._lock_fd, self._lock_depth = None, 0
+                self._lock_depth = 0
                 fcntl.flock(fd, fcntl.LOCK_UN)
         finally:
             os.close(fd)
@@ -233,33 +232,38 @@ class FeatureStore:
         d = self.shards_dir / name
         try:
             man = json.loads((d / "shard.json").read_text(encoding="utf-8"))
-            rows = int(man["rows"])
-            arrays = man["arrays"]
         except FileNotFoundError:
             return "has no shard.json (incomplete or foreign)", []
-        except (OSError, ValueError, KeyError, TypeError) as e:
+        except (OSError, ValueError) as e:
             return f"has an unreadable shard.json ({type(e).__name__}: {e})", []
         try:
             raw = (d / "keys.txt").read_bytes()
         except FileNotFoundError:
             return "has no keys.txt", []
-        keys = raw.decode("utf-8", errors="replace").split()
-        if len(keys) != rows or hashlib.sha256(raw).hexdigest() != man.get("keys_sha256"):
+        try:
+            return self._check_against(d, man, raw, full=full)
+        except (KeyError, TypeError, AttributeError, ValueError) as e:
+            return f"has an inconsistent shard.json ({type(e).__name__}: {e})", []
+
+    def _check_against(self, d: Path, man: dict, raw_keys: bytes, *, full: bool) -> tuple[str | None, list[str]]:
+        rows, arrays = int(man["rows"]), man["arrays"]
+        keys = raw_keys.decode("utf-8", errors="replace").split()
+        if len(keys) != rows or hashlib.sha256(raw_keys).hexdigest() != man["keys_sha256"]:
             return f"keys.txt does not match shard.json ({len(keys)} keys, {rows} rows recorded)", []
         expected = self._array_names()
         if set(arrays) != set(expected):
             return f"holds arrays {sorted(arrays)}, expected {sorted(expected)}", []
         for what, dim in expected.items():
             rec, path = arrays[what], d / f"{what}.npy"
-            if rec.get("shape") != [rows, dim] or rec.get("dtype") != FEATURE_DTYPE:
-                return f"{what}.npy is recorded as {rec.get('shape')} {rec.get('dtype')}, expected [{rows}, {dim}]", []
+            if rec["shape"] != [rows, dim] or rec["dtype"] != FEATURE_DTYPE:
+                return f"{what}.npy is recorded as {rec['shape']} {rec['dtype']}, expected [{rows}, {dim}]", []
             try:
                 size = path.stat().st_size
             except FileNotFoundError:
                 return f"has no {what}.npy", []
-            if size != rec.get("bytes"):
-                return f"{what}.npy has {size} bytes, shard.json records {rec.get('bytes')} (truncated?)", []
-            if full and _sha256_file(path) != rec.get("sha256"):
+            if size != rec["bytes"]:
+                return f"{what}.npy has {size} bytes, shard.json records {rec['bytes']} (truncated?)", []
+            if full and _sha256_file(path) != rec["sha256"]:
                 return f"{what}.npy fails its sha256 checksum (edited or corrupted)", []
         return None, keys
 
@@ -278,8 +282,8 @@ class FeatureStore:
                 self._mmaps.pop((name, what), None)
         self._rebuild_index()
 
-    def _quarantine(self, name: str, problem: str, *, full: bool) -> None:
-        """Move a damaged shard aside, under the lock, after checking again (it may have been compacted away)."""
+    def _quarantine(self, name: str, *, full: bool) -> None:
+        """Move a damaged shard aside, under the lock, after checking it again: it may have been compacted away."""
         with self._locked():
             d = self.shards_dir / name
             again, keys = self._check(name, full=full) if d.is_dir() else (None, [])
@@ -302,13 +306,15 @@ class FeatureStore:
         """Pick up shards written since the last scan (also by other processes), drop vanished ones."""
         on_disk = {p.name for p in self.shards_dir.iterdir() if not p.name.startswith(".")}
         gone = [n for n in self._shards if n not in on_disk]
-        for name in sorted(on_disk - set(self._shards)):
+        new = sorted(on_disk - set(self._shards))
+        for name in new:
             problem, keys = self._check(name, full=False)
             if problem is None:
                 self._shards[name] = keys
             else:
-                self._quarantine(name, problem, full=False)
-        self._forget(gone)
+                self._quarantine(name, full=False)
+        if new or gone:
+            self._forget(gone)  # and re-index: a new shard may sort before known ones
 
     def verify(self, keys: Sequence[str] | None = None) -> list[str]:
         """Hash the arrays of every shard holding ``keys`` (all shards when None) against its ``shard.json``.
@@ -328,7 +334,7 @@ class FeatureStore:
             if problem is None:
                 self._verified.add(name)
             else:
-                self._quarantine(name, problem, full=True)
+                self._quarantine(name, full=True)
         return self.problems[before:]
 
     # ------------------------------------------------------------------------------------------------ reading
