@@ -160,7 +160,7 @@ def extract(
     store = FeatureStore.for_backbone(bb, cache)
     t0 = time.perf_counter()
     res = run_extract(bb, ok["path"].tolist(), ok["sha256"].tolist(), store, views=list(range(views)),
-                      batch_size=batch_size, num_workers=workers)
+                      batch_size=batch_size, num_workers=workers, progress=True)
     dt = time.perf_counter() - t0
     console.print(
         f"{res.computed} views computed, {res.cached} cached, {len(res.skipped) + int((~df['ok']).sum())} skipped "
