@@ -54,7 +54,7 @@ def test_config_parses_unfreeze_and_rejects_unknown_presets() -> None:
     assert FineTuneConfig(unfreeze_blocks="3").unfreeze_blocks == 3
     with pytest.raises(ValidationError):
         FineTuneConfig(unfreeze_blocks=-2)
-    with pytest.raises(ValidationError, match="valid presets"):
+    with pytest.raises(ValidationError, match="unknown augmentation preset .nope.; choose from"):
         FineTuneConfig(augment="nope")
 
 
