@@ -20,7 +20,14 @@ from tiny_clip import tiny_clip_checkpoint
 from synthdet.backbones import create_backbone
 from synthdet.dualstream import FREQ_DIM, FrequencyBranch
 from synthdet.finetune import (
-    RECIPES, FineTuneConfig, epoch_order, finetune, load_finetuned, mix_sources, recipe_config, set_preprocess,
+    RECIPES,
+    FineTuneConfig,
+    epoch_order,
+    finetune,
+    load_finetuned,
+    mix_sources,
+    recipe_config,
+    set_preprocess,
     trainable_parameters,
 )
 from synthdet.pixels import Preprocess

@@ -37,9 +37,10 @@ class JpegRGB(A.ImageCompression):
 
     def apply(self, img: np.ndarray, quality: int, image_type: str, **params: Any) -> np.ndarray:
         ok, encoded = cv2.imencode(".jpg", np.ascontiguousarray(img[..., ::-1]), (cv2.IMWRITE_JPEG_QUALITY, quality))
-        if not ok:
+        decoded = cv2.imdecode(encoded, cv2.IMREAD_COLOR) if ok else None
+        if decoded is None:
             raise RuntimeError(f"OpenCV failed to JPEG-encode a {img.shape} image")
-        return np.ascontiguousarray(cv2.imdecode(encoded, cv2.IMREAD_COLOR)[..., ::-1])
+        return np.ascontiguousarray(decoded[..., ::-1])
 
 
 class ShrinkLongestSide(A.LongestMaxSize):

@@ -21,7 +21,7 @@ class FineTuneConfig(BaseModel):
     # pooled only (residual/deep so that detectors trained on cached features can be continued)
     preprocess: Literal["letterbox", "crop"] | None = None  # None: the backbone's own chain. letterbox: training
     # views letterbox random crops whose aspect is drawn alike for both classes, inference the centre 1:1 crop
-    image_size: int | None = Field(None, ge=16)  # None: the backbone's
+    image_size: int | None = Field(default=None, ge=16)  # None: the backbone's
     head_params: dict[str, Any] = {}  # e.g. {"proj_dim": 128, "alpha_lr": 0.01}
     head_lr: float = 3e-4
     backbone_lr: float = 1e-5

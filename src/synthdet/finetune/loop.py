@@ -56,9 +56,7 @@ class FineTuneResult:
     trainable: list[str]
 
 
-def _is_better(auc: float, ap: float, best: dict[str, Any] | None, tol: float = 1e-6) -> bool:
-    if best is None:
-        return True
+def _is_better(auc: float, ap: float, best: dict[str, Any], tol: float = 1e-6) -> bool:
     return auc > best["val_auc"] + tol or (abs(auc - best["val_auc"]) <= tol and ap > best["val_ap"] + tol)
 
 
@@ -209,7 +207,7 @@ def finetune(
         auc, ap = float(roc_auc_score(y, prob)), float(average_precision_score(y, prob))
         record = {"epoch": epoch, "loss": loss, "val_auc": auc, "val_ap": ap, "seconds": time.perf_counter() - t0}
         history.append(record)
-        if _is_better(auc, ap, best):
+        if best is None or _is_better(auc, ap, best):
             best = {"epoch": epoch, "val_auc": auc, "val_ap": ap}
             tensors = {**{f"backbone.{k}": v for k, v in tuned_state(backbone.model, tuned).items()},
                        **{f"head.{k}": v.detach().cpu().contiguous() for k, v in model.head.state_dict().items()},
@@ -244,7 +242,7 @@ def finetune(
     card.weights_id = backbone.weights_id
     card.threshold = f1_optimal_threshold(y, prob)
     card.metrics = {"calib": binary_metrics(y, prob, threshold=card.threshold)}
-    card.finetune = {  # type: ignore[attr-defined] - Card allows extra fields
+    card.finetune = {  # type: ignore[attr-defined]  # Card allows extra fields
         "config": cfg.model_dump(mode="json"), "views": views.describe(), "base_weights_id": base_weights_id,
         "history": history, "best": best, "trainable_tensors": len(trainable),
         **({"init": {"path": str(init.path), "weights_id": init.detector.card.weights_id}} if init else {}),

@@ -152,7 +152,7 @@ class InitDetector:
     def load(cls, path: str | Path) -> InitDetector:
         path = Path(path)
         det = Detector.load(path)
-        if not isinstance(getattr(det, "head", None), TorchProbe):
+        if not isinstance(det, Detector) or not isinstance(det.head, TorchProbe):
             raise ValueError(f"{path}: continuing needs a detector with a neural-network head (fusion, linear, "
                              f"residual, deep); a logistic-regression head or an ensemble has no gradient to follow")
         info = (det.card.model_extra or {}).get("finetune")

@@ -6,13 +6,14 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TypeAlias
 
 import pandas as pd
 
 from ..data import ManifestError, index, split, three_way_split
 from .data import Item
 
-Source = str | Path | pd.DataFrame
+Source: TypeAlias = str | Path | pd.DataFrame
 """A dataset: a folder (0_real/1_fake, real/fake), a CSV, a manifest file, or a manifest frame."""
 
 
@@ -56,7 +57,7 @@ def mix_sources(
         raise ValueError(f"need one non-negative weight per training manifest ({len(train)}), not all zero; "
                          f"got {list(data_weights)}")
     inside = isinstance(val, int)
-    if inside:
+    if isinstance(val, int):
         held = train[val].copy()
         held["split"] = three_way_split(held, val_fraction=val_fraction, calib_fraction=calib_fraction, seed=seed)
     else:
