@@ -18,6 +18,7 @@ from conftest import labelled_items, synthetic_photo, write_image
 from tiny_clip import tiny_clip_checkpoint
 
 from synthdet.backbones import create_backbone
+from synthdet.data import sha256_file
 from synthdet.dualstream import FREQ_DIM, FrequencyBranch
 from synthdet.finetune import (
     RECIPES,
@@ -31,6 +32,7 @@ from synthdet.finetune import (
     trainable_parameters,
 )
 from synthdet.pixels import Preprocess
+from synthdet.splits import RowSet
 
 IMAGENET_MEAN, IMAGENET_STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
 
@@ -282,6 +284,10 @@ def test_two_stage_training_continues_a_detector(resnet18_file: Path, items, tmp
     assert torch.equal(tuned["layer1.0.conv1.weight"], stage1["layer1.0.conv1.weight"])  # stage 1's, kept
     assert not torch.equal(tuned["layer1.0.conv1.weight"], base["layer1.0.conv1.weight"])
     assert not all(torch.equal(v, first.detector.head.state()[k]) for k, v in det.head.state().items())
+    rows = {k: RowSet.model_validate(v) for k, v in det.card.rows.items()}  # the images either stage has seen
+    shas = {p: sha256_file(p) for p, _ in train + val}
+    assert rows["fit"].overlap(shas.values()) == {shas[p] for p, _ in train + val[:2]}  # stage 1's fit, stage 2's
+    assert rows["calib"].overlap(shas.values()) == {shas[p] for p, _ in val}
     with pytest.raises(ValueError, match="has a linear head"):
         finetune(tmp_path / "one" / "detector", train, val, config(head="fusion"), tmp_path / "three", progress=False)
 

@@ -10,6 +10,7 @@ has no bars at all.
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -20,6 +21,7 @@ from PIL import Image
 from torch.utils.data import Dataset, WeightedRandomSampler
 
 from ..augment import apply, get_augment
+from ..data import sha256_file
 from ..pixels import ImageLoadError, Preprocess, load_image
 
 Item = tuple[str | Path, int]
@@ -80,6 +82,15 @@ class Views:
                      f"flip, greyscale, JPEG q{q[0]}-{q[1]}")
         jpeg = f", JPEG q{self.pre.jpeg_quality}" if self.pre.jpeg_quality else ""
         return {"train": train, "inference": f"centre 1:1 crop resized to {size} px{jpeg}"}
+
+
+def item_hashes(items: Sequence[Item]) -> list[str]:
+    """Content hashes (sha256 of the file, as manifests record them) of the items whose file can be read."""
+    out = []
+    for path, _ in items:
+        with contextlib.suppress(OSError):  # unreadable: never trained on either (TrainingImages skips it)
+            out.append(sha256_file(path))
+    return out
 
 
 def epoch_order(n: int, seed: int, epoch: int, weights: Sequence[float] | None = None) -> list[int]:

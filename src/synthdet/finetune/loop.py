@@ -7,6 +7,7 @@ import contextlib
 import hashlib
 import json
 import logging
+import sys
 import time
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
@@ -27,8 +28,9 @@ from ..detector import Card, Detector
 from ..evaluate import binary_metrics
 from ..features import num_workers_default
 from ..heads import TorchProbe, make_head, train_epoch
+from ..splits import RowSet
 from .config import FineTuneConfig
-from .data import Item, TrainingImages, Views, collate, epoch_order
+from .data import Item, TrainingImages, Views, collate, epoch_order, item_hashes
 from .model import (
     InitDetector,
     Network,
@@ -122,7 +124,7 @@ def finetune(
     for part, text in views.describe().items():
         log.info("%s views: %s", part, text)
         if progress:
-            tqdm.write(f"{part} views: {text}")
+            tqdm.write(f"{part} views: {text}", file=sys.stderr)
 
     torch.manual_seed(cfg.seed)
     dev = backbone.device
@@ -247,6 +249,11 @@ def finetune(
         "history": history, "best": best, "trainable_tensors": len(trainable),
         **({"init": {"path": str(init.path), "weights_id": init.detector.card.weights_id}} if init else {}),
     }
+    seen = {"fit": item_hashes(train_items), "calib": item_hashes(val_items)}
+    if init:  # what the first stage was fitted and calibrated on, this detector has seen too
+        for part, rows in (getattr(init.detector.card, "rows", None) or {}).items():
+            seen.setdefault(part, []).extend(RowSet.model_validate(rows).hashes)
+    card.rows = {part: RowSet.of(shas) for part, shas in seen.items()}  # type: ignore[attr-defined]  # (extra field)
     detector = Detector(card, head, backbone=backbone)
     save_finetuned(detector, tuned_tensors, out / "detector")
     if taps:
