@@ -65,7 +65,8 @@ def finetune_command(
     if backbone is None and recipe is not None and init is None:
         backbone = RECIPES[recipe].backbone
     result, metrics = finetune_detector(data, data_weights=data_weight, val_data=val_data, backbone=backbone,
-                                        weights=weights, init=init, cfg=cfg, out=out, resume=resume)
+                                        weights=weights, init=init, cfg=cfg, out=out, resume=resume,
+                                        progress=True)
     b = result.best
     typer.echo(f"best epoch {b['epoch'] + 1}: calib ROC AUC {b['val_auc']:.4f}, AP {b['val_ap']:.4f}")
     at = metrics["at_threshold"]
