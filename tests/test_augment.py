@@ -25,6 +25,7 @@ from synthdet.augment import (
     get_augment,
     jpeg,
 )
+from synthdet.registry import Registry, UnknownNameError
 
 JPEG_PRESETS = {"strong": (30, 95), "wang2020": (30, 100), "wang2020-0.1": (30, 100), "social": (70, 90)}
 
@@ -150,18 +151,25 @@ def test_contact_sheet_geometry() -> None:
     sheet = contact_sheet(img, ["none", "social"], n_samples=3, seed=0, tile=64)
     assert sheet.mode == "RGB" and sheet.size == (4 * 64, 2 * 64)
     full = contact_sheet(img, n_samples=1, tile=32)
-    assert full.size == (2 * 32, len(PRESETS) * 32)
+    assert full.size == (2 * 32, len(PRESETS.names()) * 32)
     # Row "none": the augmented tile is the original tile apart from its label.
     tiles = np.asarray(sheet)
     assert np.array_equal(tiles[20:64, 0:64], tiles[20:64, 64:128])
 
 
+def test_presets_are_a_registry() -> None:
+    assert isinstance(PRESETS, Registry) and PRESETS.what == "augmentation preset"
+    assert PRESETS.names() == ["none", "mild", "strong", "wang2020", "wang2020-0.1", "lean2026", "social"]
+    assert describe("mild") == PRESETS.meta("mild")["description"]
+
+
 def test_unknown_preset_names_valid_ones() -> None:
     calls = [lambda: get_augment("jpeg-heavy"), lambda: describe("jpeg-heavy"), lambda: contact_sheet(photo(), ["x"])]
     for call in calls:
-        with pytest.raises(ValueError) as err:
+        with pytest.raises(UnknownNameError) as err:  # a ValueError (and a KeyError)
             call()
-        assert all(name in str(err.value) for name in PRESETS)
+        assert "unknown augmentation preset" in str(err.value)
+        assert all(name in str(err.value) for name in PRESETS.names())
 
 
 def test_cli_writes_png(tmp_path: Path) -> None:

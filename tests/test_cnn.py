@@ -14,16 +14,25 @@ import pandas as pd
 import pytest
 import timm
 import torch
-from conftest import labelled_items, synthetic_photo
+from conftest import labelled_items, synthetic_photo, write_image
 from tiny_clip import tiny_clip_checkpoint
 
 from synthdet.backbones import create_backbone
+from synthdet.data import sha256_file
 from synthdet.dualstream import FREQ_DIM, FrequencyBranch
 from synthdet.finetune import (
-    RECIPES, FineTuneConfig, epoch_order, finetune, load_finetuned, mix_sources, recipe_config, set_preprocess,
+    RECIPES,
+    FineTuneConfig,
+    epoch_order,
+    finetune,
+    load_finetuned,
+    mix_sources,
+    recipe_config,
+    set_preprocess,
     trainable_parameters,
 )
 from synthdet.pixels import Preprocess
+from synthdet.splits import RowSet
 
 IMAGENET_MEAN, IMAGENET_STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
 
@@ -76,9 +85,12 @@ def test_each_cnn_takes_a_letterboxed_training_step(name: str, pretrained: bool,
     assert result.trainable[0] in moved and len(moved) > len(result.trainable) / 2  # gradients reach the stem
     # (not all: behind a zero-initialised last BatchNorm of a residual branch (timm ResNets) the first step's
     # gradient is zero)
-    pre = result.detector.card.preprocess
-    assert (pre.mode, pre.size) == ("letterbox", 64)  # the backbone's own normalisation is kept:
-    assert pre.mean == (IMAGENET_MEAN if name.startswith("timm:") else (0.5, 0.5, 0.5))  # the TF-ported Lite's
+    card = result.detector.card
+    pre = card.preprocess  # inference: the centre crop, no bars; letterboxing is for training views only
+    assert (pre.mode, pre.size) == ("crop", 64) and card.finetune["config"]["preprocess"] == "letterbox"
+    assert "16:9" in card.finetune["views"]["train"] and "centre 1:1 crop" in card.finetune["views"]["inference"]
+    assert pre.mean == (IMAGENET_MEAN if name.startswith("timm:") else (0.5, 0.5, 0.5))  # the backbone's own
+    # normalisation is kept (the TF-ported Lite's 0.5)
 
 
 # ------------------------------------------------------------------------------------------------- dual stream
@@ -132,6 +144,52 @@ def test_letterbox_keeps_the_aspect_ratio_behind_zero_padding(resnet18_file: Pat
         content = pixels if w > h else pixels.transpose(1, 2)
         assert content[:, :8].abs().max() < 1e-6 and content[:, -8:].abs().max() < 1e-6
         assert content[:, 8:-8].amax(dim=(0, 2)).min() > 0.05  # the image fills the middle 48 rows (columns)
+
+
+def bar_width(x: torch.Tensor, pre: Preprocess) -> int:
+    """Rows plus columns of a model input that are letterbox bars (mostly black after undoing the normalisation)."""
+    mean, std = torch.tensor(pre.mean).view(3, 1, 1), torch.tensor(pre.std).view(3, 1, 1)
+    dark = ((x * std + mean).mean(dim=0) < 0.15).float()
+    return int(dark.mean(dim=1).gt(0.5).sum() + dark.mean(dim=0).gt(0.5).sum())
+
+
+def test_letterbox_bars_carry_no_label(tmp_path: Path) -> None:
+    """Defect 2: real 4:3 photos and square fakes of the same content get bars of one and the same distribution."""
+    from scipy.stats import chi2_contingency
+    from sklearn.metrics import roc_auc_score
+    from sklearn.model_selection import StratifiedKFold, cross_val_predict
+    from sklearn.tree import DecisionTreeClassifier
+
+    from synthdet.finetune.data import TrainingImages, Views
+    from synthdet.pixels import load_image
+
+    items = []
+    for i in range(8):  # brightened, so that no content row passes for a bar
+        photo = synthetic_photo(96, 72, seed=i).point(lambda v: 70 + v * 0.7)
+        items.append((str(write_image(tmp_path / f"real{i}.jpg", photo)), 0))
+        items.append((str(write_image(tmp_path / f"fake{i}.png", photo.crop((12, 0, 84, 72)))), 1))
+    pre = Preprocess(size=32)
+    old = pre.model_copy(update={"mode": "letterbox"})  # the old training view: the whole image letterboxed
+    old_widths = [bar_width(old(load_image(p), view=1, key=p), pre) for p, _ in items]
+    assert old_widths == [8, 0] * 8  # 4:3 → 32x24 content, 8 rows of bars; square: none — the label, in pixels
+
+    data = TrainingImages(items, Views(pre, letterbox=True), "none", seed=0, max_pixels=10**8)
+    widths, labels = [], []
+    for epoch in range(20):
+        data.set_epoch(epoch, epoch_order(len(items), 0, epoch))
+        for k in range(len(data)):
+            x, y = data[k]
+            widths.append(bar_width(x, pre))
+            labels.append(int(y))
+    w, y = np.array(widths), np.array(labels)
+    assert set(w[y == 0]) == set(w[y == 1]) == {0, 8, 11, 14}  # 1:1; 4:3, 3:4; 3:2, 2:3; 16:9, 9:16
+    table = [[int(((w == v) & (y == c)).sum()) for v in (0, 8, 11, 14)] for c in (0, 1)]
+    assert chi2_contingency(table).pvalue > 0.05  # the two classes' bar distributions cannot be told apart
+    tree = DecisionTreeClassifier(max_depth=3, random_state=0)
+    prob = cross_val_predict(tree, w[:, None], y, cv=StratifiedKFold(5, shuffle=True, random_state=0),
+                             method="predict_proba")[:, 1]
+    assert abs(roc_auc_score(y, prob) - 0.5) < 0.1  # a classifier on the bar width alone: chance
+    assert bar_width(pre(load_image(items[0][0])), pre) == 0  # inference (view 0 of the crop chain): no bars
 
 
 def test_a_size_the_network_cannot_take_is_refused(tmp_path: Path) -> None:
@@ -226,6 +284,10 @@ def test_two_stage_training_continues_a_detector(resnet18_file: Path, items, tmp
     assert torch.equal(tuned["layer1.0.conv1.weight"], stage1["layer1.0.conv1.weight"])  # stage 1's, kept
     assert not torch.equal(tuned["layer1.0.conv1.weight"], base["layer1.0.conv1.weight"])
     assert not all(torch.equal(v, first.detector.head.state()[k]) for k, v in det.head.state().items())
+    rows = {k: RowSet.model_validate(v) for k, v in det.card.rows.items()}  # the images either stage has seen
+    shas = {p: sha256_file(p) for p, _ in train + val}
+    assert rows["fit"].overlap(shas.values()) == {shas[p] for p, _ in train + val[:2]}  # stage 1's fit, stage 2's
+    assert rows["calib"].overlap(shas.values()) == {shas[p] for p, _ in val}
     with pytest.raises(ValueError, match="has a linear head"):
         finetune(tmp_path / "one" / "detector", train, val, config(head="fusion"), tmp_path / "three", progress=False)
 
@@ -249,13 +311,14 @@ def test_command_mixes_sources_with_a_recipe_then_continues(resnet18_file: Path,
         *common])
     assert run.exit_code == 0, run.output
     det = load_finetuned(tmp_path / "run" / "detector", device="cpu")
-    assert det.card.backbone == "timm:resnet18" and det.card.preprocess.mode == "letterbox"
+    assert det.card.backbone == "timm:resnet18" and det.card.finetune["config"]["preprocess"] == "letterbox"
     assert [s["weight"] for s in det.card.data["sources"]] == [1.0, 0.5] and det.card.data["sources"][1]["n_fit"] == 6
     assert det.card.finetune["config"]["weight_decay"] == 1e-2  # the recipe's
     more = CliRunner().invoke(app, ["finetune-command", str(extra), "-o", str(tmp_path / "more"), "--init",
                                     str(tmp_path / "run" / "detector"), "--val-data", str(main), *common])
     assert more.exit_code == 0, more.output
-    assert load_finetuned(tmp_path / "more" / "detector", device="cpu").card.finetune["config"]["head_lr"] == 1e-5
+    continued = load_finetuned(tmp_path / "more" / "detector", device="cpu").card.finetune["config"]
+    assert continued["head_lr"] == 1e-5 and continued["preprocess"] == "letterbox"  # the first stage's views
     bad = CliRunner().invoke(app, ["finetune-command", str(main), "-o", str(tmp_path / "bad"), "--data-weight", "1",
                                    "--data-weight", "2"])
     assert bad.exit_code != 0 and "one per DATA" in bad.output

@@ -54,7 +54,7 @@ def test_config_parses_unfreeze_and_rejects_unknown_presets() -> None:
     assert FineTuneConfig(unfreeze_blocks="3").unfreeze_blocks == 3
     with pytest.raises(ValidationError):
         FineTuneConfig(unfreeze_blocks=-2)
-    with pytest.raises(ValidationError, match="valid presets"):
+    with pytest.raises(ValidationError, match="unknown augmentation preset .nope.; choose from"):
         FineTuneConfig(augment="nope")
 
 
@@ -146,12 +146,17 @@ def test_an_interrupted_run_resumes_where_it_stopped(tiny, items, tmp_path: Path
         finetune(fresh(tiny), train, val, config(epochs=3, seed=1), tmp_path / "run", progress=False)
 
 
-def test_full_finetuning_of_a_cnn(items, tmp_path: Path) -> None:
+def test_full_finetuning_of_a_cnn(items, tmp_path: Path, capsys: pytest.CaptureFixture,
+                                  caplog: pytest.LogCaptureFixture) -> None:
     train, val = items
     bb = create_backbone("timm:resnet18", pretrained=False, preprocess=Preprocess(size=32), device="cpu")
     before = {k: v.clone() for k, v in bb.model.state_dict().items()}
-    result = finetune(bb, train, val, config(unfreeze_blocks="all", head="linear", augment="strong"),
-                      tmp_path / "run", progress=False)
+    with caplog.at_level("INFO", logger="synthdet.finetune"):
+        result = finetune(bb, train, val, config(unfreeze_blocks="all", head="linear", augment="strong"),
+                          tmp_path / "run")
+    assert capsys.readouterr().err == ""  # a library call draws no progress bars unless asked
+    assert "train views: random square crop" in caplog.text  # the run says what the model saw
+    assert not list((tmp_path / "run").glob(".*.tmp"))  # checkpoints were written whole, then renamed
     after = bb.model.state_dict()
     assert set(result.trainable) == {n for n, _ in bb.model.named_parameters()}
     assert all(not torch.equal(before[n], after[n]) for n in result.trainable)

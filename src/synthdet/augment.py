@@ -1,15 +1,15 @@
 """Augmentation presets that mimic what happens to images on their way through social media.
 
 A detector that only ever saw pristine PNGs learns compression and resampling traces instead of generator traces,
-so training and robustness checks run images through these named, citable pipelines. Every preset is an
-``albumentations.Compose``; :func:`apply` wraps it for PIL images, :func:`contact_sheet` shows what a preset does,
+so training and robustness checks run images through these named, citable pipelines, registered in
+:data:`PRESETS` (``PRESETS.names()`` lists them). :func:`get_augment` builds one as an ``albumentations.Compose``;
+:func:`apply` wraps it for PIL images, :func:`contact_sheet` shows what a preset does,
 and ``augment-preview`` is the CLI front end.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -20,6 +20,7 @@ import typer
 from PIL import Image, ImageDraw, ImageFont
 
 from synthdet.pixels import ImageLoadError, load_image
+from synthdet.registry import Registry
 
 
 class JpegRGB(A.ImageCompression):
@@ -36,9 +37,10 @@ class JpegRGB(A.ImageCompression):
 
     def apply(self, img: np.ndarray, quality: int, image_type: str, **params: Any) -> np.ndarray:
         ok, encoded = cv2.imencode(".jpg", np.ascontiguousarray(img[..., ::-1]), (cv2.IMWRITE_JPEG_QUALITY, quality))
-        if not ok:
+        decoded = cv2.imdecode(encoded, cv2.IMREAD_COLOR) if ok else None
+        if decoded is None:
             raise RuntimeError(f"OpenCV failed to JPEG-encode a {img.shape} image")
-        return np.ascontiguousarray(cv2.imdecode(encoded, cv2.IMREAD_COLOR)[..., ::-1])
+        return np.ascontiguousarray(decoded[..., ::-1])
 
 
 class ShrinkLongestSide(A.LongestMaxSize):
@@ -103,58 +105,29 @@ def _lean2026() -> list[A.BasicTransform]:
     ]
 
 
-@dataclass(frozen=True)
-class Preset:
-    """A named pipeline: ``build`` returns fresh transforms, ``description`` says where the recipe comes from."""
+PRESETS: Registry[Callable[[], list[A.BasicTransform]]] = Registry("augmentation preset")
+"""Every preset: a function returning fresh transforms, with a ``description`` saying where the recipe comes from."""
 
-    description: str
-    build: Callable[[], list[A.BasicTransform]]
-
-
-PRESETS: dict[str, Preset] = {
-    "none": Preset("Identity: no augmentation (evaluation baseline).", list),
-    "mild": Preset(
-        "Light training jitter (project default, no paper): h-flip, JPEG q85-100 (p=0.3), Gaussian blur (p=0.1).",
-        _mild,
-    ),
-    "strong": Preset(
-        "Junaid et al. 2026 EfficientNet-B4 recipe: JPEG q30-95, one of blur/sharpen/motion blur, Gaussian noise, "
-        "CoarseDropout, h-flip, down-up resize (probabilities are ours).",
-        _strong,
-    ),
-    "wang2020": Preset(
-        "Wang et al. CVPR 2020 'CNN-generated images are surprisingly easy to spot', Blur+JPEG (0.5): "
-        "Gaussian blur sigma in [0,3] and JPEG q30-100, each p=0.5 (also used by Li et al. 2025).",
-        _wang2020(0.5),
-    ),
-    "wang2020-0.1": Preset(
-        "Wang et al. CVPR 2020, Blur+JPEG (0.1): Gaussian blur sigma in [0,3] and JPEG q30-100, each p=0.1.",
-        _wang2020(0.1),
-    ),
-    "lean2026": Preset(
-        "Lean, MediaEval 2026 fine-tuning extras (strengths and probabilities are ours): colour jitter (p=0.8), mild "
-        "rotation within ±10° (p=0.5). Fine-tuning adds random crop, flip, down-up resize and JPEG q60-95 through "
-        "the preprocessing view chain.",
-        _lean2026,
-    ),
-    "social": Preset(
-        "Social-media upload simulation (project heuristic): shrink long side to 1080 px (never enlarge), "
-        "then JPEG q70-90.",
-        _social,
-    ),
-}
-
-
-def _preset(name: str) -> Preset:
-    try:
-        return PRESETS[name]
-    except KeyError:
-        raise ValueError(f"unknown augmentation preset {name!r}; valid presets: {', '.join(PRESETS)}") from None
+PRESETS.add("none", list, description="Identity: no augmentation (evaluation baseline).")
+PRESETS.add("mild", _mild, description="Light training jitter (project default, no paper): h-flip, JPEG q85-100 "
+            "(p=0.3), Gaussian blur (p=0.1).")
+PRESETS.add("strong", _strong, description="Junaid et al. 2026 EfficientNet-B4 recipe: JPEG q30-95, one of "
+            "blur/sharpen/motion blur, Gaussian noise, CoarseDropout, h-flip, down-up resize (probabilities are ours).")
+PRESETS.add("wang2020", _wang2020(0.5), description="Wang et al. CVPR 2020 'CNN-generated images are surprisingly "
+            "easy to spot', Blur+JPEG (0.5): Gaussian blur sigma in [0,3] and JPEG q30-100, each p=0.5 (also used by "
+            "Li et al. 2025).")
+PRESETS.add("wang2020-0.1", _wang2020(0.1), description="Wang et al. CVPR 2020, Blur+JPEG (0.1): Gaussian blur sigma "
+            "in [0,3] and JPEG q30-100, each p=0.1.")
+PRESETS.add("lean2026", _lean2026, description="Lean, MediaEval 2026 fine-tuning extras (strengths and probabilities "
+            "are ours): colour jitter (p=0.8), mild rotation within ±10° (p=0.5). Fine-tuning adds random crop, flip, "
+            "down-up resize and JPEG q60-95 through the preprocessing view chain.")
+PRESETS.add("social", _social, description="Social-media upload simulation (project heuristic): shrink long side to "
+            "1080 px (never enlarge), then JPEG q70-90.")
 
 
 def describe(name: str) -> str:
     """One-line provenance of a preset, for help texts and reports."""
-    return _preset(name).description
+    return PRESETS.meta(name)["description"]
 
 
 def get_augment(name: str, *, seed: int | None = None, always: bool = False) -> A.Compose:
@@ -163,7 +136,7 @@ def get_augment(name: str, *, seed: int | None = None, always: bool = False) -> 
     ``seed`` makes the draw sequence reproducible. ``always=True`` forces every top-level step to fire (``OneOf``
     still picks one member): the worst case, for previews and tests.
     """
-    transforms = _preset(name).build()
+    transforms = PRESETS.get(name)()
     if always:
         for t in transforms:
             t.p = 1.0
@@ -199,13 +172,14 @@ def _tile(img: Image.Image, label: str, size: int, font: ImageFont.ImageFont | I
 
 def contact_sheet(
     img: Image.Image,
-    presets: Sequence[str] = tuple(PRESETS),
+    presets: Sequence[str] | None = None,
     *,
     n_samples: int = 4,
     seed: int = 0,
     tile: int = 256,
 ) -> Image.Image:
-    """Grid with one row per preset: the original, then ``n_samples`` random draws, each ``tile`` px square.
+    """Grid with one row per preset (default: every registered one): the original, then ``n_samples`` random draws,
+    each ``tile`` px square.
 
     Augmentations run on the full-resolution image and are shrunk afterwards, so geometry (e.g. ``social``'s
     resize) is faithful while fine JPEG artefacts may be hard to see at small ``tile`` sizes.
@@ -214,7 +188,7 @@ def contact_sheet(
         raise ValueError(f"n_samples must be >= 0, got {n_samples}")
     if tile < 16:
         raise ValueError(f"tile must be >= 16 px, got {tile}")
-    augs = [(name, get_augment(name, seed=seed)) for name in presets]
+    augs = [(name, get_augment(name, seed=seed)) for name in (PRESETS.names() if presets is None else presets)]
     font = ImageFont.load_default(size=max(10, tile // 16))
     sheet = Image.new("RGB", ((n_samples + 1) * tile, len(augs) * tile), (0, 0, 0))
     for row, (name, aug) in enumerate(augs):
