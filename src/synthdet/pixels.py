@@ -7,7 +7,12 @@ The development data has format and size traps (real photos are 4:3 JPEGs, gener
 images in the wild arrive re-compressed. So every image, whatever its origin, goes through the same chain
 (:class:`Preprocess`):
 
-    decode → square crop → resize to the model size → JPEG re-encode → tensor → normalise
+    decode → integer box reduction → square crop → resize to the model size → JPEG re-encode → tensor → normalise
+
+Nothing about the container reaches the model: every format is decoded in full and reduced by the same factor
+(computed from the size alone), metadata (EXIF other than orientation, ICC profiles, text chunks) is ignored, any
+colour mode or bit depth becomes 8-bit RGB, and the crop is square whatever the aspect ratio (``tests/
+test_invariance.py`` holds each of these).
 
 View 0 is the canonical, deterministic chain used at inference. Views 1..n are training augmentations of the same
 chain (random square crop, flip, down-up resize, JPEG quality drawn from a range), seeded by the image's content
