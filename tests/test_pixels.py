@@ -24,6 +24,7 @@ from synthdet.pixels import (
     is_image_path,
     jpeg_roundtrip,
     load_image,
+    reduce_to,
 )
 
 
@@ -576,3 +577,13 @@ def test_draft_size_covers_smallest_crop() -> None:
     pre = Preprocess(size=224)
     assert pre.draft_size >= 224 / pre.views.crop_scale[0]
     assert Preprocess(size=224, views=ViewPolicy(crop_scale=(0.8, 1.0))).draft_size < pre.draft_size
+
+
+def test_one_full_decode_reduced_twice_equals_two_reduced_decodes(big_jpeg: Path) -> None:
+    """What the feature extractor needs for view 0 and training views, from a single decode."""
+    full = load_image(big_jpeg)
+    for short in (224, 600, 1500):
+        once = reduce_to(full, short)
+        again = load_image(big_jpeg, draft_size=short)
+        assert once.info["draft_scale"] == again.info["draft_scale"]
+        assert np.array_equal(np.asarray(once), np.asarray(again))

@@ -107,6 +107,17 @@ def reduction_factor(size: tuple[int, int], short_side: int | None) -> int:
     return max(1, min(size) // short_side) if short_side else 1
 
 
+def reduce_to(img: Image.Image, short_side: int | None) -> Image.Image:
+    """Box-reduce a decoded RGB image by :func:`reduction_factor`; ``info["draft_scale"]`` records the factor.
+
+    One full decode can serve several needs (view 0 and the training views) by reducing it twice.
+    """
+    factor = reduction_factor(img.size, short_side)
+    out = img.reduce(factor) if factor > 1 else img
+    out.info["draft_scale"] = factor
+    return out
+
+
 def load_image(
     source: str | Path | bytes,
     *,
@@ -117,9 +128,9 @@ def load_image(
 
     ``draft_size``: the short side the caller needs. The image is decoded in full and then box-reduced
     (:meth:`PIL.Image.Image.reduce`) by :func:`reduction_factor`, which keeps at least ``draft_size`` pixels on the
-    short side. Every format takes this same path: libjpeg's reduced-DCT ``draft`` decoding is faster but exists for
-    JPEG only, so it gave JPEGs different high-frequency energy than PNGs of the same pixels, a format leak that a
-    detector learns. ``img.info["draft_scale"]`` tells the factor applied (1: full size).
+    short side (:func:`reduce_to`). Every format takes this same path: libjpeg's reduced-DCT ``draft`` decoding is
+    faster but exists for JPEG only, so it gave JPEGs different high-frequency energy than PNGs of the same pixels,
+    a format leak that a detector learns. ``img.info["draft_scale"]`` tells the factor applied (1: full size).
     """
     name: str | Path = "<bytes>" if isinstance(source, bytes) else source
     if isinstance(source, bytes):
@@ -148,12 +159,7 @@ def load_image(
                     )
                 img.load()
                 ImageOps.exif_transpose(img, in_place=True)
-                rgb = _to_rgb(img)  # before reducing: averaging palette indices or 16-bit modes would be wrong
-                factor = reduction_factor((w, h), draft_size)
-                if factor > 1:
-                    rgb = rgb.reduce(factor)
-                rgb.info["draft_scale"] = factor
-                return rgb
+                return reduce_to(_to_rgb(img), draft_size)  # RGB first: palette indices must not be averaged
     except ImageLoadError:
         raise
     except Image.DecompressionBombError as e:
