@@ -235,14 +235,3 @@ def test_shipped_default_scores_the_same_pixels_identically_in_any_container(
     assert np.ptp(p, axis=1).max() < 1e-5, p
     assert np.ptp(lg, axis=1).max() < 1e-3, lg
 
-
-def test_shipped_default_png_and_lossless_webp_score_identically(
-    tmp_path: Path, large_photos: list[Image.Image], shipped: Detector
-) -> None:
-    paths = []
-    for i, img in enumerate(large_photos):
-        img.save(tmp_path / f"{i}.png", "PNG")
-        img.save(tmp_path / f"{i}.webp", "WEBP", **WEBP_LOSSLESS)
-        paths += [tmp_path / f"{i}.png", tmp_path / f"{i}.webp"]
-    p = shipped_scores(shipped, paths).reshape(len(large_photos), 2)
-    assert np.ptp(p, axis=1).max() < 1e-5 and np.ptp(logit(p), axis=1).max() < 1e-3
