@@ -17,7 +17,6 @@ from synthdet.slices import (
     DEFAULT_SLICES,
     SLICES,
     EvalRun,
-    encode_jpeg,
     get_slice,
     is_small,
     jpeg,
@@ -41,6 +40,13 @@ def quality_from_tables(data: bytes) -> int:
         if np.array_equal(np.clip((STD_LUMA * scale + 50) // 100, 1, 255), luma):
             return q
     raise AssertionError(f"not a standard-table JPEG: {luma[:8]}")
+
+
+def encode_jpeg(img: Image.Image, quality: int) -> bytes:
+    """Pillow's own JPEG at ``quality`` (libjpeg's default 4:2:0), independent of the code under test."""
+    buf = io.BytesIO()
+    img.save(buf, format="JPEG", quality=quality)
+    return buf.getvalue()
 
 
 def laplacian_variance(img: Image.Image) -> float:
@@ -71,7 +77,7 @@ def test_registry_has_the_issue_slices() -> None:
 
 
 @pytest.mark.parametrize("quality", [95, 85, 75, 50])
-def test_encode_jpeg_writes_the_requested_quality(photo: Image.Image, quality: int) -> None:
+def test_pillow_jpeg_writes_the_requested_quality(photo: Image.Image, quality: int) -> None:
     assert quality_from_tables(encode_jpeg(photo, quality)) == quality
 
 

@@ -19,7 +19,7 @@ import numpy as np
 import typer
 from PIL import Image, ImageDraw, ImageFont
 
-from synthdet.pixels import ImageLoadError, load_image
+from synthdet.pixels import ImageLoadError, jpeg_roundtrip, load_image
 from synthdet.registry import Registry
 
 
@@ -28,19 +28,15 @@ class JpegRGB(A.ImageCompression):
 
     albumentations 2.0.8 hands the RGB array straight to ``cv2.imencode``, which reads it as BGR: luma and chroma
     are computed with red and blue swapped, so the chroma-subsampling artefacts land on the wrong colours and the
-    result differs from a genuine JPEG of the image by ~5 grey levels on average. Swapping channels around the
-    encoder makes the output byte-identical to PIL's JPEG round trip at the same quality.
+    result differs from a genuine JPEG of the image by ~5 grey levels on average. This step encodes through
+    :func:`synthdet.pixels.jpeg_roundtrip` (4:2:0) instead, the library's one JPEG round trip.
     """
 
     def __init__(self, quality_range: tuple[int, int] = (99, 100), p: float = 0.5) -> None:
         super().__init__(compression_type="jpeg", quality_range=quality_range, p=p)
 
     def apply(self, img: np.ndarray, quality: int, image_type: str, **params: Any) -> np.ndarray:
-        ok, encoded = cv2.imencode(".jpg", np.ascontiguousarray(img[..., ::-1]), (cv2.IMWRITE_JPEG_QUALITY, quality))
-        decoded = cv2.imdecode(encoded, cv2.IMREAD_COLOR) if ok else None
-        if decoded is None:
-            raise RuntimeError(f"OpenCV failed to JPEG-encode a {img.shape} image")
-        return np.ascontiguousarray(decoded[..., ::-1])
+        return np.asarray(jpeg_roundtrip(Image.fromarray(img), quality, subsampling="4:2:0"))
 
 
 class ShrinkLongestSide(A.LongestMaxSize):

@@ -7,7 +7,12 @@ The development data has format and size traps (real photos are 4:3 JPEGs, gener
 images in the wild arrive re-compressed. So every image, whatever its origin, goes through the same chain
 (:class:`Preprocess`):
 
-    decode → square crop → resize to the model size → JPEG re-encode → tensor → normalise
+    decode → integer box reduction → square crop → resize to the model size → JPEG re-encode → tensor → normalise
+
+Nothing about the container reaches the model: every format is decoded in full and reduced by the same factor
+(computed from the size alone), metadata (EXIF other than orientation, ICC profiles, text chunks) is ignored, any
+colour mode or bit depth becomes 8-bit RGB, and the crop is square whatever the aspect ratio (``tests/
+test_invariance.py`` holds each of these).
 
 View 0 is the canonical, deterministic chain used at inference. Views 1..n are training augmentations of the same
 chain (random square crop, flip, down-up resize, JPEG quality drawn from a range), seeded by the image's content
@@ -27,14 +32,34 @@ from typing import Literal
 
 import numpy as np
 import torch
-from PIL import Image, ImageOps, UnidentifiedImageError
+from PIL import Image, ImageOps, UnidentifiedImageError, features
 from pydantic import BaseModel, ConfigDict, Field
 
 #: Default pixel limit (width × height). Pillow's own default (~89 Mpx) warns but still decodes up to twice that;
 #: we refuse anything above the limit so one hostile upload cannot exhaust memory.
 DEFAULT_MAX_PIXELS = 100_000_000
 
-IMAGE_SUFFIXES = frozenset({".jpg", ".jpeg", ".png", ".webp", ".bmp", ".gif", ".tif", ".tiff", ".jfif", ".avif", ".heic"})
+#: Suffixes of the formats we accept, each with the Pillow feature its decoder needs (None: built into Pillow).
+_CANDIDATE_SUFFIXES: dict[str, str | None] = {
+    ".jpg": "jpg", ".jpeg": "jpg", ".jfif": "jpg", ".png": "zlib", ".webp": "webp", ".bmp": None, ".gif": None,
+    ".tif": None, ".tiff": None, ".avif": "avif", ".heic": None, ".heif": None,
+}
+
+
+def _decodable_suffixes() -> frozenset[str]:
+    """The candidate suffixes this Pillow build really opens: a registered plugin with a decoder compiled in.
+
+    ``.heic`` without a HEIF plugin, or ``.avif`` on a Pillow without libavif, would be listed and then fail on
+    every file, so they are left out here rather than skipped one image at a time.
+    """
+    registered = Image.registered_extensions()
+    return frozenset(
+        s for s, feature in _CANDIDATE_SUFFIXES.items()
+        if registered.get(s) in Image.OPEN and (feature is None or features.check(feature))
+    )
+
+
+IMAGE_SUFFIXES = _decodable_suffixes()
 
 
 class ImageLoadError(Exception):
@@ -74,6 +99,25 @@ def _to_rgb(img: Image.Image) -> Image.Image:
     return img.convert("RGB")
 
 
+def reduction_factor(size: tuple[int, int], short_side: int | None) -> int:
+    """The integer factor an image of ``size`` may shrink by and still keep ``short_side`` pixels on its short side.
+
+    It depends on the size alone, never on the container, so a JPEG and a PNG of the same pixels are reduced alike.
+    """
+    return max(1, min(size) // short_side) if short_side else 1
+
+
+def reduce_to(img: Image.Image, short_side: int | None) -> Image.Image:
+    """Box-reduce a decoded RGB image by :func:`reduction_factor`; ``info["draft_scale"]`` records the factor.
+
+    One full decode can serve several needs (view 0 and the training views) by reducing it twice.
+    """
+    factor = reduction_factor(img.size, short_side)
+    out = img.reduce(factor) if factor > 1 else img
+    out.info["draft_scale"] = factor
+    return out
+
+
 def load_image(
     source: str | Path | bytes,
     *,
@@ -82,9 +126,11 @@ def load_image(
 ) -> Image.Image:
     """Decode ``source`` (a path or raw bytes) into an RGB image, or raise :class:`ImageLoadError`.
 
-    ``draft_size``: when the caller needs only about this many pixels on the short side, a JPEG is decoded at a
-    reduced DCT scale (1/2, 1/4, 1/8) that still keeps at least ``draft_size`` on its short side. A 24-Mpx camera
-    JPEG then decodes ~10x faster and in a fraction of the memory. ``img.info["draft_scale"]`` tells the factor used.
+    ``draft_size``: the short side the caller needs. The image is decoded in full and then box-reduced
+    (:meth:`PIL.Image.Image.reduce`) by :func:`reduction_factor`, which keeps at least ``draft_size`` pixels on the
+    short side (:func:`reduce_to`). Every format takes this same path: libjpeg's reduced-DCT ``draft`` decoding is
+    faster but exists for JPEG only, so it gave JPEGs different high-frequency energy than PNGs of the same pixels,
+    a format leak that a detector learns. ``img.info["draft_scale"]`` tells the factor applied (1: full size).
     """
     name: str | Path = "<bytes>" if isinstance(source, bytes) else source
     if isinstance(source, bytes):
@@ -111,16 +157,9 @@ def load_image(
                     raise ImageLoadError(
                         name, "too-large", f"{w}x{h} = {w * h:,} px exceeds the limit of {max_pixels:,} px (--max-pixels)"
                     )
-                if draft_size and img.format == "JPEG" and img.mode in ("RGB", "L", "CMYK", "YCbCr"):
-                    short = min(w, h)
-                    scale = max(1, short // draft_size)
-                    if scale > 1:
-                        img.draft(img.mode, (max(1, w // scale), max(1, h // scale)))
                 img.load()
-                scale = w // img.size[0] if img.size[0] else 1
-                img = _to_rgb(ImageOps.exif_transpose(img) or img)
-                img.info["draft_scale"] = scale  # >1: decoded at reduced DCT scale
-                return img
+                ImageOps.exif_transpose(img, in_place=True)
+                return reduce_to(_to_rgb(img), draft_size)  # RGB first: palette indices must not be averaged
     except ImageLoadError:
         raise
     except Image.DecompressionBombError as e:
@@ -137,6 +176,10 @@ def load_image(
     except (SyntaxError, ValueError, EOFError, Image.error) as e:  # Pillow raises these on malformed headers
         raise ImageLoadError(name, "corrupt", str(e)) from None
 
+
+#: How :func:`load_image` turns a large file into fewer pixels; part of :meth:`Preprocess.id`, so features cached
+#: under an earlier decoder (JPEG-only reduced-DCT ``draft``) are never reused for this one.
+DECODE = "full+reduce"
 
 Resample = Literal["bilinear", "bicubic", "lanczos"]
 _RESAMPLE = {"bilinear": Image.Resampling.BILINEAR, "bicubic": Image.Resampling.BICUBIC, "lanczos": Image.Resampling.LANCZOS}
@@ -169,12 +212,13 @@ class Preprocess(BaseModel):
     views: ViewPolicy = ViewPolicy()
 
     def id(self) -> str:
-        payload = json.dumps(self.model_dump(mode="json"), sort_keys=True)
+        payload = json.dumps({**self.model_dump(mode="json"), "decode": DECODE}, sort_keys=True)
         return hashlib.sha256(payload.encode()).hexdigest()[:12]
 
     @property
     def draft_size(self) -> int:
-        """Short side a JPEG must keep when draft-decoded for training views: the smallest crop, with 2x margin."""
+        """Short side to keep when decoding for training views (``load_image(draft_size=...)``): the smallest crop,
+        with 2x margin."""
         return int(2 * self.size / self.views.crop_scale[0])
 
     @property
@@ -208,7 +252,7 @@ class Preprocess(BaseModel):
             quality: int | None = rng.randint(*self.views.jpeg_quality)
         else:
             quality = self.jpeg_quality
-        return jpeg_roundtrip(out, quality) if quality else out
+        return jpeg_roundtrip(out, quality, subsampling="4:2:0") if quality else out
 
     def to_tensor(self, img: Image.Image) -> torch.Tensor:
         arr = torch.from_numpy(np.asarray(img, dtype=np.uint8).copy()).permute(2, 0, 1).float().div_(255.0)
@@ -220,13 +264,22 @@ class Preprocess(BaseModel):
         return self.to_tensor(self.render(img, view=view, key=key))
 
 
-def jpeg_roundtrip(img: Image.Image, quality: int) -> Image.Image:
-    """Encode and decode with libjpeg at ``quality`` (4:2:0, as social platforms do)."""
+Subsampling = Literal["4:4:4", "4:2:2", "4:2:0"]
+
+
+def jpeg_roundtrip(img: Image.Image, quality: int, *, subsampling: Subsampling) -> Image.Image:
+    """Encode and decode with libjpeg (Pillow's standard tables) at ``quality`` and chroma ``subsampling``.
+
+    The library's only JPEG encoder/decoder, so the canonical chain, training views, augmentation presets and
+    robustness slices all compress alike. 4:2:0 is what social platforms use; 4:4:4 keeps full chroma. An ``L``
+    image stays greyscale; any other mode is encoded as RGB.
+    """
+    mode = "L" if img.mode == "L" else "RGB"
     buf = io.BytesIO()
-    img.save(buf, format="JPEG", quality=int(quality), subsampling=2)
+    img.convert(mode).save(buf, format="JPEG", quality=int(quality), subsampling=subsampling)
     buf.seek(0)
     with Image.open(buf) as dec:
-        return dec.convert("RGB")
+        return dec.convert(mode)
 
 
 def _letterbox(img: Image.Image, size: int, resample: Image.Resampling) -> Image.Image:

@@ -9,7 +9,6 @@ and reports each slice's metrics and its change from clean; :class:`EvalRun` is 
 from __future__ import annotations
 
 import hashlib
-import io
 import json
 import time
 from collections.abc import Callable, Sequence
@@ -24,6 +23,7 @@ from PIL import Image, ImageFilter
 
 from . import __version__
 from .evaluate import evaluate_scores, gap_table
+from .pixels import jpeg_roundtrip
 
 if TYPE_CHECKING:
     from .detector import Detector
@@ -39,17 +39,10 @@ DEFAULT_SLICES = ("jpeg85", "resize0.5", "launder", "social", "small")
 CLEAN = "clean"
 
 
-def encode_jpeg(img: Image.Image, quality: int) -> bytes:
-    """JPEG bytes at ``quality`` with Pillow's (libjpeg's) standard tables and 4:2:0 chroma, as most platforms."""
-    buf = io.BytesIO()
-    img.convert("RGB" if img.mode not in ("RGB", "L") else img.mode).save(buf, format="JPEG", quality=quality)
-    return buf.getvalue()
-
-
 def jpeg(img: Image.Image, key: str = "", *, quality: int) -> Image.Image:
-    """Re-encode as JPEG and decode again: the compression loss, nothing else."""
-    with Image.open(io.BytesIO(encode_jpeg(img, quality))) as im:
-        return im.convert(img.mode if img.mode in ("RGB", "L") else "RGB")
+    """Re-encode as JPEG (standard tables, 4:2:0 chroma, as most platforms) and decode again: the compression loss,
+    nothing else."""
+    return jpeg_roundtrip(img, quality, subsampling="4:2:0")
 
 
 def down_up(img: Image.Image, key: str = "", *, factor: float) -> Image.Image:
