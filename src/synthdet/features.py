@@ -20,7 +20,7 @@ from torch.utils.data import DataLoader, Dataset
 from tqdm.auto import tqdm
 
 from .backbones import Backbone
-from .pixels import DEFAULT_MAX_PIXELS, ImageLoadError, load_image
+from .pixels import DEFAULT_MAX_PIXELS, ImageLoadError, load_image, reduce_to
 from .store import FeatureStore, default_cache_dir, store_identity, store_key
 
 __all__ = [
@@ -77,15 +77,14 @@ class _ViewsDataset(Dataset):
             data = _read(path)
             if self.verify_sha and (actual := hashlib.sha256(data).hexdigest()) != sha:
                 return i, None, f"changed-since-indexed: manifest sha {sha[:16]}… file sha {actual[:16]}…"
-            if self.transform is not None:  # a slice must see the image as stored: no draft decoding
+            if self.transform is not None:  # a slice must see the image as stored: no reduction before it
                 img = self.transform(load_image(data, max_pixels=self.max_pixels), sha)
                 return i, torch.stack([self.pre(img, view=v, key=sha) for v in views]), ""
-            # view 0 always comes from the same decode, so cached and freshly scored features agree; training views
-            # (smaller crops) need more pixels, so a large JPEG is decoded a second time at a finer DCT scale
-            img = load_image(data, max_pixels=self.max_pixels, draft_size=self.pre.canonical_draft_size)
-            fine = img
-            if any(views) and img.info.get("draft_scale", 1) > 1:
-                fine = load_image(data, max_pixels=self.max_pixels, draft_size=self.pre.draft_size)
+            # one full decode serves every view: view 0 is reduced for inference (the same reduction as at scoring
+            # time, so cached and fresh features agree); training views (smaller crops) keep more pixels
+            full = load_image(data, max_pixels=self.max_pixels)
+            img = reduce_to(full, self.pre.canonical_draft_size)
+            fine = reduce_to(full, self.pre.draft_size) if any(views) else img
             return i, torch.stack([self.pre(img if v == 0 else fine, view=v, key=sha) for v in views]), ""
         except ImageLoadError as e:
             return i, None, e.reason + (f": {e.detail}" if e.detail else "")
@@ -135,7 +134,7 @@ def forward_batches(
 
     Decoding runs in DataLoader workers; the network sees batches of about ``batch_size`` views; CUDA uses bf16
     autocast. Items that fail to decode come back in ``errors`` as ``(item index, reason)`` and never stop the run.
-    ``transform`` alters decoded pixels first (robustness slices); draft decoding is then off, so the slice sees
+    ``transform`` alters decoded pixels first (robustness slices); there is then no reduced decode, so the slice sees
     the image as stored. ``verify_sha``: each item's second field is the file's sha256; a file whose bytes no longer
     match comes back as an error (``changed-since-indexed``).
     """
