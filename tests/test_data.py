@@ -36,7 +36,7 @@ def fake_manifest(n_real: int, n_fake: int, *, seed: int = 0, unusable: int = 0)
     rows = [
         {"path": f"img{i}.jpg", "label": lbl, "source": "", "generator": "",
          "sha256": hashlib.sha256(f"{seed}-{i}".encode()).hexdigest(), "width": 10, "height": 10, "format": "JPEG",
-         "ok": True, "error": ""}
+         "ok": True, "error": "", "phash": ""}
         for i, lbl in enumerate(labels)
     ]
     for j in range(unusable):
