@@ -113,7 +113,7 @@ def _round_to_total(quota: np.ndarray, total: int, priority: np.ndarray, rng: np
 def _stratified_parts(labels: np.ndarray, strata: np.ndarray, fractions: list[float], rng: np.random.Generator
                       ) -> np.ndarray:
     """Part index per item. Per label each part gets the floor or ceil of its share (the extra units go where the
-    parts' totals lag most, so totals stay balanced too); within each stratum of a label as close to its share as
+    parts' totals lag most, so totals stay balanced too; a part that would get none gets one); within each stratum of a label as close to its share as
     those label totals allow (controlled rounding: floors, then largest remainders)."""
     out = np.empty(len(labels), dtype=np.int64)
     frac = np.asarray(fractions, dtype=np.float64)
@@ -123,6 +123,10 @@ def _stratified_parts(labels: np.ndarray, strata: np.ndarray, fractions: list[fl
         seen += len(idx)
         quota_label = frac * len(idx)
         targets = _round_to_total(quota_label, len(idx), frac * seen - assigned - np.floor(quota_label + 1e-9), rng)
+        if len(idx) >= np.count_nonzero(frac):  # every part gets both classes when it can (calib: AUC, threshold)
+            for p in np.flatnonzero((frac > 0) & (targets == 0)):
+                targets[np.argmax(targets)] -= 1
+                targets[p] += 1
         assigned += targets
         names, inverse = np.unique(strata[idx], return_inverse=True)
         sizes = np.bincount(inverse, minlength=len(names))
