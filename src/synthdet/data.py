@@ -88,16 +88,23 @@ def _list_images(folder: Path) -> list[Path]:
     return sorted(p for p in folder.rglob("*") if p.is_file() and is_image_path(p))
 
 
+def _folder_row(path: Path, label: int, source: str) -> dict[str, object]:
+    """A listed file; one whose name is not valid UTF-8 gets its escaped name and its reason already."""
+    shown = _printable_name(str(path))
+    error = "" if shown is None else f"bad-name: file name is not valid UTF-8 ({shown}); rename it"
+    return {"path": shown or str(path), "label": label, "source": source, "error": error}
+
+
 def _rows_from_folder(root: Path) -> pd.DataFrame:
     class_dirs = {d.name: _CLASS_DIRS[d.name] for d in root.iterdir() if d.is_dir() and d.name in _CLASS_DIRS}
     if class_dirs:
         rows = [
-            {"path": str(p), "label": label, "source": name}
+            _folder_row(p, label, name)
             for name, label in sorted(class_dirs.items())
             for p in _list_images(root / name)
         ]
     else:
-        rows = [{"path": str(p), "label": -1, "source": ""} for p in _list_images(root)]
+        rows = [_folder_row(p, -1, "") for p in _list_images(root)]
     if not rows:
         raise ManifestError(
             f"{root}: no images found (expected 0_real/ + 1_fake/, real/ + fake/, or image files; "
@@ -158,11 +165,10 @@ def _is_manifest_csv(csv: Path) -> bool:
     return all(c in header for c in REQUIRED_COLUMNS)
 
 
-def _probe(path: str, max_pixels: int) -> dict:
+def _probe(path: str, max_pixels: int, known_error: str = "") -> dict:
     """Hash the bytes and check that the file really decodes (a header alone is not enough: truncation hides)."""
-    rec: dict = {"sha256": "", "width": 0, "height": 0, "format": "", "ok": False, "error": "", "phash": ""}
-    if (shown := _printable_name(path)) is not None:
-        rec["error"] = f"bad-name: file name is not valid UTF-8 ({shown}); rename it"
+    rec: dict = {"sha256": "", "width": 0, "height": 0, "format": "", "ok": False, "error": known_error, "phash": ""}
+    if known_error:
         return rec
     try:
         rec["sha256"] = sha256_file(path)
@@ -208,17 +214,17 @@ def index(
         raise ManifestError(f"{src}: expected a folder, a .csv/.tsv or a .parquet manifest")
     for col in ("source", "generator"):
         df[col] = df[col].fillna("") if col in df else ""
+    known = df.pop("error") if "error" in df else pd.Series("", index=df.index)
     with ThreadPoolExecutor(max_workers=max(1, workers)) as pool:
         recs = list(
             tqdm(
-                pool.map(lambda p: _probe(p, max_pixels), df["path"]),
+                pool.map(lambda p, e: _probe(p, max_pixels, e), df["path"], known),
                 total=len(df),
                 desc="index",
                 unit="img",
                 disable=not progress,
             )
         )
-    df["path"] = [_printable_name(p) or p for p in df["path"]]
     df = pd.concat([df.reset_index(drop=True), pd.DataFrame(recs)], axis=1)
     return _with_conflicts(df[COLUMNS])
 
