@@ -364,7 +364,7 @@ def test_folder_with_its_own_manifest_keeps_provenance(tmp_path: Path) -> None:
 
 
 def test_manifest_paths_are_relative_to_the_manifest(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    root = make_labelled_folder(tmp_path / "ds", n_real=2, n_fake=2)
+    make_labelled_folder(tmp_path / "ds", n_real=2, n_fake=2)
     outside = write_image(tmp_path / "elsewhere" / "x.jpg", synthetic_photo(30, 30, seed=5))
     monkeypatch.chdir(tmp_path)  # index with paths relative to the working directory, as a user would
     df = index("ds", progress=False)
