@@ -123,6 +123,7 @@ def cross_validate(
     k: int = 5,
     seed: int = 42,
     calib_fraction: float = 0.15,
+    plan: SplitPlan | None = None,
     cache_dir: str | Path | None = None,
     batch_size: int | None = None,
     num_workers: int | None = None,
@@ -131,10 +132,14 @@ def cross_validate(
     progress: bool = False,
 ) -> CVResult:
     """k-fold CV of ``head`` on cached features (``fit`` rows get ``n_views`` views, calib and test rows view 0, as
-    in ``train_detector``). ``out`` receives ``cv.json``, ``oof.csv`` and, with ``refit_all``, ``detector/``."""
+    in ``train_detector``). Folds are those of ``plan`` (default: built from ``data`` with ``k``, ``seed`` and
+    ``calib_fraction``). ``out`` receives ``cv.json``, ``oof.csv``, ``plan.json`` and, with ``refit_all``,
+    ``detector/``."""
     df, skipped = usable_rows(data, progress=progress)
     df = df.drop_duplicates("sha256").reset_index(drop=True)
-    plan = SplitPlan.build(df, test=0.0, calib=calib_fraction, k=k, seed=seed)
+    plan = plan or SplitPlan.build(df, test=0.0, calib=calib_fraction, k=k, seed=seed)
+    if not plan.k:
+        raise ValueError(f"split plan {plan.id} has no folds (built with k=0)")
     df, outside = assign_roles(df, plan)  # images labelled both ways are left out, with their reason
     skipped += outside
     df = df.drop(columns="split")
@@ -164,7 +169,7 @@ def cross_validate(
     result = run_folds(df, fit_fold, plan=plan)  # row i of df is image i of X: no row is left out there
     result.skipped = skipped
     result.config = {"backbone": bb.name, "weights_id": bb.weights_id, "head": head, "features": features,
-                     "n_views": len(views), "k": k, "seed": seed, "calib_fraction": calib_fraction,
+                     "n_views": len(views), "k": plan.k, "seed": plan.seed, "calib_fraction": plan.calib_fraction,
                      "n_images": len(df), "skipped": len(skipped)}
     if refit_all:
         result.detector = _refit(df, X, y, shas, bb, weights, head, params, features, best_epochs, result)

@@ -2,7 +2,8 @@
 
 Accepted inputs (:func:`index`):
 - a folder in the MediaEval layout (``0_real/``, ``1_fake/``) or ``real/`` + ``fake/``;
-- a CSV with ``path,label`` and optional ``source,generator`` columns (paths relative to the CSV's folder);
+- a CSV (or tab-separated ``.tsv``) with ``path,label`` and optional ``source,generator`` columns (paths relative
+  to the file's folder);
 - a folder of unlabelled images (label ``-1``), for prediction and submissions.
 
 Every row records ``sha256, width, height, format, ok, error, phash``; a file that does not decode stays in the table
