@@ -92,7 +92,7 @@ def _list_images(folder: Path) -> list[Path]:
 def _folder_row(path: Path, label: int, source: str) -> dict[str, object]:
     """A listed file; one whose name is not valid UTF-8 gets its escaped name and its reason already."""
     shown = _printable_name(str(path))
-    error = "" if shown is None else f"bad-name: file name is not valid UTF-8 ({shown}); rename it"
+    error = "" if shown is None else "bad-name: file name is not valid UTF-8 (shown with its bytes escaped); rename it"
     return {"path": shown or str(path), "label": label, "source": source, "error": error}
 
 
