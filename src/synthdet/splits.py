@@ -55,7 +55,7 @@ def hamming(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     return _POPCOUNT8[x.view(np.uint8)].reshape(*x.shape, 8).sum(-1)
 
 
-def near_duplicate_pairs(codes: np.ndarray, max_bits: int = NEAR_DUP_BITS, block: int = 2048) -> set[tuple[int, int]]:
+def near_duplicate_pairs(codes: np.ndarray, max_bits: int = NEAR_DUP_BITS, block: int = 512) -> set[tuple[int, int]]:
     """Index pairs ``(i < j)`` whose codes differ in at most ``max_bits`` bits, without comparing every pair."""
     if not 0 <= max_bits < 8:
         raise ValueError(f"max_bits must be in 0..7, got {max_bits}")
