@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 from pathlib import Path
 
@@ -21,7 +22,7 @@ from synthdet.train import load_features, usable_rows
 def frame(n_real: int = 31, n_fake: int = 19) -> pd.DataFrame:
     """Manifest-like rows (no files needed by the fold loop), plus one copy of the first image under another path."""
     n = n_real + n_fake
-    df = pd.DataFrame({"path": [f"img{i}.jpg" for i in range(n)], "sha256": [f"{i:064x}" for i in range(n)],
+    df = pd.DataFrame({"path": [f"img{i}.jpg" for i in range(n)], "sha256": [hashlib.sha256(b"%d" % i).hexdigest() for i in range(n)],
                        "label": [0] * n_real + [1] * n_fake, "ok": True})
     return pd.concat([df, df.iloc[[0]].assign(path="copy-of-img0.jpg")], ignore_index=True)
 
@@ -87,16 +88,16 @@ def test_cross_validate_scores_each_image_once_with_thresholds_from_training_fol
     assert 0.5 < res.mean["roc_auc"] <= 1.0
 
     # fold 0 by hand: logreg on the training folds' fit rows, threshold on their calib rows — the test fold unused
-    from synthdet.data import split
     from synthdet.heads import make_head
 
     det = res.detector
     store = FeatureStore.for_backbone(det.backbone, tmp / "cache")
-    train = oof[oof["fold"] != 0].assign(ok=True)
-    calib = split(train, val_fraction=0.15, seed=43) == "val"
+    train = oof[oof["fold"] != 0]
+    calib = res.plan.fold_roles(train["sha256"], 0) == "calib"
+    assert set(res.plan.fold_roles(train["sha256"], 0)) == {"fit", "calib"}
     X, _ = load_features(store, train["sha256"].tolist(), [0], "pooled")
     y = train["label"].to_numpy()
-    head = make_head("logreg").fit(X[~calib.to_numpy()], y[~calib.to_numpy()])
+    head = make_head("logreg").fit(X[~calib], y[~calib])
     assert res.folds[0]["threshold"] == pytest.approx(f1_optimal_threshold(y[calib], head.predict_proba(X[calib])[:, 1]))
 
 

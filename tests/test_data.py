@@ -36,7 +36,7 @@ def fake_manifest(n_real: int, n_fake: int, *, seed: int = 0, unusable: int = 0)
     rows = [
         {"path": f"img{i}.jpg", "label": lbl, "source": "", "generator": "",
          "sha256": hashlib.sha256(f"{seed}-{i}".encode()).hexdigest(), "width": 10, "height": 10, "format": "JPEG",
-         "ok": True, "error": ""}
+         "ok": True, "error": "", "phash": ""}
         for i, lbl in enumerate(labels)
     ]
     for j in range(unusable):
@@ -347,3 +347,95 @@ def test_index_reads_an_existing_csv_manifest_back_without_reindexing(tmp_path: 
     back = index(out, progress=False)
     assert len(back) == len(df) and back.ok.all()
     assert back.sha256.tolist() == df.sha256.tolist()
+
+
+# ------------------------------------------------------------------------------------------------ rough edges
+
+
+def test_folder_with_its_own_manifest_keeps_provenance(tmp_path: Path) -> None:
+    """`evaluate`/`index` on a folder like ../shared/data/dev must read its manifest.csv (per-generator tables)."""
+    root = tmp_path / "dev"
+    write_image(root / "real" / "a.jpg", synthetic_photo(40, 30, seed=1))
+    write_image(root / "fake" / "b.png", synthetic_photo(32, 32, seed=2))
+    (root / "manifest.csv").write_text("path,label,source,generator\nreal/a.jpg,0,camera,\nfake/b.png,1,comfy,FLUX.1\n")
+    df = idx(root)
+    assert df["generator"].tolist() == ["", "FLUX.1"] and df["source"].tolist() == ["camera", "comfy"]
+    assert df["ok"].all()
+
+
+def test_manifest_paths_are_relative_to_the_manifest(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    make_labelled_folder(tmp_path / "ds", n_real=2, n_fake=2)
+    outside = write_image(tmp_path / "elsewhere" / "x.jpg", synthetic_photo(30, 30, seed=5))
+    monkeypatch.chdir(tmp_path)  # index with paths relative to the working directory, as a user would
+    df = index("ds", progress=False)
+    df = pd.concat([df, df.iloc[[0]].assign(path=str(outside))], ignore_index=True)
+    out = write_manifest(df, Path("ds") / "manifest.csv")
+    stored = pd.read_csv(out)["path"].tolist()
+    assert stored[0] == "0_real/r000.jpg" and stored[-1] == str(outside)  # inside: relative to it; outside: absolute
+    monkeypatch.chdir(tmp_path / "elsewhere")  # read back from another working directory
+    back = read_manifest(tmp_path / "ds" / "manifest.csv")
+    assert all(Path(p).is_file() for p in back["path"])
+    assert back["sha256"].tolist() == df["sha256"].tolist()
+
+
+def test_tsv_is_tab_separated(tmp_path: Path) -> None:
+    write_image(tmp_path / "a, b.jpg", synthetic_photo(20, 20, seed=1))  # a comma in the name: fine in a TSV
+    write_image(tmp_path / "c.png", synthetic_photo(20, 20, seed=2))
+    tsv = tmp_path / "labels.tsv"
+    tsv.write_text("path\tlabel\tgenerator\na, b.jpg\t0\t\nc.png\t1\tSDXL, v1\n")
+    df = idx(tsv)
+    assert df["ok"].all() and df["label"].tolist() == [0, 1] and df["generator"].tolist() == ["", "SDXL, v1"]
+    out = write_manifest(df, tmp_path / "m.tsv")
+    assert "\t" in out.read_text().splitlines()[0]
+    pd.testing.assert_frame_equal(idx(out), df, check_dtype=False)
+
+
+def test_conflicting_labels_are_reported_not_dropped(tmp_path: Path) -> None:
+    from synthdet.data import LabelConflictWarning
+
+    write_image(tmp_path / "a.jpg", synthetic_photo(20, 20, seed=1))
+    write_image(tmp_path / "b.jpg", synthetic_photo(20, 20, seed=2))
+    shutil.copy(tmp_path / "a.jpg", tmp_path / "a_copy.jpg")
+    csv = tmp_path / "m.csv"
+    csv.write_text("path,label\na.jpg,0\nb.jpg,1\na_copy.jpg,1\n")
+    with pytest.warns(LabelConflictWarning, match=r"1 image\(s\) labelled both.*a\.jpg.*a_copy\.jpg"):
+        df = idx(csv)
+    assert len(df) == 3 and df.attrs["label_conflicts"] == [sha256_file(tmp_path / "a.jpg")]
+
+
+def test_non_utf8_file_name_is_kept_with_its_reason(tmp_path: Path) -> None:
+    import os
+
+    root = make_labelled_folder(tmp_path / "ds", n_real=2, n_fake=2)
+    bad = os.fsencode(root / "0_real") + b"/caf\xe9.jpg"
+    with open(bad, "wb") as f:
+        f.write(encode_image(synthetic_photo(20, 20, seed=9), "JPEG"))
+    df = idx(root)
+    row = df[~df["ok"]]
+    assert len(df) == 5 and len(row) == 1
+    assert row["path"].iloc[0].endswith("caf\\xe9.jpg") and row["error"].iloc[0].startswith("bad-name")
+    out = write_manifest(df, tmp_path / "m.csv")  # the table is writable: no surrogate reaches the CSV
+    assert read_manifest(out)["ok"].sum() == 4
+
+
+def test_write_manifest_is_atomic(tmp_path: Path) -> None:
+    df = fake_manifest(3, 3)
+    out = write_manifest(df, tmp_path / "m.parquet")
+    before = out.read_bytes()
+    broken = df.assign(width=[1, "two", 3.0, None, b"x", 6])  # pyarrow refuses a mixed column mid-write
+    with pytest.raises(Exception, match="."):
+        write_manifest(broken, out)
+    assert out.read_bytes() == before and sorted(p.name for p in tmp_path.iterdir()) == ["m.parquet"]
+
+
+def test_phash_is_close_for_a_recompressed_copy(tmp_path: Path) -> None:
+    from PIL import Image
+
+    from synthdet.splits import hamming
+
+    img = synthetic_photo(160, 120, seed=3)
+    write_image(tmp_path / "d" / "a.png", img)
+    write_image(tmp_path / "d" / "b.jpg", img.resize((112, 84), Image.Resampling.BILINEAR), quality=60)
+    write_image(tmp_path / "d" / "c.png", synthetic_photo(160, 120, seed=3).transpose(Image.Transpose.ROTATE_180))
+    codes = np.array([int(h, 16) for h in idx(tmp_path / "d")["phash"]], dtype=np.uint64)
+    assert hamming(codes[0], codes[1]) <= 3 and hamming(codes[0], codes[2]) > 10

@@ -39,7 +39,7 @@ def test_train_saves_complete_card(trained) -> None:
     assert 0.0 < card.threshold < 1.0
     assert len(card.data["manifest_hash"]) == 16
     splits = card.data["splits"]
-    assert set(splits) == {"fit", "calib", "val"} and sum(s["n"] for s in splits.values()) == 48
+    assert set(splits) == {"fit", "calib", "test"} and sum(s["n"] for s in splits.values()) == 48
     for key in ("roc_auc", "ap", "eer", "at_0.5", "at_threshold"):
         assert key in card.metrics["val"]
 
@@ -60,7 +60,7 @@ def test_saved_detector_scores_files_like_training_did(trained) -> None:
     """Fresh decoding + forward of the held-out files reproduces the cached-feature probabilities."""
     tmp, res = trained
     det = Detector.load(tmp / "det")
-    val = res.manifest[res.manifest.split == "val"].drop_duplicates("sha256")
+    val = res.manifest[res.manifest.split == "test"].drop_duplicates("sha256")
     out = list(det.predict_paths(val.path.tolist(), num_workers=0, progress=False))
     assert [p for p, _, _ in out] == val.path.tolist()
     probs = np.array([p for _, p, _ in out])

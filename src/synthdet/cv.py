@@ -4,10 +4,11 @@ Raza 2025 (``seeds/003``) validates with 5-fold stratified CV "to assess stabili
 the final model on all labelled images; one 80/20 split of a 927-image set can be lucky or unlucky by several
 points of F1, and k folds show by how much.
 
-Folds come from :func:`synthdet.data.kfold` (stratified by label, by content hash, so copies share a fold); every
-image is tested exactly once. Inside the k-1 training folds a stratified ``calib`` slice (15 %, seed + 1, as in
-``train_detector``) is held out: the head early-stops on it and the fold's F1-optimal threshold is chosen on it —
-never on the test fold, whose images only ever get scored. Fold metrics are computed on the test fold alone; the
+Folds come from a :class:`~synthdet.splits.SplitPlan` (stratified by label and generator/source, grouped by content
+hash and near-duplicates, so copies share a fold; saved as ``plan.json``); every image is tested exactly once.
+Inside the k-1 training folds the plan's stratified, grouped ``calib`` slice (15 %) is held out: the head
+early-stops on it and the fold's F1-optimal threshold is chosen on it — never on the test fold, whose images only
+ever get scored. Fold metrics are computed on the test fold alone; the
 summary is mean ± population std (ddof 0, as scikit-learn's CV examples) over folds.
 
 :func:`run_folds` is the loop for any recipe given as a :data:`FoldFitter`; :func:`cross_validate` runs it for a
@@ -32,14 +33,16 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
+from .atomic import atomic_open, write_text
 from .backbones import Backbone, create_backbone
 from .calibrate import f1_optimal_threshold
-from .data import kfold, manifest_hash, split
+from .data import manifest_hash, write_manifest
 from .detector import Card, Detector, FeatureKind
 from .evaluate import binary_metrics
 from .features import FeatureStore, extract
 from .heads import make_head
-from .train import fit_head, head_config, load_features, usable_rows
+from .splits import RowSet, SplitPlan
+from .train import assign_roles, best_epoch, fit_head, head_config, load_features, refit_params, usable_rows
 
 if TYPE_CHECKING:
     from .finetune import FineTuneConfig
@@ -60,12 +63,16 @@ class CVResult:
     mean: dict[str, float]
     std: dict[str, float]
     oof: pd.DataFrame  # one row per image: path, sha256, label, source, generator, fold, prob, threshold
+    plan: SplitPlan | None = None  # the folds (and each fold's fit/calib roles)
     detector: Detector | None = None  # with refit_all: fitted on every image, threshold from the oof probabilities
     skipped: list[tuple[str, str]] = field(default_factory=list)
     config: dict[str, Any] = field(default_factory=dict)  # what was cross-validated (backbone, head, k …)
 
     def summary(self) -> dict[str, Any]:
-        return {"config": self.config, "folds": self.folds, "mean": self.mean, "std": self.std}
+        """The figures, labelled: each fold's from its own model at its own threshold, on its held-out fold."""
+        return {"model": "one model per fold (fitted on the other folds), not a refitted detector",
+                "rows": "held-out", "plan_id": self.plan.id if self.plan else None,
+                "config": self.config, "folds": self.folds, "mean": self.mean, "std": self.std}
 
 
 def fold_metrics(y: np.ndarray, prob: np.ndarray, threshold: float) -> dict[str, float]:
@@ -76,18 +83,22 @@ def fold_metrics(y: np.ndarray, prob: np.ndarray, threshold: float) -> dict[str,
 
 
 def run_folds(
-    df: pd.DataFrame, fit_fold: FoldFitter, *, k: int = 5, seed: int = 42, calib_fraction: float = 0.15
+    df: pd.DataFrame, fit_fold: FoldFitter, *, k: int = 5, seed: int = 42, calib_fraction: float = 0.15,
+    plan: SplitPlan | None = None,
 ) -> CVResult:
-    """Fit ``k`` times, each time testing one fold; ``df`` holds decodable, labelled rows (one per image is kept)."""
+    """Fit ``k`` times, each time testing one fold of ``plan`` (default: built from ``df`` with ``k``, ``seed``,
+    ``calib_fraction``); ``df`` holds decodable, labelled rows (one per image is kept; images labelled both ways
+    are left out and listed in ``skipped``)."""
     df = df.drop_duplicates("sha256").reset_index(drop=True)
-    df["fold"] = kfold(df, k=k, seed=seed)
+    plan = plan or SplitPlan.build(df, test=0.0, calib=calib_fraction, k=k, seed=seed)
+    df, skipped = assign_roles(df, plan)
+    df = df.drop(columns="split").assign(fold=plan.fold_of(df["sha256"]))
     prob = np.full(len(df), np.nan)
     thr = np.full(len(df), np.nan)
     folds = []
-    for f in range(k):
+    for f in range(plan.k):
         train = df[df["fold"] != f].copy()
-        inner = split(train, val_fraction=calib_fraction, seed=seed + 1)
-        train["split"] = np.where(inner == "val", "calib", "fit")
+        train["split"] = plan.fold_roles(train["sha256"], f)
         test = df[df["fold"] == f]
         p, t = fit_fold(f, train, test)
         prob[test.index], thr[test.index] = p, t
@@ -97,15 +108,7 @@ def run_folds(
     keep = [c for c in ("path", "sha256", "label", "source", "generator", "fold") if c in df]
     oof = df[keep].assign(prob=prob, threshold=thr)
     return CVResult(folds, {m: float(table[m].mean()) for m in FOLD_METRICS},
-                    {m: float(table[m].std(ddof=0)) for m in FOLD_METRICS}, oof)
-
-
-def _best_epoch(model: Any) -> int | None:
-    """Epoch (1-based) with the best calib ROC AUC, for heads that early-stop (torch probes); None for the others."""
-    history = getattr(model, "history_", None)
-    if not history or "val_auc" not in history[0]:
-        return None
-    return 1 + int(np.argmax([r["val_auc"] for r in history]))
+                    {m: float(table[m].std(ddof=0)) for m in FOLD_METRICS}, oof, plan=plan, skipped=skipped)
 
 
 def cross_validate(
@@ -120,17 +123,26 @@ def cross_validate(
     k: int = 5,
     seed: int = 42,
     calib_fraction: float = 0.15,
+    plan: SplitPlan | None = None,
     cache_dir: str | Path | None = None,
     batch_size: int | None = None,
     num_workers: int | None = None,
     refit_all: bool = False,
     out: str | Path | None = None,
-    progress: bool = True,
+    progress: bool = False,
 ) -> CVResult:
     """k-fold CV of ``head`` on cached features (``fit`` rows get ``n_views`` views, calib and test rows view 0, as
-    in ``train_detector``). ``out`` receives ``cv.json``, ``oof.csv`` and, with ``refit_all``, ``detector/``."""
+    in ``train_detector``). Folds are those of ``plan`` (default: built from ``data`` with ``k``, ``seed`` and
+    ``calib_fraction``). ``out`` receives ``cv.json``, ``oof.csv``, ``plan.json`` and, with ``refit_all``,
+    ``detector/``."""
     df, skipped = usable_rows(data, progress=progress)
     df = df.drop_duplicates("sha256").reset_index(drop=True)
+    plan = plan or SplitPlan.build(df, test=0.0, calib=calib_fraction, k=k, seed=seed)
+    if not plan.k:
+        raise ValueError(f"split plan {plan.id} has no folds (built with k=0)")
+    df, outside = assign_roles(df, plan)  # images labelled both ways are left out, with their reason
+    skipped += outside
+    df = df.drop(columns="split")
     bb = backbone if isinstance(backbone, Backbone) else create_backbone(backbone, weights=weights)
     features, params = head_config(head, features, head_params, bb)
     store = FeatureStore.for_backbone(bb, cache_dir)
@@ -140,7 +152,7 @@ def cross_validate(
     skipped += [(s.path, s.reason) for s in ex.skipped]
     df = df[~df["path"].isin({s.path for s in ex.skipped})].reset_index(drop=True)
     X, owner = load_features(store, df["sha256"].tolist(), views, features)  # row i * len(views) + v
-    y = df["label"].to_numpy()[owner]
+    y, shas = df["label"].to_numpy()[owner], df["sha256"].to_numpy()[owner]
 
     def rows(images: pd.Index, every_view: bool) -> np.ndarray:
         first = np.asarray(images) * len(views)
@@ -150,55 +162,61 @@ def cross_validate(
 
     def fit_fold(_: int, train: pd.DataFrame, test: pd.DataFrame) -> tuple[np.ndarray, float]:
         fit, cal = rows(train.index[train["split"] == "fit"], True), rows(train.index[train["split"] == "calib"], False)
-        model, threshold = fit_head(head, params, X[fit], y[fit], X[cal], y[cal])
-        best_epochs.append(_best_epoch(model))
+        model, threshold = fit_head(head, params, X[fit], y[fit], X[cal], y[cal], groups=shas[fit])
+        best_epochs.append(best_epoch(model))
         return model.predict_proba(X[rows(test.index, False)])[:, 1], threshold
 
-    result = run_folds(df, fit_fold, k=k, seed=seed, calib_fraction=calib_fraction)
+    result = run_folds(df, fit_fold, plan=plan)  # row i of df is image i of X: no row is left out there
     result.skipped = skipped
     result.config = {"backbone": bb.name, "weights_id": bb.weights_id, "head": head, "features": features,
-                     "n_views": len(views), "k": k, "seed": seed, "calib_fraction": calib_fraction,
+                     "n_views": len(views), "k": plan.k, "seed": plan.seed, "calib_fraction": plan.calib_fraction,
                      "n_images": len(df), "skipped": len(skipped)}
     if refit_all:
-        result.detector = _refit(df, X, y, bb, weights, head, params, features, best_epochs, result)
+        result.detector = _refit(df, X, y, shas, bb, weights, head, params, features, best_epochs, result)
     if out is not None:
         save_cv(result, out)
     return result
 
 
 def _refit(
-    df: pd.DataFrame, X: np.ndarray, y: np.ndarray, bb: Backbone, weights: str | Path | None, head: str,
-    params: dict[str, Any], features: FeatureKind, best_epochs: list[int | None], cv: CVResult,
+    df: pd.DataFrame, X: np.ndarray, y: np.ndarray, shas: np.ndarray, bb: Backbone, weights: str | Path | None,
+    head: str, params: dict[str, Any], features: FeatureKind, best_epochs: list[int | None], cv: CVResult,
 ) -> Detector:
     """The head on every image and view; threshold from the out-of-fold probabilities (each from a model that never
-    saw that image); torch heads train for the folds' median best epoch, as nothing is held out to stop on."""
-    if all(e is not None for e in best_epochs):
-        params = {**params, "epochs": max(1, round(float(np.median(best_epochs)))), "val_fraction": 0.0}
-    model = make_head(head, **params).fit(X, y)
+    saw that image); torch heads train for the folds' median best epoch, as nothing is held out to stop on. The
+    card's figures are the folds' (labelled so): no image is held out from the saved model."""
+    model = make_head(head, **refit_params(params, best_epochs)).fit(X, y, groups=shas)
     scored = cv.oof[np.isfinite(cv.oof["prob"])]
     threshold = f1_optimal_threshold(scored["label"].to_numpy(), scored["prob"].to_numpy())
+    seen = RowSet.of(df["sha256"])
     card = Card(
         backbone=bb.name, weights_id=bb.weights_id, weights_file=str(weights) if weights else None,
         preprocess=bb.preprocess, features=features, head=head, head_params=model.get_params(),
         n_features=X.shape[1], threshold=threshold, prior=float(df["label"].mean()), metrics={"cv": cv.summary()},
+        rows={"fit": seen, "calib": seen},
         data={"manifest_hash": manifest_hash(df), "n_images": len(df), "n_views": cv.config["n_views"],
               "seed": cv.config["seed"], "k": cv.config["k"], "refit_on": "all",
-              "threshold_from": "out-of-fold probabilities"},
+              "threshold_from": "out-of-fold probabilities", "split_plan": cv.plan.summary() if cv.plan else None},
     )
     return Detector(card, model, backbone=bb)
 
 
 def save_cv(result: CVResult, out: str | Path) -> Path:
-    """``cv.json`` (config, folds, mean, std), ``oof.csv`` and the refitted ``detector/`` (with its manifest, every
-    row ``split=fit``: an ensemble calibrated on these images is warned that this member has seen them)."""
+    """``cv.json`` (config, folds, mean, std), ``oof.csv``, ``plan.json`` and the refitted ``detector/`` (with its
+    plan and manifest, every row ``split=fit``: an ensemble calibrated on these images is warned that this member
+    has seen them)."""
     out = Path(out)
-    out.mkdir(parents=True, exist_ok=True)
-    (out / "cv.json").write_text(json.dumps(result.summary(), indent=2))
-    result.oof.to_csv(out / "oof.csv", index=False)
+    write_text(out / "cv.json", json.dumps(result.summary(), indent=2))
+    with atomic_open(out / "oof.csv") as f:
+        result.oof.to_csv(f, index=False, lineterminator="\n")
+    if result.plan is not None:
+        result.plan.save(out / "plan.json")
     if result.detector is not None:
         result.detector.save(out / "detector")
-        result.oof.drop(columns=["prob", "threshold"]).assign(split="fit").to_csv(
-            out / "detector" / "manifest.csv", index=False)
+        if result.plan is not None:
+            result.plan.save(out / "detector" / "plan.json")
+        write_manifest(result.oof.drop(columns=["prob", "threshold"]).assign(split="fit"),
+                       out / "detector" / "manifest.csv")
     return out
 
 

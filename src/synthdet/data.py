@@ -2,35 +2,57 @@
 
 Accepted inputs (:func:`index`):
 - a folder in the MediaEval layout (``0_real/``, ``1_fake/``) or ``real/`` + ``fake/``;
-- a CSV with ``path,label`` and optional ``source,generator`` columns (paths relative to the CSV's folder);
+- a CSV (or tab-separated ``.tsv``) with ``path,label`` and optional ``source,generator`` columns (paths relative
+  to the file's folder);
 - a folder of unlabelled images (label ``-1``), for prediction and submissions.
 
-Every row records ``sha256, width, height, format, ok, error``; a file that does not decode stays in the table with
-``ok=False`` and its reason, so nothing is silently dropped.
+Every row records ``sha256, width, height, format, ok, error, phash``; a file that does not decode stays in the table
+with ``ok=False`` and its reason, so nothing is silently dropped. A file whose name is not valid UTF-8 (possible on
+Linux) cannot be written to a CSV or a terminal faithfully: it stays in the table with ``ok=False``, error
+``bad-name``, and its name shown with the bad bytes escaped (``caf\\xe9.jpg``); rename it to use it.
+
+A folder that holds a ``manifest.csv`` (or ``.tsv``/``.parquet``) is indexed from it, so its ``source`` and
+``generator`` columns survive. Manifests store paths relative to the manifest's own folder (files outside it
+absolute), so they read back from any working directory. ``phash`` is a 64-bit difference hash (dHash, 16 hex) of
+the decoded pixels: :class:`synthdet.splits.SplitPlan` groups near-duplicates by it. A content hash that appears
+with both labels is reported (:class:`LabelConflictWarning`, ``df.attrs["label_conflicts"]``), never resolved
+silently.
 """
 
 from __future__ import annotations
 
 import hashlib
+import os
+import warnings
 from collections.abc import Iterable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pandas as pd
 from PIL import Image
-from sklearn.model_selection import StratifiedKFold, train_test_split
 from tqdm.auto import tqdm
 
+from .atomic import atomic_path
 from .pixels import DEFAULT_MAX_PIXELS, ImageLoadError, is_image_path, load_image
+from .splits import SplitPlan
 
-COLUMNS = ["path", "label", "source", "generator", "sha256", "width", "height", "format", "ok", "error"]
+COLUMNS = ["path", "label", "source", "generator", "sha256", "width", "height", "format", "ok", "error", "phash"]
+#: Columns a manifest must have; ``phash`` (added later) is filled with "" when an older manifest lacks it.
+REQUIRED_COLUMNS = COLUMNS[:-1]
+#: Names a folder's own manifest may have, in order of preference.
+FOLDER_MANIFESTS = ("manifest.csv", "manifest.tsv", "manifest.parquet")
 _CLASS_DIRS = {"0_real": 0, "1_fake": 1, "real": 0, "fake": 1}
 _TRUE_LABELS = {"1": 1, "fake": 1, "ai": 1, "synthetic": 1, "generated": 1, "0": 0, "real": 0}
 
 
 class ManifestError(ValueError):
     """The input cannot be read as a dataset at all (as opposed to one bad image in it)."""
+
+
+class LabelConflictWarning(UserWarning):
+    """The same image (content hash) is labelled both real and fake."""
 
 
 def sha256_file(path: str | Path, chunk: int = 1 << 20) -> str:
@@ -41,20 +63,49 @@ def sha256_file(path: str | Path, chunk: int = 1 << 20) -> str:
     return h.hexdigest()
 
 
+def _read_table(path: Path, **kwargs: object) -> pd.DataFrame:
+    """A ``.tsv`` is tab-separated, anything else comma-separated."""
+    return pd.read_csv(path, sep="\t" if path.suffix.lower() == ".tsv" else ",", **kwargs)
+
+
+def _printable_name(path: str) -> str | None:
+    """``None`` if ``path`` is valid UTF-8, else the name with its undecodable bytes escaped."""
+    try:
+        path.encode("utf-8")
+    except UnicodeEncodeError:
+        return os.fsencode(path).decode("utf-8", "backslashreplace")
+    return None
+
+
+def dhash(img: Image.Image) -> str:
+    """64-bit difference hash (16 hex): signs of horizontal gradients on a 9x8 grey thumbnail. Survives
+    re-compression and resizing; near-duplicates differ in a few bits."""
+    small = np.asarray(img.convert("L").resize((9, 8), Image.Resampling.BOX), dtype=np.int16)
+    bits = (small[:, 1:] > small[:, :-1]).ravel()
+    return f"{int(''.join('1' if b else '0' for b in bits), 2):016x}"
+
+
 def _list_images(folder: Path) -> list[Path]:
     return sorted(p for p in folder.rglob("*") if p.is_file() and is_image_path(p))
+
+
+def _folder_row(path: Path, label: int, source: str) -> dict[str, object]:
+    """A listed file; one whose name is not valid UTF-8 gets its escaped name and its reason already."""
+    shown = _printable_name(str(path))
+    error = "" if shown is None else "bad-name: file name is not valid UTF-8 (shown with its bytes escaped); rename it"
+    return {"path": shown or str(path), "label": label, "source": source, "error": error}
 
 
 def _rows_from_folder(root: Path) -> pd.DataFrame:
     class_dirs = {d.name: _CLASS_DIRS[d.name] for d in root.iterdir() if d.is_dir() and d.name in _CLASS_DIRS}
     if class_dirs:
         rows = [
-            {"path": str(p), "label": label, "source": name}
+            _folder_row(p, label, name)
             for name, label in sorted(class_dirs.items())
             for p in _list_images(root / name)
         ]
     else:
-        rows = [{"path": str(p), "label": -1, "source": ""} for p in _list_images(root)]
+        rows = [_folder_row(p, -1, "") for p in _list_images(root)]
     if not rows:
         raise ManifestError(
             f"{root}: no images found (expected 0_real/ + 1_fake/, real/ + fake/, or image files; "
@@ -86,7 +137,7 @@ def _parse_label(value: object, row: int, csv: Path) -> int:
 
 def _rows_from_csv(csv: Path) -> pd.DataFrame:
     try:
-        df = pd.read_csv(csv, dtype=str, keep_default_na=False)
+        df = _read_table(csv, dtype=str, keep_default_na=False)
     except (pd.errors.ParserError, UnicodeDecodeError, pd.errors.EmptyDataError) as e:
         raise ManifestError(f"{csv}: not a readable CSV ({e})") from None
     cols = {c.strip().lower(): c for c in df.columns}
@@ -109,15 +160,17 @@ def _rows_from_csv(csv: Path) -> pd.DataFrame:
 def _is_manifest_csv(csv: Path) -> bool:
     """A CSV written by :func:`write_manifest` (every manifest column present), as opposed to a labels CSV."""
     try:
-        header = pd.read_csv(csv, nrows=0).columns
+        header = _read_table(csv, nrows=0).columns
     except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError):
         return False
-    return all(c in header for c in COLUMNS)
+    return all(c in header for c in REQUIRED_COLUMNS)
 
 
-def _probe(path: str, max_pixels: int) -> dict:
+def _probe(path: str, max_pixels: int, known_error: str = "") -> dict:
     """Hash the bytes and check that the file really decodes (a header alone is not enough: truncation hides)."""
-    rec: dict = {"sha256": "", "width": 0, "height": 0, "format": "", "ok": False, "error": ""}
+    rec: dict = {"sha256": "", "width": 0, "height": 0, "format": "", "ok": False, "error": known_error, "phash": ""}
+    if known_error:
+        return rec
     try:
         rec["sha256"] = sha256_file(path)
     except OSError as e:
@@ -129,6 +182,7 @@ def _probe(path: str, max_pixels: int) -> dict:
         rec["error"] = e.reason + (f": {e.detail}" if e.detail else "")
         return rec
     rec["width"], rec["height"] = img.size
+    rec["phash"] = dhash(img)
     with Image.open(path) as im:  # header only: the file is known to decode
         rec["format"] = im.format or ""
     rec["ok"] = True
@@ -140,27 +194,32 @@ def index(
     *,
     max_pixels: int = DEFAULT_MAX_PIXELS,
     workers: int = 4,
-    progress: bool = True,
+    progress: bool = False,
 ) -> pd.DataFrame:
-    """Build a manifest from a folder or labels CSV (an existing manifest is read back as it is). Bad files are kept
-    with ``ok=False`` and a reason."""
+    """Build a manifest from a folder or labels CSV/TSV (an existing manifest is read back as it is; a folder with
+    its own ``manifest.csv`` is indexed from it). Bad files are kept with ``ok=False`` and a reason; content hashes
+    labelled both ways are warned about and listed in ``df.attrs["label_conflicts"]``."""
     src = Path(source)
     if not src.exists():
         raise ManifestError(f"{src}: no such file or folder")
+    if src.is_dir() and (own := next((src / n for n in FOLDER_MANIFESTS if (src / n).is_file()), None)):
+        src = own
+    suffix = src.suffix.lower()
     if src.is_dir():
         df = _rows_from_folder(src)
-    elif src.suffix.lower() == ".parquet" or (src.suffix.lower() == ".csv" and _is_manifest_csv(src)):
-        return read_manifest(src)  # already indexed: nothing to hash or decode again
-    elif src.suffix.lower() in (".csv", ".tsv"):
+    elif suffix == ".parquet" or (suffix in (".csv", ".tsv") and _is_manifest_csv(src)):
+        return _with_conflicts(read_manifest(src))  # already indexed: nothing to hash or decode again
+    elif suffix in (".csv", ".tsv"):
         df = _rows_from_csv(src)
     else:
-        raise ManifestError(f"{src}: expected a folder, a .csv or a .parquet manifest")
+        raise ManifestError(f"{src}: expected a folder, a .csv/.tsv or a .parquet manifest")
     for col in ("source", "generator"):
-        df[col] = df.get(col, "").fillna("") if col in df else ""
+        df[col] = df[col].fillna("") if col in df else ""
+    known = df.pop("error") if "error" in df else pd.Series("", index=df.index)
     with ThreadPoolExecutor(max_workers=max(1, workers)) as pool:
         recs = list(
             tqdm(
-                pool.map(lambda p: _probe(p, max_pixels), df["path"]),
+                pool.map(lambda p, e: _probe(p, max_pixels, e), df["path"], known),
                 total=len(df),
                 desc="index",
                 unit="img",
@@ -168,28 +227,65 @@ def index(
             )
         )
     df = pd.concat([df.reset_index(drop=True), pd.DataFrame(recs)], axis=1)
-    return df[COLUMNS]
+    return _with_conflicts(df[COLUMNS])
+
+
+def label_conflicts(df: pd.DataFrame) -> pd.DataFrame:
+    """Decodable rows whose content hash appears with both labels (the same image called real and fake)."""
+    ok = df[df["ok"] & (df["label"] >= 0)]
+    both = ok.groupby("sha256")["label"].nunique()
+    return ok[ok["sha256"].isin(both.index[both > 1])]
+
+
+def _with_conflicts(df: pd.DataFrame, shown: int = 5) -> pd.DataFrame:
+    """Warn about label conflicts, naming them, and record their hashes in ``df.attrs["label_conflicts"]``."""
+    bad = label_conflicts(df)
+    shas = sorted(set(bad["sha256"]))
+    df.attrs["label_conflicts"] = shas
+    if shas:
+        names = ", ".join(sorted(bad["path"].astype(str))[:shown]) + (" …" if len(bad) > shown else "")
+        warnings.warn(
+            f"{len(shas)} image(s) labelled both real and fake (same content hash): {names}. "
+            "Split plans leave them out; fix the labels to use them.",
+            LabelConflictWarning,
+            stacklevel=3,
+        )
+    return df
 
 
 def write_manifest(df: pd.DataFrame, out: str | Path) -> Path:
+    """Write atomically, with paths relative to ``out``'s folder when they lie inside it (else absolute), so the
+    manifest reads back from any working directory and moves with its images."""
     out = Path(out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_name(out.name + ".tmp")
-    if out.suffix == ".parquet":
-        df.to_parquet(tmp, index=False)
-    else:
-        df.to_csv(tmp, index=False)
-    tmp.replace(out)
+    base = out.parent.absolute()
+
+    def stored(p: str) -> str:
+        full = Path(os.path.abspath(p))
+        return full.relative_to(base).as_posix() if full.is_relative_to(base) else str(full)
+
+    table = df.assign(path=[stored(p) for p in df["path"]])
+    with atomic_path(out) as tmp:
+        if out.suffix.lower() == ".parquet":
+            table.to_parquet(tmp, index=False)
+        else:
+            table.to_csv(tmp, index=False, sep="\t" if out.suffix.lower() == ".tsv" else ",", lineterminator="\n")
     return out
 
 
 def read_manifest(path: str | Path) -> pd.DataFrame:
+    """A manifest written by :func:`write_manifest`; relative paths are resolved against its folder."""
     path = Path(path)
-    df = pd.read_parquet(path) if path.suffix == ".parquet" else pd.read_csv(path, keep_default_na=False)
-    missing = [c for c in COLUMNS if c not in df.columns]
+    text = {c: str for c in ("path", "source", "generator", "sha256", "format", "error", "phash")}
+    df = (pd.read_parquet(path) if path.suffix.lower() == ".parquet"
+          else _read_table(path, keep_default_na=False, dtype=text))
+    missing = [c for c in REQUIRED_COLUMNS if c not in df.columns]
     if missing:
         raise ManifestError(f"{path}: not a synthdet manifest (missing columns {missing}); build one with `synthdet data index`")
     df["ok"] = df["ok"].astype(str).str.lower().isin(["true", "1"])
+    df["path"] = [str(p) if Path(p).is_absolute() else str(path.parent / p) for p in df["path"].astype(str)]
+    if "phash" not in df:
+        df["phash"] = ""
+    df["phash"] = df["phash"].astype(str)
     return df
 
 
@@ -199,53 +295,38 @@ def manifest_hash(df: pd.DataFrame) -> str:
     return hashlib.sha256("\n".join(pairs).encode()).hexdigest()[:16]
 
 
-def _stratify_key(df: pd.DataFrame) -> np.ndarray:
-    return df["label"].to_numpy()
-
-
 def split(df: pd.DataFrame, *, val_fraction: float = 0.2, seed: int = 42) -> pd.Series:
-    """Stratified train/val assignment (``'train'``/``'val'``), reproducible for a given seed.
+    """Stratified train/val assignment (``'train'``/``'val'``, ``''`` for unusable rows), reproducible for a seed.
 
-    Rows are ordered by content hash first, so the split does not depend on file order or paths; duplicate images
-    (same sha256) always land on the same side, which prevents train/val leakage through copies.
+    A :class:`~synthdet.splits.SplitPlan` without calibration slice: rows are taken by content hash (independent
+    of file order and paths), and copies and near-duplicates always land on the same side.
     """
-    ok = df[df["ok"] & (df["label"] >= 0)]
-    groups = ok.drop_duplicates("sha256").sort_values("sha256")
-    if groups["label"].nunique() < 2:
-        raise ManifestError("need both classes (label 0 and 1) among decodable images to split")
-    _, val = train_test_split(
-        groups["sha256"].to_numpy(), test_size=val_fraction, random_state=seed, stratify=_stratify_key(groups)
-    )
-    val_set = set(val)
-    out = pd.Series("", index=df.index, dtype=object)
-    out[ok.index] = ["val" if s in val_set else "train" for s in ok["sha256"]]
-    return out
+    plan = _plan(df, test=val_fraction, calib=0.0, seed=seed)
+    roles = plan.role_of(df["sha256"])
+    return pd.Series(np.where(roles == "test", "val", np.where(roles == "fit", "train", "")), index=df.index,
+                     dtype=object)
 
 
 def three_way_split(
     df: pd.DataFrame, *, val_fraction: float = 0.2, calib_fraction: float = 0.15, seed: int = 42
 ) -> pd.Series:
-    """Three-way split: ``val`` held out by :func:`synthdet.data.split`, the rest divided again
-    into ``fit`` and ``calib`` (seed + 1). Rows must be decodable and labelled."""
-    out = split(df, val_fraction=val_fraction, seed=seed)
-    train_idx = df.index[out == "train"]
-    inner = split(df.loc[train_idx], val_fraction=calib_fraction, seed=seed + 1)
-    out[train_idx[inner == "val"]] = "calib"
-    out[train_idx[inner == "train"]] = "fit"
-    return out
+    """``fit`` / ``calib`` / ``val`` (the plan's ``test`` role) per row, ``''`` for unusable rows; ``calib`` is
+    ``calib_fraction`` of the images that are not ``val``."""
+    roles = _plan(df, test=val_fraction, calib=calib_fraction, seed=seed).role_of(df["sha256"])
+    return pd.Series(np.where(roles == "test", "val", roles), index=df.index, dtype=object)
 
 
 def kfold(df: pd.DataFrame, *, k: int = 5, seed: int = 42) -> pd.Series:
-    """Stratified k-fold assignment (fold id per row, -1 for unusable rows); copies share a fold."""
-    ok = df[df["ok"] & (df["label"] >= 0)]
-    groups = ok.drop_duplicates("sha256").sort_values("sha256").reset_index(drop=True)
-    fold_of: dict[str, int] = {}
-    skf = StratifiedKFold(n_splits=k, shuffle=True, random_state=seed)
-    for fold, (_, idx) in enumerate(skf.split(groups["sha256"], _stratify_key(groups))):
-        fold_of.update({s: fold for s in groups["sha256"].iloc[idx]})
-    out = pd.Series(-1, index=df.index, dtype=int)
-    out[ok.index] = [fold_of[s] for s in ok["sha256"]]
-    return out
+    """Stratified k-fold assignment (fold id per row, -1 for unusable rows); copies and near-duplicates share a
+    fold."""
+    return pd.Series(_plan(df, k=k, seed=seed).fold_of(df["sha256"]), index=df.index, dtype=int)
+
+
+def _plan(df: pd.DataFrame, **kwargs: Any) -> SplitPlan:
+    try:
+        return SplitPlan.build(df, **kwargs)
+    except ValueError as e:
+        raise ManifestError(f"cannot split: {e}") from None
 
 
 def iter_inputs(paths: Iterable[str | Path]) -> Iterator[Path]:
@@ -256,13 +337,13 @@ def iter_inputs(paths: Iterable[str | Path]) -> Iterator[Path]:
             if not found:
                 raise ManifestError(f"{p}: folder contains no images")
             yield from found
-        elif p.suffix.lower() == ".csv":
+        elif p.suffix.lower() in (".csv", ".tsv"):
             yield from (Path(x) for x in _rows_from_csv_paths(p))
         else:
             yield p
 
 
 def _rows_from_csv_paths(csv: Path) -> list[str]:
-    df = pd.read_csv(csv, dtype=str, keep_default_na=False)
+    df = _read_table(csv, dtype=str, keep_default_na=False)
     col = _find_column(df, _PATH_COLUMNS, "path", csv)
     return [p if Path(p).is_absolute() else str(csv.parent / p) for p in df[col]]

@@ -147,7 +147,7 @@ class TorchProbe(ClassifierMixin, BaseEstimator):
     def _device(self) -> torch.device:
         return torch.device(self.device or ("cuda" if torch.cuda.is_available() else "cpu"))
 
-    def fit(self, X: np.ndarray, y: np.ndarray, *, X_val: np.ndarray | None = None, y_val: np.ndarray | None = None) -> TorchProbe:
+    def fit(self, X: np.ndarray, y: np.ndarray, *, X_val: np.ndarray | None = None, y_val: np.ndarray | None = None, groups: np.ndarray | None = None) -> TorchProbe:
         """Fit on ``(X, y)``; early-stop on ``(X_val, y_val)``, or on a stratified slice of ``X`` if none is given."""
         X = np.asarray(X, dtype=np.float32)
         y = np.asarray(y).astype(np.float32)
@@ -252,7 +252,7 @@ class LogisticHead(ClassifierMixin, BaseEstimator):
         self.max_iter = max_iter
         self.seed = seed
 
-    def fit(self, X: np.ndarray, y: np.ndarray, **_: Any) -> LogisticHead:
+    def fit(self, X: np.ndarray, y: np.ndarray, *, groups: np.ndarray | None = None, **_: Any) -> LogisticHead:
         X = np.asarray(X, dtype=np.float64)
         self.mean_ = X.mean(0)
         self.scale_ = X.std(0) + 1e-6
