@@ -13,14 +13,19 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Annotated, Any
 
-import albumentations as A
-import cv2
 import numpy as np
 import typer
 from PIL import Image, ImageDraw, ImageFont
 
+from synthdet.extras import missing_extra
 from synthdet.pixels import ImageLoadError, jpeg_roundtrip, load_image
 from synthdet.registry import Registry
+
+try:
+    import albumentations as A
+    import cv2
+except ModuleNotFoundError as e:  # an optional extra: say which one
+    raise missing_extra(e, "fine-tuning augmentation") from None
 
 
 class JpegRGB(A.ImageCompression):

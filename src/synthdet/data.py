@@ -35,6 +35,7 @@ from PIL import Image
 from tqdm.auto import tqdm
 
 from .atomic import atomic_path
+from .extras import require
 from .pixels import DEFAULT_MAX_PIXELS, ImageLoadError, is_image_path, load_image
 from .splits import SplitPlan
 
@@ -266,6 +267,7 @@ def write_manifest(df: pd.DataFrame, out: str | Path) -> Path:
     table = df.assign(path=[stored(p) for p in df["path"]])
     with atomic_path(out) as tmp:
         if out.suffix.lower() == ".parquet":
+            require("pyarrow", "a .parquet manifest")
             table.to_parquet(tmp, index=False)
         else:
             table.to_csv(tmp, index=False, sep="\t" if out.suffix.lower() == ".tsv" else ",", lineterminator="\n")
@@ -276,7 +278,8 @@ def read_manifest(path: str | Path) -> pd.DataFrame:
     """A manifest written by :func:`write_manifest`; relative paths are resolved against its folder."""
     path = Path(path)
     text = {c: str for c in ("path", "source", "generator", "sha256", "format", "error", "phash")}
-    df = (pd.read_parquet(path) if path.suffix.lower() == ".parquet"
+    parquet = path.suffix.lower() == ".parquet" and require("pyarrow", "a .parquet manifest")
+    df = (pd.read_parquet(path) if parquet
           else _read_table(path, keep_default_na=False, dtype=text))
     missing = [c for c in REQUIRED_COLUMNS if c not in df.columns]
     if missing:
