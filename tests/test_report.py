@@ -13,14 +13,15 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
+from conftest import small_demo_csv
 from PIL import Image
 from typer.testing import CliRunner
 
-from conftest import small_demo_csv
 from synthdet.data import index, write_manifest
 from synthdet.detector import Detector
+from synthdet.evaluation import EvalRun, evaluate_detector
 from synthdet.report import app, render_report
-from synthdet.slices import EvalRun, evaluate_detector, is_small
+from synthdet.slices import is_small
 
 SECTIONS = ("summary", "metrics", "curves", "histograms", "confusion", "reliability", "groups", "robustness", "errors",
             "skipped")

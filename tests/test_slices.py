@@ -1,5 +1,5 @@
 """slices: each robustness slice really does what its name says, deterministically per key; the small-bucket filter;
-EvalRun round-trips through its folder. (Scoring a real detector under slices: test_report.py.)"""
+(Scoring a real detector under slices: test_evaluation.py, test_report.py.)"""
 
 from __future__ import annotations
 
@@ -12,11 +12,9 @@ import pytest
 from conftest import pixels, synthetic_photo
 from PIL import Image
 
-from synthdet.evaluate import evaluate_scores
 from synthdet.slices import (
     DEFAULT_SLICES,
     SLICES,
-    EvalRun,
     encode_jpeg,
     get_slice,
     is_small,
@@ -147,26 +145,3 @@ def test_small_bucket_is_a_subset_filter_on_the_short_side(photo: Image.Image) -
     assert small(photo, "k") is photo  # a subset slice leaves pixels alone
     with pytest.raises(ValueError, match="width and height"):
         is_small(pd.DataFrame({"path": ["a.jpg"]}))
-
-
-def test_eval_run_round_trips_through_its_folder(tmp_path) -> None:
-    rng = np.random.default_rng(0)
-    y = rng.integers(0, 2, 50)
-    prob = np.clip(0.3 + 0.4 * y + rng.normal(0, 0.2, 50), 0, 1)
-    scores = pd.DataFrame({"path": [f"/x/{i}.jpg" for i in range(50)], "label": y, "generator": "g",
-                           "width": 400, "height": 300, "prob_clean": prob, "prob_jpeg85": prob * 0.9})
-    metrics = {"clean": evaluate_scores(y, prob, 0.5, bootstrap=50),
-               "jpeg85": evaluate_scores(y, prob * 0.9, 0.5, bootstrap=50)}
-    skipped = pd.DataFrame([{"path": "/x/bad.png", "slice": "clean", "reason": "truncated"}])
-    run = EvalRun("r1", 0.5, scores, metrics, skipped, {"data": "somewhere"})
-    back = EvalRun.load(run.save(tmp_path / "run"))
-    assert (tmp_path / "run" / "scores.parquet").is_file() and (tmp_path / "run" / "metrics.json").is_file()
-    assert back.name == "r1" and back.threshold == 0.5 and back.info == {"data": "somewhere"}
-    pd.testing.assert_frame_equal(back.scores, scores)
-    assert back.skipped.to_dict("records") == skipped.to_dict("records")
-    for metric, interval in metrics["jpeg85"]["ci"].items():
-        assert back.metrics["jpeg85"]["ci"][metric] == pytest.approx(interval)
-    assert back.slices == ["clean", "jpeg85"]
-    assert back.deltas().loc["jpeg85", "roc_auc_delta"] == pytest.approx(0.0, abs=1e-12)  # monotone: same ranking
-    with pytest.raises(FileNotFoundError):
-        EvalRun.load(tmp_path)

@@ -36,9 +36,9 @@ from .backbones import Backbone, create_backbone
 from .calibrate import f1_optimal_threshold
 from .data import kfold, manifest_hash, split
 from .detector import Card, Detector, FeatureKind
-from .evaluate import binary_metrics
 from .features import FeatureStore, extract
 from .heads import make_head
+from .metrics import binary_metrics
 from .train import fit_head, head_config, load_features, usable_rows
 
 if TYPE_CHECKING:

@@ -44,8 +44,8 @@ from .backbones import Backbone
 from .calibrate import f1_optimal_threshold
 from .data import manifest_hash
 from .detector import Card, Detector, assemble_features
-from .evaluate import binary_metrics
 from .features import ImageTransform, forward_batches
+from .metrics import binary_metrics
 from .pixels import DEFAULT_MAX_PIXELS
 from .train import usable_rows
 

@@ -72,9 +72,9 @@ from .backbones import Backbone, create_backbone
 from .calibrate import f1_optimal_threshold
 from .data import ManifestError, index, split, three_way_split
 from .detector import Card, Detector
-from .evaluate import binary_metrics
 from .features import num_workers_default
 from .heads import TorchProbe, make_head, train_epoch
+from .metrics import binary_metrics
 from .pixels import DEFAULT_MAX_PIXELS, ImageLoadError, load_image
 from .pixels import Preprocess
 

@@ -30,9 +30,10 @@ from sklearn.calibration import calibration_curve
 from sklearn.metrics import brier_score_loss, precision_recall_curve, roc_curve
 
 from . import __version__
-from .evaluate import gap_table
+from .evaluation import CLEAN, EvalRun, evaluate_detector
+from .metrics import gap_table
 from .pixels import ImageLoadError, load_image
-from .slices import CLEAN, DEFAULT_SLICES, SLICES, EvalRun, evaluate_detector, get_slice
+from .slices import DEFAULT_SLICES, SLICES, get_slice
 
 #: Thumbnails shown per kind of error (false positives, false negatives) and run; bounds the report's size.
 N_THUMBNAILS = 8
