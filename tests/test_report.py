@@ -22,6 +22,7 @@ from synthdet.detector import Detector
 from synthdet.evaluation import EvalRun, evaluate_detector
 from synthdet.report import app, render_report
 from synthdet.slices import is_small
+from synthdet.splits import RowSet
 
 SECTIONS = ("summary", "metrics", "curves", "histograms", "confusion", "reliability", "groups", "robustness", "errors",
             "skipped")
@@ -40,9 +41,12 @@ def evaluated(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Detector,
     csv = small_demo_csv(tmp, 20)
     res = train_detector(csv, backbone="effnet-lite0", head="logreg", n_views=1, cache_dir=tmp / "cache",
                          out=tmp / "det", num_workers=0, progress=False)
+    split = res.manifest["split"]
+    res.detector.card.rows = {role: RowSet.of(res.manifest.loc[split == role, "sha256"]) for role in ("fit", "calib")}
+    res.detector.save(tmp / "det")
     manifest = index(csv, progress=False)
     gone = manifest.iloc[0].copy()
-    gone["path"] = str(tmp / "deleted-after-indexing.jpg")
+    gone["path"], gone["sha256"] = str(tmp / "deleted-after-indexing.jpg"), "f" * 64  # its own content, now gone
     bad = manifest.iloc[1].copy()
     bad["ok"], bad["error"] = False, "truncated"
     unlabelled = manifest.iloc[2].copy()
@@ -50,7 +54,7 @@ def evaluated(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Detector,
     manifest = pd.concat([manifest, pd.DataFrame([gone, bad, unlabelled])], ignore_index=True)
     write_manifest(manifest, tmp / "manifest.csv")
     run = evaluate_detector(res.detector, manifest, slices=["jpeg85", "small"], bootstrap=200, num_workers=0,
-                            progress=False, name="tiny")
+                            name="tiny", on_overlap="flag")  # its training data: every figure in-sample
     return tmp, res.detector, manifest, run
 
 
@@ -154,9 +158,14 @@ def test_report_renders_in_headless_chromium(request: pytest.FixtureRequest, tmp
 def test_commands_evaluate_and_report(evaluated, tmp_path: Path) -> None:
     tmp, *_ = evaluated
     runner = CliRunner()
+    res = runner.invoke(app, ["evaluate", str(tmp / "det"), str(tmp / "manifest.csv"), "-o", str(tmp_path / "x"),
+                              "-s", "small", "--bootstrap", "50", "--workers", "0"], env={"COLUMNS": "200"})
+    assert res.exit_code == 2 and "were used to fit or calibrate this detector" in res.output  # its training data
     res = runner.invoke(app, ["evaluate", str(tmp / "det"), str(tmp / "manifest.csv"), "-o", str(tmp_path / "run"),
-                              "-s", "small", "--bootstrap", "50", "--workers", "0"])
+                              "-s", "small", "--bootstrap", "50", "--workers", "0", "--on-overlap", "flag"],
+                        env={"COLUMNS": "200"})
     assert res.exit_code == 0, res.output
+    assert "in-sample" in res.output
     for name in ("scores.parquet", "metrics.json", "skipped.csv", "report.html"):
         assert (tmp_path / "run" / name).is_file(), name
     assert "ROC AUC" in res.output and "small" in res.output

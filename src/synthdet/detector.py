@@ -24,6 +24,7 @@ from .features import ImageTransform, forward_batches
 from .heads import head_from_state
 from .pixels import DEFAULT_MAX_PIXELS
 from .pixels import Preprocess
+from .splits import RowSet
 
 if TYPE_CHECKING:
     from .ensemble import EnsembleDetector
@@ -49,6 +50,7 @@ class Card(BaseModel):
     prior: float = 0.5  # probability reported for an image that cannot be scored (fraction of fakes seen)
     metrics: dict[str, Any] = {}
     data: dict[str, Any] = {}
+    rows: dict[str, RowSet] = {}  # "fit" / "calib": content hashes the model was fitted / calibrated on
     created: str = ""
 
 

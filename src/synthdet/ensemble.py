@@ -47,6 +47,7 @@ from .detector import Card, Detector, assemble_features
 from .features import ImageTransform, forward_batches
 from .metrics import binary_metrics
 from .pixels import DEFAULT_MAX_PIXELS
+from .splits import RowSet
 from .train import usable_rows
 
 Rule = Literal["mean", "majority", "weighted-majority"]
@@ -112,6 +113,7 @@ class EnsembleCard(BaseModel):
     features: str
     metrics: dict[str, Any] = {}
     data: dict[str, Any] = {}
+    rows: dict[str, RowSet] = {}  # "fit"/"calib": members' rows joined with the ensemble's own calibration rows
     created: str = ""
 
 

@@ -30,7 +30,7 @@ from sklearn.calibration import calibration_curve
 from sklearn.metrics import brier_score_loss, precision_recall_curve, roc_curve
 
 from . import __version__
-from .evaluation import CLEAN, EvalRun, evaluate_detector
+from .evaluation import CLEAN, EvalRun, describe_rows, evaluate_detector
 from .metrics import gap_table
 from .pixels import ImageLoadError, load_image
 from .slices import DEFAULT_SLICES, SLICES, get_slice
@@ -461,7 +461,7 @@ def _slice_names(values: Sequence[str]) -> list[str]:
 
 
 def _summary_table(run: EvalRun) -> Table:
-    table = Table(title=f"{run.name} — threshold {run.threshold:.3f}")
+    table = Table(title=f"{run.name} — threshold {run.threshold:.3f}", caption=f"rows: {describe_rows(run.rows)}")
     for col in ("slice", "n", "ROC AUC", "95% CI", "Δ AUC", "F1", "Δ F1", "accuracy", "Δ acc"):
         table.add_column(col, justify="left" if col == "slice" else "right")
     for s, row in run.deltas().iterrows():
@@ -487,6 +487,8 @@ def evaluate_cmd(
     split: Annotated[Optional[str], typer.Option(help="Only rows of this split (e.g. 'val' in a detector's manifest.csv).")] = None,
     name: Annotated[Optional[str], typer.Option(help="Run name in reports (default: the output folder's name).")] = None,
     thumbnails: Annotated[bool, typer.Option(help="Show the hardest errors as images in the report.")] = True,
+    on_overlap: Annotated[str, typer.Option(help="Images the detector was fitted/calibrated on: refuse, drop them, "
+                                                 "or flag every figure in-sample.")] = "refuse",
 ) -> None:
     """Score DATA clean and under robustness slices; write the run folder and its HTML report."""
     from .data import ManifestError, index
@@ -505,7 +507,7 @@ def evaluate_cmd(
                 raise ManifestError(f"{data}: no split column to select {split!r} from")
             df = df[df["split"] == split]
         run = evaluate_detector(det, df, slices=names, bootstrap=bootstrap, batch_size=batch_size,
-                                num_workers=workers, name=name or out.name)
+                                num_workers=workers, name=name or out.name, on_overlap=on_overlap, progress=True)
     except (ManifestError, FileNotFoundError, ValueError) as e:
         err.print(f"[bold red]error:[/] {e}", soft_wrap=True, highlight=False)
         raise typer.Exit(2) from None
