@@ -8,6 +8,7 @@ import io
 import re
 import shutil
 import subprocess
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -114,6 +115,16 @@ def test_report_single_run(evaluated, tmp_path: Path) -> None:
     check_html(html, 1)
     assert 'id="gap"' not in html  # no reference to compare with
     assert "Robustness slices" in html and "jpeg85" in html and "ROC AUC" in html
+    # its own training data: every figure says in-sample, with the overlap, n and digest of the rows
+    rows = run.metrics["clean"]["rows"]
+    assert rows["status"] == "in-sample" and "tiny [in-sample]" in html and 'class="warn"' in html
+    assert f"in-sample ({rows['n_seen']} of {rows['n']} seen)" in html and rows["digest"] in html
+    held_out = {c: {**m, "rows": {**m["rows"], "status": "held-out", "n_seen": 0}} for c, m in run.metrics.items()}
+    clean = render_report([replace(run, metrics=held_out)], tmp_path / "held-out.html").read_text()
+    assert "in-sample" not in clean and 'class="warn"' not in clean and ">held-out<" in clean
+    old = {c: {k: v for k, v in m.items() if k != "rows"} for c, m in run.metrics.items()}  # saved before rows
+    unknown = render_report([replace(run, metrics=old)], tmp_path / "old.html").read_text()
+    assert "tiny [provenance unknown]" in unknown and 'class="warn"' in unknown
     private = render_report([run], tmp_path / "private.html", thumbnails=False).read_text()
     assert "data:image/jpeg" not in private and "not shown" in private  # a report travels; private data need not
     some = render_report([run], tmp_path / "some.html", thumbnails=lambda p: "real" in Path(p).parts).read_text()
@@ -125,7 +136,9 @@ def test_report_compares_runs_side_by_side(evaluated, tmp_path: Path) -> None:
     other = EvalRun("tiny", run.threshold, run.scores, {"clean": run.metrics["clean"]}, run.skipped, run.info)
     html = render_report([run, other], tmp_path / "cmp.html").read_text()
     check_html(html, 2)
-    assert 'id="gap"' in html and "tiny (2)" in html  # repeated names are told apart
+    assert 'id="gap"' in html and "tiny [in-sample] (2)" in html  # repeated names are told apart
+    odd = render_report([replace(run, name="<i>x</i>")], tmp_path / "odd.html").read_text()
+    assert "&lt;i&gt;x&lt;/i&gt;" in odd and "<i>x</i>" not in odd  # autoescaped
 
 
 def _chromium() -> str | None:
