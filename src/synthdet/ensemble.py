@@ -30,7 +30,7 @@ import shutil
 import time
 from collections.abc import Iterable, Iterator, Sequence
 from pathlib import Path
-from typing import Annotated, Any, Literal, get_args
+from typing import Annotated, Any, Literal, cast, get_args
 
 import numpy as np
 import pandas as pd
@@ -44,7 +44,7 @@ from .backbones import Backbone
 from .calibrate import f1_optimal_threshold
 from .data import manifest_hash
 from .detector import Card, Detector, assemble_features
-from .evaluation import ON_OVERLAP, InSampleError, OnOverlap, describe_rows, provenance
+from .evaluation import ON_OVERLAP, InSampleError, OnOverlap, describe_rows, join_rows, overlap, provenance
 from .features import ImageTransform, forward_batches
 from .metrics import binary_metrics
 from .pixels import DEFAULT_MAX_PIXELS
@@ -266,14 +266,6 @@ def member_rows(member_dir: Path, card: Card) -> dict[str, RowSet] | None:
             "calib": RowSet.of(df.loc[split == "calib", "sha256"])}
 
 
-def _joined(parts: Sequence[dict[str, RowSet]]) -> dict[str, RowSet]:
-    roles: dict[str, set[str]] = {}
-    for rows in parts:
-        for role, rs in rows.items():
-            roles.setdefault(role, set()).update(rs.hashes)
-    return {role: RowSet.of(hashes) for role, hashes in roles.items()}
-
-
 def build_ensemble(
     members: Sequence[str | Path],
     *,
@@ -301,7 +293,8 @@ def build_ensemble(
     df, skipped = usable_rows(calib, progress=progress)
     df = df.drop_duplicates("sha256").reset_index(drop=True)
     per_member = [member_rows(d, m.card) for d, m in zip(ens.member_dirs, ens.members)]
-    seen = None if any(r is None for r in per_member) else _joined(per_member)  # type: ignore[arg-type]
+    known = [r for r in per_member if r is not None]
+    seen = join_rows(known) if len(known) == len(per_member) else None
     before = provenance(df["sha256"], seen)
     dropped = 0
     if before.get("n_seen") and on_overlap == "refuse":
@@ -309,8 +302,8 @@ def build_ensemble(
             f"{before['n_seen']} of the {before['n']} calibration images were used to fit or calibrate a member: "
             f"the ensemble's threshold and figures would be in-sample. Calibrate on images no member has seen (e.g. "
             f"their shared val split), drop the overlap (on_overlap='drop') or flag it (on_overlap='flag')")
-    if before.get("n_seen") and on_overlap == "drop":
-        unseen = ~df["sha256"].isin(set().union(*(rs.overlap(df["sha256"]) for rs in seen.values())))
+    if seen is not None and before["n_seen"] and on_overlap == "drop":
+        unseen = ~df["sha256"].isin(overlap(seen, df["sha256"]))
         dropped = int((~unseen).sum())
         df = df[unseen].reset_index(drop=True)
         if df["label"].nunique() < 2:
@@ -330,14 +323,13 @@ def build_ensemble(
     rows = {**provenance(shas, seen), "threshold_tuned_here": True}  # held-out from the members, not from the threshold
     ens.card.metrics = {"calib": {**binary_metrics(y, prob, threshold=ens.card.threshold), "rows": rows},
                         "members": each}
-    ens.card.rows = _joined([*(r for r in per_member if r is not None), {"calib": RowSet.of(shas)}])
+    ens.card.rows = join_rows([*known, {"calib": RowSet.of(shas)}])
     if seen is None:
         ens.card.rows.pop("fit", None)  # some member's rows are unknown: so are the ensemble's
     ens.card.data = {"calib": {
         "manifest_hash": manifest_hash(df[ok]), "n_images": int(ok.sum()), "skipped": len(skipped) + int((~ok).sum()),
         "dropped_seen": dropped, "on_overlap": on_overlap,
-        "seen_by_members": {n: None if r is None else len(set().union(*(rs.overlap(shas) for rs in r.values())))
-                            for n, r in zip(ens.card.names, per_member)},
+        "seen_by_members": {n: None if r is None else len(overlap(r, shas)) for n, r in zip(ens.card.names, per_member)},
     }}
     ens.save(out, copy_members=copy_members)
     return ens
@@ -368,7 +360,7 @@ def ensemble_command(
         raise typer.BadParameter(f"--weights must be comma-separated numbers, not {weights!r}") from None
     try:
         ens = build_ensemble(members, calib=calib, out=out, rule=rule, weights=w, batch_size=batch_size,
-                             num_workers=workers, on_overlap=on_overlap, progress=True)
+                             num_workers=workers, on_overlap=cast(OnOverlap, on_overlap), progress=True)
     except (ManifestError, WeightsNotFoundError, FileNotFoundError, ValueError) as e:
         err.print(f"[bold red]error:[/] {e}", soft_wrap=True, highlight=False)
         raise typer.Exit(2) from None

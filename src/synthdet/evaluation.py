@@ -30,6 +30,7 @@ from .splits import RowSet
 
 if TYPE_CHECKING:
     from .detector import Detector
+    from .ensemble import EnsembleDetector
 
 #: Name of the unaltered condition in an :class:`EvalRun`.
 CLEAN = "clean"
@@ -55,13 +56,23 @@ def seen_rows(detector: Any) -> dict[str, RowSet] | None:
     if not members:
         return None
     parts = [seen_rows(m) for m in members]
-    if any(p is None for p in parts):
-        return None
+    known = [p for p in parts if p is not None]
+    return join_rows([*known, own]) if len(known) == len(parts) else None
+
+
+def join_rows(parts: Iterable[dict[str, RowSet]]) -> dict[str, RowSet]:
+    """Rows per role joined over several records (an ensemble's members and its own calibration rows)."""
     roles: dict[str, set[str]] = {}
-    for rows in (*parts, own):
+    for rows in parts:
         for role, rs in rows.items():
             roles.setdefault(role, set()).update(rs.hashes)
     return {role: RowSet.of(hashes) for role, hashes in roles.items()}
+
+
+def overlap(seen: dict[str, RowSet], shas: Iterable[str]) -> set[str]:
+    """The hashes among ``shas`` that were seen in any role."""
+    shas = list(shas)
+    return set().union(*(rs.overlap(shas) for rs in seen.values()))
 
 
 def provenance(shas: Iterable[str], seen: dict[str, RowSet] | None) -> dict[str, Any]:
@@ -71,10 +82,9 @@ def provenance(shas: Iterable[str], seen: dict[str, RowSet] | None) -> dict[str,
     rows = RowSet.of(shas)
     if seen is None:
         return {"n": rows.n, "digest": rows.digest, "status": UNKNOWN}
-    hit = {role: rs.overlap(rows.hashes) for role, rs in seen.items()}
-    n_seen = len(set().union(*hit.values()))
+    n_seen = len(overlap(seen, rows.hashes))
     return {"n": rows.n, "digest": rows.digest, "status": IN_SAMPLE if n_seen else HELD_OUT, "n_seen": n_seen,
-            "seen": {role: len(h) for role, h in hit.items()}}
+            "seen": {role: len(rs.overlap(rows.hashes)) for role, rs in seen.items()}}
 
 
 def describe_rows(rows: dict[str, Any]) -> str:
@@ -151,7 +161,7 @@ def _group_columns(df: pd.DataFrame, columns: Sequence[str]) -> dict[str, np.nda
 
 
 def evaluate_detector(
-    detector: Detector,
+    detector: Detector | EnsembleDetector,
     manifest: pd.DataFrame,
     *,
     slices: Sequence[str] = DEFAULT_SLICES,
@@ -206,7 +216,7 @@ def evaluate_detector(
                 f"images, drop the overlap (on_overlap='drop', CLI --on-overlap drop) or label every figure "
                 f"in-sample (on_overlap='flag')")
         if before["n_seen"] and on_overlap == "drop":
-            held_out = ~scores["sha256"].isin(set().union(*(rs.overlap(scores["sha256"]) for rs in seen.values())))
+            held_out = ~scores["sha256"].isin(overlap(seen, scores["sha256"]))
             dropped = int((~held_out).sum())
             scores = scores[held_out].reset_index(drop=True)
     if scores.empty or scores["label"].nunique() < 2:

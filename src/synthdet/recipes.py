@@ -308,10 +308,10 @@ def run_cmd(
         raise typer.BadParameter(str(e)) from None
     table = Table("step", "kind", "backbone", "ROC AUC", "AP", "F1 (tuned)", "rows", title=f"{name} → {out}",
                   caption="figures on held-out rows only; others are in recipe.json under not_held_out")
-    for sid, e in record["steps"].items():
-        m = e.get("metrics", {})
+    for sid, entry in record["steps"].items():
+        m = entry.get("metrics", {})
         cells = [f"{m[k]:.4f}" if isinstance(m.get(k), float) else "-" for k in ("roc_auc", "ap", "f1_tuned")]
         rows = m.get("rows", {})
-        table.add_row(sid, e["kind"], str(e["backbone"] or "-"), *cells,
+        table.add_row(sid, entry["kind"], str(entry["backbone"] or "-"), *cells,
                       f"{rows.get('role', '')} {rows.get('status', '-')} n={rows.get('n', '?')}")
     console.print(table)

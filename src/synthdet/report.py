@@ -17,12 +17,13 @@ import time
 from collections.abc import Callable, Sequence
 from dataclasses import replace
 from pathlib import Path
-from typing import Annotated, Any, Optional
+from typing import Annotated, Any, Optional, cast
 
 import jinja2
 import numpy as np
 import typer
 from matplotlib import colormaps
+from matplotlib.colors import to_hex
 from matplotlib.figure import Figure
 from rich.console import Console
 from rich.table import Table
@@ -31,7 +32,7 @@ from sklearn.metrics import brier_score_loss, precision_recall_curve, roc_curve
 
 from . import __version__
 from .atomic import write_text
-from .evaluation import CLEAN, HELD_OUT, UNKNOWN, EvalRun, describe_rows, evaluate_detector
+from .evaluation import CLEAN, HELD_OUT, UNKNOWN, EvalRun, OnOverlap, describe_rows, evaluate_detector
 from .metrics import gap_table
 from .pixels import ImageLoadError, load_image
 from .slices import DEFAULT_SLICES, SLICES, get_slice
@@ -42,15 +43,12 @@ THUMB_PX = 150
 #: Skipped files listed per run (the rest are in the run's skipped.csv).
 N_SKIPPED = 20
 _DPI = 96
-_COLORS = colormaps["tab10"].colors
+#: Run colours (tab10), as hex: matplotlib draws with them, the template paints the swatches.
+_COLORS = [to_hex(colormaps["tab10"](i)) for i in range(10)]
 
 
-def _num(v: object, digits: int = 3) -> str:
+def _num(v: Any, digits: int = 3) -> str:
     return "–" if v is None or (isinstance(v, float) and math.isnan(v)) else f"{float(v):.{digits}f}"
-
-
-def _hex(rgb: Sequence[float]) -> str:
-    return "#" + "".join(f"{int(255 * c):02x}" for c in rgb[:3])
 
 
 @functools.cache
@@ -293,7 +291,7 @@ def render_report(
                "reliability", "groups", "errors", "skipped"]
     doc = _template().render(
         title=title, version=__version__, rendered=time.strftime("%Y-%m-%d %H:%M"), anchors=anchors,
-        colors=[_hex(c) for c in _COLORS], bootstrap=runs[0].metrics[CLEAN].get("bootstrap", {}),
+        colors=_COLORS, bootstrap=runs[0].metrics[CLEAN].get("bootstrap", {}),
         runs=[{"name": r.name, "describe": _describe(r), "data": str(r.info.get("data", "")), "threshold": r.threshold,
                "clean": r.metrics[CLEAN], "rows": _rows(r), "n_skipped": len(r.skipped),
                "skipped": r.skipped.head(N_SKIPPED).to_dict("records")} for r in runs],
@@ -391,7 +389,7 @@ def evaluate_cmd(
                 raise ManifestError(f"{data}: no split column to select {split!r} from")
             df = df[df["split"] == split]
         run = evaluate_detector(det, df, slices=names, bootstrap=bootstrap, batch_size=batch_size,
-                                num_workers=workers, name=name or out.name, on_overlap=on_overlap, progress=True)
+                                num_workers=workers, name=name or out.name, on_overlap=cast(OnOverlap, on_overlap), progress=True)
     except (ManifestError, FileNotFoundError, ValueError) as e:
         err.print(f"[bold red]error:[/] {e}", soft_wrap=True, highlight=False)
         raise typer.Exit(2) from None
