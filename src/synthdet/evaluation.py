@@ -123,8 +123,13 @@ class EvalRun:
 
     @property
     def rows(self) -> dict[str, Any]:
-        """Provenance of the clean figures (:func:`provenance`); runs saved before it was recorded: unknown."""
-        return self.metrics.get(CLEAN, {}).get("rows") or {"n": len(self.scores), "digest": "?", "status": UNKNOWN}
+        """Provenance of the clean figures (:func:`provenance`)."""
+        return self.rows_for(CLEAN)
+
+    def rows_for(self, condition: str) -> dict[str, Any]:
+        """Provenance of one condition's figures; runs saved before it was recorded: unknown."""
+        m = self.metrics[condition]
+        return m.get("rows") or {"n": m["n"], "digest": "?", "status": UNKNOWN}
 
     def save(self, folder: str | Path) -> Path:
         folder = Path(folder)

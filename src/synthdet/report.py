@@ -32,7 +32,7 @@ from sklearn.metrics import brier_score_loss, precision_recall_curve, roc_curve
 
 from . import __version__
 from .atomic import write_text
-from .evaluation import CLEAN, HELD_OUT, UNKNOWN, EvalRun, OnOverlap, describe_rows, evaluate_detector
+from .evaluation import CLEAN, HELD_OUT, EvalRun, OnOverlap, describe_rows, evaluate_detector
 from .metrics import gap_table
 from .pixels import ImageLoadError, load_image
 from .slices import DEFAULT_SLICES, SLICES, get_slice
@@ -225,7 +225,7 @@ def _robustness(runs: list[EvalRun]) -> dict[str, Any] | None:
         slices = []
         for s in d.index:
             known = SLICES[s].description if s in SLICES else ""
-            slices.append({"name": s, "m": r.metrics[s], "d": d.loc[s].to_dict(), "rows": _rows(r, s),
+            slices.append({"name": s, "m": r.metrics[s], "d": d.loc[s].to_dict(), "rows": r.rows_for(s),
                            "what": "unaltered images" if s == CLEAN else r.info.get("slices", {}).get(s, known)})
         per_run.append({"name": r.name, "slices": slices, "empty": r.info.get("empty_slices", [])})
     return {"plot": _png(fig), "runs": per_run}
@@ -260,11 +260,6 @@ def _errors(runs: list[EvalRun], show: Callable[[str], bool]) -> list[dict[str, 
     return out
 
 
-def _rows(run: EvalRun, condition: str = CLEAN) -> dict[str, Any]:
-    """Provenance of a condition's figures; runs saved before it was recorded: unknown."""
-    return run.metrics[condition].get("rows") or {"n": run.metrics[condition]["n"], "digest": "?", "status": UNKNOWN}
-
-
 def render_report(
     runs: Sequence[EvalRun],
     out: str | Path,
@@ -293,9 +288,9 @@ def render_report(
         title=title, version=__version__, rendered=time.strftime("%Y-%m-%d %H:%M"), anchors=anchors,
         colors=_COLORS, bootstrap=runs[0].metrics[CLEAN].get("bootstrap", {}),
         runs=[{"name": r.name, "describe": _describe(r), "data": str(r.info.get("data", "")), "threshold": r.threshold,
-               "clean": r.metrics[CLEAN], "rows": _rows(r), "n_skipped": len(r.skipped),
+               "clean": r.metrics[CLEAN], "rows": r.rows, "n_skipped": len(r.skipped),
                "skipped": r.skipped.head(N_SKIPPED).to_dict("records")} for r in runs],
-        not_held_out=[r.name for r in runs if _rows(r)["status"] != HELD_OUT],
+        not_held_out=[r.name for r in runs if r.rows["status"] != HELD_OUT],
         gap=gap, robustness=robustness, groups=groups, errors=_errors(runs, show),
         plots={"curves": _curves(runs), "histograms": _histograms(runs), "confusion": _confusions(runs),
                "reliability": _reliability(runs)},
@@ -305,7 +300,7 @@ def render_report(
 
 def _labelled(runs: Sequence[EvalRun]) -> list[EvalRun]:
     """Runs whose clean figures are not held-out renamed ``name [in-sample]`` / ``name [provenance unknown]``."""
-    return [r if _rows(r)["status"] == HELD_OUT else replace(r, name=f"{r.name} [{_rows(r)['status']}]") for r in runs]
+    return [r if r.rows["status"] == HELD_OUT else replace(r, name=f"{r.name} [{r.rows['status']}]") for r in runs]
 
 
 def _unique_names(runs: Sequence[EvalRun]) -> list[EvalRun]:
@@ -322,7 +317,7 @@ def _describe(run: EvalRun) -> str:
     d = run.info.get("detector", {})
     parts = [f"{d.get('backbone', '?')} + {d.get('head', '?')} ({d.get('features', '?')})" if d else "",
              f"detector {d['path']}" if d.get("path") else "", f"data {run.info['data']}" if run.info.get("data") else "",
-             f"threshold {run.threshold:.3f}", f"rows {describe_rows(_rows(run))}", run.info.get("created", "")]
+             f"threshold {run.threshold:.3f}", f"rows {describe_rows(run.rows)}", run.info.get("created", "")]
     return " · ".join(p for p in parts if p)
 
 
@@ -343,7 +338,8 @@ def _slice_names(values: Sequence[str]) -> list[str]:
 
 
 def _summary_table(run: EvalRun) -> Table:
-    table = Table(title=f"{run.name} — threshold {run.threshold:.3f}", caption=f"rows: {describe_rows(run.rows)}")
+    label = "" if run.rows["status"] == HELD_OUT else f" [{run.rows['status']}]"  # on every figure of the table
+    table = Table(title=f"{run.name}{label} — threshold {run.threshold:.3f}", caption=f"rows: {describe_rows(run.rows)}")
     for col in ("slice", "n", "ROC AUC", "95% CI", "Δ AUC", "F1", "Δ F1", "accuracy", "Δ acc"):
         table.add_column(col, justify="left" if col == "slice" else "right")
     for s, row in run.deltas().iterrows():
