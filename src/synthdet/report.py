@@ -224,7 +224,7 @@ def _robustness(runs: list[EvalRun]) -> dict[str, Any] | None:
     for r, d in zip(runs, deltas):
         slices = []
         for s in d.index:
-            known = SLICES[s].description if s in SLICES else ""
+            known = get_slice(s).description if s in SLICES else ""
             slices.append({"name": s, "m": r.metrics[s], "d": d.loc[s].to_dict(), "rows": r.rows_for(s),
                            "what": "unaltered images" if s == CLEAN else r.info.get("slices", {}).get(s, known)})
         per_run.append({"name": r.name, "slices": slices, "empty": r.info.get("empty_slices", [])})

@@ -17,6 +17,8 @@ import numpy as np
 import pandas as pd
 from PIL import Image, ImageFilter
 
+from .registry import Registry
+
 #: Short side below which an image belongs to the "small" bucket (Lean 2026, Table 2).
 SMALL_SIDE = 512
 #: Long side that the "social" slice resizes to, like the common feed resolution of social platforms.
@@ -107,22 +109,26 @@ class Slice:
         return self.transform(img, key) if self.transform is not None else img
 
 
-SLICES: dict[str, Slice] = {
-    s.name: s
-    for s in (
-        *(Slice(f"jpeg{q}", f"JPEG re-encode at quality {q}", partial(jpeg, quality=q)) for q in (95, 85, 75, 50)),
-        *(Slice(f"resize{f}", f"downscale ×{f}, then back up to the original size", partial(down_up, factor=f))
-          for f in (0.5, 0.25)),
-        Slice("launder", "random-resized crop of 60–90 % area, resized back, JPEG 90", launder),
-        Slice("social", f"long side ≤ {SOCIAL_LONG_SIDE} px, then JPEG 85", social),
-        Slice("blur", "Gaussian blur, σ = 1.5", blur),
-        Slice("small", f"subset: images whose short side is below {SMALL_SIDE} px", select=is_small),
-    )
-}
+#: Every slice by name (``synthdet.registry``): a new condition is one more registered :class:`Slice`.
+SLICES: Registry[Slice] = Registry("slice")
+
+
+def _register(*slices: Slice) -> None:
+    for s in slices:
+        SLICES.add(s.name, s, description=s.description)
+
+
+_register(
+    *(Slice(f"jpeg{q}", f"JPEG re-encode at quality {q}", partial(jpeg, quality=q)) for q in (95, 85, 75, 50)),
+    *(Slice(f"resize{f}", f"downscale ×{f}, then back up to the original size", partial(down_up, factor=f))
+      for f in (0.5, 0.25)),
+    Slice("launder", "random-resized crop of 60–90 % area, resized back, JPEG 90", launder),
+    Slice("social", f"long side ≤ {SOCIAL_LONG_SIDE} px, then JPEG 85", social),
+    Slice("blur", "Gaussian blur, σ = 1.5", blur),
+    Slice("small", f"subset: images whose short side is below {SMALL_SIDE} px", select=is_small),
+)
 
 
 def get_slice(name: str) -> Slice:
-    try:
-        return SLICES[name]
-    except KeyError:
-        raise ValueError(f"unknown slice {name!r}; choose from {', '.join(SLICES)}") from None
+    """The registered slice ``name``; an unknown name raises a ValueError listing the valid ones."""
+    return SLICES.get(name)
