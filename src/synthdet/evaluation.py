@@ -17,7 +17,7 @@ import time
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Literal
+from typing import TYPE_CHECKING, Any, Literal, get_args
 
 import numpy as np
 import pandas as pd
@@ -37,7 +37,7 @@ CLEAN = "clean"
 
 #: What ``evaluate_detector`` does with rows the detector was fitted or calibrated on.
 OnOverlap = Literal["refuse", "flag", "drop"]
-ON_OVERLAP: tuple[str, ...] = ("refuse", "flag", "drop")
+ON_OVERLAP: tuple[str, ...] = get_args(OnOverlap)
 HELD_OUT, IN_SAMPLE, UNKNOWN = "held-out", "in-sample", "provenance unknown"
 
 

@@ -110,19 +110,19 @@ def _saved_step(out: Path, step: Step) -> dict[str, Any] | None:
     return json.loads(path.read_text())
 
 
-def _rows(det_dir: Path, role: str = "val") -> dict[str, Any]:
-    """Provenance of a trained step's figures: its manifest's ``role`` split, against the rows it was fitted or
+def _val_rows(det_dir: Path) -> dict[str, Any]:
+    """Provenance of a trained step's figures: its manifest's ``val`` split, against the rows it was fitted or
     calibrated on."""
     from .detector import Card
     from .ensemble import member_rows
     from .evaluation import UNKNOWN, provenance
 
     manifest = det_dir / "manifest.csv"
-    if not manifest.is_file():
-        return {"role": role, "status": UNKNOWN}
-    df = pd.read_csv(manifest, usecols=lambda c: c in ("sha256", "split"))
+    df = pd.read_csv(manifest, usecols=lambda c: c in ("sha256", "split")) if manifest.is_file() else pd.DataFrame()
+    if "split" not in df:
+        return {"role": "val", "status": UNKNOWN}
     card = Card.model_validate_json((det_dir / "card.json").read_text())
-    return {"role": role, **provenance(df.loc[df.get("split") == role, "sha256"], member_rows(det_dir, card))}
+    return {"role": "val", **provenance(df.loc[df["split"] == "val", "sha256"], member_rows(det_dir, card))}
 
 
 def run_recipe(
@@ -203,13 +203,13 @@ def run_recipe(
             res = train_detector(frame(train_src), backbone=backbone, head=step.head or "linear",
                                  features=step.features, n_views=step.views, cache_dir=cache_dir,
                                  num_workers=num_workers, out=detector_dir(out, step))
-            entry["metrics"] = _summary(res.metrics, _rows(detector_dir(out, step)))
+            entry["metrics"] = _summary(res.metrics, _val_rows(detector_dir(out, step)))
         elif step.kind == "finetune":
             cfg = recipe_config(step.finetune, **step.overrides, epochs=epochs, num_workers=num_workers)
             init = detector_dir(out, by_id[step.init]) if step.init else None
             _, metrics = finetune_detector(list(train_src), backbone=None if init else backbone, init=init, cfg=cfg,
                                            out=out / step.id)
-            entry["metrics"] = _summary(metrics, _rows(detector_dir(out, step)))
+            entry["metrics"] = _summary(metrics, _val_rows(detector_dir(out, step)))
         elif step.kind == "ensemble":  # calibrated on the rows of its data that no member has seen
             members = [detector_dir(out, by_id[m]) for m in step.members]
             ens = build_ensemble(members, calib=frame(data_src), out=detector_dir(out, step), rule=step.rule,
