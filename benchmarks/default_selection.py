@@ -22,9 +22,9 @@ from rich.table import Table
 
 from synthdet.backbones import create_backbone
 from synthdet.data import index, split
-from synthdet.evaluate import binary_metrics
 from synthdet.features import FeatureStore, extract
 from synthdet.heads import make_head
+from synthdet.metrics import binary_metrics
 from synthdet.train import load_features
 
 SHARED = Path(__file__).resolve().parents[2] / "shared" / "data" / "dev" / "manifest.csv"

@@ -39,7 +39,7 @@ from _common import ROOT, data_missing, dev_data_parser  # noqa: E402 - also put
 from synthdet.backbones import create_backbone  # noqa: E402
 from synthdet.calibrate import f1_optimal_threshold  # noqa: E402
 from synthdet.data import index  # noqa: E402
-from synthdet.evaluate import binary_metrics  # noqa: E402
+from synthdet.metrics import binary_metrics  # noqa: E402
 from synthdet.features import FeatureStore, extract  # noqa: E402
 from synthdet.data import three_way_split  # noqa: E402
 from synthdet.finetune import FineTuneConfig, finetune, score_items  # noqa: E402

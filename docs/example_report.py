@@ -22,8 +22,8 @@ import pandas as pd
 
 from synthdet.data import index
 from synthdet.demo import demo_data_dir
+from synthdet.evaluation import EvalRun, evaluate_detector
 from synthdet.report import render_report
-from synthdet.slices import EvalRun, evaluate_detector
 from synthdet.train import train_detector
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -53,7 +53,7 @@ def evaluate(data: Path, cache: Path | None) -> EvalRun:
         res = train_detector(demo_data_dir() / "manifest.csv", head="logreg", features="concat", n_views=4,
                              cache_dir=cache, out=Path(tmp) / "det")
         return evaluate_detector(res.detector, unseen, slices=SLICES,
-                                 name="demo detector on unseen development images")
+                                 name="demo detector on unseen development images", on_overlap="drop")
 
 
 def main() -> None:

@@ -172,9 +172,9 @@ def test_open_clip_tag_loads_from_the_hugging_face_cache_offline(tmp_path: Path,
     import huggingface_hub.constants as hf_constants
     import open_clip
     import torch
+    from tiny_clip import tiny_clip_checkpoint
 
     from synthdet.backbones import open_clip_cached_file
-    from tiny_clip import tiny_clip_checkpoint
 
     name, weights = tiny_clip_checkpoint(tmp_path / "cfg")
     arch = name.split(":", 1)[1]

@@ -8,15 +8,13 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
-
 from conftest import small_demo_csv
+
 from synthdet.calibrate import f1_optimal_threshold
 from synthdet.data import index
 from synthdet.demo import demo_data_dir
 from synthdet.detector import Detector, default_detector_path
 from synthdet.train import load_features, train_detector
-
-
 
 
 @pytest.fixture(scope="module")

@@ -12,7 +12,9 @@ import pytest
 from synthdet.calibrate import f1_optimal_threshold
 from synthdet.demo import demo_data_dir
 from synthdet.detector import Detector
-from synthdet.ensemble import EnsembleDetector, _seen, build_ensemble, combine, ensemble_command, validation_f1
+from synthdet.ensemble import EnsembleDetector, build_ensemble, combine, ensemble_command, member_rows, validation_f1
+from synthdet.evaluation import HELD_OUT, IN_SAMPLE, InSampleError, seen_rows
+from synthdet.splits import RowSet
 from synthdet.train import train_detector
 
 
@@ -115,6 +117,7 @@ def test_ensemble_folder_is_self_contained_and_loads_as_a_detector(members, mean
     assert all((mean_ensemble / m / "head.safetensors").is_file() for m in card["members"])
     assert card["data"]["calib"]["n_images"] == 24 and card["data"]["calib"]["seen_by_members"] == {
         "m0-det-logreg": 0, "m1-det-linear": 0}
+    assert card["metrics"]["calib"]["rows"]["status"] == "held-out" and card["metrics"]["calib"]["rows"]["n"] == 24
     ens = Detector.load(mean_ensemble)
     assert isinstance(ens, EnsembleDetector) and len(ens.groups) == 1  # same backbone: one forward pass
     assert [m.card.head for m in ens.members] == ["logreg", "linear"]
@@ -174,10 +177,40 @@ def test_weighted_majority_reads_member_f1_and_calibrates_a_vote_quota(members) 
     assert loaded.threshold == pytest.approx(f1_optimal_threshold(calib["label"].to_numpy(), votes))
 
 
-def test_calibration_images_a_member_was_fitted_on_are_counted(members) -> None:
+def test_member_rows_fall_back_to_the_manifest_of_a_detector_saved_without_them(members) -> None:
     _, dirs = members
     det = Detector.load(dirs[0])
     manifest = pd.read_csv(dirs[0] / "manifest.csv")
-    assert _seen(dirs[0], det.card, set(manifest["sha256"])) == int((manifest["split"] != "val").sum())
+    det.card.rows = {}
+    rows = member_rows(dirs[0], det.card)
+    assert rows["fit"] == RowSet.of(manifest.loc[manifest["split"] == "fit", "sha256"])
+    assert rows["calib"] == RowSet.of(manifest.loc[manifest["split"] == "calib", "sha256"])
+    det.card.rows = {"fit": RowSet.of(["ab" * 8])}
+    assert member_rows(dirs[0], det.card) == {"fit": RowSet.of(["ab" * 8])}  # the card's own record wins
     with pytest.raises(ValueError, match="at least two"):
         EnsembleDetector.from_members(dirs[:1])
+
+
+def test_calibrating_on_the_members_training_rows_is_refused(members) -> None:
+    tmp, dirs = members
+    with pytest.raises(InSampleError, match=r"\d+ of the 32 calibration images were used to fit or calibrate"):
+        build_ensemble(dirs, calib=tmp / "train.csv", out=tmp / "ens-refused", num_workers=0)
+    assert not (tmp / "ens-refused").exists()
+
+
+def test_drop_calibrates_on_the_rows_no_member_has_seen_and_flag_says_in_sample(members) -> None:
+    tmp, dirs = members
+    manifest = pd.read_csv(dirs[0] / "manifest.csv")
+    val = set(manifest.loc[manifest["split"] == "test", "sha256"])
+    ens = build_ensemble(dirs, calib=tmp / "train.csv", out=tmp / "ens-drop", on_overlap="drop", copy_members=False,
+                         num_workers=0)
+    rows = ens.card.metrics["calib"]["rows"]
+    assert rows["status"] == HELD_OUT and rows["n"] == len(val) and rows["digest"] == RowSet.of(val).digest
+    assert ens.card.data["calib"]["dropped_seen"] == 32 - len(val)
+    seen = seen_rows(Detector.load(tmp / "ens-drop"))  # the ensemble has seen its members' rows and its calibration
+    assert set(seen["fit"].hashes) == {s[:16] for s in manifest.loc[manifest["split"] == "fit", "sha256"]}
+    assert {s[:16] for s in val} <= set(seen["calib"].hashes)
+    flagged = build_ensemble(dirs, calib=tmp / "train.csv", out=tmp / "ens-flag", on_overlap="flag",
+                             copy_members=False, num_workers=0)
+    rows = flagged.card.metrics["calib"]["rows"]
+    assert rows["status"] == IN_SAMPLE and rows["n"] == 32 and rows["n_seen"] == 32 - len(val)

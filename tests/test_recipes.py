@@ -1,4 +1,5 @@
-"""Recipes: every config is valid and cites its paper; a probe recipe runs end to end with a substituted backbone."""
+"""Recipes: every config is valid and cites its paper; a probe recipe runs end to end with a substituted backbone; an
+ensemble step is calibrated on rows no member has seen; steps are keyed by their inputs."""
 
 from __future__ import annotations
 
@@ -14,7 +15,8 @@ from synthdet.cli import app
 from synthdet.demo import demo_data_dir
 from synthdet.finetune import RECIPES
 from synthdet.heads import HEADS
-from synthdet.recipes import _with_dependencies, get_recipe, load_recipes
+from synthdet.recipes import Recipe, Step, _with_dependencies, get_recipe, load_recipes, run_recipe
+from synthdet.splits import RowSet
 
 SEEDS = Path(__file__).resolve().parents[2] / "shared" / "seeds"
 
@@ -75,3 +77,45 @@ def test_probe_recipe_runs_with_substituted_backbone(tmp_path: Path, monkeypatch
     res = CliRunner().invoke(app, ["recipes", "run", "junaid2026-constrained", str(tmp_path / "d.csv"), "-o", str(out),
                                    "--fallback", "effnet-lite0", "--workers", "0"], env={"COLUMNS": "200"})
     assert res.exit_code == 0 and res.output.count("done already") == 2
+
+
+def demo_csv(path: Path, first: int, n: int) -> Path:
+    src = pd.read_csv(demo_data_dir() / "manifest.csv")
+    part = pd.concat([src[src.label == c].iloc[first:first + n] for c in (0, 1)])
+    part.assign(path=[str(demo_data_dir() / p) for p in part.path]).to_csv(path, index=False)
+    return path
+
+
+def test_recipe_ensemble_is_calibrated_and_reported_on_rows_no_member_has_seen_and_steps_are_keyed_by_inputs(
+    tmp_path: Path,
+) -> None:
+    recipe = Recipe(name="tiny-vote", title="two probes and their mean", cites="test", steps=[
+        Step(id="a", kind="probe", backbone="effnet-lite0", head="logreg", views=1),
+        Step(id="b", kind="probe", backbone="effnet-lite0", head="linear", views=1),
+        Step(id="vote", kind="ensemble", members=["a", "b"]),
+    ])
+    data, out, logs = demo_csv(tmp_path / "d.csv", 0, 20), tmp_path / "run", []
+    kw = {"out": out, "cache_dir": tmp_path / "cache", "num_workers": 0, "log": logs.append}
+    record = run_recipe(recipe, [data], **kw)
+    members = [pd.read_csv(out / m / "manifest.csv") for m in ("a", "b")]
+    seen = set().union(*(m.loc[~m["split"].isin(["test", "val"]), "sha256"] for m in members))
+    val = set(members[0].loc[members[0]["split"].isin(["test", "val"]), "sha256"])
+    vote = record["steps"]["vote"]["metrics"]
+    assert vote["rows"]["status"] == "held-out" and vote["rows"]["n"] == len(val) < 40
+    assert vote["rows"]["digest"] == RowSet.of(val).digest and not val & seen
+    assert record["steps"]["vote"]["calibrated_on"]["dropped_seen"] == 40 - len(val)
+    for sid in ("a", "b"):
+        rows = record["steps"][sid]["metrics"]["rows"]
+        assert rows["role"] == "val" and rows["status"] == "held-out" and rows["n"] == len(val)
+    # the same inputs: every step reused, and it says so
+    logs.clear()
+    again = run_recipe(recipe, [data], **kw)
+    assert sum("done already, same inputs" in line for line in logs) == 3
+    assert again["steps"]["vote"]["metrics"] == vote
+    # other data: the members are trained again, not silently reused
+    logs.clear()
+    first_card = json.loads((out / "a" / "card.json").read_text())
+    run_recipe(recipe, [demo_csv(tmp_path / "other.csv", 20, 20)], steps=["a"], **kw)
+    assert any("a: inputs changed" in line for line in logs) and not any("done already" in line for line in logs)
+    card = json.loads((out / "a" / "card.json").read_text())
+    assert card["data"]["manifest_hash"] != first_card["data"]["manifest_hash"]

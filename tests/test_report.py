@@ -8,19 +8,22 @@ import io
 import re
 import shutil
 import subprocess
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 import pytest
+from conftest import small_demo_csv
 from PIL import Image
 from typer.testing import CliRunner
 
-from conftest import small_demo_csv
 from synthdet.data import index, write_manifest
 from synthdet.detector import Detector
+from synthdet.evaluation import EvalRun, evaluate_detector
 from synthdet.report import app, render_report
-from synthdet.slices import EvalRun, evaluate_detector, is_small
+from synthdet.slices import is_small
+from synthdet.splits import RowSet
 
 SECTIONS = ("summary", "metrics", "curves", "histograms", "confusion", "reliability", "groups", "robustness", "errors",
             "skipped")
@@ -39,9 +42,12 @@ def evaluated(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Detector,
     csv = small_demo_csv(tmp, 20)
     res = train_detector(csv, backbone="effnet-lite0", head="logreg", n_views=1, cache_dir=tmp / "cache",
                          out=tmp / "det", num_workers=0, progress=False)
+    split = res.manifest["split"]
+    res.detector.card.rows = {role: RowSet.of(res.manifest.loc[split == role, "sha256"]) for role in ("fit", "calib")}
+    res.detector.save(tmp / "det")
     manifest = index(csv, progress=False)
     gone = manifest.iloc[0].copy()
-    gone["path"] = str(tmp / "deleted-after-indexing.jpg")
+    gone["path"], gone["sha256"] = str(tmp / "deleted-after-indexing.jpg"), "f" * 64  # its own content, now gone
     bad = manifest.iloc[1].copy()
     bad["ok"], bad["error"] = False, "truncated"
     unlabelled = manifest.iloc[2].copy()
@@ -49,7 +55,7 @@ def evaluated(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Detector,
     manifest = pd.concat([manifest, pd.DataFrame([gone, bad, unlabelled])], ignore_index=True)
     write_manifest(manifest, tmp / "manifest.csv")
     run = evaluate_detector(res.detector, manifest, slices=["jpeg85", "small"], bootstrap=200, num_workers=0,
-                            progress=False, name="tiny")
+                            name="tiny", on_overlap="flag")  # its training data: every figure in-sample
     return tmp, res.detector, manifest, run
 
 
@@ -109,6 +115,16 @@ def test_report_single_run(evaluated, tmp_path: Path) -> None:
     check_html(html, 1)
     assert 'id="gap"' not in html  # no reference to compare with
     assert "Robustness slices" in html and "jpeg85" in html and "ROC AUC" in html
+    # its own training data: every figure says in-sample, with the overlap, n and digest of the rows
+    rows = run.metrics["clean"]["rows"]
+    assert rows["status"] == "in-sample" and "tiny [in-sample]" in html and 'class="warn"' in html
+    assert f"in-sample ({rows['n_seen']} of {rows['n']} seen)" in html and rows["digest"] in html
+    held_out = {c: {**m, "rows": {**m["rows"], "status": "held-out", "n_seen": 0}} for c, m in run.metrics.items()}
+    clean = render_report([replace(run, metrics=held_out)], tmp_path / "held-out.html").read_text()
+    assert "in-sample" not in clean and 'class="warn"' not in clean and ">held-out<" in clean
+    old = {c: {k: v for k, v in m.items() if k != "rows"} for c, m in run.metrics.items()}  # saved before rows
+    unknown = render_report([replace(run, metrics=old)], tmp_path / "old.html").read_text()
+    assert "tiny [provenance unknown]" in unknown and 'class="warn"' in unknown
     private = render_report([run], tmp_path / "private.html", thumbnails=False).read_text()
     assert "data:image/jpeg" not in private and "not shown" in private  # a report travels; private data need not
     some = render_report([run], tmp_path / "some.html", thumbnails=lambda p: "real" in Path(p).parts).read_text()
@@ -120,7 +136,9 @@ def test_report_compares_runs_side_by_side(evaluated, tmp_path: Path) -> None:
     other = EvalRun("tiny", run.threshold, run.scores, {"clean": run.metrics["clean"]}, run.skipped, run.info)
     html = render_report([run, other], tmp_path / "cmp.html").read_text()
     check_html(html, 2)
-    assert 'id="gap"' in html and "tiny (2)" in html  # repeated names are told apart
+    assert 'id="gap"' in html and "tiny [in-sample] (2)" in html  # repeated names are told apart
+    odd = render_report([replace(run, name="<i>x</i>")], tmp_path / "odd.html").read_text()
+    assert "&lt;i&gt;x&lt;/i&gt;" in odd and "<i>x</i>" not in odd  # autoescaped
 
 
 def _chromium() -> str | None:
@@ -153,9 +171,14 @@ def test_report_renders_in_headless_chromium(request: pytest.FixtureRequest, tmp
 def test_commands_evaluate_and_report(evaluated, tmp_path: Path) -> None:
     tmp, *_ = evaluated
     runner = CliRunner()
+    res = runner.invoke(app, ["evaluate", str(tmp / "det"), str(tmp / "manifest.csv"), "-o", str(tmp_path / "x"),
+                              "-s", "small", "--bootstrap", "50", "--workers", "0"], env={"COLUMNS": "200"})
+    assert res.exit_code == 2 and "were used to fit or calibrate this detector" in res.output  # its training data
     res = runner.invoke(app, ["evaluate", str(tmp / "det"), str(tmp / "manifest.csv"), "-o", str(tmp_path / "run"),
-                              "-s", "small", "--bootstrap", "50", "--workers", "0"])
+                              "-s", "small", "--bootstrap", "50", "--workers", "0", "--on-overlap", "flag"],
+                        env={"COLUMNS": "200"})
     assert res.exit_code == 0, res.output
+    assert "in-sample" in res.output
     for name in ("scores.parquet", "metrics.json", "skipped.csv", "report.html"):
         assert (tmp_path / "run" / name).is_file(), name
     assert "ROC AUC" in res.output and "small" in res.output

@@ -10,10 +10,9 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
+from conftest import synthetic_photo, write_image
 from PIL import Image
 from typer.testing import CliRunner
-
-from conftest import synthetic_photo, write_image
 
 from synthdet.cli import app
 from synthdet.submit import (

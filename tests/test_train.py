@@ -10,8 +10,8 @@ from conftest import small_demo_csv
 
 from synthdet.data import read_manifest
 from synthdet.detector import Detector
-from synthdet.evaluate import binary_metrics
 from synthdet.features import FeatureStore
+from synthdet.metrics import binary_metrics
 from synthdet.splits import RowSet, SplitPlan
 from synthdet.train import load_features, train_detector
 

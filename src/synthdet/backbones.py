@@ -229,7 +229,7 @@ def _timm_backbone(
         hub = cfg.get("hf_hub_id")
         try:
             model = timm.create_model(arch, pretrained=True, num_classes=0)
-        except Exception as e:  # noqa: BLE001 - timm raises many kinds when the cache lacks the file
+        except Exception as e:
             raise WeightsNotFoundError(
                 f"timm '{arch}' weights are not in the Hugging Face cache ({hub or 'no hub id'}) and the hub is offline. "
                 f"Pass --weights FILE, or on a machine with internet run `synthdet weights fetch timm:{arch}` and copy "
@@ -403,7 +403,7 @@ def weights_available(name: str) -> bool:
 
         try:
             hub = timm.models.get_pretrained_cfg(rest).hf_hub_id
-        except Exception:  # noqa: BLE001 - unknown model or no pretrained config
+        except Exception:
             return False
         return bool(hub) and any(
             isinstance(try_to_load_from_cache(hub, f), str) for f in ("model.safetensors", "pytorch_model.bin")

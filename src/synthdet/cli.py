@@ -7,7 +7,7 @@ import json
 import sys
 import time
 from pathlib import Path
-from typing import Annotated, Optional
+from typing import Annotated
 
 import typer
 from rich.console import Console
@@ -138,12 +138,12 @@ def backbones() -> None:
 def extract(
     data: Annotated[Path, typer.Argument(help="Folder, CSV or manifest.")],
     backbone: Annotated[str, typer.Option(help="Backbone name (see `synthdet backbones`).")] = "effnet-lite0",
-    weights: Annotated[Optional[Path], typer.Option(help="Local weights file for the backbone.")] = None,
+    weights: Annotated[Path | None, typer.Option(help="Local weights file for the backbone.")] = None,
     views: Annotated[int, typer.Option(help="Views per image: 1 = canonical only, more = cached augmentations.")] = 1,
-    cache: Annotated[Optional[Path], typer.Option(help="Feature cache root (default $SYNTHDET_CACHE or ~/.cache/synthdet).")] = None,
-    batch_size: Annotated[Optional[int], typer.Option(help="Images per forward pass (default: 8 on CPU, 64 on CUDA).")] = None,
-    workers: Annotated[Optional[int], typer.Option(help="Decoding workers (default: up to 4).")] = None,
-    device: Annotated[Optional[str], typer.Option(help="cpu, cuda, cuda:1 … (default: cuda if present).")] = None,
+    cache: Annotated[Path | None, typer.Option(help="Feature cache root (default $SYNTHDET_CACHE or ~/.cache/synthdet).")] = None,
+    batch_size: Annotated[int | None, typer.Option(help="Images per forward pass (default: 8 on CPU, 64 on CUDA).")] = None,
+    workers: Annotated[int | None, typer.Option(help="Decoding workers (default: up to 4).")] = None,
+    device: Annotated[str | None, typer.Option(help="cpu, cuda, cuda:1 … (default: cuda if present).")] = None,
 ) -> None:
     """Run a backbone over a dataset once; features go to the on-disk cache (resumable, float16, memory-mapped)."""
     from .backbones import WeightsNotFoundError, create_backbone
@@ -195,7 +195,7 @@ def _generator_table(metrics: dict) -> Table:
     return table
 
 
-def _run_train(data: Path, out: Path, **kwargs) -> None:  # noqa: ANN003 - forwarded to train_detector
+def _run_train(data: Path, out: Path, **kwargs) -> None:
     from .backbones import WeightsNotFoundError
     from .data import ManifestError, index
     from .train import train_detector
@@ -218,14 +218,14 @@ def train(
     data: Annotated[Path, typer.Argument(help="Folder (0_real/1_fake or real/fake), CSV path,label or manifest.")],
     out: Annotated[Path, typer.Option("-o", "--out", help="Detector folder to write.")] = Path("detector"),
     backbone: Annotated[str, typer.Option(help="Backbone name (see `synthdet backbones`).")] = "effnet-lite0",
-    weights: Annotated[Optional[Path], typer.Option(help="Local weights file for the backbone.")] = None,
+    weights: Annotated[Path | None, typer.Option(help="Local weights file for the backbone.")] = None,
     head: Annotated[str, typer.Option(help="linear | residual | deep | logreg")] = "linear",
     features: Annotated[str, typer.Option(help="pooled | concat (pooled + every layer tap)")] = "pooled",
     views: Annotated[int, typer.Option(help="Cached training views per image (view 0 canonical, rest augmented).")] = 4,
     seed: Annotated[int, typer.Option()] = 42,
-    cache: Annotated[Optional[Path], typer.Option(help="Feature cache root.")] = None,
-    batch_size: Annotated[Optional[int], typer.Option(help="Images per forward pass (default: 8 on CPU, 64 on CUDA).")] = None,
-    workers: Annotated[Optional[int], typer.Option()] = None,
+    cache: Annotated[Path | None, typer.Option(help="Feature cache root.")] = None,
+    batch_size: Annotated[int | None, typer.Option(help="Images per forward pass (default: 8 on CPU, 64 on CUDA).")] = None,
+    workers: Annotated[int | None, typer.Option()] = None,
     refit: Annotated[bool, typer.Option(help="After evaluating, refit on fit+val (threshold re-tuned on calib).")] = False,
 ) -> None:
     """index → extract (cached) → split → fit → calibrate → evaluate → save, on your own data."""
@@ -245,10 +245,10 @@ def _verdict(prob: float, threshold: float) -> str:
 @app.command()
 def predict(
     paths: Annotated[list[Path], typer.Argument(help="[DETECTOR] then image files, folders or a CSV with a path column.")],
-    out: Annotated[Optional[Path], typer.Option("-o", "--out", help="CSV to write (image_id,prob,label,threshold).")] = None,
-    detector: Annotated[Optional[Path], typer.Option("-d", "--detector", help="Detector folder (default: the shipped one).")] = None,
-    batch_size: Annotated[Optional[int], typer.Option(help="Images per forward pass (default: 8 on CPU, 64 on CUDA).")] = None,
-    workers: Annotated[Optional[int], typer.Option()] = None,
+    out: Annotated[Path | None, typer.Option("-o", "--out", help="CSV to write (image_id,prob,label,threshold).")] = None,
+    detector: Annotated[Path | None, typer.Option("-d", "--detector", help="Detector folder (default: the shipped one).")] = None,
+    batch_size: Annotated[int | None, typer.Option(help="Images per forward pass (default: 8 on CPU, 64 on CUDA).")] = None,
+    workers: Annotated[int | None, typer.Option()] = None,
     max_pixels: Annotated[int, typer.Option(help="Refuse images with more pixels.")] = 100_000_000,
 ) -> None:
     """Score images. One file prints a verdict; several stream the MediaEval CSV to -o (or stdout)."""
@@ -282,9 +282,9 @@ def predict(
         raise _fail(str(e)) from None
 
 
-def _write_predictions(results, out: Path | None, thr: float) -> None:  # noqa: ANN001 - iterator of tuples
+def _write_predictions(results, out: Path | None, thr: float) -> None:
     """Stream rows as they are scored; unscorable files go to stderr and ``<out>.skipped.csv``."""
-    sink = open(out, "w", newline="") if out else sys.stdout  # noqa: SIM115 - closed below
+    sink = open(out, "w", newline="") if out else sys.stdout
     skipped_path = out.with_name(out.name + ".skipped.csv") if out else Path("predictions.skipped.csv")
     n = n_skipped = 0
     skip_file = None
@@ -294,7 +294,7 @@ def _write_predictions(results, out: Path | None, thr: float) -> None:  # noqa: 
         for path, prob, reason in results:
             if prob is None:
                 if skip_file is None:
-                    skip_file = open(skipped_path, "w", newline="")  # noqa: SIM115
+                    skip_file = open(skipped_path, "w", newline="")
                     csv.writer(skip_file).writerow(["path", "reason"])
                 csv.writer(skip_file).writerow([path, reason])
                 _skipped(path, reason)
@@ -316,7 +316,7 @@ def demo(
     out: Annotated[Path, typer.Option("-o", "--out", help="Where the demo detector and report go.")] = Path("synthdet-demo"),
     backbone: Annotated[str, typer.Option(help="Backbone (the embedded default needs no download).")] = "effnet-lite0",
     views: Annotated[int, typer.Option(help="Cached training views per image.")] = 4,
-    cache: Annotated[Optional[Path], typer.Option(help="Feature cache root (default: inside --out).")] = None,
+    cache: Annotated[Path | None, typer.Option(help="Feature cache root (default: inside --out).")] = None,
 ) -> None:
     """The main job, offline: train and evaluate a detector on the data shipped in the package."""
     from .demo import demo_data_dir

@@ -38,9 +38,9 @@ from .backbones import Backbone, create_backbone
 from .calibrate import f1_optimal_threshold
 from .data import manifest_hash, write_manifest
 from .detector import Card, Detector, FeatureKind
-from .evaluate import binary_metrics
 from .features import FeatureStore, extract
 from .heads import make_head
+from .metrics import binary_metrics
 from .splits import RowSet, SplitPlan
 from .train import assign_roles, best_epoch, fit_head, head_config, load_features, refit_params, usable_rows
 

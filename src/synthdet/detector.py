@@ -22,8 +22,7 @@ from . import __version__
 from .backbones import Backbone, create_backbone
 from .features import ImageTransform, forward_batches
 from .heads import head_from_state
-from .pixels import DEFAULT_MAX_PIXELS
-from .pixels import Preprocess
+from .pixels import DEFAULT_MAX_PIXELS, Preprocess
 from .splits import RowSet
 
 if TYPE_CHECKING:

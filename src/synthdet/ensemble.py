@@ -30,7 +30,7 @@ import shutil
 import time
 from collections.abc import Iterable, Iterator, Sequence
 from pathlib import Path
-from typing import Annotated, Any, Literal, get_args
+from typing import Annotated, Any, Literal, cast, get_args
 
 import numpy as np
 import pandas as pd
@@ -44,9 +44,11 @@ from .backbones import Backbone
 from .calibrate import f1_optimal_threshold
 from .data import manifest_hash
 from .detector import Card, Detector, assemble_features
-from .evaluate import binary_metrics
+from .evaluation import ON_OVERLAP, InSampleError, OnOverlap, describe_rows, join_rows, overlap, provenance
 from .features import ImageTransform, forward_batches
+from .metrics import binary_metrics
 from .pixels import DEFAULT_MAX_PIXELS
+from .splits import RowSet
 from .train import usable_rows
 
 Rule = Literal["mean", "majority", "weighted-majority"]
@@ -112,6 +114,7 @@ class EnsembleCard(BaseModel):
     features: str
     metrics: dict[str, Any] = {}
     data: dict[str, Any] = {}
+    rows: dict[str, RowSet] = {}  # "fit"/"calib": members' rows joined with the ensemble's own calibration rows
     created: str = ""
 
 
@@ -247,15 +250,20 @@ def load_ensemble(path: str | Path) -> EnsembleDetector:
     return EnsembleDetector(card, [Detector.load(d) for d in dirs], dirs)
 
 
-def _seen(member_dir: Path, card: Card, shas: set[str]) -> int | None:
-    """How many of ``shas`` the member was fitted or calibrated on, by its ``manifest.csv`` (None: no manifest)."""
+def member_rows(member_dir: Path, card: Card) -> dict[str, RowSet] | None:
+    """The rows a member was fitted / calibrated on: its card's ``rows``, or, for a detector saved before cards
+    recorded them, the ``split`` column of its ``manifest.csv`` (``calib`` rows calibrated on, ``val`` held out
+    unless it was refitted on fit+val, every other row fitted on). None when neither says (provenance unknown)."""
+    if "fit" in card.rows:
+        return dict(card.rows)
     manifest = member_dir / "manifest.csv"
     if not manifest.is_file():
         return None
     df = pd.read_csv(manifest, usecols=lambda c: c in ("sha256", "split"))
-    if "split" in df and card.data.get("refit_on") != "fit+val":
-        df = df[df["split"] != "val"]
-    return len(shas & set(df["sha256"]))
+    split = df["split"] if "split" in df else pd.Series("fit", index=df.index)
+    held_out = {"calib"} if card.data.get("refit_on") == "fit+val" else {"calib", "val", "test"}
+    return {"fit": RowSet.of(df.loc[~split.isin(held_out), "sha256"]),
+            "calib": RowSet.of(df.loc[split == "calib", "sha256"])}
 
 
 def build_ensemble(
@@ -266,15 +274,41 @@ def build_ensemble(
     rule: str = "mean",
     weights: Sequence[float] | None = None,
     copy_members: bool = True,
+    on_overlap: OnOverlap = "refuse",
     batch_size: int | None = None,
     num_workers: int | None = None,
-    progress: bool = True,
+    progress: bool = False,
 ) -> EnsembleDetector:
     """Combine saved detectors, choose the F1-optimal threshold on ``calib`` (labelled images scored through the
-    inference path) and save the ensemble to ``out``."""
+    inference path) and save the ensemble to ``out``.
+
+    The threshold must come from images no member was fitted or calibrated on (:func:`member_rows`): with
+    ``on_overlap`` "refuse" an overlap raises :class:`~synthdet.evaluation.InSampleError`, "drop" calibrates on the
+    unseen remainder, "flag" calibrates anyway and the card's ``metrics["calib"]["rows"]`` says "in-sample". The
+    card's ``rows`` join the members' rows with the calibration rows, so ``evaluate`` knows all the ensemble saw.
+    """
+    if on_overlap not in ON_OVERLAP:
+        raise ValueError(f"on_overlap must be one of {', '.join(ON_OVERLAP)}, not {on_overlap!r}")
     ens = EnsembleDetector.from_members(members, rule=rule, weights=weights)
     df, skipped = usable_rows(calib, progress=progress)
     df = df.drop_duplicates("sha256").reset_index(drop=True)
+    per_member = [member_rows(d, m.card) for d, m in zip(ens.member_dirs, ens.members)]
+    known = [r for r in per_member if r is not None]
+    seen = join_rows(known) if len(known) == len(per_member) else None
+    before = provenance(df["sha256"], seen)
+    dropped = 0
+    if before.get("n_seen") and on_overlap == "refuse":
+        raise InSampleError(
+            f"{before['n_seen']} of the {before['n']} calibration images were used to fit or calibrate a member: "
+            f"the ensemble's threshold and figures would be in-sample. Calibrate on images no member has seen (e.g. "
+            f"their shared val split), drop the overlap (on_overlap='drop') or flag it (on_overlap='flag')")
+    if seen is not None and before["n_seen"] and on_overlap == "drop":
+        unseen = ~df["sha256"].isin(overlap(seen, df["sha256"]))
+        dropped = int((~unseen).sum())
+        df = df[unseen].reset_index(drop=True)
+        if df["label"].nunique() < 2:
+            raise InSampleError(f"after dropping the {dropped} calibration images the members have seen, "
+                                f"{len(df)} remain, not both classes: give held-out calibration images")
     table = ens.member_probs(df["path"].tolist(), batch_size=batch_size, num_workers=num_workers, progress=progress)
     ok = np.isfinite(table).all(axis=1)
     y, table = df["label"].to_numpy()[ok], table[ok]
@@ -285,12 +319,17 @@ def build_ensemble(
     for j, (name, t) in enumerate(zip(ens.card.names, ens.member_thresholds)):
         mm = binary_metrics(y, table[:, j], threshold=t)
         each[name] = {"roc_auc": mm["roc_auc"], "ap": mm["ap"], "f1": mm["at_threshold"]["f1"], "threshold": t}
-    ens.card.metrics = {"calib": binary_metrics(y, prob, threshold=ens.card.threshold), "members": each}
-    shas = set(df.loc[ok, "sha256"])
+    shas = df.loc[ok, "sha256"]
+    rows = {**provenance(shas, seen), "threshold_tuned_here": True}  # held-out from the members, not from the threshold
+    ens.card.metrics = {"calib": {**binary_metrics(y, prob, threshold=ens.card.threshold), "rows": rows},
+                        "members": each}
+    ens.card.rows = join_rows([*known, {"calib": RowSet.of(shas)}])
+    if seen is None:
+        ens.card.rows.pop("fit", None)  # some member's rows are unknown: so are the ensemble's
     ens.card.data = {"calib": {
         "manifest_hash": manifest_hash(df[ok]), "n_images": int(ok.sum()), "skipped": len(skipped) + int((~ok).sum()),
-        "seen_by_members": {n: _seen(d, m.card, shas) for n, d, m in zip(ens.card.names, ens.member_dirs,
-                                                                            ens.members)},
+        "dropped_seen": dropped, "on_overlap": on_overlap,
+        "seen_by_members": {n: None if r is None else len(overlap(r, shas)) for n, r in zip(ens.card.names, per_member)},
     }}
     ens.save(out, copy_members=copy_members)
     return ens
@@ -307,6 +346,8 @@ def ensemble_command(
                                                      "weighted-majority: each member's validation F1).")] = None,
     batch_size: Annotated[int, typer.Option(min=1)] = 32,
     workers: Annotated[int | None, typer.Option(help="DataLoader workers.")] = None,
+    on_overlap: Annotated[str, typer.Option(help="Calibration images a member has seen: refuse, drop them, or flag "
+                                                 "the ensemble's figures in-sample.")] = "refuse",
 ) -> None:
     """Combine saved detectors by a rule into one detector, calibrated on held-out images."""
     from .backbones import WeightsNotFoundError
@@ -319,7 +360,7 @@ def ensemble_command(
         raise typer.BadParameter(f"--weights must be comma-separated numbers, not {weights!r}") from None
     try:
         ens = build_ensemble(members, calib=calib, out=out, rule=rule, weights=w, batch_size=batch_size,
-                             num_workers=workers)
+                             num_workers=workers, on_overlap=cast(OnOverlap, on_overlap), progress=True)
     except (ManifestError, WeightsNotFoundError, FileNotFoundError, ValueError) as e:
         err.print(f"[bold red]error:[/] {e}", soft_wrap=True, highlight=False)
         raise typer.Exit(2) from None
@@ -334,7 +375,8 @@ def ensemble_command(
     table.add_section()
     table.add_row("ensemble", rule, "", f"{ens.threshold:.3f}", f"{cal['roc_auc']:.4f}", f"{cal['ap']:.4f}",
                   f"{cal['at_threshold']['f1']:.4f}")
-    table.caption = "F1 at each member's own threshold; the ensemble's threshold is F1-optimal here (optimistic)"
+    table.caption = (f"rows: {describe_rows(cal['rows'])}. F1 at each member's own threshold; the ensemble's "
+                     f"threshold is F1-optimal here (optimistic)")
     console.print(table)
     for name, n in ens.card.data["calib"]["seen_by_members"].items():
         if n:

@@ -2,14 +2,23 @@
 
 A recipe is a list of steps — ``probe`` (head on cached features), ``finetune`` (from images, optionally continuing
 an earlier step: two-stage), ``ensemble`` (of earlier steps) and ``cv`` (k-fold) — with the section and table of the
-paper it reproduces. Steps write to ``OUT/<step id>/`` and a finished step is not run again, so an interrupted
-recipe resumes. A step whose backbone has no weights on this machine runs with a substitute (``effnet-lite2`` by
-default) and says so, in the output and in ``OUT/recipe.json``.
+paper it reproduces. Steps write to ``OUT/<step id>/``, keyed by their inputs (``step.json``: the content digest of
+the data they learn from and a digest of their config, members and init included): a finished step whose inputs
+match is reused and says so, one whose inputs changed runs again, so an interrupted recipe resumes and a rerun on
+other data never reuses stale members. A step whose backbone has no weights on this machine runs with a substitute
+(``effnet-lite2`` by default) and says so, in the output and in ``OUT/recipe.json``.
+
+Every reported figure says on which rows it was computed (``metrics["rows"]``: n, digest, status): probes and
+fine-tunes on their held-out ``val`` split, cross-validation out of fold, ensembles on calibration rows none of
+their members was fitted or calibrated on (rows a member has seen are dropped first). A figure that is not
+held-out is kept apart, under ``metrics["not_held_out"]``, never beside held-out ones.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
+import shutil
 from collections.abc import Callable, Sequence
 from importlib import resources
 from pathlib import Path
@@ -84,13 +93,40 @@ def detector_dir(out: Path, step: Step) -> Path:
     return out / step.id / "detector" if step.kind == "finetune" else out / step.id
 
 
-def _done(out: Path, step: Step) -> bool:
+def _finished(out: Path, step: Step) -> bool:
     marker = out / step.id / ("cv.json" if step.kind == "cv" else "")
     return marker.is_file() if step.kind == "cv" else (detector_dir(out, step) / "card.json").is_file()
 
 
+def _digest(obj: Any) -> str:
+    return hashlib.sha256(json.dumps(obj, sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+
+def _saved_step(out: Path, step: Step) -> dict[str, Any] | None:
+    """The record a finished step left in ``step.json`` (its inputs and reported entry), or None."""
+    path = out / step.id / "step.json"
+    if not (_finished(out, step) and path.is_file()):
+        return None
+    return json.loads(path.read_text())
+
+
+def _val_rows(det_dir: Path) -> dict[str, Any]:
+    """Provenance of a trained step's figures: its manifest's held-out split (``test`` from ``train``, ``val`` from
+    ``finetune``), against the rows it was fitted or calibrated on."""
+    from .detector import Card
+    from .ensemble import member_rows
+    from .evaluation import UNKNOWN, provenance
+
+    manifest = det_dir / "manifest.csv"
+    df = pd.read_csv(manifest, usecols=lambda c: c in ("sha256", "split")) if manifest.is_file() else pd.DataFrame()
+    if "split" not in df:
+        return {"role": "val", "status": UNKNOWN}
+    card = Card.model_validate_json((det_dir / "card.json").read_text())
+    return {"role": "val", **provenance(df.loc[df["split"].isin(["test", "val"]), "sha256"], member_rows(det_dir, card))}
+
+
 def run_recipe(
-    name: str,
+    name: str | Recipe,
     data: Sequence[str | Path],
     *,
     out: str | Path,
@@ -102,15 +138,19 @@ def run_recipe(
     num_workers: int | None = None,
     log: Callable[[str], None] = console.print,
 ) -> dict[str, Any]:
-    """Run a recipe's steps (or only ``steps`` and what they depend on); returns the run record (also saved)."""
+    """Run a recipe (a shipped one by name, or your own :class:`Recipe`) — its steps, or only ``steps`` and what they
+    depend on; returns the run record (also saved)."""
+    from .atomic import write_text
     from .backbones import weights_available
     from .cv import cross_validate, finetune_fitter, run_folds, save_cv
-    from .data import index
+    from .data import index, manifest_hash
     from .ensemble import build_ensemble
+    from .evaluation import HELD_OUT
     from .finetune import finetune_detector, recipe_config
+    from .splits import RowSet
     from .train import train_detector, usable_rows
 
-    recipe = get_recipe(name)
+    recipe = name if isinstance(name, Recipe) else get_recipe(name)
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     by_id = {s.id: s for s in recipe.steps}
@@ -119,11 +159,17 @@ def run_recipe(
     if not sources:
         raise ValueError("a recipe needs at least one DATA source")
 
-    def frame(paths: Sequence[Path]) -> pd.DataFrame:
-        frames = [index(p, progress=False) for p in paths]
-        return pd.concat(frames, ignore_index=True)
+    frames: dict[tuple[Path, ...], pd.DataFrame] = {}
 
-    record: dict[str, Any] = {"recipe": name, "cites": recipe.cites, "data": [str(s) for s in sources],
+    def frame(paths: Sequence[Path]) -> pd.DataFrame:
+        key = tuple(paths)
+        if key not in frames:
+            frames[key] = pd.concat([index(p, progress=False) for p in paths], ignore_index=True)
+        return frames[key]
+
+    keys: dict[str, str] = {}
+
+    record: dict[str, Any] = {"recipe": recipe.name, "cites": recipe.cites, "data": [str(s) for s in sources],
                               "indomain": str(indomain) if indomain else None, "steps": {}}
     for step in (s for s in recipe.steps if s.id in wanted):
         asked = step_backbone(step)
@@ -132,31 +178,45 @@ def run_recipe(
             prefix = asked.partition(":")[0]  # a wrapper such as dualstream: keeps its shape around the substitute
             backbone = f"{prefix}:{fallback}" if prefix.startswith("dualstream") else fallback
             log(f"[yellow]{step.id}: weights for {asked} are not on this machine → running with {fallback}[/]")
-        entry = {"kind": step.kind, "backbone_asked": asked, "backbone": backbone, "dir": str(detector_dir(out, step))}
-        record["steps"][step.id] = entry
-        if _done(out, step):
-            log(f"{step.id}: done already ({entry['dir']})")
-            continue
+        entry: dict[str, Any] = {"kind": step.kind, "backbone_asked": asked, "backbone": backbone,
+                                 "dir": str(detector_dir(out, step))}
         train_src = [Path(indomain)] if step.data == "indomain" and indomain else sources
+        data_src = ([Path(indomain)] if indomain else sources[:1]) if step.kind == "ensemble" else train_src
+        inputs = {"data": manifest_hash(frame(data_src)),
+                  "config": _digest({"step": step.model_dump(), "backbone": backbone, "epochs": epochs,
+                                     "after": [keys[d] for d in step.members + ([step.init] if step.init else [])]})}
+        keys[step.id] = _digest(inputs)
+        entry["inputs"] = inputs
+        record["steps"][step.id] = entry
+        saved = _saved_step(out, step)
+        if saved is not None and saved.get("inputs") == inputs:
+            record["steps"][step.id] = saved["entry"]
+            log(f"{step.id}: done already, same inputs (data {inputs['data']}, config {inputs['config']}) "
+                f"→ reusing {entry['dir']}")
+            continue
+        if (out / step.id).exists():
+            why = "inputs changed" if saved is not None else "unfinished, or from before steps were keyed by inputs"
+            log(f"[yellow]{step.id}: {why} → running it again[/]")
+            shutil.rmtree(out / step.id)
         log(f"[bold]{recipe.name} / {step.id}[/] ({step.kind}, {backbone or 'from ' + str(step.init or step.members)})")
         if step.kind == "probe":
             res = train_detector(frame(train_src), backbone=backbone, head=step.head or "linear",
                                  features=step.features, n_views=step.views, cache_dir=cache_dir,
                                  num_workers=num_workers, out=detector_dir(out, step))
-            entry["metrics"] = _summary(res.metrics)
+            entry["metrics"] = _summary(res.metrics, _val_rows(detector_dir(out, step)))
         elif step.kind == "finetune":
             cfg = recipe_config(step.finetune, **step.overrides, epochs=epochs, num_workers=num_workers)
             init = detector_dir(out, by_id[step.init]) if step.init else None
             _, metrics = finetune_detector(list(train_src), backbone=None if init else backbone, init=init, cfg=cfg,
                                            out=out / step.id)
-            entry["metrics"] = _summary(metrics)
-        elif step.kind == "ensemble":
+            entry["metrics"] = _summary(metrics, _val_rows(detector_dir(out, step)))
+        elif step.kind == "ensemble":  # calibrated on the rows of its data that no member has seen
             members = [detector_dir(out, by_id[m]) for m in step.members]
-            calib = Path(indomain) if indomain else sources[0]
-            ens = build_ensemble(members, calib=calib, out=detector_dir(out, step), rule=step.rule,
-                                 weights=step.weights, num_workers=num_workers)
-            entry["calibrated_on"] = str(calib)
-            entry["metrics"] = _summary(ens.card.metrics["calib"])  # on the calibration data: optimistic
+            ens = build_ensemble(members, calib=frame(data_src), out=detector_dir(out, step), rule=step.rule,
+                                 weights=step.weights, num_workers=num_workers, on_overlap="drop")
+            calib = ens.card.metrics["calib"]
+            entry["calibrated_on"] = {"data": [str(d) for d in data_src], **ens.card.data["calib"]}
+            entry["metrics"] = _summary(calib, {"role": "calib (threshold tuned here)", **calib["rows"]})
         else:  # cv
             if step.finetune:
                 cfg = recipe_config(step.finetune, **step.overrides, epochs=epochs, num_workers=num_workers)
@@ -167,10 +227,12 @@ def run_recipe(
                                         features=step.features, n_views=step.views, k=step.k, cache_dir=cache_dir,
                                         num_workers=num_workers)
             save_cv(result, out / step.id)
-            (out / step.id / "cv.json").write_text(json.dumps(result.summary(), indent=2))
-            entry["metrics"] = result.summary()
-        (out / "recipe.json").write_text(json.dumps(record, indent=2, default=str))
-    (out / "recipe.json").write_text(json.dumps(record, indent=2, default=str))
+            oof = RowSet.of(result.oof["sha256"])  # every figure out of fold: held-out by construction
+            rows = {"role": "out-of-fold", "n": oof.n, "digest": oof.digest, "status": HELD_OUT}
+            entry["metrics"] = {**result.summary(), "rows": rows}
+        write_text(out / step.id / "step.json", json.dumps({"inputs": inputs, "entry": entry}, indent=2, default=str))
+        write_text(out / "recipe.json", json.dumps(record, indent=2, default=str))
+    write_text(out / "recipe.json", json.dumps(record, indent=2, default=str))
     return record
 
 
@@ -188,9 +250,13 @@ def _with_dependencies(by_id: dict[str, Step], wanted: Sequence[str]) -> set[str
     return seen
 
 
-def _summary(metrics: dict[str, Any]) -> dict[str, float]:
-    return {"roc_auc": metrics["roc_auc"], "ap": metrics["ap"], "f1_tuned": metrics["at_threshold"]["f1"],
-            "threshold": metrics["at_threshold"]["threshold"]}
+def _summary(metrics: dict[str, Any], rows: dict[str, Any]) -> dict[str, Any]:
+    """The headline figures and the rows they were computed on; figures that are not held-out are kept apart."""
+    from .evaluation import HELD_OUT
+
+    figures = {"roc_auc": metrics["roc_auc"], "ap": metrics["ap"], "f1_tuned": metrics["at_threshold"]["f1"],
+               "threshold": metrics["at_threshold"]["threshold"]}
+    return {**figures, "rows": rows} if rows.get("status") == HELD_OUT else {"not_held_out": figures, "rows": rows}
 
 
 # ------------------------------------------------------------------------------------------------------------ CLI
@@ -240,9 +306,12 @@ def run_cmd(
                             cache_dir=cache, num_workers=workers)
     except ValueError as e:
         raise typer.BadParameter(str(e)) from None
-    table = Table("step", "kind", "backbone", "ROC AUC", "AP", "F1 (tuned)", title=f"{name} → {out}")
-    for sid, e in record["steps"].items():
-        m = e.get("metrics", {})
-        fmt = lambda k: f"{m[k]:.4f}" if isinstance(m.get(k), float) else "-"  # noqa: E731
-        table.add_row(sid, e["kind"], str(e["backbone"] or "-"), fmt("roc_auc"), fmt("ap"), fmt("f1_tuned"))
+    table = Table("step", "kind", "backbone", "ROC AUC", "AP", "F1 (tuned)", "rows", title=f"{name} → {out}",
+                  caption="figures on held-out rows only; others are in recipe.json under not_held_out")
+    for sid, entry in record["steps"].items():
+        m = entry.get("metrics", {})
+        cells = [f"{m[k]:.4f}" if isinstance(m.get(k), float) else "-" for k in ("roc_auc", "ap", "f1_tuned")]
+        rows = m.get("rows", {})
+        table.add_row(sid, entry["kind"], str(entry["backbone"] or "-"), *cells,
+                      f"{rows.get('role', '')} {rows.get('status', '-')} n={rows.get('n', '?')}")
     console.print(table)

@@ -1,7 +1,8 @@
 """One self-contained HTML report for one or several evaluation runs, and the ``evaluate`` / ``report`` commands.
 
-The report is a single file (inline CSS, plots as base64 PNG rendered by matplotlib's Agg canvas, thumbnails as base64
-JPEG, no external URL), so it can be mailed, attached to an issue or opened offline. Several runs render side by
+The report is a single file rendered from a Jinja2 template (``templates/report.html.j2``, autoescaped; inline CSS,
+plots as base64 PNG rendered by matplotlib's Agg canvas, thumbnails as base64 JPEG, no external URL), so it can be
+mailed, attached to an issue or opened offline. Several runs render side by
 side: curves overlaid, tables with a column or row per run, and the gap of every run to the first (the
 validation-to-test gap of Junaid et al. 2026, Table 2).
 """
@@ -9,20 +10,20 @@ validation-to-test gap of Junaid et al. 2026, Table 2).
 from __future__ import annotations
 
 import base64
-import html
+import functools
 import io
 import math
-import re
 import time
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import replace
 from pathlib import Path
-from typing import Annotated, Any, Optional
+from typing import Annotated, Any, cast
 
+import jinja2
 import numpy as np
-import pandas as pd
 import typer
 from matplotlib import colormaps
+from matplotlib.colors import to_hex
 from matplotlib.figure import Figure
 from rich.console import Console
 from rich.table import Table
@@ -30,67 +31,36 @@ from sklearn.calibration import calibration_curve
 from sklearn.metrics import brier_score_loss, precision_recall_curve, roc_curve
 
 from . import __version__
-from .evaluate import gap_table
+from .atomic import write_text
+from .evaluation import CLEAN, HELD_OUT, EvalRun, OnOverlap, describe_rows, evaluate_detector
+from .metrics import gap_table
 from .pixels import ImageLoadError, load_image
-from .slices import CLEAN, DEFAULT_SLICES, SLICES, EvalRun, evaluate_detector, get_slice
+from .slices import DEFAULT_SLICES, SLICES, get_slice
 
 #: Thumbnails shown per kind of error (false positives, false negatives) and run; bounds the report's size.
 N_THUMBNAILS = 8
 THUMB_PX = 150
+#: Skipped files listed per run (the rest are in the run's skipped.csv).
+N_SKIPPED = 20
 _DPI = 96
-_COLORS = colormaps["tab10"].colors
-_CSS = """
-body{font:14px/1.45 system-ui,-apple-system,"Segoe UI",Roboto,"DejaVu Sans",sans-serif;margin:0;background:#f4f5f7;color:#1d2330}
-main{max-width:1180px;margin:0 auto;padding:18px 24px 60px}
-h1{font-size:24px;margin:8px 0 2px}h2{font-size:18px;margin:0 0 10px;border-bottom:2px solid #e3e6ec;padding-bottom:4px}
-h3{font-size:15px;margin:14px 0 6px}
-section{background:#fff;border:1px solid #e3e6ec;border-radius:8px;padding:14px 18px;margin:16px 0}
-.meta{color:#5b6475;font-size:13px}.note{color:#5b6475;font-size:12.5px;margin:6px 0}
-table{border-collapse:collapse;margin:6px 0 10px;font-size:13px}
-th,td{border-bottom:1px solid #e8eaef;padding:4px 9px;text-align:right;white-space:nowrap}
-th{background:#f0f2f6;font-weight:600}td.l,th.l{text-align:left;white-space:normal;max-width:360px}
-.ci{color:#7a8294;font-size:11.5px}table.stack .ci{display:block}.neg{color:#b3261e}.pos{color:#1b7f3b}
-img.plot{max-width:100%;height:auto;display:block;margin:6px 0}
-.thumbs{display:flex;flex-wrap:wrap;gap:10px}
-figure{margin:0;width:156px;font-size:11.5px;color:#3b4254}
-figure img{display:block;border:1px solid #d5d9e1;max-width:150px;max-height:150px}
-figcaption{word-break:break-all}summary{cursor:pointer;color:#2a5bd7;font-size:13px;margin:4px 0}
-.ph{width:150px;height:96px;display:flex;align-items:center;justify-content:center;background:#eef0f4;color:#7a8294;border:1px dashed #c9ced8}
-nav a{margin-right:12px;color:#2a5bd7;text-decoration:none;font-size:13px}
-.swatch{display:inline-block;width:11px;height:11px;border-radius:2px;margin-right:5px;vertical-align:-1px}
-"""
+#: Run colours (tab10), as hex: matplotlib draws with them, the template paints the swatches.
+_COLORS = [to_hex(colormaps["tab10"](i)) for i in range(10)]
 
 
-# ------------------------------------------------------------------------------------------------ formatting
-
-
-def _num(v: object, digits: int = 3) -> str:
+def _num(v: Any, digits: int = 3) -> str:
     return "–" if v is None or (isinstance(v, float) and math.isnan(v)) else f"{float(v):.{digits}f}"
 
 
-def _ci_cell(m: dict, key: str) -> str:
-    """``value [low, high]`` for a metric of a metrics dict, the interval from its ``ci`` when there is one."""
-    lo, hi = m.get("ci", {}).get(key, (None, None))
-    ci = f' <span class="ci">[{_num(lo)}, {_num(hi)}]</span>' if lo is not None and not math.isnan(lo) else ""
-    return _num(m[key]) + ci
+@functools.cache
+def _template() -> jinja2.Template:
+    """The report template (package data under ``synthdet/templates``), every value HTML-escaped."""
+    env = jinja2.Environment(loader=jinja2.PackageLoader("synthdet", "templates"), autoescape=True,
+                             undefined=jinja2.StrictUndefined, trim_blocks=False)
+    env.filters["num"] = _num
+    return env.get_template("report.html.j2")
 
 
-def _delta(v: float) -> str:
-    if math.isnan(v):
-        return "–"
-    v = 0.0 if abs(v) < 0.0005 else v  # no "-0.000"
-    cls = "neg" if v < 0 else "pos" if v > 0 else ""
-    return f'<span class="{cls}">{v:+.3f}</span>'
-
-
-def _table(header: Sequence[str], rows: Iterable[Sequence[str]], left: int = 1, stack: bool = False) -> str:
-    """HTML table; cells are HTML already; the first ``left`` columns are left-aligned text; ``stack`` puts
-    intervals under their values (wide tables)."""
-    cls = [' class="l"' if i < left else "" for i in range(len(header))]
-    head = "".join(f"<th{c}>{h}</th>" for c, h in zip(cls, header))
-    body = "".join("<tr>" + "".join(f"<td{c}>{v}</td>" for c, v in zip(cls, row)) + "</tr>" for row in rows)
-    cls_attr = ' class="stack"' if stack else ""
-    return f"<table{cls_attr}><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>"
+# ------------------------------------------------------------------------------------------------ plots
 
 
 def _figure_axes(
@@ -102,75 +72,15 @@ def _figure_axes(
     return fig, fig.subplots(nrows, ncols, squeeze=False, **subplot_kw)
 
 
-def _img_tag(fig: Figure, alt: str) -> str:
-    """The figure as an inline PNG (rendered by the Agg canvas that ``Figure.savefig`` uses for PNG)."""
+def _png(fig: Figure) -> str:
+    """The figure as base64 PNG (rendered by the Agg canvas that ``Figure.savefig`` uses for PNG)."""
     buf = io.BytesIO()
     fig.savefig(buf, format="png", dpi=_DPI)
-    data = base64.b64encode(buf.getvalue()).decode()
-    return f'<img class="plot" alt="{html.escape(alt)}" src="data:image/png;base64,{data}">'
-
-
-def _swatch(i: int) -> str:
-    r, g, b = (int(255 * c) for c in _COLORS[i % len(_COLORS)])
-    return f'<span class="swatch" style="background:#{r:02x}{g:02x}{b:02x}"></span>'
-
-
-def _section(anchor: str, title: str, body: str) -> str:
-    return f'<section id="{anchor}"><h2>{html.escape(title)}</h2>{body}</section>'
+    return base64.b64encode(buf.getvalue()).decode()
 
 
 def _clean(run: EvalRun) -> tuple[np.ndarray, np.ndarray]:
     return run.scores["label"].to_numpy(dtype=int), run.scores[f"prob_{CLEAN}"].to_numpy(dtype=float)
-
-
-# ------------------------------------------------------------------------------------------------ sections
-
-
-def _summary(runs: list[EvalRun]) -> str:
-    rows = []
-    for i, r in enumerate(runs):
-        m = r.metrics[CLEAN]
-        info = r.info
-        rows.append([
-            _swatch(i) + html.escape(r.name), html.escape(str(info.get("data", ""))),
-            f"{m['n']} ({m['n_fake']})", _ci_cell(m, "roc_auc"), _ci_cell(m, "ap"), _ci_cell(m, "eer"),
-            _ci_cell(m["at_0.5"], "f1"), _ci_cell(m["at_threshold"], "f1") + f' <span class="ci">@{r.threshold:.3f}</span>',
-            _ci_cell(m["oracle"], "f1") + f' <span class="ci">@{m["oracle"]["threshold"]:.3f}</span>',
-            str(len(r.skipped)),
-        ])
-    level = runs[0].metrics[CLEAN].get("bootstrap", {})
-    note = (f'<p class="note">Clean images. Brackets: {100 * level.get("level", 0.95):.0f} % percentile bootstrap '
-            f'intervals ({level.get("n", 0)} resamples, stratified by class). "tuned" is the detector\'s own '
-            f'threshold (chosen on its calibration split); the oracle threshold is re-tuned on this data, so it is '
-            f'optimistic by construction.</p>')
-    header = ["run", "data", "n (fake)", "ROC AUC", "AP", "EER", "F1 @ 0.5", "F1 @ tuned", "F1 oracle", "skipped"]
-    return _section("summary", "Summary", _table(header, rows, left=2, stack=True) + note)
-
-
-def _gap(runs: list[EvalRun]) -> str:
-    table = gap_table({r.name: r.metrics[CLEAN] for r in runs})
-    rows = [[html.escape(name), str(int(row.n)),
-             *(cell for col in ("roc_auc", "ap", "f1", "accuracy") for cell in (_num(row[col]), _delta(row[f"{col}_delta"])))]
-            for name, row in table.iterrows()]
-    header = ["run", "n", "ROC AUC", "Δ", "AP", "Δ", "F1", "Δ", "accuracy", "Δ"]
-    note = (f'<p class="note">Change from the first run ({html.escape(runs[0].name)}): with the first run on '
-            f'validation data and the others on test data, this is the validation-to-test gap. F1 and accuracy at '
-            f'each detector\'s tuned threshold.</p>')
-    return _section("gap", "Gap to the reference run", _table(header, rows) + note)
-
-
-def _metrics(runs: list[EvalRun]) -> str:
-    parts = []
-    for i, r in enumerate(runs):
-        m = r.metrics[CLEAN]
-        rows = []
-        for key, label in (("at_0.5", "0.5"), ("at_threshold", "tuned"), ("oracle", "oracle")):
-            d, c = m[key], m[key]["confusion"]
-            rows.append([label, f"{d['threshold']:.3f}", *(_ci_cell(d, k) for k in ("accuracy", "precision", "recall", "f1")),
-                         *(str(c[k]) for k in ("tn", "fp", "fn", "tp"))])
-        parts.append(f"<h3>{_swatch(i)}{html.escape(r.name)}</h3>"
-                     + _table(["at", "threshold", "accuracy", "precision", "recall", "F1", "TN", "FP", "FN", "TP"], rows))
-    return _section("metrics", "Decision metrics (clean)", "".join(parts))
 
 
 def _curves(runs: list[EvalRun]) -> str:
@@ -192,7 +102,7 @@ def _curves(runs: list[EvalRun]) -> str:
     for ax in (roc_ax, pr_ax):
         ax.grid(alpha=0.3)
         ax.legend(loc="lower right" if ax is roc_ax else "lower left", fontsize=8.5)
-    return _section("curves", "ROC and precision–recall curves", _img_tag(fig, "ROC and PR curves"))
+    return _png(fig)
 
 
 def _panels(n: int, width: float = 3.8, height: float = 3.2) -> tuple[Figure, np.ndarray]:
@@ -216,7 +126,7 @@ def _histograms(runs: list[EvalRun]) -> str:
         ax.axvline(r.threshold, color="#111", lw=1.2, ls="--", label=f"tuned {r.threshold:.3f}")
         ax.set(title=r.name, xlabel="probability of being generated", ylabel="images")
         ax.legend(fontsize=8)
-    return _section("histograms", "Score distributions per class", _img_tag(fig, "score histograms"))
+    return _png(fig)
 
 
 def _confusions(runs: list[EvalRun]) -> str:
@@ -235,8 +145,7 @@ def _confusions(runs: list[EvalRun]) -> str:
             ax.set_yticks([0, 1], ["real", "fake"])
             ax.set(xlabel="predicted", ylabel="true",
                    title=f"{r.name}\n{'at 0.5' if key == 'at_0.5' else 'tuned'} (threshold {m[key]['threshold']:.3f})")
-    return _section("confusion", "Confusion matrices (0.5 and tuned threshold)",
-                    _img_tag(fig, "confusion matrices") + '<p class="note">Shares are per true class (rows).</p>')
+    return _png(fig)
 
 
 def _reliability(runs: list[EvalRun]) -> str:
@@ -253,22 +162,17 @@ def _reliability(runs: list[EvalRun]) -> str:
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8.5, loc="upper left")
     hist_ax.set(xlabel="predicted probability of being generated", ylabel="images")
-    note = ('<p class="note">Points under the diagonal: the detector says "fake" more confidently than the data '
-            'support. A shifted test distribution usually moves these points; re-tune the threshold rather than '
-            'reading the probability literally.</p>')
-    return _section("reliability", "Calibration", _img_tag(fig, "reliability diagram") + note)
+    return _png(fig)
 
 
 def _group_kind(m: dict) -> str:
     return "fake" if m["n_fake"] == m["n"] else "real" if m["n_fake"] == 0 else "mixed"
 
 
-def _groups(runs: list[EvalRun]) -> str:
-    columns = list(dict.fromkeys(c for r in runs for c in r.metrics[CLEAN].get("by", {})))
-    if not columns:
-        return _section("groups", "Per source / generator", '<p class="note">No grouping column with several values.</p>')
-    parts = []
-    for col in columns:
+def _groups(runs: list[EvalRun]) -> list[dict[str, Any]]:
+    """Per grouping column: a bar plot of the share classified correctly per value and run, and its table rows."""
+    out = []
+    for col in dict.fromkeys(c for r in runs for c in r.metrics[CLEAN].get("by", {})):
         by = [r.metrics[CLEAN].get("by", {}).get(col, {}) for r in runs]
         values = sorted({v for b in by for v in b}, key=lambda v: (-max(b[v]["n"] for b in by if v in b), v))
         first = [next(b[v] for b in by if v in b) for v in values]
@@ -290,26 +194,17 @@ def _groups(runs: list[EvalRun]) -> str:
         ax.grid(axis="x", alpha=0.3)
         if len(runs) > 1:
             ax.legend(fontsize=8, loc="lower right")
-        rows = []
-        for v, m in zip(values, first):
-            cells = [html.escape(v or "(empty)"), _group_kind(m), str(m["n"])]
-            for b in by:
-                g = b.get(v)
-                cells += [_ci_cell(g["at_threshold"], "accuracy") if g else "–", _ci_cell(g, "roc_auc") if g else "–"]
-            rows.append(cells)
-        header = ["value", "class", "n"] + [h for r in runs for h in (f"correct {html.escape(r.name)}", "ROC AUC")]
-        parts.append(f"<h3>per {html.escape(col)}</h3>" + _img_tag(fig, f"per-{col} bars")
-                     + f"<details><summary>table ({len(values)} values)</summary>{_table(header, rows, left=2)}</details>")
-    note = ('<p class="note">Single-class groups (every generator, every camera source) have no ROC AUC; their '
-            '"correct" is the recall of fakes or the specificity on real photos. One easy family must not hide a weak '
-            'one.</p>')
-    return _section("groups", "Per source / generator (clean)", note + "".join(parts))
+        rows = [{"value": v, "kind": _group_kind(m), "n": m["n"], "per_run": [b.get(v) for b in by]}
+                for v, m in zip(values, first)]
+        out.append({"column": col, "plot": _png(fig), "rows": rows})
+    return out
 
 
-def _robustness(runs: list[EvalRun]) -> str:
+def _robustness(runs: list[EvalRun]) -> dict[str, Any] | None:
+    """A bar plot of every slice's change from clean, and per run the slice table rows (None: no slice)."""
     names = list(dict.fromkeys(s for r in runs for s in r.metrics if s != CLEAN))
     if not names:
-        return _section("robustness", "Robustness slices", '<p class="note">No slice was evaluated.</p>')
+        return None
     deltas = [r.deltas() for r in runs]
     fig, axes = _figure_axes(1, 3, figsize=(12, 3.8))
     axes = axes[0]
@@ -325,24 +220,15 @@ def _robustness(runs: list[EvalRun]) -> str:
         ax.grid(axis="y", alpha=0.3)
     if len(runs) > 1:
         axes[0].legend(fontsize=8)
-    parts = [_img_tag(fig, "robustness deltas")]
-    for i, (r, d) in enumerate(zip(runs, deltas)):
-        rows = []
+    per_run = []
+    for r, d in zip(runs, deltas):
+        slices = []
         for s in d.index:
-            m = r.metrics[s]
-            known = SLICES[s].description if s in SLICES else ""
-            desc = "unaltered images" if s == CLEAN else r.info.get("slices", {}).get(s, known)
-            rows.append([html.escape(s), html.escape(desc), str(m["n"]),
-                         _ci_cell(m, "roc_auc"), _delta(d.loc[s, "roc_auc_delta"]),
-                         _ci_cell(m["at_threshold"], "f1"), _delta(d.loc[s, "f1_delta"]),
-                         _ci_cell(m["at_threshold"], "accuracy"), _delta(d.loc[s, "accuracy_delta"])])
-        parts.append(f"<h3>{_swatch(i)}{html.escape(r.name)}</h3>"
-                     + _table(["slice", "what", "n", "ROC AUC", "Δ", "F1 (tuned)", "Δ", "accuracy", "Δ"], rows, left=2))
-        if r.info.get("empty_slices"):
-            parts.append(f'<p class="note">No image in slice(s): {html.escape(", ".join(r.info["empty_slices"]))}.</p>')
-    note = ('<p class="note">Transform slices re-score every image after the transform (seeded per image); subset '
-            'slices (small) reuse the clean scores of their images. Δ is the change from clean.</p>')
-    return _section("robustness", "Robustness slices", note + "".join(parts))
+            known = get_slice(s).description if s in SLICES else ""
+            slices.append({"name": s, "m": r.metrics[s], "d": d.loc[s].to_dict(), "rows": r.rows_for(s),
+                           "what": "unaltered images" if s == CLEAN else r.info.get("slices", {}).get(s, known)})
+        per_run.append({"name": r.name, "slices": slices, "empty": r.info.get("empty_slices", [])})
+    return {"plot": _png(fig), "runs": per_run}
 
 
 def _thumbnail(path: str) -> str | None:
@@ -357,40 +243,21 @@ def _thumbnail(path: str) -> str | None:
     return base64.b64encode(buf.getvalue()).decode()
 
 
-def _figure(row: pd.Series, show: Callable[[str], bool]) -> str:
-    data = _thumbnail(row["path"]) if show(row["path"]) else ""
-    img = ('<div class="ph">not shown</div>' if data == "" else '<div class="ph">file not found</div>' if data is None
-           else f'<img alt="{html.escape(Path(row["path"]).name)}" src="data:image/jpeg;base64,{data}">')
-    gen = html.escape(str(row.get("generator", ""))[:40])
-    return (f"<figure>{img}<figcaption><b>p = {row[f'prob_{CLEAN}']:.3f}</b><br>{gen}<br>"
-            f"{html.escape(Path(row['path']).name[-48:])}</figcaption></figure>")
-
-
-def _errors(runs: list[EvalRun], show: Callable[[str], bool]) -> str:
-    parts = []
-    for i, r in enumerate(runs):
+def _errors(runs: list[EvalRun], show: Callable[[str], bool]) -> list[dict[str, Any]]:
+    """Per run, the hardest false positives and false negatives: thumbnail ("" not shown, None not found), score."""
+    out = []
+    for r in runs:
         s, p = r.scores, r.scores[f"prob_{CLEAN}"]
         fp = s[(s["label"] == 0) & (p >= r.threshold)].sort_values(f"prob_{CLEAN}", ascending=False)
         fn = s[(s["label"] == 1) & (p < r.threshold)].sort_values(f"prob_{CLEAN}")
-        parts.append(f"<h3>{_swatch(i)}{html.escape(r.name)}</h3>")
-        for title, rows, total in (("Real photos called fake, highest scores first", fp, len(fp)),
-                                   ("Fakes called real, lowest scores first", fn, len(fn))):
-            shown = rows.head(N_THUMBNAILS)
-            figs = "".join(_figure(row, show) for _, row in shown.iterrows()) or '<p class="note">none</p>'
-            parts.append(f'<p class="note"><b>{title}</b> — {len(shown)} of {total} at threshold '
-                         f'{r.threshold:.3f}</p><div class="thumbs">{figs}</div>')
-    return _section("errors", "Hardest errors (clean)", "".join(parts))
-
-
-def _skipped(runs: list[EvalRun]) -> str:
-    parts = []
-    for r in runs:
-        if len(r.skipped):
-            rows = [[html.escape(str(x.path)), html.escape(str(x.slice)), html.escape(str(x.reason))]
-                    for x in r.skipped.head(20).itertuples()]
-            more = f'<p class="note">… and {len(r.skipped) - 20} more (skipped.csv).</p>' if len(r.skipped) > 20 else ""
-            parts.append(f"<h3>{html.escape(r.name)}</h3>" + _table(["path", "stage", "reason"], rows, left=3) + more)
-    return _section("skipped", "Files not scored", "".join(parts) or '<p class="note">None: every file was scored.</p>')
+        kinds = [{"title": title, "total": len(rows), "shown": [
+            {"thumb": _thumbnail(row["path"]) if show(row["path"]) else "", "prob": float(row[f"prob_{CLEAN}"]),
+             "generator": str(row.get("generator", ""))[:40], "name": Path(row["path"]).name}
+            for _, row in rows.head(N_THUMBNAILS).iterrows()]}
+            for title, rows in (("Real photos called fake, highest scores first", fp),
+                                ("Fakes called real, lowest scores first", fn))]
+        out.append({"name": r.name, "threshold": r.threshold, "kinds": kinds})
+    return out
 
 
 def render_report(
@@ -403,26 +270,37 @@ def render_report(
     """Write one self-contained HTML report for ``runs`` (several: side by side, gaps to the first run).
 
     ``thumbnails``: show the hardest errors as images (True), not at all (False: private or unlicensed data, since a
-    report travels), or only the paths a predicate accepts (e.g. rows whose licence allows redistribution).
+    report travels), or only the paths a predicate accepts (e.g. rows whose licence allows redistribution). A run
+    whose figures are not held-out (in-sample, or of unknown provenance) carries that label in its name, so every
+    table and plot says it.
     """
     if not runs:
         raise ValueError("render_report needs at least one evaluation run")
-    runs = _unique_names(runs)
+    runs = _unique_names(_labelled(runs))
     show = thumbnails if callable(thumbnails) else lambda _: bool(thumbnails)
-    sections = [_summary(runs), *([_gap(runs)] if len(runs) > 1 else []), _metrics(runs), _robustness(runs),
-                _curves(runs), _histograms(runs), _confusions(runs), _reliability(runs), _groups(runs),
-                _errors(runs, show), _skipped(runs)]
-    nav = "".join(f'<a href="#{a}">{a}</a>' for a in (re.match(r'<section id="([^"]+)"', s)[1] for s in sections))
-    runs_meta = "<br>".join(
-        f"{_swatch(i)}<b>{html.escape(r.name)}</b>: {html.escape(_describe(r))}" for i, r in enumerate(runs))
-    doc = (f'<!DOCTYPE html><html lang="en"><head><meta charset="utf-8"><title>{html.escape(title)}</title>'
-           f"<style>{_CSS}</style></head><body><main><h1>{html.escape(title)}</h1>"
-           f'<p class="meta">{runs_meta}<br>rendered {time.strftime("%Y-%m-%d %H:%M")} by synthdet {__version__}</p>'
-           f"<nav>{nav}</nav>{''.join(sections)}</main></body></html>")
-    out = Path(out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(doc, encoding="utf-8")
-    return out
+    robustness = _robustness(runs)
+    groups = _groups(runs)
+    gap = ([{**row.to_dict(), "name": name, "n": int(row.n)}
+            for name, row in gap_table({r.name: r.metrics[CLEAN] for r in runs}).iterrows()] if len(runs) > 1 else [])
+    anchors = ["summary", *(["gap"] if gap else []), "metrics", "robustness", "curves", "histograms", "confusion",
+               "reliability", "groups", "errors", "skipped"]
+    doc = _template().render(
+        title=title, version=__version__, rendered=time.strftime("%Y-%m-%d %H:%M"), anchors=anchors,
+        colors=_COLORS, bootstrap=runs[0].metrics[CLEAN].get("bootstrap", {}),
+        runs=[{"name": r.name, "describe": _describe(r), "data": str(r.info.get("data", "")), "threshold": r.threshold,
+               "clean": r.metrics[CLEAN], "rows": r.rows, "n_skipped": len(r.skipped),
+               "skipped": r.skipped.head(N_SKIPPED).to_dict("records")} for r in runs],
+        not_held_out=[r.name for r in runs if r.rows["status"] != HELD_OUT],
+        gap=gap, robustness=robustness, groups=groups, errors=_errors(runs, show),
+        plots={"curves": _curves(runs), "histograms": _histograms(runs), "confusion": _confusions(runs),
+               "reliability": _reliability(runs)},
+    )
+    return write_text(out, doc)
+
+
+def _labelled(runs: Sequence[EvalRun]) -> list[EvalRun]:
+    """Runs whose clean figures are not held-out renamed ``name [in-sample]`` / ``name [provenance unknown]``."""
+    return [r if r.rows["status"] == HELD_OUT else replace(r, name=f"{r.name} [{r.rows['status']}]") for r in runs]
 
 
 def _unique_names(runs: Sequence[EvalRun]) -> list[EvalRun]:
@@ -439,7 +317,7 @@ def _describe(run: EvalRun) -> str:
     d = run.info.get("detector", {})
     parts = [f"{d.get('backbone', '?')} + {d.get('head', '?')} ({d.get('features', '?')})" if d else "",
              f"detector {d['path']}" if d.get("path") else "", f"data {run.info['data']}" if run.info.get("data") else "",
-             f"threshold {run.threshold:.3f}", run.info.get("created", "")]
+             f"threshold {run.threshold:.3f}", f"rows {describe_rows(run.rows)}", run.info.get("created", "")]
     return " · ".join(p for p in parts if p)
 
 
@@ -460,7 +338,8 @@ def _slice_names(values: Sequence[str]) -> list[str]:
 
 
 def _summary_table(run: EvalRun) -> Table:
-    table = Table(title=f"{run.name} — threshold {run.threshold:.3f}")
+    label = "" if run.rows["status"] == HELD_OUT else f" [{run.rows['status']}]"  # on every figure of the table
+    table = Table(title=f"{run.name}{label} — threshold {run.threshold:.3f}", caption=f"rows: {describe_rows(run.rows)}")
     for col in ("slice", "n", "ROC AUC", "95% CI", "Δ AUC", "F1", "Δ F1", "accuracy", "Δ acc"):
         table.add_column(col, justify="left" if col == "slice" else "right")
     for s, row in run.deltas().iterrows():
@@ -474,18 +353,20 @@ def _summary_table(run: EvalRun) -> Table:
 
 @app.command("evaluate")
 def evaluate_cmd(
-    detector: Annotated[Optional[Path], typer.Argument(help="Detector folder (omit for the shipped default).")] = None,
-    data: Annotated[Optional[Path], typer.Argument(help="Folder (0_real/1_fake, real/fake), CSV path,label or manifest.")] = None,
+    detector: Annotated[Path | None, typer.Argument(help="Detector folder (omit for the shipped default).")] = None,
+    data: Annotated[Path | None, typer.Argument(help="Folder (0_real/1_fake, real/fake), CSV path,label or manifest.")] = None,
     out: Annotated[Path, typer.Option("-o", "--out", help="Run folder to write (scores, metrics, report.html).")] = Path("eval-run"),
     slices: Annotated[list[str], typer.Option(
         "-s", "--slice", help=f"Slice(s), repeatable or comma-separated; 'all' or 'none'. Known: {', '.join(SLICES)}.",
     )] = list(DEFAULT_SLICES),
     bootstrap: Annotated[int, typer.Option(help="Bootstrap resamples for the 95% intervals (0: none).")] = 1000,
-    workers: Annotated[Optional[int], typer.Option(help="Decoding workers (default: up to 4).")] = None,
-    batch_size: Annotated[Optional[int], typer.Option(help="Images per forward pass (default: 8 on CPU, 64 on CUDA).")] = None,
-    split: Annotated[Optional[str], typer.Option(help="Only rows of this split (e.g. 'val' in a detector's manifest.csv).")] = None,
-    name: Annotated[Optional[str], typer.Option(help="Run name in reports (default: the output folder's name).")] = None,
+    workers: Annotated[int | None, typer.Option(help="Decoding workers (default: up to 4).")] = None,
+    batch_size: Annotated[int | None, typer.Option(help="Images per forward pass (default: 8 on CPU, 64 on CUDA).")] = None,
+    split: Annotated[str | None, typer.Option(help="Only rows of this split (e.g. 'val' in a detector's manifest.csv).")] = None,
+    name: Annotated[str | None, typer.Option(help="Run name in reports (default: the output folder's name).")] = None,
     thumbnails: Annotated[bool, typer.Option(help="Show the hardest errors as images in the report.")] = True,
+    on_overlap: Annotated[str, typer.Option(help="Images the detector was fitted/calibrated on: refuse, drop them, "
+                                                 "or flag every figure in-sample.")] = "refuse",
 ) -> None:
     """Score DATA clean and under robustness slices; write the run folder and its HTML report."""
     from .data import ManifestError, index
@@ -504,7 +385,7 @@ def evaluate_cmd(
                 raise ManifestError(f"{data}: no split column to select {split!r} from")
             df = df[df["split"] == split]
         run = evaluate_detector(det, df, slices=names, bootstrap=bootstrap, batch_size=batch_size,
-                                num_workers=workers, name=name or out.name)
+                                num_workers=workers, name=name or out.name, on_overlap=cast(OnOverlap, on_overlap), progress=True)
     except (ManifestError, FileNotFoundError, ValueError) as e:
         err.print(f"[bold red]error:[/] {e}", soft_wrap=True, highlight=False)
         raise typer.Exit(2) from None

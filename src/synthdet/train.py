@@ -31,9 +31,9 @@ from .backbones import Backbone, create_backbone
 from .calibrate import f1_optimal_threshold
 from .data import ManifestError, index, manifest_hash, write_manifest
 from .detector import Card, Detector, FeatureKind, assemble_features
-from .evaluate import binary_metrics, grouped_metrics
 from .features import ExtractResult, FeatureStore, extract
 from .heads import make_head
+from .metrics import binary_metrics, grouped_metrics
 from .splits import HASH_PREFIX, RowSet, SplitPlan
 
 

@@ -25,9 +25,9 @@ from ..atomic import atomic_path
 from ..backbones import Backbone
 from ..calibrate import f1_optimal_threshold
 from ..detector import Card, Detector
-from ..evaluate import binary_metrics
 from ..features import num_workers_default
 from ..heads import TorchProbe, make_head, train_epoch
+from ..metrics import binary_metrics
 from ..splits import RowSet
 from .config import FineTuneConfig
 from .data import Item, TrainingImages, Views, collate, epoch_order, item_hashes

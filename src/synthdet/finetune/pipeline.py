@@ -10,7 +10,7 @@ import pandas as pd
 
 from ..atomic import atomic_open
 from ..backbones import create_backbone
-from ..evaluate import binary_metrics
+from ..metrics import binary_metrics
 from .config import FineTuneConfig
 from .loop import FineTuneResult, finetune, score_items
 from .sources import Source, load_source, mix_sources, same_source

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Mapping
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -241,7 +242,7 @@ def gap_table(results: Mapping[str, dict], *, reference: str | None = None) -> p
         raise ValueError("gap_table needs at least one evaluated dataset")
     ref = results[reference if reference is not None else next(iter(results))]
 
-    def get(m: dict, path: tuple[str, ...]) -> float:
+    def get(m: Any, path: tuple[str, ...]) -> float:
         for key in path:
             m = m[key]
         return float(m)
@@ -250,7 +251,7 @@ def gap_table(results: Mapping[str, dict], *, reference: str | None = None) -> p
     for name, m in results.items():
         row: dict[str, object] = {"dataset": name, "n": int(m["n"])}
         for col, path in GAP_METRICS.items():
-            row[col] = get(m, path)
-            row[f"{col}_delta"] = row[col] - get(ref, path)
+            value = get(m, path)
+            row[col], row[f"{col}_delta"] = value, value - get(ref, path)
         rows.append(row)
     return pd.DataFrame(rows).set_index("dataset")

@@ -1,4 +1,4 @@
-"""evaluate: Task A metrics agree with scikit-learn; EER is right on hand-made cases; groups are split correctly."""
+"""metrics: Task A metrics agree with scikit-learn; EER is right on hand-made cases; groups are split correctly."""
 
 from __future__ import annotations
 
@@ -17,7 +17,7 @@ from sklearn.metrics import (
 )
 
 from synthdet.calibrate import f1_optimal_threshold
-from synthdet.evaluate import binary_metrics, equal_error_rate, grouped_metrics, threshold_metrics
+from synthdet.metrics import binary_metrics, equal_error_rate, grouped_metrics, threshold_metrics
 
 
 def random_case(seed: int, n: int = 200) -> tuple[np.ndarray, np.ndarray]:
@@ -153,7 +153,7 @@ def test_grouped_metrics_mixed_types_sorted_as_strings() -> None:
 
 # --------------------------------------------------------------------------------- evaluate_scores, bootstrap, gap
 
-from synthdet.evaluate import CI_LEVEL, evaluate_scores, gap_table, resampled_metrics  # noqa: E402
+from synthdet.metrics import CI_LEVEL, evaluate_scores, gap_table, resampled_metrics  # noqa: E402
 
 
 def _counts(y: np.ndarray, prob: np.ndarray, idx: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:

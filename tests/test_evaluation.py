@@ -1,0 +1,134 @@
+"""Evaluation runs: a run folder round-trips; which rows each figure was computed on (held-out, in-sample or of
+unknown provenance) is checked against the detector card's ``rows``."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+from conftest import small_demo_csv
+
+from synthdet.data import index
+from synthdet.detector import Detector, default_detector_path
+from synthdet.ensemble import EnsembleDetector
+from synthdet.evaluation import (
+    HELD_OUT,
+    IN_SAMPLE,
+    UNKNOWN,
+    EvalRun,
+    InSampleError,
+    evaluate_detector,
+    provenance,
+    seen_rows,
+)
+from synthdet.metrics import evaluate_scores
+from synthdet.splits import RowSet
+
+
+def test_eval_run_round_trips_through_its_folder(tmp_path) -> None:
+    rng = np.random.default_rng(0)
+    y = rng.integers(0, 2, 50)
+    prob = np.clip(0.3 + 0.4 * y + rng.normal(0, 0.2, 50), 0, 1)
+    scores = pd.DataFrame({"path": [f"/x/{i}.jpg" for i in range(50)], "label": y, "generator": "g",
+                           "width": 400, "height": 300, "prob_clean": prob, "prob_jpeg85": prob * 0.9})
+    metrics = {"clean": evaluate_scores(y, prob, 0.5, bootstrap=50),
+               "jpeg85": evaluate_scores(y, prob * 0.9, 0.5, bootstrap=50)}
+    skipped = pd.DataFrame([{"path": "/x/bad.png", "slice": "clean", "reason": "truncated"}])
+    run = EvalRun("r1", 0.5, scores, metrics, skipped, {"data": "somewhere"})
+    back = EvalRun.load(run.save(tmp_path / "run"))
+    assert (tmp_path / "run" / "scores.parquet").is_file() and (tmp_path / "run" / "metrics.json").is_file()
+    assert back.name == "r1" and back.threshold == 0.5 and back.info == {"data": "somewhere"}
+    pd.testing.assert_frame_equal(back.scores, scores)
+    assert back.skipped.to_dict("records") == skipped.to_dict("records")
+    for metric, interval in metrics["jpeg85"]["ci"].items():
+        assert back.metrics["jpeg85"]["ci"][metric] == pytest.approx(interval)
+    assert back.slices == ["clean", "jpeg85"]
+    assert back.deltas().loc["jpeg85", "roc_auc_delta"] == pytest.approx(0.0, abs=1e-12)  # monotone: same ranking
+    with pytest.raises(FileNotFoundError):
+        EvalRun.load(tmp_path)
+
+
+# ------------------------------------------------------------------------------- which rows a figure was computed on
+@pytest.fixture(scope="module")
+def demo(tmp_path_factory: pytest.TempPathFactory) -> tuple[pd.DataFrame, Path]:
+    """Ten demo images per class, indexed (content hashes), plus a byte copy of the first under another name."""
+    tmp = tmp_path_factory.mktemp("provenance")
+    df = index(small_demo_csv(tmp, 10), progress=False)
+    copy = tmp / "copy-of-first.jpg"
+    shutil.copyfile(df["path"].iloc[0], copy)
+    return df, copy
+
+
+def shipped_with_rows(fit: list[str], calib: list[str]) -> Detector:
+    """The shipped detector, its card claiming it was fitted on ``fit`` and calibrated on ``calib``."""
+    det = Detector.load()
+    det.card.rows = {"fit": RowSet.of(fit), "calib": RowSet.of(calib)}
+    return det
+
+
+def test_evaluating_rows_the_detector_has_seen_is_refused_with_the_overlap_count(demo) -> None:
+    df, _ = demo
+    det = shipped_with_rows(list(df["sha256"].iloc[:2]), [df["sha256"].iloc[12]])
+    with pytest.raises(InSampleError, match=r"3 of the 20 images .*\(fit: 2, calib: 1\)"):
+        evaluate_detector(det, df, slices=[], bootstrap=0, num_workers=0)
+
+
+def test_flag_labels_every_figure_in_sample_and_the_run_folder_says_so(demo, tmp_path: Path) -> None:
+    df, _ = demo
+    det = shipped_with_rows(list(df["sha256"].iloc[:2]), [df["sha256"].iloc[12]])
+    run = evaluate_detector(det, df, slices=["jpeg85"], bootstrap=0, num_workers=0, on_overlap="flag")
+    assert len(run.scores) == 20
+    for cond in ("clean", "jpeg85"):
+        rows = run.metrics[cond]["rows"]
+        assert rows["status"] == IN_SAMPLE and rows["n"] == 20 and rows["n_seen"] == 3
+        assert rows["digest"] == RowSet.of(df["sha256"]).digest
+    doc = json.loads((run.save(tmp_path / "run") / "metrics.json").read_text())
+    assert doc["metrics"]["clean"]["rows"]["status"] == "in-sample" and doc["info"]["rows"]["on_overlap"] == "flag"
+    assert EvalRun.load(tmp_path / "run").rows["status"] == "in-sample"
+
+
+def test_drop_evaluates_the_held_out_remainder(demo) -> None:
+    df, _ = demo
+    seen = list(df["sha256"].iloc[[0, 1, 12]])
+    det = shipped_with_rows(seen[:2], seen[2:])
+    run = evaluate_detector(det, df, slices=[], bootstrap=0, num_workers=0, on_overlap="drop")
+    assert len(run.scores) == 17 and not set(run.scores["sha256"]) & set(seen)
+    assert run.rows["status"] == HELD_OUT and run.rows["n"] == 17 and run.info["rows"]["dropped_seen"] == 3
+    assert run.metrics["clean"]["n"] == 17
+
+
+def test_a_duplicate_counts_once_in_the_overlap_and_in_the_figures(demo) -> None:
+    df, copy = demo
+    dup = df.iloc[[0]].assign(path=str(copy))
+    with_dup = pd.concat([df, dup], ignore_index=True)
+    det = shipped_with_rows([df["sha256"].iloc[0]], [])
+    with pytest.raises(InSampleError, match="1 of the 20 images"):
+        evaluate_detector(det, with_dup, slices=[], bootstrap=0, num_workers=0)
+    run = evaluate_detector(det, with_dup, slices=[], bootstrap=0, num_workers=0, on_overlap="flag")
+    assert run.metrics["clean"]["n"] == 20 and run.rows["n_seen"] == 1
+    assert run.skipped["reason"].str.contains("counted once").sum() == 1
+
+
+def test_a_card_without_rows_gives_figures_of_unknown_provenance(demo) -> None:
+    df, _ = demo
+    det = Detector.load()
+    assert det.card.rows == {}
+    run = evaluate_detector(det, df, slices=["small"], bootstrap=0, num_workers=0)
+    assert {m["rows"]["status"] for m in run.metrics.values()} == {UNKNOWN}
+
+
+def test_an_ensemble_has_seen_what_any_member_has_seen() -> None:
+    shipped = default_detector_path()
+    ens = EnsembleDetector.from_members([shipped, shipped])
+    assert seen_rows(ens) is None  # members without rows: unknown
+    ens.members[0].card.rows = {"fit": RowSet.of(["aa" * 8]), "calib": RowSet.of(["bb" * 8])}
+    assert seen_rows(ens) is None  # one member still unknown
+    ens.members[1].card.rows = {"fit": RowSet.of(["cc" * 8]), "calib": RowSet.of([])}
+    ens.card.rows = {"calib": RowSet.of(["dd" * 8])}
+    union = seen_rows(ens)
+    assert union["fit"].hashes == ["aa" * 8, "cc" * 8] and union["calib"].hashes == ["bb" * 8, "dd" * 8]
+    assert provenance(["cc" * 32, "ee" * 32], union)["n_seen"] == 1
