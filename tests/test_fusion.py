@@ -116,7 +116,7 @@ def fitted() -> tuple[LayerFusionHead, np.ndarray, np.ndarray]:
 
 
 def test_fusion_is_a_registered_head() -> None:
-    assert HEADS["fusion"] is LayerFusionHead
+    assert HEADS.get("fusion") is LayerFusionHead
     assert isinstance(make_head("fusion", layer_dims=[4, 4]), LayerFusionHead)
     assert make_head("fusion", layer_dims=[4, 4]).get_params()["layer_dims"] == [4, 4]
 
