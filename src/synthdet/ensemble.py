@@ -25,31 +25,26 @@ calibration metrics) and ``members/`` holding a copy of every member folder, so 
 
 from __future__ import annotations
 
-import json
 import shutil
-import time
 from collections.abc import Iterable, Iterator, Sequence
 from pathlib import Path
-from typing import Annotated, Any, Literal, get_args
+from typing import Annotated, Any, get_args
 
 import numpy as np
 import pandas as pd
 import typer
-from pydantic import BaseModel, ConfigDict
 from rich.console import Console
 from rich.table import Table
 
-from . import __version__
 from .backbones import Backbone
 from .calibrate import f1_optimal_threshold
 from .data import manifest_hash
-from .detector import Card, Detector, assemble_features
+from .detector import Card, Detector, EnsembleCard, NotADetectorError, Rule, assemble_features, read_card, save_card
 from .evaluate import binary_metrics
 from .features import ImageTransform, forward_batches
 from .pixels import DEFAULT_MAX_PIXELS
 from .train import usable_rows
 
-Rule = Literal["mean", "majority", "weighted-majority"]
 RULES: tuple[str, ...] = get_args(Rule)
 
 
@@ -90,29 +85,6 @@ def validation_f1(card: Card) -> float:
         return float(card.metrics["cv"]["mean"]["f1"])
     raise ValueError(f"{card.backbone} + {card.head}: its card has no validation F1 (metrics 'val' or 'cv') to "
                      f"weight by")
-
-
-class EnsembleCard(BaseModel):
-    """``card.json`` of an ensemble; ``backbone``/``weights_id``/``head``/``features`` summarise the members for
-    reports that show any detector's card."""
-
-    model_config = ConfigDict(extra="allow")
-
-    synthdet_version: str = __version__
-    kind: Literal["ensemble"] = "ensemble"
-    rule: Rule
-    names: list[str]  # m<j>-<folder name>: table rows, metric keys, and the folder names under members/
-    members: list[str]  # member folders; relative ones are inside the ensemble folder
-    weights: list[float]
-    threshold: float
-    prior: float = 0.5
-    backbone: str
-    weights_id: str
-    head: str
-    features: str
-    metrics: dict[str, Any] = {}
-    data: dict[str, Any] = {}
-    created: str = ""
 
 
 class EnsembleDetector:
@@ -169,7 +141,7 @@ class EnsembleDetector:
 
     def _tables(
         self, paths: Iterable[str | Path], *, batch_size: int | None = None, num_workers: int | None = None,
-        max_pixels: int = DEFAULT_MAX_PIXELS, chunk: int = 1024, progress: bool = True,
+        max_pixels: int = DEFAULT_MAX_PIXELS, chunk: int = 1024, progress: bool = False,
         transform: ImageTransform | None = None,
     ) -> Iterator[tuple[list[str], np.ndarray, dict[int, str]]]:
         """Per chunk of paths: the members' probabilities ``[n, m]`` (NaN where a file failed) and the failures."""
@@ -207,7 +179,7 @@ class EnsembleDetector:
         num_workers: int | None = None,
         max_pixels: int = DEFAULT_MAX_PIXELS,
         chunk: int = 1024,
-        progress: bool = True,
+        progress: bool = False,
         transform: ImageTransform | None = None,
     ) -> Iterator[tuple[str, float | None, str]]:
         """As :meth:`Detector.predict_paths`: ``(path, ensemble score, "")`` or ``(path, None, reason)``, in order."""
@@ -233,16 +205,17 @@ class EnsembleDetector:
                 shutil.copytree(src, dst, dirs_exist_ok=True)
             refs.append(dst.relative_to(path).as_posix())
         self.card.members = refs
-        self.card.created = self.card.created or time.strftime("%Y-%m-%dT%H:%M:%S%z")
-        tmp = path / "card.json.tmp"
-        tmp.write_text(json.dumps(self.card.model_dump(mode="json"), indent=2))
-        tmp.replace(path / "card.json")
+        save_card(self.card, path)
         return path
 
 
 def load_ensemble(path: str | Path) -> EnsembleDetector:
+    """The ensemble saved in ``path`` and its members (the loader :data:`~synthdet.detector.DETECTOR_KINDS` registers
+    for ``kind: "ensemble"``)."""
     path = Path(path)
-    card = EnsembleCard.model_validate_json((path / "card.json").read_text())
+    card = read_card(path)
+    if not isinstance(card, EnsembleCard):
+        raise NotADetectorError(f"{path / 'card.json'}: a {card.kind} card, not an ensemble")
     dirs = [path / m for m in card.members]  # an absolute member path stays absolute
     return EnsembleDetector(card, [Detector.load(d) for d in dirs], dirs)
 
@@ -268,7 +241,7 @@ def build_ensemble(
     copy_members: bool = True,
     batch_size: int | None = None,
     num_workers: int | None = None,
-    progress: bool = True,
+    progress: bool = False,
 ) -> EnsembleDetector:
     """Combine saved detectors, choose the F1-optimal threshold on ``calib`` (labelled images scored through the
     inference path) and save the ensemble to ``out``."""
@@ -319,7 +292,7 @@ def ensemble_command(
         raise typer.BadParameter(f"--weights must be comma-separated numbers, not {weights!r}") from None
     try:
         ens = build_ensemble(members, calib=calib, out=out, rule=rule, weights=w, batch_size=batch_size,
-                             num_workers=workers)
+                             num_workers=workers, progress=True)
     except (ManifestError, WeightsNotFoundError, FileNotFoundError, ValueError) as e:
         err.print(f"[bold red]error:[/] {e}", soft_wrap=True, highlight=False)
         raise typer.Exit(2) from None
