@@ -120,18 +120,21 @@ def upgrade_card(raw: dict[str, Any], folder: Path) -> dict[str, Any]:
     return raw
 
 
-def _reasons(err: ValidationError, limit: int = 4) -> str:
-    """pydantic's errors as one short clause each: ``missing 'backbone'``, ``kind 'foo' unknown``, …"""
-    out: list[str] = []
+def _reasons(err: ValidationError, limit: int = 3) -> str:
+    """pydantic's errors as short clauses: ``missing 'backbone', 'head'``, ``kind 'foo' unknown``, …"""
+    missing: list[str] = []
+    other: list[str] = []
     for e in err.errors(include_url=False):
-        ctx = e.get("ctx", {})
-        if e["type"] == "union_tag_invalid":
-            out.append(f"kind {ctx.get('tag')!r} unknown; kinds: {ctx.get('expected_tags')}")
-            continue
         loc = ".".join(str(x) for x in e["loc"][1:])  # the first element is the kind's variant
-        out.append(f"missing {loc!r}" if e["type"] == "missing" else f"{loc!r}: {e['msg']}")
-    out = list(dict.fromkeys(out))
-    return "; ".join(out[:limit]) + (f"; and {len(out) - limit} more" if len(out) > limit else "")
+        if e["type"] == "union_tag_invalid":
+            ctx = e.get("ctx", {})
+            other.append(f"kind {ctx.get('tag')!r} unknown; kinds: {ctx.get('expected_tags')}")
+        elif e["type"] == "missing":
+            missing.append(repr(loc))
+        else:
+            other.append(f"{loc!r}: {e['msg']}")
+    clauses = ([f"missing {', '.join(missing)}"] if missing else []) + other[:limit]
+    return "; ".join(clauses) + (f"; and {len(other) - limit} more" if len(other) > limit else "")
 
 
 def read_card(folder: str | Path) -> Card | FinetunedCard | EnsembleCard:
