@@ -215,3 +215,9 @@ def test_a_probe_card_is_not_loaded_as_an_ensemble() -> None:
 
     with pytest.raises(NotADetectorError, match="a probe card, not an ensemble"):
         load_ensemble(default_detector_path())
+
+
+def test_a_folder_missing_its_kinds_tensors_is_refused_at_load(tmp_path: Path) -> None:
+    shutil.copy(default_detector_path() / "card.json", tmp_path / "card.json")
+    with pytest.raises(FileNotFoundError, match="a probe detector without head.safetensors"):
+        Detector.load(tmp_path)

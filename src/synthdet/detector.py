@@ -205,7 +205,11 @@ class Detector:
         ensemble folder gives an :class:`~synthdet.ensemble.EnsembleDetector`: same ``card``, ``threshold`` and
         ``predict_paths``."""
         path = Path(path) if path is not None else default_detector_path()
-        return DETECTOR_KINDS.get(read_card(path).kind)(path)
+        kind = read_card(path).kind
+        for name in DETECTOR_KINDS.meta(kind)["files"]:
+            if not (path / name).is_file():
+                raise FileNotFoundError(f"{path}: a {kind} detector without {name}; copy the whole folder")
+        return DETECTOR_KINDS.get(kind)(path)
 
     @classmethod
     def _load_plain(cls, path: Path) -> Detector:
@@ -257,7 +261,8 @@ def default_detector_path() -> Path:
 
 
 DETECTOR_KINDS: Registry[Callable[[Path], Any]] = Registry("detector kind")
-"""Loader of a detector folder by its card's ``kind``: ``loader(folder) -> detector``."""
-DETECTOR_KINDS.add("probe", Detector._load_plain)
-DETECTOR_KINDS.add("finetuned", "synthdet.finetune:load_finetuned")
-DETECTOR_KINDS.add("ensemble", "synthdet.ensemble:load_ensemble")
+"""Loader of a detector folder by its card's ``kind``: ``loader(folder) -> detector``; metadata ``files``: what the
+folder must hold besides ``card.json``."""
+DETECTOR_KINDS.add("probe", Detector._load_plain, files=("head.safetensors",))
+DETECTOR_KINDS.add("finetuned", "synthdet.finetune:load_finetuned", files=("head.safetensors", "backbone.safetensors"))
+DETECTOR_KINDS.add("ensemble", "synthdet.ensemble:load_ensemble", files=())
