@@ -157,6 +157,7 @@ def read_card(folder: str | Path) -> Card | FinetunedCard | EnsembleCard:
 
 
 def save_card(card: CardBase, folder: Path) -> None:
+    """Write ``card.json`` atomically, stamping the creation time once."""
     card.created = card.created or time.strftime("%Y-%m-%dT%H:%M:%S%z")
     write_text(folder / "card.json", json.dumps(card.model_dump(mode="json"), indent=2) + "\n")
 
