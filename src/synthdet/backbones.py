@@ -389,10 +389,10 @@ def _timm_cached(model: str) -> bool:
     from huggingface_hub import try_to_load_from_cache
 
     try:
-        hub = timm.models.get_pretrained_cfg(model).hf_hub_id
+        hub = getattr(timm.models.get_pretrained_cfg(model), "hf_hub_id", None)
     except Exception:
         return False
-    return bool(hub) and any(
+    return isinstance(hub, str) and bool(hub) and any(
         isinstance(try_to_load_from_cache(hub, f), str) for f in ("model.safetensors", "pytorch_model.bin")
     )
 

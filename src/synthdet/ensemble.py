@@ -92,8 +92,6 @@ class EnsembleDetector:
     uses: ``card``, ``threshold``, ``backbone``, ``predict_paths``."""
 
     def __init__(self, card: EnsembleCard, members: Sequence[Detector], member_dirs: Sequence[Path]) -> None:
-        if any(isinstance(m, EnsembleDetector) for m in members):
-            raise ValueError("an ensemble member must be a single detector, not an ensemble")
         self.card = card
         self.members = list(members)
         self.member_dirs = [Path(d) for d in member_dirs]
@@ -112,7 +110,7 @@ class EnsembleDetector:
         dirs = [Path(d) for d in member_dirs]
         if len(dirs) < 2:
             raise ValueError("an ensemble needs at least two detectors")
-        members = [Detector.load(d) for d in dirs]
+        members = [load_member(d) for d in dirs]
         cards = [m.card for m in members]
         if weights is None:
             weights = [validation_f1(c) for c in cards] if rule == "weighted-majority" else [1.0] * len(members)
@@ -209,6 +207,14 @@ class EnsembleDetector:
         return path
 
 
+def load_member(path: Path) -> Detector:
+    """A saved single detector (probe or fine-tuned); an ensemble cannot be a member."""
+    det = Detector.load(path)
+    if not isinstance(det, Detector):
+        raise ValueError(f"{path}: an ensemble member must be a single detector, not an ensemble")
+    return det
+
+
 def load_ensemble(path: str | Path) -> EnsembleDetector:
     """The ensemble saved in ``path`` and its members (the loader :data:`~synthdet.detector.DETECTOR_KINDS` registers
     for ``kind: "ensemble"``)."""
@@ -217,7 +223,7 @@ def load_ensemble(path: str | Path) -> EnsembleDetector:
     if not isinstance(card, EnsembleCard):
         raise NotADetectorError(f"{path / 'card.json'}: a {card.kind} card, not an ensemble")
     dirs = [path / m for m in card.members]  # an absolute member path stays absolute
-    return EnsembleDetector(card, [Detector.load(d) for d in dirs], dirs)
+    return EnsembleDetector(card, [load_member(d) for d in dirs], dirs)
 
 
 def _seen(member_dir: Path, card: Card, shas: set[str]) -> int | None:
