@@ -59,7 +59,7 @@ def main() -> None:
                 for proto, (tr, te) in protocols.items():
                     a, b = df[tr], df[te]
                     X, owner = load_features(store, a.sha256.tolist(), views, feats)
-                    model = make_head(head).fit(X, a.label.to_numpy()[owner])
+                    model = make_head(head).fit(X, a.label.to_numpy()[owner], groups=owner)  # views of an image stay together
                     for suffix, view in (("", 0), ("_aug", 1)):
                         Xt, _ = load_features(store, b.sha256.tolist(), [view], feats)
                         p = model.predict_proba(Xt)[:, 1]

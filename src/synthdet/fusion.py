@@ -24,7 +24,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from .heads import HEADS, TorchProbe
+from .heads import TorchProbe
 
 
 class LayerFusion(nn.Module):
@@ -58,7 +58,8 @@ class LayerFusion(nn.Module):
 
 
 class LayerFusionHead(TorchProbe):
-    """RINE / Lean 2026 layer-wise fusion as a scikit-learn estimator (``make_head("fusion", layer_dims=[...])``).
+    """RINE / Lean 2026 layer-wise fusion as a scikit-learn estimator (``make_head("fusion", layer_dims=[...])``; the
+    entry in :data:`~synthdet.heads.HEADS` is lazy, by import path).
 
     ``layer_dims`` splits the columns of ``X`` into layers (``None``: one layer, i.e. a projected MLP probe).
     ``alpha_lr`` is the block weights' own learning rate, without weight decay: Adam moves a parameter by about
@@ -141,5 +142,3 @@ class LayerFusionHead(TorchProbe):
             plt.close(fig)
         return path
 
-
-HEADS[LayerFusionHead.kind] = LayerFusionHead

@@ -6,7 +6,8 @@ Recipes follow Junaid et al., MediaEval 2026 (``seeds/000``): AdamW + cosine sch
 batch 512, early stopping on validation ROC AUC, fixed seed.
 
 Heads also round-trip through plain tensors (:meth:`state` / :func:`head_from_state`) so a detector is saved as
-safetensors + JSON, never pickle.
+safetensors + JSON, never pickle. :data:`HEADS` names them; the layer-wise fusion head registers lazily
+(:mod:`synthdet.fusion` subclasses :class:`TorchProbe`, so it imports this module, never the reverse).
 """
 
 from __future__ import annotations
@@ -21,8 +22,15 @@ import torch
 from sklearn.base import BaseEstimator, ClassifierMixin
 from sklearn.linear_model import LogisticRegression
 from sklearn.metrics import roc_auc_score
-from sklearn.model_selection import train_test_split
+from sklearn.model_selection import StratifiedGroupKFold
+from sklearn.pipeline import Pipeline
+from sklearn.preprocessing import StandardScaler
+from sklearn.utils import Tags
+from sklearn.utils.multiclass import check_classification_targets, type_of_target
+from sklearn.utils.validation import check_is_fitted, validate_data
 from torch import nn
+
+from .registry import Registry
 
 
 def smoothed_bce(logits: torch.Tensor, y: torch.Tensor, label_smoothing: float) -> torch.Tensor:
@@ -92,7 +100,38 @@ def _net_deep(d: int, hidden: int, dropout: float) -> nn.Module:
     )
 
 
-class TorchProbe(ClassifierMixin, BaseEstimator):
+def grouped_holdout(
+    y: np.ndarray, groups: np.ndarray | None, fraction: float, seed: int
+) -> tuple[np.ndarray, np.ndarray] | None:
+    """Row indices ``(train, held out)``: about ``fraction`` of the groups, stratified by label, every group whole.
+
+    Groups are images (content hashes): augmented views of one image on both sides would let a head that memorises
+    images look good on the held-out rows. ``groups=None`` treats every row as its own image. None when there is too
+    little to hold out (fewer than 20 groups, or a class with fewer groups than folds).
+    """
+    groups = np.arange(len(y)) if groups is None else np.asarray(groups)
+    if len(groups) != len(y):
+        raise ValueError(f"groups has {len(groups)} entries for {len(y)} rows")
+    if not 0 < fraction < 1:
+        return None
+    n_splits = max(2, round(1 / fraction))
+    per_class = [len(np.unique(groups[y == c])) for c in np.unique(y)]
+    if len(per_class) != 2 or sum(per_class) < 20 or min(per_class) < n_splits:
+        return None
+    folds = StratifiedGroupKFold(n_splits=n_splits, shuffle=True, random_state=seed)
+    return next(folds.split(np.zeros(len(y)), y, groups))
+
+
+class BinaryHead(ClassifierMixin, BaseEstimator):
+    """Base of every head: a binary classifier (the second class is "generated"), as scikit-learn's checks see it."""
+
+    def __sklearn_tags__(self) -> Tags:
+        tags = super().__sklearn_tags__()
+        tags.classifier_tags.multi_class = False  # one logit: state() and the card hold one output
+        return tags
+
+
+class TorchProbe(BinaryHead):
     """Base class: an MLP on features, trained full-batch-free with AdamW and early stopping on val ROC AUC."""
 
     kind: ClassVar[str] = ""
@@ -147,13 +186,23 @@ class TorchProbe(ClassifierMixin, BaseEstimator):
     def _device(self) -> torch.device:
         return torch.device(self.device or ("cuda" if torch.cuda.is_available() else "cpu"))
 
-    def fit(self, X: np.ndarray, y: np.ndarray, *, X_val: np.ndarray | None = None, y_val: np.ndarray | None = None, groups: np.ndarray | None = None) -> TorchProbe:
-        """Fit on ``(X, y)``; early-stop on ``(X_val, y_val)``, or on a stratified slice of ``X`` if none is given."""
-        X = np.asarray(X, dtype=np.float32)
-        y = np.asarray(y).astype(np.float32)
-        self.classes_ = np.array([0, 1])
-        if X_val is None and self.val_fraction > 0 and len(np.unique(y)) == 2 and len(y) >= 20:
-            X, X_val, y, y_val = train_test_split(X, y, test_size=self.val_fraction, random_state=self.seed, stratify=y)
+    def fit(
+        self, X: np.ndarray, y: np.ndarray, *, groups: np.ndarray | None = None, X_val: np.ndarray | None = None,
+        y_val: np.ndarray | None = None,
+    ) -> TorchProbe:
+        """Fit on ``(X, y)``; early-stop on ``(X_val, y_val)``, or else on ``val_fraction`` of the images of ``X``.
+
+        ``groups`` (one content hash per row) keeps every view of an image on one side of that internal split.
+        Without it each row counts as its own image: when rows are augmented views, the internal validation AUC (and
+        so the epoch early stopping keeps) rewards memorising images — pure-noise labels reach 0.98.
+        """
+        X, y = validate_data(self, X, y, dtype=np.float32)
+        y = self._encode(y)
+        if X_val is not None:
+            X_val, y_val = validate_data(self, X_val, y_val, dtype=np.float32, reset=False)
+            y_val = (y_val == self.classes_[1]).astype(np.float32)
+        if X_val is None and (held := grouped_holdout(y, groups, self.val_fraction, self.seed)) is not None:
+            X, X_val, y, y_val = X[held[0]], X[held[1]], y[held[0]], y[held[1]]
         torch.manual_seed(self.seed)
         rng = np.random.default_rng(self.seed)
         dev = self._device()
@@ -184,17 +233,23 @@ class TorchProbe(ClassifierMixin, BaseEstimator):
             net.load_state_dict(best_state)
         self.net_ = net.eval()
         self.best_val_auc_ = None if best == -np.inf else float(best)
-        self.n_features_in_ = X.shape[1]
         return self
+
+    def _encode(self, y: np.ndarray) -> np.ndarray:
+        """Set ``classes_`` from binary labels and return them as 0/1 targets (the second class is "generated")."""
+        check_classification_targets(y)
+        self.classes_, y01 = np.unique(y, return_inverse=True)
+        if len(self.classes_) != 2:
+            raise ValueError(f"Only binary classification is supported: needs two classes, got {len(self.classes_)} class(es)")
+        return y01.astype(np.float32)
 
     @torch.no_grad()
     def decision_function(self, X: np.ndarray) -> np.ndarray:
+        check_is_fitted(self, "net_")
+        X = validate_data(self, X, dtype=np.float32, reset=False, ensure_min_samples=0)
         net = self.net_.eval()
         dev = next(net.parameters()).device
-        out = [
-            net(torch.from_numpy(np.asarray(X[i : i + 8192], dtype=np.float32)).to(dev)).squeeze(1).cpu()
-            for i in range(0, len(X), 8192)
-        ]
+        out = [net(torch.from_numpy(X[i : i + 8192]).to(dev)).squeeze(1).cpu() for i in range(0, len(X), 8192)]
         return torch.cat(out).numpy() if out else np.empty(0, dtype=np.float32)
 
     def predict_proba(self, X: np.ndarray) -> np.ndarray:
@@ -202,7 +257,8 @@ class TorchProbe(ClassifierMixin, BaseEstimator):
         return np.stack([1 - p, p], axis=1)
 
     def predict(self, X: np.ndarray) -> np.ndarray:
-        return (self.predict_proba(X)[:, 1] >= 0.5).astype(int)
+        generated = self.predict_proba(X)[:, 1] >= 0.5
+        return self.classes_[generated.astype(int)]
 
     def n_parameters(self, d: int) -> int:
         return sum(p.numel() for p in self._make(d).parameters())
@@ -242,8 +298,13 @@ class DeepProbe(TorchProbe):
 
 
 
-class LogisticHead(ClassifierMixin, BaseEstimator):
-    """Standardised features + L2 logistic regression: the strong, hard-to-overfit baseline."""
+class LogisticHead(BinaryHead):
+    """Standardised features + L2 logistic regression: the strong, hard-to-overfit baseline.
+
+    A scikit-learn :class:`~sklearn.pipeline.Pipeline` (``pipeline_``: ``StandardScaler`` → ``LogisticRegression``)
+    behind the heads' interface: flat, JSON-friendly parameters for the card, and :meth:`state` / :meth:`load_state`
+    as tensors. Features are standardised in float64 whatever their dtype.
+    """
 
     kind: ClassVar[str] = "logreg"
 
@@ -252,54 +313,74 @@ class LogisticHead(ClassifierMixin, BaseEstimator):
         self.max_iter = max_iter
         self.seed = seed
 
-    def fit(self, X: np.ndarray, y: np.ndarray, *, groups: np.ndarray | None = None, **_: Any) -> LogisticHead:
-        X = np.asarray(X, dtype=np.float64)
-        self.mean_ = X.mean(0)
-        self.scale_ = X.std(0) + 1e-6
-        self.lr_ = LogisticRegression(C=self.C, max_iter=self.max_iter, random_state=self.seed)
-        self.lr_.fit((X - self.mean_) / self.scale_, np.asarray(y).astype(int))
-        self.classes_ = self.lr_.classes_
-        self.n_features_in_ = X.shape[1]
+    def pipeline(self) -> Pipeline:
+        """The unfitted pipeline these parameters describe."""
+        return Pipeline([
+            ("scale", StandardScaler()),
+            ("logreg", LogisticRegression(C=self.C, max_iter=self.max_iter, random_state=self.seed)),
+        ])
+
+    def fit(
+        self, X: np.ndarray, y: np.ndarray, *, sample_weight: np.ndarray | None = None, groups: np.ndarray | None = None,
+        X_val: np.ndarray | None = None, y_val: np.ndarray | None = None,
+    ) -> LogisticHead:
+        """Fit the pipeline; ``groups``/``X_val``/``y_val`` (the heads' common signature) are unused: nothing
+        early-stops."""
+        X, y = validate_data(self, X, y, dtype=np.float64)
+        if (target := type_of_target(y, input_name="y", raise_unknown=True)) != "binary":
+            raise ValueError(f"Only binary classification is supported; the target is {target}")
+        self.pipeline_ = self.pipeline().fit(X, y, scale__sample_weight=sample_weight, logreg__sample_weight=sample_weight)
+        self.classes_ = self.pipeline_.classes_
+        self.n_iter_ = self.pipeline_.named_steps["logreg"].n_iter_
         return self
 
+    def _apply(self, method: str, X: np.ndarray, empty_shape: tuple[int, ...]) -> np.ndarray:
+        check_is_fitted(self, "pipeline_")
+        X = validate_data(self, X, dtype=np.float64, reset=False, ensure_min_samples=0)
+        return getattr(self.pipeline_, method)(X) if len(X) else np.empty(empty_shape)
+
     def decision_function(self, X: np.ndarray) -> np.ndarray:
-        Z = (np.asarray(X, dtype=np.float64) - self.mean_) / self.scale_
-        return Z @ self.lr_.coef_[0] + self.lr_.intercept_[0]
+        return self._apply("decision_function", X, (0,))
 
     def predict_proba(self, X: np.ndarray) -> np.ndarray:
-        p = 1.0 / (1.0 + np.exp(-self.decision_function(X)))
-        return np.stack([1 - p, p], axis=1)
+        return self._apply("predict_proba", X, (0, 2))
 
     def predict(self, X: np.ndarray) -> np.ndarray:
-        return (self.predict_proba(X)[:, 1] >= 0.5).astype(int)
+        return self._apply("predict", X, (0,))
 
     def state(self) -> dict[str, torch.Tensor]:
+        scaler, lr = self.pipeline_.named_steps["scale"], self.pipeline_.named_steps["logreg"]
         return {
-            "mean": torch.from_numpy(self.mean_), "scale": torch.from_numpy(self.scale_),
-            "coef": torch.from_numpy(self.lr_.coef_[0].copy()), "intercept": torch.tensor(self.lr_.intercept_),
+            "mean": torch.from_numpy(scaler.mean_.copy()), "scale": torch.from_numpy(scaler.scale_.copy()),
+            "coef": torch.from_numpy(lr.coef_[0].copy()), "intercept": torch.from_numpy(lr.intercept_.copy()),
         }
 
     def load_state(self, state: dict[str, torch.Tensor], n_features: int) -> LogisticHead:
-        self.mean_, self.scale_ = state["mean"].numpy(), state["scale"].numpy()
-        self.lr_ = LogisticRegression(C=self.C)
-        self.lr_.coef_ = state["coef"].numpy()[None, :]
-        self.lr_.intercept_ = state["intercept"].numpy()
-        self.lr_.classes_ = self.classes_ = np.array([0, 1])
-        self.n_features_in_ = n_features
+        """Rebuild the fitted pipeline from :meth:`state`'s tensors (classes 0 = real, 1 = generated)."""
+        pipe = self.pipeline()
+        scaler, lr = pipe.named_steps["scale"], pipe.named_steps["logreg"]
+        scaler.mean_ = state["mean"].numpy().astype(np.float64)
+        scaler.scale_ = state["scale"].numpy().astype(np.float64)
+        scaler.var_ = scaler.scale_**2
+        lr.coef_ = state["coef"].numpy().astype(np.float64)[None, :]
+        lr.intercept_ = state["intercept"].numpy().astype(np.float64).reshape(1)
+        for step in (scaler, lr):
+            step.n_features_in_ = n_features
+        lr.classes_ = self.classes_ = np.array([0, 1])
+        self.pipeline_, self.n_features_in_ = pipe, n_features
         return self
 
 
-HEADS: dict[str, type] = {cls.kind: cls for cls in (LinearProbe, ResidualProbe, DeepProbe, LogisticHead)}
+HEADS: Registry[type[BaseEstimator]] = Registry("head")
+"""Head classes by kind: ``HEADS.get(kind)(**params)`` is an unfitted estimator."""
+for _cls in (LinearProbe, ResidualProbe, DeepProbe, LogisticHead):
+    HEADS.add(_cls.kind, _cls)
+HEADS.add("fusion", "synthdet.fusion:LayerFusionHead")
 
 
 def make_head(kind: str, **params: Any) -> BaseEstimator:
-    if kind not in HEADS:
-        raise ValueError(f"unknown head {kind!r}; choose from {', '.join(HEADS)}")
-    return HEADS[kind](**params)
+    return HEADS.get(kind)(**params)
 
 
 def head_from_state(kind: str, params: dict[str, Any], state: dict[str, torch.Tensor], n_features: int) -> BaseEstimator:
     return make_head(kind, **params).load_state(state, n_features)
-
-
-from . import fusion as _fusion  # noqa: E402,F401 - registers "fusion"; it subclasses TorchProbe, so it loads last

@@ -24,7 +24,7 @@ from tqdm.auto import tqdm
 from ..atomic import atomic_path
 from ..backbones import Backbone
 from ..calibrate import f1_optimal_threshold
-from ..detector import Card, Detector
+from ..detector import Detector, FinetunedCard
 from ..features import num_workers_default
 from ..heads import TorchProbe, make_head, train_epoch
 from ..metrics import binary_metrics
@@ -155,7 +155,7 @@ def finetune(
     steps = max(1, -(-len(train_items) // cfg.batch_size))
     sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=cfg.epochs * steps)
 
-    card = Card(
+    card = FinetunedCard(
         backbone=backbone.name, weights_id=base_weights_id, weights_file=str(weights_file) if weights_file else None,
         preprocess=backbone.preprocess, features="concat" if taps else "pooled", head=cfg.head,
         head_params=head.get_params(), n_features=n_features, threshold=0.5,
