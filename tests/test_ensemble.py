@@ -10,9 +10,10 @@ import pandas as pd
 import pytest
 
 from synthdet.calibrate import f1_optimal_threshold
+from synthdet.cli.ensemble import ensemble_command
 from synthdet.demo import demo_data_dir
 from synthdet.detector import Detector
-from synthdet.ensemble import EnsembleDetector, _seen, build_ensemble, combine, ensemble_command, validation_f1
+from synthdet.ensemble import EnsembleDetector, _seen, build_ensemble, combine, validation_f1
 from synthdet.train import train_detector
 
 

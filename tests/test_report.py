@@ -19,7 +19,8 @@ from typer.testing import CliRunner
 from conftest import small_demo_csv
 from synthdet.data import index, write_manifest
 from synthdet.detector import Detector
-from synthdet.report import app, render_report
+from synthdet.cli import app
+from synthdet.report import render_report
 from synthdet.slices import EvalRun, evaluate_detector, is_small
 
 SECTIONS = ("summary", "metrics", "curves", "histograms", "confusion", "reliability", "groups", "robustness", "errors",

@@ -122,7 +122,7 @@ def cross_validate(
     num_workers: int | None = None,
     refit_all: bool = False,
     out: str | Path | None = None,
-    progress: bool = True,
+    progress: bool = False,
 ) -> CVResult:
     """k-fold CV of ``head`` on cached features (``fit`` rows get ``n_views`` views, calib and test rows view 0, as
     in ``train_detector``). ``out`` receives ``cv.json``, ``oof.csv`` and, with ``refit_all``, ``detector/``."""
@@ -201,7 +201,7 @@ def save_cv(result: CVResult, out: str | Path) -> Path:
 
 def finetune_fitter(
     backbone: str, cfg: FineTuneConfig | None = None, run_dir: str | Path = "cv-finetune", *,
-    weights: str | Path | None = None, progress: bool = True,
+    weights: str | Path | None = None, progress: bool = False,
 ) -> FoldFitter:
     """A :data:`FoldFitter` that fine-tunes ``backbone`` (a fresh copy per fold: fine-tuning trains it in place) on
     the fold's ``fit`` rows, selects the epoch and threshold on its ``calib`` rows, and scores the test fold through

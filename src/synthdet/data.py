@@ -140,7 +140,7 @@ def index(
     *,
     max_pixels: int = DEFAULT_MAX_PIXELS,
     workers: int = 4,
-    progress: bool = True,
+    progress: bool = False,
 ) -> pd.DataFrame:
     """Build a manifest from a folder or labels CSV (an existing manifest is read back as it is). Bad files are kept
     with ``ok=False`` and a reason."""

@@ -127,7 +127,7 @@ class Detector:
         num_workers: int | None = None,
         max_pixels: int = DEFAULT_MAX_PIXELS,
         chunk: int = 1024,
-        progress: bool = True,
+        progress: bool = False,
         transform: ImageTransform | None = None,
     ) -> Iterator[tuple[str, float | None, str]]:
         """Yield ``(path, probability of being generated, "")`` or ``(path, None, reason)``, in input order.

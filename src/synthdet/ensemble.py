@@ -166,7 +166,7 @@ class EnsembleDetector:
 
     def _tables(
         self, paths: Iterable[str | Path], *, batch_size: int | None = None, num_workers: int | None = None,
-        max_pixels: int = DEFAULT_MAX_PIXELS, chunk: int = 1024, progress: bool = True,
+        max_pixels: int = DEFAULT_MAX_PIXELS, chunk: int = 1024, progress: bool = False,
         transform: ImageTransform | None = None,
     ) -> Iterator[tuple[list[str], np.ndarray, dict[int, str]]]:
         """Per chunk of paths: the members' probabilities ``[n, m]`` (NaN where a file failed) and the failures."""
@@ -204,7 +204,7 @@ class EnsembleDetector:
         num_workers: int | None = None,
         max_pixels: int = DEFAULT_MAX_PIXELS,
         chunk: int = 1024,
-        progress: bool = True,
+        progress: bool = False,
         transform: ImageTransform | None = None,
     ) -> Iterator[tuple[str, float | None, str]]:
         """As :meth:`Detector.predict_paths`: ``(path, ensemble score, "")`` or ``(path, None, reason)``, in order."""
@@ -265,7 +265,7 @@ def build_ensemble(
     copy_members: bool = True,
     batch_size: int | None = None,
     num_workers: int | None = None,
-    progress: bool = True,
+    progress: bool = False,
 ) -> EnsembleDetector:
     """Combine saved detectors, choose the F1-optimal threshold on ``calib`` (labelled images scored through the
     inference path) and save the ensemble to ``out``."""

@@ -221,7 +221,7 @@ def forward_batches(
     num_workers: int | None = None,
     max_pixels: int = DEFAULT_MAX_PIXELS,
     desc: str = "extract",
-    progress: bool = True,
+    progress: bool = False,
     transform: ImageTransform | None = None,
 ) -> Iterator[tuple[list[tuple[int, int]], torch.Tensor, list[torch.Tensor], list[tuple[int, str]]]]:
     """Stream ``(item_view_pairs, pooled, layers, errors)`` over items, with bounded memory.
@@ -285,7 +285,7 @@ def extract(
     num_workers: int | None = None,
     flush_every: int = 256,
     max_pixels: int = DEFAULT_MAX_PIXELS,
-    progress: bool = True,
+    progress: bool = False,
 ) -> ExtractResult:
     """Compute the features of every (image, view) pair not yet in ``store``.
 

@@ -435,7 +435,7 @@ def finetune(
     *,
     item_weights: Sequence[float] | None = None,
     weights_file: str | Path | None = None,
-    progress: bool = True,
+    progress: bool = False,
     on_epoch_end: Callable[[dict[str, Any]], None] | None = None,
 ) -> FineTuneResult:
     """Train ``cfg.head`` with the last ``cfg.unfreeze_blocks`` blocks of ``backbone``; keep the best epoch.
@@ -727,7 +727,7 @@ def finetune_detector(
     val_fraction: float = 0.2,
     calib_fraction: float = 0.15,
     split_seed: int = 42,
-    progress: bool = True,
+    progress: bool = False,
 ) -> tuple[FineTuneResult, dict[str, Any]]:
     """index → split (as ``train_detector``: val held out, the rest fit/calib) → fine-tune on fit, select and
     calibrate on calib → score val. Returns the result and the held-out metrics (also written to the card).

@@ -218,7 +218,7 @@ def evaluate_detector(
     num_workers: int | None = None,
     group_by: Sequence[str] = ("source", "generator"),
     name: str | None = None,
-    progress: bool = True,
+    progress: bool = False,
 ) -> EvalRun:
     """Score a labelled manifest clean and under each slice; metrics with bootstrap CIs for every condition.
 

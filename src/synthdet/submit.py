@@ -86,7 +86,7 @@ def image_id(path: str | Path) -> str:
     try:
         name.encode("utf-8")
     except UnicodeEncodeError:
-        raise RowError(f"file name {printable(name)!r} is not valid UTF-8 and cannot be written to a UTF-8 CSV; "
+        raise RowError(f"file name '{printable(name)}' is not valid UTF-8 and cannot be written to a UTF-8 CSV; "
                        "rename the file") from None
     return name
 

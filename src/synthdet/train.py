@@ -47,7 +47,7 @@ def load_features(
 
 
 def usable_rows(
-    data: str | Path | pd.DataFrame, *, progress: bool = True
+    data: str | Path | pd.DataFrame, *, progress: bool = False
 ) -> tuple[pd.DataFrame, list[tuple[str, str]]]:
     """Decodable, labelled rows of a folder, CSV or manifest frame, and the unusable files with their reasons."""
     df = data.copy() if isinstance(data, pd.DataFrame) else index(data, progress=progress)
@@ -94,7 +94,7 @@ def train_detector(
     num_workers: int | None = None,
     out: str | Path | None = None,
     refit: bool = False,
-    progress: bool = True,
+    progress: bool = False,
 ) -> TrainResult:
     """Train, calibrate and evaluate a detector; ``refit=True`` then refits on fit + val (the threshold is re-tuned
     on ``calib``, still unseen), so a shipped detector uses every image while its card keeps honest held-out metrics.

@@ -32,12 +32,12 @@ COMMANDS: dict[str, tuple[str, str, str]] = {
     "submit": ("submit", "submit", "Write a MediaEval Task A CSV for a test folder and validate it, or only "
                "validate (--check)."),
     "recipes": ("recipes", "app", "Named configs reproducing every system of the working notes."),
-    "cv": ("cv", "cv", "Stratified k-fold cross-validation of a head on cached features."),
-    "ensemble": ("ensemble", "ensemble", "Combine saved detectors into one calibrated detector."),
+    "cv": ("cv", "cv_command", "Stratified k-fold cross-validation of a head on cached features."),
+    "ensemble": ("ensemble", "ensemble_command", "Combine saved detectors into one calibrated detector."),
     "evaluate": ("evaluate", "evaluate", "Task A metrics with bootstrap CIs, per generator and under robustness "
                  "slices; a run folder and an HTML report."),
     "report": ("evaluate", "report", "One self-contained HTML report comparing several evaluation runs."),
-    "finetune": ("finetune", "finetune", "Fine-tune a backbone with a head from images (resumable)."),
+    "finetune": ("finetune", "finetune_command", "Fine-tune a backbone with a head from images (resumable)."),
     "augment-preview": ("augment", "augment_preview", "Show every augmentation preset on one image, as a PNG."),
 }
 

@@ -35,7 +35,7 @@ def cv_table(result: CVResult) -> Table:
     return table
 
 
-def cv(
+def cv_command(
     data: Annotated[Path, typer.Argument(help="Folder (0_real/1_fake, real/fake), CSV path,label or manifest.")],
     out: Annotated[Path, typer.Option("-o", "--out", help="Folder for cv.json, oof.csv and (--refit) detector/.")],
     backbone: Annotated[str, typer.Option(help="Backbone name (see `synthdet backbones`).")] = "effnet-lite0",

@@ -10,7 +10,7 @@ import typer
 from ._io import Json, Quiet, console, note, print_json, say
 
 
-def ensemble(
+def ensemble_command(
     members: Annotated[list[Path], typer.Argument(help="Two or more saved detector folders.")],
     calib: Annotated[Path, typer.Option(help="Labelled images unseen by the members (folder, CSV or manifest): the "
                                              "ensemble threshold is the F1-optimal one there.")],

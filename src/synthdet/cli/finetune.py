@@ -12,7 +12,7 @@ from ..finetune import RECIPES, finetune_detector, recipe_config
 from ._io import Quiet, say
 
 
-def finetune(
+def finetune_command(
     data: Annotated[list[Path], typer.Argument(
         help="Training data: folders (0_real/1_fake, real/fake), CSVs or manifests; several are mixed.")],
     out: Annotated[Path, typer.Option("-o", "--out", help="Run folder: checkpoints, and the detector in detector/.")],
