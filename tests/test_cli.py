@@ -284,3 +284,18 @@ def test_library_is_quiet_by_default(tmp_path: Path) -> None:
     proc = subprocess.run([sys.executable, "-c", code], env=_env(), capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0 and proc.stdout.strip() == "True", proc.stderr
     assert proc.stderr == ""
+
+
+def test_evaluate_and_report_print_json(tmp_path: Path) -> None:
+    from conftest import make_labelled_folder
+
+    data = make_labelled_folder(tmp_path / "data", n_real=3, n_fake=3)
+    run = tmp_path / "run"
+    res = runner.invoke(app, ["evaluate", str(data), "-o", str(run), "-s", "none", "--bootstrap", "0", "--workers", "0",
+                              "--quiet", "--json"])
+    assert res.exit_code == 0, res.output
+    doc = json.loads(res.stdout)
+    assert doc["run"] == str(run) and [s["slice"] for s in doc["slices"]] == ["clean"] and doc["slices"][0]["n"] == 6
+    res = runner.invoke(app, ["report", str(run), "-o", str(tmp_path / "r.html"), "--json"])
+    assert res.exit_code == 0, res.output
+    assert json.loads(res.stdout)["runs"][0]["slices"][0]["n"] == 6

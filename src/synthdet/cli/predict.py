@@ -29,7 +29,7 @@ def _verdict(prob: float, threshold: float) -> str:
 
 def predict(
     paths: Annotated[list[Path], typer.Argument(
-        exists=True, help="[DETECTOR] then image files, folders or a CSV with a path column.")],
+        exists=True, metavar="PATHS", help="[DETECTOR] then image files, folders or a CSV with a path column.")],
     out: Annotated[Path | None, typer.Option("-o", "--out", help="CSV to write (image_id,prob,label,threshold).")] = None,
     detector: Annotated[Path | None, typer.Option("-d", "--detector", help="Detector folder (default: the shipped one).")] = None,
     batch_size: Annotated[int | None, typer.Option(min=1, help="Images per forward pass (default: 8 on CPU, 64 on CUDA).")] = None,
