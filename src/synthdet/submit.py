@@ -15,7 +15,7 @@ from collections import Counter
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
-from typing import TextIO
+from typing import IO
 
 import numpy as np
 import pandas as pd
@@ -106,7 +106,7 @@ class TaskAWriter:
     The header is written with the first row, so a run that scores nothing writes nothing.
     """
 
-    def __init__(self, sink: TextIO, threshold: float, extra: dict[str, float] | None = None) -> None:
+    def __init__(self, sink: IO[str], threshold: float, extra: dict[str, float] | None = None) -> None:
         _require_unit("threshold", threshold)
         self.threshold = _quantize(threshold)
         self._extra = {k: _quantize(v) for k, v in (extra or {}).items()}
@@ -140,7 +140,7 @@ class TaskAWriter:
 def write_scores(
     results: Iterable[tuple[str, float | None, str]],
     threshold: float,
-    sink: TextIO,
+    sink: IO[str],
     on_skip: Callable[[str, str], None],
 ) -> int:
     """Stream ``(path, prob, reason)`` results (``Detector.predict_paths``) as Task A rows while they are scored;
@@ -159,7 +159,7 @@ def write_scores(
 
 
 def _write_rows(
-    rows: Iterable[tuple[str, float | None]], threshold: float, sink: TextIO, prior: float | None,
+    rows: Iterable[tuple[str, float | None]], threshold: float, sink: IO[str], prior: float | None,
     extra: dict[str, float] | None = None,
 ) -> list[str]:
     """Every row or an error: a missing probability takes ``prior`` (refused when there is none)."""
@@ -256,7 +256,7 @@ def _flag(messages: list[str], what: str, items: Sequence[str]) -> None:
         messages.append(f"{what} ({len(items)}): {_listing(items)}")
 
 
-def test_images(folder: Path) -> list[Path]:
+def list_test_images(folder: Path) -> list[Path]:
     """The test images of a folder, sorted: files with an image suffix (:data:`synthdet.pixels.IMAGE_SUFFIXES`,
     the one list every command uses), hidden files such as macOS ``._x.jpg`` excluded."""
     return sorted(p for p in Path(folder).rglob("*") if p.is_file() and is_image_path(p) and not p.name.startswith("."))
@@ -267,7 +267,7 @@ def _image_files(images_dir: Path, report: CheckReport) -> dict[str, Path] | Non
     if not images_dir.is_dir():
         report.errors.append(f"images directory not found: {images_dir}")
         return None
-    paths = test_images(images_dir)
+    paths = list_test_images(images_dir)
     counts = Counter(p.name for p in paths)
     _flag(
         report.errors,

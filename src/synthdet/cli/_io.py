@@ -66,7 +66,7 @@ def one_line(e: BaseException) -> str:
     if type(e).__name__ == "ValidationError" and hasattr(e, "errors"):  # pydantic, without importing it here
         errors = e.errors()
         first = "; ".join(f"{'.'.join(map(str, x['loc'])) or 'root'}: {x['msg']}" for x in errors[:3])
-        return f"not a valid {e.title}: {first}" + (f"; and {len(errors) - 3} more" if len(errors) > 3 else "")
+        return f"not a valid {getattr(e, 'title', 'input')}: {first}" + (f"; and {len(errors) - 3} more" if len(errors) > 3 else "")
     if isinstance(e, OSError) and e.strerror and e.filename is not None:
         return f"{printable(e.filename)}: {e.strerror}"
     return "; ".join(line.strip() for line in str(e).splitlines() if line.strip()) or type(e).__name__

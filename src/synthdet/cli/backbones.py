@@ -2,14 +2,14 @@
 
 from __future__ import annotations
 
-from typing import Annotated
+from typing import Annotated, Any
 
 import typer
 
 from ._io import Json, console, fail, print_json, say
 
 #: Name patterns that reach any model of a library, listed after the registered backbones.
-_GENERIC = (
+_GENERIC: tuple[dict[str, Any], ...] = (
     {"name": "timm:<model>", "description": "any timm model", "features": "pooled + per-block taps",
      "preprocessing": "from timm's config", "weights_here": None, "weights_from": "--weights FILE or HF cache"},
     {"name": "open_clip:<arch>/<tag>", "description": "any open_clip vision tower",
@@ -28,7 +28,7 @@ def backbones(as_json: Json = False) -> None:
 
     from ..backbones import list_backbones
 
-    rows = []
+    rows: list[dict[str, Any]] = []
     for e in list_backbones():
         p = e.preprocess
         pre = (f"{p.size}px {p.mode} {p.resample}, JPEG q{p.jpeg_quality}, mean {tuple(round(m, 3) for m in p.mean)} "
@@ -42,8 +42,8 @@ def backbones(as_json: Json = False) -> None:
     table = Table("name", "description", "features", "preprocessing", "weights here", "weights from")
     for r in rows:
         here = "-" if r["weights_here"] is None else "yes" if r["weights_here"] else "[red]no[/]"
-        table.add_row(*(escape(r[k]) for k in ("name", "description", "features", "preprocessing")), here,
-                      escape(r["weights_from"]))
+        table.add_row(*(escape(str(r[k])) for k in ("name", "description", "features", "preprocessing")), here,
+                      escape(str(r["weights_from"])))
     console().print(table)
 
 

@@ -78,8 +78,8 @@ def run_cmd(
         print_json(record)
         return
     table = Table("step", "kind", "backbone", "ROC AUC", "AP", "F1 (tuned)", title=f"{name} → {out}")
-    for sid, e in record["steps"].items():
-        m = e.get("metrics", {})
-        table.add_row(sid, e["kind"], str(e["backbone"] or "-"),
+    for sid, entry in record["steps"].items():
+        m = entry.get("metrics", {})
+        table.add_row(sid, entry["kind"], str(entry["backbone"] or "-"),
                       *(f"{m[k]:.4f}" if isinstance(m.get(k), float) else "-" for k in ("roc_auc", "ap", "f1_tuned")))
     console().print(table)

@@ -71,14 +71,14 @@ def submit(
         return
     from ..detector import Detector
     from ..pixels import IMAGE_SUFFIXES
-    from ..submit import missing_row, test_images, write_task_a
+    from ..submit import list_test_images, missing_row, write_task_a
 
     paths = list(paths or [])
     detector = paths.pop(0) if len(paths) == 2 else None
     if len(paths) != 1 or not paths[0].is_dir():
         raise typer.BadParameter("expected [DETECTOR] TESTDIR, with TESTDIR a folder of test images")
     test_dir = paths[0]
-    files = test_images(test_dir)
+    files = list_test_images(test_dir)
     if not files:
         raise fail(f"{test_dir}: no test images ({', '.join(sorted(IMAGE_SUFFIXES))})")
     det = Detector.load(detector)
