@@ -17,15 +17,17 @@ from typer.testing import CliRunner
 from synthdet.augment import (
     PRESETS,
     JpegRGB,
-    app,
     apply,
-    augment_preview,
     contact_sheet,
     describe,
     get_augment,
     jpeg,
 )
+from synthdet.cli.augment import augment_preview
 from synthdet.registry import Registry, UnknownNameError
+
+app = typer.Typer()
+app.command()(augment_preview)
 
 JPEG_PRESETS = {"strong": (30, 95), "wang2020": (30, 100), "wang2020-0.1": (30, 100), "social": (70, 90)}
 

@@ -1,22 +1,41 @@
-"""The command line as a user runs it: index, extract, train, predict, backbones, demo."""
+"""The command line as a user runs it: index, extract, train, predict, backbones, demo; and, through real
+subprocesses, what a user sees at the shell: exit codes, one-line errors, streamed CSVs, piped tables, import cost."""
 
 from __future__ import annotations
 
+import ast
 import csv
+import json
 import os
 import shutil
 import subprocess
+import sys
 from pathlib import Path
 
 import pandas as pd
 import pytest
+from conftest import synthetic_photo, write_image
 from typer.testing import CliRunner
 
+from synthdet import __version__
 from synthdet.cli import app
 from synthdet.demo import demo_data_dir
 
 SHARED = Path(__file__).resolve().parents[2] / "shared" / "data" / "dev"
+SRC = Path(__file__).resolve().parents[1] / "src"
 runner = CliRunner()
+#: A file name that is not UTF-8 (Latin-1 "café.jpg"), as Linux allows.
+LATIN1_NAME = b"caf\xe9.jpg"
+
+
+def _env() -> dict[str, str]:
+    return {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(SRC), os.environ.get("PYTHONPATH")]))}
+
+
+def shell(*args: object, cwd: Path | None = None) -> subprocess.CompletedProcess:
+    """``synthdet ARGS`` in a child process, as a user runs it; stdout and stderr as bytes."""
+    return subprocess.run([sys.executable, "-m", "synthdet.cli", *map(str, args)], cwd=cwd, env=_env(),
+                          capture_output=True, timeout=600)
 
 
 def run(*args: str) -> object:
@@ -91,7 +110,7 @@ def test_extract_then_train_then_predict(folder: Path, tmp_path: Path, cache: Pa
     assert len(rows) == 24 and len({r["threshold"] for r in rows}) == 1
     assert all(int(r["label"]) == int(float(r["prob"]) >= float(r["threshold"])) for r in rows)
     assert all("/" not in r["image_id"] for r in rows)
-    skipped = list(csv.DictReader(open(tmp_path / "pred.csv.skipped.csv")))
+    skipped = list(csv.DictReader(open(tmp_path / "pred.csv.skipped.csv", encoding="utf-8")))
     assert sorted(Path(r["path"]).name for r in skipped) == ["cut.jpg", "notes.jpg"]
 
 
@@ -132,3 +151,151 @@ def test_train_on_shared_dev_manifest(tmp_path: Path, cache: Path) -> None:
     card = pd.read_json(det / "card.json", typ="series")
     assert card["data"]["n_images"] >= 900
     assert card["metrics"]["val"]["roc_auc"] > 0.85
+
+
+# ------------------------------------------------------------------------------------ the shell, in subprocesses
+
+
+def test_import_is_light_and_help_lists_every_command() -> None:
+    code = "import sys, synthdet.cli; print(','.join(m for m in ('torch', 'sklearn', 'pandas') if m in sys.modules))"
+    proc = subprocess.run([sys.executable, "-c", code], env=_env(), capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0 and proc.stdout.strip() == "", proc.stdout + proc.stderr
+    res = shell("--help")
+    assert res.returncode == 0
+    for name in ("predict", "submit", "evaluate", "cv", "ensemble", "finetune", "recipes", "augment-preview"):
+        assert name.encode() in res.stdout
+
+
+def test_library_never_imports_typer_or_rich() -> None:
+    pkg = SRC / "synthdet"
+    offenders = []
+    for path in pkg.rglob("*.py"):
+        if pkg / "cli" in path.parents:
+            continue
+        for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+            if isinstance(node, ast.Import):
+                names = [a.name for a in node.names]
+            elif isinstance(node, ast.ImportFrom) and node.level == 0:
+                names = [node.module or ""]
+            else:
+                continue
+            offenders += [f"{path.relative_to(pkg)}: {n}" for n in names if n.split(".")[0] in ("typer", "rich", "click")]
+    assert not offenders
+
+
+def test_version_alone_prints_the_version() -> None:
+    res = shell("--version")
+    assert res.returncode == 0 and res.stdout.decode().strip() == f"synthdet {__version__}"
+
+
+def _mixed_folder(root: Path) -> Path:
+    """Two good images, one broken file and one good image whose name is not UTF-8."""
+    write_image(root / "a.jpg", synthetic_photo(64, 48, seed=1))
+    write_image(root / "b.png", synthetic_photo(48, 48, seed=2))
+    (root / "broken.png").write_bytes(b"\x89PNG\r\n\x1a\n broken")
+    (Path(os.fsdecode(os.fsencode(root) + b"/" + LATIN1_NAME))).write_bytes((root / "a.jpg").read_bytes())
+    return root
+
+
+def test_predict_streams_lf_rows_and_skips_bad_names_with_their_reason(tmp_path: Path) -> None:
+    data = _mixed_folder(tmp_path / "data")
+    work = tmp_path / "work"
+    work.mkdir()
+    res = shell("predict", data, "--workers", "0", cwd=work)  # to stdout
+    assert res.returncode == 0, res.stderr
+    assert b"\r" not in res.stdout
+    lines = res.stdout.decode().splitlines()
+    assert lines[0] == "image_id,prob,label,threshold" and sorted(x.split(",")[0] for x in lines[1:]) == ["a.jpg", "b.png"]
+    err = res.stderr.decode()
+    assert "skipped" in err and "broken.png" in err and "caf\\xe9.jpg" in err and "not valid UTF-8" in err
+    assert "score:" in err  # the CLI draws progress (tqdm, "score: 100%|…")
+    assert not list(work.iterdir())  # no predictions.skipped.csv dropped into the working directory
+
+    out = tmp_path / "out" / "pred.csv"
+    res = shell("predict", data, "-o", out, "--workers", "0", "--quiet")
+    assert res.returncode == 0, res.stderr
+    assert "score:" not in res.stderr.decode()  # --quiet: no progress bar
+    text = out.read_bytes()
+    assert b"\r" not in text and text.decode().splitlines()[1:] == lines[1:]
+    skipped = list(csv.DictReader(open(out.with_name("pred.csv.skipped.csv"), encoding="utf-8")))
+    assert sorted(Path(r["path"]).name for r in skipped) == ["broken.png", "caf\\xe9.jpg"]
+    assert sorted(p.name for p in out.parent.iterdir()) == ["pred.csv", "pred.csv.skipped.csv"]  # no temp files
+
+
+def test_predict_fails_with_distinct_codes_and_leaves_no_output(tmp_path: Path) -> None:
+    out = tmp_path / "out.csv"
+    res = shell("predict", tmp_path / "nope.jpg", "-o", out)
+    assert res.returncode == 2 and b"does not exist" in res.stderr
+    for bad in ("0", "-5"):
+        assert shell("predict", tmp_path, "--max-pixels", bad).returncode == 2
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    (empty / "notes.txt").write_text("not an image")
+    res = shell("predict", empty, "-o", out)
+    assert res.returncode == 2 and b"no images" in res.stderr
+    unreadable = tmp_path / "unreadable"
+    unreadable.mkdir()
+    (unreadable / "x.png").write_bytes(b"\x89PNG\r\n\x1a\nnot really")
+    (unreadable / "y.jpg").write_text("nope")
+    res = shell("predict", unreadable, "-o", out, "--workers", "0")
+    assert res.returncode == 1 and b"no image could be scored" in res.stderr
+    assert len([line for line in res.stderr.splitlines() if line.startswith(b"skipped ")]) == 2
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["empty", "unreadable"]  # no header-only CSV, no temp file
+    res = shell("predict", unreadable, "--workers", "0")
+    assert res.returncode == 1 and res.stdout == b""
+
+
+def test_errors_are_one_line(tmp_path: Path) -> None:
+    images = tmp_path / "test"
+    write_image(images / "a.jpg", synthetic_photo(32, 32))
+    not_a_detector = tmp_path / "not-a-detector"
+    not_a_detector.mkdir()
+    foreign = tmp_path / "foreign"
+    foreign.mkdir()
+    (foreign / "card.json").write_text(json.dumps({"name": "some other tool", "version": 3}))
+    for args in (("submit", not_a_detector, images, "-o", tmp_path / "s.csv"),
+                 ("submit", foreign, images, "-o", tmp_path / "s.csv"),
+                 ("predict", foreign, images / "a.jpg")):
+        res = shell(*args)
+        err = res.stderr.decode()
+        assert res.returncode == 2 and len(err.strip().splitlines()) == 1 and err.startswith("error:"), err
+        assert "Traceback" not in err and res.stdout == b""
+    assert not (tmp_path / "s.csv").exists()
+
+
+def test_piped_tables_keep_full_names_and_have_json() -> None:
+    res = shell("backbones")
+    assert res.returncode == 0
+    text = res.stdout.decode()
+    clip = [line for line in text.splitlines() if "clip-vit-l14" in line]
+    assert clip and all("OpenAI CLIP ViT-L/14 (open_clip)" in line and "ViT-L-14/openai, or --weights FILE" in line
+                        for line in clip)
+    assert "…" not in text
+    rows = json.loads(shell("backbones", "--json").stdout)
+    assert {"effnet-lite0", "clip-vit-l14"} <= {r["name"] for r in rows}
+    recipes = json.loads(shell("recipes", "list", "--json").stdout)
+    assert recipes and all("name" in r and "steps" in r for r in recipes)
+
+
+def test_library_is_quiet_by_default(tmp_path: Path) -> None:
+    img = write_image(tmp_path / "a.jpg", synthetic_photo(32, 32))
+    code = ("from synthdet.detector import Detector; "
+            f"print(list(Detector.load().predict_paths([{str(img)!r}], num_workers=0))[0][1] is not None)")
+    proc = subprocess.run([sys.executable, "-c", code], env=_env(), capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0 and proc.stdout.strip() == "True", proc.stderr
+    assert proc.stderr == ""
+
+
+def test_evaluate_and_report_print_json(tmp_path: Path) -> None:
+    from conftest import make_labelled_folder
+
+    data = make_labelled_folder(tmp_path / "data", n_real=3, n_fake=3)
+    run = tmp_path / "run"
+    res = runner.invoke(app, ["evaluate", str(data), "-o", str(run), "-s", "none", "--bootstrap", "0", "--workers", "0",
+                              "--quiet", "--json"])
+    assert res.exit_code == 0, res.output
+    doc = json.loads(res.stdout)
+    assert doc["run"] == str(run) and [s["slice"] for s in doc["slices"]] == ["clean"] and doc["slices"][0]["n"] == 6
+    res = runner.invoke(app, ["report", str(run), "-o", str(tmp_path / "r.html"), "--json"])
+    assert res.exit_code == 0, res.output
+    assert json.loads(res.stdout)["runs"][0]["slices"][0]["n"] == 6

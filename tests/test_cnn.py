@@ -297,7 +297,7 @@ def test_command_mixes_sources_with_a_recipe_then_continues(resnet18_file: Path,
     from conftest import make_labelled_folder
     from typer.testing import CliRunner
 
-    from synthdet.finetune import finetune_command
+    from synthdet.cli.finetune import finetune_command
 
     main = make_labelled_folder(tmp_path / "main", n_real=10, n_fake=10)
     extra = make_labelled_folder(tmp_path / "extra", n_real=3, n_fake=3, seed=1)

@@ -12,7 +12,8 @@ import pytest
 from test_detector import small_demo_csv
 
 from synthdet.calibrate import f1_optimal_threshold
-from synthdet.cv import cross_validate, cv_command, finetune_fitter, fold_metrics, run_folds
+from synthdet.cli.cv import cv_command
+from synthdet.cv import cross_validate, finetune_fitter, fold_metrics, run_folds
 from synthdet.detector import Detector
 from synthdet.ensemble import validation_f1
 from synthdet.features import FeatureStore

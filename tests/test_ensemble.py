@@ -10,9 +10,10 @@ import pandas as pd
 import pytest
 
 from synthdet.calibrate import f1_optimal_threshold
+from synthdet.cli.ensemble import ensemble_command
 from synthdet.demo import demo_data_dir
 from synthdet.detector import Detector
-from synthdet.ensemble import EnsembleDetector, build_ensemble, combine, ensemble_command, member_rows, validation_f1
+from synthdet.ensemble import EnsembleDetector, build_ensemble, combine, member_rows, validation_f1
 from synthdet.evaluation import HELD_OUT, IN_SAMPLE, InSampleError, seen_rows
 from synthdet.splits import RowSet
 from synthdet.train import train_detector

@@ -168,8 +168,8 @@ def test_command_fine_tunes_a_folder_and_scores_the_held_out_split(tiny, tmp_pat
     from conftest import make_labelled_folder
     from typer.testing import CliRunner
 
+    from synthdet.cli.finetune import finetune_command
     from synthdet.data import index, three_way_split
-    from synthdet.finetune import finetune_command
 
     name, weights = tiny
     data = make_labelled_folder(tmp_path / "data", n_real=10, n_fake=10)

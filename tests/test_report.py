@@ -18,10 +18,11 @@ from conftest import small_demo_csv
 from PIL import Image
 from typer.testing import CliRunner
 
+from synthdet.cli import app
 from synthdet.data import index, write_manifest
 from synthdet.detector import Detector
 from synthdet.evaluation import EvalRun, evaluate_detector
-from synthdet.report import app, render_report
+from synthdet.report import render_report
 from synthdet.slices import is_small
 from synthdet.splits import RowSet
 

@@ -3,6 +3,11 @@
 from __future__ import annotations
 
 import io
+import json
+import os
+import subprocess
+import sys
+import warnings
 import zipfile
 from collections.abc import Callable
 from pathlib import Path
@@ -15,14 +20,21 @@ from PIL import Image
 from typer.testing import CliRunner
 
 from synthdet.cli import app
+from synthdet.detector import default_detector_path
 from synthdet.submit import (
     TASK_A_COLUMNS,
     TASK_B_COLUMNS,
+    RowError,
+    TaskAWriter,
     check_task_a,
     check_task_b,
+    missing_row,
+    write_scores,
     write_task_a,
     write_task_b,
 )
+
+SRC = Path(__file__).resolve().parents[1] / "src"
 
 #: name -> (width, height); different sizes and an upper-case suffix on purpose.
 IMAGES = {"a.jpg": (32, 24), "b.png": (20, 40), "C.BMP": (17, 9)}
@@ -69,16 +81,41 @@ def test_label_follows_the_written_rounding(tmp_path: Path, images_dir: Path) ->
     assert check_task_a(out, images_dir).ok
 
 
-def test_missing_prob_gets_prior_with_warning(tmp_path: Path, images_dir: Path) -> None:
-    with pytest.warns(UserWarning, match=r"2 image\(s\).*b\.png, C\.BMP"):
-        out = write_task_a([("a.jpg", 0.9), ("b.png", float("nan")), ("C.BMP", None)], 0.6, tmp_path / "a.csv")
+def test_missing_prob_gets_the_given_prior_and_its_label_without_a_warning(tmp_path: Path, images_dir: Path) -> None:
+    with pytest.raises(ValueError, match="no prior"):
+        write_task_a([("a.jpg", 0.9), ("b.png", None), ("C.BMP", 0.1)], 0.6, tmp_path / "a.csv")
+    assert not (tmp_path / "a.csv").exists()
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # the caller reports the file; the library does not warn
+        out = write_task_a([("a.jpg", 0.9), ("b.png", float("nan")), ("C.BMP", None)], 0.6, tmp_path / "a.csv",
+                           prior=0.3)
     df = pd.read_csv(out).set_index("image_id")
-    assert df.loc[["b.png", "C.BMP"], "prob"].tolist() == [0.5, 0.5]
-    assert df.loc[["b.png", "C.BMP"], "label"].tolist() == [0, 0]
-    with pytest.warns(UserWarning, match="b.png"):
-        out = write_task_a([("a.jpg", 0.9), ("b.png", None), ("C.BMP", 0.1)], 0.6, tmp_path / "a.csv", prior=0.8)
+    assert df.loc[["b.png", "C.BMP"], "prob"].tolist() == [0.3, 0.3] and df.loc[["b.png", "C.BMP"], "label"].tolist() == [0, 0]
+    out = write_task_a([("a.jpg", 0.9), ("b.png", None), ("C.BMP", 0.1)], 0.6, tmp_path / "a.csv", prior=0.8)
     assert pd.read_csv(out).set_index("image_id").loc["b.png", ["prob", "label"]].tolist() == [0.8, 1]
+    assert missing_row(0.8, 0.6) == (0.8, 1) and missing_row(0.3, 0.6) == (0.3, 0)
     assert check_task_a(out, images_dir).ok
+
+
+def test_one_writer_streams_lf_rows_and_refuses_what_the_organisers_would_reject() -> None:
+    sink = io.StringIO()
+    writer = TaskAWriter(sink, 0.5)
+    assert sink.getvalue() == ""  # the header comes with the first row: nothing scored, nothing written
+    assert writer.write("dir/a.jpg", 0.4999996) == 1
+    for path, prob, error in (("other/a.jpg", 0.2, "duplicate image_id a.jpg"), ("b.png", 1.5, "outside"),
+                              (os.fsdecode(b"caf\xe9.jpg"), 0.2, r"caf\\xe9\.jpg.*not valid UTF-8")):
+        with pytest.raises(RowError, match=error):
+            writer.write(path, prob)
+    assert sink.getvalue() == "image_id,prob,label,threshold\na.jpg,0.500000,1,0.500000\n"
+
+    skipped: list[tuple[str, str]] = []
+    sink = io.StringIO()
+    results = [("x/a.jpg", 0.7, ""), ("x/bad.png", None, "not-an-image"), (os.fsdecode(b"caf\xe9.jpg"), 0.1, "")]
+    assert write_scores(results, 0.5, sink, lambda p, r: skipped.append((p, r))) == 1
+    assert sink.getvalue().splitlines() == ["image_id,prob,label,threshold", "a.jpg,0.700000,1,0.500000"]
+    assert [p for p, _ in skipped] == ["x/bad.png", os.fsdecode(b"caf\xe9.jpg")] and skipped[0][1] == "not-an-image"
+    assert write_scores([("bad.png", None, "x")], 0.5, sink := io.StringIO(), lambda p, r: None) == 0
+    assert sink.getvalue() == ""
 
 
 @pytest.mark.parametrize(
@@ -341,19 +378,37 @@ def test_cli_check_task_b(tmp_path: Path, images_dir: Path) -> None:
     assert result.exit_code == 2  # usage error: masks need the images
 
 
-def test_submit_scores_every_test_image_and_validates(tmp_path: Path) -> None:
-    """`synthdet submit TESTDIR -o team.csv` with the shipped detector: one row per image, the unreadable one included."""
+def _shell(*args: object) -> subprocess.CompletedProcess:
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(SRC), os.environ.get("PYTHONPATH")]))}
+    return subprocess.run([sys.executable, "-m", "synthdet.cli", *map(str, args)], env=env, capture_output=True,
+                          text=True, timeout=600)
+
+
+def test_submit_scores_every_test_image_says_why_and_shares_the_predict_writer(tmp_path: Path) -> None:
+    """`synthdet submit TESTDIR -o team.csv` with the shipped detector: one row per image, the unreadable one with
+    the detector's prior and the label it implies, said on stderr like every skip; `predict -o` writes the same rows."""
     test_dir = tmp_path / "test"
     test_dir.mkdir()
-    for i, (w, h) in enumerate([(320, 240), (256, 256)]):
+    for i, (w, h) in enumerate([(96, 72), (64, 64)]):
         write_image(test_dir / f"img{i}.jpg", synthetic_photo(w, h, seed=i))
     (test_dir / "broken.png").write_bytes(b"\x89PNG\r\n\x1a\n broken")
     out = tmp_path / "team_constrained.csv"
-    with pytest.warns(UserWarning, match="broken.png"):
-        result = CliRunner().invoke(app, ["submit", str(test_dir), "-o", str(out), "--workers", "0"])
-    assert result.exit_code == 0, result.output
+    res = _shell("submit", test_dir, "-o", out, "--workers", "0", "--quiet")
+    assert res.returncode == 0, res.stderr
+    card = json.loads((default_detector_path() / "card.json").read_text())
+    prior, label = missing_row(card["prior"], card["threshold"])
+    skip = [line for line in res.stderr.splitlines() if line.startswith("skipped ")]
+    assert len(skip) == 1 and "broken.png" in skip[0] and f"prior {prior:g} → label {label}" in skip[0]
+    assert "Warning" not in res.stderr
     df = pd.read_csv(out)
     assert list(df.columns) == list(TASK_A_COLUMNS)
     assert sorted(df.image_id) == ["broken.png", "img0.jpg", "img1.jpg"]
+    assert df.set_index("image_id").loc["broken.png", ["prob", "label"]].tolist() == [prior, label]
     assert df.threshold.nunique() == 1 and df.prob.between(0, 1).all()
-    assert check_task_a(out, test_dir).ok
+    assert check_task_a(out, test_dir).ok and "OK" in res.stdout
+
+    pred = tmp_path / "pred.csv"
+    res = _shell("predict", test_dir, "-o", pred, "--workers", "0", "--quiet")
+    assert res.returncode == 0, res.stderr
+    submitted = [line for line in out.read_bytes().split(b"\n") if not line.startswith(b"broken.png")]
+    assert pred.read_bytes().split(b"\n") == submitted  # same bytes: one writer, LF everywhere

@@ -53,3 +53,10 @@ def write_bytes(dest: str | Path, data: bytes) -> Path:
     with atomic_open(dest, "wb") as f:
         f.write(data)
     return Path(dest)
+
+
+def printable(text: object) -> str:
+    """``text`` as something every terminal and UTF-8 file accepts: the bytes of a non-UTF-8 file name (which
+    Python carries as surrogate escapes, e.g. ``caf\\udce9.jpg``) become ``\\xe9`` escapes instead of crashing
+    the write."""
+    return str(text).encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")

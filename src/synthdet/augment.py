@@ -11,14 +11,14 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Any
 
 import numpy as np
-import typer
 from PIL import Image, ImageDraw, ImageFont
 
+from synthdet.atomic import atomic_path
 from synthdet.extras import missing_extra
-from synthdet.pixels import ImageLoadError, jpeg_roundtrip, load_image
+from synthdet.pixels import jpeg_roundtrip, load_image
 from synthdet.registry import Registry
 
 try:
@@ -199,37 +199,15 @@ def contact_sheet(
     return sheet
 
 
-app = typer.Typer(help="Preview augmentation presets.")
+def preview(image: str | Path, out: str | Path, presets: Sequence[str] = tuple(PRESETS), *, n_samples: int = 4,
+            seed: int = 0, tile: int = 256) -> Path:
+    """Write :func:`contact_sheet` of the image file ``image`` as a PNG to ``out`` (atomically).
 
-
-def augment_preview(
-    image: Annotated[Path, typer.Argument(help="Image to augment.")],
-    out: Annotated[Path, typer.Option("--out", "-o", help="Where to write the contact sheet (PNG).")] = Path(
-        "augment-preview.png"
-    ),
-    presets: Annotated[
-        list[str] | None, typer.Option("--preset", "-p", help=f"Repeatable; default all: {', '.join(PRESETS)}.")
-    ] = None,
-    samples: Annotated[int, typer.Option("--samples", "-n", min=0, help="Random draws per preset.")] = 4,
-    seed: Annotated[int, typer.Option(help="Seed for reproducible draws.")] = 0,
-    tile: Annotated[int, typer.Option(min=16, help="Tile edge in pixels.")] = 256,
-) -> None:
-    """Write a contact sheet: one row per preset, the original then random augmented draws."""
-    names = presets or list(PRESETS)
-    unknown = [n for n in names if n not in PRESETS]
-    if unknown:
-        raise typer.BadParameter(
-            f"unknown preset(s) {', '.join(unknown)}; valid presets: {', '.join(PRESETS)}", param_hint="--preset"
-        )
-    try:
-        img = load_image(image)
-    except ImageLoadError as e:
-        typer.echo(f"error: cannot read {image}: {e.reason}" + (f" ({e.detail})" if e.detail else ""), err=True)
-        raise typer.Exit(code=2) from None
-    sheet = contact_sheet(img, names, n_samples=samples, seed=seed, tile=tile)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    sheet.save(out, format="PNG")
-    typer.echo(f"wrote {out} ({len(names)} presets x {samples + 1} columns)")
-
-
-app.command("augment-preview")(augment_preview)
+    Unknown preset names fail before anything is decoded; an unreadable image raises :class:`ImageLoadError`.
+    """
+    for name in presets:
+        PRESETS.entry(name)  # an unknown name fails here, before decoding
+    sheet = contact_sheet(load_image(image), presets, n_samples=n_samples, seed=seed, tile=tile)
+    with atomic_path(out) as tmp:
+        sheet.save(tmp, format="PNG")
+    return Path(out)

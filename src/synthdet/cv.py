@@ -25,13 +25,10 @@ import json
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated, Any, cast
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import pandas as pd
-import typer
-from rich.console import Console
-from rich.table import Table
 
 from .atomic import atomic_open, write_text
 from .backbones import Backbone, create_backbone
@@ -222,7 +219,7 @@ def save_cv(result: CVResult, out: str | Path) -> Path:
 
 def finetune_fitter(
     backbone: str, cfg: FineTuneConfig | None = None, run_dir: str | Path = "cv-finetune", *,
-    weights: str | Path | None = None, progress: bool = True,
+    weights: str | Path | None = None, progress: bool = False,
 ) -> FoldFitter:
     """A :data:`FoldFitter` that fine-tunes ``backbone`` (a fresh copy per fold: fine-tuning trains it in place) on
     the fold's ``fit`` rows, selects the epoch and threshold on its ``calib`` rows, and scores the test fold through
@@ -243,60 +240,3 @@ def finetune_fitter(
         return np.array([np.nan if p is None else p for _, p, _ in scored]), det.threshold
 
     return fit_fold
-
-
-# ------------------------------------------------------------------------------------------------------------ CLI
-def cv_table(result: CVResult) -> Table:
-    c = result.config
-    table = Table(title=f"{c['k']}-fold CV — {c['backbone']} + {c['head']} ({c['features']}, {c['n_views']} views, "
-                        f"{c['n_images']} images)")
-    for col in ("fold", "n", "fake", "ROC AUC", "AP", "F1", "accuracy", "EER", "threshold"):
-        table.add_column(col, justify="right")
-    for f in result.folds:
-        table.add_row(str(f["fold"]), str(f["n"]), str(f["n_fake"]), *(f"{f[m]:.4f}" for m in FOLD_METRICS),
-                      f"{f['threshold']:.3f}")
-    table.add_section()
-    table.add_row("mean ± std", str(sum(f["n"] for f in result.folds)), str(sum(f["n_fake"] for f in result.folds)),
-                  *(f"{result.mean[m]:.4f} ± {result.std[m]:.4f}" for m in FOLD_METRICS), "")
-    table.caption = "F1 and accuracy at each fold's threshold, chosen on a calibration slice of its training folds"
-    return table
-
-
-def cv_command(
-    data: Annotated[Path, typer.Argument(help="Folder (0_real/1_fake, real/fake), CSV path,label or manifest.")],
-    out: Annotated[Path, typer.Option("-o", "--out", help="Folder for cv.json, oof.csv and (--refit) detector/.")],
-    backbone: Annotated[str, typer.Option(help="Backbone name (see `synthdet backbones`).")] = "effnet-lite0",
-    weights: Annotated[Path | None, typer.Option(help="Local weights file for the backbone.")] = None,
-    head: Annotated[str, typer.Option(help="linear | residual | deep | logreg | fusion")] = "logreg",
-    features: Annotated[str, typer.Option(help="pooled | concat (pooled + every layer tap)")] = "pooled",
-    views: Annotated[int, typer.Option(min=1, help="Cached training views per image.")] = 4,
-    k: Annotated[int, typer.Option(min=2, help="Number of folds.")] = 5,
-    seed: Annotated[int, typer.Option()] = 42,
-    cache: Annotated[Path | None, typer.Option(help="Feature cache root.")] = None,
-    batch_size: Annotated[int, typer.Option(min=1)] = 32,
-    workers: Annotated[int | None, typer.Option(help="DataLoader workers.")] = None,
-    refit: Annotated[bool, typer.Option(help="Then fit on every image → OUT/detector (threshold from out-of-fold "
-                                             "probabilities).")] = False,
-) -> None:
-    """Stratified k-fold cross-validation of a head on cached features: each fold, then mean ± std."""
-    from .backbones import WeightsNotFoundError
-    from .data import ManifestError
-
-    if features not in ("pooled", "concat"):
-        raise typer.BadParameter(f"--features must be pooled or concat, not {features!r}")
-    console, err = Console(), Console(stderr=True)
-    try:
-        result = cross_validate(
-            data, backbone=backbone, weights=weights, head=head, features=cast(FeatureKind, features), n_views=views,
-            k=k, seed=seed, cache_dir=cache, batch_size=batch_size, num_workers=workers, refit_all=refit, out=out,
-        )
-    except (ManifestError, WeightsNotFoundError, ValueError) as e:
-        err.print(f"[bold red]error:[/] {e}", soft_wrap=True, highlight=False)
-        raise typer.Exit(2) from None
-    for path, reason in result.skipped:
-        err.print(f"[yellow]skipped[/] {path}: {reason}", soft_wrap=True, highlight=False)
-    console.print(cv_table(result))
-    console.print(f"folds → [bold]{out / 'cv.json'}[/], out-of-fold probabilities → [bold]{out / 'oof.csv'}[/]")
-    if result.detector is not None:
-        console.print(f"detector fitted on every image → [bold]{out / 'detector'}[/]  "
-                      f"(threshold {result.detector.threshold:.3f}, from the out-of-fold probabilities)")

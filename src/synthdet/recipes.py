@@ -18,19 +18,15 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import shutil
 from collections.abc import Callable, Sequence
 from importlib import resources
 from pathlib import Path
-from typing import Annotated, Any, Literal
+from typing import Any, Literal
 
 import pandas as pd
-import typer
 from pydantic import BaseModel, ConfigDict
-from rich.console import Console
-from rich.table import Table
-
-console = Console()
 
 
 class Step(BaseModel):
@@ -136,7 +132,7 @@ def run_recipe(
     epochs: int | None = None,
     cache_dir: str | Path | None = None,
     num_workers: int | None = None,
-    log: Callable[[str], None] = console.print,
+    log: Callable[[str], None] = logging.getLogger(__name__).info,
 ) -> dict[str, Any]:
     """Run a recipe (a shipped one by name, or your own :class:`Recipe`) — its steps, or only ``steps`` and what they
     depend on; returns the run record (also saved)."""
@@ -177,7 +173,7 @@ def run_recipe(
         if asked is not None and not weights_available(asked):
             prefix = asked.partition(":")[0]  # a wrapper such as dualstream: keeps its shape around the substitute
             backbone = f"{prefix}:{fallback}" if prefix.startswith("dualstream") else fallback
-            log(f"[yellow]{step.id}: weights for {asked} are not on this machine → running with {fallback}[/]")
+            log(f"{step.id}: weights for {asked} are not on this machine → running with {fallback}")
         entry: dict[str, Any] = {"kind": step.kind, "backbone_asked": asked, "backbone": backbone,
                                  "dir": str(detector_dir(out, step))}
         train_src = [Path(indomain)] if step.data == "indomain" and indomain else sources
@@ -196,9 +192,9 @@ def run_recipe(
             continue
         if (out / step.id).exists():
             why = "inputs changed" if saved is not None else "unfinished, or from before steps were keyed by inputs"
-            log(f"[yellow]{step.id}: {why} → running it again[/]")
+            log(f"{step.id}: {why} → running it again")
             shutil.rmtree(out / step.id)
-        log(f"[bold]{recipe.name} / {step.id}[/] ({step.kind}, {backbone or 'from ' + str(step.init or step.members)})")
+        log(f"{recipe.name} / {step.id} ({step.kind}, {backbone or 'from ' + str(step.init or step.members)})")
         if step.kind == "probe":
             res = train_detector(frame(train_src), backbone=backbone, head=step.head or "linear",
                                  features=step.features, n_views=step.views, cache_dir=cache_dir,
@@ -257,61 +253,3 @@ def _summary(metrics: dict[str, Any], rows: dict[str, Any]) -> dict[str, Any]:
     figures = {"roc_auc": metrics["roc_auc"], "ap": metrics["ap"], "f1_tuned": metrics["at_threshold"]["f1"],
                "threshold": metrics["at_threshold"]["threshold"]}
     return {**figures, "rows": rows} if rows.get("status") == HELD_OUT else {"not_held_out": figures, "rows": rows}
-
-
-# ------------------------------------------------------------------------------------------------------------ CLI
-app = typer.Typer(help="Named configs reproducing every system of the working notes.", no_args_is_help=True)
-
-
-@app.command("list")
-def list_cmd() -> None:
-    """Every recipe, its steps and the paper section it reproduces."""
-    from .backbones import weights_available
-
-    table = Table("recipe", "steps", "reproduces", title="synthdet recipes")
-    for r in load_recipes().values():
-        steps = []
-        for s in r.steps:
-            bb = step_backbone(s)
-            mark = "" if bb is None or weights_available(bb) else " [yellow](→ effnet-lite2)[/]"
-            steps.append(f"{s.id}: {s.kind}{' ' + bb if bb else ''}{mark}")
-        table.add_row(f"[bold]{r.name}[/]\n{r.title}", "\n".join(steps), r.cites)
-    console.print(table)
-
-
-@app.command("show")
-def show_cmd(name: Annotated[str, typer.Argument(help="Recipe name.")]) -> None:
-    """The full config of one recipe, as JSON."""
-    try:
-        console.print_json(get_recipe(name).model_dump_json())
-    except ValueError as e:
-        raise typer.BadParameter(str(e)) from None
-
-
-@app.command("run")
-def run_cmd(
-    name: Annotated[str, typer.Argument(help="Recipe name (see `synthdet recipes list`).")],
-    data: Annotated[list[Path], typer.Argument(help="Training data: folders, CSVs or manifests (several are mixed).")],
-    out: Annotated[Path, typer.Option("-o", "--out", help="Run folder (one subfolder per step; resumable).")] = Path("recipe-run"),
-    indomain: Annotated[Path | None, typer.Option(help="Small labelled in-domain set (two-stage steps, in-domain probes, ensemble calibration).")] = None,
-    step: Annotated[list[str] | None, typer.Option("--step", help="Run only these steps (and what they need).")] = None,
-    fallback: Annotated[str, typer.Option(help="Backbone used where a step's weights are absent.")] = "effnet-lite2",
-    epochs: Annotated[int | None, typer.Option(help="Override the epochs of fine-tuning steps (e.g. 1 for a smoke run).")] = None,
-    cache: Annotated[Path | None, typer.Option(help="Feature cache folder.")] = None,
-    workers: Annotated[int | None, typer.Option(help="Decoding workers.")] = None,
-) -> None:
-    """Run a recipe end to end on your data."""
-    try:
-        record = run_recipe(name, data, out=out, indomain=indomain, steps=step, fallback=fallback, epochs=epochs,
-                            cache_dir=cache, num_workers=workers)
-    except ValueError as e:
-        raise typer.BadParameter(str(e)) from None
-    table = Table("step", "kind", "backbone", "ROC AUC", "AP", "F1 (tuned)", "rows", title=f"{name} → {out}",
-                  caption="figures on held-out rows only; others are in recipe.json under not_held_out")
-    for sid, entry in record["steps"].items():
-        m = entry.get("metrics", {})
-        cells = [f"{m[k]:.4f}" if isinstance(m.get(k), float) else "-" for k in ("roc_auc", "ap", "f1_tuned")]
-        rows = m.get("rows", {})
-        table.add_row(sid, entry["kind"], str(entry["backbone"] or "-"), *cells,
-                      f"{rows.get('role', '')} {rows.get('status', '-')} n={rows.get('n', '?')}")
-    console.print(table)

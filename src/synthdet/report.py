@@ -17,16 +17,13 @@ import time
 from collections.abc import Callable, Sequence
 from dataclasses import replace
 from pathlib import Path
-from typing import Annotated, Any, cast
+from typing import Any
 
 import jinja2
 import numpy as np
-import typer
 from matplotlib import colormaps
 from matplotlib.colors import to_hex
 from matplotlib.figure import Figure
-from rich.console import Console
-from rich.table import Table
 from sklearn.calibration import calibration_curve
 from sklearn.metrics import brier_score_loss, precision_recall_curve, roc_curve
 
@@ -321,97 +318,37 @@ def _describe(run: EvalRun) -> str:
     return " · ".join(p for p in parts if p)
 
 
-# ------------------------------------------------------------------------------------------------ commands
-
-app = typer.Typer(help="Evaluate detectors with robustness slices and render HTML reports.", no_args_is_help=True,
-                  add_completion=False)
-console = Console()
-err = Console(stderr=True)
-
-
-def _slice_names(values: Sequence[str]) -> list[str]:
-    """``-s jpeg85 -s launder``, ``-s jpeg85,launder``, ``-s all`` or ``-s none``."""
-    names = [n.strip() for v in values for n in v.split(",") if n.strip()]
-    if names == ["none"]:
-        return []
-    return list(SLICES) if names == ["all"] else names
-
-
-def _summary_table(run: EvalRun) -> Table:
-    label = "" if run.rows["status"] == HELD_OUT else f" [{run.rows['status']}]"  # on every figure of the table
-    table = Table(title=f"{run.name}{label} — threshold {run.threshold:.3f}", caption=f"rows: {describe_rows(run.rows)}")
-    for col in ("slice", "n", "ROC AUC", "95% CI", "Δ AUC", "F1", "Δ F1", "accuracy", "Δ acc"):
-        table.add_column(col, justify="left" if col == "slice" else "right")
-    for s, row in run.deltas().iterrows():
-        lo, hi = run.metrics[s].get("ci", {}).get("roc_auc", (float("nan"),) * 2)
-        table.add_row(s, str(int(row.n)), _num(row.roc_auc), f"{_num(lo)}–{_num(hi)}",
-                      "" if s == CLEAN else f"{row.roc_auc_delta:+.3f}", _num(row.f1),
-                      "" if s == CLEAN else f"{row.f1_delta:+.3f}", _num(row.accuracy),
-                      "" if s == CLEAN else f"{row.accuracy_delta:+.3f}")
-    return table
-
-
-@app.command("evaluate")
-def evaluate_cmd(
-    detector: Annotated[Path | None, typer.Argument(help="Detector folder (omit for the shipped default).")] = None,
-    data: Annotated[Path | None, typer.Argument(help="Folder (0_real/1_fake, real/fake), CSV path,label or manifest.")] = None,
-    out: Annotated[Path, typer.Option("-o", "--out", help="Run folder to write (scores, metrics, report.html).")] = Path("eval-run"),
-    slices: Annotated[list[str], typer.Option(
-        "-s", "--slice", help=f"Slice(s), repeatable or comma-separated; 'all' or 'none'. Known: {', '.join(SLICES)}.",
-    )] = list(DEFAULT_SLICES),
-    bootstrap: Annotated[int, typer.Option(help="Bootstrap resamples for the 95% intervals (0: none).")] = 1000,
-    workers: Annotated[int | None, typer.Option(help="Decoding workers (default: up to 4).")] = None,
-    batch_size: Annotated[int | None, typer.Option(help="Images per forward pass (default: 8 on CPU, 64 on CUDA).")] = None,
-    split: Annotated[str | None, typer.Option(help="Only rows of this split (e.g. 'val' in a detector's manifest.csv).")] = None,
-    name: Annotated[str | None, typer.Option(help="Run name in reports (default: the output folder's name).")] = None,
-    thumbnails: Annotated[bool, typer.Option(help="Show the hardest errors as images in the report.")] = True,
-    on_overlap: Annotated[str, typer.Option(help="Images the detector was fitted/calibrated on: refuse, drop them, "
-                                                 "or flag every figure in-sample.")] = "refuse",
-) -> None:
-    """Score DATA clean and under robustness slices; write the run folder and its HTML report."""
+# ------------------------------------------------------------------------------------------------ one run
+def run_evaluation(
+    detector: Path | None,
+    data: Path,
+    out: Path,
+    *,
+    slices: Sequence[str] = DEFAULT_SLICES,
+    bootstrap: int = 1000,
+    batch_size: int | None = None,
+    num_workers: int | None = None,
+    split: str | None = None,
+    name: str | None = None,
+    thumbnails: bool = True,
+    on_overlap: OnOverlap = "refuse",
+    progress: bool = False,
+) -> tuple[EvalRun, Path]:
+    """``synthdet evaluate``: score DATA (optionally one ``split`` of its manifest) with a detector (None: the shipped
+    one) clean and under ``slices``; save the run folder ``out`` and its HTML report; return the run and report."""
     from .data import ManifestError, index
     from .detector import Detector
 
-    if data is None:  # one positional: it is the data, scored by the shipped detector
-        detector, data = None, detector
-    if data is None:
-        raise typer.BadParameter("give DATA (and optionally a DETECTOR folder before it)")
-    try:
-        names = [get_slice(n).name for n in _slice_names(slices)]  # unknown names fail before any scoring
-        det = Detector.load(detector)
-        df = index(data)
-        if split is not None:
-            if "split" not in df:
-                raise ManifestError(f"{data}: no split column to select {split!r} from")
-            df = df[df["split"] == split]
-        run = evaluate_detector(det, df, slices=names, bootstrap=bootstrap, batch_size=batch_size,
-                                num_workers=workers, name=name or out.name, on_overlap=cast(OnOverlap, on_overlap), progress=True)
-    except (ManifestError, FileNotFoundError, ValueError) as e:
-        err.print(f"[bold red]error:[/] {e}", soft_wrap=True, highlight=False)
-        raise typer.Exit(2) from None
+    names = [get_slice(n).name for n in slices]  # unknown names fail before any scoring
+    det = Detector.load(detector)
+    df = index(data, progress=progress)
+    if split is not None:
+        if "split" not in df:
+            raise ManifestError(f"{data}: no split column to select {split!r} from")
+        df = df[df["split"] == split]
+    run = evaluate_detector(det, df, slices=names, bootstrap=bootstrap, batch_size=batch_size, num_workers=num_workers,
+                            name=name or Path(out).name, on_overlap=on_overlap, progress=progress)
     run.info["data"] = str(data) + (f" (split {split})" if split else "")
     run.info["detector"]["path"] = str(detector) if detector else "shipped default"
     run.save(out)
-    report = render_report([run], out / "report.html", thumbnails=thumbnails)
-    console.print(_summary_table(run))
-    for r in run.skipped.itertuples():
-        err.print(f"[yellow]skipped[/] {r.path} ({r.slice}): {r.reason}", soft_wrap=True, highlight=False)
-    console.print(f"run → [bold]{out}[/]   report → [bold]{report}[/]")
-
-
-@app.command("report")
-def report_cmd(
-    runs: Annotated[list[Path], typer.Argument(help="Run folders written by `synthdet evaluate` (first = reference).")],
-    out: Annotated[Path, typer.Option("-o", "--out", help="HTML file to write.")] = Path("report.html"),
-    thumbnails: Annotated[bool, typer.Option(help="Show the hardest errors as images in the report.")] = True,
-) -> None:
-    """Render one self-contained HTML report comparing evaluation runs side by side."""
-    try:
-        loaded = [EvalRun.load(r) for r in runs]
-    except FileNotFoundError as e:
-        err.print(f"[bold red]error:[/] {e}", soft_wrap=True, highlight=False)
-        raise typer.Exit(2) from None
-    path = render_report(loaded, out, thumbnails=thumbnails)
-    for run in loaded:
-        console.print(_summary_table(run))
-    console.print(f"report → [bold]{path}[/]")
+    return run, render_report([run], Path(out) / "report.html", thumbnails=thumbnails)

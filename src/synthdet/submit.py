@@ -10,29 +10,23 @@ from __future__ import annotations
 
 import csv
 import io
-import os
-import uuid
-import warnings
 import zipfile
 from collections import Counter
-from collections.abc import Iterable, Iterator, Sequence
-from contextlib import contextmanager
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
-from typing import Annotated
+from typing import IO
 
 import numpy as np
 import pandas as pd
-import typer
 from PIL import ExifTags, Image
-from rich.console import Console
-from rich.markup import escape
+
+from .atomic import atomic_open, atomic_path, printable, write_text
+from .pixels import IMAGE_SUFFIXES, is_image_path
 
 TASK_A_COLUMNS = ("image_id", "prob", "label", "threshold")
 TASK_B_COLUMNS = (*TASK_A_COLUMNS, "loc_threshold")
 MASKS_ZIP_SUFFIX = "_localization_masks.zip"
-#: The suffixes the organisers count as test images (compared case-insensitively).
-IMAGE_SUFFIXES = frozenset({".jpg", ".jpeg", ".png", ".webp", ".bmp", ".gif", ".tif", ".tiff"})
 #: Decimals written for probabilities and thresholds; labels are computed from the rounded values so that
 #: ``label == (prob >= threshold)`` still holds for whoever re-reads the file.
 DECIMALS = 6
@@ -74,71 +68,129 @@ def _listing(items: Sequence[str], cap: int = MAX_LISTED) -> str:
     return shown if len(items) <= cap else f"{shown}, … and {len(items) - cap} more"
 
 
-@contextmanager
-def _atomic(out: Path) -> Iterator[Path]:
-    """Yield a temporary path next to ``out`` and move it over ``out`` only once writing succeeded.
+class RowError(ValueError):
+    """A row the organisers would reject (bad file name, duplicate id, probability outside [0, 1]); nothing of it
+    was written. Streaming callers skip the image with this reason; :func:`write_task_a` fails whole."""
 
-    An interrupted run then never leaves a half-written submission that looks complete.
+
+def image_id(path: str | Path) -> str:
+    """The ``image_id`` of a file: its name, as the organisers match on file names.
+
+    On Linux a file name is bytes; one that is not UTF-8 reaches Python with surrogate escapes and has no faithful
+    form in a UTF-8 CSV. It is refused (:class:`RowError`, naming the bytes as ``\\xe9`` escapes), never written
+    in a lossy form that matches no file.
     """
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_name(f".{out.name}.{uuid.uuid4().hex}.tmp")
+    name = Path(path).name
+    if not name:
+        raise RowError(f"empty image_id from {printable(path)!r}")
     try:
-        yield tmp
-        os.replace(tmp, out)
-    finally:
-        tmp.unlink(missing_ok=True)
+        name.encode("utf-8")
+    except UnicodeEncodeError:
+        raise RowError(f"file name '{printable(name)}' is not valid UTF-8 and cannot be written to a UTF-8 CSV; "
+                       "rename the file") from None
+    return name
 
 
-def _scores_frame(rows: Iterable[tuple[str, float | None]], threshold: float, prior: float | None) -> pd.DataFrame:
-    """Validated ``image_id,prob,label,threshold`` rows; missing probabilities become ``prior`` with a warning."""
-    _require_unit("threshold", threshold)
-    prior = 0.5 if prior is None else prior
+def missing_row(prior: float, threshold: float) -> tuple[float, int]:
+    """``(prob, label)`` written for an image that could not be scored: the detector's ``prior`` (the share of
+    generated images it was trained on) and the label that prior gets at ``threshold``."""
     _require_unit("prior", prior)
-    ids, probs = [], []
-    for image_id, prob in rows:
-        ids.append(Path(image_id).name)
-        probs.append(np.nan if prob is None else float(prob))
-    if not ids:
+    p = _quantize(prior)
+    return p, int(p >= _quantize(threshold))
+
+
+class TaskAWriter:
+    """Streams ``image_id,prob,label,threshold`` rows (plus ``extra`` constant columns) to a text file: LF line
+    endings, :data:`DECIMALS` decimals, ``label`` computed from the written (rounded) values, unique UTF-8 ids.
+
+    The header is written with the first row, so a run that scores nothing writes nothing.
+    """
+
+    def __init__(self, sink: IO[str], threshold: float, extra: dict[str, float] | None = None) -> None:
+        _require_unit("threshold", threshold)
+        self.threshold = _quantize(threshold)
+        self._extra = {k: _quantize(v) for k, v in (extra or {}).items()}
+        self._csv = csv.writer(sink, lineterminator="\n")
+        self._seen: dict[str, str] = {}
+        self.ids: list[str] = []
+
+    @property
+    def n_rows(self) -> int:
+        return len(self.ids)
+
+    def write(self, path: str | Path, prob: float) -> int:
+        """Write one row for the file at ``path``; return its label. Raises :class:`RowError` (nothing written)."""
+        name = image_id(path)
+        if name in self._seen:
+            raise RowError(f"duplicate image_id {name} (also {printable(self._seen[name])})")
+        prob = float(prob)
+        if not 0.0 <= prob <= 1.0:
+            raise RowError(f"prob outside [0, 1]: {name} ({prob})")
+        p = _quantize(prob)
+        label = int(p >= self.threshold)
+        if not self.ids:
+            self._csv.writerow([*TASK_A_COLUMNS, *self._extra])
+        self._csv.writerow([name, f"{p:.{DECIMALS}f}", label, f"{self.threshold:.{DECIMALS}f}",
+                            *(f"{v:.{DECIMALS}f}" for v in self._extra.values())])
+        self._seen[name] = str(path)
+        self.ids.append(name)
+        return label
+
+
+def write_scores(
+    results: Iterable[tuple[str, float | None, str]],
+    threshold: float,
+    sink: IO[str],
+    on_skip: Callable[[str, str], None],
+) -> int:
+    """Stream ``(path, prob, reason)`` results (``Detector.predict_paths``) as Task A rows while they are scored;
+    a file without a probability, or whose row would be rejected (:class:`RowError`), goes to ``on_skip(path,
+    reason)`` instead. Returns the number of rows written (0: nothing, not even the header)."""
+    writer = TaskAWriter(sink, threshold)
+    for path, prob, reason in results:
+        if prob is None:
+            on_skip(path, reason)
+            continue
+        try:
+            writer.write(path, prob)
+        except RowError as e:
+            on_skip(path, str(e))
+    return writer.n_rows
+
+
+def _write_rows(
+    rows: Iterable[tuple[str, float | None]], threshold: float, sink: IO[str], prior: float | None,
+    extra: dict[str, float] | None = None,
+) -> list[str]:
+    """Every row or an error: a missing probability takes ``prior`` (refused when there is none)."""
+    writer = TaskAWriter(sink, threshold, extra)
+    for path, prob in rows:
+        if prob is None or np.isnan(prob):
+            if prior is None:
+                raise ValueError(f"{printable(path)} has no probability and no prior was given for such images")
+            prob = missing_row(prior, threshold)[0]
+        try:
+            writer.write(path, prob)
+        except RowError as e:
+            raise RowError(f"{e}; a submission needs one valid row per test image") from None
+    if not writer.ids:
         raise ValueError("no rows to write")
-    df = pd.DataFrame({"image_id": ids, "prob": probs})
-    if (df.image_id == "").any():
-        raise ValueError("empty image_id")
-    dups = df.image_id[df.image_id.duplicated()].unique().tolist()
-    if dups:
-        raise ValueError(f"duplicate image_id(s): {_listing(dups)}")
-    undecided = df.prob.isna()
-    if undecided.any():
-        warnings.warn(
-            f"{undecided.sum()} image(s) without a probability (undecodable?), written as prior {prior}: "
-            f"{_listing(df.image_id[undecided].tolist())}",
-            stacklevel=3,
-        )
-        df.loc[undecided, "prob"] = prior
-    bad = df[~df.prob.between(0.0, 1.0)]
-    if len(bad):
-        raise ValueError(f"prob outside [0, 1]: {_listing([f'{i} ({p})' for i, p in zip(bad.image_id, bad.prob)])}")
-    df["prob"] = df.prob.map(_quantize)
-    threshold = _quantize(threshold)
-    df["label"] = (df.prob >= threshold).astype(int)
-    df["threshold"] = threshold
-    return df
-
-
-def _write_csv(df: pd.DataFrame, out: Path) -> None:
-    with _atomic(out) as tmp:
-        df.to_csv(tmp, index=False, float_format=f"%.{DECIMALS}f", lineterminator="\n")
+    return writer.ids
 
 
 def write_task_a(
     rows: Iterable[tuple[str, float | None]], threshold: float, out: Path, *, prior: float | None = None
 ) -> Path:
-    """Write the Task A CSV from ``(image_id, prob)`` pairs; ``prob`` None/NaN means the image could not be read.
+    """Write the Task A CSV (atomically) from ``(image_id, prob)`` pairs; ``prob`` None/NaN means the image could
+    not be read.
 
-    Such images still need a row (every test image must appear), so they get ``prior`` (0.5 when None).
-    ``image_id`` may be a path: only its file name is written, as the organisers match on file names.
+    Such images still need a row (every test image must appear): they get ``prior`` and the label it implies at
+    the threshold (:func:`missing_row`); without a prior they are an error. ``image_id`` may be a path: only its
+    file name is written, as the organisers match on file names. Any bad row fails the whole file (no output).
     """
     out = Path(out)
-    _write_csv(_scores_frame(rows, threshold, prior), out)
+    with atomic_open(out) as f:
+        _write_rows(rows, threshold, f, prior)
     return out
 
 
@@ -170,16 +222,17 @@ def write_task_b(
     if not team or Path(team).name != team:
         raise ValueError(f"team must be a plain non-empty name, got {team!r}")
     _require_unit("loc_threshold", loc_threshold)
-    df = _scores_frame(scores, threshold, prior)
-    df["loc_threshold"] = _quantize(loc_threshold)
-    stems = df.image_id.map(lambda i: Path(i).stem)
-    clashes = df.image_id[stems.duplicated(keep=False)].tolist()
+    text = io.StringIO()
+    ids = _write_rows(scores, threshold, text, prior, {"loc_threshold": loc_threshold})
+    stems = [Path(i).stem for i in ids]
+    counts = Counter(stems)
+    clashes = [i for i, s in zip(ids, stems) if counts[s] > 1]
     if clashes:
         raise ValueError(f"images share a stem, so their masks would share an .npz name: {_listing(clashes)}")
 
     out_dir = Path(out_dir)
     zip_path = out_dir / f"{team}{MASKS_ZIP_SUFFIX}"
-    with _atomic(zip_path) as tmp, zipfile.ZipFile(tmp, "w", zipfile.ZIP_DEFLATED) as zf:
+    with atomic_path(zip_path) as tmp, zipfile.ZipFile(tmp, "w", zipfile.ZIP_DEFLATED) as zf:
         written: set[str] = set()
         for image_id, mask in masks:
             stem = Path(image_id).stem
@@ -191,8 +244,7 @@ def write_task_b(
             raise ValueError(f"no mask for {len(missing)} scored image(s): {_listing(missing)}")
         if unscored := sorted(written - set(stems)):
             raise ValueError(f"masks without a score: {_listing(unscored)}")
-    csv_path = out_dir / "scores.csv"
-    _write_csv(df, csv_path)
+    csv_path = write_text(out_dir / "scores.csv", text.getvalue())
     return zip_path, csv_path
 
 
@@ -204,16 +256,18 @@ def _flag(messages: list[str], what: str, items: Sequence[str]) -> None:
         messages.append(f"{what} ({len(items)}): {_listing(items)}")
 
 
+def list_test_images(folder: Path) -> list[Path]:
+    """The test images of a folder, sorted: files with an image suffix (:data:`synthdet.pixels.IMAGE_SUFFIXES`,
+    the one list every command uses), hidden files such as macOS ``._x.jpg`` excluded."""
+    return sorted(p for p in Path(folder).rglob("*") if p.is_file() and is_image_path(p) and not p.name.startswith("."))
+
+
 def _image_files(images_dir: Path, report: CheckReport) -> dict[str, Path] | None:
-    """Test images by file name (the ``image_id``); hidden files such as macOS ``._x.jpg`` are not images."""
+    """Test images by file name (the ``image_id``)."""
     if not images_dir.is_dir():
         report.errors.append(f"images directory not found: {images_dir}")
         return None
-    paths = [
-        p
-        for p in sorted(images_dir.rglob("*"))
-        if p.is_file() and not p.name.startswith(".") and p.suffix.lower() in IMAGE_SUFFIXES
-    ]
+    paths = list_test_images(images_dir)
     counts = Counter(p.name for p in paths)
     _flag(
         report.errors,
@@ -478,73 +532,3 @@ def check_task_b(zip_path: Path, scores_csv: Path, images_dir: Path) -> CheckRep
     report.warnings += [f"{scores_csv.name}: {m}" for m in scores.warnings]
     report.n_rows = scores.n_rows
     return report
-
-
-# ------------------------------------------------------------------------------------------------------- CLI
-
-def _print_report(report: CheckReport, title: str) -> None:
-    console = Console(soft_wrap=True, highlight=False)
-    console.print(f"[bold]{escape(title)}[/bold]: {report.n_rows} row(s)")
-    for message in report.errors:
-        console.print(f"[red]error[/red]   {escape(message)}")
-    for message in report.warnings:
-        console.print(f"[yellow]warning[/yellow] {escape(message)}")
-    if report.ok:
-        console.print("[green]OK[/green]: no errors")
-    else:
-        console.print(f"[red]FAILED[/red]: {len(report.errors)} error(s)")
-
-
-def _check(file: Path, images: Path | None, masks: Path | None) -> None:
-    if masks is None:
-        report, title = check_task_a(file, images), f"Task A {file}"
-    elif images is None:
-        raise typer.BadParameter("mask shapes are checked against the images: pass --images too",
-                                 param_hint="--images")
-    else:
-        report, title = check_task_b(masks, file, images), f"Task B {masks} + {file}"
-    _print_report(report, title)
-    if not report.ok:
-        raise typer.Exit(code=1)
-
-
-def _test_images(folder: Path) -> list[Path]:
-    return sorted(p for p in folder.rglob("*") if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES
-                  and not p.name.startswith("."))
-
-
-def submit(
-    paths: Annotated[list[Path] | None, typer.Argument(
-        help="[DETECTOR] TESTDIR: a detector folder (default: the shipped one) and the test images.")] = None,
-    out: Annotated[Path, typer.Option("-o", "--out", help="Task A CSV to write, e.g. teamname_constrained.csv.")] = Path(
-        "submission.csv"),
-    check: Annotated[Path | None, typer.Option(
-        "--check", help="Validate this Task A CSV (or Task B scores.csv with --masks) instead of writing one.")] = None,
-    images: Annotated[Path | None, typer.Option("--images", help="Test images directory for --check.")] = None,
-    masks: Annotated[Path | None, typer.Option("--masks", help="Task B <team>_localization_masks.zip (with --check).")] = None,
-    batch_size: Annotated[int | None, typer.Option(help="Images per forward pass.")] = None,
-    workers: Annotated[int | None, typer.Option(help="Decoding workers.")] = None,
-) -> None:
-    """Write a MediaEval Task A submission for every test image, then validate it; or only validate (--check).
-
-    An image that cannot be decoded still gets a row, with the detector's prior and a warning, as the organisers
-    require every test image.
-    """
-    if check is not None:
-        _check(check, images, masks)
-        return
-    from .detector import Detector
-
-    paths = list(paths or [])
-    detector = paths.pop(0) if len(paths) == 2 else None
-    if len(paths) != 1 or not paths[0].is_dir():
-        raise typer.BadParameter("expected [DETECTOR] TESTDIR, with TESTDIR a folder of test images")
-    test_dir = paths[0]
-    files = _test_images(test_dir)
-    if not files:
-        raise typer.BadParameter(f"{test_dir}: no test images ({', '.join(sorted(IMAGE_SUFFIXES))})")
-    det = Detector.load(detector)
-    rows = [(Path(p).name, prob) for p, prob, _ in det.predict_paths(files, batch_size=batch_size,
-                                                                       num_workers=workers)]
-    write_task_a(rows, det.threshold, out, prior=det.card.prior)
-    _check(out, test_dir, None)

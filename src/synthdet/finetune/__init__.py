@@ -50,12 +50,10 @@ Two more ways to run it:
   backbone and training continues from its tuned backbone tensors and head, by default at a tenth of its learning
   rates; the result is an ordinary fine-tuned detector folder.
 
-The library never imports typer: ``finetune_command`` (the CLI front end) loads on first use.
+The command line front end is ``synthdet.cli.finetune``.
 """
 
 from __future__ import annotations
-
-from typing import Any
 
 from .config import RECIPES, FineTuneConfig, Recipe, recipe_config
 from .data import LETTERBOX_ASPECTS, Item, Views, epoch_order
@@ -66,14 +64,7 @@ from .sources import Mix, Source, mix_sources
 
 __all__ = [
     "LETTERBOX_ASPECTS", "RECIPES", "FineTuneConfig", "FineTuneResult", "Item", "Mix", "Recipe", "Source", "Views",
-    "epoch_order", "finetune", "finetune_command", "finetune_detector", "load_finetuned", "mix_sources",
+    "epoch_order", "finetune", "finetune_detector", "load_finetuned", "mix_sources",
     "recipe_config", "save_finetuned", "score_items", "set_preprocess", "trainable_parameters",
 ]
 
-
-def __getattr__(name: str) -> Any:
-    if name == "finetune_command":
-        from .command import finetune_command
-
-        return finetune_command
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -1,4 +1,4 @@
-"""``synthdet finetune``: the command-line front end of :func:`~synthdet.finetune.finetune_detector`."""
+"""``synthdet finetune``: fine-tune a backbone with a head from images (resumable)."""
 
 from __future__ import annotations
 
@@ -8,8 +8,8 @@ from typing import Annotated
 import typer
 
 from ..augment import PRESETS
-from .config import RECIPES, recipe_config
-from .pipeline import finetune_detector
+from ..finetune import RECIPES, finetune_detector, recipe_config
+from ._io import Quiet, say
 
 
 def finetune_command(
@@ -48,6 +48,7 @@ def finetune_command(
     seed: Annotated[int | None, typer.Option(help="Training seed (the split keeps seed 42) [default: 1337].")] = None,
     num_workers: Annotated[int | None, typer.Option(help="DataLoader workers.")] = None,
     resume: Annotated[bool, typer.Option("--resume/--restart", help="Continue an interrupted run in OUT.")] = True,
+    quiet: Quiet = False,
 ) -> None:
     """Fine-tune a backbone with a head, from images; keep the best epoch by validation ROC AUC."""
     try:
@@ -66,10 +67,10 @@ def finetune_command(
         backbone = RECIPES[recipe].backbone
     result, metrics = finetune_detector(data, data_weights=data_weight, val_data=val_data, backbone=backbone,
                                         weights=weights, init=init, cfg=cfg, out=out, resume=resume,
-                                        progress=True)
+                                        progress=not quiet)
     b = result.best
-    typer.echo(f"best epoch {b['epoch'] + 1}: calib ROC AUC {b['val_auc']:.4f}, AP {b['val_ap']:.4f}")
+    say(f"best epoch {b['epoch'] + 1}: calib ROC AUC {b['val_auc']:.4f}, AP {b['val_ap']:.4f}")
     at = metrics["at_threshold"]
-    typer.echo(f"held-out val: ROC AUC {metrics['roc_auc']:.4f}, AP {metrics['ap']:.4f}, F1 {at['f1']:.4f} "
-               f"at threshold {at['threshold']:.3f} (n={metrics['n']})")
-    typer.echo(f"detector: {out / 'detector'} (score with: synthdet predict {out / 'detector'} IMAGES...)")
+    say(f"held-out val: ROC AUC {metrics['roc_auc']:.4f}, AP {metrics['ap']:.4f}, F1 {at['f1']:.4f} "
+        f"at threshold {at['threshold']:.3f} (n={metrics['n']})")
+    say(f"detector: {out / 'detector'} (score with: synthdet predict {out / 'detector'} IMAGES...)")

@@ -1,0 +1,77 @@
+"""``synthdet cv``: stratified k-fold cross-validation of a head on cached features."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import TYPE_CHECKING, Annotated, cast
+
+import typer
+
+from ._io import Json, Quiet, console, fail, print_json, say, skipped
+
+if TYPE_CHECKING:
+    from rich.table import Table
+
+    from ..cv import CVResult
+
+
+def cv_table(result: CVResult) -> Table:
+    from rich.table import Table
+
+    from ..cv import FOLD_METRICS
+
+    c = result.config
+    table = Table(title=f"{c['k']}-fold CV — {c['backbone']} + {c['head']} ({c['features']}, {c['n_views']} views, "
+                        f"{c['n_images']} images)")
+    for col in ("fold", "n", "fake", "ROC AUC", "AP", "F1", "accuracy", "EER", "threshold"):
+        table.add_column(col, justify="right")
+    for f in result.folds:
+        table.add_row(str(f["fold"]), str(f["n"]), str(f["n_fake"]), *(f"{f[m]:.4f}" for m in FOLD_METRICS),
+                      f"{f['threshold']:.3f}")
+    table.add_section()
+    table.add_row("mean ± std", str(sum(f["n"] for f in result.folds)), str(sum(f["n_fake"] for f in result.folds)),
+                  *(f"{result.mean[m]:.4f} ± {result.std[m]:.4f}" for m in FOLD_METRICS), "")
+    table.caption = "F1 and accuracy at each fold's threshold, chosen on a calibration slice of its training folds"
+    return table
+
+
+def cv_command(
+    data: Annotated[Path, typer.Argument(help="Folder (0_real/1_fake, real/fake), CSV path,label or manifest.")],
+    out: Annotated[Path, typer.Option("-o", "--out", help="Folder for cv.json, oof.csv and (--refit) detector/.")],
+    backbone: Annotated[str, typer.Option(help="Backbone name (see `synthdet backbones`).")] = "effnet-lite0",
+    weights: Annotated[Path | None, typer.Option(help="Local weights file for the backbone.")] = None,
+    head: Annotated[str, typer.Option(help="linear | residual | deep | logreg | fusion")] = "logreg",
+    features: Annotated[str, typer.Option(help="pooled | concat (pooled + every layer tap)")] = "pooled",
+    views: Annotated[int, typer.Option(min=1, help="Cached training views per image.")] = 4,
+    k: Annotated[int, typer.Option(min=2, help="Number of folds.")] = 5,
+    seed: Annotated[int, typer.Option()] = 42,
+    cache: Annotated[Path | None, typer.Option(help="Feature cache root.")] = None,
+    batch_size: Annotated[int, typer.Option(min=1)] = 32,
+    workers: Annotated[int | None, typer.Option(min=0, help="DataLoader workers.")] = None,
+    refit: Annotated[bool, typer.Option(help="Then fit on every image → OUT/detector (threshold from out-of-fold "
+                                             "probabilities).")] = False,
+    quiet: Quiet = False,
+    as_json: Json = False,
+) -> None:
+    """Stratified k-fold cross-validation of a head on cached features: each fold, then mean ± std."""
+    from ..cv import cross_validate
+    from ..detector import FeatureKind
+
+    if features not in ("pooled", "concat"):
+        raise fail(f"--features must be pooled or concat, not {features!r}")
+    result = cross_validate(
+        data, backbone=backbone, weights=weights, head=head, features=cast(FeatureKind, features), n_views=views,
+        k=k, seed=seed, cache_dir=cache, batch_size=batch_size, num_workers=workers, refit_all=refit, out=out,
+        progress=not quiet,
+    )
+    for path, reason in result.skipped:
+        skipped(path, reason)
+    if as_json:
+        print_json({**result.summary(), "out": str(out),
+                    "detector": str(out / "detector") if result.detector is not None else None})
+        return
+    console().print(cv_table(result))
+    say(f"folds → [bold]{out / 'cv.json'}[/], out-of-fold probabilities → [bold]{out / 'oof.csv'}[/]")
+    if result.detector is not None:
+        say(f"detector fitted on every image → [bold]{out / 'detector'}[/]  "
+            f"(threshold {result.detector.threshold:.3f}, from the out-of-fold probabilities)")

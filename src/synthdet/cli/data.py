@@ -1,0 +1,38 @@
+"""``synthdet data``: build and split dataset manifests."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from ._io import Quiet, say, skipped
+
+app = typer.Typer(help="Build and split dataset manifests.", no_args_is_help=True)
+
+
+@app.command("index")
+def data_index(
+    source: Annotated[Path, typer.Argument(help="Folder (0_real/1_fake, real/fake) or CSV with path,label[,source,generator].")],
+    out: Annotated[Path, typer.Option("-o", "--out", help="Manifest to write (.parquet or .csv).")] = Path("manifest.parquet"),
+    val_fraction: Annotated[float, typer.Option(help="Held-out fraction for the stratified split column.")] = 0.2,
+    folds: Annotated[int, typer.Option(help="Number of stratified folds for the fold column (0: none).")] = 5,
+    seed: Annotated[int, typer.Option(help="Seed of split and folds.")] = 42,
+    max_pixels: Annotated[int, typer.Option(min=1, help="Refuse images with more pixels (decompression bombs).")] = 100_000_000,
+    quiet: Quiet = False,
+) -> None:
+    """Index images: hash, size, format, decodability; add reproducible split and fold columns."""
+    from ..data import index, kfold, split, write_manifest
+
+    df = index(source, max_pixels=max_pixels, progress=not quiet)
+    labelled = (df["label"] >= 0) & df["ok"]
+    if labelled.any() and df.loc[labelled, "label"].nunique() == 2:
+        df["split"] = split(df, val_fraction=val_fraction, seed=seed)
+        if folds > 1:
+            df["fold"] = kfold(df, k=folds, seed=seed)
+    write_manifest(df, out)
+    bad = df[~df["ok"]]
+    say(f"{len(df)} images indexed → {out}  ({int(df['ok'].sum())} ok, {len(bad)} unreadable)")
+    for path, reason in zip(bad["path"], bad["error"]):
+        skipped(path, reason)

@@ -1,0 +1,95 @@
+"""``synthdet predict``: a verdict for one image, Task A rows for many.
+
+Rows stream as images are scored, to ``-o FILE`` (a temporary file renamed at the end: on failure no output file
+remains) or to stdout. Files that cannot be scored are skipped, one ``skipped PATH: reason`` line each on stderr
+and, with ``-o``, listed in ``FILE.skipped.csv`` beside it. A file whose name is not valid UTF-8 is skipped for
+that reason: it has no faithful form in a UTF-8 CSV.
+
+Exit codes: 0 at least one image scored; 1 none could be scored (no output file then); 2 usage or input error
+(a named path does not exist, a folder holds no images, DETECTOR is not a detector).
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from ._io import Quiet, console, fail, note, skipped
+
+
+def _verdict(prob: float, threshold: float) -> str:
+    fake = prob >= threshold
+    margin = abs(prob - threshold) / max(threshold if not fake else 1 - threshold, 1e-6)
+    strength = "likely" if margin > 0.5 else "leaning"
+    return f"{strength} AI-generated" if fake else f"{strength} a real photograph"
+
+
+def predict(
+    paths: Annotated[list[Path], typer.Argument(
+        exists=True, metavar="PATHS", help="[DETECTOR] then image files, folders or a CSV with a path column.")],
+    out: Annotated[Path | None, typer.Option("-o", "--out", help="CSV to write (image_id,prob,label,threshold).")] = None,
+    detector: Annotated[Path | None, typer.Option("-d", "--detector", help="Detector folder (default: the shipped one).")] = None,
+    batch_size: Annotated[int | None, typer.Option(min=1, help="Images per forward pass (default: 8 on CPU, 64 on CUDA).")] = None,
+    workers: Annotated[int | None, typer.Option(min=0)] = None,
+    max_pixels: Annotated[int, typer.Option(min=1, help="Refuse images with more pixels.")] = 100_000_000,
+    quiet: Quiet = False,
+) -> None:
+    """Score images. One file prints a verdict; several stream the MediaEval Task A CSV to -o (or stdout)."""
+    from ..atomic import atomic_open, printable
+    from ..data import iter_inputs
+    from ..detector import Detector
+    from ..submit import write_scores
+
+    if detector is None and paths and (paths[0] / "card.json").is_file():
+        detector, paths = paths[0], paths[1:]
+    if not paths:
+        raise fail("no images given")
+    det = Detector.load(detector)
+    _ = det.backbone  # a detector whose backbone cannot be built fails here, before any output
+    single = len(paths) == 1 and paths[0].is_file() and paths[0].suffix.lower() != ".csv" and out is None
+    results = det.predict_paths(iter_inputs(paths), batch_size=batch_size, num_workers=0 if single else workers,
+                                max_pixels=max_pixels, progress=not (single or quiet))
+    if single:
+        path, prob, reason = next(results)
+        if prob is None:
+            raise fail(f"{path}: cannot be scored: {reason}", code=1)
+        console().print(f"{printable(Path(path).name)}: [bold]{_verdict(prob, det.threshold)}[/]  "
+                        f"(p_fake={prob:.3f}, threshold {det.threshold:.3f})")
+        return
+
+    skips: list[tuple[str, str]] = []
+
+    def skip(path: str, reason: str) -> None:
+        skips.append((path, reason))
+        skipped(path, reason)
+
+    if out is None:
+        n = write_scores(results, det.threshold, sys.stdout, skip)
+    else:
+        with atomic_open(out) as f:
+            n = write_scores(results, det.threshold, f, skip)
+            if n == 0:
+                raise fail(f"no image could be scored ({len(skips)} skipped); {out} not written", code=1)
+        _write_skips(skips, out.with_name(out.name + ".skipped.csv"))
+    if n == 0:
+        raise fail(f"no image could be scored ({len(skips)} skipped)", code=1)
+    note(f"{n} scored{f' → {printable(out)}' if out else ''}, {len(skips)} skipped"
+         f"{f' → {printable(out)}.skipped.csv' if out and skips else ''}")
+
+
+def _write_skips(skips: list[tuple[str, str]], dest: Path) -> None:
+    """``path,reason`` rows (undecodable bytes of a name as ``\\xe9`` escapes); none: no file, not a stale one."""
+    import csv
+
+    from ..atomic import atomic_open, printable
+
+    if not skips:
+        dest.unlink(missing_ok=True)
+        return
+    with atomic_open(dest) as f:
+        w = csv.writer(f, lineterminator="\n")
+        w.writerow(["path", "reason"])
+        w.writerows([printable(p), printable(r)] for p, r in skips)

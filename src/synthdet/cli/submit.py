@@ -1,0 +1,95 @@
+"""``synthdet submit``: write a MediaEval Task A submission for a test folder and validate it, or only validate.
+
+Every test image gets a row, as the organisers require. An image that cannot be scored is reported like every
+other skip (``skipped PATH: reason`` on stderr) and its row gets the detector's prior (the share of generated
+images it was trained on) with the label that prior implies at the detector's threshold; the line says both.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import TYPE_CHECKING, Annotated
+
+import typer
+
+from ._io import Quiet, console, fail, skipped
+
+if TYPE_CHECKING:
+    from ..submit import CheckReport
+
+
+def _print_report(report: CheckReport, title: str) -> None:
+    from rich.markup import escape
+
+    out = console()
+    out.print(f"[bold]{escape(title)}[/bold]: {report.n_rows} row(s)")
+    for message in report.errors:
+        out.print(f"[red]error[/red]   {escape(message)}")
+    for message in report.warnings:
+        out.print(f"[yellow]warning[/yellow] {escape(message)}")
+    if report.ok:
+        out.print("[green]OK[/green]: no errors")
+    else:
+        out.print(f"[red]FAILED[/red]: {len(report.errors)} error(s)")
+
+
+def _check(file: Path, images: Path | None, masks: Path | None) -> None:
+    from ..submit import check_task_a, check_task_b
+
+    if masks is None:
+        report, title = check_task_a(file, images), f"Task A {file}"
+    elif images is None:
+        raise typer.BadParameter("mask shapes are checked against the images: pass --images too",
+                                 param_hint="--images")
+    else:
+        report, title = check_task_b(masks, file, images), f"Task B {masks} + {file}"
+    _print_report(report, title)
+    if not report.ok:
+        raise typer.Exit(code=1)
+
+
+def submit(
+    paths: Annotated[list[Path] | None, typer.Argument(
+        help="[DETECTOR] TESTDIR: a detector folder (default: the shipped one) and the test images.")] = None,
+    out: Annotated[Path, typer.Option("-o", "--out", help="Task A CSV to write, e.g. teamname_constrained.csv.")] = Path(
+        "submission.csv"),
+    check: Annotated[Path | None, typer.Option(
+        "--check", help="Validate this Task A CSV (or Task B scores.csv with --masks) instead of writing one.")] = None,
+    images: Annotated[Path | None, typer.Option("--images", help="Test images directory for --check.")] = None,
+    masks: Annotated[Path | None, typer.Option("--masks", help="Task B <team>_localization_masks.zip (with --check).")] = None,
+    batch_size: Annotated[int | None, typer.Option(min=1, help="Images per forward pass.")] = None,
+    workers: Annotated[int | None, typer.Option(min=0, help="Decoding workers.")] = None,
+    quiet: Quiet = False,
+) -> None:
+    """Write a MediaEval Task A submission for every test image, then validate it; or only validate (--check).
+
+    An image that cannot be scored still gets a row (the organisers require every test image): the detector's
+    prior, labelled by that prior at the threshold; stderr names the file, the reason and the value written.
+    """
+    if check is not None:
+        _check(check, images, masks)
+        return
+    from ..detector import Detector
+    from ..pixels import IMAGE_SUFFIXES
+    from ..submit import list_test_images, missing_row, write_task_a
+
+    paths = list(paths or [])
+    detector = paths.pop(0) if len(paths) == 2 else None
+    if len(paths) != 1 or not paths[0].is_dir():
+        raise typer.BadParameter("expected [DETECTOR] TESTDIR, with TESTDIR a folder of test images")
+    test_dir = paths[0]
+    files = list_test_images(test_dir)
+    if not files:
+        raise fail(f"{test_dir}: no test images ({', '.join(sorted(IMAGE_SUFFIXES))})")
+    det = Detector.load(detector)
+    prior = det.card.prior
+    fill, label = missing_row(prior, det.threshold)
+    rows = []
+    for path, prob, reason in det.predict_paths(files, batch_size=batch_size, num_workers=workers,
+                                                progress=not quiet):
+        if prob is None:
+            skipped(path, f"{reason}; its row gets the detector's prior {fill:g} → label {label} "
+                          f"({'generated' if label else 'real'}) at threshold {det.threshold:.3f}")
+        rows.append((path, prob))
+    write_task_a(rows, det.threshold, out, prior=prior)
+    _check(out, test_dir, None)
