@@ -25,6 +25,8 @@ def atomic_path(dest: str | Path) -> Iterator[Path]:
         if tmp.exists():
             with open(tmp, "rb+") as f:
                 os.fsync(f.fileno())
+            # some writers create private temp files (0600); the result gets the old file's mode, else rw-r--r--
+            os.chmod(tmp, dest.stat().st_mode & 0o777 if dest.exists() else 0o644)
         os.replace(tmp, dest)
     finally:
         tmp.unlink(missing_ok=True)
