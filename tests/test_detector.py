@@ -150,9 +150,13 @@ def test_saved_card_is_a_versioned_probe_card_and_rows_round_trip(trained, tmp_p
 
 
 def test_version_1_cards_are_upgraded_by_what_the_folder_holds(tmp_path: Path) -> None:
-    shipped = json.loads((default_detector_path() / "card.json").read_text())
-    assert "kind" not in shipped and "schema_version" not in shipped  # the shipped default is a version-1 card
-    card = read_card(default_detector_path())
+    current = json.loads((default_detector_path() / "card.json").read_text())
+    assert current["kind"] == "probe" and current["schema_version"] == 2
+    shipped = {k: v for k, v in current.items() if k not in ("kind", "schema_version", "rows")}  # as version 1 wrote
+    old = tmp_path / "v1"
+    old.mkdir()
+    (old / "card.json").write_text(json.dumps(shipped))
+    card = read_card(old)
     assert type(card) is Card and card.kind == "probe" and card.schema_version == 2 and card.rows == {}
 
     tuned = tmp_path / "tuned"

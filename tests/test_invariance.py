@@ -235,3 +235,21 @@ def test_shipped_default_scores_the_same_pixels_identically_in_any_container(
     assert np.ptp(p, axis=1).max() < 1e-5, p
     assert np.ptp(lg, axis=1).max() < 1e-3, lg
 
+
+
+def test_shipped_default_scores_png_lossless_webp_and_jpeg_q100_within_001(
+    tmp_path: Path, large_photos: list[Image.Image], shipped: Detector
+) -> None:
+    """The issue's check: each large photo saved independently as PNG, lossless WebP and JPEG q100 4:4:4.
+
+    PNG and lossless WebP hold the same pixels and must score identically; JPEG q100 rounds each pixel by about half a
+    grey level, and the score may move by less than 0.01 (the old JPEG-only DCT reduction moved it by up to 0.025)."""
+    paths = []
+    for i, img in enumerate(large_photos):
+        for fmt, suffix, kw in [("PNG", ".png", {}), ("WEBP", ".webp", WEBP_LOSSLESS),
+                                ("JPEG", ".jpg", {"quality": 100, "subsampling": 0})]:
+            img.save(tmp_path / f"{i}{suffix}", fmt, **kw)
+            paths.append(tmp_path / f"{i}{suffix}")
+    p = shipped_scores(shipped, paths).reshape(len(large_photos), 3)
+    assert np.array_equal(p[:, 0], p[:, 1]), p
+    assert np.abs(p[:, 2] - p[:, 0]).max() < 0.01, p
