@@ -84,6 +84,15 @@ def step_backbone(step: Step) -> str | None:
     return "effnet-lite0"
 
 
+def _required(backbone: str | None, step: Step) -> str:
+    """The backbone of a probe or cv step, which trains from scratch: ``init`` continues a detector only when
+    fine-tuning, and a step that has nothing to start from is an error in the recipe, not a default."""
+    if backbone is None:
+        raise ValueError(f"step {step.id!r} ({step.kind}) has no backbone to train: 'init' applies to finetune "
+                         f"steps only")
+    return backbone
+
+
 def detector_dir(out: Path, step: Step) -> Path:
     """Where a step's detector lives (fine-tuning runs keep checkpoints beside it)."""
     return out / step.id / "detector" if step.kind == "finetune" else out / step.id
@@ -196,7 +205,7 @@ def run_recipe(
             shutil.rmtree(out / step.id)
         log(f"{recipe.name} / {step.id} ({step.kind}, {backbone or 'from ' + str(step.init or step.members)})")
         if step.kind == "probe":
-            res = train_detector(frame(train_src), backbone=backbone, head=step.head or "linear",
+            res = train_detector(frame(train_src), backbone=_required(backbone, step), head=step.head or "linear",
                                  features=step.features, n_views=step.views, cache_dir=cache_dir,
                                  num_workers=num_workers, out=detector_dir(out, step))
             entry["metrics"] = _summary(res.metrics, _val_rows(detector_dir(out, step)))
@@ -217,9 +226,10 @@ def run_recipe(
             if step.finetune:
                 cfg = recipe_config(step.finetune, **step.overrides, epochs=epochs, num_workers=num_workers)
                 result = run_folds(usable_rows(frame(train_src), progress=False)[0],
-                                   finetune_fitter(backbone, cfg, out / step.id / "folds"), k=step.k)
+                                   finetune_fitter(_required(backbone, step), cfg, out / step.id / "folds"), k=step.k)
             else:
-                result = cross_validate(frame(train_src), backbone=backbone, head=step.head or "logreg",
+                result = cross_validate(frame(train_src), backbone=_required(backbone, step),
+                                        head=step.head or "logreg",
                                         features=step.features, n_views=step.views, k=step.k, cache_dir=cache_dir,
                                         num_workers=num_workers)
             save_cv(result, out / step.id)
