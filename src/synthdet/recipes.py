@@ -26,7 +26,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 import pandas as pd
-from pydantic import BaseModel, ConfigDict
+from pydantic import BaseModel, ConfigDict, model_validator
 
 
 class Step(BaseModel):
@@ -46,6 +46,13 @@ class Step(BaseModel):
     rule: str = "mean"  # ensemble rule
     weights: list[float] | None = None  # ensemble weights (mean rule)
     k: int = 5  # cv folds
+
+    @model_validator(mode="after")
+    def _init_only_when_fine_tuning(self) -> Step:
+        if self.init and self.kind != "finetune":
+            raise ValueError(f"step {self.id!r} ({self.kind}): 'init' continues a detector, which only a finetune "
+                             f"step does")
+        return self
 
 
 class Recipe(BaseModel):
@@ -85,11 +92,10 @@ def step_backbone(step: Step) -> str | None:
 
 
 def _required(backbone: str | None, step: Step) -> str:
-    """The backbone of a probe or cv step, which trains from scratch: ``init`` continues a detector only when
-    fine-tuning, and a step that has nothing to start from is an error in the recipe, not a default."""
+    """The backbone of a probe or cv step, which trains from scratch (:class:`Step` allows ``init`` on finetune
+    steps only); a step with nothing to start from is an error in the recipe, not a default."""
     if backbone is None:
-        raise ValueError(f"step {step.id!r} ({step.kind}) has no backbone to train: 'init' applies to finetune "
-                         f"steps only")
+        raise ValueError(f"step {step.id!r} ({step.kind}) has no backbone to train")
     return backbone
 
 
