@@ -5,11 +5,15 @@ from __future__ import annotations
 import argparse
 import sys
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 try:
     import synthdet  # noqa: F401
 except ImportError:  # running from a checkout without `pip install -e .`
     sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
+
+if TYPE_CHECKING:
+    from rich.console import Console
 
 ROOT = Path(__file__).resolve().parents[1]
 DEFAULT_MANIFEST = ROOT.parent / "shared" / "data" / "dev" / "manifest.csv"
@@ -27,7 +31,7 @@ def dev_data_parser(description: str, default_json: Path) -> argparse.ArgumentPa
     return ap
 
 
-def data_missing(manifest: Path, console) -> bool:  # noqa: ANN001 - a rich Console
+def data_missing(manifest: Path, console: Console) -> bool:
     """Say so and return True when the shared development data is absent, so the benchmark skips cleanly."""
     if manifest.exists():
         return False

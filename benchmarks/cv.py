@@ -29,19 +29,22 @@ import platform
 import tempfile
 import time
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import pandas as pd
 import torch
+from _common import ROOT, data_missing, dev_data_parser  # before synthdet: puts this checkout's src/ on the path
 
-from _common import ROOT, data_missing, dev_data_parser  # noqa: E402 - also puts this checkout's src/ on the path
+from synthdet.backbones import Backbone, create_backbone
+from synthdet.calibrate import f1_optimal_threshold
+from synthdet.cv import FOLD_METRICS, CVResult, FoldFitter, cross_validate, run_folds
+from synthdet.data import index
+from synthdet.ensemble import RULES, EnsembleDetector, combine, validation_f1
+from synthdet.train import train_detector
 
-from synthdet.backbones import create_backbone  # noqa: E402
-from synthdet.calibrate import f1_optimal_threshold  # noqa: E402
-from synthdet.cv import FOLD_METRICS, CVResult, FoldFitter, cross_validate, run_folds  # noqa: E402
-from synthdet.data import index  # noqa: E402
-from synthdet.ensemble import RULES, EnsembleDetector, combine, validation_f1  # noqa: E402
-from synthdet.train import train_detector  # noqa: E402
+if TYPE_CHECKING:
+    from rich.table import Table
 
 DEFAULT_JSON = ROOT / "benchmarks" / "results" / "cv.json"
 PROBES = [  # (label, head, features)
@@ -112,7 +115,7 @@ def summarise(name: str, features: str, res: CVResult, seconds: float) -> dict:
             **{m: {"mean": res.mean[m], "std": res.std[m]} for m in FOLD_METRICS}}
 
 
-def add_columns(table, *first: str) -> None:  # noqa: ANN001 - rich Table
+def add_columns(table: Table, *first: str) -> None:
     for col in first:
         table.add_column(col)
     for col in ("ROC AUC", "AP", "F1", "EER", "s"):
@@ -123,7 +126,7 @@ def cells(r: dict) -> list[str]:
     return [*(f"{r[m]['mean']:.4f} ± {r[m]['std']:.4f}" for m in ("roc_auc", "ap", "f1", "eer")), f"{r['seconds']:.0f}"]
 
 
-def run_ensemble(args: argparse.Namespace, df: pd.DataFrame, bb) -> dict:  # noqa: ANN001 - Backbone
+def run_ensemble(args: argparse.Namespace, df: pd.DataFrame, bb: Backbone) -> dict:
     """Score the members' shared val images once, then cross-validate each member and each rule over them."""
     with tempfile.TemporaryDirectory() as tmp:
         dirs = [Path(tmp) / "logreg-concat"]

@@ -230,8 +230,8 @@ def cpu_name() -> str:
 
 
 def machine_facts(device: torch.device) -> dict:
-    import torchvision
     import PIL
+    import torchvision
 
     return {
         "cpu_count": os.cpu_count(),
@@ -367,12 +367,12 @@ def main(argv: list[str] | None = None) -> dict:
 
             with console.status(f"synthdet extract, cold then cached{tag}..."):
                 store = FeatureStore.for_backbone(bb, tmp / f"store-{r}")
-                dt, cpu, cold = timed(lambda: extract(bb, str_paths, shas, store, batch_size=args.batch_size,
-                                                 num_workers=workers, progress=False), device)
+                dt, cpu, cold = timed(lambda s=store: extract(bb, str_paths, shas, s, batch_size=args.batch_size,
+                                                         num_workers=workers, progress=False), device)
                 record(COLD, dt, cpu, n, computed=cold.computed, cached=cold.cached,
                        skipped=len(cold.skipped))
-                dt, cpu, hot = timed(lambda: extract(bb, str_paths, shas, store, batch_size=args.batch_size,
-                                                num_workers=workers, progress=False), device)
+                dt, cpu, hot = timed(lambda s=store: extract(bb, str_paths, shas, s, batch_size=args.batch_size,
+                                                        num_workers=workers, progress=False), device)
                 record(HOT, dt, cpu, n, computed=hot.computed, cached=hot.cached,
                        skipped=len(hot.skipped))
 

@@ -33,18 +33,16 @@ import time
 
 import numpy as np
 import torch
+from _common import ROOT, data_missing, dev_data_parser  # before synthdet: puts this checkout's src/ on the path
 
-from _common import ROOT, data_missing, dev_data_parser  # noqa: E402 - also puts this checkout's src/ on the path
-
-from synthdet.backbones import create_backbone  # noqa: E402
-from synthdet.calibrate import f1_optimal_threshold  # noqa: E402
-from synthdet.data import index  # noqa: E402
-from synthdet.metrics import binary_metrics  # noqa: E402
-from synthdet.features import FeatureStore, extract  # noqa: E402
-from synthdet.data import three_way_split  # noqa: E402
-from synthdet.finetune import FineTuneConfig, finetune, score_items  # noqa: E402
-from synthdet.heads import make_head  # noqa: E402
-from synthdet.train import load_features  # noqa: E402
+from synthdet.backbones import create_backbone
+from synthdet.calibrate import f1_optimal_threshold
+from synthdet.data import index, three_way_split
+from synthdet.features import FeatureStore, extract
+from synthdet.finetune import FineTuneConfig, finetune, score_items
+from synthdet.heads import make_head
+from synthdet.metrics import binary_metrics
+from synthdet.train import load_features
 
 DEFAULT_JSON = ROOT / "benchmarks" / "results" / "fusion.json"
 

@@ -216,6 +216,14 @@ def test_garbage_after_valid_header_is_corrupt(tmp_path: Path) -> None:
     assert ei.value.reason in ("truncated", "corrupt")
 
 
+def test_malformed_header_is_corrupt() -> None:
+    # Pillow raises a ValueError on this PPM header; the handler once named a Pillow attribute that does not
+    # exist, so the error escaped as an AttributeError instead of a per-file "corrupt"
+    with pytest.raises(ImageLoadError) as ei:
+        load_image(b"P6\n4 4\nxyz\n" + bytes(48))
+    assert ei.value.reason == "corrupt"
+
+
 def test_zero_byte_file(tmp_path: Path) -> None:
     path = tmp_path / "empty.jpg"
     path.write_bytes(b"")

@@ -9,6 +9,7 @@ from pathlib import Path
 
 import pandas as pd
 import pytest
+from pydantic import ValidationError
 from typer.testing import CliRunner
 
 from synthdet.cli import app
@@ -41,6 +42,15 @@ def test_recipe_steps_are_consistent(name: str) -> None:
         for dep in step.members + ([step.init] if step.init else []):
             assert dep in seen, f"{name}/{step.id} depends on a later or unknown step {dep}"
         seen.append(step.id)
+
+
+def test_init_is_refused_on_steps_that_do_not_fine_tune() -> None:
+    # a probe or cv step with init used to reach train_detector with no backbone and fail with an AttributeError,
+    # after its dependencies had run; now the recipe is refused when it is read
+    for kind in ("probe", "cv"):
+        with pytest.raises(ValidationError, match="only a finetune step"):
+            Step(id="b", kind=kind, backbone="effnet-lite0", init="a")
+    assert Step(id="b", kind="finetune", init="a").init == "a"
 
 
 @pytest.mark.skipif(not SEEDS.is_dir(), reason="needs ../shared/seeds")

@@ -27,6 +27,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from functools import cache
 from pathlib import Path
+from typing import Any, cast
 from urllib.parse import urlsplit
 
 import torch
@@ -205,7 +206,7 @@ def _timm_backbone(
     import timm
 
     model = timm.create_model(arch, pretrained=False, num_classes=0)
-    cfg = model.pretrained_cfg
+    cfg = cast(dict[str, Any], model.pretrained_cfg)  # a plain attribute, which torch's Module.__getattr__ mistypes
     if not pretrained:
         weights_id = "random"
     elif weights or default_file:
@@ -242,8 +243,11 @@ def _timm_backbone(
             resample="bicubic" if cfg.get("interpolation") == "bicubic" else "bilinear",
         )
 
+    forward_features = cast(Callable[[torch.Tensor], torch.Tensor], model.forward_features)  # timm API, untyped
+    forward_head = cast(Callable[..., torch.Tensor], model.forward_head)
+
     def pooled(x: torch.Tensor) -> torch.Tensor:
-        return model.forward_head(model.forward_features(x), pre_logits=True)
+        return forward_head(forward_features(x), pre_logits=True)
 
     token_pool = "cls" if getattr(model, "num_prefix_tokens", 1) else "mean"
     return Backbone(

@@ -58,6 +58,11 @@ class FrequencyBranch(nn.Module):
     normalisation so the spectrum is that of the image, not of its per-channel rescaling.
     """
 
+    mean: torch.Tensor  # buffers, declared so that type checkers see tensors, not ``Tensor | Module``
+    std: torch.Tensor
+    luma: torch.Tensor
+    basis: torch.Tensor
+
     def __init__(self, kind: FreqKind, mean: tuple[float, ...], std: tuple[float, ...]) -> None:
         super().__init__()
         self.kind = kind

@@ -28,7 +28,7 @@ from __future__ import annotations
 import shutil
 from collections.abc import Iterable, Iterator, Sequence
 from pathlib import Path
-from typing import Any, get_args
+from typing import Any, cast, get_args
 
 import numpy as np
 import pandas as pd
@@ -65,9 +65,15 @@ def combine(
     return out
 
 
-def _weights(m: int, rule: str, weights: Sequence[float] | None) -> np.ndarray:
+def _check_rule(rule: str) -> Rule:
+    """``rule`` as a :data:`Rule` (CLI and recipe rules arrive as plain strings), or a ValueError naming the rules."""
     if rule not in RULES:
         raise ValueError(f"unknown rule {rule!r}; choose from {', '.join(RULES)}")
+    return cast(Rule, rule)
+
+
+def _weights(m: int, rule: str, weights: Sequence[float] | None) -> np.ndarray:
+    _check_rule(rule)
     if weights is None and rule == "weighted-majority":
         raise ValueError("weighted-majority needs weights (each member's validation F1)")
     w = np.ones(m) if weights is None else np.asarray(weights, dtype=np.float64)
@@ -114,7 +120,8 @@ class EnsembleDetector:
         if weights is None:
             weights = [validation_f1(c) for c in cards] if rule == "weighted-majority" else [1.0] * len(members)
         card = EnsembleCard(
-            rule=rule, names=[f"m{j}-{d.resolve().name}" for j, d in enumerate(dirs)], members=[str(d) for d in dirs],
+            rule=_check_rule(rule), names=[f"m{j}-{d.resolve().name}" for j, d in enumerate(dirs)],
+            members=[str(d) for d in dirs],
             weights=_weights(len(dirs), rule, weights).tolist(), threshold=0.5,
             backbone="+".join(c.backbone for c in cards), weights_id="+".join(c.weights_id for c in cards),
             head=f"ensemble-{rule}", features="+".join(str(c.features) for c in cards),

@@ -18,7 +18,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import numpy as np
 import torch
@@ -111,7 +111,7 @@ class LayerFusionHead(TorchProbe):
     @property
     def alphas_(self) -> np.ndarray:
         """Learned block weights (softmax, sum to 1), in the order of ``layer_dims``."""
-        logits = self.net_.block_logits.detach().cpu().double()
+        logits = cast(LayerFusion, self.net_).block_logits.detach().cpu().double()
         return logits.softmax(0).numpy()  # in float64, so the weights sum to 1 to machine precision
 
     def plot_alphas(self, path: str | Path, *, labels: Sequence[str] | None = None, title: str = "") -> Path:

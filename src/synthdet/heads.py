@@ -218,7 +218,7 @@ class TorchProbe(BinaryHead):
             batches = ((Xt[idx], yt[idx]) for idx in order.split(self.batch_size))
             loss = train_epoch(net, batches, opt, sched, label_smoothing=self.label_smoothing)
             record = {"epoch": epoch, "loss": loss}
-            if X_val is not None and len(np.unique(y_val)) == 2:
+            if X_val is not None and y_val is not None and len(np.unique(y_val)) == 2:
                 self.net_ = net
                 score = roc_auc_score(y_val, self.predict_proba(X_val)[:, 1])
                 record["val_auc"] = score

@@ -173,7 +173,7 @@ def load_image(
         msg = str(e)
         reason = "truncated" if "truncated" in msg.lower() or "premature" in msg.lower() else "corrupt"
         raise ImageLoadError(name, reason, msg) from None
-    except (SyntaxError, ValueError, EOFError, Image.error) as e:  # Pillow raises these on malformed headers
+    except (SyntaxError, ValueError, EOFError) as e:  # Pillow raises these on malformed headers
         raise ImageLoadError(name, "corrupt", str(e)) from None
 
 

@@ -26,7 +26,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 import pandas as pd
-from pydantic import BaseModel, ConfigDict
+from pydantic import BaseModel, ConfigDict, model_validator
 
 
 class Step(BaseModel):
@@ -46,6 +46,13 @@ class Step(BaseModel):
     rule: str = "mean"  # ensemble rule
     weights: list[float] | None = None  # ensemble weights (mean rule)
     k: int = 5  # cv folds
+
+    @model_validator(mode="after")
+    def _init_only_when_fine_tuning(self) -> Step:
+        if self.init and self.kind != "finetune":
+            raise ValueError(f"step {self.id!r} ({self.kind}): 'init' continues a detector, which only a finetune "
+                             f"step does")
+        return self
 
 
 class Recipe(BaseModel):
@@ -82,6 +89,14 @@ def step_backbone(step: Step) -> str | None:
 
         return RECIPES[step.finetune].backbone
     return "effnet-lite0"
+
+
+def _required(backbone: str | None, step: Step) -> str:
+    """The backbone of a probe or cv step, which trains from scratch (:class:`Step` allows ``init`` on finetune
+    steps only); a step with nothing to start from is an error in the recipe, not a default."""
+    if backbone is None:
+        raise ValueError(f"step {step.id!r} ({step.kind}) has no backbone to train")
+    return backbone
 
 
 def detector_dir(out: Path, step: Step) -> Path:
@@ -196,7 +211,7 @@ def run_recipe(
             shutil.rmtree(out / step.id)
         log(f"{recipe.name} / {step.id} ({step.kind}, {backbone or 'from ' + str(step.init or step.members)})")
         if step.kind == "probe":
-            res = train_detector(frame(train_src), backbone=backbone, head=step.head or "linear",
+            res = train_detector(frame(train_src), backbone=_required(backbone, step), head=step.head or "linear",
                                  features=step.features, n_views=step.views, cache_dir=cache_dir,
                                  num_workers=num_workers, out=detector_dir(out, step))
             entry["metrics"] = _summary(res.metrics, _val_rows(detector_dir(out, step)))
@@ -217,9 +232,10 @@ def run_recipe(
             if step.finetune:
                 cfg = recipe_config(step.finetune, **step.overrides, epochs=epochs, num_workers=num_workers)
                 result = run_folds(usable_rows(frame(train_src), progress=False)[0],
-                                   finetune_fitter(backbone, cfg, out / step.id / "folds"), k=step.k)
+                                   finetune_fitter(_required(backbone, step), cfg, out / step.id / "folds"), k=step.k)
             else:
-                result = cross_validate(frame(train_src), backbone=backbone, head=step.head or "logreg",
+                result = cross_validate(frame(train_src), backbone=_required(backbone, step),
+                                        head=step.head or "logreg",
                                         features=step.features, n_views=step.views, k=step.k, cache_dir=cache_dir,
                                         num_workers=num_workers)
             save_cv(result, out / step.id)

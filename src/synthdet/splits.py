@@ -141,10 +141,10 @@ def _stratified_parts(labels: np.ndarray, strata: np.ndarray, fractions: list[fl
                 col_left[p] -= 1
         for s in np.flatnonzero(row_left):  # whatever the greedy pass could not place (totals match, so it fits)
             while row_left[s] > 0:
-                p = int(np.flatnonzero(col_left)[0])
-                counts[s, p] += 1
+                free = int(np.flatnonzero(col_left)[0])
+                counts[s, free] += 1
                 row_left[s] -= 1
-                col_left[p] -= 1
+                col_left[free] -= 1
         for s in range(len(names)):
             members = rng.permutation(idx[inverse == s])
             out[members] = np.repeat(np.arange(len(frac)), counts[s])

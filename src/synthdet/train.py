@@ -119,8 +119,9 @@ def best_epoch(model: Any) -> int | None:
 def refit_params(params: dict[str, Any], best_epochs: list[int | None]) -> dict[str, Any]:
     """Parameters for a fit with nothing held out to stop on: torch heads train for the median best epoch of the
     models fitted before, without an inner validation slice."""
-    if best_epochs and all(e is not None for e in best_epochs):
-        return {**params, "epochs": max(1, round(float(np.median(best_epochs)))), "val_fraction": 0.0}
+    known = [e for e in best_epochs if e is not None]
+    if known and len(known) == len(best_epochs):
+        return {**params, "epochs": max(1, round(float(np.median(known)))), "val_fraction": 0.0}
     return params
 
 
