@@ -1,3 +1,4 @@
 from . import app
 
-app(prog_name="synthdet")
+if __name__ == "__main__":
+    app(prog_name="synthdet")
