@@ -11,6 +11,7 @@ import numpy as np
 import pandas as pd
 import pytest
 from conftest import small_demo_csv
+from PIL import Image
 
 from synthdet.data import index
 from synthdet.detector import Detector, default_detector_path
@@ -134,3 +135,22 @@ def test_an_ensemble_has_seen_what_any_member_has_seen() -> None:
     union = seen_rows(ens)
     assert union["fit"].hashes == ["aa" * 8, "cc" * 8] and union["calib"].hashes == ["bb" * 8, "dd" * 8]
     assert provenance(["cc" * 32, "ee" * 32], union)["n_seen"] == 1
+
+
+def test_a_resized_reencoded_copy_of_a_training_image_is_seen(demo, tmp_path: Path) -> None:
+    """A near-duplicate has another sha256: the card's dHash codes still catch it (the demo detector, trained on
+    compact copies of dev images, once reported 'held-out' figures on all of dev)."""
+    df, _ = demo
+    first = Image.open(df["path"].iloc[0]).convert("RGB")
+    copy = tmp_path / "smaller.jpg"
+    first.resize((first.width * 3 // 5, first.height * 3 // 5), Image.Resampling.LANCZOS).save(copy, quality=70)
+    pd.DataFrame({"path": [str(copy)], "label": [int(df["label"].iloc[0])]}).to_csv(tmp_path / "copy.csv", index=False)
+    rows = index(tmp_path / "copy.csv", progress=False)
+    assert rows["sha256"].iloc[0] != df["sha256"].iloc[0]
+    det = Detector.load()
+    det.card.rows = {"fit": RowSet.of(df["sha256"].iloc[:1], df["phash"].iloc[:1]), "calib": RowSet.of([])}
+    evaluated = pd.concat([df.iloc[1:], rows], ignore_index=True)
+    with pytest.raises(InSampleError, match=r"1 of the 20 images .*near-duplicates.*\(fit: 1\)"):
+        evaluate_detector(det, evaluated, slices=[], bootstrap=0, num_workers=0)
+    det.card.rows = {"fit": RowSet.of(df["sha256"].iloc[:1]), "calib": RowSet.of([])}  # without the codes: missed
+    assert evaluate_detector(det, evaluated, slices=[], bootstrap=0, num_workers=0).rows["status"] == HELD_OUT

@@ -241,11 +241,12 @@ def member_rows(member_dir: Path, card: Card) -> dict[str, RowSet] | None:
     manifest = member_dir / "manifest.csv"
     if not manifest.is_file():
         return None
-    df = pd.read_csv(manifest, usecols=lambda c: c in ("sha256", "split"))
+    df = pd.read_csv(manifest, usecols=lambda c: c in ("sha256", "split", "phash"), dtype=str, keep_default_na=False)
     split = df["split"] if "split" in df else pd.Series("fit", index=df.index)
     held_out = {"calib"} if card.data.get("refit_on") == "fit+val" else {"calib", "val", "test"}
-    return {"fit": RowSet.of(df.loc[~split.isin(held_out), "sha256"]),
-            "calib": RowSet.of(df.loc[split == "calib", "sha256"])}
+    codes = df["phash"] if "phash" in df else pd.Series("", index=df.index)
+    fit, calib = ~split.isin(held_out), split == "calib"
+    return {"fit": RowSet.of(df.loc[fit, "sha256"], codes[fit]), "calib": RowSet.of(df.loc[calib, "sha256"], codes[calib])}
 
 
 def build_ensemble(
@@ -277,7 +278,8 @@ def build_ensemble(
     per_member = [member_rows(d, m.card) for d, m in zip(ens.member_dirs, ens.members)]
     known = [r for r in per_member if r is not None]
     seen = join_rows(known) if len(known) == len(per_member) else None
-    before = provenance(df["sha256"], seen)
+    codes = df["phash"].fillna("").astype(str).to_numpy() if "phash" in df else None
+    before = provenance(df["sha256"], seen, codes)
     dropped = 0
     if before.get("n_seen") and on_overlap == "refuse":
         raise InSampleError(
@@ -285,9 +287,10 @@ def build_ensemble(
             f"the ensemble's threshold and figures would be in-sample. Calibrate on images no member has seen (e.g. "
             f"their shared val split), drop the overlap (on_overlap='drop') or flag it (on_overlap='flag')")
     if seen is not None and before["n_seen"] and on_overlap == "drop":
-        unseen = ~df["sha256"].isin(overlap(seen, df["sha256"]))
+        unseen = ~df["sha256"].isin(overlap(seen, df["sha256"], codes))
         dropped = int((~unseen).sum())
         df = df[unseen].reset_index(drop=True)
+        codes = None if codes is None else codes[unseen.to_numpy()]
         if df["label"].nunique() < 2:
             raise InSampleError(f"after dropping the {dropped} calibration images the members have seen, "
                                 f"{len(df)} remain, not both classes: give held-out calibration images")
@@ -302,16 +305,17 @@ def build_ensemble(
         mm = binary_metrics(y, table[:, j], threshold=t)
         each[name] = {"roc_auc": mm["roc_auc"], "ap": mm["ap"], "f1": mm["at_threshold"]["f1"], "threshold": t}
     shas = df.loc[ok, "sha256"]
-    rows = {**provenance(shas, seen), "threshold_tuned_here": True}  # held-out from the members, not from the threshold
+    ok_codes = None if codes is None else codes[ok]
+    rows = {**provenance(shas, seen, ok_codes), "threshold_tuned_here": True}  # held-out from the members, not from the threshold
     ens.card.metrics = {"calib": {**binary_metrics(y, prob, threshold=ens.card.threshold), "rows": rows},
                         "members": each}
-    ens.card.rows = join_rows([*known, {"calib": RowSet.of(shas)}])
+    ens.card.rows = join_rows([*known, {"calib": RowSet.of(shas, ok_codes)}])
     if seen is None:
         ens.card.rows.pop("fit", None)  # some member's rows are unknown: so are the ensemble's
     ens.card.data = {"calib": {
         "manifest_hash": manifest_hash(df[ok]), "n_images": int(ok.sum()), "skipped": len(skipped) + int((~ok).sum()),
         "dropped_seen": dropped, "on_overlap": on_overlap,
-        "seen_by_members": {n: None if r is None else len(overlap(r, shas)) for n, r in zip(ens.card.names, per_member)},
+        "seen_by_members": {n: None if r is None else len(overlap(r, shas, ok_codes)) for n, r in zip(ens.card.names, per_member)},
     }}
     ens.save(out, copy_members=copy_members)
     return ens

@@ -62,29 +62,42 @@ def seen_rows(detector: Any) -> dict[str, RowSet] | None:
 
 def join_rows(parts: Iterable[dict[str, RowSet]]) -> dict[str, RowSet]:
     """Rows per role joined over several records (an ensemble's members and its own calibration rows)."""
-    roles: dict[str, set[str]] = {}
+    roles: dict[str, tuple[set[str], set[str]]] = {}
     for rows in parts:
         for role, rs in rows.items():
-            roles.setdefault(role, set()).update(rs.hashes)
-    return {role: RowSet.of(hashes) for role, hashes in roles.items()}
+            hashes, codes = roles.setdefault(role, (set(), set()))
+            hashes.update(rs.hashes)
+            codes.update(rs.phashes)
+    return {role: RowSet.of(hashes, codes) for role, (hashes, codes) in roles.items()}
 
 
-def overlap(seen: dict[str, RowSet], shas: Iterable[str]) -> set[str]:
-    """The hashes among ``shas`` that were seen in any role."""
+def overlap(seen: dict[str, RowSet], shas: Iterable[str], phashes: Iterable[str] | None = None) -> set[str]:
+    """The hashes among ``shas`` that were seen in any role, as the same file or (given the rows' ``phashes``) as a
+    near-duplicate of a seen image."""
     shas = list(shas)
-    return set().union(*(rs.overlap(shas) for rs in seen.values()))
+    codes = None if phashes is None else list(phashes)
+    return set().union(*(rs.overlap(shas, codes) for rs in seen.values()))
 
 
-def provenance(shas: Iterable[str], seen: dict[str, RowSet] | None) -> dict[str, Any]:
+def provenance(shas: Iterable[str], seen: dict[str, RowSet] | None,
+               phashes: Iterable[str] | None = None) -> dict[str, Any]:
     """Which rows a figure was computed on: ``n`` distinct images (duplicates count once), their ``digest``, and
-    ``status``: held-out (none seen), in-sample (``n_seen`` of them were fitted or calibrated on; per role in
-    ``seen``), or provenance unknown (``seen`` is None)."""
+    ``status``: held-out (none seen), in-sample (``n_seen`` of them were fitted or calibrated on, or are
+    near-duplicates of such images when ``phashes`` are given; per role in ``seen``), or provenance unknown (``seen``
+    is None)."""
+    shas = [str(s) for s in shas]
+    codes = None if phashes is None else list(phashes)
     rows = RowSet.of(shas)
     if seen is None:
         return {"n": rows.n, "digest": rows.digest, "status": UNKNOWN}
-    n_seen = len(overlap(seen, rows.hashes))
+    n_seen = len(overlap(seen, shas, codes))
     return {"n": rows.n, "digest": rows.digest, "status": IN_SAMPLE if n_seen else HELD_OUT, "n_seen": n_seen,
-            "seen": {role: len(rs.overlap(rows.hashes)) for role, rs in seen.items()}}
+            "seen": {role: len(rs.overlap(shas, codes)) for role, rs in seen.items()}}
+
+
+def _phashes(df: pd.DataFrame) -> np.ndarray | None:
+    """The rows' dHash codes when the manifest has them (near-duplicate checks), else None."""
+    return df["phash"].fillna("").astype(str).to_numpy() if "phash" in df else None
 
 
 def describe_rows(rows: dict[str, Any]) -> str:
@@ -200,7 +213,7 @@ def evaluate_detector(
         {"path": r.path, "slice": "index", "reason": (getattr(r, "error", "") or "not decodable") if not k else "no label"}
         for r, k in zip(df[~usable].itertuples(), ok[~usable])
     ]
-    keep = [c for c in ("path", "label", "source", "generator", "width", "height", "sha256") if c in df]
+    keep = [c for c in ("path", "label", "source", "generator", "width", "height", "sha256", "phash") if c in df]
     scores = df.loc[usable, keep].reset_index(drop=True)
     seen = seen_rows(detector) if "sha256" in scores else None
     dropped = 0
@@ -212,16 +225,16 @@ def evaluate_detector(
                     for r in scores[dup].itertuples()]
         scores = scores[~dup].reset_index(drop=True)
     if seen is not None:
-        before = provenance(scores["sha256"], seen)
+        before = provenance(scores["sha256"], seen, _phashes(scores))
         if before["n_seen"] and on_overlap == "refuse":
             roles = ", ".join(f"{role}: {k}" for role, k in before["seen"].items() if k)
             raise InSampleError(
-                f"{before['n_seen']} of the {before['n']} images to evaluate (by content hash) were used to fit or "
+                f"{before['n_seen']} of the {before['n']} images to evaluate (by content hash, or as near-duplicates) were used to fit or "
                 f"calibrate this detector ({roles}): its figures there would be in-sample. Evaluate on held-out "
                 f"images, drop the overlap (on_overlap='drop', CLI --on-overlap drop) or label every figure "
                 f"in-sample (on_overlap='flag')")
         if before["n_seen"] and on_overlap == "drop":
-            held_out = ~scores["sha256"].isin(overlap(seen, scores["sha256"]))
+            held_out = ~scores["sha256"].isin(overlap(seen, scores["sha256"], _phashes(scores)))
             dropped = int((~held_out).sum())
             scores = scores[held_out].reset_index(drop=True)
     if scores.empty or scores["label"].nunique() < 2:
@@ -247,7 +260,8 @@ def evaluate_detector(
     def rows_of(mask: np.ndarray) -> dict[str, Any]:
         if "sha256" not in scores:  # a frame that was not indexed: no content hashes to check
             return {"n": int(mask.sum()), "digest": "", "status": UNKNOWN}
-        return provenance(scores["sha256"].to_numpy()[mask], seen)
+        codes = _phashes(scores)
+        return provenance(scores["sha256"].to_numpy()[mask], seen, None if codes is None else codes[mask])
 
     metrics = {CLEAN: evaluate_scores(y, scores[_prob_column(CLEAN)].to_numpy(), thr,
                                       groups=_group_columns(scores, group_by), bootstrap=bootstrap, seed=seed)}

@@ -129,11 +129,14 @@ def _val_rows(det_dir: Path) -> dict[str, Any]:
     from .evaluation import UNKNOWN, provenance
 
     manifest = det_dir / "manifest.csv"
-    df = pd.read_csv(manifest, usecols=lambda c: c in ("sha256", "split")) if manifest.is_file() else pd.DataFrame()
+    df = (pd.read_csv(manifest, usecols=lambda c: c in ("sha256", "split", "phash"), dtype=str, keep_default_na=False)
+          if manifest.is_file() else pd.DataFrame())
     if "split" not in df:
         return {"role": "val", "status": UNKNOWN}
     card = Card.model_validate_json((det_dir / "card.json").read_text())
-    return {"role": "val", **provenance(df.loc[df["split"].isin(["test", "val"]), "sha256"], member_rows(det_dir, card))}
+    held = df[df["split"].isin(["test", "val"])]
+    return {"role": "val", **provenance(held["sha256"], member_rows(det_dir, card),
+                                        held["phash"] if "phash" in held else None)}
 
 
 def run_recipe(

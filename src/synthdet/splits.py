@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import json
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from pathlib import Path
 
 import numpy as np
@@ -18,24 +18,35 @@ HASH_PREFIX = 16
 
 
 class RowSet(BaseModel):
-    """A set of images by content hash (sha256 prefixes, sorted, deduplicated) and a digest of the whole set."""
+    """A set of images by content hash (sha256 prefixes, sorted, deduplicated) and a digest of the whole set.
+
+    ``phashes`` (64-bit dHash per image, 16 hex, when the manifest had them) let :meth:`overlap` find near-duplicates
+    too: a resized or re-encoded copy of a training image has another sha256 but (almost) the same dHash."""
 
     model_config = ConfigDict(frozen=True, extra="forbid")
 
     n: int
     digest: str
     hashes: list[str]
+    phashes: list[str] = []
 
     @classmethod
-    def of(cls, shas: Iterable[str]) -> RowSet:
+    def of(cls, shas: Iterable[str], phashes: Iterable[str] | None = None) -> RowSet:
         hashes = sorted({str(s)[:HASH_PREFIX] for s in shas})
         digest = hashlib.sha256("\n".join(hashes).encode()).hexdigest()[:16]
-        return cls(n=len(hashes), digest=digest, hashes=hashes)
+        codes = sorted({str(p) for p in phashes if isinstance(p, str) and p}) if phashes is not None else []
+        return cls(n=len(hashes), digest=digest, hashes=hashes, phashes=codes)
 
-    def overlap(self, shas: Iterable[str]) -> set[str]:
-        """The full hashes among ``shas`` that this set contains."""
+    def overlap(self, shas: Iterable[str], phashes: Iterable[str] | None = None) -> set[str]:
+        """The full hashes among ``shas`` that this set contains, by content hash or, given the rows' ``phashes``,
+        as a near-duplicate (dHash within :data:`NEAR_DUP_BITS` bits) of one of its images."""
+        shas = [str(s) for s in shas]
         mine = set(self.hashes)
-        return {s for s in shas if str(s)[:HASH_PREFIX] in mine}
+        found = {s for s in shas if s[:HASH_PREFIX] in mine}
+        if phashes is not None and self.phashes:
+            near = near_duplicate_of(list(phashes), self.phashes)
+            found |= {s for s, hit in zip(shas, near, strict=True) if hit}
+        return found
 
 
 # ------------------------------------------------------------------------------------------------ near-duplicates
@@ -53,6 +64,21 @@ def hamming(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     """Bit differences between uint64 codes (broadcasting)."""
     x = np.ascontiguousarray(np.bitwise_xor(a, b), dtype=np.uint64)
     return _POPCOUNT8[x.view(np.uint8)].reshape(*x.shape, 8).sum(-1)
+
+
+def near_duplicate_of(queries: Sequence[str], reference: Sequence[str], max_bits: int = NEAR_DUP_BITS,
+                      block: int = 1024) -> np.ndarray:
+    """For each query dHash (16 hex; empty = unknown), whether some reference code is within ``max_bits`` bits."""
+    ref = np.array([int(c, 16) for c in reference if c], dtype=np.uint64)
+    hit = np.zeros(len(queries), dtype=bool)
+    known = [i for i, q in enumerate(queries) if isinstance(q, str) and q]
+    if not len(ref) or not known:
+        return hit
+    codes = np.array([int(queries[i], 16) for i in known], dtype=np.uint64)
+    for start in range(0, len(codes), block):  # memory: block x len(ref) distances at a time
+        part = codes[start:start + block]
+        hit[known[start:start + block]] = (hamming(part[:, None], ref[None, :]) <= max_bits).any(axis=1)
+    return hit
 
 
 def near_duplicate_pairs(codes: np.ndarray, max_bits: int = NEAR_DUP_BITS, block: int = 512) -> set[tuple[int, int]]:

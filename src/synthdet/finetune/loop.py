@@ -253,7 +253,7 @@ def finetune(
     if init:  # what the first stage was fitted and calibrated on, this detector has seen too
         for part, rows in (getattr(init.detector.card, "rows", None) or {}).items():
             seen.setdefault(part, []).extend(RowSet.model_validate(rows).hashes)
-    card.rows = {part: RowSet.of(shas) for part, shas in seen.items()}  # type: ignore[attr-defined]  # (extra field)
+    card.rows = {part: RowSet.of(shas) for part, shas in seen.items()}
     detector = Detector(card, head, backbone=backbone)
     save_finetuned(detector, tuned_tensors, out / "detector")
     if taps:
