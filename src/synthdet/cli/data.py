@@ -15,7 +15,7 @@ app = typer.Typer(help="Build and split dataset manifests.", no_args_is_help=Tru
 @app.command("index")
 def data_index(
     source: Annotated[Path, typer.Argument(help="Folder (0_real/1_fake, real/fake) or CSV with path,label[,source,generator].")],
-    out: Annotated[Path, typer.Option("-o", "--out", help="Manifest to write (.parquet or .csv).")] = Path("manifest.parquet"),
+    out: Annotated[Path, typer.Option("-o", "--out", help="Manifest to write (.csv, .tsv, or .parquet with the parquet extra).")] = Path("manifest.csv"),
     val_fraction: Annotated[float, typer.Option(help="Held-out fraction for the stratified split column.")] = 0.2,
     folds: Annotated[int, typer.Option(help="Number of stratified folds for the fold column (0: none).")] = 5,
     seed: Annotated[int, typer.Option(help="Seed of split and folds.")] = 42,

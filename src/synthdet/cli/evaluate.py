@@ -70,7 +70,7 @@ def evaluate(
     bootstrap: Annotated[int, typer.Option(min=0, help="Bootstrap resamples for the 95% intervals (0: none).")] = 1000,
     workers: Annotated[int | None, typer.Option(min=0, help="Decoding workers (default: up to 4).")] = None,
     batch_size: Annotated[int | None, typer.Option(min=1, help="Images per forward pass (default: 8 on CPU, 64 on CUDA).")] = None,
-    split: Annotated[str | None, typer.Option(help="Only rows of this split (e.g. 'val' in a detector's manifest.csv).")] = None,
+    split: Annotated[str | None, typer.Option(help="Only rows of this split (e.g. 'test' in the manifest.csv a trained detector saved).")] = None,
     name: Annotated[str | None, typer.Option(help="Run name in reports (default: the output folder's name).")] = None,
     thumbnails: Annotated[bool, typer.Option(help="Show the hardest errors as images in the report.")] = True,
     on_overlap: Annotated[str, typer.Option(help="Images the detector was fitted/calibrated on: refuse, drop them, "
