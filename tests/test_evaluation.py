@@ -41,7 +41,7 @@ def test_eval_run_round_trips_through_its_folder(tmp_path) -> None:
     skipped = pd.DataFrame([{"path": "/x/bad.png", "slice": "clean", "reason": "truncated"}])
     run = EvalRun("r1", 0.5, scores, metrics, skipped, {"data": "somewhere"})
     back = EvalRun.load(run.save(tmp_path / "run"))
-    assert (tmp_path / "run" / "scores.parquet").is_file() and (tmp_path / "run" / "metrics.json").is_file()
+    assert (tmp_path / "run" / "scores.csv").is_file() and (tmp_path / "run" / "metrics.json").is_file()
     assert back.name == "r1" and back.threshold == 0.5 and back.info == {"data": "somewhere"}
     pd.testing.assert_frame_equal(back.scores, scores)
     assert back.skipped.to_dict("records") == skipped.to_dict("records")

@@ -180,7 +180,7 @@ def test_commands_evaluate_and_report(evaluated, tmp_path: Path) -> None:
                         env={"COLUMNS": "200"})
     assert res.exit_code == 0, res.output
     assert "in-sample" in res.output
-    for name in ("scores.parquet", "metrics.json", "skipped.csv", "report.html"):
+    for name in ("scores.csv", "metrics.json", "skipped.csv", "report.html"):
         assert (tmp_path / "run" / name).is_file(), name
     assert "ROC AUC" in res.output and "small" in res.output
     run = EvalRun.load(tmp_path / "run")

@@ -33,6 +33,7 @@ from urllib.parse import urlsplit
 import torch
 from torch import nn
 
+from .extras import MissingExtraError, require
 from .pixels import Preprocess
 from .registry import Registry, UnknownNameError
 
@@ -297,7 +298,7 @@ def _open_clip_backbone(
     name: str, arch: str, tag: str | None, *, weights: str | Path | None, pretrained: bool,
     preprocess: Preprocess | None,
 ) -> Backbone:
-    import open_clip
+    open_clip = require("open_clip", "CLIP / EVA (open_clip) backbones")
 
     hint = (
         f"Place the open_clip checkpoint for {arch}/{tag} in the Hugging Face cache (~/.cache/huggingface/hub), "
@@ -341,8 +342,11 @@ _OPEN_CLIP_FILES = ("open_clip_model.safetensors", "open_clip_pytorch_model.bin"
 
 
 def _open_clip_hub(arch: str, tag: str) -> str:
-    import open_clip
-
+    """The Hugging Face repo of an open_clip model, or "" when unknown (or open_clip is not installed)."""
+    try:
+        open_clip = require("open_clip", "CLIP / EVA (open_clip) backbones")
+    except MissingExtraError:
+        return ""
     return (open_clip.get_pretrained_cfg(arch, tag) or {}).get("hf_hub", "").strip("/")
 
 

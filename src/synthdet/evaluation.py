@@ -2,7 +2,7 @@
 
 :func:`evaluate_detector` scores the clean images and every slice through ``Detector.predict_paths(transform=...)``
 and reports each slice's metrics and its change from clean; :class:`EvalRun` is the serialisable result (a run
-folder with ``scores.parquet``, ``metrics.json`` and ``skipped.csv``).
+folder with ``scores.csv``, ``metrics.json`` and ``skipped.csv``).
 
 Every figure says which rows it was computed on (:func:`provenance`: distinct images, their digest, and
 ``held-out``, ``in-sample`` or ``provenance unknown``), checked against the content hashes the detector's card
@@ -24,6 +24,7 @@ import pandas as pd
 
 from . import __version__
 from .atomic import atomic_path, write_text
+from .extras import require
 from .metrics import evaluate_scores, gap_table
 from .slices import DEFAULT_SLICES, Slice, get_slice
 from .splits import RowSet
@@ -115,7 +116,7 @@ class EvalRun:
     """One detector evaluated on one dataset: per-image scores (clean and per transform slice), metrics with CIs per
     condition (``metrics["clean"]`` also per source/generator), and the files that could not be scored.
 
-    On disk: a folder with ``scores.parquet``, ``metrics.json`` and ``skipped.csv``, read back by :meth:`load`.
+    On disk: a folder with ``scores.csv``, ``metrics.json`` and ``skipped.csv``, read back by :meth:`load`.
     """
 
     name: str
@@ -146,8 +147,8 @@ class EvalRun:
 
     def save(self, folder: str | Path) -> Path:
         folder = Path(folder)
-        with atomic_path(folder / "scores.parquet") as tmp:
-            self.scores.to_parquet(tmp, index=False)
+        with atomic_path(folder / "scores.csv") as tmp:
+            self.scores.to_csv(tmp, index=False, lineterminator="\n")
         with atomic_path(folder / "skipped.csv") as tmp:
             self.skipped.to_csv(tmp, index=False)
         doc = {"name": self.name, "threshold": self.threshold, "info": self.info, "metrics": self.metrics}
@@ -161,8 +162,24 @@ class EvalRun:
             raise FileNotFoundError(f"{folder}: not an evaluation run (no metrics.json); make one with `synthdet evaluate`")
         doc = json.loads((folder / "metrics.json").read_text())
         skipped = pd.read_csv(folder / "skipped.csv", keep_default_na=False, dtype=str)
-        return cls(doc["name"], float(doc["threshold"]), pd.read_parquet(folder / "scores.parquet"), doc["metrics"],
-                   skipped, doc.get("info", {}))
+        return cls(doc["name"], float(doc["threshold"]), _read_scores(folder), doc["metrics"], skipped,
+                   doc.get("info", {}))
+
+
+#: Text columns of a run's scores: read back as text (a hex hash of digits only must not become a number).
+_TEXT_COLUMNS = ("path", "source", "generator", "sha256", "phash")
+
+
+def _read_scores(folder: Path) -> pd.DataFrame:
+    """``scores.csv``; runs written before it (``scores.parquet``) need the parquet extra."""
+    if not (folder / "scores.csv").is_file() and (folder / "scores.parquet").is_file():
+        require("pyarrow", f"{folder}/scores.parquet (a run saved by an older synthdet)")
+        return pd.read_parquet(folder / "scores.parquet")
+    df = pd.read_csv(folder / "scores.csv", dtype={c: str for c in _TEXT_COLUMNS})
+    for c in _TEXT_COLUMNS:
+        if c in df:
+            df[c] = df[c].fillna("")
+    return df
 
 
 def _group_columns(df: pd.DataFrame, columns: Sequence[str]) -> dict[str, np.ndarray]:

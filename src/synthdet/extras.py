@@ -10,7 +10,6 @@ EXTRAS = {
     "open_clip": "clip",
     "albumentations": "finetune",
     "cv2": "finetune",
-    "matplotlib": "plots",
     "pyarrow": "parquet",
 }
 

@@ -13,14 +13,15 @@ from typing import TYPE_CHECKING, Annotated, Any
 import typer
 
 from ..atomic import printable
+from ..extras import MissingExtraError
 
 if TYPE_CHECKING:
     from rich.console import Console
 
 #: Library exceptions that mean "bad input", reported as one line with exit code 2 (``ManifestError``,
 #: ``NotADetectorError``, pydantic's ``ValidationError`` and ``UnknownNameError`` are ValueErrors;
-#: ``WeightsNotFoundError`` is a FileNotFoundError).
-INPUT_ERRORS: tuple[type[BaseException], ...] = (OSError, ValueError)
+#: ``WeightsNotFoundError`` is a FileNotFoundError), and a missing optional extra (it names what to install).
+INPUT_ERRORS: tuple[type[BaseException], ...] = (OSError, ValueError, MissingExtraError)
 
 Quiet = Annotated[bool, typer.Option("--quiet", "-q", help="No progress bars.")]
 Json = Annotated[bool, typer.Option("--json", help="Print the result as JSON instead of a table.")]

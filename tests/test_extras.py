@@ -1,0 +1,46 @@
+"""extras: a missing optional dependency is a one-line error that names the extra to install, never a traceback."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from synthdet.demo import demo_data_dir
+from synthdet.extras import EXTRAS, MissingExtraError, require
+
+BLOCKER = '''
+import sys
+BLOCK = {"albumentations", "open_clip", "pyarrow", "cv2"}
+class _Block:
+    def find_spec(self, name, path=None, target=None):
+        if name.split(".")[0] in BLOCK:
+            raise ModuleNotFoundError(f"No module named {name!r}", name=name)
+        return None
+sys.meta_path.insert(0, _Block())
+'''
+
+
+def test_require_names_the_extra_or_imports_the_module() -> None:
+    assert require("json", "anything").dumps([1]) == "[1]"
+    with pytest.raises(MissingExtraError, match=r"the thing needs no_such_module_xyz: pip install 'synthdet\[all\]'"):
+        require("no_such_module_xyz", "the thing")
+    assert set(EXTRAS.values()) <= {"clip", "finetune", "parquet"}
+
+
+@pytest.mark.parametrize(("args", "extra"), [
+    (["finetune", str(demo_data_dir()), "-o", "{tmp}/ft"], "finetune"),
+    (["data", "index", str(demo_data_dir()), "-o", "{tmp}/m.parquet"], "parquet"),
+])
+def test_cli_without_an_extra_says_what_to_install(tmp_path: Path, args: list[str], extra: str) -> None:
+    (tmp_path / "sitecustomize.py").write_text(BLOCKER)
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(tmp_path), *sys.path])}
+    res = subprocess.run([sys.executable, "-m", "synthdet.cli", *(a.format(tmp=tmp_path) for a in args), "--quiet"],
+                         capture_output=True, text=True, env=env, timeout=300)
+    assert res.returncode == 2, res.stderr
+    lines = [line for line in res.stderr.splitlines() if line.strip()]
+    assert len(lines) == 1 and f"pip install 'synthdet[{extra}]'" in lines[0], res.stderr
+    assert not (tmp_path / "m.parquet").exists()
