@@ -187,11 +187,13 @@ def test_weighted_majority_reads_member_f1_and_calibrates_a_vote_quota(members) 
 def test_member_rows_fall_back_to_the_manifest_of_a_detector_saved_without_them(members) -> None:
     _, dirs = members
     det = Detector.load(dirs[0])
-    manifest = pd.read_csv(dirs[0] / "manifest.csv")
+    manifest = pd.read_csv(dirs[0] / "manifest.csv", dtype=str, keep_default_na=False)
     det.card.rows = {}
     rows = member_rows(dirs[0], det.card)
-    assert rows["fit"] == RowSet.of(manifest.loc[manifest["split"] == "fit", "sha256"])
-    assert rows["calib"] == RowSet.of(manifest.loc[manifest["split"] == "calib", "sha256"])
+    fit, calib = manifest["split"] == "fit", manifest["split"] == "calib"
+    assert rows["fit"] == RowSet.of(manifest.loc[fit, "sha256"], manifest.loc[fit, "phash"])
+    assert rows["calib"] == RowSet.of(manifest.loc[calib, "sha256"], manifest.loc[calib, "phash"])
+    assert rows["fit"].phashes  # the manifest's dHash codes come along: near-duplicates are caught too
     det.card.rows = {"fit": RowSet.of(["ab" * 8])}
     assert member_rows(dirs[0], det.card) == {"fit": RowSet.of(["ab" * 8])}  # the card's own record wins
     with pytest.raises(ValueError, match="at least two"):
@@ -207,7 +209,7 @@ def test_calibrating_on_the_members_training_rows_is_refused(members) -> None:
 
 def test_drop_calibrates_on_the_rows_no_member_has_seen_and_flag_says_in_sample(members) -> None:
     tmp, dirs = members
-    manifest = pd.read_csv(dirs[0] / "manifest.csv")
+    manifest = pd.read_csv(dirs[0] / "manifest.csv", dtype=str, keep_default_na=False)
     val = set(manifest.loc[manifest["split"] == "test", "sha256"])
     ens = build_ensemble(dirs, calib=tmp / "train.csv", out=tmp / "ens-drop", on_overlap="drop", copy_members=False,
                          num_workers=0)
