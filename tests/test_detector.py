@@ -26,7 +26,8 @@ from synthdet.detector import (
     default_detector_path,
     read_card,
 )
-from synthdet.splits import RowSet
+from synthdet.metrics import binary_metrics
+from synthdet.splits import RowSet, SplitPlan
 from synthdet.train import load_features, train_detector
 
 
@@ -225,3 +226,34 @@ def test_a_folder_missing_its_kinds_tensors_is_refused_at_load(tmp_path: Path) -
     shutil.copy(default_detector_path() / "card.json", tmp_path / "card.json")
     with pytest.raises(FileNotFoundError, match="a probe detector without head.safetensors"):
         Detector.load(tmp_path)
+
+
+# ------------------------------------------------------------------------------------------------ the shipped card
+SHARED_DEV = Path(__file__).resolve().parents[2] / "shared" / "data" / "dev"
+
+
+def test_the_shipped_card_binds_its_figures_to_the_saved_model_threshold_and_held_out_rows() -> None:
+    card = Detector.load().card
+    block = card.metrics["val"]
+    assert block["model"] == "saved" and block["rows"] == "held-out" and block["role"] == "test"
+    assert block["threshold"] == block["at_threshold"]["threshold"] == card.threshold
+    assert "not the saved model" in card.metrics["pre_refit"]["model"]
+    plan = SplitPlan.load(default_detector_path() / "plan.json")
+    test = plan.rows("test")
+    assert block["rows_digest"] == test.digest and block["n"] == test.n
+    assert not card.rows["fit"].overlap(test.hashes) and not card.rows["calib"].overlap(test.hashes)
+
+
+@pytest.mark.shared
+@pytest.mark.skipif(not SHARED_DEV.is_dir(), reason="needs ../shared/data/dev")
+def test_the_shipped_cards_held_out_figures_recompute_from_the_images() -> None:
+    """Score the plan's test rows of the development set with the shipped detector: the card's figures come back."""
+    det = Detector.load()
+    plan = SplitPlan.load(default_detector_path() / "plan.json")
+    df = index(SHARED_DEV / "manifest.csv")
+    test = df[df["ok"] & (plan.role_of(df["sha256"]) == "test")].drop_duplicates("sha256")
+    probs = [p for _, p, _ in det.predict_paths(test["path"], num_workers=0)]
+    m = binary_metrics(test["label"].to_numpy(), np.array(probs), threshold=det.threshold)
+    block = det.card.metrics["val"]
+    assert m["n"] == block["n"] and m["roc_auc"] == pytest.approx(block["roc_auc"], abs=1e-9)
+    assert m["at_threshold"]["confusion"] == block["at_threshold"]["confusion"]
