@@ -142,7 +142,7 @@ def run_ensemble(args: argparse.Namespace, df: pd.DataFrame, bb: Backbone) -> di
         val = None  # images every member held out
         for d in dirs:
             m = pd.read_csv(d / "manifest.csv")
-            held = set(m.loc[m["split"] == "val", "sha256"])
+            held = set(m.loc[m["split"].isin(["test", "val"]), "sha256"])  # train writes test, finetune val
             val = held if val is None else val & held
         rows = df[df["ok"] & df["sha256"].isin(val)].drop_duplicates("sha256").reset_index(drop=True)
         t0 = time.perf_counter()

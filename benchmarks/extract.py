@@ -6,14 +6,14 @@ interleaved rounds and keeps each path's fastest):
 
 - naive loop: ``Image.open(p).convert("RGB")`` full decode -> torchvision Resize/CenterCrop/ToTensor/Normalize (backbone
   mean/std) -> one forward per image (batch of 1) under ``torch.no_grad``.
-- synthdet forward_batches: ``forward_batches(bb, [(p, p, [0]), ...], taps=False, ...)``: draft decode, DataLoader
+- synthdet forward_batches: ``forward_batches(bb, [(p, p, [0]), ...], taps=False, ...)``: reduced decode, DataLoader
   workers, batching, inference_mode (bf16 autocast on CUDA).
 - synthdet extract, cold: ``extract()`` into a fresh temporary FeatureStore (layer taps + writing the shards).
 - synthdet extract, cached: the same ``extract()`` call again on the same store; it must compute 0.
 - forward-only floor: the backbone on a preloaded random batch of ``--batch-size``, as forward_batches calls it.
 - forward-only, batch 1: the same with a batch of one, for reading the naive loop (how much batching alone buys).
 
-A second section times decoding alone for large JPEGs (the only files draft decoding changes): full decode vs
+A second section times decoding alone for large JPEGs (full decode, then the box reduction every format gets): full decode vs
 ``load_image(..., draft_size=...)`` at the draft sizes the library uses (``preprocess.canonical_draft_size`` for view 0,
 i.e. inference and this benchmark's synthdet rows; ``preprocess.draft_size`` for training views).
 
