@@ -46,7 +46,7 @@ def main() -> None:
     src = df.source.str.split(" ").str[0]
     dom_a = ((df.label == 0) & src.str.contains("EliSchwartz")) | ((df.label == 1) & src.str.startswith("pypi:comfyui"))
     sp = split(df)
-    protocols = {"random": (sp == "train", sp == "val"), "xsource": (dom_a, ~dom_a)}
+    protocols = {"random": (sp == "fit", sp == "test"), "xsource": (dom_a, ~dom_a)}
     views = list(range(args.views))
     rows = []
     for name in args.backbones.split(","):

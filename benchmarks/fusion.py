@@ -1,10 +1,10 @@
 #!/usr/bin/env python
 """Layer-wise fusion vs pooled-feature probes on the development data, with the embedded backbone's real weights.
 
-The splits are ``train_detector``'s: ``val`` (20 %, ``synthdet.data.split`` seed 42) is held out and only scored;
+The splits are ``train_detector``'s: ``test`` (20 %, a SplitPlan, seed 42) is held out and only scored;
 the rest is divided into ``fit`` (85 %) and ``calib`` (15 %, seed 43). Every head is fitted on ``fit`` (``--views``
 cached views per image), early-stops on ``calib`` ROC AUC, and its F1 threshold is tuned on ``calib``
-probabilities; ROC AUC, AP and F1 at that threshold are measured on ``val``. The torch heads are trained with
+probabilities; ROC AUC, AP and F1 at that threshold are measured on ``test``. The torch heads are trained with
 ``--seeds`` seeds (mean ± standard deviation); logistic regression is deterministic.
 
 Rows (effnet-lite0: pooled = 1280-d head output, layers = the 7 stage vectors, 16…320-d):
@@ -66,8 +66,8 @@ def main(argv: list[str] | None = None) -> dict | None:
     df["split"] = three_way_split(df)
     bb = create_backbone(args.backbone)
     store = FeatureStore.for_backbone(bb, args.cache)
-    parts = {name: df[df["split"] == name] for name in ("fit", "calib", "val")}
-    views = {"fit": list(range(args.views)), "calib": [0], "val": [0]}
+    parts = {name: df[df["split"] == name] for name in ("fit", "calib", "test")}
+    views = {"fit": list(range(args.views)), "calib": [0], "test": [0]}
     for name, rows in parts.items():
         extract(bb, rows["path"].tolist(), rows["sha256"].tolist(), store, views=views[name],
                 num_workers=args.workers, progress=True)
@@ -113,7 +113,7 @@ def main(argv: list[str] | None = None) -> dict | None:
         rows_out.append(run_finetune(args, parts))
 
     n = {k: {"images": int(len(v)), "fake": int(v["label"].sum())} for k, v in parts.items()}
-    table = Table(title=f"{args.backbone} on {args.manifest}: held-out val ({n['val']['images']} images), threshold "
+    table = Table(title=f"{args.backbone} on {args.manifest}: held-out test ({n['test']['images']} images), threshold "
                         f"tuned on calib ({n['calib']['images']}), fit {n['fit']['images']} x {args.views} views")
     for col, just in [("head", "left"), ("features", "left"), ("dim", "right"), ("ROC AUC", "right"),
                       ("F1 @ calib thr", "right"), ("AP", "right"), ("seeds", "right")]:
@@ -133,7 +133,7 @@ def main(argv: list[str] | None = None) -> dict | None:
         "config": {
             "manifest": str(args.manifest), "backbone": args.backbone, "backbone_id": bb.id,
             "embed_dim": d0, "layer_dims": layer_dims, "views": args.views, "seeds": args.seeds,
-            "cache": str(store.dir), "splits": n, "split": "synthdet.data.split seed 42 (val 20%), calib 15% seed 43",
+            "cache": str(store.dir), "splits": n, "split": "synthdet.data.three_way_split seed 42 (test 20%, calib 15%)",
         },
         "machine": {"device": str(bb.device), "torch": torch.__version__, "cpu_count": os.cpu_count(),
                     "python": platform.python_version()},
@@ -169,7 +169,7 @@ def run_finetune(args: argparse.Namespace, parts: dict) -> dict:
     with tempfile.TemporaryDirectory() as run_dir:
         result = finetune(bb, items["fit"], items["calib"], cfg, run_dir)
     det = result.detector
-    prob, y = score_items(det, items["val"], num_workers=args.workers)
+    prob, y = score_items(det, items["test"], num_workers=args.workers)
     m = binary_metrics(y, prob, threshold=det.threshold)
     run = {"seed": cfg.seed, "roc_auc": m["roc_auc"], "ap": m["ap"], "f1": m["at_threshold"]["f1"],
            "threshold": det.threshold, "fit_seconds": time.perf_counter() - t0, "alphas": det.head.alphas_.tolist(),

@@ -71,7 +71,7 @@ def test_data_index_records_bad_files(folder: Path, tmp_path: Path) -> None:
     assert len(df) == 26 and (~df.ok).sum() == 2
     bad = df.set_index(df.path.map(lambda p: Path(p).name)).loc[["notes.jpg", "cut.jpg"]]
     assert bad.error.iloc[0].startswith("not-an-image") and bad.error.iloc[1].startswith(("truncated", "corrupt"))
-    assert set(df.loc[df.ok, "split"]) == {"train", "val"} and set(df.loc[df.ok, "fold"]) == {0, 1, 2}
+    assert set(df.loc[df.ok, "split"]) == {"fit", "test"} and set(df.loc[df.ok, "fold"]) == {0, 1, 2}
     assert "notes.jpg" in res.output
 
 

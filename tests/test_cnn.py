@@ -242,7 +242,7 @@ def test_a_separate_validation_manifest_never_leaks_into_training() -> None:
     copies = frame("a", 30, shas=[*val["sha256"][:5], *(f"a{i:04d}" for i in range(25))])  # 5 copies of val images
     mix = mix_sources([copies], val)
     assert len(mix.fit) == 25 and len(mix.calib) + len(mix.val) == 20 and len(mix.val) == 4
-    assert set(mix.manifest["split"]) == {"fit", "calib", "val"}
+    assert set(mix.manifest["split"]) == {"fit", "calib", "test"}
 
 
 # ------------------------------------------------------------------------------------------ resume, two stages

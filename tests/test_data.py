@@ -257,11 +257,11 @@ def test_split_stratified_and_reproducible() -> None:
     assert np.array_equal(a.to_numpy(), split(df, seed=42).to_numpy())
     assert not np.array_equal(a.to_numpy(), split(df, seed=7).to_numpy())
     usable = df["ok"] & (df["label"] >= 0)
-    assert (a[~usable] == "").all() and set(a[usable]) == {"train", "val"}
+    assert (a[~usable] == "").all() and set(a[usable]) == {"fit", "test"}
     for label, n in ((0, 63), (1, 37)):
-        n_val = int(((a == "val") & (df["label"] == label) & usable).sum())
+        n_val = int(((a == "test") & (df["label"] == label) & usable).sum())
         assert abs(n_val - 0.2 * n) <= 1
-    assert abs(int((a == "val").sum()) - 20) <= 1
+    assert abs(int((a == "test").sum()) - 20) <= 1
 
 
 def test_split_independent_of_row_order_and_paths() -> None:
@@ -274,7 +274,7 @@ def test_split_independent_of_row_order_and_paths() -> None:
 
 def test_split_val_fraction() -> None:
     df = fake_manifest(50, 50)
-    assert int((split(df, val_fraction=0.5) == "val").sum()) == 50
+    assert int((split(df, val_fraction=0.5) == "test").sum()) == 50
 
 
 def test_split_duplicates_share_a_side(tmp_path: Path) -> None:

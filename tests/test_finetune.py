@@ -183,7 +183,7 @@ def test_command_fine_tunes_a_folder_and_scores_the_held_out_split(tiny, tmp_pat
     assert res.exit_code == 0, res.output
     assert "held-out val: ROC AUC" in res.output
     det = load_finetuned(out / "detector", device="cpu")
-    held_out = int((three_way_split(index(data)) == "val").sum())  # 4 images, more when near-duplicates group
+    held_out = int((three_way_split(index(data)) == "test").sum())  # 4 images, more when near-duplicates group
     assert set(det.card.metrics) == {"calib", "val"} and det.card.metrics["val"]["n"] == held_out >= 4
     assert (out / "detector" / "manifest.csv").is_file()
     bad = CliRunner().invoke(app, [*args[:-6], "--unfreeze", "-3"])

@@ -299,24 +299,23 @@ def manifest_hash(df: pd.DataFrame) -> str:
 
 
 def split(df: pd.DataFrame, *, val_fraction: float = 0.2, seed: int = 42) -> pd.Series:
-    """Stratified train/val assignment (``'train'``/``'val'``, ``''`` for unusable rows), reproducible for a seed.
+    """Stratified two-way assignment (``'fit'``/``'test'``, ``''`` for unusable rows), reproducible for a seed.
 
     A :class:`~synthdet.splits.SplitPlan` without calibration slice: rows are taken by content hash (independent
     of file order and paths), and copies and near-duplicates always land on the same side.
     """
     plan = _plan(df, test=val_fraction, calib=0.0, seed=seed)
     roles = plan.role_of(df["sha256"])
-    return pd.Series(np.where(roles == "test", "val", np.where(roles == "fit", "train", "")), index=df.index,
-                     dtype=object)
+    return pd.Series(np.where(np.isin(roles, ["fit", "test"]), roles, ""), index=df.index, dtype=object)
 
 
 def three_way_split(
     df: pd.DataFrame, *, val_fraction: float = 0.2, calib_fraction: float = 0.15, seed: int = 42
 ) -> pd.Series:
-    """``fit`` / ``calib`` / ``val`` (the plan's ``test`` role) per row, ``''`` for unusable rows; ``calib`` is
-    ``calib_fraction`` of the images that are not ``val``."""
+    """``fit`` / ``calib`` / ``test`` (the plan's roles) per row, ``''`` for unusable rows; ``calib`` is
+    ``calib_fraction`` of the images that are not ``test``."""
     roles = _plan(df, test=val_fraction, calib=calib_fraction, seed=seed).role_of(df["sha256"])
-    return pd.Series(np.where(roles == "test", "val", roles), index=df.index, dtype=object)
+    return pd.Series(roles, index=df.index, dtype=object)
 
 
 def kfold(df: pd.DataFrame, *, k: int = 5, seed: int = 42) -> pd.Series:

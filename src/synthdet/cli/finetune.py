@@ -38,7 +38,7 @@ def finetune_command(
     size: Annotated[int | None, typer.Option(min=16, help="Input size in pixels [default: the backbone's].")] = None,
     epochs: Annotated[int | None, typer.Option(min=1, help="[default: 3]")] = None,
     patience: Annotated[int | None, typer.Option(
-        min=1, help="Stop after N epochs without a better val ROC AUC [default: never].")] = None,
+        min=1, help="Stop after N epochs without a better calib ROC AUC [default: never].")] = None,
     batch_size: Annotated[int | None, typer.Option(min=1, help="[default: 16]")] = None,
     head_lr: Annotated[float | None, typer.Option(help="[default: 3e-4]")] = None,
     backbone_lr: Annotated[float | None, typer.Option(help="[default: 1e-5]")] = None,
@@ -71,6 +71,6 @@ def finetune_command(
     b = result.best
     say(f"best epoch {b['epoch'] + 1}: calib ROC AUC {b['val_auc']:.4f}, AP {b['val_ap']:.4f}")
     at = metrics["at_threshold"]
-    say(f"held-out val: ROC AUC {metrics['roc_auc']:.4f}, AP {metrics['ap']:.4f}, F1 {at['f1']:.4f} "
+    say(f"held-out test: ROC AUC {metrics['roc_auc']:.4f}, AP {metrics['ap']:.4f}, F1 {at['f1']:.4f} "
         f"at threshold {at['threshold']:.3f} (n={metrics['n']})")
     say(f"detector: {out / 'detector'} (score with: synthdet predict {out / 'detector'} IMAGES...)")

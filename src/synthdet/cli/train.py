@@ -110,7 +110,7 @@ def train(
     cache: Annotated[Path | None, typer.Option(help="Feature cache root.")] = None,
     batch_size: Annotated[int | None, typer.Option(min=1, help="Images per forward pass (default: 8 on CPU, 64 on CUDA).")] = None,
     workers: Annotated[int | None, typer.Option(min=0)] = None,
-    refit: Annotated[bool, typer.Option(help="After evaluating, refit on fit+val (threshold re-tuned on calib).")] = False,
+    refit: Annotated[bool, typer.Option(help="After scoring the test rows, refit on fit+calib (threshold from out-of-fold probabilities); the test rows stay held out.")] = False,
     quiet: Quiet = False,
     as_json: Json = False,
 ) -> None:

@@ -62,8 +62,8 @@ def mix_sources(
         held["split"] = three_way_split(held, val_fraction=val_fraction, calib_fraction=calib_fraction, seed=seed)
     else:
         held = val.copy()
-        held["split"] = split(held, val_fraction=val_fraction, seed=seed).replace({"train": "calib"})
-    shown = set(held.loc[held["split"].isin(["calib", "val"]), "sha256"])
+        held["split"] = split(held, val_fraction=val_fraction, seed=seed).replace({"fit": "calib"})
+    shown = set(held.loc[held["split"].isin(["calib", "test"]), "sha256"])
     parts = [held if inside and i == val else df[~df["sha256"].isin(shown)].assign(split="fit")
              for i, df in enumerate(train)]
     fit_parts = [_items(df, "fit") for df in parts]
@@ -72,7 +72,7 @@ def mix_sources(
         raise ManifestError("the training manifests need images of both classes (label 0 = real, 1 = fake)")
     weights = None if data_weights is None else [w / len(p) for w, p in zip(data_weights, fit_parts) for _ in p]
     manifest = pd.concat([*parts, *([] if inside else [held])], ignore_index=True)
-    return Mix(fit, weights, _items(held, "calib"), _items(held, "val"), manifest)
+    return Mix(fit, weights, _items(held, "calib"), _items(held, "test"), manifest)
 
 
 def load_source(source: Source, name: str, progress: bool = False) -> pd.DataFrame:
