@@ -181,7 +181,7 @@ def test_command_fine_tunes_a_folder_and_scores_the_held_out_split(tiny, tmp_pat
             "--unfreeze", "1", "--epochs", "1", "--batch-size", "4", "--num-workers", "0"]
     res = CliRunner().invoke(app, args)
     assert res.exit_code == 0, res.output
-    assert "held-out val: ROC AUC" in res.output
+    assert "held-out test: ROC AUC" in res.output
     det = load_finetuned(out / "detector", device="cpu")
     held_out = int((three_way_split(index(data)) == "test").sum())  # 4 images, more when near-duplicates group
     assert set(det.card.metrics) == {"calib", "val"} and det.card.metrics["val"]["n"] == held_out >= 4
