@@ -44,3 +44,14 @@ def test_cli_without_an_extra_says_what_to_install(tmp_path: Path, args: list[st
     lines = [line for line in res.stderr.splitlines() if line.strip()]
     assert len(lines) == 1 and f"pip install 'synthdet[{extra}]'" in lines[0], res.stderr
     assert not (tmp_path / "m.parquet").exists()
+
+
+def test_fine_tuned_detectors_load_without_the_finetune_extra(tmp_path: Path) -> None:
+    """Scoring with a fine-tuned detector needs its loader, not the training loop or the augmentation extra."""
+    (tmp_path / "sitecustomize.py").write_text(BLOCKER)
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(tmp_path), *sys.path])}
+    code = ("import sys\nfrom synthdet.detector import DETECTOR_KINDS\n"
+            "assert callable(DETECTOR_KINDS.get('finetuned'))\n"
+            "assert 'albumentations' not in sys.modules and 'synthdet.finetune.loop' not in sys.modules\nprint('ok')\n")
+    res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=300)
+    assert res.returncode == 0 and res.stdout.strip() == "ok", res.stderr[-1500:]

@@ -55,16 +55,35 @@ The command line front end is ``synthdet.cli.finetune``.
 
 from __future__ import annotations
 
-from .config import RECIPES, FineTuneConfig, Recipe, recipe_config
-from .data import LETTERBOX_ASPECTS, Item, Views, epoch_order
-from .loop import FineTuneResult, finetune, score_items
-from .model import load_finetuned, save_finetuned, set_preprocess, trainable_parameters
-from .pipeline import finetune_detector
-from .sources import Mix, Source, mix_sources
+from importlib import import_module
+from typing import TYPE_CHECKING, Any
 
+if TYPE_CHECKING:
+    from .config import RECIPES, FineTuneConfig, Recipe, recipe_config
+    from .data import LETTERBOX_ASPECTS, Item, Views, epoch_order
+    from .loop import FineTuneResult, finetune, score_items
+    from .model import load_finetuned, save_finetuned, set_preprocess, trainable_parameters
+    from .pipeline import finetune_detector
+    from .sources import Mix, Source, mix_sources
+
+#: Public name → the submodule holding it. Loaded on first use, so that scoring with a fine-tuned detector
+#: (``load_finetuned``) needs neither the training loop nor the augmentation extra.
+_EXPORTS = {
+    **dict.fromkeys(("RECIPES", "FineTuneConfig", "Recipe", "recipe_config"), "config"),
+    **dict.fromkeys(("LETTERBOX_ASPECTS", "Item", "Views", "epoch_order"), "data"),
+    **dict.fromkeys(("FineTuneResult", "finetune", "score_items"), "loop"),
+    **dict.fromkeys(("load_finetuned", "save_finetuned", "set_preprocess", "trainable_parameters"), "model"),
+    "finetune_detector": "pipeline",
+    **dict.fromkeys(("Mix", "Source", "mix_sources"), "sources"),
+}
 __all__ = [
     "LETTERBOX_ASPECTS", "RECIPES", "FineTuneConfig", "FineTuneResult", "Item", "Mix", "Recipe", "Source", "Views",
     "epoch_order", "finetune", "finetune_detector", "load_finetuned", "mix_sources",
     "recipe_config", "save_finetuned", "score_items", "set_preprocess", "trainable_parameters",
 ]
 
+
+def __getattr__(name: str) -> Any:
+    if name not in _EXPORTS:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    return getattr(import_module(f".{_EXPORTS[name]}", __name__), name)

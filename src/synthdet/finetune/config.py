@@ -7,7 +7,6 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
-from ..augment import PRESETS
 from ..pixels import DEFAULT_MAX_PIXELS
 
 
@@ -52,6 +51,8 @@ class FineTuneConfig(BaseModel):
     @field_validator("augment")
     @classmethod
     def _preset(cls, v: str) -> str:
+        from ..augment import PRESETS  # here, not at import: a saved config must load without the finetune extra
+
         PRESETS.entry(v)  # an unknown name raises, listing the valid ones
         return v
 
