@@ -163,16 +163,20 @@ def test_full_finetuning_of_a_cnn(items, tmp_path: Path, capsys: pytest.CaptureF
     assert len(list(result.detector.predict_paths([p for p, _ in val], num_workers=0, progress=False))) == len(val)
 
 
-def test_command_fine_tunes_a_folder_and_scores_the_held_out_split(tiny, tmp_path: Path) -> None:
+def test_command_fine_tunes_a_folder_and_scores_the_held_out_split(
+    tiny, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     import typer
     from conftest import make_labelled_folder
     from typer.testing import CliRunner
 
     from synthdet.cli.finetune import finetune_command
-    from synthdet.data import index, three_way_split
+    from synthdet.data import index, read_manifest, three_way_split
 
     name, weights = tiny
     data = make_labelled_folder(tmp_path / "data", n_real=10, n_fake=10)
+    monkeypatch.chdir(tmp_path)  # the data given by a relative path: the saved manifest must still find it
+    data = data.relative_to(tmp_path)
     app = typer.Typer()
     app.command()(finetune_command)
     app.command("other")(lambda: None)  # two commands: the sub-command name is part of the call, as in synthdet
@@ -185,6 +189,9 @@ def test_command_fine_tunes_a_folder_and_scores_the_held_out_split(tiny, tmp_pat
     det = load_finetuned(out / "detector", device="cpu")
     held_out = int((three_way_split(index(data)) == "test").sum())  # 4 images, more when near-duplicates group
     assert set(det.card.metrics) == {"calib", "val"} and det.card.metrics["val"]["n"] == held_out >= 4
-    assert (out / "detector" / "manifest.csv").is_file()
+    saved = read_manifest(out / "detector" / "manifest.csv")  # read back from another working directory
+    monkeypatch.chdir(out)
+    assert len(saved) == 20 and all(Path(p).is_file() for p in saved["path"])
+    monkeypatch.chdir(tmp_path)
     bad = CliRunner().invoke(app, [*args[:-6], "--unfreeze", "-3"])
     assert bad.exit_code != 0 and "unfreeze_blocks" in bad.output

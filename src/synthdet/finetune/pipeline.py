@@ -8,8 +8,8 @@ from typing import Any
 
 import pandas as pd
 
-from ..atomic import atomic_open
 from ..backbones import create_backbone
+from ..data import write_manifest
 from ..metrics import binary_metrics
 from .config import FineTuneConfig
 from .loop import FineTuneResult, finetune, score_items
@@ -69,6 +69,5 @@ def finetune_detector(
         "val_data": names[val] if isinstance(val, int) else str(val["dataset"].iloc[0]), "split_seed": split_seed,
     }
     det.save(Path(out) / "detector")
-    with atomic_open(Path(out) / "detector" / "manifest.csv") as f:
-        mix.manifest.to_csv(f, index=False, lineterminator="\n")
+    write_manifest(mix.manifest, Path(out) / "detector" / "manifest.csv")
     return result, metrics
