@@ -14,9 +14,10 @@ from typer.testing import CliRunner
 
 from synthdet.cli import app
 from synthdet.demo import demo_data_dir
+from synthdet.detector import default_detector_path
 from synthdet.finetune import RECIPES
 from synthdet.heads import HEADS
-from synthdet.recipes import Recipe, Step, _with_dependencies, get_recipe, load_recipes, run_recipe
+from synthdet.recipes import Recipe, Step, _val_rows, _with_dependencies, get_recipe, load_recipes, run_recipe
 from synthdet.splits import RowSet
 
 SEEDS = Path(__file__).resolve().parents[2] / "shared" / "seeds"
@@ -129,3 +130,15 @@ def test_recipe_ensemble_is_calibrated_and_reported_on_rows_no_member_has_seen_a
     assert any("a: inputs changed" in line for line in logs) and not any("done already" in line for line in logs)
     card = json.loads((out / "a" / "card.json").read_text())
     assert card["data"]["manifest_hash"] != first_card["data"]["manifest_hash"]
+
+
+def test_step_provenance_reads_a_fine_tuned_card_and_an_old_val_split(tmp_path: Path) -> None:
+    """A fine-tuned step's card (kind "finetuned") is read as such; a manifest that still calls its held-out split
+    ``val`` is read as ``test``."""
+    card = json.loads((default_detector_path() / "card.json").read_text())
+    (tmp_path / "card.json").write_text(json.dumps({**card, "kind": "finetuned", "finetune": {"base_weights_id": "x"}}))
+    held = ["ab" * 32, "cd" * 32]
+    pd.DataFrame({"sha256": [*held, "ef" * 32], "split": ["val", "val", "fit"],
+                  "phash": ["", "", ""]}).to_csv(tmp_path / "manifest.csv", index=False)
+    rows = _val_rows(tmp_path)
+    assert rows["status"] == "held-out" and rows["n"] == 2 and rows["digest"] == RowSet.of(held).digest

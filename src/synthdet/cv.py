@@ -185,7 +185,7 @@ def _refit(
     model = make_head(head, **refit_params(params, best_epochs)).fit(X, y, groups=shas)
     scored = cv.oof[np.isfinite(cv.oof["prob"])]
     threshold = f1_optimal_threshold(scored["label"].to_numpy(), scored["prob"].to_numpy())
-    seen = RowSet.of(df["sha256"], df["phash"] if "phash" in df else None)
+    seen = RowSet.of_rows(df)
     card = Card(
         backbone=bb.name, weights_id=bb.weights_id, weights_file=str(weights) if weights else None,
         preprocess=bb.preprocess, features=features, head=head, head_params=model.get_params(),

@@ -36,12 +36,22 @@ import pandas as pd
 from .backbones import Backbone
 from .calibrate import f1_optimal_threshold
 from .data import manifest_hash
-from .detector import Card, Detector, EnsembleCard, NotADetectorError, Rule, assemble_features, read_card, save_card
+from .detector import (
+    Card,
+    CardBase,
+    Detector,
+    EnsembleCard,
+    NotADetectorError,
+    Rule,
+    assemble_features,
+    read_card,
+    save_card,
+)
 from .evaluation import ON_OVERLAP, InSampleError, OnOverlap, join_rows, overlap, provenance
 from .features import ImageTransform, forward_batches
 from .metrics import binary_metrics
 from .pixels import DEFAULT_MAX_PIXELS
-from .splits import RowSet
+from .splits import RowSet, phash_codes
 from .train import usable_rows
 
 RULES: tuple[str, ...] = get_args(Rule)
@@ -232,21 +242,31 @@ def load_ensemble(path: str | Path) -> EnsembleDetector:
     return EnsembleDetector(card, [load_member(d) for d in dirs], dirs)
 
 
-def member_rows(member_dir: Path, card: Card) -> dict[str, RowSet] | None:
-    """The rows a member was fitted / calibrated on: its card's ``rows``, or, for a detector saved before cards
-    recorded them, the ``split`` column of its ``manifest.csv`` (``calib`` rows calibrated on, ``val`` held out
-    unless it was refitted on fit+val, every other row fitted on). None when neither says (provenance unknown)."""
-    if "fit" in card.rows:
-        return dict(card.rows)
-    manifest = member_dir / "manifest.csv"
+def saved_split(detector_dir: Path) -> pd.DataFrame | None:
+    """A saved detector's ``manifest.csv`` as ``sha256``, ``split`` (when it has one) and ``phash``; None without one.
+    The held-out split reads ``test`` whichever synthdet wrote it (``val`` before the split plan)."""
+    manifest = detector_dir / "manifest.csv"
     if not manifest.is_file():
         return None
     df = pd.read_csv(manifest, usecols=lambda c: c in ("sha256", "split", "phash"), dtype=str, keep_default_na=False)
+    if "split" in df:
+        df["split"] = df["split"].replace({"val": "test"})
+    return df
+
+
+def member_rows(member_dir: Path, card: CardBase) -> dict[str, RowSet] | None:
+    """The rows a member was fitted / calibrated on: its card's ``rows``, or, for a detector saved before cards
+    recorded them, the ``split`` column of its ``manifest.csv`` (``calib`` rows calibrated on, ``test`` held out
+    unless it was refitted on fit+val, every other row fitted on). None when neither says (provenance unknown)."""
+    if "fit" in card.rows:
+        return dict(card.rows)
+    df = saved_split(member_dir)
+    if df is None:
+        return None
     split = df["split"] if "split" in df else pd.Series("fit", index=df.index)
-    held_out = {"calib"} if card.data.get("refit_on") == "fit+val" else {"calib", "val", "test"}
-    codes = df["phash"] if "phash" in df else pd.Series("", index=df.index)
+    held_out = {"calib"} if card.data.get("refit_on") == "fit+val" else {"calib", "test"}
     fit, calib = ~split.isin(held_out), split == "calib"
-    return {"fit": RowSet.of(df.loc[fit, "sha256"], codes[fit]), "calib": RowSet.of(df.loc[calib, "sha256"], codes[calib])}
+    return {"fit": RowSet.of_rows(df[fit]), "calib": RowSet.of_rows(df[calib])}
 
 
 def build_ensemble(
@@ -278,7 +298,7 @@ def build_ensemble(
     per_member = [member_rows(d, m.card) for d, m in zip(ens.member_dirs, ens.members)]
     known = [r for r in per_member if r is not None]
     seen = join_rows(known) if len(known) == len(per_member) else None
-    codes = df["phash"].fillna("").astype(str).to_numpy() if "phash" in df else None
+    codes = phash_codes(df)
     before = provenance(df["sha256"], seen, codes)
     dropped = 0
     if before.get("n_seen") and on_overlap == "refuse":

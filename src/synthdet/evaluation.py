@@ -27,7 +27,7 @@ from .atomic import atomic_path, write_text
 from .extras import require
 from .metrics import evaluate_scores, gap_table
 from .slices import DEFAULT_SLICES, Slice, get_slice
-from .splits import RowSet
+from .splits import RowSet, phash_codes
 
 if TYPE_CHECKING:
     from .detector import Detector
@@ -94,11 +94,6 @@ def provenance(shas: Iterable[str], seen: dict[str, RowSet] | None,
     n_seen = len(overlap(seen, shas, codes))
     return {"n": rows.n, "digest": rows.digest, "status": IN_SAMPLE if n_seen else HELD_OUT, "n_seen": n_seen,
             "seen": {role: len(rs.overlap(shas, codes)) for role, rs in seen.items()}}
-
-
-def _phashes(df: pd.DataFrame) -> np.ndarray | None:
-    """The rows' dHash codes when the manifest has them (near-duplicate checks), else None."""
-    return df["phash"].fillna("").astype(str).to_numpy() if "phash" in df else None
 
 
 def describe_rows(rows: dict[str, Any]) -> str:
@@ -242,7 +237,7 @@ def evaluate_detector(
                     for r in scores[dup].itertuples()]
         scores = scores[~dup].reset_index(drop=True)
     if seen is not None:
-        before = provenance(scores["sha256"], seen, _phashes(scores))
+        before = provenance(scores["sha256"], seen, phash_codes(scores))
         if before["n_seen"] and on_overlap == "refuse":
             roles = ", ".join(f"{role}: {k}" for role, k in before["seen"].items() if k)
             raise InSampleError(
@@ -251,7 +246,7 @@ def evaluate_detector(
                 f"images, drop the overlap (on_overlap='drop', CLI --on-overlap drop) or label every figure "
                 f"in-sample (on_overlap='flag')")
         if before["n_seen"] and on_overlap == "drop":
-            held_out = ~scores["sha256"].isin(overlap(seen, scores["sha256"], _phashes(scores)))
+            held_out = ~scores["sha256"].isin(overlap(seen, scores["sha256"], phash_codes(scores)))
             dropped = int((~held_out).sum())
             scores = scores[held_out].reset_index(drop=True)
     if scores.empty or scores["label"].nunique() < 2:
@@ -277,7 +272,7 @@ def evaluate_detector(
     def rows_of(mask: np.ndarray) -> dict[str, Any]:
         if "sha256" not in scores:  # a frame that was not indexed: no content hashes to check
             return {"n": int(mask.sum()), "digest": "", "status": UNKNOWN}
-        codes = _phashes(scores)
+        codes = phash_codes(scores)
         return provenance(scores["sha256"].to_numpy()[mask], seen, None if codes is None else codes[mask])
 
     metrics = {CLEAN: evaluate_scores(y, scores[_prob_column(CLEAN)].to_numpy(), thr,

@@ -122,21 +122,18 @@ def _saved_step(out: Path, step: Step) -> dict[str, Any] | None:
 
 
 def _val_rows(det_dir: Path) -> dict[str, Any]:
-    """Provenance of a trained step's figures: its manifest's held-out split (``test`` from ``train``, ``val`` from
-    ``finetune``), against the rows it was fitted or calibrated on."""
-    from .detector import Card
-    from .ensemble import member_rows
+    """Provenance of a trained step's figures: its manifest's held-out split, against the rows it was fitted or
+    calibrated on."""
+    from .detector import read_card
+    from .ensemble import member_rows, saved_split
     from .evaluation import UNKNOWN, provenance
+    from .splits import phash_codes
 
-    manifest = det_dir / "manifest.csv"
-    df = (pd.read_csv(manifest, usecols=lambda c: c in ("sha256", "split", "phash"), dtype=str, keep_default_na=False)
-          if manifest.is_file() else pd.DataFrame())
-    if "split" not in df:
+    df = saved_split(det_dir)
+    if df is None or "split" not in df:
         return {"role": "val", "status": UNKNOWN}
-    card = Card.model_validate_json((det_dir / "card.json").read_text())
-    held = df[df["split"].isin(["test", "val"])]
-    return {"role": "val", **provenance(held["sha256"], member_rows(det_dir, card),
-                                        held["phash"] if "phash" in held else None)}
+    held = df[df["split"] == "test"]
+    return {"role": "val", **provenance(held["sha256"], member_rows(det_dir, read_card(det_dir)), phash_codes(held))}
 
 
 def run_recipe(

@@ -37,6 +37,11 @@ class RowSet(BaseModel):
         codes = sorted({str(p) for p in phashes if isinstance(p, str) and p}) if phashes is not None else []
         return cls(n=len(hashes), digest=digest, hashes=hashes, phashes=codes)
 
+    @classmethod
+    def of_rows(cls, rows: pd.DataFrame) -> RowSet:
+        """The images of a manifest slice, with their dHash codes when it has them."""
+        return cls.of(rows["sha256"], phash_codes(rows))
+
     def overlap(self, shas: Iterable[str], phashes: Iterable[str] | None = None) -> set[str]:
         """The full hashes among ``shas`` that this set contains, by content hash or, given the rows' ``phashes``,
         as a near-duplicate (dHash within :data:`NEAR_DUP_BITS` bits) of one of its images."""
@@ -64,6 +69,11 @@ def hamming(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     """Bit differences between uint64 codes (broadcasting)."""
     x = np.ascontiguousarray(np.bitwise_xor(a, b), dtype=np.uint64)
     return _POPCOUNT8[x.view(np.uint8)].reshape(*x.shape, 8).sum(-1)
+
+
+def phash_codes(rows: pd.DataFrame) -> np.ndarray | None:
+    """A manifest slice's dHash codes ("" where unknown), or None when it has no ``phash`` column."""
+    return rows["phash"].fillna("").astype(str).to_numpy() if "phash" in rows else None
 
 
 def near_duplicate_of(queries: Sequence[str], reference: Sequence[str], max_bits: int = NEAR_DUP_BITS,

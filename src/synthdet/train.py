@@ -167,11 +167,6 @@ def oof_threshold(
     return f1_optimal_threshold(rows["label"].to_numpy(), oof)
 
 
-def _rowset(rows: pd.DataFrame) -> RowSet:
-    """The images of a manifest slice, with their dHash codes so later checks also catch near-duplicates."""
-    return RowSet.of(rows["sha256"], rows["phash"] if "phash" in rows else None)
-
-
 def train_detector(
     data: str | Path | pd.DataFrame,
     *,
@@ -225,7 +220,7 @@ def train_detector(
 
     fit, cal, test = part({"fit"}, views), part({"calib"}, [0]), part({"test"}, [0])
     model, threshold = fit_head(head, head_params, fit.X, fit.y, cal.X, cal.y, groups=fit.groups)
-    rows = {"fit": _rowset(fit.rows), "calib": _rowset(cal.rows)}
+    rows = {"fit": RowSet.of_rows(fit.rows), "calib": RowSet.of_rows(cal.rows)}
     metrics: dict[str, Any] = {}
     if refit:
         metrics["pre_refit"], _ = held_out_metrics(
@@ -234,7 +229,7 @@ def train_detector(
         params = refit_params(head_params, [best_epoch(model)])
         threshold = oof_threshold(head, params, both, len(views), seed=plan.seed)
         model = make_head(head, **params).fit(both.X, both.y, groups=both.groups)
-        rows = {"fit": _rowset(both.rows), "calib": _rowset(both.rows)}
+        rows = {"fit": RowSet.of_rows(both.rows), "calib": RowSet.of_rows(both.rows)}
     metrics["val"], test_prob = held_out_metrics(model, threshold, test, model_name="saved")
     images = df.drop_duplicates("sha256")
     counts = images.groupby("split")["label"].agg(["size", "sum"]).rename(columns={"size": "n", "sum": "n_fake"})
