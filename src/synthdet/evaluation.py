@@ -91,9 +91,10 @@ def provenance(shas: Iterable[str], seen: dict[str, RowSet] | None,
     rows = RowSet.of(shas)
     if seen is None:
         return {"n": rows.n, "digest": rows.digest, "status": UNKNOWN}
-    n_seen = len(overlap(seen, shas, codes))
+    per_role = {role: rs.overlap(shas, codes) for role, rs in seen.items()}  # one near-duplicate search per role
+    n_seen = len(set().union(*per_role.values()))
     return {"n": rows.n, "digest": rows.digest, "status": IN_SAMPLE if n_seen else HELD_OUT, "n_seen": n_seen,
-            "seen": {role: len(rs.overlap(shas, codes)) for role, rs in seen.items()}}
+            "seen": {role: len(found) for role, found in per_role.items()}}
 
 
 def describe_rows(rows: dict[str, Any]) -> str:

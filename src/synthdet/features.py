@@ -207,8 +207,8 @@ def extract(
     for path, sha in zip(paths, shas):
         firsts.setdefault(sha, path)
     wanted = [f"{sha}:{v}" for sha in firsts for v in views]
-    store.verify(wanted)  # also picks up shards other processes wrote since the store was opened
-    absent = set(store.missing(wanted))
+    store.verify(wanted)  # rescans once on a miss (shards other processes wrote), then checks what it will reuse
+    absent = {k for k in wanted if k not in store}  # the index is current now: no second scan of the shard folder
     todo: list[tuple[str, str, list[int]]] = []
     for sha, path in firsts.items():
         missing = [v for v in views if f"{sha}:{v}" in absent]
