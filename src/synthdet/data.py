@@ -298,15 +298,20 @@ def manifest_hash(df: pd.DataFrame) -> str:
     return hashlib.sha256("\n".join(pairs).encode()).hexdigest()[:16]
 
 
-def split(df: pd.DataFrame, *, val_fraction: float = 0.2, seed: int = 42) -> pd.Series:
-    """Stratified two-way assignment (``'fit'``/``'test'``, ``''`` for unusable rows), reproducible for a seed.
+def split_columns(df: pd.DataFrame, *, val_fraction: float = 0.2, k: int = 5, seed: int = 42) -> pd.DataFrame:
+    """The ``split`` (``'fit'``/``'test'``, ``''`` for unusable rows) and ``fold`` (0..k-1, -1 for unusable rows; none
+    when ``k < 2``) columns of a manifest, from one :class:`~synthdet.splits.SplitPlan` without calibration slice:
+    stratified, taken by content hash (independent of file order and paths), copies and near-duplicates together."""
+    plan = _plan(df, test=val_fraction, calib=0.0, k=k, seed=seed)
+    out = pd.DataFrame({"split": pd.Series(plan.role_of(df["sha256"]), index=df.index, dtype=object)})
+    if k >= 2:
+        out["fold"] = pd.Series(plan.fold_of(df["sha256"]), index=df.index, dtype=int)
+    return out
 
-    A :class:`~synthdet.splits.SplitPlan` without calibration slice: rows are taken by content hash (independent
-    of file order and paths), and copies and near-duplicates always land on the same side.
-    """
-    plan = _plan(df, test=val_fraction, calib=0.0, seed=seed)
-    roles = plan.role_of(df["sha256"])
-    return pd.Series(np.where(np.isin(roles, ["fit", "test"]), roles, ""), index=df.index, dtype=object)
+
+def split(df: pd.DataFrame, *, val_fraction: float = 0.2, seed: int = 42) -> pd.Series:
+    """Stratified two-way assignment (``'fit'``/``'test'``, ``''`` for unusable rows), reproducible for a seed."""
+    return split_columns(df, val_fraction=val_fraction, k=0, seed=seed)["split"]
 
 
 def three_way_split(
@@ -314,14 +319,14 @@ def three_way_split(
 ) -> pd.Series:
     """``fit`` / ``calib`` / ``test`` (the plan's roles) per row, ``''`` for unusable rows; ``calib`` is
     ``calib_fraction`` of the images that are not ``test``."""
-    roles = _plan(df, test=val_fraction, calib=calib_fraction, seed=seed).role_of(df["sha256"])
+    roles = _plan(df, test=val_fraction, calib=calib_fraction, k=0, seed=seed).role_of(df["sha256"])
     return pd.Series(roles, index=df.index, dtype=object)
 
 
 def kfold(df: pd.DataFrame, *, k: int = 5, seed: int = 42) -> pd.Series:
     """Stratified k-fold assignment (fold id per row, -1 for unusable rows); copies and near-duplicates share a
     fold."""
-    return pd.Series(_plan(df, k=k, seed=seed).fold_of(df["sha256"]), index=df.index, dtype=int)
+    return split_columns(df, k=k, seed=seed)["fold"]
 
 
 def _plan(df: pd.DataFrame, **kwargs: Any) -> SplitPlan:

@@ -23,14 +23,12 @@ def data_index(
     quiet: Quiet = False,
 ) -> None:
     """Index images: hash, size, format, decodability; add reproducible split and fold columns."""
-    from ..data import index, kfold, split, write_manifest
+    from ..data import index, split_columns, write_manifest
 
     df = index(source, max_pixels=max_pixels, progress=not quiet)
     labelled = (df["label"] >= 0) & df["ok"]
     if labelled.any() and df.loc[labelled, "label"].nunique() == 2:
-        df["split"] = split(df, val_fraction=val_fraction, seed=seed)
-        if folds > 1:
-            df["fold"] = kfold(df, k=folds, seed=seed)
+        df = df.assign(**split_columns(df, val_fraction=val_fraction, k=folds, seed=seed))
     write_manifest(df, out)
     bad = df[~df["ok"]]
     say(f"{len(df)} images indexed → {out}  ({int(df['ok'].sum())} ok, {len(bad)} unreadable)")
