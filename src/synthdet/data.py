@@ -34,7 +34,7 @@ import pandas as pd
 from PIL import Image
 from tqdm.auto import tqdm
 
-from .atomic import atomic_path
+from .atomic import atomic_path, printable
 from .extras import require
 from .pixels import DEFAULT_MAX_PIXELS, ImageLoadError, is_image_path, load_image
 from .splits import SplitPlan
@@ -69,15 +69,6 @@ def _read_table(path: Path, **kwargs: object) -> pd.DataFrame:
     return pd.read_csv(path, sep="\t" if path.suffix.lower() == ".tsv" else ",", **kwargs)
 
 
-def _printable_name(path: str) -> str | None:
-    """``None`` if ``path`` is valid UTF-8, else the name with its undecodable bytes escaped."""
-    try:
-        path.encode("utf-8")
-    except UnicodeEncodeError:
-        return os.fsencode(path).decode("utf-8", "backslashreplace")
-    return None
-
-
 def dhash(img: Image.Image) -> str:
     """64-bit difference hash (16 hex): signs of horizontal gradients on a 9x8 grey thumbnail. Survives
     re-compression and resizing; near-duplicates differ in a few bits."""
@@ -92,9 +83,9 @@ def _list_images(folder: Path) -> list[Path]:
 
 def _folder_row(path: Path, label: int, source: str) -> dict[str, object]:
     """A listed file; one whose name is not valid UTF-8 gets its escaped name and its reason already."""
-    shown = _printable_name(str(path))
-    error = "" if shown is None else "bad-name: file name is not valid UTF-8 (shown with its bytes escaped); rename it"
-    return {"path": shown or str(path), "label": label, "source": source, "error": error}
+    shown = printable(path)  # a name that is not valid UTF-8 comes back with its bytes escaped
+    error = "" if shown == str(path) else "bad-name: file name is not valid UTF-8 (shown with its bytes escaped); rename it"
+    return {"path": shown, "label": label, "source": source, "error": error}
 
 
 def _rows_from_folder(root: Path) -> pd.DataFrame:

@@ -41,6 +41,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from .atomic import atomic_open, write_bytes, write_text
+from .data import sha256_file
 
 if TYPE_CHECKING:
     import torch
@@ -109,14 +110,6 @@ class _HashingWriter:
         self.sha.update(data)
         self.size += len(data)
         return self.f.write(data)
-
-
-def _sha256_file(path: Path, chunk: int = 1 << 22) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        while block := f.read(chunk):
-            h.update(block)
-    return h.hexdigest()
 
 
 def _fsync_dir(path: Path) -> None:
@@ -263,7 +256,7 @@ class FeatureStore:
                 return f"has no {what}.npy", []
             if size != rec["bytes"]:
                 return f"{what}.npy has {size} bytes, shard.json records {rec['bytes']} (truncated?)", []
-            if full and _sha256_file(path) != rec["sha256"]:
+            if full and sha256_file(path) != rec["sha256"]:
                 return f"{what}.npy fails its sha256 checksum (edited or corrupted)", []
         return None, keys
 
