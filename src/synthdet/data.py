@@ -36,7 +36,7 @@ from tqdm.auto import tqdm
 
 from .atomic import atomic_path, printable
 from .extras import require
-from .pixels import DEFAULT_MAX_PIXELS, ImageLoadError, is_image_path, load_image
+from .pixels import DEFAULT_MAX_PIXELS, ImageLoadError, list_images, load_image
 from .splits import SplitPlan
 
 COLUMNS = ["path", "label", "source", "generator", "sha256", "width", "height", "format", "ok", "error", "phash"]
@@ -77,10 +77,6 @@ def dhash(img: Image.Image) -> str:
     return f"{int(''.join('1' if b else '0' for b in bits), 2):016x}"
 
 
-def _list_images(folder: Path) -> list[Path]:
-    return sorted(p for p in folder.rglob("*") if p.is_file() and is_image_path(p))
-
-
 def _folder_row(path: Path, label: int, source: str) -> dict[str, object]:
     """A listed file; one whose name is not valid UTF-8 gets its escaped name and its reason already."""
     shown = printable(path)  # a name that is not valid UTF-8 comes back with its bytes escaped
@@ -94,10 +90,10 @@ def _rows_from_folder(root: Path) -> pd.DataFrame:
         rows = [
             _folder_row(p, label, name)
             for name, label in sorted(class_dirs.items())
-            for p in _list_images(root / name)
+            for p in list_images(root / name)
         ]
     else:
-        rows = [_folder_row(p, -1, "") for p in _list_images(root)]
+        rows = [_folder_row(p, -1, "") for p in list_images(root)]
     if not rows:
         raise ManifestError(
             f"{root}: no images found (expected 0_real/ + 1_fake/, real/ + fake/, or image files; "
@@ -331,7 +327,7 @@ def iter_inputs(paths: Iterable[str | Path]) -> Iterator[Path]:
     """Expand files, folders (recursively, image suffixes only) and CSVs with a path column into image paths."""
     for p in map(Path, paths):
         if p.is_dir():
-            found = _list_images(p)
+            found = list_images(p)
             if not found:
                 raise ManifestError(f"{p}: folder contains no images")
             yield from found

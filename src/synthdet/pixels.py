@@ -72,6 +72,13 @@ class ImageLoadError(Exception):
         super().__init__(f"{path}: {reason}" + (f" ({detail})" if detail else ""))
 
 
+def list_images(folder: str | Path, *, skip_hidden: bool = False) -> list[Path]:
+    """Image files under ``folder`` (recursively, by :data:`IMAGE_SUFFIXES`), sorted; ``skip_hidden`` leaves out
+    names starting with a dot (macOS ``._x.jpg`` resource forks)."""
+    return sorted(p for p in Path(folder).rglob("*")
+                  if p.is_file() and is_image_path(p) and not (skip_hidden and p.name.startswith(".")))
+
+
 def is_image_path(path: str | Path) -> bool:
     return Path(path).suffix.lower() in IMAGE_SUFFIXES
 

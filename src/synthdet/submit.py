@@ -22,7 +22,7 @@ import pandas as pd
 from PIL import ExifTags, Image
 
 from .atomic import atomic_open, atomic_path, printable, write_text
-from .pixels import IMAGE_SUFFIXES, is_image_path
+from .pixels import IMAGE_SUFFIXES, list_images
 
 TASK_A_COLUMNS = ("image_id", "prob", "label", "threshold")
 TASK_B_COLUMNS = (*TASK_A_COLUMNS, "loc_threshold")
@@ -111,12 +111,15 @@ class TaskAWriter:
         self.threshold = _quantize(threshold)
         self._extra = {k: _quantize(v) for k, v in (extra or {}).items()}
         self._csv = csv.writer(sink, lineterminator="\n")
-        self._seen: dict[str, str] = {}
-        self.ids: list[str] = []
+        self._seen: dict[str, str] = {}  # image_id -> the path it came from, in the order written
+
+    @property
+    def ids(self) -> list[str]:
+        return list(self._seen)
 
     @property
     def n_rows(self) -> int:
-        return len(self.ids)
+        return len(self._seen)
 
     def write(self, path: str | Path, prob: float) -> int:
         """Write one row for the file at ``path``; return its label. Raises :class:`RowError` (nothing written)."""
@@ -128,12 +131,11 @@ class TaskAWriter:
             raise RowError(f"prob outside [0, 1]: {name} ({prob})")
         p = _quantize(prob)
         label = int(p >= self.threshold)
-        if not self.ids:
+        if not self._seen:
             self._csv.writerow([*TASK_A_COLUMNS, *self._extra])
         self._csv.writerow([name, f"{p:.{DECIMALS}f}", label, f"{self.threshold:.{DECIMALS}f}",
                             *(f"{v:.{DECIMALS}f}" for v in self._extra.values())])
         self._seen[name] = str(path)
-        self.ids.append(name)
         return label
 
 
@@ -164,16 +166,17 @@ def _write_rows(
 ) -> list[str]:
     """Every row or an error: a missing probability takes ``prior`` (refused when there is none)."""
     writer = TaskAWriter(sink, threshold, extra)
+    fill = None if prior is None else missing_row(prior, threshold)[0]
     for path, prob in rows:
         if prob is None or np.isnan(prob):
-            if prior is None:
+            if fill is None:
                 raise ValueError(f"{printable(path)} has no probability and no prior was given for such images")
-            prob = missing_row(prior, threshold)[0]
+            prob = fill
         try:
             writer.write(path, prob)
         except RowError as e:
             raise RowError(f"{e}; a submission needs one valid row per test image") from None
-    if not writer.ids:
+    if not writer.n_rows:
         raise ValueError("no rows to write")
     return writer.ids
 
@@ -257,9 +260,8 @@ def _flag(messages: list[str], what: str, items: Sequence[str]) -> None:
 
 
 def list_test_images(folder: Path) -> list[Path]:
-    """The test images of a folder, sorted: files with an image suffix (:data:`synthdet.pixels.IMAGE_SUFFIXES`,
-    the one list every command uses), hidden files such as macOS ``._x.jpg`` excluded."""
-    return sorted(p for p in Path(folder).rglob("*") if p.is_file() and is_image_path(p) and not p.name.startswith("."))
+    """The test images of a folder, sorted, hidden files such as macOS ``._x.jpg`` excluded."""
+    return list_images(folder, skip_hidden=True)
 
 
 def _image_files(images_dir: Path, report: CheckReport) -> dict[str, Path] | None:
