@@ -12,6 +12,7 @@ Exit codes: 0 at least one image scored; 1 none could be scored (no output file 
 from __future__ import annotations
 
 import sys
+from contextlib import nullcontext
 from pathlib import Path
 from typing import Annotated
 
@@ -66,16 +67,12 @@ def predict(
         skips.append((path, reason))
         skipped(path, reason)
 
-    if out is None:
-        n = write_scores(results, det.threshold, sys.stdout, skip)
-    else:
-        with atomic_open(out) as f:
-            n = write_scores(results, det.threshold, f, skip)
-            if n == 0:
-                raise fail(f"no image could be scored ({len(skips)} skipped); {out} not written", code=1)
+    with atomic_open(out) if out else nullcontext(sys.stdout) as f:
+        if (n := write_scores(results, det.threshold, f, skip)) == 0:  # raised inside: atomic_open leaves no file
+            raise fail(f"no image could be scored ({len(skips)} skipped)" + (f"; {out} not written" if out else ""),
+                       code=1)
+    if out:
         _write_skips(skips, out.with_name(out.name + ".skipped.csv"))
-    if n == 0:
-        raise fail(f"no image could be scored ({len(skips)} skipped)", code=1)
     note(f"{n} scored{f' → {printable(out)}' if out else ''}, {len(skips)} skipped"
          f"{f' → {printable(out)}.skipped.csv' if out and skips else ''}")
 
