@@ -36,11 +36,11 @@ import uuid
 from collections.abc import Iterator, Mapping, Sequence
 from importlib import metadata
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import IO, TYPE_CHECKING, Any
 
 import numpy as np
 
-from .atomic import atomic_open, write_bytes, write_text
+from .atomic import write_text
 from .data import sha256_file
 
 if TYPE_CHECKING:
@@ -110,6 +110,12 @@ class _HashingWriter:
         self.sha.update(data)
         self.size += len(data)
         return self.f.write(data)
+
+
+def _sync(f: IO[Any]) -> None:
+    """Flush a file written inside a shard's temp folder to disk before the folder is renamed into place."""
+    f.flush()
+    os.fsync(f.fileno())
 
 
 def _fsync_dir(path: Path) -> None:
@@ -409,16 +415,21 @@ class FeatureStore:
             records = {}
             for what, arr in arrays.items():
                 arr16 = np.ascontiguousarray(arr, dtype=np.float16)
-                with atomic_open(tmp / f"{what}.npy", "wb") as f:
+                with open(tmp / f"{what}.npy", "wb") as f:  # the folder's rename makes the shard appear whole
                     w = _HashingWriter(f)
                     np.save(w, arr16)  # type: ignore[arg-type]
+                    _sync(f)
                 records[what] = {"sha256": w.sha.hexdigest(), "bytes": w.size, "shape": list(arr16.shape),
                                  "dtype": FEATURE_DTYPE}
             raw_keys = "\n".join(keys).encode("utf-8")
-            write_bytes(tmp / "keys.txt", raw_keys)
+            with open(tmp / "keys.txt", "wb") as f:
+                f.write(raw_keys)
+                _sync(f)
             manifest = {"format": _SHARD_FORMAT, "rows": len(keys), "keys_sha256": hashlib.sha256(raw_keys).hexdigest(),
                         "arrays": records}
-            write_text(tmp / "shard.json", json.dumps(manifest, indent=1) + "\n")  # last: it vouches for the rest
+            with open(tmp / "shard.json", "w", encoding="utf-8") as f:  # last: it vouches for the rest
+                f.write(json.dumps(manifest, indent=1) + "\n")
+                _sync(f)
             with self._locked():
                 tmp.rename(self.shards_dir / name)
                 _fsync_dir(self.shards_dir)
