@@ -3,7 +3,7 @@
 Accepted inputs (:func:`index`):
 - a folder in the MediaEval layout (``0_real/``, ``1_fake/``) or ``real/`` + ``fake/``;
 - a CSV (or tab-separated ``.tsv``) with ``path,label`` and optional ``source,generator`` columns (paths relative
-  to the file's folder);
+  to the file's folder); any other column (``group``, ``licence`` …) is kept after the manifest's own;
 - a folder of unlabelled images (label ``-1``), for prediction and submissions.
 
 Every row records ``sha256, width, height, format, ok, error, phash``; a file that does not decode stays in the table
@@ -140,6 +140,10 @@ def _rows_from_csv(csv: Path) -> pd.DataFrame:
             "generator": df[cols["generator"]] if "generator" in cols else "",
         }
     )
+    used = {path_col, label_col, cols.get("source"), cols.get("generator")}
+    for col in df.columns:  # the user's own columns (group, licence …) travel with the rows
+        if col not in used and col.strip().lower() not in COLUMNS:
+            out[col] = df[col].to_numpy()
     if out.empty:
         raise ManifestError(f"{csv}: no rows")
     return out
@@ -215,7 +219,7 @@ def index(
             )
         )
     df = pd.concat([df.reset_index(drop=True), pd.DataFrame(recs)], axis=1)
-    return _with_conflicts(df[COLUMNS])
+    return _with_conflicts(df[COLUMNS + [c for c in df.columns if c not in COLUMNS]])
 
 
 def label_conflicts(df: pd.DataFrame) -> pd.DataFrame:

@@ -81,6 +81,29 @@ def grouped_metrics(
     return out
 
 
+def source_table(y_true: np.ndarray, prob: np.ndarray, groups: np.ndarray, *, threshold: float) -> pd.DataFrame:
+    """One row per (group, class) of out-of-source scores: the group's images ranked against every image of the
+    other class (``roc_auc``: a fake family against all real photos, a real source against all fakes) and the share
+    it flags at ``threshold`` (``flagged``: the false-positive rate of a real source, the recall of a fake family).
+
+    A one-class group has no AUC of its own; this is how leave-one-source-out protocols score it, so one easy family
+    cannot hide a weak one."""
+    y_true, prob, groups = np.asarray(y_true).astype(int), np.asarray(prob, dtype=np.float64), np.asarray(groups)
+    rows = []
+    for name in sorted(set(groups.tolist()), key=str):
+        for label in (0, 1):
+            mine = (groups == name) & (y_true == label)
+            if not mine.any():
+                continue
+            other = y_true != label
+            both = np.concatenate([prob[mine], prob[other]])
+            is_mine = np.r_[np.ones(mine.sum()), np.zeros(other.sum())]
+            auc = float(roc_auc_score(is_mine if label else 1 - is_mine, both)) if other.any() else float("nan")
+            rows.append({"group": str(name), "label": label, "n": int(mine.sum()), "roc_auc": auc,
+                         "flagged": float((prob[mine] >= threshold).mean()), "median_prob": float(np.median(prob[mine]))})
+    return pd.DataFrame(rows, columns=["group", "label", "n", "roc_auc", "flagged", "median_prob"])
+
+
 #: Two-sided coverage of the bootstrap confidence intervals.
 CI_LEVEL = 0.95
 #: Resampled count matrices are processed in blocks of about this many cells, so memory stays bounded.

@@ -212,6 +212,9 @@ class Preprocess(BaseModel):
 
     size: int = 224
     mode: Literal["crop", "letterbox"] = "crop"  # crop: short side → size, centre crop; letterbox: long side, zero-pad
+    # resize: the square crop is resized to ``size``; native: only a crop larger than ``size`` is (down to it), a
+    # smaller one reaches a fully convolutional backbone at its own scale, so no resampling trace is added to it
+    scale: Literal["resize", "native"] = "resize"
     resample: Resample = "bicubic"
     mean: tuple[float, float, float] = (0.5, 0.5, 0.5)
     std: tuple[float, float, float] = (0.5, 0.5, 0.5)
@@ -219,7 +222,8 @@ class Preprocess(BaseModel):
     views: ViewPolicy = ViewPolicy()
 
     def id(self) -> str:
-        payload = json.dumps({**self.model_dump(mode="json"), "decode": DECODE}, sort_keys=True)
+        fields = self.model_dump(mode="json", exclude={"scale"} if self.scale == "resize" else set())
+        payload = json.dumps({**fields, "decode": DECODE}, sort_keys=True)  # ids from before ``scale`` stay valid
         return hashlib.sha256(payload.encode()).hexdigest()[:12]
 
     @property
@@ -247,10 +251,11 @@ class Preprocess(BaseModel):
                 side = min(short, max(8, int(short * rng.uniform(*self.views.crop_scale))))  # tiny images: whole
                 left, top = rng.randint(0, w - side), rng.randint(0, h - side)
             out = img.crop((left, top, left + side, top + side))
+            target = self.size if self.scale == "resize" else min(side, self.size)
             if rng is not None and rng.random() < self.views.p_downscale:
-                small = max(8, int(self.size * rng.uniform(*self.views.downscale)))
+                small = max(8, int(target * rng.uniform(*self.views.downscale)))
                 out = out.resize((small, small), _RESAMPLE[self.resample], reducing_gap=3.0)
-            out = out.resize((self.size, self.size), _RESAMPLE[self.resample], reducing_gap=3.0)
+            out = out.resize((target, target), _RESAMPLE[self.resample], reducing_gap=3.0)
         if rng is not None:
             if rng.random() < self.views.p_flip:
                 out = out.transpose(Image.Transpose.FLIP_LEFT_RIGHT)

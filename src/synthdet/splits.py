@@ -220,14 +220,19 @@ class SplitPlan(BaseModel):
     groups: list[int]  # group id per image: index (in ``hashes``) of the group's first image
     roles: list[str]  # "fit" | "calib" | "test" per image
     folds: list[str] = []  # per image, k characters: its role ("f"/"c"/"t") when fold j is the test fold
+    fold_names: list[str] = []  # leave-one-group-out plans: the group each fold holds out
     conflicts: list[str] = []  # content hashes labelled both real and fake: left out of every role
     strata: dict[str, int] = {}  # groups per stratum ("label/generator-or-source"; "label/*": pooled small ones)
 
     @classmethod
     def build(cls, manifest: pd.DataFrame, *, test: float = 0.2, calib: float = 0.15, k: int = 5, seed: int = 42,
-              near_dup_bits: int = NEAR_DUP_BITS) -> SplitPlan:
+              near_dup_bits: int = NEAR_DUP_BITS, fold_by: str | None = None) -> SplitPlan:
         """Plan over the decodable, labelled rows of ``manifest`` (columns ``sha256, label``; ``phash``,
-        ``generator``, ``source`` when present)."""
+        ``generator``, ``source`` when present).
+
+        ``fold_by`` names a column (a generator family, a photo source): the folds are then its values, one held out
+        at a time (leave-one-source-out; ``k`` is ignored), the protocol that predicts how a detector does on
+        sources it has never seen. A near-duplicate group whose images carry two values follows its first image."""
         df = manifest
         if "ok" in df:
             df = df[df["ok"].astype(bool)]
@@ -259,9 +264,19 @@ class SplitPlan(BaseModel):
         role_of_group = _stratified_parts(glabel, strata, fractions, rng)
         roles = [ROLES[role_of_group[g]] for g in gidx]
         folds: list[str] = []
+        fold_names: list[str] = []
+        if fold_by is not None:
+            if fold_by not in df:
+                raise ValueError(f"no column {fold_by!r} to make folds by (columns: {list(manifest.columns)})")
+            values = df[fold_by].fillna("").astype(str).to_numpy()[roots]
+            fold_names = sorted(set(values.tolist()))
+            if len(fold_names) < 2:
+                raise ValueError(f"column {fold_by!r} has {len(fold_names)} value(s); leaving one out needs 2 or more")
+            k = len(fold_names)
+            fold_of_group = np.array([fold_names.index(v) for v in values])
+        elif k >= 2:
+            fold_of_group = _stratified_parts(glabel, strata, [1 / k] * k, np.random.default_rng([seed, k]))
         if k >= 2:
-            fold_rng = np.random.default_rng([seed, k])
-            fold_of_group = _stratified_parts(glabel, strata, [1 / k] * k, fold_rng)
             table = np.full((len(roots), k), "f", dtype=object)
             for f in range(k):
                 table[fold_of_group == f, f] = "t"
@@ -274,7 +289,7 @@ class SplitPlan(BaseModel):
             "seed": seed, "test_fraction": test, "calib_fraction": calib, "k": k if k >= 2 else 0,
             "near_dup_bits": near_dup_bits, "n_images": n, "n_groups": len(roots), "hashes": df["h"].tolist(),
             "labels": labels.tolist(), "groups": groups.tolist(), "roles": roles, "folds": folds,
-            "conflicts": conflicts,
+            "fold_names": fold_names, "conflicts": conflicts,
             "strata": {str(s): int(c) for s, c in zip(*np.unique(strata, return_counts=True))},
         }
         plan = cls(id="", **body)

@@ -1,0 +1,312 @@
+"""Which levers make a detector hold up on generators and cameras it has never seen? Leave-one-source-out, measured.
+
+The protocol (issue "Generalise"): the pool is ``../shared/data/dev`` ∪ ``dev2`` passed through one social-media
+chain (``scripts/build_pool.py``: centre square, 384 px, JPEG q70–95, both classes alike), each image in a ``group``
+(a generator family or a real-photo source). Each group is held out in turn; a head is fitted on every other group
+and scores the held-out one, so every image gets a score from a model that never saw its source. Reported per lever:
+
+- pooled ROC AUC of those scores, and per group: a fake family's AUC against every real photo, a real source's AUC
+  against every fake — mean and worst over groups;
+- the same on the ``native224`` pool (a 224 px centre crop at the image's own scale, no resampling), scored by the
+  models fitted on the 384 pool: the second shape of hidden set A;
+- the false-positive rate of each real source at one threshold, the F1-optimal threshold of the pooled scores.
+
+    python scripts/build_pool.py && python scripts/build_pool.py --size 224 --scale native
+    python benchmarks/generalisation.py extract      # backbone captures, cached in build/gen-cache (resumable)
+    python benchmarks/generalisation.py levers       # the table → benchmarks/results/generalisation.json
+
+Features are captured once per (backbone, pool, input scale, view) with every statistic a lever may use — pooled
+output, per-stage mean and standard deviation, channel covariances of two early stages (texture), a 4×4 grid of
+patch features, noise-residual spectra — and each lever is a choice of columns and of how scores are aggregated.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import torch
+from sklearn.linear_model import LogisticRegression
+from sklearn.metrics import roc_auc_score
+from sklearn.pipeline import Pipeline, make_pipeline
+from sklearn.preprocessing import StandardScaler
+from tqdm.auto import tqdm
+
+from synthdet.calibrate import f1_optimal_threshold
+from synthdet.metrics import source_table
+
+from synthdet.backbones import Backbone, create_backbone
+from synthdet.pixels import Preprocess, load_image
+
+ROOT = Path(__file__).resolve().parents[1]
+POOL = ROOT / "build" / "pool"
+CACHE = ROOT / "build" / "gen-cache"
+RESULTS = ROOT / "benchmarks" / "results" / "generalisation.json"
+POOLS = {"384": "resize384-q70-95", "224": "native224-q70-95"}
+TEXTURE_STAGES = (1, 2)  # channel covariances of these stages (24 and 40 channels on lite0)
+
+
+def residual_features(img: np.ndarray) -> np.ndarray:
+    """Hand-made noise-residual and spectral statistics of the model's input (uint8 HxWx3): 45 numbers.
+
+    A second-derivative high-pass leaves the noise and the upsampling traces that decoders add; its radially averaged
+    log power spectrum (16 bins), the energy at the periods 2, 4 and 8 relative to their neighbourhood (upsampling
+    peaks), per-channel residual spread and kurtosis, and the correlation of residuals across channels (camera
+    demosaicing couples them).
+    """
+    x = img.astype(np.float32)
+    r = (4 * x[1:-1, 1:-1] - x[:-2, 1:-1] - x[2:, 1:-1] - x[1:-1, :-2] - x[1:-1, 2:]) / 4.0
+    g = r.mean(axis=2)
+    n = min(g.shape)
+    g = g[:n, :n] - g[:n, :n].mean()
+    win = np.hanning(n)[:, None] * np.hanning(n)[None, :]
+    p = np.abs(np.fft.fftshift(np.fft.fft2(g * win))) ** 2 + 1e-8
+    yy, xx = np.indices(p.shape)
+    c = n // 2
+    rad = np.hypot(yy - c, xx - c) / c
+    bins = np.minimum((rad * 16).astype(int), 15)
+    logp = np.log(p)
+    radial = np.bincount(bins.ravel(), logp.ravel(), 16) / np.maximum(np.bincount(bins.ravel(), None, 16), 1)
+    radial = radial - radial[0]
+    peaks = []
+    for period in (2, 4, 8):
+        k = n // period
+        for dy, dx in ((0, k), (k, 0), (k, k)):
+            y0, x0 = (c + dy) % n, (c + dx) % n
+            patch = logp[max(0, y0 - 3):y0 + 4, max(0, x0 - 3):x0 + 4]
+            peaks.append(logp[y0, x0] - np.median(patch))
+    flat = r.reshape(-1, 3)
+    std = flat.std(axis=0) + 1e-6
+    kurt = ((flat - flat.mean(0)) ** 4).mean(0) / std**4
+    corr = np.corrcoef(flat.T)[np.triu_indices(3, 1)]
+    tail = [(np.abs(flat) > t).mean() for t in (1, 2, 4, 8, 16)]
+    return np.concatenate([radial, peaks, np.log(std), np.log(kurt), corr, tail,
+                           [np.log(g.std() + 1e-6)], [logp[c, c] - np.median(logp)]]).astype(np.float32)
+
+
+class Capture:
+    """Forward hooks on a timm EfficientNet: every statistic the levers use, from one forward pass."""
+
+    def __init__(self, bb: Backbone) -> None:
+        self.bb = bb
+        self.maps: list[torch.Tensor] = []
+        self.head: torch.Tensor | None = None
+        for m in bb.tap_modules:
+            m.register_forward_hook(lambda _m, _i, o: self.maps.append(o))
+        bb.model.bn2.register_forward_hook(lambda _m, _i, o: setattr(self, "head", o))
+
+    @torch.no_grad()
+    def __call__(self, x: torch.Tensor) -> dict[str, np.ndarray]:
+        self.maps = []
+        self.bb.model.forward_features(x)
+        out: dict[str, np.ndarray] = {}
+        assert self.head is not None
+        out["pooled"] = self.head.mean(dim=(2, 3))[0].numpy()
+        out["patches"] = torch.nn.functional.adaptive_avg_pool2d(self.head, 4)[0].flatten(1).T.numpy()  # 16 x C
+        means, stds, gmax = [], [], []
+        for m in self.maps:
+            f = m[0].flatten(1)
+            means.append(f.mean(1))
+            stds.append(f.std(1))
+            gmax.append(f.amax(1))
+        out["mean"] = torch.cat(means).numpy()
+        out["std"] = torch.cat(stds).numpy()
+        out["max"] = torch.cat(gmax).numpy()
+        tex = []
+        for s in TEXTURE_STAGES:
+            f = self.maps[s][0].flatten(1)
+            f = f - f.mean(1, keepdim=True)
+            cov = f @ f.T / f.shape[1]
+            d = cov.diagonal().clamp_min(1e-8).sqrt()
+            corr = cov / d[:, None] / d[None, :]
+            tex.append(corr[torch.triu_indices(*corr.shape, 1).unbind()])
+        out["texture"] = torch.cat(tex).numpy()
+        return out
+
+
+def extract_variant(backbone: str, pool: str, scale: str, views: list[int], *, flip_view: bool = False) -> Path:
+    """Captures for every image of ``pool`` under ``backbone`` fed at ``scale`` (``native``: the 384/224 pool image
+    at its own size; ``resize``: resized to the backbone's size) → ``CACHE/<name>.npz``. Resumable per chunk."""
+    name = f"{backbone}-{pool}-{scale}-v{''.join(map(str, views))}{'-flip' if flip_view else ''}"
+    dest = CACHE / f"{name}.npz"
+    if dest.exists():
+        return dest
+    df = pd.read_csv(POOL / POOLS[pool] / "manifest.csv")
+    bb = create_backbone(backbone)
+    size = 384 if scale == "native" else bb.preprocess.size
+    views_policy = bb.preprocess.views.model_copy(update={"crop_scale": (0.58, 1.0)}) if scale == "native" else None
+    bb.preprocess = Preprocess(**{**bb.preprocess.model_dump(), "size": size, "scale": scale,
+                                  **({"views": views_policy} if views_policy else {})})
+    cap = Capture(bb)
+    torch.set_num_threads(2)
+    rows: dict[str, list[np.ndarray]] = {}
+    for path, sha in tqdm(zip(POOL / POOLS[pool] / df["path"], df["sha256"]), total=len(df), desc=name, file=sys.stdout,
+                          mininterval=30):
+        img = load_image(path)
+        for v in views:
+            pil = bb.preprocess.render(img, view=v, key=sha)
+            if flip_view:
+                pil = pil.transpose(0)
+            feats = cap(bb.preprocess.to_tensor(pil)[None])
+            feats["residual"] = residual_features(np.asarray(pil))
+            for k, val in feats.items():
+                rows.setdefault(k, []).append(val.astype(np.float16 if k == "patches" else np.float32))
+    CACHE.mkdir(parents=True, exist_ok=True)
+    tmp = dest.with_suffix(".tmp.npz")
+    np.savez(tmp, sha256=df["sha256"].to_numpy(), n_views=len(views),
+             **{k: np.stack(v).reshape(len(df), len(views), *np.shape(v[0])) for k, v in rows.items()})
+    tmp.rename(dest)
+    return dest
+
+
+EXTRACTIONS = [
+    ("effnet-lite0", "384", "resize", [0, 1, 2]),
+    ("effnet-lite0", "224", "resize", [0]),
+    ("effnet-lite0", "384", "native", [0, 1, 2]),
+    ("effnet-lite0", "224", "native", [0]),
+    ("effnet-lite2", "384", "native", [0, 1, 2]),
+    ("effnet-lite2", "224", "native", [0]),
+]
+
+
+def cmd_extract(_: argparse.Namespace) -> None:
+    for backbone, pool, scale, views in EXTRACTIONS:
+        t = time.time()
+        print(extract_variant(backbone, pool, scale, views), f"{time.time() - t:.0f} s", flush=True)
+    t = time.time()
+    print(extract_variant("effnet-lite0", "384", "native", [0], flip_view=True), f"{time.time() - t:.0f} s")
+
+
+# ------------------------------------------------------------------------------------------------ the protocol
+def load_variant(backbone: str, pool: str, scale: str, views: list[int], flip: bool = False) -> dict[str, np.ndarray]:
+    with np.load(extract_variant(backbone, pool, scale, views, flip_view=flip), allow_pickle=True) as z:
+        return {k: z[k] for k in z.files}
+
+
+def columns(cap: dict[str, np.ndarray], parts: tuple[str, ...]) -> np.ndarray:
+    """[images, views, d]: the named captures side by side."""
+    return np.concatenate([cap[p].astype(np.float32) for p in parts], axis=2)
+
+
+def logreg(C: float) -> Pipeline:
+    return make_pipeline(StandardScaler(), LogisticRegression(C=C, max_iter=3000))
+
+
+def loso(X: np.ndarray, y: np.ndarray, groups: np.ndarray, tests: dict[str, np.ndarray], *, C: float,
+         train_views: int, patches: bool = False) -> dict[str, np.ndarray]:
+    """Leave each group out in turn; ``X`` [images, views, d] (or [images, views, patches, d]); ``tests`` maps a
+    test-set name to its view-0 features [images, d] (or [images, patches, d]). Returns out-of-group probabilities
+    per test set. Patch levers fit on 4 patches per view (labelled with the image) and score the mean and max of
+    every patch's probability."""
+    out = {name: np.full(len(y), np.nan) for name in tests} | (
+        {f"{name}:max": np.full(len(y), np.nan) for name in tests} if patches else {})
+    rng = np.random.default_rng(0)
+    for g in np.unique(groups):
+        train = np.flatnonzero(groups != g)
+        Xt = X[train, :train_views]
+        if patches:
+            pick = rng.integers(0, X.shape[2], size=(len(train), train_views, 4))
+            Xt = np.take_along_axis(Xt, pick[..., None], axis=2)
+            yt = np.repeat(y[train], train_views * 4)
+        else:
+            yt = np.repeat(y[train], train_views)
+        model = logreg(C).fit(Xt.reshape(len(yt), -1), yt)
+        held = groups == g
+        for name, T in tests.items():
+            if patches:
+                p = model.predict_proba(T[held].reshape(-1, T.shape[-1]))[:, 1].reshape(held.sum(), -1)
+                out[name][held], out[f"{name}:max"][held] = p.mean(1), p.max(1)
+            else:
+                out[name][held] = model.predict_proba(T[held])[:, 1]
+    return out
+
+
+def summarise(y: np.ndarray, prob: np.ndarray, groups: np.ndarray, threshold: float | None = None) -> dict:
+    """Pooled AUC, group table (mean / worst AUC, worst real-source FPR) at the pooled F1-optimal threshold."""
+    thr = f1_optimal_threshold(y, prob) if threshold is None else threshold
+    table = source_table(y, prob, groups, threshold=thr)
+    reals = table[table["label"] == 0]
+    return {"roc_auc": float(roc_auc_score(y, prob)), "mean_group_auc": float(table["roc_auc"].mean()),
+            "worst_group_auc": float(table["roc_auc"].min()),
+            "worst_group": str(table.loc[table["roc_auc"].idxmin(), "group"]), "threshold": thr,
+            "worst_real_fpr": float(reals["flagged"].max()),
+            "worst_fpr_source": str(reals.loc[reals["flagged"].idxmax(), "group"]),
+            "groups": table.round(4).to_dict("records")}
+
+
+def lever_rows() -> list[dict]:
+    """Every lever, each one change from its neighbour, so the table reads as a path."""
+    L = [  # name, backbone variants, feature parts, train views, C, aggregation
+        ("pooled, 224 resize, 1 view", ("effnet-lite0", "resize"), ("pooled",), 1, 0.5, None),
+        ("pooled, 224 resize, 3 views", ("effnet-lite0", "resize"), ("pooled",), 3, 0.5, None),
+        ("pooled+stage means (shipped), 224", ("effnet-lite0", "resize"), ("pooled", "mean"), 3, 0.5, None),
+        ("pooled+stage mean/std, 224", ("effnet-lite0", "resize"), ("pooled", "mean", "std"), 3, 0.5, None),
+        ("pooled+stage mean/std, native 384", ("effnet-lite0", "native"), ("pooled", "mean", "std"), 3, 0.5, None),
+        ("… C=0.05", ("effnet-lite0", "native"), ("pooled", "mean", "std"), 3, 0.05, None),
+        ("… + stage max", ("effnet-lite0", "native"), ("pooled", "mean", "std", "max"), 3, 0.5, None),
+        ("… + texture (channel correlations)", ("effnet-lite0", "native"), ("pooled", "mean", "std", "texture"), 3, 0.5,
+         None),
+        ("… + noise residual/spectrum", ("effnet-lite0", "native"), ("pooled", "mean", "std", "residual"), 3, 0.5, None),
+        ("noise residual/spectrum alone", ("effnet-lite0", "native"), ("residual",), 3, 0.5, None),
+        ("patch scores (4x4 grid), native 384", ("effnet-lite0", "native"), ("patches",), 3, 0.5, "patches"),
+        ("lite2: pooled+stage mean/std, native 384", ("effnet-lite2", "native"), ("pooled", "mean", "std"), 3, 0.5,
+         None),
+    ]
+    return [dict(zip(("name", "variant", "parts", "views", "C", "agg"), r)) for r in L]
+
+
+def cmd_levers(args: argparse.Namespace) -> None:
+    df = pd.read_csv(POOL / POOLS["384"] / "manifest.csv")
+    y, groups = df["label"].to_numpy(), df["group"].to_numpy()
+    results, probs = [], {}
+    for lever in lever_rows():
+        if args.only and not any(o in lever["name"] for o in args.only):
+            continue
+        t = time.time()
+        backbone, scale = lever["variant"]
+        train = load_variant(backbone, "384", scale, [0, 1, 2])
+        test224 = load_variant(backbone, "224", scale, [0])
+        if lever["agg"] == "patches":
+            X = train["patches"].astype(np.float32)
+            tests = {"384": X[:, 0], "224": test224["patches"][:, 0].astype(np.float32)}
+        else:
+            X = columns(train, lever["parts"])
+            tests = {"384": X[:, 0], "224": columns(test224, lever["parts"])[:, 0]}
+        out = loso(X, y, groups, tests, C=lever["C"], train_views=lever["views"], patches=lever["agg"] == "patches")
+        for key in [k for k in out if k.startswith("384")]:
+            suffix = key[3:]
+            name = lever["name"] + (f" [{suffix[1:]}]" if suffix else (" [mean]" if lever["agg"] else ""))
+            s384 = summarise(y, out[key], groups)
+            s224 = summarise(y, out["224" + suffix], groups, threshold=s384["threshold"])
+            row = {"lever": name, "features": list(lever["parts"]), "backbone": backbone, "input": scale,
+                   "train_views": lever["views"], "C": lever["C"], "pool_384": s384, "native_224": s224,
+                   "seconds": round(time.time() - t, 1)}
+            results.append(row)
+            probs[name] = out[key]
+            print(f"{name:55s} 384: AUC {s384['roc_auc']:.3f} mean {s384['mean_group_auc']:.3f} worst "
+                  f"{s384['worst_group_auc']:.3f} ({s384['worst_group']}) FPRmax {s384['worst_real_fpr']:.2f} | "
+                  f"224: AUC {s224['roc_auc']:.3f} worst {s224['worst_group_auc']:.3f} | {row['seconds']} s", flush=True)
+    CACHE.mkdir(parents=True, exist_ok=True)
+    pd.DataFrame(probs).assign(sha256=df["sha256"], label=y, group=groups).to_csv(CACHE / "oof.csv", index=False)
+    RESULTS.write_text(json.dumps({"protocol": __doc__.split("\n\n")[1], "n_images": len(df),
+                                   "groups": df.groupby("group").size().to_dict(), "levers": results}, indent=1))
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    sub = ap.add_subparsers(dest="cmd", required=True)
+    sub.add_parser("extract").set_defaults(fn=cmd_extract)
+    lev = sub.add_parser("levers")
+    lev.add_argument("--only", nargs="*", default=[])
+    lev.set_defaults(fn=cmd_levers)
+    args = ap.parse_args()
+    args.fn(args)
+
+
+if __name__ == "__main__":
+    main()
