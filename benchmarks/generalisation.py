@@ -37,11 +37,11 @@ from sklearn.pipeline import Pipeline, make_pipeline
 from sklearn.preprocessing import StandardScaler
 from tqdm.auto import tqdm
 
+from synthdet.backbones import Backbone, create_backbone
 from synthdet.calibrate import f1_optimal_threshold
 from synthdet.metrics import source_table
-
-from synthdet.backbones import Backbone, create_backbone
 from synthdet.pixels import Preprocess, load_image
+from synthdet.splits import SplitPlan
 
 ROOT = Path(__file__).resolve().parents[1]
 POOL = ROOT / "build" / "pool"
@@ -129,10 +129,11 @@ class Capture:
         return out
 
 
-def extract_variant(backbone: str, pool: str, scale: str, views: list[int], *, flip_view: bool = False) -> Path:
+def extract_variant(backbone: str, pool: str, scale: str, views: list[int], *, flip_view: bool = False,
+                    gray: bool = False) -> Path:
     """Captures for every image of ``pool`` under ``backbone`` fed at ``scale`` (``native``: the 384/224 pool image
     at its own size; ``resize``: resized to the backbone's size) → ``CACHE/<name>.npz``. Resumable per chunk."""
-    name = f"{backbone}-{pool}-{scale}-v{''.join(map(str, views))}{'-flip' if flip_view else ''}"
+    name = f"{backbone}-{pool}-{scale}-v{''.join(map(str, views))}{'-flip' if flip_view else ''}{'-gray' if gray else ''}"
     dest = CACHE / f"{name}.npz"
     if dest.exists():
         return dest
@@ -143,11 +144,13 @@ def extract_variant(backbone: str, pool: str, scale: str, views: list[int], *, f
     bb.preprocess = Preprocess(**{**bb.preprocess.model_dump(), "size": size, "scale": scale,
                                   **({"views": views_policy} if views_policy else {})})
     cap = Capture(bb)
-    torch.set_num_threads(2)
+    torch.set_num_threads(1)  # one process per core: intra-op threads suffer most when the machine is shared
     rows: dict[str, list[np.ndarray]] = {}
     for path, sha in tqdm(zip(POOL / POOLS[pool] / df["path"], df["sha256"]), total=len(df), desc=name, file=sys.stdout,
                           mininterval=30):
         img = load_image(path)
+        if gray:
+            img = img.convert("L").convert("RGB")
         for v in views:
             pil = bb.preprocess.render(img, view=v, key=sha)
             if flip_view:
@@ -174,12 +177,16 @@ EXTRACTIONS = [
 ]
 
 
-def cmd_extract(_: argparse.Namespace) -> None:
+def cmd_extract(args: argparse.Namespace) -> None:
     for backbone, pool, scale, views in EXTRACTIONS:
+        if args.backbone and backbone != args.backbone:
+            continue
         t = time.time()
         print(extract_variant(backbone, pool, scale, views), f"{time.time() - t:.0f} s", flush=True)
-    t = time.time()
-    print(extract_variant("effnet-lite0", "384", "native", [0], flip_view=True), f"{time.time() - t:.0f} s")
+    if args.backbone in (None, "effnet-lite0"):
+        for extra in ({"flip_view": True}, {"gray": True}):
+            t = time.time()
+            print(extract_variant("effnet-lite0", "384", "native", [0], **extra), f"{time.time() - t:.0f} s", flush=True)
 
 
 # ------------------------------------------------------------------------------------------------ the protocol
@@ -197,17 +204,17 @@ def logreg(C: float) -> Pipeline:
     return make_pipeline(StandardScaler(), LogisticRegression(C=C, max_iter=3000))
 
 
-def loso(X: np.ndarray, y: np.ndarray, groups: np.ndarray, tests: dict[str, np.ndarray], *, C: float,
-         train_views: int, patches: bool = False) -> dict[str, np.ndarray]:
-    """Leave each group out in turn; ``X`` [images, views, d] (or [images, views, patches, d]); ``tests`` maps a
+def loso(X: np.ndarray, y: np.ndarray, folds: np.ndarray, tests: dict[str, np.ndarray], *, C: float,
+         train_views: int, patches: bool = False, balance: np.ndarray | None = None) -> dict[str, np.ndarray]:
+    """Leave each fold (a group, near-duplicates kept with their first image) out in turn; ``X`` [images, views, d] (or [images, views, patches, d]); ``tests`` maps a
     test-set name to its view-0 features [images, d] (or [images, patches, d]). Returns out-of-group probabilities
     per test set. Patch levers fit on 4 patches per view (labelled with the image) and score the mean and max of
     every patch's probability."""
     out = {name: np.full(len(y), np.nan) for name in tests} | (
         {f"{name}:max": np.full(len(y), np.nan) for name in tests} if patches else {})
     rng = np.random.default_rng(0)
-    for g in np.unique(groups):
-        train = np.flatnonzero(groups != g)
+    for g in np.unique(folds):
+        train = np.flatnonzero(folds != g)
         Xt = X[train, :train_views]
         if patches:
             pick = rng.integers(0, X.shape[2], size=(len(train), train_views, 4))
@@ -215,8 +222,14 @@ def loso(X: np.ndarray, y: np.ndarray, groups: np.ndarray, tests: dict[str, np.n
             yt = np.repeat(y[train], train_views * 4)
         else:
             yt = np.repeat(y[train], train_views)
-        model = logreg(C).fit(Xt.reshape(len(yt), -1), yt)
-        held = groups == g
+        w = None
+        if balance is not None:  # every training group weighs the same within its class
+            names, inv, counts = np.unique(balance[train], return_inverse=True, return_counts=True)
+            w = np.repeat(1.0 / counts[inv], len(yt) // len(train))
+            for c in (0, 1):
+                w[yt == c] *= (yt == c).sum() / w[yt == c].sum()
+        model = logreg(C).fit(Xt.reshape(len(yt), -1), yt, logisticregression__sample_weight=w)
+        held = folds == g
         for name, T in tests.items():
             if patches:
                 p = model.predict_proba(T[held].reshape(-1, T.shape[-1]))[:, 1].reshape(held.sum(), -1)
@@ -257,12 +270,15 @@ def lever_rows() -> list[dict]:
         ("lite2: pooled+stage mean/std, native 384", ("effnet-lite2", "native"), ("pooled", "mean", "std"), 3, 0.5,
          None),
     ]
-    return [dict(zip(("name", "variant", "parts", "views", "C", "agg"), r)) for r in L]
+    rows = [dict(zip(("name", "variant", "parts", "views", "C", "agg"), r), balance=False) for r in L]
+    rows.insert(5, {**rows[4], "name": "… group-balanced weights", "balance": True})
+    return rows
 
 
 def cmd_levers(args: argparse.Namespace) -> None:
     df = pd.read_csv(POOL / POOLS["384"] / "manifest.csv")
     y, groups = df["label"].to_numpy(), df["group"].to_numpy()
+    folds = SplitPlan.build(df, test=0.0, calib=0.0, fold_by="group").fold_of(df["sha256"])
     results, probs = [], {}
     for lever in lever_rows():
         if args.only and not any(o in lever["name"] for o in args.only):
@@ -277,7 +293,8 @@ def cmd_levers(args: argparse.Namespace) -> None:
         else:
             X = columns(train, lever["parts"])
             tests = {"384": X[:, 0], "224": columns(test224, lever["parts"])[:, 0]}
-        out = loso(X, y, groups, tests, C=lever["C"], train_views=lever["views"], patches=lever["agg"] == "patches")
+        out = loso(X, y, folds, tests, C=lever["C"], train_views=lever["views"], patches=lever["agg"] == "patches",
+                   balance=groups if lever["balance"] else None)
         for key in [k for k in out if k.startswith("384")]:
             suffix = key[3:]
             name = lever["name"] + (f" [{suffix[1:]}]" if suffix else (" [mean]" if lever["agg"] else ""))
@@ -300,7 +317,9 @@ def cmd_levers(args: argparse.Namespace) -> None:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     sub = ap.add_subparsers(dest="cmd", required=True)
-    sub.add_parser("extract").set_defaults(fn=cmd_extract)
+    ext = sub.add_parser("extract")
+    ext.add_argument("--backbone", default=None, help="Only this backbone's captures (run one process per core).")
+    ext.set_defaults(fn=cmd_extract)
     lev = sub.add_parser("levers")
     lev.add_argument("--only", nargs="*", default=[])
     lev.set_defaults(fn=cmd_levers)

@@ -543,6 +543,7 @@ def test_id_changes_with_every_field() -> None:
     variants = [
         Preprocess(size=256),
         Preprocess(mode="letterbox"),
+        Preprocess(scale="native"),
         Preprocess(resample="bilinear"),
         Preprocess(resample="lanczos"),
         Preprocess(mean=(0.485, 0.456, 0.406)),
@@ -565,6 +566,28 @@ def test_id_changes_with_every_field() -> None:
     assert len(set(ids)) == len(ids)
     assert Preprocess().id() == base.id() and len(base.id()) == 12
     assert Preprocess(size=224, mode="crop").id() == base.id()  # explicit defaults are the same identity
+
+
+def test_resize_scale_keeps_the_ids_of_detectors_made_before_it_existed() -> None:
+    """``scale="resize"`` is what every earlier Preprocess did, so it must not invalidate cached features."""
+    assert Preprocess().id() == Preprocess(scale="resize").id()
+    assert Preprocess.model_validate({k: v for k, v in Preprocess().model_dump().items() if k != "scale"}).id() \
+        == Preprocess().id()
+
+
+def test_native_scale_feeds_small_crops_at_their_own_size_and_shrinks_large_ones() -> None:
+    rng = np.random.default_rng(0)
+    pre = Preprocess(size=96, scale="native", jpeg_quality=None)
+    small = Image.fromarray(rng.integers(0, 256, (60, 80, 3), dtype=np.uint8))
+    large = Image.fromarray(rng.integers(0, 256, (200, 300, 3), dtype=np.uint8))
+    assert pre.render(small).size == (60, 60)  # centre square, no resampling
+    assert np.array_equal(np.asarray(pre.render(small)), np.asarray(small)[:, 10:70])
+    assert pre.render(large).size == (96, 96)
+    assert Preprocess(size=96, jpeg_quality=None).render(small).size == (96, 96)  # resize: upsampled
+    for v in range(1, 6):  # training views: crops at native scale, never larger than the model size
+        side = pre.render(large, view=v, key="k").size[0]
+        assert side <= 96
+        assert pre.render(small, view=v, key="k").size[0] <= 60
 
 
 def test_models_are_strict() -> None:

@@ -27,7 +27,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from functools import cache
 from pathlib import Path
-from typing import Any, cast
+from typing import Any, Literal, cast
 from urllib.parse import urlsplit
 
 import torch
@@ -42,6 +42,9 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")  # never reach for a hub at run tim
 
 CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
 CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
+
+
+TapPool = Literal["mean", "meanstd"]
 
 
 class WeightsNotFoundError(FileNotFoundError):
@@ -122,15 +125,30 @@ class Backbone(nn.Module):
         self.preprocess = preprocess
         self.weights_id = weights_id
         self.token_pool = token_pool
+        self.tap_pool: TapPool = "mean"
+        self._measure()
+
+    def _measure(self) -> None:
         with torch.no_grad():
-            pooled, layers = self(torch.zeros(1, 3, preprocess.size, preprocess.size), taps=True)
+            pooled, layers = self(torch.zeros(1, 3, self.preprocess.size, self.preprocess.size), taps=True)
         self.embed_dim = pooled.shape[1]
         self.layer_dims = [t.shape[1] for t in layers]
 
+    def with_tap_pool(self, tap_pool: TapPool) -> Backbone:
+        """Summarise each block's feature map by its spatial mean (``mean``) or by mean and standard deviation
+        (``meanstd``): the spread of a stage's activations carries noise and texture statistics that a mean
+        averages away. CNN stages only (a token sequence has no spatial map)."""
+        if tap_pool != self.tap_pool:
+            self.tap_pool = tap_pool
+            self._measure()
+        return self
+
     @property
     def id(self) -> str:
-        """Cache identity: name, weights and preprocessing. Different weights or pixels never share features."""
-        return f"{self.name.replace(':', '_').replace('/', '_')}@{self.weights_id}-{self.preprocess.id()}"
+        """Cache identity: name, weights, preprocessing and tap summary. Different weights or pixels never share
+        features."""
+        pool = "" if self.tap_pool == "mean" else f"-{self.tap_pool}"
+        return f"{self.name.replace(':', '_').replace('/', '_')}@{self.weights_id}-{self.preprocess.id()}{pool}"
 
     @property
     def device(self) -> torch.device:
@@ -139,7 +157,12 @@ class Backbone(nn.Module):
     def _summarise(self, out: torch.Tensor | tuple) -> torch.Tensor:
         out = out[0] if isinstance(out, tuple) else out
         if out.ndim == 4:
+            if self.tap_pool == "meanstd":
+                std, mean = torch.std_mean(out.float(), dim=(2, 3))
+                return torch.cat([mean, std], dim=1)
             return out.float().mean(dim=(2, 3))
+        if self.tap_pool != "mean":
+            raise ValueError(f"tap_pool={self.tap_pool!r} needs spatial feature maps; {self.name} has token blocks")
         if out.ndim == 3:
             return out[:, 0].float() if self.token_pool == "cls" else out.float().mean(dim=1)
         return out.float()
@@ -459,13 +482,14 @@ def create_backbone(
     weights: str | Path | None = None,
     pretrained: bool = True,
     preprocess: Preprocess | None = None,
+    tap_pool: TapPool = "mean",
     device: str | torch.device | None = None,
 ) -> Backbone:
     """The one entry point: a registered name or ``<prefix>:<rest>`` (``timm:<model>``, ``open_clip:<arch>[/<tag>]``,
     ``dualstream:<model>`` …).
 
-    ``pretrained=False`` builds a randomly initialised network (tests, tiny configs); ``device`` defaults to CUDA
-    when available.
+    ``pretrained=False`` builds a randomly initialised network (tests, tiny configs); ``tap_pool`` how block
+    features are summarised (:meth:`Backbone.with_tap_pool`); ``device`` defaults to CUDA when available.
     """
     kw = {"weights": weights, "pretrained": pretrained, "preprocess": preprocess}
     if name in BACKBONES:
@@ -475,7 +499,7 @@ def create_backbone(
         bb = BACKBONE_PREFIXES.get(prefix)(name, rest, **kw)
     for p in bb.parameters():
         p.requires_grad_(False)
-    return bb.to(default_device(device))
+    return bb.with_tap_pool(tap_pool).to(default_device(device))
 
 
 def default_device(device: str | torch.device | None = None) -> torch.device:

@@ -31,13 +31,13 @@ import numpy as np
 import pandas as pd
 
 from .atomic import atomic_open, write_text
-from .backbones import Backbone, create_backbone
-from .calibrate import f1_optimal_threshold
+from .backbones import Backbone, TapPool, create_backbone
+from .calibrate import Calibration, CalibrationMethod, capped_threshold, f1_optimal_threshold, fit_calibration
 from .data import manifest_hash, write_manifest
 from .detector import Card, Detector, FeatureKind
 from .features import FeatureStore, extract
 from .heads import make_head
-from .metrics import binary_metrics
+from .metrics import binary_metrics, source_table
 from .splits import RowSet, SplitPlan
 from .train import assign_roles, best_epoch, fit_head, head_config, load_features, refit_params, usable_rows
 
@@ -64,12 +64,38 @@ class CVResult:
     detector: Detector | None = None  # with refit_all: fitted on every image, threshold from the oof probabilities
     skipped: list[tuple[str, str]] = field(default_factory=list)
     config: dict[str, Any] = field(default_factory=dict)  # what was cross-validated (backbone, head, k …)
+    group_by: str | None = None  # leave-one-group-out: the column whose values were held out in turn
+
+    def by_group(self, threshold: float | None = None) -> pd.DataFrame:
+        """Leave-one-group-out figures per held-out group (:func:`~synthdet.metrics.source_table`) at ``threshold``
+        (default: the F1-optimal threshold of the pooled out-of-group probabilities)."""
+        if self.group_by is None:
+            raise ValueError("these folds were not made by a group column (cross_validate(group_by=...))")
+        scored = self.oof[np.isfinite(self.oof["prob"])]
+        y, p = scored["label"].to_numpy(), scored["prob"].to_numpy()
+        thr = f1_optimal_threshold(y, p) if threshold is None else threshold
+        return source_table(y, p, scored[self.group_by].to_numpy(), threshold=thr)
 
     def summary(self) -> dict[str, Any]:
-        """The figures, labelled: each fold's from its own model at its own threshold, on its held-out fold."""
-        return {"model": "one model per fold (fitted on the other folds), not a refitted detector",
-                "rows": "held-out", "plan_id": self.plan.id if self.plan else None,
-                "config": self.config, "folds": self.folds, "mean": self.mean, "std": self.std}
+        """The figures, labelled: each fold's from its own model at its own threshold, on its held-out fold; with
+        ``group_by``, also the pooled out-of-group scores and the per-group table."""
+        out: dict[str, Any] = {"model": "one model per fold (fitted on the other folds), not a refitted detector",
+                               "rows": "held-out", "plan_id": self.plan.id if self.plan else None,
+                               "config": self.config, "folds": self.folds, "mean": self.mean, "std": self.std}
+        if self.group_by is not None:
+            scored = self.oof[np.isfinite(self.oof["prob"])]
+            y, p = scored["label"].to_numpy(), scored["prob"].to_numpy()
+            pooled = binary_metrics(y, p, threshold=f1_optimal_threshold(y, p))
+            table = self.by_group()
+            reals = table[table["label"] == 0]
+            out["leave_one_group_out"] = {
+                "group_by": self.group_by,
+                "rows": "held-out: every image scored by the model whose training excluded its whole group",
+                "pooled": pooled, "mean_group_auc": float(table["roc_auc"].mean()),
+                "worst_group_auc": float(table["roc_auc"].min()),
+                "worst_real_fpr": float(reals["flagged"].max()) if len(reals) else float("nan"),
+                "threshold": pooled["at_threshold"]["threshold"], "groups": table.to_dict("records")}
+        return out
 
 
 def fold_metrics(y: np.ndarray, prob: np.ndarray, threshold: float) -> dict[str, float]:
@@ -81,13 +107,14 @@ def fold_metrics(y: np.ndarray, prob: np.ndarray, threshold: float) -> dict[str,
 
 def run_folds(
     df: pd.DataFrame, fit_fold: FoldFitter, *, k: int = 5, seed: int = 42, calib_fraction: float = 0.15,
-    plan: SplitPlan | None = None,
+    plan: SplitPlan | None = None, group_by: str | None = None,
 ) -> CVResult:
     """Fit ``k`` times, each time testing one fold of ``plan`` (default: built from ``df`` with ``k``, ``seed``,
-    ``calib_fraction``); ``df`` holds decodable, labelled rows (one per image is kept; images labelled both ways
-    are left out and listed in ``skipped``)."""
+    ``calib_fraction``, and ``group_by``: one fold per value of that column, leave-one-group-out); ``df`` holds
+    decodable, labelled rows (one per image is kept; images labelled both ways are left out and listed in
+    ``skipped``)."""
     df = df.drop_duplicates("sha256").reset_index(drop=True)
-    plan = plan or SplitPlan.build(df, test=0.0, calib=calib_fraction, k=k, seed=seed)
+    plan = plan or SplitPlan.build(df, test=0.0, calib=calib_fraction, k=k, seed=seed, fold_by=group_by)
     df, skipped = assign_roles(df, plan)
     df = df.drop(columns="split").assign(fold=plan.fold_of(df["sha256"]))
     prob = np.full(len(df), np.nan)
@@ -100,12 +127,15 @@ def run_folds(
         p, t = fit_fold(f, train, test)
         prob[test.index], thr[test.index] = p, t
         scored = np.isfinite(p)
-        folds.append({"fold": f, **fold_metrics(test["label"].to_numpy()[scored], p[scored], t)})
+        name = {"group": plan.fold_names[f]} if plan.fold_names else {}
+        folds.append({"fold": f, **name, **fold_metrics(test["label"].to_numpy()[scored], p[scored], t)})
     table = pd.DataFrame(folds)
-    keep = [c for c in ("path", "sha256", "label", "source", "generator", "fold") if c in df]
+    keep = list(dict.fromkeys(c for c in ("path", "sha256", "label", "source", "generator", group_by, "fold")
+                              if c and c in df))
     oof = df[keep].assign(prob=prob, threshold=thr)
     return CVResult(folds, {m: float(table[m].mean()) for m in FOLD_METRICS},
-                    {m: float(table[m].std(ddof=0)) for m in FOLD_METRICS}, oof, plan=plan, skipped=skipped)
+                    {m: float(table[m].std(ddof=0)) for m in FOLD_METRICS}, oof, plan=plan, skipped=skipped,
+                    group_by=group_by)
 
 
 def cross_validate(
@@ -125,22 +155,27 @@ def cross_validate(
     batch_size: int | None = None,
     num_workers: int | None = None,
     refit_all: bool = False,
+    group_by: str | None = None,
+    calibrate: CalibrationMethod | None = None,
+    max_group_fpr: float | None = None,
+    tap_pool: TapPool = "mean",
     out: str | Path | None = None,
     progress: bool = False,
 ) -> CVResult:
     """k-fold CV of ``head`` on cached features (``fit`` rows get ``n_views`` views, calib and test rows view 0, as
     in ``train_detector``). Folds are those of ``plan`` (default: built from ``data`` with ``k``, ``seed`` and
-    ``calib_fraction``). ``out`` receives ``cv.json``, ``oof.csv``, ``plan.json`` and, with ``refit_all``,
+    ``calib_fraction``; with ``group_by``, one fold per value of that column — leave-one-source-out, the protocol
+    that predicts the wild). ``out`` receives ``cv.json``, ``oof.csv``, ``plan.json`` and, with ``refit_all``,
     ``detector/``."""
     df, skipped = usable_rows(data, progress=progress)
     df = df.drop_duplicates("sha256").reset_index(drop=True)
-    plan = plan or SplitPlan.build(df, test=0.0, calib=calib_fraction, k=k, seed=seed)
+    plan = plan or SplitPlan.build(df, test=0.0, calib=calib_fraction, k=k, seed=seed, fold_by=group_by)
     if not plan.k:
         raise ValueError(f"split plan {plan.id} has no folds (built with k=0)")
     df, outside = assign_roles(df, plan)  # images labelled both ways are left out, with their reason
     skipped += outside
     df = df.drop(columns="split")
-    bb = backbone if isinstance(backbone, Backbone) else create_backbone(backbone, weights=weights)
+    bb = backbone if isinstance(backbone, Backbone) else create_backbone(backbone, weights=weights, tap_pool=tap_pool)
     features, params = head_config(head, features, head_params, bb)
     store = FeatureStore.for_backbone(bb, cache_dir)
     views = list(range(max(1, n_views)))  # every image is in the fit rows of some fold: extract every view once
@@ -163,13 +198,14 @@ def cross_validate(
         best_epochs.append(best_epoch(model))
         return model.predict_proba(X[rows(test.index, False)])[:, 1], threshold
 
-    result = run_folds(df, fit_fold, plan=plan)  # row i of df is image i of X: no row is left out there
+    result = run_folds(df, fit_fold, plan=plan, group_by=group_by)  # row i of df is image i of X
     result.skipped = skipped
     result.config = {"backbone": bb.name, "weights_id": bb.weights_id, "head": head, "features": features,
                      "n_views": len(views), "k": plan.k, "seed": plan.seed, "calib_fraction": plan.calib_fraction,
                      "n_images": len(df), "skipped": len(skipped)}
     if refit_all:
-        result.detector = _refit(df, X, y, shas, bb, weights, head, params, features, best_epochs, result)
+        result.detector = _refit(df, X, y, shas, bb, weights, head, params, features, best_epochs, result,
+                                 calibrate=calibrate, max_group_fpr=max_group_fpr)
     if out is not None:
         save_cv(result, out)
     return result
@@ -178,24 +214,46 @@ def cross_validate(
 def _refit(
     df: pd.DataFrame, X: np.ndarray, y: np.ndarray, shas: np.ndarray, bb: Backbone, weights: str | Path | None,
     head: str, params: dict[str, Any], features: FeatureKind, best_epochs: list[int | None], cv: CVResult,
+    calibrate: CalibrationMethod | None = None, max_group_fpr: float | None = None,
 ) -> Detector:
     """The head on every image and view; threshold from the out-of-fold probabilities (each from a model that never
     saw that image); torch heads train for the folds' median best epoch, as nothing is held out to stop on. The
     card's figures are the folds' (labelled so): no image is held out from the saved model."""
     model = make_head(head, **refit_params(params, best_epochs)).fit(X, y, groups=shas)
-    scored = cv.oof[np.isfinite(cv.oof["prob"])]
-    threshold = f1_optimal_threshold(scored["label"].to_numpy(), scored["prob"].to_numpy())
+    calibration, threshold, how = decide(cv, calibrate=calibrate, max_group_fpr=max_group_fpr)
     seen = RowSet.of_rows(df)
     card = Card(
         backbone=bb.name, weights_id=bb.weights_id, weights_file=str(weights) if weights else None,
-        preprocess=bb.preprocess, features=features, head=head, head_params=model.get_params(),
+        preprocess=bb.preprocess, tap_pool=bb.tap_pool, features=features, head=head, head_params=model.get_params(),
         n_features=X.shape[1], threshold=threshold, prior=float(df["label"].mean()), metrics={"cv": cv.summary()},
-        rows={"fit": seen, "calib": seen},
+        rows={"fit": seen, "calib": seen}, calibration=calibration,
         data={"manifest_hash": manifest_hash(df), "n_images": len(df), "n_views": cv.config["n_views"],
-              "seed": cv.config["seed"], "k": cv.config["k"], "refit_on": "all",
-              "threshold_from": "out-of-fold probabilities", "split_plan": cv.plan.summary() if cv.plan else None},
+              "seed": cv.config["seed"], "k": cv.config["k"], "refit_on": "all", "threshold_from": how,
+              "group_by": cv.group_by, "split_plan": cv.plan.summary() if cv.plan else None},
     )
     return Detector(card, model, backbone=bb)
+
+
+def decide(
+    cv: CVResult, *, calibrate: CalibrationMethod | None = None, max_group_fpr: float | None = None,
+) -> tuple[Calibration | None, float, str]:
+    """Calibration and threshold for a detector refitted after ``cv``, both from its out-of-fold probabilities
+    (each from a model that never saw that image — or, leaving groups out, its whole source): ``calibrate`` fits a
+    :class:`~synthdet.calibrate.Calibration` on them; the threshold is F1-optimal on the (calibrated) scores, and
+    with ``max_group_fpr`` (leave-one-group-out only) the best one at which no real group is flagged more often
+    than that. Returns ``(calibration, threshold, how it was chosen in words)``."""
+    scored = cv.oof[np.isfinite(cv.oof["prob"])]
+    y, prob = scored["label"].to_numpy(), scored["prob"].to_numpy()
+    rows = ("leave-one-group-out" if cv.group_by else "out-of-fold") + f" probabilities ({len(y)} images)"
+    calibration = fit_calibration(y, prob, method=calibrate, rows=rows) if calibrate else None
+    if calibration is not None:
+        prob = calibration(prob)
+    if max_group_fpr is None:
+        return calibration, f1_optimal_threshold(y, prob), f"F1-optimal on the {rows}"
+    if cv.group_by is None:
+        raise ValueError("max_group_fpr needs leave-one-group-out folds (group_by)")
+    threshold = capped_threshold(y, prob, scored[cv.group_by].to_numpy(), max_fpr=max_group_fpr)
+    return calibration, threshold, f"F1-optimal on the {rows} with every real {cv.group_by} flagged ≤ {max_group_fpr:.0%}"
 
 
 def save_cv(result: CVResult, out: str | Path) -> Path:

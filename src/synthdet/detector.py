@@ -29,7 +29,8 @@ from safetensors.torch import load_file, save_file
 
 from . import __version__
 from .atomic import atomic_path, write_text
-from .backbones import Backbone, create_backbone
+from .backbones import Backbone, TapPool, create_backbone
+from .calibrate import Calibration
 from .features import ImageTransform, forward_batches
 from .heads import head_from_state
 from .pixels import DEFAULT_MAX_PIXELS, Preprocess
@@ -61,6 +62,7 @@ class CardBase(BaseModel):
     prior: float = 0.5  # probability reported for an image that cannot be scored (fraction of fakes seen)
     metrics: dict[str, Any] = {}
     rows: dict[str, RowSet] = {}  # "fit", "calib": the images (content hashes) the model was fitted / calibrated on
+    calibration: Calibration | None = None  # raw head probability → reported probability; threshold is on the latter
     data: dict[str, Any] = {}
     created: str = ""
 
@@ -73,6 +75,7 @@ class Card(CardBase):
     weights_id: str
     weights_file: str | None = None
     preprocess: Preprocess
+    tap_pool: TapPool = "mean"  # how block features were summarised (Backbone.with_tap_pool)
     features: FeatureKind = "pooled"
     head: str
     head_params: dict[str, Any] = {}
@@ -183,7 +186,8 @@ class Detector:
     @property
     def backbone(self) -> Backbone:
         if self._backbone is None:
-            bb = create_backbone(self.card.backbone, weights=self.card.weights_file, preprocess=self.card.preprocess)
+            bb = create_backbone(self.card.backbone, weights=self.card.weights_file, preprocess=self.card.preprocess,
+                                 tap_pool=self.card.tap_pool)
             if bb.weights_id != self.card.weights_id:
                 raise ValueError(
                     f"detector was trained on {self.card.backbone} weights {self.card.weights_id}, this machine has "
@@ -222,7 +226,9 @@ class Detector:
         return cls(card, head)
 
     def predict_features(self, X: np.ndarray) -> np.ndarray:
-        return self.head.predict_proba(X)[:, 1]
+        """Probabilities of being generated: the head's, through the card's calibration when it has one."""
+        prob = self.head.predict_proba(X)[:, 1]
+        return self.card.calibration(prob) if self.card.calibration is not None else prob
 
     def predict_paths(
         self,

@@ -71,7 +71,7 @@ class _ViewsDataset(Dataset):
     def __len__(self) -> int:
         return len(self.items)
 
-    def __getitem__(self, i: int) -> tuple[int, torch.Tensor | None, str]:
+    def __getitem__(self, i: int) -> tuple[int, list[torch.Tensor] | None, str]:
         path, sha, views = self.items[i]
         try:
             data = _read(path)
@@ -79,13 +79,13 @@ class _ViewsDataset(Dataset):
                 return i, None, f"changed-since-indexed: manifest sha {sha[:16]}… file sha {actual[:16]}…"
             if self.transform is not None:  # a slice must see the image as stored: no reduction before it
                 img = self.transform(load_image(data, max_pixels=self.max_pixels), sha)
-                return i, torch.stack([self.pre(img, view=v, key=sha) for v in views]), ""
+                return i, [self.pre(img, view=v, key=sha) for v in views], ""
             # one full decode serves every view: view 0 is reduced for inference (the same reduction as at scoring
             # time, so cached and fresh features agree); training views (smaller crops) keep more pixels
             full = load_image(data, max_pixels=self.max_pixels)
             img = reduce_to(full, self.pre.canonical_draft_size)
             fine = reduce_to(full, self.pre.draft_size) if any(views) else img
-            return i, torch.stack([self.pre(img if v == 0 else fine, view=v, key=sha) for v in views]), ""
+            return i, [self.pre(img if v == 0 else fine, view=v, key=sha) for v in views], ""
         except ImageLoadError as e:
             return i, None, e.reason + (f": {e.detail}" if e.detail else "")
 
@@ -162,16 +162,31 @@ def forward_batches(
                 errors.append((i, err))
                 continue
             pairs.extend((i, v) for v in items[i][2])
-            tensors.append(t)
+            tensors.extend(t)
         pooled, layers = torch.empty(0), []
         if tensors:
-            x = torch.cat(tensors).to(device, non_blocking=True)
             with autocast:
-                pooled, layers = backbone(x, taps=taps)
-            pooled, layers = pooled.float().cpu(), [t.float().cpu() for t in layers]
+                pooled, layers = _forward_by_shape(backbone, tensors, taps=taps)
         bar.update(len(batch))
         yield pairs, pooled, layers, errors
     bar.close()
+
+
+def _forward_by_shape(backbone: Backbone, tensors: list[torch.Tensor], *, taps: bool) -> tuple[torch.Tensor, list]:
+    """One forward pass per input size, results back in input order: at native scale (``Preprocess.scale``) images
+    smaller than the model size keep their own size, and a fully convolutional backbone pools any size alike."""
+    by_shape: dict[tuple[int, ...], list[int]] = {}
+    for j, t in enumerate(tensors):
+        by_shape.setdefault(tuple(t.shape), []).append(j)
+    pooled = torch.empty(len(tensors), backbone.embed_dim)
+    layers = [torch.empty(len(tensors), d) for d in backbone.layer_dims] if taps else []
+    for idx in by_shape.values():
+        x = torch.stack([tensors[j] for j in idx]).to(backbone.device, non_blocking=True)
+        p, ls = backbone(x, taps=taps)
+        pooled[idx] = p.float().cpu()
+        for out, part in zip(layers, ls):
+            out[idx] = part.float().cpu()
+    return pooled, layers
 
 
 @dataclass

@@ -235,7 +235,7 @@ def train_detector(
     counts = images.groupby("split")["label"].agg(["size", "sum"]).rename(columns={"size": "n", "sum": "n_fake"})
     card = Card(
         backbone=bb.name, weights_id=bb.weights_id, weights_file=str(weights) if weights else None,
-        preprocess=bb.preprocess, features=features, head=head,
+        preprocess=bb.preprocess, tap_pool=bb.tap_pool, features=features, head=head,
         head_params=model.get_params(), n_features=fit.X.shape[1], threshold=threshold,
         prior=float(images["label"].mean()), metrics=metrics, rows=rows,
         data={

@@ -194,7 +194,8 @@ def load_finetuned(path: str | Path, *, device: str | torch.device | None = None
     info = (card.model_extra or {}).get("finetune")
     if info is None:
         raise ValueError(f"{path}: not a fine-tuned detector (no 'finetune' entry in card.json)")
-    bb = create_backbone(card.backbone, weights=card.weights_file, preprocess=card.preprocess, device=device)
+    bb = create_backbone(card.backbone, weights=card.weights_file, preprocess=card.preprocess, tap_pool=card.tap_pool,
+                         device=device)
     if bb.weights_id != info["base_weights_id"]:
         raise ValueError(
             f"{path}: fine-tuned from {card.backbone} weights {info['base_weights_id']}, this machine has "
