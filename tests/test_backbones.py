@@ -78,6 +78,29 @@ def test_effnet_lite0_forward_and_taps(effnet_lite0: Backbone) -> None:
     assert torch.allclose(single[0], pooled[0], atol=1e-4)
 
 
+def test_meanstd_taps_add_each_stage_spread_and_a_new_identity(resnet18_random: Backbone) -> None:
+    bb = create_backbone("timm:resnet18", pretrained=False, device="cpu", tap_pool="meanstd")
+    bb.load_state_dict(resnet18_random.state_dict())
+    x = batch(bb.preprocess, 2)
+    with torch.inference_mode():
+        _, means = resnet18_random(x, taps=True)
+        _, stats = bb(x, taps=True)
+        maps = []
+        hooks = [m.register_forward_hook(lambda _m, _i, o: maps.append(o)) for m in bb.tap_modules]
+        bb(x)
+        for h in hooks:
+            h.remove()
+    assert bb.layer_dims == [2 * d for d in resnet18_random.layer_dims]
+    for mean, stat, fmap in zip(means, stats, maps):
+        c = mean.shape[1]
+        assert torch.allclose(stat[:, :c], mean, atol=1e-5)  # the mean half is the plain tap
+        assert torch.allclose(stat[:, c:], fmap.float().std(dim=(2, 3)), atol=1e-4)
+    assert bb.id != resnet18_random.id and bb.id.endswith("-meanstd")  # never shares a cache with mean taps
+    vit = create_backbone("open_clip:ViT-B-32", pretrained=False, device="cpu")
+    with pytest.raises(ValueError, match="spatial feature maps"):
+        vit.with_tap_pool("meanstd")
+
+
 def test_timm_random_init(resnet18_random: Backbone) -> None:
     bb = resnet18_random
     assert bb.weights_id == "random" and bb.name == "timm:resnet18"

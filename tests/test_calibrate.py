@@ -82,3 +82,41 @@ def test_one_class_returns_half(label: int) -> None:
 
 def test_accepts_lists_and_bool_labels() -> None:
     assert f1_optimal_threshold([False, True, True], [0.2, 0.6, 0.7]) == 0.6
+
+
+def test_sigmoid_calibration_keeps_the_ranking_and_fixes_overconfidence() -> None:
+    from sklearn.metrics import roc_auc_score
+
+    from synthdet.calibrate import fit_calibration
+
+    rng = np.random.default_rng(0)
+    y = rng.integers(0, 2, 4000)
+    true_logit = (2 * y - 1) * 1.0 + rng.normal(0, 1.0, 4000)
+    raw = 1 / (1 + np.exp(-4 * true_logit))  # 4x overconfident
+    cal = fit_calibration(y, raw, method="sigmoid", rows="test rows")
+    p = cal(raw)
+    assert cal.a == pytest.approx(0.5, abs=0.08)  # undoes the temperature (true logit scale is 2: 2*1/1 over 4)
+    assert roc_auc_score(y, p) == pytest.approx(roc_auc_score(y, raw))
+    for lo, hi in ((0.1, 0.3), (0.4, 0.6), (0.7, 0.9)):  # reliability: predicted ≈ observed per bin
+        sel = (p >= lo) & (p < hi)
+        assert abs(y[sel].mean() - p[sel].mean()) < 0.05
+    iso = fit_calibration(y, raw, method="isotonic")
+    assert np.all(np.diff(iso(np.sort(raw))) >= 0) and 0 <= iso(raw).min() and iso(raw).max() <= 1
+    assert cal.n == 4000 and cal.prior == pytest.approx(y.mean()) and cal.rows == "test rows"
+    with pytest.raises(ValueError, match="both classes"):
+        fit_calibration(np.zeros(5), np.linspace(0, 1, 5))
+
+
+def test_capped_threshold_keeps_every_real_group_under_the_cap() -> None:
+    from synthdet.calibrate import capped_threshold
+
+    rng = np.random.default_rng(1)
+    groups = np.array(["a"] * 300 + ["b"] * 100 + ["fake"] * 200)
+    y = (groups == "fake").astype(int)
+    prob = np.r_[rng.uniform(0, 0.5, 300), rng.uniform(0.3, 0.9, 100), rng.uniform(0.4, 1.0, 200)]
+    free = f1_optimal_threshold(y, prob)
+    assert (prob[groups == "b"] >= free).mean() > 0.2  # the plain optimum flags a fifth of source b
+    t = capped_threshold(y, prob, groups, max_fpr=0.05)
+    assert (prob[groups == "b"] >= t).mean() <= 0.05 and (prob[groups == "a"] >= t).mean() <= 0.05
+    assert t >= free
+    assert capped_threshold(y, prob, groups, max_fpr=1.0) == free  # a cap that binds nothing changes nothing

@@ -147,3 +147,68 @@ def test_finetuning_cross_validates_through_a_fold_fitter(tmp_path: Path) -> Non
     res = run_folds(df, finetune_fitter(name, cfg, tmp_path / "runs", weights=weights, progress=False), k=2)
     assert len(res.folds) == 2 and res.oof["prob"].notna().all() and len(res.oof) == 20
     assert all((tmp_path / "runs" / f"fold{f}" / "detector" / "card.json").is_file() for f in (0, 1))
+
+
+def test_leaving_groups_out_holds_out_each_whole_group_once() -> None:
+    df = frame(n_real=30, n_fake=20).drop_duplicates("sha256").reset_index(drop=True)
+    df["group"] = ["real:a"] * 18 + ["real:b"] * 12 + ["fake:x"] * 15 + ["fake:y"] * 5
+    seen = []
+
+    def fit_fold(fold: int, train: pd.DataFrame, test: pd.DataFrame) -> tuple[np.ndarray, float]:
+        seen.append((set(train["group"]), set(test["group"])))
+        return np.where(test["label"] == 1, 0.8, 0.3) + np.where(test["group"] == "real:b", 0.6, 0.0), 0.5
+
+    res = run_folds(df, fit_fold, group_by="group")
+    assert sorted(tuple(sorted(t)) for _, t in seen) == [("fake:x",), ("fake:y",), ("real:a",), ("real:b",)]
+    assert all(not (train & test) for train, test in seen)  # the held-out group is absent from training
+    assert [f["group"] for f in res.folds] == ["fake:x", "fake:y", "real:a", "real:b"]
+    table = res.by_group(threshold=0.5).set_index("group")
+    assert table.loc["real:b", "flagged"] == 1.0 and table.loc["real:a", "flagged"] == 0.0  # false-positive rates
+    assert table.loc["fake:x", "flagged"] == 1.0  # recall of a fake family
+    assert table.loc["real:a", "roc_auc"] == 1.0 and table.loc["real:b", "roc_auc"] == 0.0
+    loo = res.summary()["leave_one_group_out"]
+    assert loo["worst_group_auc"] == 0.0 and loo["worst_real_fpr"] == 1.0 and len(loo["groups"]) == 4
+    with pytest.raises(ValueError, match="no column 'nope'"):
+        run_folds(df, fit_fold, group_by="nope")
+
+
+def test_refit_after_leaving_groups_out_calibrates_and_caps_false_positives(demo_cv) -> None:
+    from synthdet.cv import decide
+
+    _, _, res = demo_cv
+    grouped = res.oof.assign(group=np.where(res.oof["label"] == 1, "fake", np.where(np.arange(len(res.oof)) % 2,
+                                                                                      "real:odd", "real:even")))
+    cv = type(res)(res.folds, res.mean, res.std, grouped, plan=res.plan, group_by="group")
+    calibration, threshold, how = decide(cv, calibrate="sigmoid", max_group_fpr=0.0)
+    p = calibration(grouped["prob"].to_numpy())
+    assert np.all(np.diff(p[np.argsort(grouped["prob"].to_numpy())]) >= 0)  # monotone: ranking kept
+    reals = grouped["label"].to_numpy() == 0
+    assert (p[reals] >= threshold).sum() == 0 and "flagged ≤ 0%" in how
+    with pytest.raises(ValueError, match="group_by"):
+        decide(res, max_group_fpr=0.1)
+
+
+def test_cv_command_leaves_groups_out(tmp_path: Path, demo_cv) -> None:
+    import typer
+    from typer.testing import CliRunner
+
+    tmp, csv, _ = demo_cv
+    table = pd.read_csv(csv)
+    table["group"] = table["source"].str.split(" ").str[0]
+    grouped = tmp_path / "grouped.csv"
+    table.to_csv(grouped, index=False)
+    app = typer.Typer()
+    app.command("cv")(cv_command)
+    app.command("other")(lambda: None)
+    res = CliRunner().invoke(app, ["cv", str(grouped), "--group-by", "group", "--views", "1", "--workers", "0",
+                                   "--cache", str(tmp / "cache"), "--refit", "--calibrate", "sigmoid",
+                                   "-o", str(tmp_path / "out")], env={"COLUMNS": "200"})
+    assert res.exit_code == 0, res.output
+    assert "leave-one-group-out" in res.output and "pypi:skimage" in res.output
+    summary = json.loads((tmp_path / "out" / "cv.json").read_text())
+    assert {g["group"] for g in summary["leave_one_group_out"]["groups"]} == set(table["group"])
+    det = Detector.load(tmp_path / "out" / "detector")
+    assert det.card.calibration is not None and det.card.calibration.method == "sigmoid"
+    assert det.card.data["group_by"] == "group"
+    bad = CliRunner().invoke(app, ["cv", str(grouped), "--calibrate", "sigmoid", "-o", str(tmp_path / "bad")])
+    assert bad.exit_code == 2 and "--refit" in bad.output

@@ -280,3 +280,17 @@ def test_gap_table_reproduces_a_validation_to_test_gap() -> None:
     assert by_name.loc["test", "roc_auc_delta"] == 0.0 and by_name.loc["val", "roc_auc_delta"] > 0
     with pytest.raises(ValueError):
         gap_table({})
+
+
+def test_source_table_ranks_each_group_against_the_other_class() -> None:
+    from synthdet.metrics import source_table
+
+    y = np.array([0, 0, 0, 0, 1, 1, 1])
+    prob = np.array([0.1, 0.2, 0.9, 0.8, 0.7, 0.95, 0.3])
+    groups = np.array(["cam", "cam", "press", "press", "sd", "sd", "gan"])
+    t = source_table(y, prob, groups, threshold=0.5).set_index("group")
+    assert t.loc["cam", "roc_auc"] == 1.0 and t.loc["cam", "flagged"] == 0.0  # below every fake
+    assert t.loc["press", "flagged"] == 1.0  # both photos called generated: a 100 % false-positive source
+    assert t.loc["press", "roc_auc"] == pytest.approx(2 / 6)  # of its 6 pairs with fakes, 2 score below the fake
+    assert t.loc["gan", "roc_auc"] == pytest.approx(0.5) and t.loc["gan", "flagged"] == 0.0  # 0.3 beats 2 of 4 reals
+    assert t.loc["sd", "n"] == 2 and list(t["label"]) == [0, 1, 0, 1]

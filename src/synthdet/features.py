@@ -163,7 +163,7 @@ def forward_batches(
                 continue
             pairs.extend((i, v) for v in items[i][2])
             tensors.extend(t)
-        pooled, layers = torch.empty(0), []
+        pooled, layers = torch.empty(0), list[torch.Tensor]()
         if tensors:
             with autocast:
                 pooled, layers = _forward_by_shape(backbone, tensors, taps=taps)
@@ -172,7 +172,9 @@ def forward_batches(
     bar.close()
 
 
-def _forward_by_shape(backbone: Backbone, tensors: list[torch.Tensor], *, taps: bool) -> tuple[torch.Tensor, list]:
+def _forward_by_shape(
+    backbone: Backbone, tensors: list[torch.Tensor], *, taps: bool
+) -> tuple[torch.Tensor, list[torch.Tensor]]:
     """One forward pass per input size, results back in input order: at native scale (``Preprocess.scale``) images
     smaller than the model size keep their own size, and a fully convolutional backbone pools any size alike."""
     by_shape: dict[tuple[int, ...], list[int]] = {}

@@ -34,3 +34,33 @@ def data_index(
     say(f"{len(df)} images indexed → {out}  ({int(df['ok'].sum())} ok, {len(bad)} unreadable)")
     for path, reason in zip(bad["path"], bad["error"]):
         skipped(path, reason)
+
+
+@app.command("normalise")
+def data_normalise(
+    source: Annotated[Path, typer.Argument(help="Folder, CSV or manifest (its source/generator/group columns kept).")],
+    out: Annotated[Path, typer.Option("-o", "--out", help="Folder for the copies (images/) and their manifest.csv.")],
+    size: Annotated[int, typer.Option(min=16, help="Side of the square copies.")] = 384,
+    scale: Annotated[str, typer.Option(help="resize: centre square resized to SIZE; native: centre SIZE crop at "
+                                            "the image's own scale.")] = "resize",
+    quality: Annotated[tuple[int, int], typer.Option(help="JPEG quality range, drawn per image.")] = (70, 95),
+    quiet: Quiet = False,
+) -> None:
+    """Pass every image, real or generated, through one social-media chain (centre square, SIZE px, JPEG at a
+    quality from the range), so that format, size and compression tell the classes nothing; then judge detectors
+    on the copies, e.g. with `synthdet cv OUT --group-by source`."""
+    from ..data import index
+    from ..normalise import SocialChain, normalise_dataset
+    from ._io import fail
+
+    if scale not in ("resize", "native"):
+        raise fail(f"--scale must be resize or native, not {scale!r}")
+    lo, hi = quality
+    if not 1 <= lo <= hi <= 100:
+        raise fail(f"--quality must be two qualities 1 ≤ low ≤ high ≤ 100, not {lo} {hi}")
+    df = index(source, progress=not quiet)
+    chain = SocialChain(size=size, scale=scale, quality=(lo, hi))  # type: ignore[arg-type]
+    pool = normalise_dataset(df, out, chain=chain, progress=not quiet)
+    for path, reason in [*zip(df.loc[~df["ok"], "path"], df.loc[~df["ok"], "error"]), *pool.attrs["skipped"]]:
+        skipped(path, reason)
+    say(f"{len(pool)} images → {out / 'manifest.csv'}  ({chain.name()}; {len(df) - len(pool)} skipped)")
