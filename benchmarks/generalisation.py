@@ -272,6 +272,15 @@ def lever_rows() -> list[dict]:
     ]
     rows = [dict(zip(("name", "variant", "parts", "views", "C", "agg"), r), balance=False) for r in L]
     rows.insert(5, {**rows[4], "name": "… group-balanced weights", "balance": True})
+    rows.insert(5, {**rows[4], "name": "… 1 training view", "views": 1})
+    tex = ("pooled", "mean", "std", "texture")
+    rows += [
+        {**rows[4], "name": "lite0 stats+texture+residual, native 384", "parts": (*tex, "residual")},
+        {**rows[4], "name": "lite2 stats+texture, native 384", "variant": ("effnet-lite2", "native"), "parts": tex},
+        {**rows[4], "name": "lite0 stats+texture, native 384, flip TTA", "parts": tex, "agg": "flip"},
+        {**rows[4], "name": "ensemble: lite0 + lite2 stats+texture (mean prob)", "parts": tex,
+         "agg": ("… + texture (channel correlations)", "lite2 stats+texture, native 384")},
+    ]
     return rows
 
 
@@ -279,22 +288,12 @@ def cmd_levers(args: argparse.Namespace) -> None:
     df = pd.read_csv(POOL / POOLS["384"] / "manifest.csv")
     y, groups = df["label"].to_numpy(), df["group"].to_numpy()
     folds = SplitPlan.build(df, test=0.0, calib=0.0, fold_by="group").fold_of(df["sha256"])
-    results, probs = [], {}
-    for lever in lever_rows():
-        if args.only and not any(o in lever["name"] for o in args.only):
-            continue
-        t = time.time()
+    results: list[dict] = []
+    probs: dict[str, np.ndarray] = {}
+    probs224: dict[str, np.ndarray] = {}
+
+    def report(lever: dict, out: dict[str, np.ndarray], t: float) -> None:
         backbone, scale = lever["variant"]
-        train = load_variant(backbone, "384", scale, [0, 1, 2])
-        test224 = load_variant(backbone, "224", scale, [0])
-        if lever["agg"] == "patches":
-            X = train["patches"].astype(np.float32)
-            tests = {"384": X[:, 0], "224": test224["patches"][:, 0].astype(np.float32)}
-        else:
-            X = columns(train, lever["parts"])
-            tests = {"384": X[:, 0], "224": columns(test224, lever["parts"])[:, 0]}
-        out = loso(X, y, folds, tests, C=lever["C"], train_views=lever["views"], patches=lever["agg"] == "patches",
-                   balance=groups if lever["balance"] else None)
         for key in [k for k in out if k.startswith("384")]:
             suffix = key[3:]
             name = lever["name"] + (f" [{suffix[1:]}]" if suffix else (" [mean]" if lever["agg"] else ""))
@@ -304,14 +303,96 @@ def cmd_levers(args: argparse.Namespace) -> None:
                    "train_views": lever["views"], "C": lever["C"], "pool_384": s384, "native_224": s224,
                    "seconds": round(time.time() - t, 1)}
             results.append(row)
-            probs[name] = out[key]
+            probs[name], probs224[name] = out[key], out["224" + suffix]
             print(f"{name:55s} 384: AUC {s384['roc_auc']:.3f} mean {s384['mean_group_auc']:.3f} worst "
                   f"{s384['worst_group_auc']:.3f} ({s384['worst_group']}) FPRmax {s384['worst_real_fpr']:.2f} | "
                   f"224: AUC {s224['roc_auc']:.3f} worst {s224['worst_group_auc']:.3f} | {row['seconds']} s", flush=True)
+
+    for lever in lever_rows():
+        if args.only and not any(o in lever["name"] for o in args.only):
+            continue
+        t = time.time()
+        backbone, scale = lever["variant"]
+        if isinstance(lever["agg"], tuple):  # an ensemble of two levers already run: the mean of their probabilities
+            old = pd.read_csv(CACHE / "oof.csv") if (CACHE / "oof.csv").exists() else pd.DataFrame()
+            have = {**{c: old[c].to_numpy() for c in old.columns}, **probs}
+            have224 = {**{c[:-5]: old[c].to_numpy() for c in old.columns if c.endswith(" @224")}, **probs224}
+            out = {"384": np.mean([have[n] for n in lever["agg"]], axis=0),
+                   "224": np.mean([have224[n] for n in lever["agg"]], axis=0)}
+            lever = {**lever, "agg": None}
+            report(lever, out, t)
+            continue
+        train = load_variant(backbone, "384", scale, [0, 1, 2])
+        test224 = load_variant(backbone, "224", scale, [0])
+        if lever["agg"] == "patches":
+            X = train["patches"].astype(np.float32)
+            tests = {"384": X[:, 0], "224": test224["patches"][:, 0].astype(np.float32)}
+        else:
+            X = columns(train, lever["parts"])
+            tests = {"384": X[:, 0], "224": columns(test224, lever["parts"])[:, 0]}
+        if lever["agg"] == "flip":
+            tests["flip"] = columns(load_variant(backbone, "384", scale, [0], flip=True), lever["parts"])[:, 0]
+        out = loso(X, y, folds, tests, C=lever["C"], train_views=lever["views"], patches=lever["agg"] == "patches",
+                   balance=groups if lever["balance"] else None)
+        if lever["agg"] == "flip":
+            out["384"] = (out["384"] + out.pop("flip")) / 2
+            lever = {**lever, "agg": None}
+        report(lever, out, t)
     CACHE.mkdir(parents=True, exist_ok=True)
-    pd.DataFrame(probs).assign(sha256=df["sha256"], label=y, group=groups).to_csv(CACHE / "oof.csv", index=False)
-    RESULTS.write_text(json.dumps({"protocol": __doc__.split("\n\n")[1], "n_images": len(df),
+    old = pd.read_csv(CACHE / "oof.csv") if (CACHE / "oof.csv").exists() else pd.DataFrame(index=range(len(df)))
+    new = pd.DataFrame({**probs, **{k + " @224": v for k, v in probs224.items()}})
+    old.drop(columns=[c for c in new.columns if c in old], errors="ignore").join(new).to_csv(CACHE / "oof.csv",
+                                                                                            index=False)
+    write_results(df, results, args.only)
+
+
+def write_results(df: pd.DataFrame, results: list[dict], only: list[str]) -> None:
+    data = json.loads(RESULTS.read_text()) if RESULTS.exists() else {}
+    if only:  # a partial run updates its rows and keeps the others, in table order
+        done = {r["lever"] for r in results}
+        results = [r for r in data.get("levers", []) if r["lever"] not in done] + results
+    RESULTS.write_text(json.dumps({**data, "protocol": __doc__.split("\n\n")[1], "n_images": len(df),
                                    "groups": df.groupby("group").size().to_dict(), "levers": results}, indent=1))
+
+
+def demo_rows(df: pd.DataFrame) -> np.ndarray:
+    """Pool rows whose original is one of the demo images shipped in the package, or a near-duplicate of one (the
+    demo data are re-encoded copies of dev images)."""
+    from synthdet.data import index
+    from synthdet.demo import demo_data_dir
+    from synthdet.splits import near_duplicate_of
+
+    demo = index(demo_data_dir() / "manifest.csv")
+    originals = pd.concat([index(ROOT.parent / "shared" / "data" / d / "manifest.csv") for d in ("dev", "dev2")])
+    phash = originals.drop_duplicates("sha256").set_index("sha256")["phash"]
+    return near_duplicate_of(phash.reindex(df["orig_sha256"]).fillna("").tolist(), demo["phash"].tolist())
+
+
+def cmd_demo(args: argparse.Namespace) -> None:
+    """The demo detector's recipe: fitted on the pool copies of the packaged demo images only, scored on every
+    other pool image (none of them a near-duplicate of a demo image)."""
+    df = pd.read_csv(POOL / POOLS["384"] / "manifest.csv", dtype={"phash": str})
+    y, groups = df["label"].to_numpy(), df["group"].to_numpy()
+    train = demo_rows(df)
+    print(f"demo rows in the pool: {train.sum()} ({y[train].sum()} fake); scored: {(~train).sum()}")
+    results = []
+    for lever in lever_rows():
+        if args.only and not any(o in lever["name"] for o in args.only) or lever["agg"]:
+            continue
+        backbone, scale = lever["variant"]
+        X = columns(load_variant(backbone, "384", scale, [0, 1, 2]), lever["parts"])
+        T224 = columns(load_variant(backbone, "224", scale, [0]), lever["parts"])[:, 0]
+        Xt = X[train, :lever["views"]].reshape(-1, X.shape[-1])
+        model = logreg(lever["C"]).fit(Xt, np.repeat(y[train], lever["views"]))
+        s384 = summarise(y[~train], model.predict_proba(X[~train, 0])[:, 1], groups[~train])
+        s224 = summarise(y[~train], model.predict_proba(T224[~train])[:, 1], groups[~train], s384["threshold"])
+        results.append({"lever": lever["name"], "pool_384": s384, "native_224": s224})
+        print(f"{lever['name']:55s} 384: AUC {s384['roc_auc']:.3f} worst {s384['worst_group_auc']:.3f} "
+              f"({s384['worst_group']}) | 224: AUC {s224['roc_auc']:.3f}", flush=True)
+    data = json.loads(RESULTS.read_text()) if RESULTS.exists() else {}
+    RESULTS.write_text(json.dumps({**data, "demo_recipe": {
+        "rows": f"fitted on the {int(train.sum())} pool copies of the packaged demo images; scored on the other "
+                f"{int((~train).sum())} (no near-duplicate of a demo image)", "levers": results}}, indent=1))
 
 
 def main() -> None:
@@ -323,6 +404,9 @@ def main() -> None:
     lev = sub.add_parser("levers")
     lev.add_argument("--only", nargs="*", default=[])
     lev.set_defaults(fn=cmd_levers)
+    dem = sub.add_parser("demo")
+    dem.add_argument("--only", nargs="*", default=[])
+    dem.set_defaults(fn=cmd_demo)
     args = ap.parse_args()
     args.fn(args)
 

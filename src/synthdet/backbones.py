@@ -44,7 +44,22 @@ CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
 CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
 
 
-TapPool = Literal["mean", "meanstd"]
+TapPool = Literal["mean", "meanstd", "texture"]
+#: Stages whose channel correlations ``tap_pool="texture"`` adds (EfficientNet-Lite0: 24 and 40 channels, 1/4 and 1/8
+#: resolution); measured by benchmarks/generalisation.py.
+TEXTURE_TAPS = (1, 2)
+
+
+def channel_correlations(fmap: torch.Tensor) -> torch.Tensor:
+    """``[B, C, H, W]`` → ``[B, C(C-1)/2]``: correlations between every pair of channels over the spatial positions,
+    upper triangle (a texture statistic invariant to each channel's scale and offset)."""
+    f = fmap.flatten(2)
+    f = f - f.mean(dim=2, keepdim=True)
+    cov = f @ f.transpose(1, 2) / f.shape[2]
+    d = cov.diagonal(dim1=1, dim2=2).clamp_min(1e-8).sqrt()
+    corr = cov / d[:, :, None] / d[:, None, :]
+    i, j = torch.triu_indices(fmap.shape[1], fmap.shape[1], 1)
+    return corr[:, i, j]
 
 
 class WeightsNotFoundError(FileNotFoundError):
@@ -135,9 +150,11 @@ class Backbone(nn.Module):
         self.layer_dims = [t.shape[1] for t in layers]
 
     def with_tap_pool(self, tap_pool: TapPool) -> Backbone:
-        """Summarise each block's feature map by its spatial mean (``mean``) or by mean and standard deviation
-        (``meanstd``): the spread of a stage's activations carries noise and texture statistics that a mean
-        averages away. CNN stages only (a token sequence has no spatial map)."""
+        """Summarise each block's feature map by its spatial mean (``mean``), by mean and standard deviation
+        (``meanstd``: the spread of a stage's activations carries noise statistics that a mean averages away), or by
+        both plus the channel correlations of the early stages :data:`TEXTURE_TAPS` (``texture``: a Gram-style
+        texture descriptor, where generator upsampling leaves its trace). CNN stages only (a token sequence has no
+        spatial map)."""
         if tap_pool != self.tap_pool:
             self.tap_pool = tap_pool
             self._measure()
@@ -154,13 +171,16 @@ class Backbone(nn.Module):
     def device(self) -> torch.device:
         return next(self.model.parameters()).device
 
-    def _summarise(self, out: torch.Tensor | tuple) -> torch.Tensor:
+    def _summarise(self, out: torch.Tensor | tuple, tap: int) -> torch.Tensor:
         out = out[0] if isinstance(out, tuple) else out
         if out.ndim == 4:
-            if self.tap_pool == "meanstd":
-                std, mean = torch.std_mean(out.float(), dim=(2, 3))
-                return torch.cat([mean, std], dim=1)
-            return out.float().mean(dim=(2, 3))
+            if self.tap_pool == "mean":
+                return out.float().mean(dim=(2, 3))
+            std, mean = torch.std_mean(out.float(), dim=(2, 3))
+            parts = [mean, std]
+            if self.tap_pool == "texture" and tap in TEXTURE_TAPS:
+                parts.append(channel_correlations(out.float()))
+            return torch.cat(parts, dim=1)
         if self.tap_pool != "mean":
             raise ValueError(f"tap_pool={self.tap_pool!r} needs spatial feature maps; {self.name} has token blocks")
         if out.ndim == 3:
@@ -170,7 +190,8 @@ class Backbone(nn.Module):
     def forward(self, x: torch.Tensor, *, taps: bool = False) -> tuple[torch.Tensor, list[torch.Tensor]]:
         captured: list[torch.Tensor] = []
         handles = (
-            [m.register_forward_hook(lambda _m, _i, o: captured.append(self._summarise(o))) for m in self.tap_modules]
+            [m.register_forward_hook(lambda _m, _i, o, j=j: captured.append(self._summarise(o, j)))
+             for j, m in enumerate(self.tap_modules)]
             if taps
             else []
         )

@@ -103,3 +103,15 @@ def fit_calibration(
         return base.model_copy(update={"x": iso.X_thresholds_.tolist(), "y": iso.y_thresholds_.tolist()})
     lr = LogisticRegression(C=1e6, max_iter=1000).fit(_logit(prob)[:, None], y_true)
     return base.model_copy(update={"a": float(lr.coef_[0, 0]), "b": float(lr.intercept_[0])})
+
+
+def uncertainty_band(y_true: np.ndarray, prob: np.ndarray, threshold: float, *, level: float = 0.9) -> tuple[float, float]:
+    """The scores around ``threshold`` where a verdict is not yet worth acting on, from held-out scores: above the
+    band at least ``level`` of the images are generated (precision), below it at least ``level`` are real
+    (negative predictive value). A score inside it is reported as uncertain."""
+    y_true, prob = np.asarray(y_true).astype(int), np.asarray(prob, dtype=np.float64)
+    order = np.sort(np.unique(prob))
+    hi = next((float(t) for t in order if t >= threshold and y_true[prob >= t].mean() >= level), float(order[-1]))
+    lo = next((float(t) for t in order[::-1] if t <= threshold and (prob < t).any()
+               and 1 - y_true[prob < t].mean() >= level), float(order[0]))
+    return min(lo, threshold), max(hi, threshold)

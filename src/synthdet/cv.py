@@ -222,16 +222,32 @@ def _refit(
     model = make_head(head, **refit_params(params, best_epochs)).fit(X, y, groups=shas)
     calibration, threshold, how = decide(cv, calibrate=calibrate, max_group_fpr=max_group_fpr)
     seen = RowSet.of_rows(df)
+    metrics = {"cv": cv.summary(), "cv_at_threshold": _at_threshold(cv, calibration, threshold)}
     card = Card(
         backbone=bb.name, weights_id=bb.weights_id, weights_file=str(weights) if weights else None,
         preprocess=bb.preprocess, tap_pool=bb.tap_pool, features=features, head=head, head_params=model.get_params(),
-        n_features=X.shape[1], threshold=threshold, prior=float(df["label"].mean()), metrics={"cv": cv.summary()},
+        n_features=X.shape[1], threshold=threshold, prior=float(df["label"].mean()), metrics=metrics,
         rows={"fit": seen, "calib": seen}, calibration=calibration,
         data={"manifest_hash": manifest_hash(df), "n_images": len(df), "n_views": cv.config["n_views"],
               "seed": cv.config["seed"], "k": cv.config["k"], "refit_on": "all", "threshold_from": how,
               "group_by": cv.group_by, "split_plan": cv.plan.summary() if cv.plan else None},
     )
     return Detector(card, model, backbone=bb)
+
+
+def _at_threshold(cv: CVResult, calibration: Calibration | None, threshold: float) -> dict[str, Any]:
+    """The out-of-fold scores as the saved detector reports them (through its calibration) at its threshold: what a
+    user of the detector should expect on images from sources it has not seen."""
+    scored = cv.oof[np.isfinite(cv.oof["prob"])]
+    y, prob = scored["label"].to_numpy(), scored["prob"].to_numpy()
+    prob = calibration(prob) if calibration is not None else prob
+    block: dict[str, Any] = {
+        "model": "one model per fold (fitted on the other folds), scores through the saved calibration",
+        "rows": "held-out", "threshold": threshold, "calibration_rows": "in-sample: fitted on these scores"
+        if calibration is not None else None, **binary_metrics(y, prob, threshold=threshold)}
+    if cv.group_by is not None:
+        block["groups"] = source_table(y, prob, scored[cv.group_by].to_numpy(), threshold=threshold).to_dict("records")
+    return block
 
 
 def decide(

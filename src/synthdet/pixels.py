@@ -221,6 +221,14 @@ class Preprocess(BaseModel):
     jpeg_quality: int | None = Field(90, ge=1, le=100)  # canonical re-encode (None: off)
     views: ViewPolicy = ViewPolicy()
 
+    def at_native(self, size: int) -> Preprocess:
+        """This chain fed at the image's own scale up to ``size`` px (``scale="native"``), for fully convolutional
+        backbones: generator and camera traces live at the pixel scale, and resizing every image to 224 px blurs
+        them away. Training crops keep at least 58 % of the short side, so most stay above 224 px."""
+        low = max(self.views.crop_scale[0], 0.58)
+        views = self.views.model_copy(update={"crop_scale": (low, max(low, self.views.crop_scale[1]))})
+        return self.model_copy(update={"size": size, "scale": "native", "views": views})
+
     def id(self) -> str:
         fields = self.model_dump(mode="json", exclude={"scale"} if self.scale == "resize" else set())
         payload = json.dumps({**fields, "decode": DECODE}, sort_keys=True)  # ids from before ``scale`` stay valid

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import sys
+from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
@@ -18,12 +19,33 @@ from ..extras import MissingExtraError
 if TYPE_CHECKING:
     from rich.console import Console
 
+    from ..backbones import Backbone
+
 #: Library exceptions that mean "bad input", reported as one line with exit code 2 (``ManifestError``,
 #: ``NotADetectorError``, pydantic's ``ValidationError`` and ``UnknownNameError`` are ValueErrors;
 #: ``WeightsNotFoundError`` is a FileNotFoundError), and a missing optional extra (it names what to install).
 INPUT_ERRORS: tuple[type[BaseException], ...] = (OSError, ValueError, MissingExtraError)
 
 Quiet = Annotated[bool, typer.Option("--quiet", "-q", help="No progress bars.")]
+NativeSize = Annotated[int | None, typer.Option(
+    "--native-size", min=32, help="Feed images at their own scale up to this many px (no resampling of smaller "
+                                  "ones; fully convolutional backbones), instead of resizing to the backbone's size.")]
+TapPoolOption = Annotated[str, typer.Option(
+    "--tap-pool", help="Block features: mean | meanstd (mean and spread of each stage) | texture (meanstd + channel "
+                       "correlations of early stages). CNN backbones.")]
+
+
+def make_backbone(name: str, *, weights: Path | None = None, native_size: int | None = None, tap_pool: str = "mean",
+                  device: str | None = None) -> Backbone:
+    """The backbone a command asked for, with its input scale and block summary (a bad value exits 2)."""
+    from ..backbones import create_backbone
+
+    if tap_pool not in ("mean", "meanstd", "texture"):
+        raise fail(f"--tap-pool must be mean, meanstd or texture, not {tap_pool!r}")
+    bb = create_backbone(name, weights=weights, device=device, tap_pool=tap_pool)  # type: ignore[arg-type]
+    if native_size:
+        bb.preprocess = bb.preprocess.at_native(native_size)
+    return bb
 Json = Annotated[bool, typer.Option("--json", help="Print the result as JSON instead of a table.")]
 
 

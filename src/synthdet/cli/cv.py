@@ -7,12 +7,11 @@ from typing import TYPE_CHECKING, Annotated, cast
 
 import typer
 
-from ._io import Json, Quiet, console, fail, print_json, say, skipped
+from ._io import Json, NativeSize, Quiet, TapPoolOption, console, fail, make_backbone, print_json, say, skipped
 
 if TYPE_CHECKING:
     from rich.table import Table
 
-    from ..backbones import TapPool
     from ..calibrate import CalibrationMethod
     from ..cv import CVResult
 
@@ -82,8 +81,8 @@ def cv_command(
     max_group_fpr: Annotated[float | None, typer.Option(
         min=0.0, max=1.0, help="With --refit --group-by: the best threshold at which no real group is flagged more "
                                "often than this.")] = None,
-    tap_pool: Annotated[str, typer.Option(help="Block features: mean | meanstd (mean and spread of each "
-                                               "stage; CNNs).")] = "mean",
+    native_size: NativeSize = None,
+    tap_pool: TapPoolOption = "mean",
     quiet: Quiet = False,
     as_json: Json = False,
 ) -> None:
@@ -95,16 +94,15 @@ def cv_command(
         raise fail(f"--features must be pooled or concat, not {features!r}")
     if calibrate not in (None, "sigmoid", "isotonic"):
         raise fail(f"--calibrate must be sigmoid or isotonic, not {calibrate!r}")
-    if tap_pool not in ("mean", "meanstd"):
-        raise fail(f"--tap-pool must be mean or meanstd, not {tap_pool!r}")
     if (calibrate or max_group_fpr is not None) and not refit:
         raise fail("--calibrate and --max-group-fpr choose the refitted detector's calibration and threshold: "
                    "add --refit")
+    bb = make_backbone(backbone, weights=weights, native_size=native_size, tap_pool=tap_pool)
     result = cross_validate(
-        data, backbone=backbone, weights=weights, head=head, features=cast(FeatureKind, features), n_views=views,
+        data, backbone=bb, weights=weights, head=head, features=cast(FeatureKind, features), n_views=views,
         k=k, seed=seed, cache_dir=cache, batch_size=batch_size, num_workers=workers, refit_all=refit, out=out,
         group_by=group_by, calibrate=cast("CalibrationMethod | None", calibrate), max_group_fpr=max_group_fpr,
-        tap_pool=cast("TapPool", tap_pool), progress=not quiet,
+        progress=not quiet,
     )
     for path, reason in result.skipped:
         skipped(path, reason)

@@ -8,7 +8,19 @@ from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 
-from ._io import Json, Quiet, console, fail, note, print_json, say, skipped
+from ._io import (
+    Json,
+    NativeSize,
+    Quiet,
+    TapPoolOption,
+    console,
+    fail,
+    make_backbone,
+    note,
+    print_json,
+    say,
+    skipped,
+)
 
 if TYPE_CHECKING:
     from rich.table import Table
@@ -25,16 +37,17 @@ def extract(
     batch_size: Annotated[int | None, typer.Option(min=1, help="Images per forward pass (default: 8 on CPU, 64 on CUDA).")] = None,
     workers: Annotated[int | None, typer.Option(min=0, help="Decoding workers (default: up to 4).")] = None,
     device: Annotated[str | None, typer.Option(help="cpu, cuda, cuda:1 … (default: cuda if present).")] = None,
+    native_size: NativeSize = None,
+    tap_pool: TapPoolOption = "mean",
     quiet: Quiet = False,
 ) -> None:
     """Run a backbone over a dataset once; features go to the on-disk cache (resumable, float16, memory-mapped)."""
-    from ..backbones import create_backbone
     from ..data import index
     from ..features import FeatureStore
     from ..features import extract as run_extract
 
     df = index(data, progress=not quiet)
-    bb = create_backbone(backbone, weights=weights, device=device)
+    bb = make_backbone(backbone, weights=weights, native_size=native_size, tap_pool=tap_pool, device=device)
     ok = df[df["ok"]]
     store = FeatureStore.for_backbone(bb, cache)
     t0 = time.perf_counter()
@@ -111,13 +124,16 @@ def train(
     batch_size: Annotated[int | None, typer.Option(min=1, help="Images per forward pass (default: 8 on CPU, 64 on CUDA).")] = None,
     workers: Annotated[int | None, typer.Option(min=0)] = None,
     refit: Annotated[bool, typer.Option(help="After scoring the test rows, refit on fit+calib (threshold from out-of-fold probabilities); the test rows stay held out.")] = False,
+    native_size: NativeSize = None,
+    tap_pool: TapPoolOption = "mean",
     quiet: Quiet = False,
     as_json: Json = False,
 ) -> None:
     """index → extract (cached) → split → fit → calibrate → evaluate → save, on your own data."""
     if features not in ("pooled", "concat"):
         raise fail(f"--features must be pooled or concat, not {features!r}")
-    _run_train(data, out, as_json, backbone=backbone, weights=weights, head=head, features=features, n_views=views,
+    bb = make_backbone(backbone, weights=weights, native_size=native_size, tap_pool=tap_pool)
+    _run_train(data, out, as_json, backbone=bb, weights=weights, head=head, features=features, n_views=views,
                seed=seed, cache_dir=cache, batch_size=batch_size, num_workers=workers, refit=refit,
                progress=not quiet)
 
