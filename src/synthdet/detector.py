@@ -221,6 +221,12 @@ class Detector:
         head = head_from_state(card.head, card.head_params, load_file(str(path / "head.safetensors")), card.n_features)
         return cls(card, head)
 
+    def assess(self, source: Any, **kw: Any) -> Any:
+        """A verdict in words with stability checks and evidence: :func:`synthdet.assess.assess_image`."""
+        from .assess import assess_image
+
+        return assess_image(self, source, **kw)
+
     def predict_features(self, X: np.ndarray) -> np.ndarray:
         return self.head.predict_proba(X)[:, 1]
 

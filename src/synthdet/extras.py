@@ -11,6 +11,11 @@ EXTRAS = {
     "albumentations": "finetune",
     "cv2": "finetune",
     "pyarrow": "parquet",
+    "fastapi": "serve",
+    "uvicorn": "serve",
+    "multipart": "serve",
+    "prometheus_client": "serve",
+    "c2pa": "c2pa",
 }
 
 

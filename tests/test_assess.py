@@ -1,0 +1,197 @@
+"""``synthdet.assess``: verdicts in words, stability checks, uncertainty band, evidence and heatmap, on real images,
+real codecs and real forward passes of the shipped default detector."""
+
+from __future__ import annotations
+
+import io
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+from conftest import encode_image, synthetic_photo, write_image
+from PIL import Image
+from typer.testing import CliRunner
+
+from synthdet.assess import (
+    CHECKS,
+    assess_image,
+    assess_images,
+    centre_crop,
+    jpeg_quality,
+    read_evidence,
+    score_images,
+    tile_boxes,
+)
+from synthdet.detector import Detector
+from synthdet.pixels import ImageLoadError
+from synthdet.slices import get_slice
+
+SHARED_DEV = Path(__file__).resolve().parents[2] / "shared" / "data" / "dev"
+
+
+@pytest.fixture(scope="module")
+def det() -> Detector:
+    d = Detector.load()
+    assert isinstance(d, Detector)
+    _ = d.backbone
+    return d
+
+
+def with_card(det: Detector, **updates) -> Detector:
+    """The same head and backbone under a changed card (threshold, data): a real detector, not a mock."""
+    card = det.card.model_copy(deep=True, update=updates)
+    return Detector(card, det.head, det.backbone)
+
+
+def test_jpeg_quality_recovers_every_ijg_quality() -> None:
+    for q in range(1, 101):
+        with Image.open(io.BytesIO(encode_image(synthetic_photo(32, 32), "JPEG", quality=q))) as img:
+            est = jpeg_quality(img.quantization)
+        assert est is not None and est.quality == q and est.standard, (q, est)
+
+
+def test_jpeg_quality_flags_custom_tables() -> None:
+    buf = io.BytesIO()
+    synthetic_photo(32, 32).save(buf, format="JPEG", qtables=[[3] * 64, [5] * 64])  # a camera's own tables
+    with Image.open(buf) as img:
+        assert img.quantization[0][0] == 3
+        est = jpeg_quality(img.quantization)
+    assert est is not None and not est.standard and est.mean_abs_diff > 0
+    assert jpeg_quality({}) is None
+
+
+def test_evidence_reads_exif_and_is_not_in_the_score(det: Detector) -> None:
+    img = synthetic_photo(96, 72, seed=3)
+    exif = Image.Exif()
+    exif[0x010F], exif[0x0110], exif[0x0131] = "Canon\x00", "EOS 5D", "GIMP 2.10"
+    with_exif = encode_image(img, "JPEG", quality=85, exif=exif.tobytes())
+    plain = encode_image(img, "JPEG", quality=85)
+    ev = read_evidence(with_exif)
+    assert (ev.format, ev.exif.make, ev.exif.model, ev.exif.software) == ("JPEG", "Canon", "EOS 5D", "GIMP 2.10")
+    assert ev.jpeg is not None and ev.jpeg.quality == 85 and ev.jpeg.standard
+    assert read_evidence(plain).exif.make is None
+    a, b = assess_images(det, [with_exif, plain])
+    assert not isinstance(a, ImageLoadError) and not isinstance(b, ImageLoadError)
+    assert a.probability == pytest.approx(b.probability, abs=1e-6)  # evidence never moves the score
+    png = read_evidence(encode_image(img, "PNG"))
+    assert png.format == "PNG" and png.jpeg is None
+
+
+def test_c2pa_absent_or_not_checked() -> None:
+    c2pa = read_evidence(encode_image(synthetic_photo(), "JPEG")).c2pa
+    try:
+        import c2pa as _  # noqa: F401
+    except ModuleNotFoundError:
+        assert c2pa.status == "not-checked" and "c2pa-python" in c2pa.detail
+    else:
+        assert c2pa.status == "absent"
+
+
+def test_scores_match_predict_paths(det: Detector, tmp_path: Path) -> None:
+    """The assessment's numbers are the detector's: the image as predict_paths scores the file, each check as
+    predict_paths scores it under the same transform."""
+    path = write_image(tmp_path / "a.jpg", synthetic_photo(120, 90, seed=7))
+    a = assess_image(det, path)
+    ((_, p, _),) = det.predict_paths([path], num_workers=0)
+    assert a.probability == pytest.approx(p, abs=1e-5)
+    for check in a.checks:
+        ((_, q, _),) = det.predict_paths([path], num_workers=0, transform=CHECKS[check.name][1])
+        assert check.probability == pytest.approx(q, abs=1e-5), check.name
+    assert [c.name for c in a.checks] == ["jpeg75", "resize0.5", "crop"]
+    assert a.checks[0].description == get_slice("jpeg75").description
+    assert det.assess(path).probability == a.probability  # the Detector method is the same function
+
+
+def test_band_from_card_or_default(det: Detector) -> None:
+    data = encode_image(synthetic_photo(seed=1), "JPEG")
+    a = assess_image(det, data, evidence=False)
+    assert a.band_source == "default, not calibrated"
+    assert a.band == pytest.approx((det.threshold - 0.1, det.threshold + 0.1))
+    assert "band: default, not calibrated" in " ".join(a.reasons)
+    p = a.probability
+    inside = with_card(det, data={**det.card.data, "uncertain_band": [max(0.0, p - 0.01), min(1.0, p + 0.01)]})
+    b = assess_image(inside, data, evidence=False)
+    assert b.band_source == "card" and b.verdict == "uncertain"
+    assert any("uncertainty band" in r for r in b.reasons)
+    far = [1.0, 1.0] if p < 0.5 else [0.0, 0.0]
+    outside = with_card(det, threshold=0.999 if p < 0.5 else 0.001, data={**det.card.data, "uncertain_band": far})
+    c = assess_image(outside, data, evidence=False)
+    if all(ch.agrees for ch in c.checks):
+        assert c.verdict == ("likely real" if p < 0.5 else "likely generated")
+    with pytest.raises(ValueError, match="uncertain_band"):
+        assess_image(with_card(det, data={"uncertain_band": [0.7, 0.2]}), data)
+
+
+def test_disagreeing_check_makes_it_uncertain(det: Detector) -> None:
+    """A threshold between the image's score and one check's score: the verdict must not be confident."""
+    data = encode_image(synthetic_photo(160, 120, seed=11), "PNG")
+    a = assess_image(det, data, evidence=False)
+    check = max(a.checks, key=lambda c: abs(c.probability - a.probability))
+    assert abs(check.probability - a.probability) > 1e-4, "need a check that moves the score"
+    t = (check.probability + a.probability) / 2
+    tight = with_card(det, threshold=t, data={"uncertain_band": [t, t]})
+    b = assess_image(tight, data, evidence=False)
+    assert b.verdict == "uncertain"
+    assert not next(c for c in b.checks if c.name == check.name).agrees
+    assert any(check.name in r and "says" in r for r in b.reasons)
+
+
+def test_heatmap_tiles_are_scored_crops(det: Detector) -> None:
+    img = synthetic_photo(150, 100, seed=5)
+    a = assess_image(det, img, heatmap=True, checks=False)
+    assert a.heatmap is not None and a.evidence is None and a.checks == []
+    scores, boxes = np.array(a.heatmap.scores), a.heatmap.boxes
+    assert scores.shape == (3, 3)
+    assert boxes[0][0] == (0, 0, 50, 50) and boxes[2][2] == (100, 50, 150, 100)
+    expected = score_images(det, [img.crop(boxes[1][2])])[0]
+    assert scores[1, 2] == pytest.approx(expected, abs=1e-5)
+    assert tile_boxes((10, 10), 1) == [[(2, 2, 7, 7)]]  # one tile: centred
+
+
+def test_centre_crop_keeps_the_middle() -> None:
+    img = Image.new("RGB", (100, 50))
+    img.paste((255, 0, 0), (15, 7, 85, 43))
+    out = centre_crop(img)
+    assert out.size == (70, 35) and out.getpixel((0, 0)) == (255, 0, 0) and out.getpixel((69, 34)) == (255, 0, 0)
+
+
+@pytest.mark.parametrize(("data", "reason"), [(b"", "empty-file"), (b"hello, not an image", "not-an-image"),
+                                              (encode_image(synthetic_photo(), "JPEG")[:300], "truncated")])
+def test_bad_inputs_give_reasons(det: Detector, data: bytes, reason: str) -> None:
+    with pytest.raises(ImageLoadError) as e:
+        assess_image(det, data)
+    assert e.value.reason == reason
+    out = assess_images(det, [data, encode_image(synthetic_photo(), "PNG")])
+    assert isinstance(out[0], ImageLoadError) and not isinstance(out[1], ImageLoadError)
+
+
+def test_cli_predict_assess(tmp_path: Path) -> None:
+    from synthdet.cli import app
+
+    path = write_image(tmp_path / "p.jpg", synthetic_photo(96, 72, seed=2))
+    bad = tmp_path / "bad.jpg"
+    bad.write_text("not a jpeg")
+    runner = CliRunner()
+    res = runner.invoke(app, ["predict", "--assess", "--json", str(path), str(bad)])
+    assert res.exit_code == 0, res.output
+    rows = json.loads(res.stdout)
+    assert len(rows) == 1 and rows[0]["verdict"] in ("likely generated", "likely real", "uncertain")
+    assert [c["name"] for c in rows[0]["checks"]] == ["jpeg75", "resize0.5", "crop"]
+    human = runner.invoke(app, ["predict", "--assess", str(path)])
+    assert human.exit_code == 0 and "check jpeg75" in human.stdout and "evidence (not in the score)" in human.stdout
+    assert runner.invoke(app, ["predict", "--assess", str(bad)]).exit_code == 1
+
+
+@pytest.mark.shared
+@pytest.mark.skipif(not SHARED_DEV.is_dir(), reason="needs ../shared/data/dev")
+def test_real_photos_from_shared(det: Detector) -> None:
+    photos = sorted((SHARED_DEV / "real").glob("*.JPEG"))[:2] + sorted((SHARED_DEV / "fake").glob("*.png"))[:1]
+    out = assess_images(det, photos, heatmap=True)
+    for path, a in zip(photos, out):
+        assert not isinstance(a, ImageLoadError)
+        ((_, p, _),) = det.predict_paths([path], num_workers=0)
+        assert a.probability == pytest.approx(p, abs=1e-5)
+        assert a.evidence is not None and a.evidence.format == ("PNG" if path.suffix == ".png" else "JPEG")
+        assert a.heatmap is not None and np.array(a.heatmap.scores).shape == (3, 3)
+        assert a.verdict == "uncertain" or all(c.agrees for c in a.checks)
