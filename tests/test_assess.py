@@ -31,11 +31,8 @@ SHARED_DEV = Path(__file__).resolve().parents[2] / "shared" / "data" / "dev"
 
 
 @pytest.fixture(scope="module")
-def det() -> Detector:
-    d = Detector.load()
-    assert isinstance(d, Detector)
-    _ = d.backbone
-    return d
+def det(default_detector: Detector) -> Detector:
+    return default_detector
 
 
 def with_card(det: Detector, **updates) -> Detector:

@@ -30,11 +30,8 @@ MB = 1024 * 1024
 
 
 @pytest.fixture(scope="module")
-def det() -> Detector:
-    d = Detector.load()
-    assert isinstance(d, Detector)
-    _ = d.backbone
-    return d
+def det(default_detector: Detector) -> Detector:
+    return default_detector
 
 
 @pytest.fixture(scope="module")

@@ -23,9 +23,8 @@ SHARED_DEV = Path(__file__).resolve().parents[2] / "shared" / "data" / "dev"
 
 
 @pytest.fixture(scope="module")
-def url() -> Iterator[str]:
-    det = Detector.load()
-    with live_server(det) as u:
+def url(default_detector: Detector) -> Iterator[str]:
+    with live_server(default_detector) as u:
         yield u
 
 
