@@ -85,6 +85,71 @@ def test_c2pa_absent_or_not_checked() -> None:
         assert c2pa.status == "absent"
 
 
+def c2pa_signed_jpeg(img: Image.Image, source_type: str) -> bytes:
+    """``img`` as a JPEG carrying a real, signed C2PA manifest (a throwaway CA and ES256 signer) whose action says
+    how it was made."""
+    import datetime
+
+    c2pa = pytest.importorskip("c2pa")
+    pytest.importorskip("cryptography")
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
+
+    now = datetime.datetime.now(datetime.timezone.utc)
+
+    def cert(cn: str, key, issuer: x509.Name, issuer_key, ca: bool) -> x509.Certificate:
+        subject = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, cn),
+                             x509.NameAttribute(NameOID.ORGANIZATION_NAME, "synthdet tests")])
+        usage = dict.fromkeys(("digital_signature", "content_commitment", "key_encipherment", "data_encipherment",
+                               "key_agreement", "key_cert_sign", "crl_sign", "encipher_only", "decipher_only"), False)
+        usage.update({"key_cert_sign": ca, "crl_sign": ca, "digital_signature": not ca})
+        b = (x509.CertificateBuilder().subject_name(subject).issuer_name(issuer or subject)
+             .public_key(key.public_key()).serial_number(x509.random_serial_number())
+             .not_valid_before(now - datetime.timedelta(days=1)).not_valid_after(now + datetime.timedelta(days=7))
+             .add_extension(x509.BasicConstraints(ca=ca, path_length=None), critical=True)
+             .add_extension(x509.KeyUsage(**usage), critical=True))
+        if not ca:
+            b = (b.add_extension(x509.ExtendedKeyUsage([ExtendedKeyUsageOID.EMAIL_PROTECTION]), critical=False)
+                 .add_extension(x509.AuthorityKeyIdentifier.from_issuer_public_key(issuer_key.public_key()),
+                                critical=False))
+        return b.sign(issuer_key, hashes.SHA256())
+
+    ca_key, key = ec.generate_private_key(ec.SECP256R1()), ec.generate_private_key(ec.SECP256R1())
+    ca = cert("test CA", ca_key, None, ca_key, True)
+    leaf = cert("test signer", key, ca.subject, ca_key, False)
+    pem = serialization.Encoding.PEM
+    signer = c2pa.Signer.from_info(c2pa.C2paSignerInfo(
+        alg="es256", sign_cert=leaf.public_bytes(pem) + ca.public_bytes(pem), ta_url=None,
+        private_key=key.private_bytes(pem, serialization.PrivateFormat.PKCS8, serialization.NoEncryption())))
+    manifest = {"claim_generator_info": [{"name": "synthdet-test", "version": "1"}], "title": "made.jpg",
+                "assertions": [{"label": "c2pa.actions", "data": {"actions": [{
+                    "action": "c2pa.created",
+                    "digitalSourceType": f"http://cv.iptc.org/newscodes/digitalsourcetype/{source_type}"}]}}]}
+    out = io.BytesIO()
+    with c2pa.Builder(manifest) as builder:
+        builder.sign(signer, "image/jpeg", io.BytesIO(encode_image(img, "JPEG")), out)
+    return out.getvalue()
+
+
+def test_c2pa_manifest_is_evidence_not_score(det: Detector) -> None:
+    img = synthetic_photo(96, 72, seed=8)
+    signed = c2pa_signed_jpeg(img, "trainedAlgorithmicMedia")
+    ev = read_evidence(signed).c2pa
+    assert (ev.status, ev.issuer, ev.digital_source_types) == ("present", "synthdet tests", ["trainedAlgorithmicMedia"])
+    assert ev.claim_generator is not None and ev.claim_generator.startswith("synthdet-test 1")
+    assert ev.validation_state in ("Valid", "Trusted")
+    assert any("trainedAlgorithmicMedia" in n for n in read_evidence(signed).notes)
+    a, b = assess_images(det, [signed, encode_image(img, "JPEG")])
+    assert not isinstance(a, ImageLoadError) and not isinstance(b, ImageLoadError)
+    assert a.probability == pytest.approx(b.probability, abs=1e-6)  # credentials never move the score
+    tampered = bytearray(signed)
+    tampered[-100] ^= 0x55  # one byte of the pixel data changed after signing
+    broken = read_evidence(bytes(tampered)).c2pa
+    assert broken.status == "present" and broken.validation_state == "Invalid"
+
+
 def test_scores_match_predict_paths(det: Detector, tmp_path: Path) -> None:
     """The assessment's numbers are the detector's: the image as predict_paths scores the file, each check as
     predict_paths scores it under the same transform."""
@@ -192,3 +257,23 @@ def test_real_photos_from_shared(det: Detector) -> None:
         assert a.evidence is not None and a.evidence.format == ("PNG" if path.suffix == ".png" else "JPEG")
         assert a.heatmap is not None and np.array(a.heatmap.scores).shape == (3, 3)
         assert a.verdict == "uncertain" or all(c.agrees for c in a.checks)
+
+
+def test_score_images_ensemble_and_native_scale(det: Detector, tmp_path: Path) -> None:
+    """Decoded images score as their files do through predict_paths: for an ensemble (members combined by its
+    rule) and for a native-scale backbone (inputs of different sizes, forwarded in groups of one shape)."""
+    from synthdet.backbones import create_backbone
+    from synthdet.detector import default_detector_path
+    from synthdet.ensemble import EnsembleDetector
+    from synthdet.pixels import Preprocess
+
+    imgs = [synthetic_photo(300, 200, seed=1), synthetic_photo(120, 90, seed=2), synthetic_photo(150, 150, seed=3)]
+    paths = [write_image(tmp_path / f"{i}.png", im) for i, im in enumerate(imgs)]
+    ens = EnsembleDetector.from_members([default_detector_path(), default_detector_path()], rule="majority")
+    expected = [p for _, p, _ in ens.predict_paths(paths, num_workers=0)]
+    assert score_images(ens, imgs) == pytest.approx(expected, abs=1e-5)
+    pre = Preprocess(**{**det.card.preprocess.model_dump(), "scale": "native"})
+    native = Detector(det.card.model_copy(update={"preprocess": pre}), det.head,
+                      create_backbone(det.card.backbone, preprocess=pre, device="cpu"))
+    expected = [p for _, p, _ in native.predict_paths(paths, num_workers=0, batch_size=1)]  # one size per forward
+    assert score_images(native, imgs, batch_size=2) == pytest.approx(expected, abs=1e-5)

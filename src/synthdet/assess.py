@@ -305,7 +305,9 @@ def read_c2pa(data: bytes, fmt: str | None) -> C2pa:
         for assertion in active.get("assertions", []) if str(assertion.get("label", "")).startswith("c2pa.actions")
         for a in assertion.get("data", {}).get("actions", []) if a.get("digitalSourceType")
     })
-    return C2pa(status="present", detail="C2PA manifest found", claim_generator=_text(active.get("claim_generator")),
+    generator = active.get("claim_generator") or ", ".join(  # claims v2 name their generators in a list
+        " ".join(str(g.get(k, "")) for k in ("name", "version")).strip() for g in active.get("claim_generator_info", []))
+    return C2pa(status="present", detail="C2PA manifest found", claim_generator=_text(generator),
                 issuer=_text(active.get("signature_info", {}).get("issuer")), digital_source_types=sources,
                 validation_state=_text(store.get("validation_state")))
 
@@ -324,10 +326,14 @@ def read_evidence(data: bytes) -> Evidence:
     notes = []
     if not any(fields.values()):
         notes.append("no camera EXIF (common after editing or upload; not evidence of generation by itself)")
+    c2pa = read_c2pa(data, fmt)
+    if c2pa.status == "present" and c2pa.digital_source_types:
+        notes.append(f"C2PA credentials ({c2pa.validation_state or 'unvalidated'}) declare the source: "
+                     f"{', '.join(c2pa.digital_source_types)}")
     if quant is not None and quant.standard:
         notes.append(f"standard IJG tables at quality {quant.quality}: the last encoder was libjpeg-like software")
     return Evidence(format=fmt, exif=Exif(**fields, datetime_original=_text(dt)), jpeg=quant,
-                    c2pa=read_c2pa(data, fmt), notes=notes)
+                    c2pa=c2pa, notes=notes)
 
 
 # --- assessment -------------------------------------------------------------------------------------------------
