@@ -97,7 +97,7 @@ def c2pa_signed_jpeg(img: Image.Image, source_type: str) -> bytes:
     from cryptography.hazmat.primitives.asymmetric import ec
     from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
-    now = datetime.datetime.now(datetime.timezone.utc)
+    now = datetime.datetime.now(datetime.UTC)
 
     def cert(cn: str, key, issuer: x509.Name, issuer_key, ca: bool) -> x509.Certificate:
         subject = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, cn),
