@@ -83,3 +83,22 @@ def test_upload_verdict_stability_heatmap(url: str, browser, tmp_path: Path) -> 
     sync_api.expect(page.locator("#error")).to_contain_text("not-an-image", timeout=30_000)
     assert not errors, errors
     page.close()
+
+
+@pytest.mark.parametrize("how", ["drop", "paste"])
+def test_drop_and_paste(url: str, browser, how: str) -> None:
+    """A PNG made in the page from a canvas, dropped on the drop zone or pasted: it is scored."""
+    page = browser.new_page()
+    page.goto(url + "/")
+    page.evaluate("""async (how) => {
+        const c = document.createElement('canvas'); c.width = 160; c.height = 120;
+        const g = c.getContext('2d'); g.fillStyle = '#3a7'; g.fillRect(0, 0, 160, 120);
+        g.fillStyle = '#c33'; g.beginPath(); g.arc(80, 60, 40, 0, 7); g.fill();
+        const blob = await new Promise((r) => c.toBlob(r, 'image/png'));
+        const dt = new DataTransfer(); dt.items.add(new File([blob], 'drawn.png', { type: 'image/png' }));
+        if (how === 'drop') document.getElementById('drop').dispatchEvent(new DragEvent('drop', { dataTransfer: dt }));
+        else document.dispatchEvent(new ClipboardEvent('paste', { clipboardData: dt }));
+    }""", how)
+    sync_api.expect(page.locator("#evidence")).to_contain_text("PNG", timeout=60_000)
+    assert page.locator("#meta").inner_text().startswith("160×120 px")
+    page.close()

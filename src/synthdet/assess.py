@@ -219,7 +219,7 @@ def score_images(det: AnyDetector, images: Sequence[Image.Image], *, batch_size:
         pooled, layers = _forward(backbone, images, taps, batch_size or batch_size_default(backbone.device))
         for j in group:
             table[:, j] = members[j].predict_features(assemble_features(pooled, layers, members[j].card.features))
-    if len(members) == 1 and not hasattr(det, "members"):
+    if not hasattr(det, "members"):
         return table[:, 0]
     from .ensemble import combine
 

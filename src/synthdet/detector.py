@@ -37,6 +37,7 @@ from .registry import Registry
 from .splits import RowSet
 
 if TYPE_CHECKING:
+    from .assess import Assessment
     from .ensemble import EnsembleDetector
 
 FeatureKind = Literal["pooled", "concat"]
@@ -221,7 +222,7 @@ class Detector:
         head = head_from_state(card.head, card.head_params, load_file(str(path / "head.safetensors")), card.n_features)
         return cls(card, head)
 
-    def assess(self, source: Any, **kw: Any) -> Any:
+    def assess(self, source: Any, **kw: Any) -> Assessment:
         """A verdict in words with stability checks and evidence: :func:`synthdet.assess.assess_image`."""
         from .assess import assess_image
 

@@ -143,10 +143,7 @@ def create_app(detector: Any, *, settings: Settings | None = None) -> FastAPI:
                 metrics.errors.labels("unauthorized").inc()
                 metrics.requests.labels(endpoint, "401").inc()
                 return response
-        try:
-            response = await call_next(request)
-        except ServiceError as e:  # raised outside a route (none today); routes return their own
-            response = _error(e)
+        response = await call_next(request)
         metrics.requests.labels(endpoint, str(response.status_code)).inc()
         metrics.latency.labels(endpoint).observe(time.perf_counter() - start)
         response.headers["X-Content-Type-Options"] = "nosniff"
