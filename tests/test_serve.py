@@ -207,3 +207,19 @@ def test_pixels_bomb_png_is_small() -> None:
     assert len(data) < 200_000
     with Image.open(io.BytesIO(data)) as img:
         assert img.size[0] * img.size[1] > 4_000_000
+
+
+def test_slow_sender_is_cut_off(det: Detector, photo: bytes) -> None:
+    """The timeout covers reading the body: a client trickling its upload cannot hold a queue slot for ever."""
+    import time
+
+    def trickle() -> Iterator[bytes]:
+        for i in range(0, len(photo), len(photo) // 4 + 1):
+            time.sleep(0.6)
+            yield photo[i:i + len(photo) // 4 + 1]
+
+    with live_server(det, timeout_s=1.0, queue_size=1) as u:
+        r = httpx.post(f"{u}/v1/score?checks=false", content=trickle(), timeout=60)
+        assert r.status_code == 504 and r.json()["error"]["reason"] == "timeout"
+        assert httpx.get(f"{u}/healthz").json()["in_progress"] == 0
+        assert httpx.post(f"{u}/v1/score?checks=false", content=photo, timeout=60).status_code == 200

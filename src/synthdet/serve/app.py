@@ -200,13 +200,15 @@ def create_app(detector: Any, *, settings: Settings | None = None) -> FastAPI:
                      ) -> list[Assessment | ServiceError]:
         """Decode on the pool, score on the worker; per-file errors in place."""
         loop = asyncio.get_running_loop()
-        prepared: list[Pending | ServiceError] = []
-        for name, data in uploads:
+
+        async def decode(name: str, data: bytes) -> Pending | ServiceError:
             try:
-                prepared.append(await loop.run_in_executor(pool, partial(
-                    prepare, det, data, name=name, checks=checks, heatmap=heatmap, max_pixels=s.max_pixels)))
+                return await loop.run_in_executor(pool, partial(
+                    prepare, det, data, name=name, checks=checks, heatmap=heatmap, max_pixels=s.max_pixels))
             except ImageLoadError as e:
-                prepared.append(_load_error(e, name))
+                return _load_error(e, name)
+
+        prepared = await asyncio.gather(*(decode(name, data) for name, data in uploads))
         futures = [batcher.submit(p) if isinstance(p, Pending) else p for p in prepared]
         try:
             out: list[Assessment | ServiceError] = []
@@ -225,11 +227,15 @@ def create_app(detector: Any, *, settings: Settings | None = None) -> FastAPI:
     async def run(request: Request, heatmap: bool, checks: bool, many: bool
                   ) -> list[tuple[str, Assessment | ServiceError]]:
         """``(file name, result)`` per upload, admitted against the queue and within the timeout."""
+
+        async def work() -> list[tuple[str, Assessment | ServiceError]]:
+            uploads = await read_uploads(request, many=many)  # inside the timeout: a slow sender is cut off too
+            results = await assess(uploads, heatmap, checks)
+            return [(name, r) for (name, _), r in zip(uploads, results)]
+
         admit()
         try:
-            uploads = await read_uploads(request, many=many)
-            results = await asyncio.wait_for(assess(uploads, heatmap, checks), timeout=s.timeout_s)
-            return [(name, r) for (name, _), r in zip(uploads, results)]
+            return await asyncio.wait_for(work(), timeout=s.timeout_s)
         except TimeoutError:
             raise ServiceError(504, "timeout", f"no answer within {s.timeout_s:g} s") from None
         finally:
