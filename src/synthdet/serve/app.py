@@ -114,7 +114,8 @@ def create_app(detector: Any, *, settings: Settings | None = None) -> FastAPI:
     det_id = detector_id(det)
     admitted = 0
     metrics = _Metrics(lambda: admitted)
-    batcher = MicroBatcher(det, max_batch=s.max_batch, max_wait_ms=s.max_wait_ms, on_batch=metrics.on_batch)
+    batcher = MicroBatcher(det, max_batch=s.max_batch, max_wait_ms=s.max_wait_ms, on_batch=metrics.on_batch,
+                           in_flight=lambda: admitted)
     pool = ThreadPoolExecutor(max_workers=s.workers, thread_name_prefix="synthdet-decode")
     page = (resources.files("synthdet.serve") / "static" / "index.html").read_text(encoding="utf-8")
 

@@ -30,16 +30,20 @@ class _Job:
 class MicroBatcher:
     """The scoring worker; :meth:`submit` from any thread, :meth:`start` / :meth:`stop` around the service's life.
 
-    ``on_batch(n_requests, n_images, seconds)`` is called after each forward pass (metrics)."""
+    ``on_batch(n_requests, n_images, seconds)`` is called after each forward pass (metrics). ``in_flight()``, when
+    given, counts the requests the service has admitted and not answered: when the gathered jobs are all of them,
+    nothing is coming to wait for, so a lone request is scored at once."""
 
     def __init__(self, det: Any, *, max_batch: int = 8, max_wait_ms: float = 5.0,
-                 on_batch: Callable[[int, int, float], None] | None = None) -> None:
+                 on_batch: Callable[[int, int, float], None] | None = None,
+                 in_flight: Callable[[], int] | None = None) -> None:
         if max_batch < 1:
             raise ValueError(f"max_batch must be at least 1, not {max_batch}")
         self.det = det
         self.max_batch = max_batch
         self.max_wait = max_wait_ms / 1000.0
         self.on_batch = on_batch
+        self.in_flight = in_flight
         self._queue: queue.Queue[_Job | None] = queue.Queue()
         self._thread: threading.Thread | None = None
 
@@ -69,6 +73,8 @@ class MicroBatcher:
         jobs = [first]
         deadline = time.perf_counter() + self.max_wait
         while len(jobs) < self.max_batch:
+            if self.in_flight is not None and self._queue.empty() and self.in_flight() <= len(jobs):
+                break
             try:
                 job = self._queue.get(timeout=max(0.0, deadline - time.perf_counter()))
             except queue.Empty:
