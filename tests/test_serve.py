@@ -91,7 +91,10 @@ def test_detector_health_metrics_docs_localize(url: str, det: Detector) -> None:
     loc = httpx.post(f"{url}/v1/localize", content=b"x")
     assert loc.status_code == 501 and loc.json()["error"]["reason"] == "no-localizer"
     assert "/v1/score" in httpx.get(f"{url}/openapi.json").json()["paths"]
-    assert httpx.get(f"{url}/docs").status_code == 200
+    docs = httpx.get(f"{url}/docs")
+    assert docs.status_code == 200 and "/docs-assets/swagger-ui-bundle.js" in docs.text and "https://" not in docs.text
+    assert httpx.get(f"{url}/docs-assets/swagger-ui-bundle.js").status_code == 200
+    assert httpx.get(f"{url}/docs-assets/..%2F..%2Fsetup.py").status_code == 404
     text = httpx.get(f"{url}/metrics").text
     for name in ("synthdet_requests_total", "synthdet_request_duration_seconds_bucket", "synthdet_queue_depth",
                  "synthdet_errors_total", "synthdet_batch_requests"):

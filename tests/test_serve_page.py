@@ -102,3 +102,14 @@ def test_drop_and_paste(url: str, browser, how: str) -> None:
     sync_api.expect(page.locator("#evidence")).to_contain_text("PNG", timeout=60_000)
     assert page.locator("#meta").inner_text().startswith("160×120 px")
     page.close()
+
+
+def test_docs_render_offline(url: str, browser) -> None:
+    """Swagger UI at /docs from packaged files: every request the page makes stays on the server."""
+    page = browser.new_page()
+    requested: list[str] = []
+    page.on("request", lambda r: requested.append(r.url))
+    page.goto(url + "/docs")
+    sync_api.expect(page.locator("body")).to_contain_text("/v1/score/batch", timeout=30_000)
+    assert requested and all(r.startswith(url) for r in requested), requested
+    page.close()

@@ -15,6 +15,7 @@ EXTRAS = {
     "uvicorn": "serve",
     "multipart": "serve",
     "prometheus_client": "serve",
+    "swagger_ui_bundle": "serve",
     "c2pa": "c2pa",
 }
 

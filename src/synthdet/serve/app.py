@@ -17,18 +17,25 @@ from concurrent.futures import ThreadPoolExecutor
 from contextlib import asynccontextmanager
 from functools import partial
 from importlib import resources
+from pathlib import Path
 from typing import Any
 
 from fastapi import FastAPI, Request
+from fastapi.openapi.docs import get_swagger_ui_html
 from fastapi.responses import HTMLResponse, JSONResponse, Response
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 from pydantic import BaseModel, Field
 from starlette.datastructures import Headers, UploadFile
 from starlette.formparsers import MultiPartException, MultiPartParser
+from swagger_ui_bundle import swagger_ui_path
 
 from ..assess import Assessment, Pending, detector_id, prepare, uncertainty_band
 from ..pixels import DEFAULT_MAX_PIXELS, ImageLoadError
 from .batcher import MicroBatcher
+
+#: The Swagger UI files ``/docs`` needs, served from the ``swagger-ui-bundle`` package (no CDN).
+_DOCS_ASSETS = {"swagger-ui-bundle.js": "text/javascript", "swagger-ui.css": "text/css",
+                "favicon-32x32.png": "image/png"}
 
 #: HTTP status for each reason :func:`~synthdet.pixels.load_image` gives.
 STATUS_BY_REASON = {"empty-file": 400, "not-an-image": 415, "truncated": 422, "corrupt": 422, "too-large": 413}
@@ -127,9 +134,12 @@ def create_app(detector: Any, *, settings: Settings | None = None) -> FastAPI:
         batcher.stop()
         pool.shutdown(wait=False, cancel_futures=True)
 
-    app = FastAPI(title="synthdet", version=str(det.card.synthdet_version), lifespan=lifespan,
+    app = FastAPI(title="synthdet", version=str(det.card.synthdet_version), lifespan=lifespan, docs_url=None,
+                  redoc_url=None,
                   description="Is this image AI-generated? A score, a verdict in words, stability checks and "
                               "evidence. Errors are JSON: {\"error\": {\"reason\", \"detail\"}}.")
+
+    app.openapi_version = "3.0.3"  # what the packaged Swagger UI 4 renders; no route here needs 3.1
 
     @app.middleware("http")
     async def guard(request: Request, call_next: Callable) -> Response:
@@ -289,6 +299,21 @@ def create_app(detector: Any, *, settings: Settings | None = None) -> FastAPI:
     @app.get("/metrics", summary="Prometheus metrics")
     async def prometheus() -> Response:
         return Response(generate_latest(metrics.registry), media_type=CONTENT_TYPE_LATEST)
+
+    @app.get("/docs", include_in_schema=False)
+    async def docs() -> HTMLResponse:
+        """Swagger UI from the packaged ``swagger-ui-bundle`` files: the docs work on a machine without internet."""
+        return get_swagger_ui_html(openapi_url="/openapi.json", title="synthdet API",
+                                   swagger_js_url="/docs-assets/swagger-ui-bundle.js",
+                                   swagger_css_url="/docs-assets/swagger-ui.css",
+                                   swagger_favicon_url="/docs-assets/favicon-32x32.png")
+
+    @app.get("/docs-assets/{name}", include_in_schema=False)
+    async def docs_asset(name: str) -> Response:
+        if name not in _DOCS_ASSETS:  # a fixed list: no client path is ever opened
+            raise ServiceError(404, "not-found", f"no such asset {name[:80]!r}")
+        return Response((Path(swagger_ui_path) / name).read_bytes(), media_type=_DOCS_ASSETS[name],
+                        headers={"Cache-Control": "max-age=86400"})
 
     @app.get("/", include_in_schema=False)
     async def index() -> HTMLResponse:
