@@ -277,3 +277,23 @@ def test_score_images_ensemble_and_native_scale(det: Detector, tmp_path: Path) -
                       create_backbone(det.card.backbone, preprocess=pre, device="cpu"))
     expected = [p for _, p, _ in native.predict_paths(paths, num_workers=0, batch_size=1)]  # one size per forward
     assert score_images(native, imgs, batch_size=2) == pytest.approx(expected, abs=1e-5)
+
+
+def test_mutated_files_never_crash(det: Detector) -> None:
+    """Hostile bytes: 40 random corruptions of a JPEG with EXIF (header, EXIF block, pixel data) and a PNG each
+    give an assessment or an ImageLoadError with a reason, nothing else."""
+    exif = Image.Exif()
+    exif[0x010F], exif[0x0131] = "Nikon", "Lightroom"
+    seeds = [encode_image(synthetic_photo(64, 48, seed=6), "JPEG", exif=exif.tobytes()),
+             encode_image(synthetic_photo(64, 48, seed=6), "PNG")]
+    rng = np.random.default_rng(0)
+    outcomes = {"ok": 0, "refused": 0}
+    for i in range(40):
+        data = bytearray(seeds[i % 2])
+        for pos in rng.integers(2, min(len(data), 400 if i % 3 else len(data)), size=int(rng.integers(1, 6))):
+            data[pos] = int(rng.integers(0, 256))
+        (result,) = assess_images(det, [bytes(data)], checks=False)
+        outcomes["refused" if isinstance(result, ImageLoadError) else "ok"] += 1
+        if isinstance(result, ImageLoadError):
+            assert result.reason in ("not-an-image", "truncated", "corrupt", "too-large"), result
+    assert outcomes["ok"] > 0 and outcomes["refused"] > 0, outcomes

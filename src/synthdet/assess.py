@@ -23,6 +23,7 @@ import hashlib
 import io
 import json
 import time
+import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -314,17 +315,23 @@ def read_c2pa(data: bytes, fmt: str | None) -> C2pa:
 
 def read_evidence(data: bytes) -> Evidence:
     """EXIF, JPEG quantisation and C2PA facts of an encoded image (header reads only; pixels are not decoded)."""
+    notes = []
     try:
         with Image.open(io.BytesIO(data)) as img:
             fmt = img.format
-            exif = img.getexif()
-            dt = exif.get_ifd(_EXIF_IFD).get(_DATETIME_ORIGINAL)
-            fields = {k: _text(exif.get(tag)) for k, tag in _EXIF_TAGS.items()}
             quant = jpeg_quality(getattr(img, "quantization", None) or {}) if fmt == "JPEG" else None
+            try:
+                with warnings.catch_warnings():
+                    warnings.simplefilter("ignore")  # Pillow warns on corrupt EXIF; the note below says it once
+                    exif = img.getexif()
+                    fields = {k: _text(exif.get(tag)) for k, tag in _EXIF_TAGS.items()}
+                    fields["datetime_original"] = _text(exif.get_ifd(_EXIF_IFD).get(_DATETIME_ORIGINAL))
+            except Exception as e:  # a malformed EXIF block (any parser error) is a fact to report, not a failure
+                fields = {}
+                notes.append(f"EXIF present but unreadable ({type(e).__name__})")
     except (UnidentifiedImageError, OSError, SyntaxError, ValueError):
         return Evidence(format=None, exif=Exif(), jpeg=None, c2pa=C2pa(status="not-checked", detail="unreadable"))
-    notes = []
-    if not any(fields.values()):
+    if not any(fields.values()) and not notes:
         notes.append("no camera EXIF (common after editing or upload; not evidence of generation by itself)")
     c2pa = read_c2pa(data, fmt)
     if c2pa.status == "present" and c2pa.digital_source_types:
@@ -332,7 +339,7 @@ def read_evidence(data: bytes) -> Evidence:
                      f"{', '.join(c2pa.digital_source_types)}")
     if quant is not None and quant.standard:
         notes.append(f"standard IJG tables at quality {quant.quality}: the last encoder was libjpeg-like software")
-    return Evidence(format=fmt, exif=Exif(**fields, datetime_original=_text(dt)), jpeg=quant,
+    return Evidence(format=fmt, exif=Exif(**fields), jpeg=quant,
                     c2pa=c2pa, notes=notes)
 
 
