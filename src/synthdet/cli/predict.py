@@ -88,16 +88,16 @@ def _assess(det: Any, paths: list[Path], *, heatmap: bool, as_json: bool, max_pi
     """Print one assessment per image (``--json``: a list of them); exit 1 when none could be assessed."""
     from rich.markup import escape
 
-    from ..assess import assess_image
+    from ..assess import assess_images
     from ..atomic import printable
     from ..pixels import ImageLoadError
 
     results = []
-    for path in paths:
-        try:
-            a = assess_image(det, path, heatmap=heatmap, max_pixels=max_pixels)
-        except ImageLoadError as e:
-            skipped(path, e.reason + (f": {e.detail}" if e.detail else ""))
+    chunks = (paths[i:i + 16] for i in range(0, len(paths), 16))  # one batched scoring pass per 16 images
+    for path, a in ((p, r) for chunk in chunks
+                    for p, r in zip(chunk, assess_images(det, chunk, heatmap=heatmap, max_pixels=max_pixels))):
+        if isinstance(a, ImageLoadError):
+            skipped(path, a.reason + (f": {a.detail}" if a.detail else ""))
             continue
         results.append(a)
         if as_json:
