@@ -318,6 +318,7 @@ def create_app(detector: Any, *, settings: Settings | None = None) -> FastAPI:
     @app.get("/", include_in_schema=False)
     async def index() -> HTMLResponse:
         return HTMLResponse(page, headers={"Content-Security-Policy": "default-src 'self'; img-src 'self' blob: "
-                                           "data:; style-src 'unsafe-inline'; script-src 'unsafe-inline'"})
+                                           "data:; style-src 'unsafe-inline'; script-src 'unsafe-inline'; "
+                                           "frame-ancestors 'none'"})
 
     return app
