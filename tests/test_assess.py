@@ -243,6 +243,7 @@ def test_cli_predict_assess(tmp_path: Path) -> None:
     human = runner.invoke(app, ["predict", "--assess", str(path)])
     assert human.exit_code == 0 and "check jpeg75" in human.stdout and "evidence (not in the score)" in human.stdout
     assert runner.invoke(app, ["predict", "--assess", str(bad)]).exit_code == 1
+    assert runner.invoke(app, ["predict", "--assess", str(path), "-o", str(tmp_path / "x.csv")]).exit_code == 2
 
 
 @pytest.mark.shared

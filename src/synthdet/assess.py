@@ -35,7 +35,7 @@ from PIL import Image, UnidentifiedImageError
 from pydantic import BaseModel
 
 from .detector import Detector, assemble_features
-from .features import batch_size_default
+from .features import ImageTransform, batch_size_default
 from .pixels import DEFAULT_MAX_PIXELS, ImageLoadError, load_image, reduce_to
 from .slices import get_slice
 
@@ -64,10 +64,10 @@ def centre_crop(img: Image.Image, key: str = "", *, fraction: float = CROP_FRACT
     return img.crop((left, top, left + cw, top + ch))
 
 
-#: The stability checks: name → (what it does, the pixel transform).
-CHECKS: dict[str, tuple[str, Any]] = {
-    "jpeg75": (get_slice("jpeg75").description, get_slice("jpeg75").transform),
-    "resize0.5": (get_slice("resize0.5").description, get_slice("resize0.5").transform),
+#: The stability checks: name → (what it does, the pixel transform). Two are the robustness slices of the same
+#: names, so a check and an evaluation slice process pixels identically.
+CHECKS: dict[str, tuple[str, ImageTransform]] = {
+    **{name: (get_slice(name).description, get_slice(name)) for name in ("jpeg75", "resize0.5")},
     "crop": (f"centre crop keeping {CROP_FRACTION:.0%} of each side", centre_crop),
 }
 

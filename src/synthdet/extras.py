@@ -13,7 +13,7 @@ EXTRAS = {
     "pyarrow": "parquet",
     "fastapi": "serve",
     "uvicorn": "serve",
-    "multipart": "serve",
+    "python_multipart": "serve",
     "prometheus_client": "serve",
     "swagger_ui_bundle": "serve",
     "c2pa": "c2pa",

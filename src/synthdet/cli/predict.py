@@ -55,6 +55,8 @@ def predict(
     det = Detector.load(detector)
     _ = det.backbone  # a detector whose backbone cannot be built fails here, before any output
     if assess:
+        if out is not None:
+            raise fail("--assess prints assessments (--json for JSON); -o writes Task A CSVs: use one or the other")
         _assess(det, list(iter_inputs(paths)), heatmap=heatmap, as_json=as_json, max_pixels=max_pixels)
         return
     single = len(paths) == 1 and paths[0].is_file() and paths[0].suffix.lower() != ".csv" and out is None
