@@ -228,3 +228,20 @@ def test_slow_sender_is_cut_off(det: Detector, photo: bytes) -> None:
         assert r.status_code == 504 and r.json()["error"]["reason"] == "timeout"
         assert httpx.get(f"{u}/healthz").json()["in_progress"] == 0
         assert httpx.post(f"{u}/v1/score?checks=false", content=photo, timeout=60).status_code == 200
+
+
+def test_large_upload_never_touches_the_disk(url: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A 1.5 MB multipart upload (starlette spools parts over 1 MB to a temporary file) is parsed in memory: any
+    temporary file created meanwhile is recorded, and none may be."""
+    import tempfile
+
+    created: list[str] = []
+    for name in ("TemporaryFile", "NamedTemporaryFile", "mkstemp", "mkdtemp"):
+        real = getattr(tempfile, name)
+        monkeypatch.setattr(tempfile, name, lambda *a, _n=name, _r=real, **k: (created.append(_n), _r(*a, **k))[1])
+    noise = np.random.default_rng(0).integers(0, 256, (720, 720, 3), dtype=np.uint8)
+    big = encode_image(Image.fromarray(noise), "PNG")
+    assert 1 * MB < len(big) < 2 * MB
+    r = httpx.post(f"{url}/v1/score?checks=false", files={"file": ("big.png", big, "image/png")}, timeout=120)
+    assert r.status_code == 200 and r.json()["width"] == 720
+    assert created == []
