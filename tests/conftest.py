@@ -143,3 +143,14 @@ def resnet18_random():
     from synthdet.backbones import create_backbone
 
     return create_backbone("timm:resnet18", pretrained=False, device="cpu")
+
+
+@pytest.fixture(scope="session")
+def default_detector():
+    """The shipped default detector, its backbone built (a few seconds, once per session)."""
+    from synthdet.detector import Detector
+
+    det = Detector.load()
+    assert isinstance(det, Detector)
+    _ = det.backbone
+    return det

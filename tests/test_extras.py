@@ -14,7 +14,7 @@ from synthdet.extras import EXTRAS, MissingExtraError, require
 
 BLOCKER = '''
 import sys
-BLOCK = {"albumentations", "open_clip", "pyarrow", "cv2"}
+BLOCK = {"albumentations", "open_clip", "pyarrow", "cv2", "fastapi", "c2pa"}
 class _Block:
     def find_spec(self, name, path=None, target=None):
         if name.split(".")[0] in BLOCK:
@@ -28,7 +28,7 @@ def test_require_names_the_extra_or_imports_the_module() -> None:
     assert require("json", "anything").dumps([1]) == "[1]"
     with pytest.raises(MissingExtraError, match=r"the thing needs no_such_module_xyz: pip install 'synthdet\[all\]'"):
         require("no_such_module_xyz", "the thing")
-    assert set(EXTRAS.values()) <= {"clip", "finetune", "parquet"}
+    assert set(EXTRAS.values()) <= {"clip", "finetune", "parquet", "serve", "c2pa"}
 
 
 @pytest.mark.parametrize(("args", "extra"), [
@@ -55,3 +55,18 @@ def test_fine_tuned_detectors_load_without_the_finetune_extra(tmp_path: Path) ->
             "assert 'albumentations' not in sys.modules and 'synthdet.finetune.loop' not in sys.modules\nprint('ok')\n")
     res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=300)
     assert res.returncode == 0 and res.stdout.strip() == "ok", res.stderr[-1500:]
+
+
+def test_serve_and_c2pa_without_their_extras(tmp_path: Path) -> None:
+    """``synthdet serve`` names the ``serve`` extra; assessments still work, saying C2PA was not checked."""
+    (tmp_path / "sitecustomize.py").write_text(BLOCKER)
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(tmp_path), *sys.path])}
+    res = subprocess.run([sys.executable, "-m", "synthdet.cli", "serve"], capture_output=True, text=True, env=env,
+                         timeout=300)
+    lines = [line for line in res.stderr.splitlines() if line.strip()]
+    assert res.returncode == 2 and len(lines) == 1 and "pip install 'synthdet[serve]'" in lines[0], res.stderr
+    code = ("import io\nfrom PIL import Image\nfrom synthdet.assess import read_evidence\nb = io.BytesIO()\n"
+            "Image.new('RGB', (8, 8)).save(b, 'JPEG')\nc = read_evidence(b.getvalue()).c2pa\n"
+            "print(c.status, c.detail)\n")
+    res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=300)
+    assert res.stdout.startswith("not-checked c2pa-python not installed"), res.stderr[-1500:]

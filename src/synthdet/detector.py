@@ -38,6 +38,7 @@ from .registry import Registry
 from .splits import RowSet
 
 if TYPE_CHECKING:
+    from .assess import Assessment
     from .ensemble import EnsembleDetector
 
 FeatureKind = Literal["pooled", "concat"]
@@ -224,6 +225,12 @@ class Detector:
             raise NotADetectorError(f"{path / 'card.json'}: a {card.kind} card, not a features + head detector")
         head = head_from_state(card.head, card.head_params, load_file(str(path / "head.safetensors")), card.n_features)
         return cls(card, head)
+
+    def assess(self, source: Any, **kw: Any) -> Assessment:
+        """A verdict in words with stability checks and evidence: :func:`synthdet.assess.assess_image`."""
+        from .assess import assess_image
+
+        return assess_image(self, source, **kw)
 
     def predict_features(self, X: np.ndarray) -> np.ndarray:
         """Probabilities of being generated: the head's, through the card's calibration when it has one."""

@@ -11,6 +11,12 @@ EXTRAS = {
     "albumentations": "finetune",
     "cv2": "finetune",
     "pyarrow": "parquet",
+    "fastapi": "serve",
+    "uvicorn": "serve",
+    "python_multipart": "serve",
+    "prometheus_client": "serve",
+    "swagger_ui_bundle": "serve",
+    "c2pa": "c2pa",
 }
 
 

@@ -39,6 +39,7 @@ COMMANDS: dict[str, tuple[str, str, str]] = {
     "report": ("evaluate", "report", "One self-contained HTML report comparing several evaluation runs."),
     "finetune": ("finetune", "finetune_command", "Fine-tune a backbone with a head from images (resumable)."),
     "augment-preview": ("augment", "augment_preview", "Show every augmentation preset on one image, as a PNG."),
+    "serve": ("serve", "serve", "A REST API and web page: a verdict in words, stability checks, evidence."),
 }
 
 

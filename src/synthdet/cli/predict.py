@@ -14,11 +14,11 @@ from __future__ import annotations
 import sys
 from contextlib import nullcontext
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any
 
 import typer
 
-from ._io import Quiet, console, fail, note, skipped
+from ._io import Json, Quiet, console, fail, note, print_json, skipped
 
 
 def _verdict(prob: float, threshold: float) -> str:
@@ -36,6 +36,10 @@ def predict(
     batch_size: Annotated[int | None, typer.Option(min=1, help="Images per forward pass (default: 8 on CPU, 64 on CUDA).")] = None,
     workers: Annotated[int | None, typer.Option(min=0)] = None,
     max_pixels: Annotated[int, typer.Option(min=1, help="Refuse images with more pixels.")] = 100_000_000,
+    assess: Annotated[bool, typer.Option("--assess", help="A verdict in words per image: stability checks (JPEG 75, "
+                                         "0.5x resize, crop), uncertainty band, evidence (EXIF, JPEG quality, C2PA).")] = False,
+    heatmap: Annotated[bool, typer.Option("--heatmap", help="With --assess: 3x3 patch scores too.")] = False,
+    as_json: Json = False,
     quiet: Quiet = False,
 ) -> None:
     """Score images. One file prints a verdict; several stream the MediaEval Task A CSV to -o (or stdout)."""
@@ -50,6 +54,11 @@ def predict(
         raise fail("no images given")
     det = Detector.load(detector)
     _ = det.backbone  # a detector whose backbone cannot be built fails here, before any output
+    if assess:
+        if out is not None:
+            raise fail("--assess prints assessments (--json for JSON); -o writes Task A CSVs: use one or the other")
+        _assess(det, list(iter_inputs(paths)), heatmap=heatmap, as_json=as_json, max_pixels=max_pixels)
+        return
     single = len(paths) == 1 and paths[0].is_file() and paths[0].suffix.lower() != ".csv" and out is None
     results = det.predict_paths(iter_inputs(paths), batch_size=batch_size, num_workers=0 if single else workers,
                                 max_pixels=max_pixels, progress=not (single or quiet))
@@ -75,6 +84,49 @@ def predict(
         _write_skips(skips, out.with_name(out.name + ".skipped.csv"))
     note(f"{n} scored{f' → {printable(out)}' if out else ''}, {len(skips)} skipped"
          f"{f' → {printable(out)}.skipped.csv' if out and skips else ''}")
+
+
+def _assess(det: Any, paths: list[Path], *, heatmap: bool, as_json: bool, max_pixels: int) -> None:
+    """Print one assessment per image (``--json``: a list of them); exit 1 when none could be assessed."""
+    from rich.markup import escape
+
+    from ..assess import assess_images
+    from ..atomic import printable
+    from ..pixels import ImageLoadError
+
+    results = []
+    chunks = (paths[i:i + 16] for i in range(0, len(paths), 16))  # one batched scoring pass per 16 images
+    for path, a in ((p, r) for chunk in chunks
+                    for p, r in zip(chunk, assess_images(det, chunk, heatmap=heatmap, max_pixels=max_pixels))):
+        if isinstance(a, ImageLoadError):
+            skipped(path, a.reason + (f": {a.detail}" if a.detail else ""))
+            continue
+        results.append(a)
+        if as_json:
+            continue
+        out = console()
+        out.print(f"[bold]{escape(printable(a.name))}[/]: [bold]{a.verdict}[/]  (p_fake={a.probability:.3f}, "
+                  f"threshold {a.threshold:.3f}, band [{a.band[0]:.3f}, {a.band[1]:.3f}]: {a.band_source})")
+        for r in a.reasons:
+            out.print(f"  because {escape(r)}")
+        for c in a.checks:
+            out.print(f"  check {c.name:<10} p={c.probability:.3f} {c.label:<9} {'agrees' if c.agrees else 'DISAGREES'}"
+                      f"  ({escape(c.description)})")
+        if a.evidence is not None:
+            ev = a.evidence
+            camera = " ".join(x for x in (ev.exif.make, ev.exif.model) if x) or "none"
+            jpeg = (f"quality ~{ev.jpeg.quality} ({'standard IJG tables' if ev.jpeg.standard else 'non-standard tables'})"
+                    if ev.jpeg else "not a JPEG")
+            out.print(f"  evidence (not in the score): format {ev.format}; camera {escape(camera)}; software "
+                      f"{escape(ev.exif.software or 'none')}; JPEG {jpeg}; C2PA {ev.c2pa.status}"
+                      f"{': ' + escape(ev.c2pa.detail) if ev.c2pa.status != 'absent' else ''}")
+        if a.heatmap is not None:
+            out.print("  heatmap (3x3 tiles, p_fake): " + " / ".join(" ".join(f"{x:.2f}" for x in row)
+                                                                      for row in a.heatmap.scores))
+    if as_json:
+        print_json([a.model_dump(mode="json") for a in results])
+    if not results:
+        raise fail(f"no image could be assessed ({len(paths)} skipped)", code=1)
 
 
 def _write_skips(skips: list[tuple[str, str]], dest: Path) -> None:

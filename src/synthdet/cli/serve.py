@@ -1,0 +1,43 @@
+"""``synthdet serve``: the REST API and web page (:mod:`synthdet.serve`) for one detector, with uvicorn."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from ._io import fail, note
+
+
+def serve(
+    detector: Annotated[Path | None, typer.Argument(help="Detector folder (default: the shipped one).")] = None,
+    localizer: Annotated[Path | None, typer.Option(help="Task B localizer folder (not available yet).")] = None,
+    host: Annotated[str, typer.Option(help="Address to bind; anything but loopback needs an API key.")] = "127.0.0.1",
+    port: Annotated[int, typer.Option(min=0, max=65535)] = 8000,
+    api_key: Annotated[str | None, typer.Option(envvar="SYNTHDET_API_KEY",
+                                                help="Required as X-API-Key on /v1/* and /metrics.")] = None,
+    max_body_mb: Annotated[float, typer.Option(min=0.001, help="Request body limit (413 beyond).")] = 25.0,
+    max_pixels: Annotated[int, typer.Option(min=1, help="Refuse images with more pixels (413).")] = 100_000_000,
+    timeout: Annotated[float, typer.Option(min=0.1, help="Seconds per request (504 beyond).")] = 30.0,
+    queue: Annotated[int, typer.Option(min=1, help="Requests admitted at once; more get 503 + Retry-After.")] = 32,
+    max_batch: Annotated[int, typer.Option(min=1, help="Requests per forward pass (1: no micro-batching).")] = 8,
+    max_wait_ms: Annotated[float, typer.Option(min=0, help="Wait for more requests to batch, in ms.")] = 5.0,
+    workers: Annotated[int, typer.Option(min=1, help="Decoding threads.")] = 2,
+    log_level: Annotated[str, typer.Option(help="uvicorn log level.")] = "info",
+) -> None:
+    """Serve a REST API (/v1/score, /v1/score/batch, /v1/detector, /healthz, /metrics, /docs) and a web page (/)."""
+    from ..detector import Detector
+    from ..serve import Settings, is_loopback, run
+
+    if localizer is not None:
+        raise fail("--localizer: no localizer can be loaded yet (Task B is not built in this version)")
+    if not is_loopback(host) and not api_key:
+        raise fail(f"--host {host} exposes the service beyond this machine: give --api-key (or SYNTHDET_API_KEY)")
+    settings = Settings(max_body_bytes=int(max_body_mb * 1024 * 1024), max_pixels=max_pixels, timeout_s=timeout,
+                        queue_size=queue, max_batch=max_batch, max_wait_ms=max_wait_ms, workers=workers,
+                        api_key=api_key)
+    det = Detector.load(detector)
+    _ = det.backbone
+    note(f"synthdet serve: http://{host}:{port}/  (API docs: /docs; detector {detector or 'shipped default'})")
+    run(det, host=host, port=port, settings=settings, log_level=log_level)

@@ -1,0 +1,324 @@
+"""The FastAPI application: thin routes over :mod:`synthdet.assess`, with the safety a public endpoint needs.
+
+Every request that scores is admitted against ``queue_size`` first (``503`` + ``Retry-After`` when full), its body
+read into memory up to ``max_body_bytes`` (``413`` beyond; multipart parts are never spooled to disk), decoded by
+content sniffing (:func:`~synthdet.pixels.load_image`: never the file name) under the ``max_pixels`` bomb guard, and
+answered within ``timeout_s`` (``504``). Decoding runs on a small thread pool; scoring on the one worker that owns
+the model (:class:`~synthdet.serve.batcher.MicroBatcher`). No file is written, and no path a client sends is opened.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hmac
+import time
+from collections.abc import AsyncGenerator, AsyncIterator, Callable
+from concurrent.futures import ThreadPoolExecutor
+from contextlib import asynccontextmanager
+from functools import partial
+from importlib import resources
+from pathlib import Path
+from typing import Any
+
+from fastapi import FastAPI, Request
+from fastapi.openapi.docs import get_swagger_ui_html
+from fastapi.responses import HTMLResponse, JSONResponse, Response
+from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+from pydantic import BaseModel, Field
+from starlette.datastructures import Headers, UploadFile
+from starlette.formparsers import MultiPartException, MultiPartParser
+from swagger_ui_bundle import swagger_ui_path
+
+from ..assess import Assessment, Pending, detector_id, prepare, uncertainty_band
+from ..pixels import DEFAULT_MAX_PIXELS, ImageLoadError
+from .batcher import MicroBatcher
+
+#: The Swagger UI files ``/docs`` needs, served from the ``swagger-ui-bundle`` package (no CDN).
+_DOCS_ASSETS = {"swagger-ui-bundle.js": "text/javascript", "swagger-ui.css": "text/css",
+                "favicon-32x32.png": "image/png"}
+
+#: HTTP status for each reason :func:`~synthdet.pixels.load_image` gives.
+STATUS_BY_REASON = {"empty-file": 400, "not-an-image": 415, "truncated": 422, "corrupt": 422, "too-large": 413}
+
+
+class Settings(BaseModel):
+    """Limits and batching of one service."""
+
+    max_body_bytes: int = Field(25 * 1024 * 1024, ge=1)  # request body limit (413 beyond)
+    max_pixels: int = Field(DEFAULT_MAX_PIXELS, ge=1)  # decompression-bomb guard (413 beyond)
+    max_files: int = Field(16, ge=1)  # files in one /v1/score/batch request
+    timeout_s: float = Field(30.0, gt=0)  # per request, decode to answer (504 beyond)
+    queue_size: int = Field(32, ge=1)  # requests admitted at once; more get 503 + Retry-After
+    retry_after_s: int = Field(1, ge=0)
+    workers: int = Field(2, ge=1)  # decoding threads
+    max_batch: int = Field(8, ge=1)  # requests gathered into one forward pass (1: micro-batching off)
+    max_wait_ms: float = Field(5.0, ge=0)  # how long the first request of a batch waits for company
+    api_key: str | None = None  # required as X-API-Key (or Bearer) on /v1/* and /metrics when set
+
+
+class ServiceError(Exception):
+    """An answer other than 200: status, a machine-readable reason and a sentence."""
+
+    def __init__(self, status: int, reason: str, detail: str, headers: dict[str, str] | None = None) -> None:
+        super().__init__(detail)
+        self.status, self.reason, self.detail, self.headers = status, reason, detail, headers or {}
+
+
+class _InMemoryParser(MultiPartParser):
+    """Starlette's multipart parser with file parts kept in memory (the body is already bounded)."""
+
+    def __init__(self, headers: Headers, body: bytes, limit: int) -> None:
+        async def stream() -> AsyncGenerator[bytes, None]:
+            yield body
+
+        super().__init__(headers, stream(), max_files=limit, max_fields=limit)
+        self.spool_max_size = len(body) + 1
+
+
+class _Metrics:
+    def __init__(self, depth: Callable[[], float]) -> None:
+        self.registry = CollectorRegistry()
+        r = self.registry
+        self.requests = Counter("synthdet_requests", "HTTP requests by endpoint and status", ["endpoint", "status"],
+                                registry=r)
+        self.latency = Histogram("synthdet_request_duration_seconds", "Request latency by endpoint", ["endpoint"],
+                                 buckets=(0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30), registry=r)
+        self.errors = Counter("synthdet_errors", "Requests refused or failed, by reason", ["reason"], registry=r)
+        self.depth = Gauge("synthdet_queue_depth", "Requests admitted and not yet answered", registry=r)
+        self.depth.set_function(depth)
+        self.batch = Histogram("synthdet_batch_requests", "Requests scored per forward pass",
+                               buckets=(1, 2, 4, 8, 16, 32, 64), registry=r)
+        self.forward = Histogram("synthdet_forward_seconds", "Seconds per forward pass (all images of a batch)",
+                                 registry=r)
+
+    def on_batch(self, n_requests: int, n_images: int, seconds: float) -> None:
+        self.batch.observe(n_requests)
+        self.forward.observe(seconds)
+
+
+def _error(e: ServiceError) -> JSONResponse:
+    return JSONResponse({"error": {"reason": e.reason, "detail": e.detail}}, status_code=e.status, headers=e.headers)
+
+
+def _load_error(e: ImageLoadError, name: str) -> ServiceError:
+    return ServiceError(STATUS_BY_REASON.get(e.reason, 422), e.reason, f"{name}: {e.reason}" +
+                        (f" ({e.detail})" if e.detail else ""))
+
+
+_UPLOAD_BODY = {"requestBody": {"required": True, "content": {
+    "multipart/form-data": {"schema": {"type": "object", "properties": {
+        "file": {"type": "string", "format": "binary"}}}},
+    "application/octet-stream": {"schema": {"type": "string", "format": "binary"}},
+}}}
+_BATCH_BODY = {"requestBody": {"required": True, "content": {"multipart/form-data": {"schema": {
+    "type": "object", "properties": {"files": {"type": "array", "items": {"type": "string", "format": "binary"}}}}}}}}
+
+
+def create_app(detector: Any, *, settings: Settings | None = None) -> FastAPI:
+    """The service for one loaded detector (a :class:`~synthdet.detector.Detector` or an ensemble)."""
+    s = settings or Settings()
+    det = detector
+    det_id = detector_id(det)
+    admitted = 0
+    metrics = _Metrics(lambda: admitted)
+    batcher = MicroBatcher(det, max_batch=s.max_batch, max_wait_ms=s.max_wait_ms, on_batch=metrics.on_batch,
+                           in_flight=lambda: admitted)
+    pool = ThreadPoolExecutor(max_workers=s.workers, thread_name_prefix="synthdet-decode")
+    page = (resources.files("synthdet.serve") / "static" / "index.html").read_text(encoding="utf-8")
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        _ = det.backbone  # build the network before the first request
+        batcher.start()
+        yield
+        batcher.stop()
+        pool.shutdown(wait=False, cancel_futures=True)
+
+    app = FastAPI(title="synthdet", version=str(det.card.synthdet_version), lifespan=lifespan, docs_url=None,
+                  redoc_url=None,
+                  description="Is this image AI-generated? A score, a verdict in words, stability checks and "
+                              "evidence. Errors are JSON: {\"error\": {\"reason\", \"detail\"}}.")
+
+    app.openapi_version = "3.0.3"  # what the packaged Swagger UI 4 renders; no route here needs 3.1
+
+    @app.middleware("http")
+    async def guard(request: Request, call_next: Callable) -> Response:
+        """API key, per-endpoint metrics and one JSON shape for every refusal."""
+        start = time.perf_counter()
+        path = request.url.path
+        endpoint = path if path.startswith(("/v1/", "/healthz", "/metrics")) or path == "/" else "other"
+        if s.api_key and path.startswith(("/v1/", "/metrics")):
+            given = request.headers.get("x-api-key") or request.headers.get("authorization", "").removeprefix("Bearer ")
+            if not hmac.compare_digest(given.encode(), s.api_key.encode()):
+                response: Response = _error(ServiceError(401, "unauthorized", "a valid X-API-Key header is required"))
+                metrics.errors.labels("unauthorized").inc()
+                metrics.requests.labels(endpoint, "401").inc()
+                return response
+        response = await call_next(request)
+        metrics.requests.labels(endpoint, str(response.status_code)).inc()
+        metrics.latency.labels(endpoint).observe(time.perf_counter() - start)
+        response.headers["X-Content-Type-Options"] = "nosniff"
+        return response
+
+    @app.exception_handler(ServiceError)
+    async def service_error(request: Request, e: ServiceError) -> JSONResponse:
+        metrics.errors.labels(e.reason).inc()
+        return _error(e)
+
+    def admit() -> None:
+        nonlocal admitted
+        if admitted >= s.queue_size:
+            raise ServiceError(503, "queue-full", f"{admitted} requests in progress (queue size {s.queue_size}); "
+                               f"retry after {s.retry_after_s} s", headers={"Retry-After": str(s.retry_after_s)})
+        admitted += 1
+
+    def release() -> None:
+        nonlocal admitted
+        admitted -= 1
+
+    async def read_uploads(request: Request, *, many: bool) -> list[tuple[str, bytes]]:
+        """``(name, bytes)`` of the uploaded files: multipart parts, or the raw body as one file."""
+        length = request.headers.get("content-length")
+        if length is not None and length.isdigit() and int(length) > s.max_body_bytes:
+            raise ServiceError(413, "body-too-large", f"request body of {int(length):,} bytes exceeds the limit of "
+                               f"{s.max_body_bytes:,} bytes")
+        body = bytearray()
+        async for chunk in request.stream():
+            body += chunk
+            if len(body) > s.max_body_bytes:
+                raise ServiceError(413, "body-too-large", f"request body exceeds the limit of {s.max_body_bytes:,} "
+                                   f"bytes")
+        ctype = request.headers.get("content-type", "")
+        if not ctype.startswith("multipart/form-data"):
+            return [("<body>", bytes(body))]
+        try:
+            form = await _InMemoryParser(request.headers, bytes(body), s.max_files + 8).parse()
+        except MultiPartException as e:
+            raise ServiceError(400, "bad-multipart", f"the multipart body cannot be parsed: {e.message}") from None
+        files = [v for _, v in form.multi_items() if isinstance(v, UploadFile)]
+        if not files:
+            raise ServiceError(400, "no-file", "the multipart body holds no file part")
+        if len(files) > (s.max_files if many else 1):
+            raise ServiceError(400, "too-many-files", f"{len(files)} files; this endpoint takes "
+                               + (f"at most {s.max_files}" if many else "one (use /v1/score/batch)"))
+        out = []
+        for f in files:
+            out.append(((f.filename or "<file>")[:200], await f.read()))
+            await f.close()
+        return out
+
+    async def assess(uploads: list[tuple[str, bytes]], heatmap: bool, checks: bool
+                     ) -> list[Assessment | ServiceError]:
+        """Decode on the pool, score on the worker; per-file errors in place."""
+        loop = asyncio.get_running_loop()
+
+        async def decode(name: str, data: bytes) -> Pending | ServiceError:
+            try:
+                return await loop.run_in_executor(pool, partial(
+                    prepare, det, data, name=name, checks=checks, heatmap=heatmap, max_pixels=s.max_pixels))
+            except ImageLoadError as e:
+                return _load_error(e, name)
+
+        prepared = await asyncio.gather(*(decode(name, data) for name, data in uploads))
+        futures = [batcher.submit(p) if isinstance(p, Pending) else p for p in prepared]
+        try:
+            out: list[Assessment | ServiceError] = []
+            for f in futures:
+                if isinstance(f, ServiceError):
+                    out.append(f)
+                else:
+                    done: Assessment = await asyncio.wrap_future(f)
+                    out.append(done)
+            return out
+        finally:
+            for f in futures:
+                if not isinstance(f, ServiceError):
+                    f.cancel()  # a request that timed out leaves nothing for the worker
+
+    async def run(request: Request, heatmap: bool, checks: bool, many: bool
+                  ) -> list[tuple[str, Assessment | ServiceError]]:
+        """``(file name, result)`` per upload, admitted against the queue and within the timeout."""
+
+        async def work() -> list[tuple[str, Assessment | ServiceError]]:
+            uploads = await read_uploads(request, many=many)  # inside the timeout: a slow sender is cut off too
+            results = await assess(uploads, heatmap, checks)
+            return [(name, r) for (name, _), r in zip(uploads, results)]
+
+        admit()
+        try:
+            return await asyncio.wait_for(work(), timeout=s.timeout_s)
+        except TimeoutError:
+            raise ServiceError(504, "timeout", f"no answer within {s.timeout_s:g} s") from None
+        finally:
+            release()
+
+    def payload(a: Assessment, start: float) -> dict[str, Any]:
+        out = a.model_dump(mode="json")
+        out["timings_ms"]["total"] = round((time.perf_counter() - start) * 1e3, 2)
+        return out
+
+    @app.post("/v1/score", openapi_extra=_UPLOAD_BODY, summary="Assess one image (multipart field or raw body)")
+    async def score(request: Request, heatmap: bool = False, checks: bool = True) -> JSONResponse:
+        """Probability, label, threshold, detector, verdict in words with reasons, stability checks, evidence and
+        (``heatmap=true``) 3x3 patch scores. Errors: 400/413/415/422 with a reason, 503 + Retry-After, 504."""
+        start = time.perf_counter()
+        ((_, result),) = await run(request, heatmap, checks, many=False)
+        if isinstance(result, ServiceError):
+            raise result
+        return JSONResponse(payload(result, start))
+
+    @app.post("/v1/score/batch", openapi_extra=_BATCH_BODY, summary="Assess several images (multipart files)")
+    async def score_batch(request: Request, heatmap: bool = False, checks: bool = True) -> JSONResponse:
+        """One result per file, in order: an assessment, or ``{"name", "status", "error": {reason, detail}}``."""
+        start = time.perf_counter()
+        results = await run(request, heatmap, checks, many=True)
+        for _, r in results:
+            if isinstance(r, ServiceError):
+                metrics.errors.labels(r.reason).inc()
+        return JSONResponse({"results": [
+            payload(r, start) if isinstance(r, Assessment)
+            else {"name": name, "status": r.status, "error": {"reason": r.reason, "detail": r.detail}}
+            for name, r in results]})
+
+    @app.post("/v1/localize", summary="Where was the image manipulated (Task B mask)")
+    async def localize() -> JSONResponse:
+        raise ServiceError(501, "no-localizer", "no localizer is loaded: Task B (localisation) is not built in this "
+                           "version of synthdet; the heatmap of /v1/score?heatmap=true gives patch-level scores")
+
+    @app.get("/v1/detector", summary="The detector's card: threshold, band, metrics and the rows behind them")
+    async def detector_card() -> JSONResponse:
+        (low, high), source = uncertainty_band(det)
+        return JSONResponse({"id": det_id, "threshold": det.threshold, "band": [low, high], "band_source": source,
+                             "card": det.card.model_dump(mode="json", exclude={"rows"})})
+
+    @app.get("/healthz", summary="Liveness: the worker and the queue")
+    async def healthz() -> JSONResponse:
+        return JSONResponse({"status": "ok", "detector": det_id, "in_progress": admitted,
+                             "queue_size": s.queue_size, "waiting_for_model": batcher.depth})
+
+    @app.get("/metrics", summary="Prometheus metrics")
+    async def prometheus() -> Response:
+        return Response(generate_latest(metrics.registry), media_type=CONTENT_TYPE_LATEST)
+
+    @app.get("/docs", include_in_schema=False)
+    async def docs() -> HTMLResponse:
+        """Swagger UI from the packaged ``swagger-ui-bundle`` files: the docs work on a machine without internet."""
+        return get_swagger_ui_html(openapi_url="/openapi.json", title="synthdet API",
+                                   swagger_js_url="/docs-assets/swagger-ui-bundle.js",
+                                   swagger_css_url="/docs-assets/swagger-ui.css",
+                                   swagger_favicon_url="/docs-assets/favicon-32x32.png")
+
+    @app.get("/docs-assets/{name}", include_in_schema=False)
+    async def docs_asset(name: str) -> Response:
+        if name not in _DOCS_ASSETS:  # a fixed list: no client path is ever opened
+            raise ServiceError(404, "not-found", f"no such asset {name[:80]!r}")
+        return Response((Path(swagger_ui_path) / name).read_bytes(), media_type=_DOCS_ASSETS[name],
+                        headers={"Cache-Control": "max-age=86400"})
+
+    @app.get("/", include_in_schema=False)
+    async def index() -> HTMLResponse:
+        return HTMLResponse(page, headers={"Content-Security-Policy": "default-src 'self'; img-src 'self' blob: "
+                                           "data:; style-src 'unsafe-inline'; script-src 'unsafe-inline'; "
+                                           "frame-ancestors 'none'"})
+
+    return app

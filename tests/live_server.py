@@ -1,0 +1,41 @@
+"""A real uvicorn server on a free loopback port, in a thread of the test process (the detector is loaded once)."""
+
+from __future__ import annotations
+
+import socket
+import threading
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from typing import Any
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+@contextmanager
+def live_server(detector: Any, **settings: Any) -> Iterator[str]:
+    """``http://127.0.0.1:PORT`` of ``create_app(detector, settings=Settings(**settings))`` until the block ends."""
+    import uvicorn
+
+    from synthdet.serve import Settings, create_app
+
+    port = free_port()
+    config = uvicorn.Config(create_app(detector, settings=Settings(**settings)), host="127.0.0.1", port=port,
+                            log_level="warning", backlog=2048)
+    server = uvicorn.Server(config)
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    deadline = time.monotonic() + 60
+    while not server.started:
+        if not thread.is_alive() or time.monotonic() > deadline:
+            raise RuntimeError("uvicorn did not start")
+        time.sleep(0.05)
+    try:
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        server.should_exit = True
+        thread.join(timeout=30)

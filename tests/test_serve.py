@@ -1,0 +1,247 @@
+"""``synthdet serve`` over real HTTP: uvicorn on a loopback port, httpx clients, the shipped default detector.
+
+Every endpoint, every hostile input with its specific status and reason (and the server still serving afterwards),
+500 concurrent requests against a queue of 8, micro-batching, API key and timeout."""
+
+from __future__ import annotations
+
+import asyncio
+import io
+import resource
+from collections.abc import Iterator
+
+import numpy as np
+import pytest
+from conftest import encode_image, synthetic_photo
+from PIL import Image
+
+pytest.importorskip("fastapi")
+pytest.importorskip("uvicorn")
+httpx = pytest.importorskip("httpx")
+
+from live_server import live_server  # noqa: E402
+from typer.testing import CliRunner  # noqa: E402
+
+from synthdet.assess import assess_image  # noqa: E402
+from synthdet.detector import Detector  # noqa: E402
+from synthdet.serve import Settings, is_loopback, run  # noqa: E402
+
+MB = 1024 * 1024
+
+
+@pytest.fixture(scope="module")
+def det(default_detector: Detector) -> Detector:
+    return default_detector
+
+
+@pytest.fixture(scope="module")
+def url(det: Detector) -> Iterator[str]:
+    with live_server(det, max_body_bytes=2 * MB, max_pixels=4_000_000, queue_size=8) as u:
+        yield u
+
+
+@pytest.fixture(scope="module")
+def photo() -> bytes:
+    return encode_image(synthetic_photo(128, 96, seed=4), "JPEG", quality=88)
+
+
+def test_score_multipart_and_raw_body(url: str, det: Detector, photo: bytes) -> None:
+    expected = assess_image(det, photo)
+    multipart = httpx.post(f"{url}/v1/score", files={"file": ("holiday.jpg", photo, "image/jpeg")}, timeout=60)
+    raw = httpx.post(f"{url}/v1/score", content=photo, headers={"content-type": "application/octet-stream"},
+                     timeout=60)
+    for r in (multipart, raw):
+        assert r.status_code == 200, r.text
+        body = r.json()
+        assert body["probability"] == pytest.approx(expected.probability, abs=1e-6)
+        assert body["verdict"] == expected.verdict and body["threshold"] == pytest.approx(det.threshold)
+        assert [c["name"] for c in body["checks"]] == ["jpeg75", "resize0.5", "crop"]
+        assert body["evidence"]["jpeg"]["quality"] == 88
+        assert body["heatmap"] is None
+        assert {"decode", "queue", "score", "total"} <= set(body["timings_ms"])
+    assert multipart.json()["name"] == "holiday.jpg" and raw.json()["name"] == "<body>"
+    assert multipart.headers["x-content-type-options"] == "nosniff"
+
+
+def test_heatmap_and_no_checks(url: str, photo: bytes) -> None:
+    r = httpx.post(f"{url}/v1/score?heatmap=true&checks=false", content=photo, timeout=60)
+    assert r.status_code == 200
+    body = r.json()
+    assert np.array(body["heatmap"]["scores"]).shape == (3, 3) and body["checks"] == []
+
+
+def test_batch(url: str, photo: bytes) -> None:
+    png = encode_image(synthetic_photo(80, 80, seed=9), "PNG")
+    files = [("files", ("a.jpg", photo)), ("files", ("b.png", png)), ("files", ("c.jpg", b"GIF89a not really"))]
+    r = httpx.post(f"{url}/v1/score/batch", files=files, timeout=60)
+    assert r.status_code == 200, r.text
+    a, b, c = r.json()["results"]
+    assert (a["name"], b["name"], b["evidence"]["format"]) == ("a.jpg", "b.png", "PNG")
+    assert (c["name"], c["status"], c["error"]["reason"]) == ("c.jpg", 415, "not-an-image")
+    two = httpx.post(f"{url}/v1/score", files=files[:2], timeout=60)
+    assert two.status_code == 400 and two.json()["error"]["reason"] == "too-many-files"
+
+
+def test_detector_health_metrics_docs_localize(url: str, det: Detector) -> None:
+    card = httpx.get(f"{url}/v1/detector").json()
+    assert card["threshold"] == pytest.approx(det.threshold) and card["card"]["backbone"] == det.card.backbone
+    assert card["band_source"] == "default, not calibrated" and len(card["band"]) == 2
+    health = httpx.get(f"{url}/healthz").json()
+    assert health["status"] == "ok" and health["detector"] == card["id"]
+    loc = httpx.post(f"{url}/v1/localize", content=b"x")
+    assert loc.status_code == 501 and loc.json()["error"]["reason"] == "no-localizer"
+    assert "/v1/score" in httpx.get(f"{url}/openapi.json").json()["paths"]
+    docs = httpx.get(f"{url}/docs")
+    assert docs.status_code == 200 and "/docs-assets/swagger-ui-bundle.js" in docs.text and "https://" not in docs.text
+    assert httpx.get(f"{url}/docs-assets/swagger-ui-bundle.js").status_code == 200
+    assert httpx.get(f"{url}/docs-assets/..%2F..%2Fsetup.py").status_code == 404
+    text = httpx.get(f"{url}/metrics").text
+    for name in ("synthdet_requests_total", "synthdet_request_duration_seconds_bucket", "synthdet_queue_depth",
+                 "synthdet_errors_total", "synthdet_batch_requests"):
+        assert name in text, name
+    assert 'synthdet_errors_total{reason="no-localizer"}' in text
+
+
+def test_page_is_self_contained(url: str) -> None:
+    r = httpx.get(f"{url}/")
+    assert r.status_code == 200 and r.headers["content-type"].startswith("text/html")
+    assert "default-src 'self'" in r.headers["content-security-policy"]
+    page = r.text
+    assert "<script" in page and "/v1/score" in page
+    assert "http://" not in page and "https://" not in page and "src=\"//" not in page  # no CDN, no external asset
+
+
+def _bomb() -> bytes:
+    """A 6000x6000 PNG of one colour: 36 Mpx of pixels in a few kilobytes."""
+    return encode_image(Image.new("L", (6000, 6000), 128), "PNG", optimize=True)
+
+
+@pytest.mark.parametrize(("name", "make", "status", "reason"), [
+    ("zero bytes", lambda: b"", 400, "empty-file"),
+    ("truncated JPEG", lambda: encode_image(synthetic_photo(256, 192), "JPEG")[:2000], 422, "truncated"),
+    ("text named .jpg", lambda: b"Dear diary, today I uploaded a text file called photo.jpg.", 415, "not-an-image"),
+    ("decompression bomb", _bomb, 413, "too-large"),
+    ("oversize body", lambda: b"\xff\xd8" + bytes(3 * MB), 413, "body-too-large"),
+])
+def test_hostile_inputs(url: str, photo: bytes, name: str, make, status: int, reason: str) -> None:
+    data = make()
+    for r in (httpx.post(f"{url}/v1/score", files={"file": ("photo.jpg", data, "image/jpeg")}, timeout=60),
+              httpx.post(f"{url}/v1/score", content=data, timeout=60)):
+        assert r.status_code == status, (name, r.text)
+        assert r.json()["error"]["reason"] == reason
+    assert httpx.post(f"{url}/v1/score", content=photo, timeout=60).status_code == 200  # still serving
+
+
+def test_oversize_chunked_body(url: str, photo: bytes) -> None:
+    """No Content-Length: the limit is enforced while reading."""
+    def chunks() -> Iterator[bytes]:
+        for _ in range(6):
+            yield bytes(MB // 2)
+
+    r = httpx.post(f"{url}/v1/score", content=chunks(), timeout=60)
+    assert r.status_code == 413 and r.json()["error"]["reason"] == "body-too-large"
+    assert Settings().max_body_bytes == 25 * MB
+
+
+def test_500_concurrent_requests_against_a_queue_of_8(url: str, photo: bytes) -> None:
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft < 2048:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (min(4096, hard), hard))
+    small = encode_image(synthetic_photo(64, 48, seed=1), "JPEG")
+
+    async def storm() -> list[httpx.Response]:
+        limits = httpx.Limits(max_connections=500, max_keepalive_connections=0)
+        async with httpx.AsyncClient(limits=limits, timeout=120) as client:
+            return await asyncio.gather(*(client.post(f"{url}/v1/score?checks=false", content=small)
+                                          for _ in range(500)))
+
+    responses = asyncio.run(storm())
+    codes = [r.status_code for r in responses]
+    assert set(codes) <= {200, 503}, sorted(set(codes))
+    assert codes.count(200) >= 8 and codes.count(503) >= 1, (codes.count(200), codes.count(503))
+    refused = [r for r in responses if r.status_code == 503]
+    assert all(r.headers["retry-after"] == "1" and r.json()["error"]["reason"] == "queue-full" for r in refused)
+    assert httpx.get(f"{url}/healthz").json()["in_progress"] == 0
+    assert httpx.post(f"{url}/v1/score", content=photo, timeout=60).status_code == 200
+    assert 'synthdet_errors_total{reason="queue-full"}' in httpx.get(f"{url}/metrics").text
+
+
+def test_micro_batching_gathers_concurrent_requests(det: Detector) -> None:
+    small = encode_image(synthetic_photo(64, 48, seed=2), "JPEG")
+    with live_server(det, max_batch=8, max_wait_ms=1500) as u:
+        lone = httpx.post(f"{u}/v1/score?checks=false", content=small, timeout=60)
+        assert lone.status_code == 200 and lone.json()["timings_ms"]["queue"] < 1000  # nothing to wait for
+        async def burst() -> list[httpx.Response]:
+            async with httpx.AsyncClient(timeout=60) as client:
+                return await asyncio.gather(*(client.post(f"{u}/v1/score?checks=false", content=small)
+                                              for _ in range(8)))
+
+        assert all(r.status_code == 200 for r in asyncio.run(burst()))
+        text = httpx.get(f"{u}/metrics").text
+    count = float(next(line.split()[-1] for line in text.splitlines() if line.startswith("synthdet_batch_requests_count")))
+    assert count < 8  # 8 requests in fewer forward passes
+
+
+def test_api_key_and_timeout(det: Detector, photo: bytes) -> None:
+    with live_server(det, api_key="s3cret", timeout_s=0.001) as u:
+        assert httpx.post(f"{u}/v1/score", content=photo).status_code == 401
+        assert httpx.get(f"{u}/metrics").status_code == 401
+        assert httpx.get(f"{u}/healthz").status_code == 200
+        r = httpx.post(f"{u}/v1/score", content=photo, headers={"x-api-key": "s3cret"}, timeout=60)
+        assert r.status_code == 504 and r.json()["error"]["reason"] == "timeout"
+        assert httpx.get(f"{u}/healthz").json()["in_progress"] == 0
+    assert is_loopback("127.0.0.1") and is_loopback("::1") and is_loopback("localhost")
+    assert not is_loopback("0.0.0.0") and not is_loopback("example.org")
+    with pytest.raises(ValueError, match="API key"):
+        run(det, host="0.0.0.0", port=1)
+
+
+def test_cli_refuses_open_bind_without_key() -> None:
+    from synthdet.cli import app
+
+    runner = CliRunner()
+    res = runner.invoke(app, ["serve", "--host", "0.0.0.0"], env={"SYNTHDET_API_KEY": ""})
+    assert res.exit_code == 2 and "api-key" in res.output
+    res = runner.invoke(app, ["serve", "--localizer", "."])
+    assert res.exit_code == 2 and "Task B" in res.output
+
+
+def test_pixels_bomb_png_is_small() -> None:
+    """The bomb input really is small on the wire and large in pixels (the test above means something)."""
+    data = _bomb()
+    assert len(data) < 200_000
+    with Image.open(io.BytesIO(data)) as img:
+        assert img.size[0] * img.size[1] > 4_000_000
+
+
+def test_slow_sender_is_cut_off(det: Detector, photo: bytes) -> None:
+    """The timeout covers reading the body: a client trickling its upload cannot hold a queue slot for ever."""
+    import time
+
+    def trickle() -> Iterator[bytes]:
+        for i in range(0, len(photo), len(photo) // 4 + 1):
+            time.sleep(0.6)
+            yield photo[i:i + len(photo) // 4 + 1]
+
+    with live_server(det, timeout_s=1.0, queue_size=1) as u:
+        r = httpx.post(f"{u}/v1/score?checks=false", content=trickle(), timeout=60)
+        assert r.status_code == 504 and r.json()["error"]["reason"] == "timeout"
+        assert httpx.get(f"{u}/healthz").json()["in_progress"] == 0
+        assert httpx.post(f"{u}/v1/score?checks=false", content=photo, timeout=60).status_code == 200
+
+
+def test_large_upload_never_touches_the_disk(url: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A 1.5 MB multipart upload (starlette spools parts over 1 MB to a temporary file) is parsed in memory: any
+    temporary file created meanwhile is recorded, and none may be."""
+    import tempfile
+
+    created: list[str] = []
+    for name in ("TemporaryFile", "NamedTemporaryFile", "mkstemp", "mkdtemp"):
+        real = getattr(tempfile, name)
+        monkeypatch.setattr(tempfile, name, lambda *a, _n=name, _r=real, **k: (created.append(_n), _r(*a, **k))[1])
+    noise = np.random.default_rng(0).integers(0, 256, (720, 720, 3), dtype=np.uint8)
+    big = encode_image(Image.fromarray(noise), "PNG")
+    assert 1 * MB < len(big) < 2 * MB
+    r = httpx.post(f"{url}/v1/score?checks=false", files={"file": ("big.png", big, "image/png")}, timeout=120)
+    assert r.status_code == 200 and r.json()["width"] == 720
+    assert created == []
