@@ -190,8 +190,9 @@ def cmd_extract(args: argparse.Namespace) -> None:
 
 
 # ------------------------------------------------------------------------------------------------ the protocol
-def load_variant(backbone: str, pool: str, scale: str, views: list[int], flip: bool = False) -> dict[str, np.ndarray]:
-    with np.load(extract_variant(backbone, pool, scale, views, flip_view=flip), allow_pickle=True) as z:
+def load_variant(backbone: str, pool: str, scale: str, views: list[int], flip: bool = False,
+                 gray: bool = False) -> dict[str, np.ndarray]:
+    with np.load(extract_variant(backbone, pool, scale, views, flip_view=flip, gray=gray), allow_pickle=True) as z:
         return {k: z[k] for k in z.files}
 
 
@@ -395,6 +396,28 @@ def cmd_demo(args: argparse.Namespace) -> None:
                 f"{int((~train).sum())} (no near-duplicate of a demo image)", "levers": results}}, indent=1))
 
 
+def cmd_table(_: argparse.Namespace) -> None:
+    """The levers as a markdown table (README)."""
+    data = json.loads(RESULTS.read_text())
+    order = [r["name"] + s for r in lever_rows() for s in ("", " [mean]", " [max]")]
+    rows = sorted(data["levers"], key=lambda r: order.index(r["lever"]) if r["lever"] in order else len(order))
+    print("| lever | 384: pooled AUC | mean group AUC | worst group AUC | worst real-source FPR* | 224 native: "
+          "pooled AUC | worst group AUC |")
+    print("|---|---|---|---|---|---|---|")
+    for r in rows:
+        a, b = r["pool_384"], r["native_224"]
+        print(f"| {r['lever']} | {a['roc_auc']:.3f} | {a['mean_group_auc']:.3f} | {a['worst_group_auc']:.3f} "
+              f"({a['worst_group']}) | {a['worst_real_fpr']:.0%} ({a['worst_fpr_source']}) | {b['roc_auc']:.3f} | "
+              f"{b['worst_group_auc']:.3f} |")
+    if "demo_recipe" in data:
+        print(f"\nDemo recipe ({data['demo_recipe']['rows']}):\n")
+        print("| lever | 384: AUC | worst group AUC | 224 native: AUC |\n|---|---|---|---|")
+        for r in data["demo_recipe"]["levers"]:
+            a, b = r["pool_384"], r["native_224"]
+            print(f"| {r['lever']} | {a['roc_auc']:.3f} | {a['worst_group_auc']:.3f} ({a['worst_group']}) | "
+                  f"{b['roc_auc']:.3f} |")
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     sub = ap.add_subparsers(dest="cmd", required=True)
@@ -407,6 +430,7 @@ def main() -> None:
     dem = sub.add_parser("demo")
     dem.add_argument("--only", nargs="*", default=[])
     dem.set_defaults(fn=cmd_demo)
+    sub.add_parser("table").set_defaults(fn=cmd_table)
     args = ap.parse_args()
     args.fn(args)
 

@@ -28,19 +28,16 @@ import numpy as np
 import pandas as pd
 from build_pool import pooled_manifest  # this script's folder: the pool's groups are defined there
 
-from synthdet.backbones import create_backbone
 from synthdet.calibrate import uncertainty_band
 from synthdet.cv import cross_validate
 from synthdet.data import read_manifest
 from synthdet.normalise import SocialChain, normalise_dataset
 from synthdet.splits import RowSet
+from synthdet.train import GENERALISING_HEAD, generalising_backbone
 
 ROOT = Path(__file__).resolve().parents[1]
 OUT = ROOT / "src" / "synthdet" / "pretrained" / "default"
 CHAIN = SocialChain(size=384, scale="resize", quality=(70, 95))
-NATIVE_SIZE = 384
-CONFIG = {"head": "logreg", "features": "concat", "n_views": 3, "group_by": "group", "calibrate": "sigmoid"}
-TAP_POOL = "texture"
 MAX_GROUP_FPR = 0.08  # the bar is 10 % on every real source in the wild; leave-one-source-out gets a margin
 BAND_LEVEL = 0.9  # outside the uncertainty band, at least 90 % of held-out verdicts were right
 
@@ -55,11 +52,11 @@ def main() -> None:
     pool_dir = args.pool / CHAIN.name()
     pool = (read_manifest(pool_dir / "manifest.csv") if (pool_dir / "manifest.csv").is_file()
             else normalise_dataset(originals, pool_dir, chain=CHAIN, progress=True))
-    bb = create_backbone("effnet-lite0", tap_pool=TAP_POOL)
-    bb.preprocess = bb.preprocess.at_native(NATIVE_SIZE)
+    bb = generalising_backbone("effnet-lite0")
     staging = args.out.with_name(args.out.name + ".new")  # the old detector stays whole until the new one is
     shutil.rmtree(staging, ignore_errors=True)
-    res = cross_validate(pool, backbone=bb, **CONFIG, refit_all=True, max_group_fpr=MAX_GROUP_FPR,
+    res = cross_validate(pool, backbone=bb, **GENERALISING_HEAD, group_by="group", refit_all=True,
+                         calibrate="sigmoid", max_group_fpr=MAX_GROUP_FPR,
                          cache_dir=args.cache, out=staging / "cv", progress=True)
     det = res.detector
     assert det is not None

@@ -253,3 +253,58 @@ def test_shipped_default_scores_png_lossless_webp_and_jpeg_q100_within_001(
     p = shipped_scores(shipped, paths).reshape(len(large_photos), 3)
     assert np.array_equal(p[:, 0], p[:, 1]), p
     assert np.abs(p[:, 2] - p[:, 0]).max() < 0.01, p
+
+
+# ------------------------------------------------ the shipped default: what users do to a photo before scoring it
+#: Largest score change allowed for each everyday transformation of the same picture, on the shipped default (its
+#: reported, calibrated probability). Measured on the packaged demo photos and generated images with the default
+#: of this release (README, "Invariance"); the tolerances leave a margin over the largest change seen.
+TOLERANCE = {"exif": 0.0, "png-jpeg95-webp95": 0.10, "half-size": 0.20, "greyscale": 0.25}
+
+
+def everyday_copies(img: Image.Image) -> dict[str, dict[str, bytes]]:
+    """One picture as users meet it: the reference (PNG), and each transformation's copies."""
+    exif = Image.Exif()
+    exif[0x010F], exif[0x0110], exif[0x0131] = "Canon", "EOS 5D", "Adobe Photoshop"
+    half = img.resize((img.width // 2, img.height // 2), Image.Resampling.LANCZOS)
+    return {
+        "exif": {"with": encode(img, "JPEG", quality=95, exif=exif), "without": encode(img, "JPEG", quality=95)},
+        "png-jpeg95-webp95": {"png": encode(img, "PNG"), "jpeg95": encode(img, "JPEG", quality=95),
+                              "webp95": encode(img, "WEBP", quality=95)},
+        "half-size": {"full": encode(img, "PNG"), "half": encode(half, "PNG")},
+        "greyscale": {"colour": encode(img, "PNG"), "grey": encode(img.convert("L"), "PNG")},
+    }
+
+
+def everyday_pictures() -> list[Image.Image]:
+    """Four real photos and four generated images from the packaged demo data, at least 512 px on the short side
+    (so that half size is still a picture)."""
+    manifest = demo_data_dir() / "manifest.csv"
+    import pandas as pd
+
+    rows = pd.read_csv(manifest)
+    out = []
+    for label in (0, 1):
+        for path in rows[rows["label"] == label]["path"]:
+            img = load_image(demo_data_dir() / path)
+            if min(img.size) >= 512:
+                out.append(img)
+            if len(out) == 4 * (label + 1):
+                break
+    return out
+
+
+def test_shipped_default_is_stable_under_everyday_transformations(tmp_path: Path, shipped: Detector) -> None:
+    pictures = everyday_pictures()
+    assert len(pictures) == 8
+    for name, tol in TOLERANCE.items():
+        deltas = []
+        for i, img in enumerate(pictures):
+            copies = everyday_copies(img)[name]
+            paths = []
+            for kind, data in copies.items():
+                (tmp_path / f"{name}-{i}-{kind}").write_bytes(data)
+                paths.append(tmp_path / f"{name}-{i}-{kind}")
+            p = shipped_scores(shipped, paths)
+            deltas.append(float(np.ptp(p)))
+        assert max(deltas) <= tol, (name, np.round(deltas, 4))

@@ -35,7 +35,7 @@ from PIL import Image, UnidentifiedImageError
 from pydantic import BaseModel
 
 from .detector import Detector, assemble_features
-from .features import ImageTransform, batch_size_default
+from .features import ImageTransform, batch_size_default, forward_by_shape
 from .pixels import DEFAULT_MAX_PIXELS, ImageLoadError, load_image, reduce_to
 from .slices import get_slice
 
@@ -185,25 +185,17 @@ def _forward(backbone: Backbone, images: Sequence[Image.Image], taps: bool, batc
     """Pooled features and layer taps of decoded images through the backbone's canonical chain (view 0), exactly as
     :meth:`Detector.predict_paths` computes them from files."""
     pre = backbone.preprocess
-    tensors = [pre(reduce_to(img, pre.canonical_draft_size)) for img in images]
-    order = sorted(range(len(tensors)), key=lambda i: tuple(tensors[i].shape))  # native scale: sizes may differ
-    pooled: list[torch.Tensor] = [torch.empty(0)] * len(tensors)
-    layers: list[list[torch.Tensor]] = [[] for _ in tensors]
     device = backbone.device
     autocast = (torch.autocast("cuda", dtype=torch.bfloat16) if device.type == "cuda"
                 else torch.autocast("cpu", enabled=False))
-    start = 0
-    while start < len(order):
-        shape = tensors[order[start]].shape
-        idx = [i for i in order[start:start + batch_size] if tensors[i].shape == shape]
+    pooled, layers = [], []
+    for start in range(0, len(images), batch_size):
+        tensors = [pre(reduce_to(img, pre.canonical_draft_size)) for img in images[start:start + batch_size]]
         with autocast:
-            p, ls = backbone(torch.stack([tensors[i] for i in idx]).to(device), taps=taps)
-        for k, i in enumerate(idx):
-            pooled[i] = p[k].float().cpu()
-            layers[i] = [t[k].float().cpu() for t in ls]
-        start += len(idx)
-    n_layers = len(layers[0]) if layers else 0
-    return torch.stack(pooled), [torch.stack([lay[j] for lay in layers]) for j in range(n_layers)]
+            p, ls = forward_by_shape(backbone, tensors, taps=taps)  # native scale: sizes may differ
+        pooled.append(p)
+        layers.append(ls)
+    return torch.cat(pooled), [torch.cat([part[j] for part in layers]) for j in range(len(layers[0]))]
 
 
 def score_images(det: AnyDetector, images: Sequence[Image.Image], *, batch_size: int | None = None) -> np.ndarray:

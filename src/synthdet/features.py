@@ -25,6 +25,7 @@ from .store import FeatureStore, default_cache_dir, store_identity, store_key
 
 __all__ = [
     "ExtractResult", "FeatureStore", "ImageTransform", "Skipped", "default_cache_dir", "extract", "forward_batches",
+    "forward_by_shape",
     "store_identity", "store_key",
 ]
 
@@ -166,13 +167,13 @@ def forward_batches(
         pooled, layers = torch.empty(0), list[torch.Tensor]()
         if tensors:
             with autocast:
-                pooled, layers = _forward_by_shape(backbone, tensors, taps=taps)
+                pooled, layers = forward_by_shape(backbone, tensors, taps=taps)
         bar.update(len(batch))
         yield pairs, pooled, layers, errors
     bar.close()
 
 
-def _forward_by_shape(
+def forward_by_shape(
     backbone: Backbone, tensors: list[torch.Tensor], *, taps: bool
 ) -> tuple[torch.Tensor, list[torch.Tensor]]:
     """One forward pass per input size, results back in input order: at native scale (``Preprocess.scale``) images

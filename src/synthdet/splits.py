@@ -296,8 +296,9 @@ class SplitPlan(BaseModel):
         return plan.model_copy(update={"id": plan.content_digest()})
 
     def content_digest(self) -> str:
-        """Digest of everything but ``id`` (which is this digest, once built)."""
-        body = self.model_dump(mode="json", exclude={"id"})
+        """Digest of everything but ``id`` (which is this digest, once built); an empty ``fold_names`` is left out,
+        so plans saved before leave-one-group-out folds existed keep their ids."""
+        body = self.model_dump(mode="json", exclude={"id"} | (set() if self.fold_names else {"fold_names"}))
         return hashlib.sha256(json.dumps(body, sort_keys=True).encode()).hexdigest()[:16]
 
     # -------------------------------------------------------------------------------------------- reading it

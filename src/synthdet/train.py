@@ -27,7 +27,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from .backbones import Backbone, create_backbone
+from .backbones import Backbone, TapPool, create_backbone
 from .calibrate import f1_optimal_threshold
 from .data import ManifestError, index, manifest_hash, write_manifest
 from .detector import Card, Detector, FeatureKind, assemble_features
@@ -35,6 +35,23 @@ from .features import ExtractResult, FeatureStore, extract
 from .heads import make_head
 from .metrics import binary_metrics, grouped_metrics
 from .splits import HASH_PREFIX, RowSet, SplitPlan
+
+#: The recipe the leave-one-source-out protocol chose (``benchmarks/generalisation.py``; README, "Generalisation"):
+#: the shipped default and the demo detector are trained with it. Images at their own scale up to 384 px, each
+#: stage's mean, spread and (early stages) channel correlations, 3 cached views of which 20 % greyscale.
+GENERALISING_SIZE = 384
+GENERALISING_TAPS: TapPool = "texture"
+GENERALISING_GREYSCALE = 0.2
+GENERALISING_HEAD: dict[str, Any] = {"head": "logreg", "features": "concat", "n_views": 3}
+
+
+def generalising_backbone(name: str = "effnet-lite0", *, weights: str | Path | None = None) -> Backbone:
+    """``name`` (a CNN backbone) with the input and block statistics of the generalising recipe."""
+    bb = create_backbone(name, weights=weights, tap_pool=GENERALISING_TAPS)
+    native = bb.preprocess.at_native(GENERALISING_SIZE)
+    bb.preprocess = native.model_copy(
+        update={"views": native.views.model_copy(update={"p_grayscale": GENERALISING_GREYSCALE})})
+    return bb
 
 
 @dataclass

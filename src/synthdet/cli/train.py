@@ -141,17 +141,18 @@ def train(
 def demo(
     out: Annotated[Path, typer.Option("-o", "--out", help="Where the demo detector and report go.")] = Path("synthdet-demo"),
     backbone: Annotated[str, typer.Option(help="Backbone (the embedded default needs no download).")] = "effnet-lite0",
-    views: Annotated[int, typer.Option(min=1, help="Cached training views per image.")] = 4,
     cache: Annotated[Path | None, typer.Option(help="Feature cache root (default: inside --out).")] = None,
     quiet: Quiet = False,
 ) -> None:
-    """The main job, offline: train and evaluate a detector on the data shipped in the package."""
+    """The main job, offline: train and evaluate a detector on the data shipped in the package, with the recipe
+    of the shipped default (images at their own scale up to 384 px, stage statistics, logistic head)."""
     from ..demo import demo_data_dir
+    from ..train import GENERALISING_HEAD, generalising_backbone
 
     data = demo_data_dir()
     note(f"[bold]synthdet demo[/] — data: {data} (shipped compact copy; see CREDITS.md), backbone {backbone}")
     t0 = time.perf_counter()
-    res = _run_train(data / "manifest.csv", out, backbone=backbone, head="logreg", features="concat", n_views=views,
+    res = _run_train(data / "manifest.csv", out, backbone=generalising_backbone(backbone), **GENERALISING_HEAD,
                      cache_dir=cache or out / "cache", progress=not quiet)
     say(f"done in {time.perf_counter() - t0:.0f}s — held-out ROC AUC [bold]{res.metrics['roc_auc']:.4f}[/]")
     say(f"try: synthdet predict {out} some_photo.jpg")
