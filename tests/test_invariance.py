@@ -257,8 +257,9 @@ def test_shipped_default_scores_png_lossless_webp_and_jpeg_q100_within_001(
 
 # ------------------------------------------------ the shipped default: what users do to a photo before scoring it
 #: Largest score change allowed for each everyday transformation of the same picture, on the shipped default (its
-#: reported, calibrated probability). Measured on the packaged demo photos and generated images with the default
-#: of this release (README, "Invariance"); the tolerances leave a margin over the largest change seen.
+#: reported, calibrated probability). Measured on 8 packaged demo pictures with the default of this release (largest
+#: change: EXIF 0, formats 0.051, half size 0.159, greyscale 0.156; README, "Invariance"); the tolerances leave a
+#: margin over them.
 TOLERANCE = {"exif": 0.0, "png-jpeg95-webp95": 0.10, "half-size": 0.20, "greyscale": 0.25}
 
 
@@ -277,20 +278,19 @@ def everyday_copies(img: Image.Image) -> dict[str, dict[str, bytes]]:
 
 
 def everyday_pictures() -> list[Image.Image]:
-    """Four real photos and four generated images from the packaged demo data, at least 512 px on the short side
-    (so that half size is still a picture)."""
-    manifest = demo_data_dir() / "manifest.csv"
+    """Four real photos and four generated images from the packaged demo data (256–320 px), brought to a 640-px short
+    side with mild sensor-like noise so that half size is still a picture of ordinary size."""
     import pandas as pd
 
-    rows = pd.read_csv(manifest)
+    rows = pd.read_csv(demo_data_dir() / "manifest.csv")
     out = []
     for label in (0, 1):
-        for path in rows[rows["label"] == label]["path"]:
+        for i, path in enumerate(rows[rows["label"] == label]["path"].iloc[::25][:4]):
             img = load_image(demo_data_dir() / path)
-            if min(img.size) >= 512:
-                out.append(img)
-            if len(out) == 4 * (label + 1):
-                break
+            big = img.resize((img.width * 640 // min(img.size), img.height * 640 // min(img.size)),
+                             Image.Resampling.LANCZOS)
+            noise = np.random.default_rng(10 * label + i).normal(0, 2.0, (big.height, big.width, 3))
+            out.append(Image.fromarray(np.clip(np.asarray(big, np.float64) + noise, 0, 255).astype(np.uint8)))
     return out
 
 
@@ -307,4 +307,6 @@ def test_shipped_default_is_stable_under_everyday_transformations(tmp_path: Path
                 paths.append(tmp_path / f"{name}-{i}-{kind}")
             p = shipped_scores(shipped, paths)
             deltas.append(float(np.ptp(p)))
+            if i < 4:  # a real photo: no everyday copy of it may be called generated
+                assert p.max() < shipped.threshold, (name, i, p)
         assert max(deltas) <= tol, (name, np.round(deltas, 4))
