@@ -155,7 +155,7 @@ def read_card(folder: str | Path) -> Card | FinetunedCard | EnsembleCard:
         raise NotADetectorError(f"{file}: not a synthdet detector card (a JSON {type(raw).__name__}, not an object)")
     try:
         raw = upgrade_card(raw, folder)
-        kind = raw.get("kind")
+        kind = str(raw.get("kind", ""))
         if kind in DETECTOR_KINDS and "card" in DETECTOR_KINDS.meta(kind):  # a kind whose card lives elsewhere
             return Entry(kind, DETECTOR_KINDS.meta(kind)["card"]).load().model_validate(raw)
         return _CARDS.validate_python(raw)

@@ -18,7 +18,7 @@ import random
 import time
 from collections.abc import Iterable, Iterator
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, cast
 
 import numpy as np
 import pandas as pd
@@ -86,7 +86,7 @@ class PatchHead(nn.Module):
         if pretrained:
             _load_encoder(self.encoder)
         self.encoder.requires_grad_(False)
-        channels = sum(self.encoder.feature_info.channels())
+        channels = sum(cast(Any, self.encoder).feature_info.channels())  # timm attribute, untyped
         self.head = nn.Sequential(
             nn.Conv2d(channels, hidden, 1), nn.ReLU(), nn.Conv2d(hidden, hidden, 3, padding=1), nn.ReLU(),
             nn.Conv2d(hidden, 1, 1),
@@ -245,7 +245,7 @@ def load_pairs(df: pd.DataFrame) -> list[tuple[np.ndarray, np.ndarray]]:
     return pairs
 
 
-def _augmenter(crop: int) -> Any:
+def _augmenter(crop: int, seed: int) -> Any:
     """Mask-aware augmentation: rescale, pad, crop, flip; JPEG only touches the image."""
     import cv2
 
@@ -258,7 +258,7 @@ def _augmenter(crop: int) -> Any:
         A.RandomCrop(height=crop, width=crop),
         A.HorizontalFlip(),
         A.ImageCompression(quality_range=(60, 100), p=0.5),
-    ])
+    ], seed=seed)
 
 
 def _loss(logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
@@ -302,7 +302,8 @@ def train_localizer(
     """Train on ``train`` triples (:func:`read_triples`), stop early on ``val`` pixel F1 (at 0.5, over manipulated
     images), tune ``loc_threshold`` and the image-level threshold on ``val``, save to ``out`` and return it.
 
-    Every ``eval_every`` steps the state goes to ``out/checkpoint.pt``; ``resume`` continues from it.
+    Every ``eval_every`` steps the state goes to ``out/checkpoint.pt``; ``resume`` continues from it (with more
+    ``steps`` or another ``patience`` if wanted; any other change of configuration is refused).
     """
     from tqdm.auto import tqdm
 
@@ -321,7 +322,8 @@ def train_localizer(
     state: dict[str, Any] = {"step": 0, "best_f1": -1.0, "best": None, "bad": 0, "history": []}
     if resume and ckpt_path.is_file():
         ckpt = torch.load(ckpt_path, map_location="cpu", weights_only=False)
-        if ckpt["config"] != cfg.model_dump():
+        fixed = cfg.model_dump(exclude={"steps", "patience"})  # a run may be extended, not changed
+        if {k: v for k, v in ckpt["config"].items() if k in fixed} != fixed:
             raise ValueError(f"{ckpt_path}: saved with another configuration; train into a new folder")
         net.load_state_dict(ckpt["net"])
         opt.load_state_dict(ckpt["opt"])
@@ -329,7 +331,7 @@ def train_localizer(
         rng.setstate(ckpt["rng"])
         torch.set_rng_state(ckpt["torch_rng"])
     train_pairs, val_pairs = load_pairs(train), load_pairs(val)
-    aug = _augmenter(cfg.crop)
+    aug = _augmenter(cfg.crop, cfg.seed + state["step"])  # a resumed run draws new crops
     start = time.perf_counter()
     bar = tqdm(total=cfg.steps, initial=state["step"], desc=f"localize {cfg.model}", disable=not progress)
     while state["step"] < cfg.steps and state["bad"] < cfg.patience:
@@ -402,3 +404,13 @@ def write_submission(loc: Localizer, paths: list[Path], out_dir: Path, team: str
         masks = ((p, np.load(Path(tmp) / f"{i}.npy")) for i, (p, _) in enumerate(scores))
         return write_task_b(masks, scores, loc.threshold, loc.card.loc_threshold, out_dir, team,
                             prior=loc.card.prior)
+
+
+def split_by_source(df: pd.DataFrame, val_fraction: float = 0.2, seed: int = 0) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """``(train, val)`` with no ``source`` on both sides (a photo and its manipulations stay together)."""
+    groups = df["source"].where(df["source"] != "", df["path"]).to_numpy()
+    names = sorted(set(groups.tolist()))
+    random.Random(seed).shuffle(names)
+    n_val = max(1, round(val_fraction * len(names))) if len(names) > 1 else 0
+    is_val = np.isin(groups, names[:n_val])
+    return df[~is_val].reset_index(drop=True), df[is_val].reset_index(drop=True)
