@@ -218,3 +218,22 @@ def test_cli_make_manipulations(demo_df: pd.DataFrame, tmp_path: Path) -> None:
     assert r.exit_code == 0, r.output
     m = pd.read_csv(tmp_path / "m" / "manifest.csv")
     assert sorted(m.category) == ["copy-move", "copy-move", "splice-real", "splice-real"]
+
+
+def test_index_learns_the_task_b_layouts(demo_df: pd.DataFrame, tmp_path: Path) -> None:
+    import shutil
+
+    from synthdet.data import index
+    from synthdet.localize import read_triples
+
+    make_manipulations(demo_df, tmp_path / "m", n=6, size=64, categories=("splice-real", "authentic"))
+    by_csv = index(tmp_path / "m")  # its manifest.csv: a mask column, relative paths
+    assert by_csv["ok"].all() and list(by_csv["label"]) == [1, 0] * 3
+    assert all(Path(m).is_file() for m in by_csv["mask"][by_csv.label == 1]) and set(by_csv["mask"][by_csv.label == 0]) == {""}
+    bare = tmp_path / "bare"
+    shutil.copytree(tmp_path / "m" / "images", bare / "images")
+    shutil.copytree(tmp_path / "m" / "masks", bare / "masks")
+    by_folder = index(bare)  # images/ + masks/, no manifest: a mask file makes an image manipulated
+    assert list(by_folder["label"]) == [1, 0] * 3
+    assert list(read_triples(bare)["label"]) == [1, 0] * 3
+    assert [Path(m).name for m in by_folder["mask"]] == [Path(m).name for m in read_triples(bare)["mask"]]
