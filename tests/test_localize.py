@@ -206,8 +206,11 @@ def test_unet_saves_loads_resumes_and_submits(triples: tuple[Path, Path], tmp_pa
                             "--team", "demo", "--device", "cpu"], catch_exceptions=False)
     assert r.exit_code == 0, r.output
     assert check_task_b(out / "demo_localization_masks.zip", out / "scores.csv", triples[1] / "images").ok
-    r = runner.invoke(app, ["localize", "evaluate", str(tmp_path / "u"), str(triples[1]), "--json"])
+    r = runner.invoke(app, ["localize", "evaluate", str(tmp_path / "u"), str(triples[1]), "--json",
+                            "--overlays", str(tmp_path / "o.png")])
     assert r.exit_code == 0 and '"per_category"' in r.output
+    with Image.open(tmp_path / "o.png") as sheet:  # best and worst of each of the two categories
+        assert sheet.size == (256, 4 * 128)
 
 
 def test_cli_make_manipulations(demo_df: pd.DataFrame, tmp_path: Path) -> None:

@@ -378,13 +378,42 @@ def train_localizer(
     return loc
 
 
-def evaluate_localizer(loc: Localizer, df: pd.DataFrame) -> dict:
-    """Task B metrics of ``loc`` on the triples of ``df`` (:func:`read_triples`), per category."""
+def evaluate_localizer(loc: Localizer, df: pd.DataFrame, *, overlays: str | Path | None = None) -> dict:
+    """Task B metrics of ``loc`` on the triples of ``df`` (:func:`read_triples`), per category; with ``overlays``
+    also a PNG of the best and worst image of each category (:func:`overlay_sheet`)."""
     pairs = load_pairs(df)
     maps = [loc.predict_image(Image.fromarray(img)) for img, _ in pairs]
-    return localization_metrics(maps, [m for _, m in pairs], list(df["category"]),
-                                loc_threshold=loc.card.loc_threshold, image_threshold=loc.threshold,
-                                method=loc.card.image_score)
+    truths = [m for _, m in pairs]
+    if overlays is not None:
+        sheet = overlay_sheet([img for img, _ in pairs], truths, maps, list(df["category"]), loc.card.loc_threshold)
+        with atomic_path(overlays) as tmp:
+            sheet.save(tmp, format="PNG")
+    return localization_metrics(maps, truths, list(df["category"]), loc_threshold=loc.card.loc_threshold,
+                                image_threshold=loc.threshold, method=loc.card.image_score)
+
+
+def overlay_sheet(images: list[np.ndarray], truths: list[np.ndarray], maps: list[np.ndarray], categories: list[str],
+                  loc_threshold: float, tile: int = 128) -> Image.Image:
+    """One row per (category, best/worst by pixel F1): the image with the true region in green and the predicted
+    one (map >= ``loc_threshold``) in red, then the probability map."""
+    from .locmetrics import f1_iou
+
+    rows = []
+    for cat in sorted(set(categories)):
+        idx = [i for i, c in enumerate(categories) if c == cat]
+        ranked = sorted(idx, key=lambda i: f1_iou(maps[i] >= loc_threshold, truths[i])[0])
+        rows += [ranked[-1], ranked[0]] if len(ranked) > 1 else ranked
+    sheet = Image.new("RGB", (2 * tile, tile * len(rows)), "white")
+    for r, i in enumerate(rows):
+        img = images[i].astype(np.float32)
+        pred = maps[i] >= loc_threshold
+        img[truths[i]] = 0.5 * img[truths[i]] + [0, 127, 0]
+        img[pred] = 0.5 * img[pred] + [127, 0, 0]
+        left = Image.fromarray(img.clip(0, 255).astype(np.uint8)).resize((tile, tile))
+        right = Image.fromarray((maps[i] * 255).astype(np.uint8)).convert("RGB").resize((tile, tile))
+        sheet.paste(left, (0, r * tile))
+        sheet.paste(right, (tile, r * tile))
+    return sheet
 
 
 def write_submission(loc: Localizer, paths: list[Path], out_dir: Path, team: str) -> tuple[Path, Path]:

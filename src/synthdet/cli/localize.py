@@ -104,6 +104,8 @@ def localize_predict(
 def localize_evaluate(
     detector: Annotated[Path, typer.Argument(help="Localizer folder.")],
     source: Annotated[Path, typer.Argument(help="Task B set (manifest with a mask column, or images/ + masks/).")],
+    overlays: Annotated[Path | None, typer.Option(help="Also write a PNG: best and worst image per category, true "
+                                                         "region green, predicted red, then the map.")] = None,
     device: Device = None,
     json_out: Json = False,
 ) -> None:
@@ -112,7 +114,7 @@ def localize_evaluate(
     from ..localize import evaluate_localizer, load_localizer, read_triples
 
     df = read_triples(source)
-    res = evaluate_localizer(load_localizer(detector, default_device(device)), df)
+    res = evaluate_localizer(load_localizer(detector, default_device(device)), df, overlays=overlays)
     if json_out:
         print_json(res)
         return
