@@ -17,6 +17,7 @@ from synthdet import taef2
 from synthdet.cli import app
 from synthdet.detector import Detector
 from synthdet.locmetrics import (
+    balanced_threshold,
     f1_iou,
     image_score,
     localization_metrics,
@@ -148,6 +149,8 @@ def test_image_scores_threshold_tuning_and_report() -> None:
     assert res["pixel"]["at_0.5"]["f1"] < 1.0
     assert res["per_category"]["authentic"]["at_0.5"]["n_manipulated"] == 0
     assert res["image"]["roc_auc"] == 1.0 and res["image"]["balanced_accuracy"] == 1.0
+    labels, scores = np.array([1] * 8 + [0, 0]), np.array([0.9] * 6 + [0.2, 0.2, 0.1, 0.3])
+    assert balanced_threshold(labels, scores) == pytest.approx(0.9)  # F1 would call everything manipulated
 
 
 # ------------------------------------------------------------------------------------------------ localizers

@@ -30,7 +30,7 @@ from torch import nn
 
 from .atomic import atomic_path
 from .detector import CardBase, NotADetectorError, read_card, save_card
-from .locmetrics import ImageScore, image_score, localization_metrics, tune_loc_threshold
+from .locmetrics import ImageScore, balanced_threshold, image_score, localization_metrics, tune_loc_threshold
 from .manipulate import read_mask
 from .pixels import ImageLoadError, load_image
 
@@ -300,14 +300,13 @@ def train_localizer(
     progress: bool = False,
 ) -> Localizer:
     """Train on ``train`` triples (:func:`read_triples`), stop early on ``val`` pixel F1 (at 0.5, over manipulated
-    images), tune ``loc_threshold`` and the image-level threshold on ``val``, save to ``out`` and return it.
+    images), tune ``loc_threshold`` (mean pixel F1) and the image-level threshold (balanced accuracy) on ``val``,
+    save to ``out`` and return it.
 
     Every ``eval_every`` steps the state goes to ``out/checkpoint.pt``; ``resume`` continues from it (with more
     ``steps`` or another ``patience`` if wanted; any other change of configuration is refused).
     """
     from tqdm.auto import tqdm
-
-    from .calibrate import f1_optimal_threshold
 
     cfg = config or TrainConfig()
     out = Path(out)
@@ -364,9 +363,9 @@ def train_localizer(
     loc_thr = tune_loc_threshold(maps, trues)
     labels = np.array([int(m.any()) for m in trues])
     scores = np.array([image_score(p, cfg.image_score, loc_threshold=loc_thr) for p in maps])
-    thr = f1_optimal_threshold(labels, scores) if len(np.unique(labels)) == 2 else 0.5
+    thr = balanced_threshold(labels, scores)
     card = LocalizerCard(
-        threshold=float(np.clip(thr, 0.0, 1.0)), prior=float(labels.mean()) if len(labels) else 0.5,
+        threshold=thr, prior=float(labels.mean()) if len(labels) else 0.5,
         model=cfg.model, loc_threshold=loc_thr, image_score=cfg.image_score,
         metrics={"val": localization_metrics(maps, trues, list(val["category"]), loc_threshold=loc_thr,
                                              image_threshold=thr, method=cfg.image_score)},

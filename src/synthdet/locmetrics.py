@@ -12,7 +12,7 @@ from collections.abc import Sequence
 from typing import Literal
 
 import numpy as np
-from sklearn.metrics import balanced_accuracy_score, f1_score, roc_auc_score
+from sklearn.metrics import balanced_accuracy_score, f1_score, roc_auc_score, roc_curve
 
 ImageScore = Literal["coverage", "topk"]
 #: Thresholds tried when tuning the localization threshold.
@@ -68,6 +68,16 @@ def _pixel_block(probs: Sequence[np.ndarray], trues: Sequence[np.ndarray], thr: 
         "n_authentic": len(clean),
         "authentic_fp_rate": float(np.mean([np.mean(p >= thr) for p in clean])) if clean else float("nan"),
     }
+
+
+def balanced_threshold(labels: np.ndarray, scores: np.ndarray) -> float:
+    """The image-level threshold with the best balanced accuracy (Youden's J). An F1-optimal threshold collapses
+    to "everything is manipulated" when most images are, as in Task B sets."""
+    labels, scores = np.asarray(labels, int), np.asarray(scores, float)
+    if len(np.unique(labels)) < 2:
+        return 0.5
+    fpr, tpr, thr = roc_curve(labels, scores)
+    return float(np.clip(thr[int(np.argmax(tpr - fpr))], 0.0, 1.0))
 
 
 def image_metrics(labels: np.ndarray, scores: np.ndarray, threshold: float) -> dict[str, float]:
