@@ -121,7 +121,7 @@ def localize_evaluate(
     say(f"{len(df)} images; pixel metrics over manipulated images, image metrics over all")
     for name, block in [("all", res["pixel"]), *res["per_category"].items()]:
         a, t = block["at_0.5"], block["at_threshold"]
-        say(f"  {name:<12} n={block['n']:<5} F1@0.5 {a['f1']:.3f}  IoU@0.5 {a['iou']:.3f}  "
+        say(f"  {name:<12} {a['n_manipulated']:>4} manipulated of {block['n']:<5} F1@0.5 {a['f1']:.3f}  IoU@0.5 {a['iou']:.3f}  "
             f"F1@{t['threshold']:.2f} {t['f1']:.3f}  IoU {t['iou']:.3f}  PI-F1 {t['pi_f1']:.3f}")
     im = res["image"]
     say(f"  image ({im['method']}, n={im['n']}): ROC AUC {im['roc_auc']:.3f}  balanced acc "
