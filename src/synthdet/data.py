@@ -85,6 +85,12 @@ def _folder_row(path: Path, label: int, source: str) -> dict[str, object]:
 
 
 def _rows_from_folder(root: Path) -> pd.DataFrame:
+    if (root / "images").is_dir() and (root / "masks").is_dir():  # Task B: a mask marks a manipulated image
+        masks = {p.stem: str(p) for p in list_images(root / "masks")}
+        rows = [{**_folder_row(p, int(p.stem in masks), ""), "mask": masks.get(p.stem, "")}
+                for p in list_images(root / "images")]
+        if rows:
+            return pd.DataFrame(rows)
     class_dirs = {d.name: _CLASS_DIRS[d.name] for d in root.iterdir() if d.is_dir() and d.name in _CLASS_DIRS}
     if class_dirs:
         rows = [
@@ -144,6 +150,8 @@ def _rows_from_csv(csv: Path) -> pd.DataFrame:
     for col in df.columns:  # the user's own columns (group, licence …) travel with the rows
         if col not in used and col.strip().lower() not in COLUMNS:
             out[col] = df[col].to_numpy()
+    if "mask" in out:  # Task B: mask files are relative to the CSV like the images; "" for an authentic image
+        out["mask"] = [m if not m or Path(m).is_absolute() else str(base / m) for m in out["mask"]]
     if out.empty:
         raise ManifestError(f"{csv}: no rows")
     return out

@@ -34,7 +34,7 @@ from .calibrate import Calibration
 from .features import ImageTransform, forward_batches
 from .heads import head_from_state
 from .pixels import DEFAULT_MAX_PIXELS, Preprocess
-from .registry import Registry
+from .registry import Entry, Registry
 from .splits import RowSet
 
 if TYPE_CHECKING:
@@ -155,7 +155,11 @@ def read_card(folder: str | Path) -> Card | FinetunedCard | EnsembleCard:
     if not isinstance(raw, dict):
         raise NotADetectorError(f"{file}: not a synthdet detector card (a JSON {type(raw).__name__}, not an object)")
     try:
-        return _CARDS.validate_python(upgrade_card(raw, folder))
+        raw = upgrade_card(raw, folder)
+        kind = str(raw.get("kind", ""))
+        if kind in DETECTOR_KINDS and "card" in DETECTOR_KINDS.meta(kind):  # a kind whose card lives elsewhere
+            return Entry(kind, DETECTOR_KINDS.meta(kind)["card"]).load().model_validate(raw)
+        return _CARDS.validate_python(raw)
     except ValidationError as e:
         raise NotADetectorError(f"{file}: not a synthdet detector card ({_reasons(e)})") from None
 
@@ -280,3 +284,5 @@ folder must hold besides ``card.json``."""
 DETECTOR_KINDS.add("probe", Detector._load_plain, files=("head.safetensors",))
 DETECTOR_KINDS.add("finetuned", "synthdet.finetune:load_finetuned", files=("head.safetensors", "backbone.safetensors"))
 DETECTOR_KINDS.add("ensemble", "synthdet.ensemble:load_ensemble", files=())
+DETECTOR_KINDS.add("localizer", "synthdet.localize:load_localizer", files=("model.safetensors",),
+                   card="synthdet.localize:LocalizerCard")

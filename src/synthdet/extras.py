@@ -10,6 +10,7 @@ EXTRAS = {
     "open_clip": "clip",
     "albumentations": "finetune",
     "cv2": "finetune",
+    "segmentation_models_pytorch": "taskb",
     "pyarrow": "parquet",
     "fastapi": "serve",
     "uvicorn": "serve",

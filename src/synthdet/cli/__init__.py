@@ -38,6 +38,7 @@ COMMANDS: dict[str, tuple[str, str, str]] = {
                  "slices; a run folder and an HTML report."),
     "report": ("evaluate", "report", "One self-contained HTML report comparing several evaluation runs."),
     "finetune": ("finetune", "finetune_command", "Fine-tune a backbone with a head from images (resumable)."),
+    "localize": ("localize", "app", "Task B: train, run and evaluate manipulation localizers."),
     "augment-preview": ("augment", "augment_preview", "Show every augmentation preset on one image, as a PNG."),
     "serve": ("serve", "serve", "A REST API and web page: a verdict in words, stability checks, evidence."),
 }

@@ -64,3 +64,26 @@ def data_normalise(
     for path, reason in [*zip(df.loc[~df["ok"], "path"], df.loc[~df["ok"], "error"]), *pool.attrs["skipped"]]:
         skipped(path, reason)
     say(f"{len(pool)} images → {out / 'manifest.csv'}  ({chain.name()}; {len(df) - len(pool)} skipped)")
+
+
+@app.command("make-manipulations")
+def data_make_manipulations(
+    source: Annotated[Path, typer.Argument(help="Folder, CSV or manifest of real (0) and generated (1) images.")],
+    out: Annotated[Path, typer.Option("-o", "--out", help="Folder for images/, masks/ and manifest.csv.")],
+    n: Annotated[int, typer.Option(min=1, help="Number of triples (categories cycle).")] = 100,
+    size: Annotated[int, typer.Option(min=32, help="Working canvas side (multiple of 8) before the social chain.")] = 256,
+    categories: Annotated[str, typer.Option(help="Comma-separated subset of splice-ai, inpaint-sp, regen-fr, "
+                                                 "splice-real, copy-move, authentic.")] = "",
+    seed: int = 0,
+    quiet: Quiet = False,
+) -> None:
+    """Build (image, mask, category) triples with exact masks for Task B: splices, autoencoder inpainting and
+    regeneration, copy-move, and untouched photos; every triple then resized and JPEG-compressed."""
+    from ..data import index
+    from ..manipulate import CATEGORIES, make_manipulations
+
+    cats = tuple(c.strip() for c in categories.split(",") if c.strip()) or CATEGORIES
+    df = index(source, progress=not quiet)
+    m = make_manipulations(df, out, n=n, size=size, categories=cats, seed=seed, progress=not quiet, on_skip=skipped)
+    counts = ", ".join(f"{c} {k}" for c, k in m["category"].value_counts().sort_index().items())
+    say(f"{len(m)} triples → {out / 'manifest.csv'}  ({counts})")

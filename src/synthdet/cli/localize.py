@@ -1,0 +1,128 @@
+"""``synthdet localize``: Task B manipulation localization (train, predict, evaluate)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from ._io import Json, Quiet, fail, print_json, say, skipped
+
+app = typer.Typer(help="Task B: where in the image was it generated or edited?", no_args_is_help=True)
+
+Device = Annotated[str | None, typer.Option(help="cpu, cuda, cuda:1 … (default: cuda if present).")]
+
+
+@app.command("train")
+def localize_train(
+    source: Annotated[Path, typer.Argument(help="Task B set: manifest with path,mask[,category,source] or a folder "
+                                                "with images/ and masks/ (e.g. from `synthdet data make-manipulations`).")],
+    out: Annotated[Path, typer.Option("-o", "--out", help="Detector folder to write (kind: localizer).")],
+    val: Annotated[Path | None, typer.Option(help="Validation set (default: a source-disjoint share of SOURCE).")] = None,
+    model: Annotated[str, typer.Option(help="unet (U-Net, EfficientNet-Lite0 encoder) or patch (frozen encoder, "
+                                            "small head).")] = "unet",
+    steps: Annotated[int, typer.Option(min=1, help="Training steps (batches).")] = 600,
+    batch: Annotated[int, typer.Option(min=1)] = 8,
+    crop: Annotated[int, typer.Option(min=32, help="Training crop side (multiple of 32).")] = 256,
+    lr: Annotated[float, typer.Option()] = 1e-3,
+    eval_every: Annotated[int, typer.Option(min=1, help="Validate (and checkpoint) every N steps.")] = 50,
+    patience: Annotated[int, typer.Option(min=1, help="Validations without a better pixel F1 before stopping.")] = 4,
+    image_score: Annotated[str, typer.Option(help="Image-level score: coverage or topk.")] = "coverage",
+    resume: Annotated[bool, typer.Option(help="Continue from OUT/checkpoint.pt.")] = False,
+    device: Device = None,
+    seed: int = 0,
+    quiet: Quiet = False,
+) -> None:
+    """Train a localizer with early stopping on validation pixel F1; tune the pixel and image thresholds."""
+    from ..backbones import default_device
+    from ..localize import TrainConfig, read_triples, split_by_source, train_localizer
+
+    if crop % 32:
+        raise fail(f"--crop must be a multiple of 32, not {crop}")
+    df = read_triples(source)
+    train_df, val_df = (df, read_triples(val)) if val else split_by_source(df, seed=seed)
+    cfg = TrainConfig(model=model, steps=steps, batch=batch, crop=crop, lr=lr, eval_every=eval_every,  # type: ignore[arg-type]
+                      patience=patience, image_score=image_score, seed=seed)  # type: ignore[arg-type]
+    loc = train_localizer(train_df, val_df, out, cfg, device=default_device(device), resume=resume,
+                          progress=not quiet)
+    px = loc.card.metrics["val"]["pixel"]["at_threshold"]
+    say(f"{model} → {out}: validation ({px['n_manipulated']} manipulated of {len(val_df)} images) pixel F1 "
+        f"{px['f1']:.3f}, IoU {px['iou']:.3f} at loc_threshold {loc.card.loc_threshold:.2f}; trained on "
+        f"{len(train_df)} images in {loc.card.params['train_seconds']} s")
+
+
+@app.command("predict")
+def localize_predict(
+    detector: Annotated[Path, typer.Argument(help="Localizer folder.")],
+    inputs: Annotated[list[Path], typer.Argument(help="Images or folders.")],
+    out: Annotated[Path, typer.Option("-o", "--out", help="Folder for the maps (PNG, 0-255 probability) or, with "
+                                                          "--team, for the Task B submission.")],
+    team: Annotated[str | None, typer.Option(help="Write TEAM_localization_masks.zip + scores.csv instead.")] = None,
+    device: Device = None,
+) -> None:
+    """Probability maps at each image's own size, or a checked MediaEval Task B submission (--team)."""
+    import numpy as np
+    from PIL import Image
+
+    from ..atomic import atomic_path
+    from ..backbones import default_device
+    from ..data import iter_inputs
+    from ..localize import load_localizer, write_submission
+    from ..submit import check_task_b
+
+    loc = load_localizer(detector, default_device(device))
+    paths = list(iter_inputs(inputs))
+    if not paths:
+        raise fail("no images given")
+    if team:
+        zip_path, csv_path = write_submission(loc, paths, out, team)
+        folders = {p.parent for p in paths}
+        if len(folders) == 1:
+            report = check_task_b(zip_path, csv_path, folders.pop())
+            for e in report.errors:
+                skipped(zip_path, e)
+            if not report.ok:
+                raise fail("the submission does not pass the checker", 1)
+        say(f"{len(paths)} masks → {zip_path}, scores → {csv_path}")
+        return
+    out.mkdir(parents=True, exist_ok=True)
+    n = 0
+    for path, prob, reason in loc.predict_masks(paths):
+        if prob is None:
+            skipped(path, reason)
+            continue
+        with atomic_path(out / f"{Path(path).stem}.png") as tmp:
+            Image.fromarray((np.clip(prob, 0, 1) * 255).round().astype(np.uint8)).save(tmp, format="PNG")
+        n += 1
+    if not n:
+        raise fail("no image could be read", 1)
+    say(f"{n} maps → {out}")
+
+
+@app.command("evaluate")
+def localize_evaluate(
+    detector: Annotated[Path, typer.Argument(help="Localizer folder.")],
+    source: Annotated[Path, typer.Argument(help="Task B set (manifest with a mask column, or images/ + masks/).")],
+    overlays: Annotated[Path | None, typer.Option(help="Also write a PNG: best and worst image per category, true "
+                                                         "region green, predicted red, then the map.")] = None,
+    device: Device = None,
+    json_out: Json = False,
+) -> None:
+    """Pixel F1/IoU at 0.5 and at the tuned threshold, per category; image-level ROC AUC, balanced accuracy, F1."""
+    from ..backbones import default_device
+    from ..localize import evaluate_localizer, load_localizer, read_triples
+
+    df = read_triples(source)
+    res = evaluate_localizer(load_localizer(detector, default_device(device)), df, overlays=overlays)
+    if json_out:
+        print_json(res)
+        return
+    say(f"{len(df)} images; pixel metrics over manipulated images, image metrics over all")
+    for name, block in [("all", res["pixel"]), *res["per_category"].items()]:
+        a, t = block["at_0.5"], block["at_threshold"]
+        say(f"  {name:<12} {a['n_manipulated']:>4} manipulated of {block['n']:<5} F1@0.5 {a['f1']:.3f}  IoU@0.5 {a['iou']:.3f}  "
+            f"F1@{t['threshold']:.2f} {t['f1']:.3f}  IoU {t['iou']:.3f}  PI-F1 {t['pi_f1']:.3f}")
+    im = res["image"]
+    say(f"  image ({im['method']}, n={im['n']}): ROC AUC {im['roc_auc']:.3f}  balanced acc "
+        f"{im['balanced_accuracy']:.3f}  F1 {im['f1']:.3f} at {im['threshold']:.3f}")

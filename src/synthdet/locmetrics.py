@@ -1,0 +1,120 @@
+"""Task B metrics (MediaEval SynthIm, manipulation localization): pure functions on probability maps and masks.
+
+Pixel F1 and IoU are computed per image and averaged over the images that have a manipulated region (an authentic
+image has no region to find; its false-positive pixel rate is reported instead). The image-level decision comes from
+the map (coverage above the localization threshold, or the mean of its top-k pixels). TruFor's permutation-invariant
+F1 (the better of the map and its complement) is reported beside the plain one, never instead of it.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Literal
+
+import numpy as np
+from sklearn.metrics import balanced_accuracy_score, f1_score, roc_auc_score, roc_curve
+
+ImageScore = Literal["coverage", "topk"]
+#: Thresholds tried when tuning the localization threshold.
+GRID = np.round(np.arange(0.05, 0.96, 0.05), 2)
+
+
+def f1_iou(pred: np.ndarray, true: np.ndarray) -> tuple[float, float]:
+    """Pixel F1 and IoU of two boolean masks; both empty is a perfect 1 (as scikit-learn's ``zero_division=1``)."""
+    pred, true = np.asarray(pred, bool), np.asarray(true, bool)
+    tp = int(np.count_nonzero(pred & true))
+    wrong = int(np.count_nonzero(pred ^ true))
+    if tp + wrong == 0:
+        return 1.0, 1.0
+    return 2 * tp / (2 * tp + wrong), tp / (tp + wrong)
+
+
+def permutation_invariant_f1(prob: np.ndarray, true: np.ndarray, threshold: float = 0.5) -> float:
+    """TruFor's F1: the better of the thresholded map and its complement (blind to which side is 'manipulated')."""
+    pred = np.asarray(prob) >= threshold
+    return max(f1_iou(pred, true)[0], f1_iou(~pred, true)[0])
+
+
+def image_score(prob: np.ndarray, method: ImageScore = "coverage", *, loc_threshold: float = 0.5,
+                top: float = 0.01) -> float:
+    """Image-level score in [0, 1] from a map: the share of pixels at or above ``loc_threshold`` (``coverage``), or
+    the mean of the top ``top`` share of pixels (``topk``)."""
+    flat = np.asarray(prob, dtype=np.float32).ravel()
+    if method == "coverage":
+        return float(np.mean(flat >= loc_threshold))
+    k = max(1, int(round(top * flat.size)))
+    return float(np.partition(flat, flat.size - k)[flat.size - k:].mean())
+
+
+def tune_loc_threshold(probs: Sequence[np.ndarray], trues: Sequence[np.ndarray], grid: np.ndarray = GRID) -> float:
+    """The threshold of ``grid`` with the best mean per-image F1 over the images with a manipulated region."""
+    pairs = [(p, t) for p, t in zip(probs, trues) if np.any(t)]
+    if not pairs:
+        return 0.5
+    scores = [np.mean([f1_iou(p >= g, t)[0] for p, t in pairs]) for g in grid]
+    return float(grid[int(np.argmax(scores))])
+
+
+def _pixel_block(probs: Sequence[np.ndarray], trues: Sequence[np.ndarray], thr: float) -> dict[str, float]:
+    manip = [(p, t) for p, t in zip(probs, trues) if np.any(t)]
+    clean = [p for p, t in zip(probs, trues) if not np.any(t)]
+    f1s, ious = zip(*[f1_iou(p >= thr, t) for p, t in manip]) if manip else ((), ())
+    return {
+        "threshold": float(thr),
+        "n_manipulated": len(manip),
+        "f1": float(np.mean(f1s)) if manip else float("nan"),
+        "iou": float(np.mean(ious)) if manip else float("nan"),
+        "pi_f1": float(np.mean([permutation_invariant_f1(p, t, thr) for p, t in manip])) if manip else float("nan"),
+        "n_authentic": len(clean),
+        "authentic_fp_rate": float(np.mean([np.mean(p >= thr) for p in clean])) if clean else float("nan"),
+    }
+
+
+def balanced_threshold(labels: np.ndarray, scores: np.ndarray) -> float:
+    """The image-level threshold with the best balanced accuracy (Youden's J). An F1-optimal threshold collapses
+    to "everything is manipulated" when most images are, as in Task B sets."""
+    labels, scores = np.asarray(labels, int), np.asarray(scores, float)
+    if len(np.unique(labels)) < 2:
+        return 0.5
+    fpr, tpr, thr = roc_curve(labels, scores)
+    return float(np.clip(thr[int(np.argmax(tpr - fpr))], 0.0, 1.0))
+
+
+def image_metrics(labels: np.ndarray, scores: np.ndarray, threshold: float) -> dict[str, float]:
+    """ROC AUC, balanced accuracy and F1 of the image-level decision ``score >= threshold``."""
+    labels, scores = np.asarray(labels, int), np.asarray(scores, float)
+    pred = (scores >= threshold).astype(int)
+    both = len(np.unique(labels)) == 2
+    return {
+        "n": int(len(labels)), "n_manipulated": int(labels.sum()), "threshold": float(threshold),
+        "roc_auc": float(roc_auc_score(labels, scores)) if both else float("nan"),
+        "balanced_accuracy": float(balanced_accuracy_score(labels, pred)) if both else float("nan"),
+        "f1": float(f1_score(labels, pred, zero_division=0)),
+    }
+
+
+def localization_metrics(
+    probs: Sequence[np.ndarray],
+    trues: Sequence[np.ndarray],
+    categories: Sequence[str],
+    *,
+    loc_threshold: float = 0.5,
+    image_threshold: float = 0.5,
+    method: ImageScore = "coverage",
+) -> dict:
+    """Pixel F1/IoU at 0.5 and at ``loc_threshold`` overall and per category, and the image-level decision;
+    every block says on how many images it was computed."""
+    cats = np.asarray(categories, dtype=object)
+    labels = np.array([int(np.any(t)) for t in trues])
+    scores = np.array([image_score(p, method, loc_threshold=loc_threshold) for p in probs])
+
+    def block(idx: np.ndarray) -> dict:
+        ps, ts = [probs[i] for i in idx], [trues[i] for i in idx]
+        return {"n": len(idx), "at_0.5": _pixel_block(ps, ts, 0.5), "at_threshold": _pixel_block(ps, ts, loc_threshold)}
+
+    everything = np.arange(len(probs))
+    return {
+        "pixel": block(everything),
+        "per_category": {str(c): block(np.flatnonzero(cats == c)) for c in sorted(set(cats.tolist()), key=str)},
+        "image": {"method": method, **image_metrics(labels, scores, image_threshold)},
+    }

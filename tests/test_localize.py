@@ -1,0 +1,245 @@
+"""Task B: manipulation generator (real demo photos, real TAEF2 forward passes, real codecs), localization metrics
+against scikit-learn, localizers trained a few steps on CPU, the localizer detector kind and the submission."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+from conftest import small_demo_csv
+from PIL import Image
+from sklearn.metrics import f1_score, jaccard_score
+from typer.testing import CliRunner
+
+from synthdet import taef2
+from synthdet.cli import app
+from synthdet.detector import Detector
+from synthdet.locmetrics import (
+    balanced_threshold,
+    f1_iou,
+    image_score,
+    localization_metrics,
+    permutation_invariant_f1,
+    tune_loc_threshold,
+)
+from synthdet.manipulate import CATEGORIES, make_manipulations, manipulate, random_shape, read_mask, social_chain
+
+pytest.importorskip("segmentation_models_pytorch")
+pytest.importorskip("albumentations")
+
+
+@pytest.fixture(scope="module")
+def demo_df(tmp_path_factory: pytest.TempPathFactory) -> pd.DataFrame:
+    return pd.read_csv(small_demo_csv(tmp_path_factory.mktemp("demo"), n_per_class=8))
+
+
+def _canvas(df: pd.DataFrame, i: int, size: int = 64) -> Image.Image:
+    from synthdet.manipulate import square
+    from synthdet.pixels import load_image
+
+    return square(load_image(df[df.label == 0].path.iloc[i]), size)
+
+
+# ---------------------------------------------------------------------------------------------------- TAEF2
+
+
+def test_taef2_roundtrip_keeps_content_and_changes_detail(demo_df: pd.DataFrame) -> None:
+    img = _canvas(demo_df, 0, 64)
+    lat = taef2.encode(img)
+    assert lat.shape == (1, 32, 8, 8)
+    back = np.asarray(taef2.decode(lat), dtype=np.float32)
+    diff = np.abs(back - np.asarray(img, dtype=np.float32))
+    assert 0.5 < diff.mean() < 20  # same picture, new fine detail
+    with pytest.raises(ValueError, match="multiples of 8"):
+        taef2.encode(img.resize((60, 64)))
+
+
+# ------------------------------------------------------------------------------------------------ generator
+
+
+@pytest.mark.parametrize("category", ["splice-ai", "splice-real", "copy-move", "inpaint-sp"])
+def test_pasted_manipulations_touch_only_the_mask(demo_df: pd.DataFrame, category: str) -> None:
+    from scipy.ndimage import binary_dilation
+
+    real = _canvas(demo_df, 0)
+    donor = _canvas(demo_df, 1) if category == "splice-real" else None
+    if category == "splice-ai":
+        from synthdet.manipulate import square
+        from synthdet.pixels import load_image
+
+        donor = square(load_image(demo_df[demo_df.label == 1].path.iloc[0]), 64)
+    out, mask = manipulate(category, real, donor, np.random.default_rng(3))
+    diff = np.abs(np.asarray(out, np.int16) - np.asarray(real, np.int16)).max(2)
+    assert 0 < mask.mean() < 0.6
+    assert diff[~binary_dilation(mask, iterations=6)].max() == 0  # feathering stays at the edge
+    assert diff[mask].mean() > 1
+
+
+def test_regeneration_changes_every_pixel_and_new_content_in_mask(demo_df: pd.DataFrame) -> None:
+    real, donor = _canvas(demo_df, 0), _canvas(demo_df, 1)
+    out, mask = manipulate("regen-fr", real, donor, np.random.default_rng(0))
+    diff = np.abs(np.asarray(out, np.float32) - np.asarray(real, np.float32)).mean(2)
+    assert mask.any() and (~mask).any()
+    assert np.mean(diff[~mask] > 0) > 0.5  # the decoder's trace is everywhere
+    assert diff[mask].mean() > 2 * diff[~mask].mean()  # the masked region is another image's content
+
+
+def test_shapes_and_social_chain_keep_masks_binary_and_aligned() -> None:
+    rng = np.random.default_rng(0)
+    for blob in (True, False):
+        m = random_shape(96, rng, (0.1, 0.1), blob=blob)
+        assert abs(m.mean() - 0.1) < 0.03
+    img = Image.fromarray(np.full((96, 96, 3), 128, np.uint8))
+    data, small = social_chain(img, m, rng, scale=(0.5, 0.5))
+    with Image.open(__import__("io").BytesIO(data)) as im:
+        assert im.format == "JPEG" and im.size == (48, 48)
+    assert small.shape == (48, 48) and small.dtype == bool and 0 < small.mean() < 0.3
+
+
+def test_make_manipulations_writes_exact_triples(demo_df: pd.DataFrame, tmp_path: Path) -> None:
+    m = make_manipulations(demo_df, tmp_path, n=12, size=64, seed=0)
+    assert sorted(set(m.category)) == sorted(CATEGORIES)
+    on_disk = pd.read_csv(tmp_path / "manifest.csv", keep_default_na=False)
+    assert list(on_disk.columns[:5]) == ["path", "mask", "label", "category", "source"]
+    for row in on_disk.itertuples():
+        with Image.open(tmp_path / row.path) as im:
+            size = im.size
+        if row.category == "authentic":
+            assert row.mask == "" and row.label == 0
+            continue
+        with Image.open(tmp_path / row.mask) as mk:
+            assert mk.size == size and set(np.unique(np.asarray(mk))) <= {0, 255}
+        assert row.label == 1 and 0 < read_mask(tmp_path / row.mask).mean() < 1
+    again = make_manipulations(demo_df, tmp_path / "again", n=12, size=64, seed=0)
+    assert again.equals(m)  # seeded: the same triples
+
+
+# -------------------------------------------------------------------------------------------------- metrics
+
+
+def test_pixel_metrics_match_sklearn_on_random_masks() -> None:
+    rng = np.random.default_rng(0)
+    for _ in range(20):
+        true = rng.random((17, 23)) < rng.uniform(0.05, 0.6)
+        pred = rng.random((17, 23)) < rng.uniform(0.05, 0.6)
+        f1, iou = f1_iou(pred, true)
+        assert f1 == pytest.approx(f1_score(true.ravel(), pred.ravel()))
+        assert iou == pytest.approx(jaccard_score(true.ravel(), pred.ravel()))
+        prob = rng.random((17, 23))
+        pi = permutation_invariant_f1(prob, true, 0.4)
+        assert pi == pytest.approx(max(f1_score(true.ravel(), prob.ravel() >= 0.4),
+                                       f1_score(true.ravel(), prob.ravel() < 0.4)))
+    empty = np.zeros((4, 4), bool)
+    assert f1_iou(empty, empty) == (1.0, 1.0)
+    assert f1_iou(~empty, empty) == (0.0, 0.0)
+
+
+def test_image_scores_threshold_tuning_and_report() -> None:
+    prob = np.linspace(0, 1, 100).reshape(10, 10)
+    assert image_score(prob, "coverage", loc_threshold=0.5) == pytest.approx(0.5)
+    assert image_score(prob, "topk", top=0.05) == pytest.approx(prob.ravel()[-5:].mean())
+    true = prob >= 0.7
+    assert tune_loc_threshold([prob], [true]) == pytest.approx(0.7, abs=0.026)
+    blank = np.zeros((10, 10))
+    res = localization_metrics([prob, blank], [true, np.zeros((10, 10), bool)], ["a", "authentic"],
+                               loc_threshold=0.7, image_threshold=0.1)
+    assert res["pixel"]["at_threshold"]["f1"] == pytest.approx(1.0)
+    assert res["pixel"]["at_0.5"]["f1"] < 1.0
+    assert res["per_category"]["authentic"]["at_0.5"]["n_manipulated"] == 0
+    assert res["image"]["roc_auc"] == 1.0 and res["image"]["balanced_accuracy"] == 1.0
+    labels, scores = np.array([1] * 8 + [0, 0]), np.array([0.9] * 6 + [0.2, 0.2, 0.1, 0.3])
+    assert balanced_threshold(labels, scores) == pytest.approx(0.9)  # F1 would call everything manipulated
+
+
+# ------------------------------------------------------------------------------------------------ localizers
+
+
+@pytest.fixture(scope="module")
+def triples(demo_df: pd.DataFrame, tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
+    """Train and held-out triples from disjoint photos (splices: learnable in a few CPU steps)."""
+    reals, fakes = demo_df[demo_df.label == 0], demo_df[demo_df.label == 1]
+    root = tmp_path_factory.mktemp("triples")
+    cats = ("splice-ai", "splice-ai", "authentic")
+    make_manipulations(pd.concat([reals.iloc[:5], fakes.iloc[:4]]), root / "train", n=36, size=96, categories=cats)
+    make_manipulations(pd.concat([reals.iloc[5:], fakes.iloc[4:]]), root / "test", n=12, size=96, categories=cats,
+                       seed=1)
+    return root / "train", root / "test"
+
+
+def test_localizer_beats_blank_mask_on_held_out_triples(triples: tuple[Path, Path], tmp_path: Path) -> None:
+    from synthdet.localize import TrainConfig, evaluate_localizer, read_triples, train_localizer
+
+    train_df, test_df = read_triples(triples[0]), read_triples(triples[1])
+    cfg = TrainConfig(model="patch", steps=60, batch=4, crop=64, eval_every=20, patience=10)
+    loc = train_localizer(train_df.iloc[:28], train_df.iloc[28:], tmp_path / "loc", cfg)
+    res = evaluate_localizer(loc, test_df)
+    f1 = res["pixel"]["at_threshold"]["f1"]
+    blank = localization_metrics([np.zeros(m.shape) for m in map(read_mask, test_df["mask"][test_df.label == 1])],
+                                 [read_mask(p) for p in test_df["mask"][test_df.label == 1]],
+                                 ["x"] * int(test_df.label.sum()))["pixel"]["at_0.5"]["f1"]
+    assert blank == 0.0
+    assert f1 > 0.2, res["pixel"]  # blank: 0; an all-ones map scores about 0.35 here (see the print)
+    truths = [read_mask(p) for p in test_df["mask"][test_df.label == 1]]
+    everything = localization_metrics([np.ones(t.shape) for t in truths], truths, ["x"] * len(truths))
+    print("held-out pixel F1", f1, "all-ones map", everything["pixel"]["at_0.5"]["f1"])
+    assert res["pixel"]["n"] == len(test_df)
+
+
+def test_unet_saves_loads_resumes_and_submits(triples: tuple[Path, Path], tmp_path: Path) -> None:
+    from synthdet.localize import Localizer, TrainConfig, read_triples, train_localizer
+    from synthdet.submit import check_task_b
+
+    df = read_triples(triples[0])
+    cfg = TrainConfig(model="unet", steps=2, batch=2, crop=64, eval_every=1, patience=5)
+    train_localizer(df.iloc[:6], df.iloc[6:9], tmp_path / "u", cfg)
+    with pytest.raises(ValueError, match="another configuration"):
+        train_localizer(df.iloc[:6], df.iloc[6:9], tmp_path / "u", cfg.model_copy(update={"crop": 96}), resume=True)
+    train_localizer(df.iloc[:6], df.iloc[6:9], tmp_path / "u", cfg.model_copy(update={"steps": 3}), resume=True)
+    det = Detector.load(tmp_path / "u")
+    assert isinstance(det, Localizer) and [h["step"] for h in det.card.params["history"]] == [1, 2, 3]
+    img = Image.open(sorted((triples[1] / "images").iterdir())[0])
+    prob = det.predict_image(img)
+    assert prob.shape == (img.height, img.width) and 0 <= prob.min() <= prob.max() <= 1
+
+    runner = CliRunner()
+    out = tmp_path / "sub"
+    r = runner.invoke(app, ["localize", "predict", str(tmp_path / "u"), str(triples[1] / "images"), "-o", str(out),
+                            "--team", "demo", "--device", "cpu"], catch_exceptions=False)
+    assert r.exit_code == 0, r.output
+    assert check_task_b(out / "demo_localization_masks.zip", out / "scores.csv", triples[1] / "images").ok
+    r = runner.invoke(app, ["localize", "evaluate", str(tmp_path / "u"), str(triples[1]), "--json",
+                            "--overlays", str(tmp_path / "o.png")])
+    assert r.exit_code == 0 and '"per_category"' in r.output
+    with Image.open(tmp_path / "o.png") as sheet:  # best and worst of each of the two categories
+        assert sheet.size == (256, 4 * 128)
+
+
+def test_cli_make_manipulations(demo_df: pd.DataFrame, tmp_path: Path) -> None:
+    csv = tmp_path / "src.csv"
+    demo_df.to_csv(csv, index=False)
+    r = CliRunner().invoke(app, ["data", "make-manipulations", str(csv), "-o", str(tmp_path / "m"), "--n", "4",
+                                 "--size", "64", "--categories", "splice-real,copy-move", "-q"])
+    assert r.exit_code == 0, r.output
+    m = pd.read_csv(tmp_path / "m" / "manifest.csv")
+    assert sorted(m.category) == ["copy-move", "copy-move", "splice-real", "splice-real"]
+
+
+def test_index_learns_the_task_b_layouts(demo_df: pd.DataFrame, tmp_path: Path) -> None:
+    import shutil
+
+    from synthdet.data import index
+    from synthdet.localize import read_triples
+
+    make_manipulations(demo_df, tmp_path / "m", n=6, size=64, categories=("splice-real", "authentic"))
+    by_csv = index(tmp_path / "m")  # its manifest.csv: a mask column, relative paths
+    assert by_csv["ok"].all() and list(by_csv["label"]) == [1, 0] * 3
+    assert all(Path(m).is_file() for m in by_csv["mask"][by_csv.label == 1]) and set(by_csv["mask"][by_csv.label == 0]) == {""}
+    bare = tmp_path / "bare"
+    shutil.copytree(tmp_path / "m" / "images", bare / "images")
+    shutil.copytree(tmp_path / "m" / "masks", bare / "masks")
+    by_folder = index(bare)  # images/ + masks/, no manifest: a mask file makes an image manipulated
+    assert list(by_folder["label"]) == [1, 0] * 3
+    assert list(read_triples(bare)["label"]) == [1, 0] * 3
+    assert [Path(m).name for m in by_folder["mask"]] == [Path(m).name for m in read_triples(bare)["mask"]]
