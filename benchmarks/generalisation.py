@@ -376,6 +376,10 @@ def cmd_demo(args: argparse.Namespace) -> None:
     y, groups = df["label"].to_numpy(), df["group"].to_numpy()
     train = demo_rows(df)
     print(f"demo rows in the pool: {train.sum()} ({y[train].sum()} fake); scored: {(~train).sum()}")
+    from synthdet.data import read_manifest, write_manifest
+
+    pool = read_manifest(POOL / POOLS["384"] / "manifest.csv")  # for `synthdet evaluate DEMO ... --on-overlap drop`
+    write_manifest(pool[~demo_rows(pool)], POOL / POOLS["384"] / "manifest-not-demo.csv")
     results = []
     for lever in lever_rows():
         if args.only and not any(o in lever["name"] for o in args.only) or lever["agg"]:

@@ -167,6 +167,9 @@ def test_scores_match_predict_paths(det: Detector, tmp_path: Path) -> None:
 
 def test_band_from_card_or_default(det: Detector) -> None:
     data = encode_image(synthetic_photo(seed=1), "JPEG")
+    assert assess_image(det, data, evidence=False).band_source == ("card" if "uncertain_band" in det.card.data
+                                                                    else "default, not calibrated")
+    det = with_card(det, data={k: v for k, v in det.card.data.items() if k != "uncertain_band"})
     a = assess_image(det, data, evidence=False)
     assert a.band_source == "default, not calibrated"
     assert a.band == pytest.approx((det.threshold - 0.1, det.threshold + 0.1))
@@ -275,7 +278,7 @@ def test_score_images_ensemble_and_native_scale(det: Detector, tmp_path: Path) -
     assert score_images(ens, imgs) == pytest.approx(expected, abs=1e-5)
     pre = Preprocess(**{**det.card.preprocess.model_dump(), "scale": "native"})
     native = Detector(det.card.model_copy(update={"preprocess": pre}), det.head,
-                      create_backbone(det.card.backbone, preprocess=pre, device="cpu"))
+                      create_backbone(det.card.backbone, preprocess=pre, tap_pool=det.card.tap_pool, device="cpu"))
     expected = [p for _, p, _ in native.predict_paths(paths, num_workers=0, batch_size=1)]  # one size per forward
     assert score_images(native, imgs, batch_size=2) == pytest.approx(expected, abs=1e-5)
 
