@@ -7,6 +7,9 @@ that reason: it has no faithful form in a UTF-8 CSV.
 
 Exit codes: 0 at least one image scored; 1 none could be scored (no output file then); 2 usage or input error
 (a named path does not exist, a folder holds no images, DETECTOR is not a detector).
+
+``-o FILE.parquet`` or ``--resume`` stream through :func:`synthdet.stream.score_stream`: the listing is scanned as it
+goes, rows land in parts beside ``FILE`` as they are scored, and a killed run resumes where it stopped.
 """
 
 from __future__ import annotations
@@ -14,7 +17,7 @@ from __future__ import annotations
 import sys
 from contextlib import nullcontext
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any
 
 import typer
 
@@ -36,20 +39,30 @@ def predict(
     batch_size: Annotated[int | None, typer.Option(min=1, help="Images per forward pass (default: 8 on CPU, 64 on CUDA).")] = None,
     workers: Annotated[int | None, typer.Option(min=0)] = None,
     max_pixels: Annotated[int, typer.Option(min=1, help="Refuse images with more pixels.")] = 100_000_000,
+    resume: Annotated[bool, typer.Option("--resume", help="Keep what an earlier (killed) run of -o wrote; score the "
+                                         "rest (see synthdet.stream).")] = False,
+    rows_per_part: Annotated[int, typer.Option(min=1, help="With --resume / parquet: rows per part written (at most "
+                                               "this much work is lost to a kill).")] = 1024,
+    runtime: Annotated[str, typer.Option(help="torch, or onnx (onnxruntime on CPU; DETECTOR may be an exported "
+                                         ".onnx file).")] = "torch",
     quiet: Quiet = False,
 ) -> None:
     """Score images. One file prints a verdict; several stream the MediaEval Task A CSV to -o (or stdout)."""
     from ..atomic import atomic_open, printable
     from ..data import iter_inputs
-    from ..detector import Detector
     from ..submit import write_scores
 
-    if detector is None and paths and (paths[0] / "card.json").is_file():
+    if detector is None and paths and ((paths[0] / "card.json").is_file() or paths[0].suffix.lower() == ".onnx"):
         detector, paths = paths[0], paths[1:]
     if not paths:
         raise fail("no images given")
-    det = Detector.load(detector)
-    _ = det.backbone  # a detector whose backbone cannot be built fails here, before any output
+    det = _load(detector, runtime)
+    if out is not None and (resume or out.suffix.lower() == ".parquet"):
+        _stream(det, paths, out, resume=resume, rows_per_part=rows_per_part, batch_size=batch_size, num_workers=workers, max_pixels=max_pixels,
+                quiet=quiet)
+        return
+    if resume:
+        raise fail("--resume needs -o FILE (.parquet or .csv)")
     single = len(paths) == 1 and paths[0].is_file() and paths[0].suffix.lower() != ".csv" and out is None
     results = det.predict_paths(iter_inputs(paths), batch_size=batch_size, num_workers=0 if single else workers,
                                 max_pixels=max_pixels, progress=not (single or quiet))
@@ -75,6 +88,34 @@ def predict(
         _write_skips(skips, out.with_name(out.name + ".skipped.csv"))
     note(f"{n} scored{f' → {printable(out)}' if out else ''}, {len(skips)} skipped"
          f"{f' → {printable(out)}.skipped.csv' if out and skips else ''}")
+
+
+def _load(detector: Path | None, runtime: str) -> Any:
+    """The detector to score with: torch (its backbone built now, so a broken one fails before any output) or an
+    onnxruntime session (from a detector folder, exported on the fly, or an exported ``.onnx`` file)."""
+    if runtime == "onnx":
+        from ..onnx import OnnxDetector
+
+        return OnnxDetector.load(detector)
+    if runtime != "torch":
+        raise fail(f"--runtime {runtime!r}: torch or onnx")
+    from ..detector import Detector
+
+    det = Detector.load(detector)
+    _ = det.backbone
+    return det
+
+
+def _stream(det: Any, paths: list[Path], out: Path, *, resume: bool, rows_per_part: int, quiet: bool,
+            **kwargs: Any) -> None:
+    from ..atomic import printable
+    from ..stream import score_stream
+
+    res = score_stream(det, paths, out, resume=resume, rows_per_part=rows_per_part, on_skip=skipped, progress=not quiet, **kwargs)
+    if res.rows == 0:
+        raise fail(f"no image could be scored ({res.skipped} skipped)", code=1)
+    note(f"{res.scored} scored, {res.skipped} skipped, {res.resumed} already done → {printable(out)} "
+         f"({res.rows} rows, {res.scored / max(res.seconds, 1e-9):.1f} img/s this run)")
 
 
 def _write_skips(skips: list[tuple[str, str]], dest: Path) -> None:
