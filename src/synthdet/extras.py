@@ -11,6 +11,9 @@ EXTRAS = {
     "albumentations": "finetune",
     "cv2": "finetune",
     "pyarrow": "parquet",
+    "onnx": "onnx",
+    "onnxruntime": "onnx",
+    "ray": "ray",
 }
 
 

@@ -71,7 +71,7 @@ def stream_inputs(paths: Iterable[str | Path]) -> Iterator[str]:
 
 
 def _pa() -> tuple[Any, Any]:
-    require("pyarrow", "parquet")
+    require("pyarrow", "streamed score output (parts, .parquet)")
     import pyarrow as pa
     import pyarrow.parquet as pq
 

@@ -94,7 +94,7 @@ def _load(detector: Path | None, runtime: str) -> Any:
     """The detector to score with: torch (its backbone built now, so a broken one fails before any output) or an
     onnxruntime session (from a detector folder, exported on the fly, or an exported ``.onnx`` file)."""
     if runtime == "onnx":
-        from ..onnx import OnnxDetector
+        from ..onnx_export import OnnxDetector
 
         return OnnxDetector.load(detector)
     if runtime != "torch":
