@@ -45,6 +45,9 @@ def predict(
                                                "this much work is lost to a kill).")] = 1024,
     runtime: Annotated[str, typer.Option(help="torch, or onnx (onnxruntime on CPU; DETECTOR may be an exported "
                                          ".onnx file).")] = "torch",
+    engine: Annotated[str, typer.Option(help="local, or ray (Ray Data: decoding tasks + backbone actors; needs -o).")] = "local",
+    ray_address: Annotated[str | None, typer.Option(help="Ray cluster to join (default: a local Ray).")] = None,
+    actors: Annotated[int, typer.Option(min=1, help="--engine ray: backbone actors (give Ray one CPU more than this).")] = 1,
     quiet: Quiet = False,
 ) -> None:
     """Score images. One file prints a verdict; several stream the MediaEval Task A CSV to -o (or stdout)."""
@@ -56,8 +59,17 @@ def predict(
         detector, paths = paths[0], paths[1:]
     if not paths:
         raise fail("no images given")
-    det = _load(detector, runtime)
-    if out is not None and (resume or out.suffix.lower() == ".parquet"):
+    if engine == "ray":
+        from ..ray_engine import RayScorer
+
+        if out is None:
+            raise fail("--engine ray writes -o FILE (.parquet or .csv)")
+        det: Any = RayScorer(detector, actors=actors, address=ray_address)
+    elif engine == "local":
+        det = _load(detector, runtime)
+    else:
+        raise fail(f"--engine {engine!r}: local or ray")
+    if out is not None and (resume or out.suffix.lower() == ".parquet" or engine == "ray"):
         _stream(det, paths, out, resume=resume, rows_per_part=rows_per_part, batch_size=batch_size, num_workers=workers, max_pixels=max_pixels,
                 quiet=quiet)
         return
