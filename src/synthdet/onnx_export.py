@@ -41,6 +41,8 @@ class _LogisticLinear(nn.Module):
     def __init__(self, head: LogisticHead) -> None:
         super().__init__()
         state = head.state()
+        self.mean: torch.Tensor
+        self.scale: torch.Tensor
         self.register_buffer("mean", state["mean"].float())
         self.register_buffer("scale", state["scale"].float())
         self.linear = nn.Linear(len(state["coef"]), 1)
