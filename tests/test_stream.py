@@ -71,6 +71,10 @@ def test_csv_output_and_resume_of_a_finished_run(tmp_path: Path, default_detecto
     again = score_stream(default_detector, [root], out, resume=True, num_workers=0)
     assert (again.scored, again.resumed, again.rows) == (0, 5, 4)
     assert out.read_text().splitlines() == lines
+    write_image(root / "new.jpg", synthetic_photo(50, 40, seed=99))
+    more = score_stream(default_detector, [root], out, resume=True, num_workers=0)
+    assert (more.scored, more.resumed, more.rows) == (1, 5, 5)
+    assert out.read_text().splitlines()[:5] == lines and out.read_text().splitlines()[5].startswith("new.jpg,")
 
 
 def test_kill_9_then_resume_has_no_duplicate_and_no_missing_row(tmp_path: Path) -> None:

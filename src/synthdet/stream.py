@@ -211,7 +211,7 @@ def score_stream(
             flush()
     flush()
     bar.close()
-    result.rows = merge(out, merge_rows=merge_rows)
+    result.rows = merge(out, threshold, merge_rows=merge_rows)
     result.seconds = time.perf_counter() - start
     return result
 
@@ -226,9 +226,10 @@ def _part_batches(out: Path) -> Iterator[Any]:
         yield from pq.ParquetFile(src).iter_batches(batch_size=65536)
 
 
-def merge(out: str | Path, *, merge_rows: int = 65536) -> int:
+def merge(out: str | Path, threshold: float, *, merge_rows: int = 65536) -> int:
     """Merge ``out``'s parts (and its existing rows) into ``out``, dropping repeated paths (a crash between the
-    merged file's rename and the parts' removal leaves both); remove the parts. Returns the rows written."""
+    merged file's rename and the parts' removal leaves both); remove the parts. Returns the rows written
+    (``threshold``: the detector's, for CSV labels)."""
     out = Path(out)
     if not parts_dir(out).is_dir():
         return _count_rows(out)
@@ -244,7 +245,7 @@ def merge(out: str | Path, *, merge_rows: int = 65536) -> int:
             elif any(keep):
                 yield batch.filter(pa.array(keep))
 
-    n = _write_parquet(out, unique(), merge_rows) if out.suffix.lower() == ".parquet" else _write_csv(out, unique())
+    n = _write_parquet(out, unique(), merge_rows) if out.suffix.lower() == ".parquet" else _write_csv(out, unique(), threshold)
     shutil.rmtree(parts_dir(out), ignore_errors=True)
     return n
 
@@ -266,9 +267,9 @@ def _write_parquet(out: Path, batches: Iterable[Any], merge_rows: int) -> int:
     return n
 
 
-def _write_csv(out: Path, batches: Iterable[Any]) -> int:
-    """Task A rows (``image_id,prob,label,threshold``; the rows of an earlier run kept first) and the skipped files
-    in ``OUT.skipped.csv``, each written whole."""
+def _write_csv(out: Path, batches: Iterable[Any], threshold: float) -> int:
+    """Task A rows (``image_id,prob,label,threshold``; an earlier run's rows first, written again by the same writer)
+    and the skipped files in ``OUT.skipped.csv``, each written whole."""
     import csv
 
     from .submit import RowError, TaskAWriter
@@ -280,32 +281,22 @@ def _write_csv(out: Path, batches: Iterable[Any]) -> int:
         sw = csv.writer(fs, lineterminator="\n")
         sw.writerow(["path", "reason"])
         sw.writerows(old_skips)
-        threshold = float(old_rows[0][3]) if old_rows else None
-        writer = None
-        if old_rows:
-            cw = csv.writer(f, lineterminator="\n")
-            cw.writerow(["image_id", "prob", "label", "threshold"])
-            cw.writerows(old_rows)
-        n = len(old_rows)
+        writer = TaskAWriter(f, threshold)
+        for row in old_rows:
+            writer.write(row[0], float(row[1]))
         n_skips = len(old_skips)
         for batch in batches:
-            for path, prob, _, thr, reason in zip(*(batch.column(i).to_pylist() for i in range(5))):
-                if writer is None:
-                    writer = TaskAWriter(f, threshold if threshold is not None else thr)
-                    writer._seen = {r[0]: r[0] for r in old_rows}  # ids already written: duplicates refused
-                if prob is None:
-                    sw.writerow([path, reason])
-                    n_skips += 1
-                    continue
+            for path, prob, reason in zip(*(batch.column(c).to_pylist() for c in ("path", "prob", "reason"))):
                 try:
+                    if prob is None:
+                        raise RowError(reason)
                     writer.write(path, prob)
-                    n += 1
                 except RowError as e:
                     sw.writerow([path, str(e)])
                     n_skips += 1
     if not n_skips:
         skips.unlink(missing_ok=True)
-    return n
+    return writer.n_rows
 
 
 def _csv_rows(file: Path) -> Iterator[list[str]]:
