@@ -58,7 +58,9 @@ def channel_correlations(fmap: torch.Tensor) -> torch.Tensor:
     cov = f @ f.transpose(1, 2) / f.shape[2]
     d = cov.diagonal(dim1=1, dim2=2).clamp_min(1e-8).sqrt()
     corr = cov / d[:, :, None] / d[:, None, :]
-    i, j = torch.triu_indices(fmap.shape[1], fmap.shape[1], 1)
+    c = int(fmap.shape[1])  # the pair indices are constants of the channel count (an ONNX export keeps them so)
+    i, j = (torch.as_tensor([a for a in range(c) for b in range(a + 1, c)]),
+            torch.as_tensor([b for a in range(c) for b in range(a + 1, c)]))
     return corr[:, i, j]
 
 

@@ -27,7 +27,7 @@ import warnings
 from collections.abc import Iterable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import pandas as pd
@@ -38,6 +38,9 @@ from .atomic import atomic_path, printable
 from .extras import require
 from .pixels import DEFAULT_MAX_PIXELS, ImageLoadError, list_images, load_image
 from .splits import SplitPlan
+
+if TYPE_CHECKING:
+    from .hashcache import ProbeCache
 
 COLUMNS = ["path", "label", "source", "generator", "sha256", "width", "height", "format", "ok", "error", "phash"]
 #: Columns a manifest must have; ``phash`` (added later) is filled with "" when an older manifest lacks it.
@@ -166,10 +169,18 @@ def _is_manifest_csv(csv: Path) -> bool:
     return all(c in header for c in REQUIRED_COLUMNS)
 
 
-def _probe(path: str, max_pixels: int, known_error: str = "") -> dict:
-    """Hash the bytes and check that the file really decodes (a header alone is not enough: truncation hides)."""
+def _probe(path: str, max_pixels: int, known_error: str = "", cache: ProbeCache | None = None) -> dict:
+    """Hash the bytes and check that the file really decodes (a header alone is not enough: truncation hides);
+    a file ``cache`` knows (same path, size and mtime) is not read again."""
     rec: dict = {"sha256": "", "width": 0, "height": 0, "format": "", "ok": False, "error": known_error, "phash": ""}
     if known_error:
+        return rec
+    if cache is not None:
+        if (hit := cache.get(path, max_pixels)) is not None:
+            return hit
+        rec = _probe(path, max_pixels)
+        if rec["ok"] or rec["error"].split(":")[0] not in ("unreadable", "not-found"):
+            cache.put(path, max_pixels, rec)
         return rec
     try:
         rec["sha256"] = sha256_file(path)
@@ -195,10 +206,12 @@ def index(
     max_pixels: int = DEFAULT_MAX_PIXELS,
     workers: int = 4,
     progress: bool = False,
+    use_cache: bool = True,
 ) -> pd.DataFrame:
     """Build a manifest from a folder or labels CSV/TSV (an existing manifest is read back as it is; a folder with
     its own ``manifest.csv`` is indexed from it). Bad files are kept with ``ok=False`` and a reason; content hashes
-    labelled both ways are warned about and listed in ``df.attrs["label_conflicts"]``."""
+    labelled both ways are warned about and listed in ``df.attrs["label_conflicts"]``. With ``use_cache`` a file
+    probed before with the same size and mtime is not read again (:mod:`synthdet.hashcache`)."""
     src = Path(source)
     if not src.exists():
         raise ManifestError(f"{src}: no such file or folder")
@@ -216,10 +229,13 @@ def index(
     for col in ("source", "generator"):
         df[col] = df[col].fillna("") if col in df else ""
     known = df.pop("error") if "error" in df else pd.Series("", index=df.index)
+    from .hashcache import ProbeCache  # it imports the store, which imports this module
+
+    cache = ProbeCache() if use_cache else None
     with ThreadPoolExecutor(max_workers=max(1, workers)) as pool:
         recs = list(
             tqdm(
-                pool.map(lambda p, e: _probe(p, max_pixels, e), df["path"], known),
+                pool.map(lambda p, e: _probe(p, max_pixels, e, cache), df["path"], known),
                 total=len(df),
                 desc="index",
                 unit="img",

@@ -18,6 +18,9 @@ EXTRAS = {
     "prometheus_client": "serve",
     "swagger_ui_bundle": "serve",
     "c2pa": "c2pa",
+    "onnx": "onnx",
+    "onnxruntime": "onnx",
+    "ray": "ray",
 }
 
 

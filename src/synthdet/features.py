@@ -211,6 +211,7 @@ def extract(
     flush_every: int = 256,
     max_pixels: int = DEFAULT_MAX_PIXELS,
     progress: bool = False,
+    forward: Callable[..., Iterator] | None = None,
 ) -> ExtractResult:
     """Compute the features of every (image, view) pair not yet in ``store``.
 
@@ -219,6 +220,7 @@ def extract(
     ``shas`` are the files' sha256 as indexed; each file is hashed again as it is decoded and skipped
     (``changed-since-indexed``) if it no longer matches. The shards holding cached keys are checksum-verified first,
     so damaged ones are recomputed (see ``store.problems``). Other processes may extract into the same store at once.
+    ``forward``: another engine with :func:`forward_batches`' contract (e.g. :func:`synthdet.ray_engine.ray_forward_batches`).
     """
     result = ExtractResult()
     firsts: dict[str, str] = {}
@@ -249,7 +251,7 @@ def extract(
             buf_pooled.clear()
             buf_layers.clear()
 
-    for pairs, pooled, layers, errors in forward_batches(
+    for pairs, pooled, layers, errors in (forward or forward_batches)(
         backbone, todo, taps=taps, batch_size=batch_size, num_workers=num_workers, max_pixels=max_pixels,
         progress=progress, verify_sha=True,
     ):

@@ -29,6 +29,7 @@ COMMANDS: dict[str, tuple[str, str, str]] = {
     "train": ("train", "train", "index → extract → split → fit → calibrate → evaluate → save, on your own data."),
     "predict": ("predict", "predict", "Score images: a verdict for one file, a CSV for several."),
     "demo": ("train", "demo", "Train and evaluate a detector offline on the data shipped in the package."),
+    "export": ("export", "export", "Export a detector as one ONNX graph (onnxruntime, other runtimes)."),
     "submit": ("submit", "submit", "Write a MediaEval Task A CSV for a test folder and validate it, or only "
                "validate (--check)."),
     "recipes": ("recipes", "app", "Named configs reproducing every system of the working notes."),

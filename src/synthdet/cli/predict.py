@@ -7,6 +7,9 @@ that reason: it has no faithful form in a UTF-8 CSV.
 
 Exit codes: 0 at least one image scored; 1 none could be scored (no output file then); 2 usage or input error
 (a named path does not exist, a folder holds no images, DETECTOR is not a detector).
+
+``-o FILE.parquet`` or ``--resume`` stream through :func:`synthdet.stream.score_stream`: the listing is scanned as it
+goes, rows land in parts beside ``FILE`` as they are scored, and a killed run resumes where it stopped.
 """
 
 from __future__ import annotations
@@ -40,25 +43,48 @@ def predict(
                                          "0.5x resize, crop), uncertainty band, evidence (EXIF, JPEG quality, C2PA).")] = False,
     heatmap: Annotated[bool, typer.Option("--heatmap", help="With --assess: 3x3 patch scores too.")] = False,
     as_json: Json = False,
+    resume: Annotated[bool, typer.Option("--resume", help="Keep what an earlier (killed) run of -o wrote; score the "
+                                         "rest (see synthdet.stream).")] = False,
+    rows_per_part: Annotated[int, typer.Option(min=1, help="With --resume / parquet: rows per part written (at most "
+                                               "this much work is lost to a kill).")] = 1024,
+    runtime: Annotated[str, typer.Option(help="torch, or onnx (onnxruntime on CPU; DETECTOR may be an exported "
+                                         ".onnx file).")] = "torch",
+    engine: Annotated[str, typer.Option(help="local, or ray (Ray Data: decoding tasks + backbone actors; needs -o).")] = "local",
+    ray_address: Annotated[str | None, typer.Option(help="Ray cluster to join (default: a local Ray).")] = None,
+    actors: Annotated[int, typer.Option(min=1, help="--engine ray: backbone actors (give Ray one CPU more than this).")] = 1,
     quiet: Quiet = False,
 ) -> None:
     """Score images. One file prints a verdict; several stream the MediaEval Task A CSV to -o (or stdout)."""
     from ..atomic import atomic_open, printable
     from ..data import iter_inputs
-    from ..detector import Detector
     from ..submit import write_scores
 
-    if detector is None and paths and (paths[0] / "card.json").is_file():
+    if detector is None and paths and ((paths[0] / "card.json").is_file() or paths[0].suffix.lower() == ".onnx"):
         detector, paths = paths[0], paths[1:]
     if not paths:
         raise fail("no images given")
-    det = Detector.load(detector)
-    _ = det.backbone  # a detector whose backbone cannot be built fails here, before any output
+    if engine == "ray":
+        from ..ray_engine import RayScorer
+
+        if out is None:
+            raise fail("--engine ray writes -o FILE (.parquet or .csv)")
+        det: Any = RayScorer(detector, actors=actors, address=ray_address)
+    elif engine == "local":
+        det = _load(detector, runtime)
+    else:
+        raise fail(f"--engine {engine!r}: local or ray")
     if assess:
-        if out is not None:
-            raise fail("--assess prints assessments (--json for JSON); -o writes Task A CSVs: use one or the other")
+        if out is not None or engine != "local" or runtime != "torch":
+            raise fail("--assess prints assessments (--json for JSON) with the torch runtime; -o writes Task A "
+                       "files: use one or the other")
         _assess(det, list(iter_inputs(paths)), heatmap=heatmap, as_json=as_json, max_pixels=max_pixels)
         return
+    if out is not None and (resume or out.suffix.lower() == ".parquet" or engine == "ray"):
+        _stream(det, paths, out, resume=resume, rows_per_part=rows_per_part, batch_size=batch_size, num_workers=workers, max_pixels=max_pixels,
+                quiet=quiet)
+        return
+    if resume:
+        raise fail("--resume needs -o FILE (.parquet or .csv)")
     single = len(paths) == 1 and paths[0].is_file() and paths[0].suffix.lower() != ".csv" and out is None
     results = det.predict_paths(iter_inputs(paths), batch_size=batch_size, num_workers=0 if single else workers,
                                 max_pixels=max_pixels, progress=not (single or quiet))
@@ -127,6 +153,32 @@ def _assess(det: Any, paths: list[Path], *, heatmap: bool, as_json: bool, max_pi
         print_json([a.model_dump(mode="json") for a in results])
     if not results:
         raise fail(f"no image could be assessed ({len(paths)} skipped)", code=1)
+def _load(detector: Path | None, runtime: str) -> Any:
+    """The detector to score with: torch (its backbone built now, so a broken one fails before any output) or an
+    onnxruntime session (from a detector folder, exported on the fly, or an exported ``.onnx`` file)."""
+    if runtime == "onnx":
+        from ..onnx_export import OnnxDetector
+
+        return OnnxDetector.load(detector)
+    if runtime != "torch":
+        raise fail(f"--runtime {runtime!r}: torch or onnx")
+    from ..detector import Detector
+
+    det = Detector.load(detector)
+    _ = det.backbone
+    return det
+
+
+def _stream(det: Any, paths: list[Path], out: Path, *, resume: bool, rows_per_part: int, quiet: bool,
+            **kwargs: Any) -> None:
+    from ..atomic import printable
+    from ..stream import score_stream
+
+    res = score_stream(det, paths, out, resume=resume, rows_per_part=rows_per_part, on_skip=skipped, progress=not quiet, **kwargs)
+    if res.rows == 0:
+        raise fail(f"no image could be scored ({res.skipped} skipped)", code=1)
+    note(f"{res.scored} scored, {res.skipped} skipped, {res.resumed} already done → {printable(out)} "
+         f"({res.rows} rows, {res.scored / max(res.seconds, 1e-9):.1f} img/s this run)")
 
 
 def _write_skips(skips: list[tuple[str, str]], dest: Path) -> None:

@@ -39,6 +39,9 @@ def extract(
     device: Annotated[str | None, typer.Option(help="cpu, cuda, cuda:1 … (default: cuda if present).")] = None,
     native_size: NativeSize = None,
     tap_pool: TapPoolOption = "mean",
+    engine: Annotated[str, typer.Option(help="local, or ray (Ray Data: decoding tasks + backbone actors).")] = "local",
+    ray_address: Annotated[str | None, typer.Option(help="Ray cluster to join (default: a local Ray).")] = None,
+    actors: Annotated[int, typer.Option(min=1, help="--engine ray: backbone actors (give Ray one CPU more than this).")] = 1,
     quiet: Quiet = False,
 ) -> None:
     """Run a backbone over a dataset once; features go to the on-disk cache (resumable, float16, memory-mapped)."""
@@ -46,13 +49,22 @@ def extract(
     from ..features import FeatureStore
     from ..features import extract as run_extract
 
+    forward = None
+    if engine == "ray":
+        from functools import partial
+
+        from ..ray_engine import ray_forward_batches
+
+        forward = partial(ray_forward_batches, actors=actors, address=ray_address)
+    elif engine != "local":
+        raise fail(f"--engine {engine!r}: local or ray")
     df = index(data, progress=not quiet)
     bb = make_backbone(backbone, weights=weights, native_size=native_size, tap_pool=tap_pool, device=device)
     ok = df[df["ok"]]
     store = FeatureStore.for_backbone(bb, cache)
     t0 = time.perf_counter()
     res = run_extract(bb, ok["path"].tolist(), ok["sha256"].tolist(), store, views=list(range(views)),
-                      batch_size=batch_size, num_workers=workers, progress=not quiet)
+                      batch_size=batch_size, num_workers=workers, progress=not quiet, forward=forward)
     dt = time.perf_counter() - t0
     say(f"{res.computed} views computed, {res.cached} cached, {len(res.skipped) + int((~df['ok']).sum())} skipped "
         f"in {dt:.1f}s → {store.dir}")

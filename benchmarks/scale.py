@@ -1,0 +1,157 @@
+#!/usr/bin/env python
+"""Scoring at scale: images/s and peak RSS of ``score_stream`` (listing, decoding, forward, parquet parts, merge)
+for N generated files, local engine vs Ray (1 and 2 actors), torch vs onnxruntime, as ratios to the forward-only
+floor (the network alone on preloaded tensors, same batch size) measured in the same run.
+
+Each configuration runs in its own subprocess (so its peak RSS is its own: ``ru_maxrss`` of that process and its
+waited children; Ray's workers are not children of the driver, so for Ray only the driver is counted). Files: a
+pool of ``--pool`` distinct generated photos (mixed sizes, JPEG and PNG) hard-linked ``N`` times under different
+names, so decoding costs what real files cost and disk stays small. Compare ratios, not absolute numbers: the
+machine is shared, and all rows come from one run.
+
+    python benchmarks/scale.py --n 1000                 # writes benchmarks/results/scale.json
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import resource
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE))
+from extract import synth_image  # noqa: E402
+
+SIZES = [(640, 480), (1024, 768), (1600, 1200), (480, 640), (800, 800), (2048, 1536)]
+CONFIGS = ["floor-torch", "floor-onnx", "local-torch", "local-onnx", "ray-1", "ray-2"]
+
+
+def make_folder(root: Path, n: int, pool: int) -> Path:
+    rng = np.random.default_rng(0)
+    src = root / "pool"
+    src.mkdir(parents=True)
+    files = []
+    for i in range(pool):
+        w, h = SIZES[i % len(SIZES)]
+        path = src / (f"p{i}.jpg" if i % 4 else f"p{i}.png")
+        synth_image(rng, w, h).save(path, **({"quality": 90} if path.suffix == ".jpg" else {}))
+        files.append(path)
+    data = root / "data"
+    for i in range(n):
+        sub = data / f"d{i // 1000:03d}"
+        sub.mkdir(parents=True, exist_ok=True)
+        os.link(files[i % pool], sub / f"img{i:07d}{files[i % pool].suffix}")
+    return data
+
+
+def run_one(config: str, folder: Path, out: Path, batch_size: int) -> dict:
+    """One configuration in this process; returns its timing."""
+    import torch
+
+    from synthdet.detector import Detector, assemble_features
+    from synthdet.stream import score_stream
+
+    torch.set_num_threads(int(os.environ.get("OMP_NUM_THREADS", "1")))
+    n_floor = 256
+    if config.startswith("floor"):
+        det = Detector.load()
+        size = det.card.preprocess.size
+        x = torch.randn(batch_size, 3, size, size)
+        if config == "floor-torch":
+            bb = det.backbone
+
+            def step() -> None:
+                with torch.inference_mode():
+                    p, ls = bb(x, taps=det.card.features == "concat")
+                    det.predict_features(assemble_features(p, ls, det.card.features))
+        else:
+            from synthdet.onnx_export import OnnxDetector
+
+            sess = OnnxDetector.load().backbone
+
+            def step() -> None:
+                sess(x)
+        step()
+        t0 = time.perf_counter()
+        for _ in range(n_floor // batch_size):
+            step()
+        dt = time.perf_counter() - t0
+        return {"images": n_floor // batch_size * batch_size, "seconds": dt}
+    if config == "local-torch":
+        scorer = Detector.load()
+    elif config == "local-onnx":
+        from synthdet.onnx_export import OnnxDetector
+
+        scorer = OnnxDetector.load()
+    else:
+        import ray
+
+        from synthdet.ray_engine import RayScorer
+
+        actors = int(config.split("-")[1])
+        ray.init(num_cpus=actors + 1, include_dashboard=False, log_to_driver=False, logging_level="WARNING")
+        scorer = RayScorer(actors=actors)
+    t0 = time.perf_counter()
+    res = score_stream(scorer, [folder], out, batch_size=batch_size)
+    dt = time.perf_counter() - t0
+    return {"images": res.scored, "skipped": res.skipped, "seconds": dt}
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--n", type=int, default=1000)
+    ap.add_argument("--pool", type=int, default=24)
+    ap.add_argument("--batch-size", type=int, default=8)
+    ap.add_argument("--configs", default=",".join(CONFIGS))
+    ap.add_argument("--json", type=Path, default=HERE / "results" / "scale.json")
+    ap.add_argument("--one", help=argparse.SUPPRESS)
+    ap.add_argument("--folder", type=Path, help=argparse.SUPPRESS)
+    ap.add_argument("--out", type=Path, help=argparse.SUPPRESS)
+    args = ap.parse_args()
+    if args.one:
+        row = run_one(args.one, args.folder, args.out, args.batch_size)
+        row["peak_rss_mb"] = max(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss,
+                                 resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss) / 1024
+        print(json.dumps(row))
+        return
+    rows: dict[str, dict] = {}
+    with tempfile.TemporaryDirectory() as tmp:
+        folder = make_folder(Path(tmp), args.n, args.pool)
+        for config in args.configs.split(","):
+            cmd = [sys.executable, __file__, "--one", config, "--folder", str(folder), "--out",
+                   str(Path(tmp) / f"{config}.parquet"), "--batch-size", str(args.batch_size)]
+            res = subprocess.run(cmd, capture_output=True, text=True)
+            if res.returncode:
+                rows[config] = {"error": res.stderr.strip().splitlines()[-1] if res.stderr.strip() else "failed"}
+            else:
+                rows[config] = json.loads(res.stdout.strip().splitlines()[-1])
+                rows[config]["images_per_s"] = rows[config]["images"] / rows[config]["seconds"]
+            print(config, rows[config], flush=True)
+    floor = rows.get("floor-torch", {}).get("images_per_s")
+    for r in rows.values():
+        if floor and "images_per_s" in r:
+            r["ratio_to_torch_floor"] = r["images_per_s"] / floor
+    result = {
+        "what": "score_stream over N generated files (hard links of a pool of distinct photos), one process per row",
+        "n_files": args.n, "pool": args.pool, "batch_size": args.batch_size, "sizes": SIZES,
+        "machine": {"cpus": os.cpu_count(), "python": platform.python_version(), "platform": platform.platform(),
+                    "omp_threads": os.environ.get("OMP_NUM_THREADS")},
+        "note": "shared CPU (other processes were running): compare ratios within this run",
+        "rows": rows,
+    }
+    args.json.parent.mkdir(parents=True, exist_ok=True)
+    args.json.write_text(json.dumps(result, indent=2) + "\n")
+    print(json.dumps(result, indent=2))
+
+
+if __name__ == "__main__":
+    main()

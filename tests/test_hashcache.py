@@ -1,0 +1,36 @@
+"""The probe cache (synthdet.hashcache): a re-index does not re-read files it knows; a changed size or mtime
+re-probes."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+from conftest import synthetic_photo, write_image
+
+from synthdet.data import index
+from synthdet.hashcache import ProbeCache, hash_cache_path
+
+
+def test_reindex_uses_the_cache_and_a_changed_file_is_probed_again(tmp_path: Path, feature_cache: Path) -> None:
+    root = tmp_path / "imgs"
+    a = write_image(root / "real" / "a.png", synthetic_photo(48, 40, seed=1))
+    write_image(root / "fake" / "b.png", synthetic_photo(48, 40, seed=2))
+    (root / "real" / "bad.jpg").write_bytes(b"not an image")
+    first = index(root).set_index("path")
+    assert hash_cache_path().is_file() and str(hash_cache_path()).startswith(str(feature_cache.parent))
+    assert ProbeCache().get(a, 100_000_000)["sha256"] == first.loc[str(a), "sha256"]
+    # same size and mtime, other bytes: the cache answers (the file is not read again) …
+    st = os.stat(a)
+    other = write_image(tmp_path / "other.png", synthetic_photo(48, 40, seed=3)).read_bytes()
+    a.write_bytes(other[: st.st_size].ljust(st.st_size, b"\0"))
+    os.utime(a, ns=(st.st_atime_ns, st.st_mtime_ns))
+    again = index(root).set_index("path")
+    assert again.loc[str(a), "sha256"] == first.loc[str(a), "sha256"]
+    assert not again.loc[str(root / "real" / "bad.jpg"), "ok"]
+    # … a new mtime re-probes it; without the cache every file is read
+    os.utime(a, ns=(st.st_atime_ns, st.st_mtime_ns + 1_000_000))
+    third = index(root).set_index("path")
+    assert third.loc[str(a), "sha256"] != first.loc[str(a), "sha256"]
+    os.utime(a, ns=(st.st_atime_ns, st.st_mtime_ns))
+    assert index(root, use_cache=False).set_index("path").loc[str(a), "sha256"] == third.loc[str(a), "sha256"]
