@@ -24,7 +24,7 @@ import torch
 from .backbones import Backbone
 from .detector import Detector, assemble_features
 from .extras import require
-from .features import ImageTransform, _forward_by_shape, _ViewsDataset
+from .features import ImageTransform, _ViewsDataset, forward_by_shape
 from .pixels import DEFAULT_MAX_PIXELS
 
 
@@ -56,7 +56,7 @@ class _Forward:
         feat = np.zeros((len(batch["err"]), self.dim), dtype=np.float32)
         if ok:
             tensors = [torch.from_numpy(np.asarray(batch["x"][j], dtype=np.float32)) for j in ok]
-            pooled, layers = _forward_by_shape(self.bb, tensors, taps=self.taps)
+            pooled, layers = forward_by_shape(self.bb, tensors, taps=self.taps)
             feat[ok] = torch.cat([pooled, *layers], dim=1).numpy()
         return {"i": batch["i"], "view": batch["view"], "err": batch["err"], "feat": feat}
 
