@@ -17,14 +17,16 @@ def free_port() -> int:
 
 
 @contextmanager
-def live_server(detector: Any, **settings: Any) -> Iterator[str]:
-    """``http://127.0.0.1:PORT`` of ``create_app(detector, settings=Settings(**settings))`` until the block ends."""
+def live_server(detector: Any, localizer: Any = None, **settings: Any) -> Iterator[str]:
+    """``http://127.0.0.1:PORT`` of ``create_app(detector, settings=Settings(**settings), localizer=localizer)`` until
+    the block ends."""
     import uvicorn
 
     from synthdet.serve import Settings, create_app
 
     port = free_port()
-    config = uvicorn.Config(create_app(detector, settings=Settings(**settings)), host="127.0.0.1", port=port,
+    config = uvicorn.Config(create_app(detector, settings=Settings(**settings), localizer=localizer),
+                            host="127.0.0.1", port=port,
                             log_level="warning", backlog=2048)
     server = uvicorn.Server(config)
     thread = threading.Thread(target=server.run, daemon=True)

@@ -85,7 +85,8 @@ def test_batch(url: str, photo: bytes) -> None:
 def test_detector_health_metrics_docs_localize(url: str, det: Detector) -> None:
     card = httpx.get(f"{url}/v1/detector").json()
     assert card["threshold"] == pytest.approx(det.threshold) and card["card"]["backbone"] == det.card.backbone
-    assert card["band_source"] == "default, not calibrated" and len(card["band"]) == 2
+    assert card["band_source"] == ("card" if "uncertain_band" in det.card.data else "default, not calibrated")
+    assert len(card["band"]) == 2
     health = httpx.get(f"{url}/healthz").json()
     assert health["status"] == "ok" and health["detector"] == card["id"]
     loc = httpx.post(f"{url}/v1/localize", content=b"x")
@@ -203,7 +204,44 @@ def test_cli_refuses_open_bind_without_key() -> None:
     res = runner.invoke(app, ["serve", "--host", "0.0.0.0"], env={"SYNTHDET_API_KEY": ""})
     assert res.exit_code == 2 and "api-key" in res.output
     res = runner.invoke(app, ["serve", "--localizer", "."])
-    assert res.exit_code == 2 and "Task B" in res.output
+    assert res.exit_code == 2 and "card.json" in res.output  # not a localizer folder: refused before serving
+
+
+def test_localize_returns_the_mask_at_the_image_size_and_the_decision(det: Detector, tmp_path) -> None:
+    """With a (briefly trained) Task B localizer: PNG and float16 .npz maps at the upload's own size, the
+    image-level decision in headers, the localizer's own numbers; bad input keeps its status codes."""
+    pytest.importorskip("segmentation_models_pytorch")
+    pytest.importorskip("albumentations")
+    import pandas as pd
+    from conftest import small_demo_csv
+
+    from synthdet.localize import TrainConfig, load_localizer, read_triples, train_localizer
+    from synthdet.manipulate import make_manipulations
+
+    demo = pd.read_csv(small_demo_csv(tmp_path, n_per_class=4))
+    make_manipulations(demo, tmp_path / "triples", n=8, size=64, categories=("splice-ai", "authentic"))
+    df = read_triples(tmp_path / "triples")
+    train_localizer(df.iloc[:6], df.iloc[6:], tmp_path / "loc", TrainConfig(model="unet", steps=1, batch=2, crop=64,
+                                                                            eval_every=1, patience=2))
+    loc = load_localizer(tmp_path / "loc")
+    photo = synthetic_photo(120, 90, seed=4)
+    with live_server(det, localizer=loc) as url:
+        png = httpx.post(f"{url}/v1/localize", files={"file": ("a.png", encode_image(photo, "PNG"))})
+        assert png.status_code == 200 and png.headers["content-type"] == "image/png"
+        mask = np.asarray(Image.open(io.BytesIO(png.content)))
+        assert mask.shape == (90, 120) and mask.dtype == np.uint8
+        npz = httpx.post(f"{url}/v1/localize?format=npz", content=encode_image(photo, "PNG"))
+        prob = np.load(io.BytesIO(npz.content))["mask"]
+        assert prob.dtype == np.float16 and prob.shape == (90, 120)
+        expected = loc.predict_image(photo)
+        assert np.abs(prob.astype(np.float32) - expected).max() < 2e-3  # the localizer's own map
+        assert np.abs(mask.astype(np.float32) / 255 - expected).max() <= 1 / 255 + 1e-6
+        score = float(npz.headers["x-image-score"])
+        assert score == pytest.approx(loc.score_map(expected), abs=1e-5)
+        assert npz.headers["x-manipulated"] == ("true" if score >= loc.card.threshold else "false")
+        assert httpx.post(f"{url}/v1/localize", content=b"").status_code == 400
+        assert httpx.post(f"{url}/v1/localize", content=b"not an image at all").status_code == 415
+        assert httpx.post(f"{url}/v1/localize?format=tiff", content=b"x").status_code == 400
 
 
 def test_pixels_bomb_png_is_small() -> None:

@@ -12,7 +12,8 @@ from ._io import fail, note
 
 def serve(
     detector: Annotated[Path | None, typer.Argument(help="Detector folder (default: the shipped one).")] = None,
-    localizer: Annotated[Path | None, typer.Option(help="Task B localizer folder (not available yet).")] = None,
+    localizer: Annotated[Path | None, typer.Option(help="Task B localizer folder (`synthdet localize train`) for "
+                                                        "/v1/localize.")] = None,
     host: Annotated[str, typer.Option(help="Address to bind; anything but loopback needs an API key.")] = "127.0.0.1",
     port: Annotated[int, typer.Option(min=0, max=65535)] = 8000,
     api_key: Annotated[str | None, typer.Option(envvar="SYNTHDET_API_KEY",
@@ -30,8 +31,6 @@ def serve(
     from ..detector import Detector
     from ..serve import Settings, is_loopback, run
 
-    if localizer is not None:
-        raise fail("--localizer: no localizer can be loaded yet (Task B is not built in this version)")
     if not is_loopback(host) and not api_key:
         raise fail(f"--host {host} exposes the service beyond this machine: give --api-key (or SYNTHDET_API_KEY)")
     settings = Settings(max_body_bytes=int(max_body_mb * 1024 * 1024), max_pixels=max_pixels, timeout_s=timeout,
@@ -39,5 +38,10 @@ def serve(
                         api_key=api_key)
     det = Detector.load(detector)
     _ = det.backbone
+    loc = None
+    if localizer is not None:
+        from ..localize import load_localizer
+
+        loc = load_localizer(localizer)
     note(f"synthdet serve: http://{host}:{port}/  (API docs: /docs; detector {detector or 'shipped default'})")
-    run(det, host=host, port=port, settings=settings, log_level=log_level)
+    run(det, host=host, port=port, settings=settings, log_level=log_level, localizer=loc)

@@ -30,12 +30,12 @@ def is_loopback(host: str) -> bool:
 
 
 def run(detector: Any, *, host: str = "127.0.0.1", port: int = 8000, settings: Settings | None = None,
-        log_level: str = "info") -> None:
+        log_level: str = "info", localizer: Any = None) -> None:
     """Serve ``detector`` until interrupted; a non-loopback ``host`` needs ``settings.api_key``."""
     settings = settings or Settings()
     if not is_loopback(host) and not settings.api_key:
         raise ValueError(f"binding to {host} exposes the service beyond this machine: set an API key "
                          f"(--api-key or SYNTHDET_API_KEY)")
     uvicorn = require("uvicorn", "synthdet serve")
-    uvicorn.run(create_app(detector, settings=settings), host=host, port=port, log_level=log_level,
+    uvicorn.run(create_app(detector, settings=settings, localizer=localizer), host=host, port=port, log_level=log_level,
                 server_header=False, timeout_keep_alive=5)

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import hmac
+import threading
 import time
 from collections.abc import AsyncGenerator, AsyncIterator, Callable
 from concurrent.futures import ThreadPoolExecutor
@@ -114,8 +115,35 @@ _BATCH_BODY = {"requestBody": {"required": True, "content": {"multipart/form-dat
     "type": "object", "properties": {"files": {"type": "array", "items": {"type": "string", "format": "binary"}}}}}}}}
 
 
-def create_app(detector: Any, *, settings: Settings | None = None) -> FastAPI:
-    """The service for one loaded detector (a :class:`~synthdet.detector.Detector` or an ensemble)."""
+def localize_bytes(localizer: Any, data: bytes, *, max_pixels: int, fmt: str) -> tuple[bytes, dict[str, str]]:
+    """A Task B answer for one upload: the per-pixel probability map at the image's own size, as an 8-bit PNG
+    (probability × 255) or a float16 ``.npz`` (key ``mask``), and the image-level decision in headers."""
+    import io
+
+    import numpy as np
+    import torch
+    from PIL import Image
+
+    from ..pixels import load_image
+
+    img = load_image(data, max_pixels=max_pixels)
+    with torch.inference_mode():
+        prob = localizer.predict_image(img)
+    score = float(localizer.score_map(prob))
+    buf = io.BytesIO()
+    if fmt == "npz":
+        np.savez_compressed(buf, mask=prob.astype(np.float16))
+    else:
+        Image.fromarray(np.clip(prob * 255.0 + 0.5, 0, 255).astype(np.uint8), "L").save(buf, format="PNG")
+    card = localizer.card
+    return buf.getvalue(), {"X-Image-Score": f"{score:.6f}", "X-Threshold": f"{card.threshold:.6f}",
+                            "X-Loc-Threshold": f"{card.loc_threshold:.6f}",
+                            "X-Manipulated": "true" if score >= card.threshold else "false"}
+
+
+def create_app(detector: Any, *, settings: Settings | None = None, localizer: Any = None) -> FastAPI:
+    """The service for one loaded detector (a :class:`~synthdet.detector.Detector` or an ensemble) and, optionally,
+    a Task B localizer (:func:`synthdet.localize.load_localizer`) for ``/v1/localize``."""
     s = settings or Settings()
     det = detector
     det_id = detector_id(det)
@@ -280,10 +308,39 @@ def create_app(detector: Any, *, settings: Settings | None = None) -> FastAPI:
             else {"name": name, "status": r.status, "error": {"reason": r.reason, "detail": r.detail}}
             for name, r in results]})
 
-    @app.post("/v1/localize", summary="Where was the image manipulated (Task B mask)")
-    async def localize() -> JSONResponse:
-        raise ServiceError(501, "no-localizer", "no localizer is loaded: Task B (localisation) is not built in this "
-                           "version of synthdet; the heatmap of /v1/score?heatmap=true gives patch-level scores")
+    loc_lock = threading.Lock()  # one localizer forward at a time: the network is not shared across threads
+
+    @app.post("/v1/localize", openapi_extra=_UPLOAD_BODY, summary="Where was the image manipulated (Task B mask)")
+    async def localize(request: Request, format: str = "png") -> Response:
+        """The per-pixel probability map at the image's own size (``format=png``: 8-bit grey, ``npz``: float16
+        ``mask``) and, in headers, the image-level score, thresholds and decision. 501 without a localizer."""
+        if localizer is None:
+            raise ServiceError(501, "no-localizer", "no localizer is loaded: start the service with --localizer DIR "
+                               "(train one with `synthdet localize train`); /v1/score?heatmap=true gives patch scores")
+        if format not in ("png", "npz"):
+            raise ServiceError(400, "bad-format", f"format={format!r}: png or npz")
+        loop = asyncio.get_running_loop()
+
+        def work_sync(data: bytes) -> tuple[bytes, dict[str, str]]:
+            with loc_lock:
+                return localize_bytes(localizer, data, max_pixels=s.max_pixels, fmt=format)
+
+        async def work() -> tuple[bytes, dict[str, str]]:
+            ((name, data),) = await read_uploads(request, many=False)
+            try:
+                return await loop.run_in_executor(pool, work_sync, data)
+            except ImageLoadError as e:
+                raise _load_error(e, name) from None
+
+        admit()
+        try:
+            body, headers = await asyncio.wait_for(work(), timeout=s.timeout_s)
+        except TimeoutError:
+            raise ServiceError(504, "timeout", f"no answer within {s.timeout_s:g} s") from None
+        finally:
+            release()
+        media = "image/png" if format == "png" else "application/octet-stream"
+        return Response(body, media_type=media, headers=headers)
 
     @app.get("/v1/detector", summary="The detector's card: threshold, band, metrics and the rows behind them")
     async def detector_card() -> JSONResponse:
