@@ -178,7 +178,11 @@ class Backbone(nn.Module):
         if out.ndim == 4:
             if self.tap_pool == "mean":
                 return out.float().mean(dim=(2, 3))
-            std, mean = torch.std_mean(out.float(), dim=(2, 3))
+            if out.shape[2] * out.shape[3] > 1:
+                std, mean = torch.std_mean(out.float(), dim=(2, 3))
+            else:  # a tiny image leaves one position in the last stages: no spread (not NaN)
+                mean = out.float().mean(dim=(2, 3))
+                std = torch.zeros_like(mean)
             parts = [mean, std]
             if self.tap_pool == "texture" and tap in TEXTURE_TAPS:
                 parts.append(channel_correlations(out.float()))
