@@ -34,3 +34,24 @@ def test_reindex_uses_the_cache_and_a_changed_file_is_probed_again(tmp_path: Pat
     assert third.loc[str(a), "sha256"] != first.loc[str(a), "sha256"]
     os.utime(a, ns=(st.st_atime_ns, st.st_mtime_ns))
     assert index(root, use_cache=False).set_index("path").loc[str(a), "sha256"] == third.loc[str(a), "sha256"]
+
+
+def test_many_threads_opening_a_new_cache_at_once_never_fail(tmp_path) -> None:
+    """index probes with a thread pool: every thread opens its own connection to a cache file that does not exist
+    yet (the demo's first run) — none may fail with 'database is locked'."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    from conftest import synthetic_photo
+
+    from synthdet.hashcache import ProbeCache
+
+    files = []
+    for i in range(16):
+        synthetic_photo(20, 20, seed=i).save(tmp_path / f"{i}.png")
+        files.append(tmp_path / f"{i}.png")
+    for attempt in range(5):
+        cache = ProbeCache(tmp_path / f"probes{attempt}.sqlite")
+        with ThreadPoolExecutor(8) as pool:
+            list(pool.map(lambda f: cache.put(f, 1, {"ok": True}), files))
+        with ThreadPoolExecutor(8) as pool:
+            assert list(pool.map(lambda f: cache.get(f, 1), files)) == [{"ok": True}] * 16

@@ -25,6 +25,9 @@ def hash_cache_path() -> Path:
     return default_cache_dir().parent / "probes.sqlite"
 
 
+_OPENING = threading.Lock()
+
+
 class ProbeCache:
     """``get(path, max_pixels)`` / ``put(path, max_pixels, record)``; one connection per thread."""
 
@@ -35,12 +38,13 @@ class ProbeCache:
     def _db(self) -> sqlite3.Connection:
         db = getattr(self._local, "db", None)
         if db is None:
-            self.file.parent.mkdir(parents=True, exist_ok=True)
-            db = sqlite3.connect(self.file, timeout=30, isolation_level=None)
-            db.execute("PRAGMA journal_mode=WAL")
-            db.execute("PRAGMA synchronous=NORMAL")
-            db.execute("CREATE TABLE IF NOT EXISTS probe (path TEXT, max_pixels INTEGER, size INTEGER, mtime_ns "
-                       "INTEGER, record TEXT, PRIMARY KEY (path, max_pixels))")
+            with _OPENING:  # switching to WAL and creating the table lock the file: one thread of ours at a time
+                self.file.parent.mkdir(parents=True, exist_ok=True)
+                db = sqlite3.connect(self.file, timeout=30, isolation_level=None)
+                db.execute("PRAGMA journal_mode=WAL")
+                db.execute("PRAGMA synchronous=NORMAL")
+                db.execute("CREATE TABLE IF NOT EXISTS probe (path TEXT, max_pixels INTEGER, size INTEGER, mtime_ns "
+                           "INTEGER, record TEXT, PRIMARY KEY (path, max_pixels))")
             self._local.db = db
         return db
 
@@ -56,8 +60,11 @@ class ProbeCache:
             name, size, mtime = self._key(path)
         except OSError:
             return None
-        row = self._db().execute("SELECT size, mtime_ns, record FROM probe WHERE path = ? AND max_pixels = ?",
-                                 (name, max_pixels)).fetchone()
+        try:
+            row = self._db().execute("SELECT size, mtime_ns, record FROM probe WHERE path = ? AND max_pixels = ?",
+                                     (name, max_pixels)).fetchone()
+        except sqlite3.Error:
+            return None  # a cache: a database busy in another process only costs a probe
         if row is None or (row[0], row[1]) != (size, mtime):
             return None
         return dict(json.loads(row[2]))
