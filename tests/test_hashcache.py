@@ -52,6 +52,6 @@ def test_many_threads_opening_a_new_cache_at_once_never_fail(tmp_path) -> None:
     for attempt in range(5):
         cache = ProbeCache(tmp_path / f"probes{attempt}.sqlite")
         with ThreadPoolExecutor(8) as pool:
-            list(pool.map(lambda f: cache.put(f, 1, {"ok": True}), files))
+            list(pool.map(lambda f, c=cache: c.put(f, 1, {"ok": True}), files))
         with ThreadPoolExecutor(8) as pool:
-            assert list(pool.map(lambda f: cache.get(f, 1), files)) == [{"ok": True}] * 16
+            assert list(pool.map(lambda f, c=cache: c.get(f, 1), files)) == [{"ok": True}] * 16
