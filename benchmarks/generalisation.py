@@ -372,14 +372,13 @@ def demo_rows(df: pd.DataFrame) -> np.ndarray:
 def cmd_demo(args: argparse.Namespace) -> None:
     """The demo detector's recipe: fitted on the pool copies of the packaged demo images only, scored on every
     other pool image (none of them a near-duplicate of a demo image)."""
-    df = pd.read_csv(POOL / POOLS["384"] / "manifest.csv", dtype={"phash": str})
+    from synthdet.data import read_manifest, write_manifest
+
+    df = read_manifest(POOL / POOLS["384"] / "manifest.csv")
     y, groups = df["label"].to_numpy(), df["group"].to_numpy()
     train = demo_rows(df)
     print(f"demo rows in the pool: {train.sum()} ({y[train].sum()} fake); scored: {(~train).sum()}")
-    from synthdet.data import read_manifest, write_manifest
-
-    pool = read_manifest(POOL / POOLS["384"] / "manifest.csv")  # for `synthdet evaluate DEMO ... --on-overlap drop`
-    write_manifest(pool[~demo_rows(pool)], POOL / POOLS["384"] / "manifest-not-demo.csv")
+    write_manifest(df[~train], POOL / POOLS["384"] / "manifest-not-demo.csv")  # `synthdet evaluate DEMO` on the rest
     results = []
     for lever in lever_rows():
         if args.only and not any(o in lever["name"] for o in args.only) or lever["agg"]:

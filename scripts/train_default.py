@@ -24,7 +24,6 @@ import argparse
 import shutil
 from pathlib import Path
 
-import numpy as np
 import pandas as pd
 from build_pool import pooled_manifest  # this script's folder: the pool's groups are defined there
 
@@ -63,7 +62,7 @@ def main() -> None:
     # the card names the originals too, so `synthdet evaluate` finds them (and their near-duplicates) as seen rows
     seen = RowSet.of_rows(pd.concat([pool[["sha256", "phash"]], originals[originals["ok"]][["sha256", "phash"]]]))
     det.card.rows = {"fit": seen, "calib": seen}
-    scored = res.oof[np.isfinite(res.oof["prob"])]
+    scored = res.scored()
     calibrated = det.card.calibration(scored["prob"].to_numpy()) if det.card.calibration else scored["prob"]
     det.card.data["uncertain_band"] = list(uncertainty_band(scored["label"].to_numpy(), calibrated, det.threshold,
                                                             level=BAND_LEVEL))

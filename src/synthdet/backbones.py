@@ -58,10 +58,16 @@ def channel_correlations(fmap: torch.Tensor) -> torch.Tensor:
     cov = f @ f.transpose(1, 2) / f.shape[2]
     d = cov.diagonal(dim1=1, dim2=2).clamp_min(1e-8).sqrt()
     corr = cov / d[:, :, None] / d[:, None, :]
-    c = int(fmap.shape[1])  # the pair indices are constants of the channel count (an ONNX export keeps them so)
-    i, j = (torch.as_tensor([a for a in range(c) for b in range(a + 1, c)]),
-            torch.as_tensor([b for a in range(c) for b in range(a + 1, c)]))
+    i, j = _channel_pairs(int(fmap.shape[1]))
     return corr[:, i, j]
+
+
+@cache
+def _channel_pairs(c: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Row and column indices of the upper triangle, built once per channel count: constants (an ONNX export keeps
+    them so; ``torch.triu_indices`` does not export), not rebuilt in every forward pass."""
+    return (torch.as_tensor([a for a in range(c) for _ in range(a + 1, c)]),
+            torch.as_tensor([b for a in range(c) for b in range(a + 1, c)]))
 
 
 class WeightsNotFoundError(FileNotFoundError):

@@ -66,12 +66,16 @@ class CVResult:
     config: dict[str, Any] = field(default_factory=dict)  # what was cross-validated (backbone, head, k …)
     group_by: str | None = None  # leave-one-group-out: the column whose values were held out in turn
 
+    def scored(self) -> pd.DataFrame:
+        """The out-of-fold rows that got a probability (an image that could not be scored has NaN)."""
+        return self.oof[np.isfinite(self.oof["prob"])]
+
     def by_group(self, threshold: float | None = None) -> pd.DataFrame:
         """Leave-one-group-out figures per held-out group (:func:`~synthdet.metrics.source_table`) at ``threshold``
         (default: the F1-optimal threshold of the pooled out-of-group probabilities)."""
         if self.group_by is None:
             raise ValueError("these folds were not made by a group column (cross_validate(group_by=...))")
-        scored = self.oof[np.isfinite(self.oof["prob"])]
+        scored = self.scored()
         y, p = scored["label"].to_numpy(), scored["prob"].to_numpy()
         thr = f1_optimal_threshold(y, p) if threshold is None else threshold
         return source_table(y, p, scored[self.group_by].to_numpy(), threshold=thr)
@@ -83,10 +87,10 @@ class CVResult:
                                "rows": "held-out", "plan_id": self.plan.id if self.plan else None,
                                "config": self.config, "folds": self.folds, "mean": self.mean, "std": self.std}
         if self.group_by is not None:
-            scored = self.oof[np.isfinite(self.oof["prob"])]
+            scored = self.scored()
             y, p = scored["label"].to_numpy(), scored["prob"].to_numpy()
             pooled = binary_metrics(y, p, threshold=f1_optimal_threshold(y, p))
-            table = self.by_group()
+            table = self.by_group(pooled["at_threshold"]["threshold"])
             reals = table[table["label"] == 0]
             out["leave_one_group_out"] = {
                 "group_by": self.group_by,
@@ -238,7 +242,7 @@ def _refit(
 def _at_threshold(cv: CVResult, calibration: Calibration | None, threshold: float) -> dict[str, Any]:
     """The out-of-fold scores as the saved detector reports them (through its calibration) at its threshold: what a
     user of the detector should expect on images from sources it has not seen."""
-    scored = cv.oof[np.isfinite(cv.oof["prob"])]
+    scored = cv.scored()
     y, prob = scored["label"].to_numpy(), scored["prob"].to_numpy()
     prob = calibration(prob) if calibration is not None else prob
     block: dict[str, Any] = {
@@ -258,7 +262,7 @@ def decide(
     :class:`~synthdet.calibrate.Calibration` on them; the threshold is F1-optimal on the (calibrated) scores, and
     with ``max_group_fpr`` (leave-one-group-out only) the best one at which no real group is flagged more often
     than that. Returns ``(calibration, threshold, how it was chosen in words)``."""
-    scored = cv.oof[np.isfinite(cv.oof["prob"])]
+    scored = cv.scored()
     y, prob = scored["label"].to_numpy(), scored["prob"].to_numpy()
     rows = ("leave-one-group-out" if cv.group_by else "out-of-fold") + f" probabilities ({len(y)} images)"
     calibration = fit_calibration(y, prob, method=calibrate, rows=rows) if calibrate else None
