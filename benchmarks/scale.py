@@ -1,7 +1,12 @@
 #!/usr/bin/env python
-"""Scoring at scale: images/s and peak RSS of ``score_stream`` (listing, decoding, forward, parquet parts, merge)
-for N generated files, local engine vs Ray (1 and 2 actors), torch vs onnxruntime, as ratios to the forward-only
-floor (the network alone on preloaded tensors, same batch size) measured in the same run.
+"""Scoring at scale: images/s, CPU time per image and peak RSS of ``score_stream`` (listing, decoding, forward,
+parquet parts, merge) for N generated files, local engine vs Ray (1 and 2 actors), torch vs onnxruntime, as ratios to
+the forward-only floors (the network alone on preloaded tensors, same batch size) measured in the same run:
+``floor-torch`` runs the backbone as the library does (``channels_last`` for CNNs), ``floor-torch-nchw`` the same
+network on default-layout tensors (how it ran before), ``floor-onnx`` the exported graph in onnxruntime.
+
+Pools (``--pool-kind``): ``photo``, photo-like images of 0.3-12 Mpx (JPEG and PNG), for throughput; ``tiny``,
+64-128 px images, for the pipeline's own cost and memory at 10k-100k files (the network's cost is small there).
 
 Each configuration runs in its own subprocess (so its peak RSS is its own: ``ru_maxrss`` of that process and its
 waited children; Ray's workers are not children of the driver, so for Ray only the driver is counted). Files: a
@@ -31,17 +36,20 @@ HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 from extract import synth_image  # noqa: E402
 
-SIZES = [(640, 480), (1024, 768), (1600, 1200), (480, 640), (800, 800), (2048, 1536)]
-CONFIGS = ["floor-torch", "floor-onnx", "local-torch", "local-onnx", "ray-1", "ray-2"]
+SIZES = {
+    "photo": [(640, 480), (1024, 768), (1600, 1200), (480, 640), (800, 800), (2048, 1536), (4000, 3000), (1024, 1024)],
+    "tiny": [(96, 64), (64, 96), (128, 128), (112, 80)],
+}
+CONFIGS = ["floor-torch", "floor-torch-nchw", "floor-onnx", "local-torch", "local-onnx", "ray-1", "ray-2"]
 
 
-def make_folder(root: Path, n: int, pool: int) -> Path:
+def make_folder(root: Path, n: int, pool: int, kind: str = "photo") -> Path:
     rng = np.random.default_rng(0)
     src = root / "pool"
     src.mkdir(parents=True)
     files = []
     for i in range(pool):
-        w, h = SIZES[i % len(SIZES)]
+        w, h = SIZES[kind][i % len(SIZES[kind])]
         path = src / (f"p{i}.jpg" if i % 4 else f"p{i}.png")
         synth_image(rng, w, h).save(path, **({"quality": 90} if path.suffix == ".jpg" else {}))
         files.append(path)
@@ -66,8 +74,11 @@ def run_one(config: str, folder: Path, out: Path, batch_size: int) -> dict:
         det = Detector.load()
         size = det.card.preprocess.size
         x = torch.randn(batch_size, 3, size, size)
-        if config == "floor-torch":
+        if config.startswith("floor-torch"):
             bb = det.backbone
+            if config == "floor-torch-nchw":
+                bb.channels_last = False
+                bb.model.to(memory_format=torch.contiguous_format)
 
             def step() -> None:
                 with torch.inference_mode():
@@ -81,11 +92,11 @@ def run_one(config: str, folder: Path, out: Path, batch_size: int) -> dict:
             def step() -> None:
                 sess(x)
         step()
-        t0 = time.perf_counter()
+        t0, c0 = time.perf_counter(), time.process_time()
         for _ in range(n_floor // batch_size):
             step()
-        dt = time.perf_counter() - t0
-        return {"images": n_floor // batch_size * batch_size, "seconds": dt}
+        dt, cpu = time.perf_counter() - t0, time.process_time() - c0
+        return {"images": n_floor // batch_size * batch_size, "seconds": dt, "cpu_seconds": cpu}
     if config == "local-torch":
         scorer = Detector.load()
     elif config == "local-onnx":
@@ -100,32 +111,41 @@ def run_one(config: str, folder: Path, out: Path, batch_size: int) -> dict:
         actors = int(config.split("-")[1])
         ray.init(num_cpus=actors + 1, include_dashboard=False, log_to_driver=False, logging_level="WARNING")
         scorer = RayScorer(actors=actors)
-    t0 = time.perf_counter()
+    t0, c0 = time.perf_counter(), _cpu()
     res = score_stream(scorer, [folder], out, batch_size=batch_size)
-    dt = time.perf_counter() - t0
-    return {"images": res.scored, "skipped": res.skipped, "seconds": dt}
+    dt, cpu = time.perf_counter() - t0, _cpu() - c0
+    return {"images": res.scored, "skipped": res.skipped, "seconds": dt,
+            "cpu_seconds": None if config.startswith("ray") else cpu}  # Ray's workers are not our children
+
+
+def _cpu() -> float:
+    """CPU seconds of this process and its waited children (the decoding workers)."""
+    me, kids = resource.getrusage(resource.RUSAGE_SELF), resource.getrusage(resource.RUSAGE_CHILDREN)
+    return me.ru_utime + me.ru_stime + kids.ru_utime + kids.ru_stime
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--n", type=int, default=1000)
     ap.add_argument("--pool", type=int, default=24)
+    ap.add_argument("--pool-kind", choices=sorted(SIZES), default="photo")
     ap.add_argument("--batch-size", type=int, default=8)
     ap.add_argument("--configs", default=",".join(CONFIGS))
     ap.add_argument("--json", type=Path, default=HERE / "results" / "scale.json")
+    ap.add_argument("--note", default="compare ratios within this run", help="what else ran on the machine")
     ap.add_argument("--one", help=argparse.SUPPRESS)
     ap.add_argument("--folder", type=Path, help=argparse.SUPPRESS)
     ap.add_argument("--out", type=Path, help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.one:
         row = run_one(args.one, args.folder, args.out, args.batch_size)
-        row["peak_rss_mb"] = max(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss,
-                                 resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss) / 1024
+        row["peak_rss_mb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+        row["peak_rss_worker_mb"] = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024
         print(json.dumps(row))
         return
     rows: dict[str, dict] = {}
     with tempfile.TemporaryDirectory() as tmp:
-        folder = make_folder(Path(tmp), args.n, args.pool)
+        folder = make_folder(Path(tmp), args.n, args.pool, args.pool_kind)
         for config in args.configs.split(","):
             cmd = [sys.executable, __file__, "--one", config, "--folder", str(folder), "--out",
                    str(Path(tmp) / f"{config}.parquet"), "--batch-size", str(args.batch_size)]
@@ -134,18 +154,25 @@ def main() -> None:
                 rows[config] = {"error": res.stderr.strip().splitlines()[-1] if res.stderr.strip() else "failed"}
             else:
                 rows[config] = json.loads(res.stdout.strip().splitlines()[-1])
-                rows[config]["images_per_s"] = rows[config]["images"] / rows[config]["seconds"]
+                r = rows[config]
+                r["images_per_s"] = r["images"] / r["seconds"]
+                if r.get("cpu_seconds") is not None:
+                    r["cpu_ms_per_image"] = 1000 * r["cpu_seconds"] / max(1, r["images"])
             print(config, rows[config], flush=True)
-    floor = rows.get("floor-torch", {}).get("images_per_s")
-    for r in rows.values():
-        if floor and "images_per_s" in r:
-            r["ratio_to_torch_floor"] = r["images_per_s"] / floor
+    for floor_name in ("floor-torch", "floor-torch-nchw", "floor-onnx"):
+        floor = rows.get(floor_name, {})
+        for r in rows.values():
+            if "images_per_s" in floor and "images_per_s" in r:
+                r[f"throughput_vs_{floor_name}"] = r["images_per_s"] / floor["images_per_s"]
+            if floor.get("cpu_ms_per_image") and r.get("cpu_ms_per_image"):
+                r[f"cpu_per_image_vs_{floor_name}"] = r["cpu_ms_per_image"] / floor["cpu_ms_per_image"]
     result = {
         "what": "score_stream over N generated files (hard links of a pool of distinct photos), one process per row",
-        "n_files": args.n, "pool": args.pool, "batch_size": args.batch_size, "sizes": SIZES,
+        "n_files": args.n, "pool": args.pool, "pool_kind": args.pool_kind, "batch_size": args.batch_size,
+        "sizes": SIZES[args.pool_kind],
         "machine": {"cpus": os.cpu_count(), "python": platform.python_version(), "platform": platform.platform(),
                     "omp_threads": os.environ.get("OMP_NUM_THREADS")},
-        "note": "shared CPU (other processes were running): compare ratios within this run",
+        "note": args.note,
         "rows": rows,
     }
     args.json.parent.mkdir(parents=True, exist_ok=True)

@@ -144,7 +144,7 @@ def test_missing_weights_file_and_missing_tag(tmp_path: Path) -> None:
 @pytest.mark.parametrize("suffix", [".pth", ".safetensors"])
 def test_weights_file_loads_exactly(tmp_path: Path, resnet18_random: Backbone, suffix: str) -> None:
     src = resnet18_random
-    state = {k: v.clone() for k, v in src.model.state_dict().items()}
+    state = {k: v.contiguous().clone() for k, v in src.model.state_dict().items()}  # NHWC params: pack to save
     path = tmp_path / f"r18{suffix}"
     if suffix == ".safetensors":
         from safetensors.torch import save_file

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import shutil
+from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -88,11 +89,32 @@ def test_predict_paths_skips_bad_files_and_keeps_order(trained, tmp_path: Path) 
     empty = tmp_path / "empty.png"
     empty.write_bytes(b"")
     paths = [good[0], str(bad), good[1], str(empty), good[2]]
-    out = list(det.predict_paths(paths, num_workers=0, chunk=2, progress=False))
+    out = list(det.predict_paths(iter(paths), num_workers=2, batch_size=2, progress=False))  # a lazy stream
     assert [p for p, _, _ in out] == paths
     assert out[1][1] is None and out[1][2].startswith(("truncated", "corrupt"))
     assert out[3][1] is None and out[3][2].startswith("empty-file")
     assert all(0.0 <= out[i][1] <= 1.0 for i in (0, 2, 4))
+
+
+def test_predict_paths_pulls_a_stream_lazily(trained) -> None:
+    """An endless listing is scored as it is pulled: the files in flight are bounded, the listing never read whole."""
+    import itertools
+
+    tmp, res = trained
+    det = Detector.load(tmp / "det")
+    good = res.manifest.path.iloc[:4].tolist()
+    pulled = 0
+
+    def endless() -> Iterator[str]:
+        nonlocal pulled
+        for p in itertools.cycle(good):
+            pulled += 1
+            yield p
+
+    out = list(itertools.islice(det.predict_paths(endless(), num_workers=2, batch_size=4, progress=False), 40))
+    assert [p for p, _, _ in out] == list(itertools.islice(itertools.cycle(good), 40))
+    assert all(p is not None for _, p, _ in out)
+    assert pulled <= 40 + 2 * 4 * 4 + 4  # what the workers may prefetch (2 workers x 4 batches x 4 files) and a batch
 
 
 def test_rerun_uses_the_cache(trained) -> None:

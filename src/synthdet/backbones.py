@@ -127,6 +127,9 @@ class Backbone(nn.Module):
 
     ``model`` is the wrapped network; ``pooled_fn`` maps an input batch to pooled features; ``tap_modules`` are the
     blocks whose outputs become layer features (4-D maps are average-pooled, token sequences give their first token).
+    ``channels_last``: run the network on NHWC tensors, for convolutional networks (oneDNN on CPU and cuDNN on CUDA
+    pick faster kernels: EfficientNet-Lite0 at 384 px runs 1.7x faster per image on one CPU thread, measured in
+    ``benchmarks/scale.py``); the features are the same up to float rounding.
     """
 
     def __init__(
@@ -139,10 +142,14 @@ class Backbone(nn.Module):
         preprocess: Preprocess,
         weights_id: str,
         token_pool: str = "cls",
+        channels_last: bool = False,
     ) -> None:
         super().__init__()
         self.name = name
         self.model = model.eval()
+        self.channels_last = channels_last
+        if channels_last:
+            self.model.to(memory_format=torch.channels_last)  # type: ignore[call-overload]
         self._pooled_fn = pooled_fn
         self.tap_modules = tap_modules
         self.preprocess = preprocess
@@ -207,6 +214,8 @@ class Backbone(nn.Module):
             if taps
             else []
         )
+        if self.channels_last:
+            x = x.contiguous(memory_format=torch.channels_last)
         try:
             pooled = self._pooled_fn(x)
         finally:
@@ -310,6 +319,7 @@ def _timm_backbone(
     return Backbone(
         name=name, model=model, pooled_fn=pooled, tap_modules=_timm_taps(model), preprocess=preprocess,
         weights_id=weights_id, token_pool=token_pool,
+        channels_last=not hasattr(model, "num_prefix_tokens"),  # a CNN (token models have prefix tokens)
     )
 
 

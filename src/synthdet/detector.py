@@ -248,30 +248,34 @@ class Detector:
         batch_size: int | None = None,
         num_workers: int | None = None,
         max_pixels: int = DEFAULT_MAX_PIXELS,
-        chunk: int = 1024,
         progress: bool = False,
         transform: ImageTransform | None = None,
     ) -> Iterator[tuple[str, float | None, str]]:
         """Yield ``(path, probability of being generated, "")`` or ``(path, None, reason)``, in input order.
 
-        Paths are consumed in chunks, so memory stays bounded however many files are scored. ``transform`` alters
-        the decoded pixels first (robustness slices: JPEG, resize, crop …).
+        ``paths`` may be a lazy stream of any length: one worker pool decodes it while the network runs, and only
+        the files in flight are held (memory stays flat however many are scored). ``transform`` alters the decoded
+        pixels first (robustness slices: JPEG, resize, crop …).
         """
-        it = iter(paths)
-        while batch := [str(p) for _, p in zip(range(chunk), it)]:
-            items = [(p, p, [0]) for p in batch]
+        pending: dict[int, str] = {}  # stream position -> path, for the files handed to the workers and not yet back
+
+        def items() -> Iterator[tuple[str, str, list[int]]]:
+            for i, p in enumerate(paths):
+                pending[i] = str(p)
+                yield pending[i], pending[i], [0]
+
+        for pairs, pooled, layers, errs in forward_batches(
+            self.backbone, items(), taps=self.card.features == "concat", batch_size=batch_size,
+            num_workers=num_workers, max_pixels=max_pixels, desc="score", progress=progress, transform=transform,
+        ):
             probs: dict[int, float] = {}
-            errors: dict[int, str] = {}
-            for pairs, pooled, layers, errs in forward_batches(
-                self.backbone, items, taps=self.card.features == "concat", batch_size=batch_size,
-                num_workers=num_workers, max_pixels=max_pixels, desc="score", progress=progress, transform=transform,
-            ):
-                errors.update(errs)
-                if pairs:
-                    p = self.predict_features(assemble_features(pooled, layers, self.card.features))
-                    probs.update({i: float(v) for (i, _), v in zip(pairs, p)})
-            for i, path in enumerate(batch):
-                yield (path, probs[i], "") if i in probs else (path, None, errors.get(i, "unknown error"))
+            if pairs:
+                p = self.predict_features(assemble_features(pooled, layers, self.card.features))
+                probs = {i: float(v) for (i, _), v in zip(pairs, p)}
+            errors = dict(errs)
+            for i in sorted([*probs, *errors]):  # a batch is the next files of the stream, in order
+                path = pending.pop(i)
+                yield (path, probs[i], "") if i in probs else (path, None, errors[i])
 
 
 def default_detector_path() -> Path:

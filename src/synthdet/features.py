@@ -52,43 +52,45 @@ def _read(path: str) -> bytes:
         raise ImageLoadError(path, "unreadable", e.strerror or str(e)) from None
 
 
-class _ViewsDataset(Dataset):
-    """One item per image: the stacked tensors of the views still missing for it (decoded once).
+Item = tuple[str, str, Sequence[int]]
+"""``(path, key, views)``: a file, the key its features are stored under (its sha256, or the path when nothing is
+stored), and the views still wanted of it."""
 
-    With ``verify_sha`` an item's second field is the sha256 its features will be stored under; a file whose bytes
-    no longer hash to it is refused (``changed-since-indexed``) rather than stored under a stale key.
+
+class _ViewsDataset(Dataset):
+    """Decodes the items the sampler hands it, ``(stream position, item)``, into the stacked tensors of their views
+    (decoded once). The items travel with the indices, so the listing is never held whole, in the parent or in a
+    worker, and one worker pool serves a stream of any length.
+
+    With ``verify_sha`` an item's key is the sha256 its features will be stored under; a file whose bytes no longer
+    hash to it is refused (``changed-since-indexed``) rather than stored under a stale key.
     """
 
     def __init__(
-        self, items: Sequence[tuple[str, str, Sequence[int]]], backbone: Backbone, max_pixels: int,
-        transform: ImageTransform | None = None, verify_sha: bool = False,
+        self, backbone: Backbone, max_pixels: int, transform: ImageTransform | None = None, verify_sha: bool = False,
     ) -> None:
-        self.items = items
         self.pre = backbone.preprocess
         self.max_pixels = max_pixels
         self.transform = transform
         self.verify_sha = verify_sha
 
-    def __len__(self) -> int:
-        return len(self.items)
-
-    def __getitem__(self, i: int) -> tuple[int, list[torch.Tensor] | None, str]:
-        path, sha, views = self.items[i]
+    def __getitem__(self, index: tuple[int, Item]) -> tuple[int, list[torch.Tensor] | None, str, Sequence[int]]:
+        i, (path, sha, views) = index
         try:
             data = _read(path)
             if self.verify_sha and (actual := hashlib.sha256(data).hexdigest()) != sha:
-                return i, None, f"changed-since-indexed: manifest sha {sha[:16]}… file sha {actual[:16]}…"
+                return i, None, f"changed-since-indexed: manifest sha {sha[:16]}… file sha {actual[:16]}…", views
             if self.transform is not None:  # a slice must see the image as stored: no reduction before it
                 img = self.transform(load_image(data, max_pixels=self.max_pixels), sha)
-                return i, [self.pre(img, view=v, key=sha) for v in views], ""
+                return i, [self.pre(img, view=v, key=sha) for v in views], "", views
             # one full decode serves every view: view 0 is reduced for inference (the same reduction as at scoring
             # time, so cached and fresh features agree); training views (smaller crops) keep more pixels
             full = load_image(data, max_pixels=self.max_pixels)
             img = reduce_to(full, self.pre.canonical_draft_size)
             fine = reduce_to(full, self.pre.draft_size) if any(views) else img
-            return i, [self.pre(img if v == 0 else fine, view=v, key=sha) for v in views], ""
+            return i, [self.pre(img if v == 0 else fine, view=v, key=sha) for v in views], "", views
         except ImageLoadError as e:
-            return i, None, e.reason + (f": {e.detail}" if e.detail else "")
+            return i, None, e.reason + (f": {e.detail}" if e.detail else ""), views
 
 
 def _collate(batch: list) -> list:
@@ -120,7 +122,7 @@ def batch_size_default(device: torch.device) -> int:
 @torch.inference_mode()
 def forward_batches(
     backbone: Backbone,
-    items: Sequence[tuple[str, str, Sequence[int]]],
+    items: Iterable[Item],
     *,
     taps: bool,
     batch_size: int | None = None,
@@ -130,21 +132,30 @@ def forward_batches(
     progress: bool = False,
     transform: ImageTransform | None = None,
     verify_sha: bool = False,
+    views_per_item: int | None = None,
 ) -> Iterator[tuple[list[tuple[int, int]], torch.Tensor, list[torch.Tensor], list[tuple[int, str]]]]:
     """Stream ``(item_view_pairs, pooled, layers, errors)`` over items, with bounded memory.
 
-    Decoding runs in DataLoader workers; the network sees batches of about ``batch_size`` views; CUDA uses bf16
-    autocast. Items that fail to decode come back in ``errors`` as ``(item index, reason)`` and never stop the run.
+    ``items`` may be a list or a lazy stream of any length (indices are positions in it): one pool of DataLoader
+    workers decodes while the network runs, for the whole stream, and only the items in flight are held. Each
+    yielded batch covers the next items in order, every item once, in ``item_view_pairs`` or in ``errors``
+    (``(item index, reason)``: a file that cannot be decoded never stops the run). The network sees batches of
+    about ``batch_size`` views (``views_per_item``: how many views an item has, by default the most any item of a
+    list has, else 1). CUDA: batches are stacked into pinned memory and copied without blocking, under bf16
+    autocast; CNN backbones run ``channels_last`` (:class:`~synthdet.backbones.Backbone`).
     ``transform`` alters decoded pixels first (robustness slices); there is then no reduced decode, so the slice sees
     the image as stored. ``verify_sha``: each item's second field is the file's sha256; a file whose bytes no longer
     match comes back as an error (``changed-since-indexed``).
     """
     workers = num_workers_default() if num_workers is None else num_workers
     batch_size = batch_size or batch_size_default(backbone.device)
-    per_item = max(1, max((len(v) for _, _, v in items), default=1))
-    per_forward = max(1, batch_size // per_item)
+    sized = isinstance(items, Sequence)
+    if views_per_item is None:
+        views_per_item = max((len(v) for _, _, v in items), default=1) if sized else 1
+    per_forward = max(1, batch_size // max(1, views_per_item))
     loader = DataLoader(  # small loader batches keep every worker busy; the network still sees ``batch_size``
-        _ViewsDataset(items, backbone, max_pixels, transform, verify_sha),
+        _ViewsDataset(backbone, max_pixels, transform, verify_sha),
+        sampler=enumerate(items),  # type: ignore[arg-type]  # pulled lazily, as workers need more
         batch_size=max(1, min(4, per_forward)),
         num_workers=workers,
         collate_fn=_collate,
@@ -153,16 +164,16 @@ def forward_batches(
     )
     device = backbone.device
     autocast = torch.autocast("cuda", dtype=torch.bfloat16) if device.type == "cuda" else torch.autocast("cpu", enabled=False)
-    bar = tqdm(total=len(items), desc=desc, unit="img", disable=not progress)
+    bar = tqdm(total=len(items) if isinstance(items, Sequence) else None, desc=desc, unit="img", disable=not progress)
     for batch in _regroup(loader, per_forward):
         pairs: list[tuple[int, int]] = []
         tensors: list[torch.Tensor] = []
         errors: list[tuple[int, str]] = []
-        for i, t, err in batch:
+        for i, t, err, views in batch:
             if t is None:
                 errors.append((i, err))
                 continue
-            pairs.extend((i, v) for v in items[i][2])
+            pairs.extend((i, v) for v in views)
             tensors.extend(t)
         pooled, layers = torch.empty(0), list[torch.Tensor]()
         if tensors:
@@ -183,8 +194,11 @@ def forward_by_shape(
         by_shape.setdefault(tuple(t.shape), []).append(j)
     pooled = torch.empty(len(tensors), backbone.embed_dim)
     layers = [torch.empty(len(tensors), d) for d in backbone.layer_dims] if taps else []
-    for idx in by_shape.values():
-        x = torch.stack([tensors[j] for j in idx]).to(backbone.device, non_blocking=True)
+    cuda = backbone.device.type == "cuda"
+    for shape, idx in by_shape.items():
+        # CUDA: stacked straight into pinned memory, so the copy to the device does not block the host
+        x = torch.stack([tensors[j] for j in idx], out=torch.empty((len(idx), *shape), pin_memory=cuda))
+        x = x.to(backbone.device, non_blocking=True)
         p, ls = backbone(x, taps=taps)
         pooled[idx] = p.float().cpu()
         for out, part in zip(layers, ls):

@@ -82,17 +82,17 @@ def ray_forward_batches(
     ``desc``/``progress`` are accepted for the same signature (Ray schedules decoding tasks itself)."""
     ray = init_ray(address)
     batch_size = batch_size or (64 if num_gpus else 8)
-    decoder = _ViewsDataset(items, cast(Backbone, types.SimpleNamespace(preprocess=backbone.preprocess)), max_pixels,
+    decoder = _ViewsDataset(cast(Backbone, types.SimpleNamespace(preprocess=backbone.preprocess)), max_pixels,
                             transform, verify_sha)
     ref = ray.put(backbone.cpu())
     dims = [backbone.embed_dim, *(backbone.layer_dims if taps else [])]
 
     def decode(row: dict[str, Any]) -> list[dict[str, Any]]:
         i = int(row["i"])
-        _, tensors, err = decoder[i]
+        _, tensors, err, views = decoder[(i, items[i])]
         if tensors is None:
             return [{"i": i, "view": -1, "err": err, "x": np.zeros((3, 1, 1), np.float32)}]
-        return [{"i": i, "view": v, "err": "", "x": t.numpy()} for v, t in zip(items[i][2], tensors)]
+        return [{"i": i, "view": v, "err": "", "x": t.numpy()} for v, t in zip(views, tensors)]
 
     for start in range(0, len(items), window):
         ds = ray.data.from_items([{"i": i} for i in range(start, min(start + window, len(items)))])
