@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import csv
 import json
+import shutil
 
 import numpy as np
 import pandas as pd
@@ -153,6 +154,31 @@ def test_ensemble_scores_files_as_its_members_do_and_skips_a_corrupt_one(members
     alone = [[p for _, p, _ in Detector.load(d).predict_paths(good, num_workers=0, progress=False)] for d in dirs]
     expected = 0.3 * np.array(alone[0]) + 0.7 * np.array(alone[1])
     assert [out[0][1], out[2][1]] == pytest.approx(expected.tolist(), abs=1e-6)
+
+
+def test_members_on_different_backbones_stream_together_in_order(members) -> None:
+    """Two backbone groups (here: another canonical JPEG quality) each stream the files through their own worker
+    pool; the rows stay aligned, a corrupt file is skipped, and each member scores as it does alone."""
+    tmp, dirs = members
+    other = tmp / "det-q80"
+    if not other.exists():
+        shutil.copytree(dirs[1], other)
+        card = json.loads((other / "card.json").read_text())
+        card["preprocess"]["jpeg_quality"] = 80
+        (other / "card.json").write_text(json.dumps(card))
+    ens = EnsembleDetector.from_members([dirs[0], other], rule="mean")
+    assert len(ens.groups) == 2
+    bad = tmp / "corrupt2.jpg"
+    bad.write_bytes(b"not an image at all")
+    good = pd.read_csv(tmp / "calib.csv")["path"].iloc[:9].tolist()
+    paths = [*good[:4], str(bad), *good[4:]]
+    out = list(ens.predict_paths(iter(paths), num_workers=2, batch_size=2, progress=False, chunk=3))
+    assert [p for p, _, _ in out] == paths
+    assert out[4][1] is None and out[4][2].startswith("not-an-image")
+    alone = [[p for _, p, _ in Detector.load(d).predict_paths(good, num_workers=0, progress=False)] for d in (dirs[0], other)]
+    assert alone[0] != pytest.approx(alone[1], abs=1e-3)  # the groups really see different pixels
+    got = [p for j, (_, p, _) in enumerate(out) if j != 4]
+    assert got == pytest.approx((0.5 * np.array(alone[0]) + 0.5 * np.array(alone[1])).tolist(), abs=1e-6)
 
 
 def test_synthdet_predict_scores_with_an_ensemble_folder(members, mean_ensemble) -> None:

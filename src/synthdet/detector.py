@@ -31,7 +31,7 @@ from . import __version__
 from .atomic import atomic_path, write_text
 from .backbones import Backbone, TapPool, create_backbone
 from .calibrate import Calibration
-from .features import ImageTransform, forward_batches
+from .features import ImageTransform, forward_files
 from .heads import head_from_state
 from .pixels import DEFAULT_MAX_PIXELS, Preprocess
 from .registry import Entry, Registry
@@ -257,25 +257,14 @@ class Detector:
         the files in flight are held (memory stays flat however many are scored). ``transform`` alters the decoded
         pixels first (robustness slices: JPEG, resize, crop …).
         """
-        pending: dict[int, str] = {}  # stream position -> path, for the files handed to the workers and not yet back
-
-        def items() -> Iterator[tuple[str, str, list[int]]]:
-            for i, p in enumerate(paths):
-                pending[i] = str(p)
-                yield pending[i], pending[i], [0]
-
-        for pairs, pooled, layers, errs in forward_batches(
-            self.backbone, items(), taps=self.card.features == "concat", batch_size=batch_size,
+        for batch, rows, pooled, layers, errors in forward_files(
+            self.backbone, paths, taps=self.card.features == "concat", batch_size=batch_size,
             num_workers=num_workers, max_pixels=max_pixels, desc="score", progress=progress, transform=transform,
         ):
-            probs: dict[int, float] = {}
-            if pairs:
-                p = self.predict_features(assemble_features(pooled, layers, self.card.features))
-                probs = {i: float(v) for (i, _), v in zip(pairs, p)}
-            errors = dict(errs)
-            for i in sorted([*probs, *errors]):  # a batch is the next files of the stream, in order
-                path = pending.pop(i)
-                yield (path, probs[i], "") if i in probs else (path, None, errors[i])
+            probs = self.predict_features(assemble_features(pooled, layers, self.card.features)) if rows else ()
+            prob_of = dict(zip(rows, map(float, probs)))
+            for j, path in enumerate(batch):
+                yield (path, prob_of[j], "") if j in prob_of else (path, None, errors[j])
 
 
 def default_detector_path() -> Path:

@@ -25,6 +25,7 @@ calibration metrics) and ``members/`` holding a copy of every member folder, so 
 
 from __future__ import annotations
 
+import itertools
 import shutil
 from collections.abc import Iterable, Iterator, Sequence
 from pathlib import Path
@@ -48,7 +49,7 @@ from .detector import (
     save_card,
 )
 from .evaluation import ON_OVERLAP, InSampleError, OnOverlap, join_rows, overlap, provenance
-from .features import ImageTransform, forward_batches
+from .features import ImageTransform, forward_files
 from .metrics import binary_metrics
 from .pixels import DEFAULT_MAX_PIXELS
 from .splits import RowSet, phash_codes
@@ -113,7 +114,8 @@ class EnsembleDetector:
         groups: dict[tuple, list[int]] = {}
         for j, m in enumerate(self.members):
             c = m.card
-            groups.setdefault((c.backbone, c.weights_id, c.weights_file, c.preprocess.model_dump_json()), []).append(j)
+            key = (c.backbone, c.weights_id, c.weights_file, c.preprocess.model_dump_json(), c.tap_pool)
+            groups.setdefault(key, []).append(j)
         self.groups = list(groups.values())  # member indices sharing one forward pass
 
     @classmethod
@@ -153,31 +155,39 @@ class EnsembleDetector:
             _ = self.members[group[0]].backbone
         return self.members[0].backbone
 
+    def _group_rows(self, group: list[int], paths: Iterable[str], **kw: Any) -> Iterator[tuple[str, np.ndarray | None, str]]:
+        """Per file, in input order: the probabilities of the members sharing this group's backbone (one forward
+        pass serves them all), or ``None`` and why the file failed."""
+        taps = any(self.members[j].card.features == "concat" for j in group)
+        for batch, rows, pooled, layers, errors in forward_files(self.members[group[0]].backbone, paths, taps=taps,
+                                                                 desc="score", **kw):
+            cols = np.stack([self.members[j].predict_features(assemble_features(pooled, layers, self.members[j].card.features))
+                             for j in group], axis=1) if rows else None
+            row_of = {j: r for r, j in enumerate(rows)}
+            for j, path in enumerate(batch):
+                yield (path, cast(np.ndarray, cols)[row_of[j]], "") if j in row_of else (path, None, errors[j])
+
     def _tables(
         self, paths: Iterable[str | Path], *, batch_size: int | None = None, num_workers: int | None = None,
         max_pixels: int = DEFAULT_MAX_PIXELS, chunk: int = 1024, progress: bool = False,
         transform: ImageTransform | None = None,
     ) -> Iterator[tuple[list[str], np.ndarray, dict[int, str]]]:
-        """Per chunk of paths: the members' probabilities ``[n, m]`` (NaN where a file failed) and the failures."""
-        it = iter(paths)
-        while batch := [str(p) for _, p in zip(range(chunk), it)]:
-            items = [(p, p, [0]) for p in batch]
-            table = np.full((len(batch), len(self.members)), np.nan)
+        """Per ``chunk`` files: the members' probabilities ``[n, m]`` (NaN where a file failed) and the failures.
+        Each backbone group streams the files through one long-lived worker pool; ``chunk`` only sizes the tables."""
+        kw = {"batch_size": batch_size, "num_workers": num_workers, "max_pixels": max_pixels, "progress": progress,
+              "transform": transform}
+        streams = itertools.tee(map(str, paths), len(self.groups))  # the groups advance together: bounded buffer
+        per_file = zip(*(self._group_rows(g, s, **kw) for g, s in zip(self.groups, streams)))
+        while rows := list(itertools.islice(per_file, chunk)):
+            table = np.full((len(rows), len(self.members)), np.nan)
             errors: dict[int, str] = {}
-            for group in self.groups:
-                taps = any(self.members[j].card.features == "concat" for j in group)
-                for pairs, pooled, layers, errs in forward_batches(
-                    self.members[group[0]].backbone, items, taps=taps, batch_size=batch_size, num_workers=num_workers,
-                    max_pixels=max_pixels, desc="score", progress=progress, transform=transform,
-                ):
-                    for i, reason in errs:
+            for i, per_group in enumerate(rows):
+                for group, (_, probs, reason) in zip(self.groups, per_group):
+                    if probs is None:
                         errors.setdefault(i, reason)
-                    if pairs:
-                        rows = [i for i, _ in pairs]
-                        for j in group:
-                            m = self.members[j]
-                            table[rows, j] = m.predict_features(assemble_features(pooled, layers, m.card.features))
-            yield batch, table, errors
+                    else:
+                        table[i, group] = probs
+            yield [r[0][0] for r in rows], table, errors
 
     def member_probs(self, paths: Sequence[str | Path], **kw: Any) -> np.ndarray:
         """Every member's probability for every path, ``[n, m]`` (NaN rows: files that cannot be scored); ``kw`` as

@@ -13,6 +13,7 @@ import os
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import torch
 from PIL import Image
@@ -25,7 +26,7 @@ from .store import FeatureStore, default_cache_dir, store_identity, store_key
 
 __all__ = [
     "ExtractResult", "FeatureStore", "ImageTransform", "Skipped", "default_cache_dir", "extract", "forward_batches",
-    "forward_by_shape",
+    "forward_by_shape", "forward_files",
     "store_identity", "store_key",
 ]
 
@@ -182,6 +183,27 @@ def forward_batches(
         bar.update(len(batch))
         yield pairs, pooled, layers, errors
     bar.close()
+
+
+def forward_files(
+    backbone: Backbone, paths: Iterable[str | Path], *, taps: bool, **kw: Any
+) -> Iterator[tuple[list[str], list[int], torch.Tensor, list[torch.Tensor], dict[int, str]]]:
+    """:func:`forward_batches` over a stream of files (view 0 each), batch by batch in input order:
+    ``(paths, rows, pooled, layers, errors)``, where ``rows`` are the positions in ``paths`` that were decoded (the
+    rows of ``pooled``/``layers``) and ``errors`` maps the others to why. ``kw`` as :func:`forward_batches`."""
+    pending: dict[int, str] = {}  # stream position -> path, for the files handed to the workers and not yet back
+
+    def items() -> Iterator[Item]:
+        for i, p in enumerate(paths):
+            pending[i] = str(p)
+            yield pending[i], pending[i], [0]
+
+    for pairs, pooled, layers, errs in forward_batches(backbone, items(), taps=taps, **kw):
+        errors = dict(errs)
+        order = sorted([*(i for i, _ in pairs), *errors])  # a batch is the next files of the stream
+        where = {i: j for j, i in enumerate(order)}
+        yield ([pending.pop(i) for i in order], [where[i] for i, _ in pairs], pooled, layers,
+               {where[i]: reason for i, reason in errors.items()})
 
 
 def forward_by_shape(
