@@ -78,6 +78,21 @@ def test_effnet_lite0_forward_and_taps(effnet_lite0: Backbone) -> None:
     assert torch.allclose(single[0], pooled[0], atol=1e-4)
 
 
+def test_cnns_run_channels_last_with_the_same_features(effnet_lite0: Backbone) -> None:
+    """CNN backbones hold NHWC weights (faster kernels); the features equal the default layout's up to rounding."""
+    import copy
+
+    assert effnet_lite0.channels_last
+    assert effnet_lite0.model.conv_stem.weight.is_contiguous(memory_format=torch.channels_last)
+    nchw = copy.deepcopy(effnet_lite0)
+    nchw.channels_last = False
+    nchw.model.to(memory_format=torch.contiguous_format)
+    x = batch(effnet_lite0.preprocess, 2)
+    with torch.inference_mode():
+        (a, la), (b, lb) = effnet_lite0(x, taps=True), nchw(x, taps=True)
+    assert torch.allclose(a, b, atol=1e-4) and all(torch.allclose(p, q, atol=1e-4) for p, q in zip(la, lb))
+
+
 def test_meanstd_taps_add_each_stage_spread_and_a_new_identity(resnet18_random: Backbone) -> None:
     bb = create_backbone("timm:resnet18", pretrained=False, device="cpu", tap_pool="meanstd")
     bb.load_state_dict(resnet18_random.state_dict())
@@ -113,7 +128,7 @@ def test_timm_random_init(resnet18_random: Backbone) -> None:
 
 def test_open_clip_random_init_vit_b32() -> None:
     bb = create_backbone("open_clip:ViT-B-32", pretrained=False, device="cpu")
-    assert bb.weights_id == "random"
+    assert bb.weights_id == "random" and not bb.channels_last  # a token model keeps the default layout
     assert len(bb.tap_modules) == 12 and bb.layer_dims == [768] * 12
     assert bb.embed_dim == 512 and bb.preprocess.size == 224
     assert bb.preprocess.mean == pytest.approx((0.48145466, 0.4578275, 0.40821073))
