@@ -112,6 +112,9 @@ def test_make_manipulations_writes_exact_triples(demo_df: pd.DataFrame, tmp_path
         with Image.open(tmp_path / row.mask) as mk:
             assert mk.size == size and set(np.unique(np.asarray(mk))) <= {0, 255}
         assert row.label == 1 and 0 < read_mask(tmp_path / row.mask).mean() < 1
+    hosts = demo_df.set_index(demo_df["source"])
+    assert set(on_disk.source_group) <= {"github:google/dreambooth", "pypi:skimage"}  # the photos' collections
+    assert all(g == s.split()[0] and hosts.loc[s, "label"] == 0 for g, s in zip(on_disk.source_group, on_disk.source))
     again = make_manipulations(demo_df, tmp_path / "again", n=12, size=64, seed=0)
     assert again.equals(m)  # seeded: the same triples
 
@@ -149,6 +152,12 @@ def test_image_scores_threshold_tuning_and_report() -> None:
     assert res["pixel"]["at_0.5"]["f1"] < 1.0
     assert res["per_category"]["authentic"]["at_0.5"]["n_manipulated"] == 0
     assert res["image"]["roc_auc"] == 1.0 and res["image"]["balanced_accuracy"] == 1.0
+    by_source = localization_metrics([prob, prob, blank], [true, ~true, np.zeros((10, 10), bool)], ["a", "a", "b"],
+                                     loc_threshold=0.7, sources=["x", "y", ""])["per_source"]
+    assert list(by_source) == ["unknown", "x", "y"] and [b["n"] for b in by_source.values()] == [1, 1, 1]
+    assert by_source["x"]["at_threshold"]["f1"] == pytest.approx(1.0)
+    assert by_source["y"]["at_threshold"]["f1"] == pytest.approx(0.0)
+    assert by_source["unknown"]["at_threshold"]["authentic_fp_rate"] == 0.0
     labels, scores = np.array([1] * 8 + [0, 0]), np.array([0.9] * 6 + [0.2, 0.2, 0.1, 0.3])
     assert balanced_threshold(labels, scores) == pytest.approx(0.9)  # F1 would call everything manipulated
 
@@ -211,7 +220,7 @@ def test_unet_saves_loads_resumes_and_submits(triples: tuple[Path, Path], tmp_pa
     assert check_task_b(out / "demo_localization_masks.zip", out / "scores.csv", triples[1] / "images").ok
     r = runner.invoke(app, ["localize", "evaluate", str(tmp_path / "u"), str(triples[1]), "--json",
                             "--overlays", str(tmp_path / "o.png")])
-    assert r.exit_code == 0 and '"per_category"' in r.output
+    assert r.exit_code == 0 and '"per_category"' in r.output and '"per_source"' in r.output
     with Image.open(tmp_path / "o.png") as sheet:  # best and worst of each of the two categories
         assert sheet.size == (256, 4 * 128)
 

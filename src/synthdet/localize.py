@@ -208,8 +208,9 @@ def load_localizer(path: str | Path, device: str | torch.device = "cpu") -> Loca
 
 def read_triples(source: str | Path) -> pd.DataFrame:
     """A Task B set as ``path``, ``mask`` (absolute, ``""`` for an authentic image), ``label``, ``category``,
-    ``source``: from a manifest CSV with a ``mask`` column, or a folder with ``images/`` and ``masks/`` (a mask is
-    matched by file stem; an image without one is authentic) or its own ``manifest.csv``."""
+    ``source``, ``source_group`` (the host photo's collection, for per-source tables): from a manifest CSV with a
+    ``mask`` column, or a folder with ``images/`` and ``masks/`` (a mask is matched by file stem; an image without
+    one is authentic) or its own ``manifest.csv``."""
     src = Path(source)
     if src.is_dir() and (src / "manifest.csv").is_file():
         src = src / "manifest.csv"
@@ -230,6 +231,10 @@ def read_triples(source: str | Path) -> pd.DataFrame:
     for col in ("category", "source"):
         if col not in df:
             df[col] = np.where(df["label"] == 1, "manipulated", "authentic") if col == "category" else ""
+    if "source_group" not in df:  # sets written before the column, or a user's own manifest
+        from .manipulate import source_group
+
+        df["source_group"] = [source_group(r) for r in df.to_dict("records")]
     return df.reset_index(drop=True)
 
 
@@ -368,7 +373,7 @@ def train_localizer(
         threshold=thr, prior=float(labels.mean()) if len(labels) else 0.5,
         model=cfg.model, loc_threshold=loc_thr, image_score=cfg.image_score,
         metrics={"val": localization_metrics(maps, trues, list(val["category"]), loc_threshold=loc_thr,
-                                             image_threshold=thr, method=cfg.image_score)},
+                                             image_threshold=thr, method=cfg.image_score, sources=_sources(val))},
         params={"config": cfg.model_dump(), "history": state["history"], "n_train": len(train), "n_val": len(val),
                 "train_seconds": round(time.perf_counter() - start, 1), "device": str(device)},
     )
@@ -377,9 +382,14 @@ def train_localizer(
     return loc
 
 
+def _sources(df: pd.DataFrame) -> list[str] | None:
+    return list(df["source_group"]) if "source_group" in df else None
+
+
 def evaluate_localizer(loc: Localizer, df: pd.DataFrame, *, overlays: str | Path | None = None) -> dict:
-    """Task B metrics of ``loc`` on the triples of ``df`` (:func:`read_triples`), per category; with ``overlays``
-    also a PNG of the best and worst image of each category (:func:`overlay_sheet`)."""
+    """Task B metrics of ``loc`` on the triples of ``df`` (:func:`read_triples`), per category and per
+    ``source_group``; with ``overlays`` also a PNG of the best and worst image of each category
+    (:func:`overlay_sheet`)."""
     pairs = load_pairs(df)
     maps = [loc.predict_image(Image.fromarray(img)) for img, _ in pairs]
     truths = [m for _, m in pairs]
@@ -388,7 +398,8 @@ def evaluate_localizer(loc: Localizer, df: pd.DataFrame, *, overlays: str | Path
         with atomic_path(overlays) as tmp:
             sheet.save(tmp, format="PNG")
     return localization_metrics(maps, truths, list(df["category"]), loc_threshold=loc.card.loc_threshold,
-                                image_threshold=loc.threshold, method=loc.card.image_score)
+                                image_threshold=loc.threshold, method=loc.card.image_score,
+                                sources=_sources(df))
 
 
 def overlay_sheet(images: list[np.ndarray], truths: list[np.ndarray], maps: list[np.ndarray], categories: list[str],

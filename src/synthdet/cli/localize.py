@@ -109,7 +109,8 @@ def localize_evaluate(
     device: Device = None,
     json_out: Json = False,
 ) -> None:
-    """Pixel F1/IoU at 0.5 and at the tuned threshold, per category; image-level ROC AUC, balanced accuracy, F1."""
+    """Pixel F1/IoU at 0.5 and at the tuned threshold, per category and per source (the host photo's collection);
+    image-level ROC AUC, balanced accuracy, F1."""
     from ..backbones import default_device
     from ..localize import evaluate_localizer, load_localizer, read_triples
 
@@ -118,11 +119,20 @@ def localize_evaluate(
     if json_out:
         print_json(res)
         return
-    say(f"{len(df)} images; pixel metrics over manipulated images, image metrics over all")
-    for name, block in [("all", res["pixel"]), *res["per_category"].items()]:
-        a, t = block["at_0.5"], block["at_threshold"]
-        say(f"  {name:<12} {a['n_manipulated']:>4} manipulated of {block['n']:<5} F1@0.5 {a['f1']:.3f}  IoU@0.5 {a['iou']:.3f}  "
-            f"F1@{t['threshold']:.2f} {t['f1']:.3f}  IoU {t['iou']:.3f}  PI-F1 {t['pi_f1']:.3f}")
+    say(f"{len(df)} images of {source}; pixel metrics over the manipulated images of each row, image metrics over all")
+    for title, key in (("category", "per_category"), ("source", "per_source")):
+        say(f"  per {title}:")
+        rows = [("all", res["pixel"]), *res[key].items()] if title == "category" else res[key].items()
+        width = max(12, *(len(name) for name, _ in rows))
+        for name, block in rows:
+            a, t = block["at_0.5"], block["at_threshold"]
+            line = f"    {name:<{width}} {a['n_manipulated']:>4} manipulated of {block['n']:<5}"
+            if a["n_manipulated"]:
+                line += (f" F1@0.5 {a['f1']:.3f}  IoU@0.5 {a['iou']:.3f}  F1@{t['threshold']:.2f} {t['f1']:.3f}  "
+                         f"IoU {t['iou']:.3f}  PI-F1 {t['pi_f1']:.3f}")
+            if t["n_authentic"]:
+                line += f"  authentic pixels flagged@{t['threshold']:.2f} {t['authentic_fp_rate']:.3f}"
+            say(line)
     im = res["image"]
     say(f"  image ({im['method']}, n={im['n']}): ROC AUC {im['roc_auc']:.3f}  balanced acc "
         f"{im['balanced_accuracy']:.3f}  F1 {im['f1']:.3f} at {im['threshold']:.3f}")
