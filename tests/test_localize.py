@@ -246,8 +246,36 @@ def test_unet_saves_loads_resumes_and_submits(triples: tuple[Path, Path], tmp_pa
     r = runner.invoke(app, ["localize", "evaluate", str(tmp_path / "u"), str(triples[1]), "--json",
                             "--overlays", str(tmp_path / "o.png")])
     assert r.exit_code == 0 and '"per_category"' in r.output and '"per_source"' in r.output
+    assert '"status": "held-out"' in r.output  # other photos than the 9 it was trained and validated on
     with Image.open(tmp_path / "o.png") as sheet:  # best and worst of each of the two categories
         assert sheet.size == (256, 4 * 128)
+    r = runner.invoke(app, ["localize", "evaluate", str(tmp_path / "u"), str(triples[0]), "--report",
+                            str(tmp_path / "r.html")])
+    assert r.exit_code == 0 and "in-sample" in r.output, r.output
+    _check_report((tmp_path / "r.html").read_text(), read_triples(triples[0]))
+
+
+def _check_report(html: str, df: pd.DataFrame) -> None:
+    """The tables hold a row per category and per source with numbers; every overlay decodes as an image."""
+    import base64
+    import io
+    import re
+
+    assert "Not a held-out evaluation" in html and "in-sample" in html
+    for value in ["all", *set(df.category), *set(df.source_group)]:
+        row = re.search(rf"<tr><td class=\"l\">{re.escape(value)}</td><td>(\d+)</td><td>(\d+)</td><td>([\d.–]+)</td>", html)
+        assert row, value
+        n = len(df) if value == "all" else int((df.category == value).sum() or (df.source_group == value).sum())
+        assert int(row.group(1)) == n
+        if value != "authentic":
+            assert 0 <= float(row.group(3)) <= 1  # a real F1, not a dash
+    images = re.findall(r'src="data:image/jpeg;base64,([^"]+)"', html)
+    n_examples = 3 + 3 + len(set(df.category))  # best, worst, the median of each category; overlay + map each
+    assert len(images) == 2 * n_examples
+    for data in images:
+        with Image.open(io.BytesIO(base64.b64decode(data))) as im:
+            im.load()
+            assert im.format == "JPEG" and 16 <= max(im.size) <= 192
 
 
 def test_cli_make_manipulations(demo_df: pd.DataFrame, tmp_path: Path) -> None:
