@@ -79,9 +79,10 @@ def main() -> None:
         px = res["pixel"]["at_threshold"]
         console.print(f"{model}: test pixel F1 {px['f1']:.3f} IoU {px['iou']:.3f} on {px['n_manipulated']} manipulated "
                       f"(CPU {cpu:.0f} s)")
-        for cat, block in res["per_category"].items():
+        for name, block in [*res["per_category"].items(), *res["per_source"].items()]:
             b = block["at_threshold"]
-            console.print(f"  {cat:<12} F1 {b['f1']:.3f}  IoU {b['iou']:.3f}  authentic FP {b['authentic_fp_rate']:.3f}")
+            console.print(f"  {name:<12} n={block['n']:<4} F1 {b['f1']:.3f}  IoU {b['iou']:.3f}  "
+                          f"authentic FP {b['authentic_fp_rate']:.3f}")
     args.json.parent.mkdir(parents=True, exist_ok=True)
     args.json.write_text(json.dumps(result, indent=2, allow_nan=True) + "\n")
     console.print(f"→ {args.json}")

@@ -142,3 +142,43 @@ def test_step_provenance_reads_a_fine_tuned_card_and_an_old_val_split(tmp_path: 
                   "phash": ["", "", ""]}).to_csv(tmp_path / "manifest.csv", index=False)
     rows = _val_rows(tmp_path)
     assert rows["status"] == "held-out" and rows["n"] == 2 and rows["digest"] == RowSet.of(held).digest
+
+
+def test_task_b_recipe_reports_on_held_out_photos_and_reuses_its_step(tmp_path: Path) -> None:
+    """gopinath2025-task-b on a tiny Task B set (2 training steps): the localizer, its held-out figures (JSON,
+    HTML report, recipe.json) say which rows they are on; a rerun reuses the step; real/AI data gets triples built."""
+    pytest.importorskip("segmentation_models_pytorch")
+    from synthdet.manipulate import make_manipulations
+
+    src = pd.read_csv(demo_csv(tmp_path / "d.csv", 0, 10))
+    make_manipulations(src, tmp_path / "taskb", n=20, size=64, categories=("splice-ai", "copy-move", "authentic"))
+    out, logs = tmp_path / "run", []
+    res = CliRunner().invoke(app, ["recipes", "run", "gopinath2025-task-b", str(tmp_path / "taskb"), "-o", str(out),
+                                   "--train-steps", "2"], env={"COLUMNS": "200"})
+    assert res.exit_code == 0, res.output
+    entry = json.loads((out / "recipe.json").read_text())["steps"]["unet"]
+    rows = entry["metrics"]["rows"]
+    assert rows["status"] == "held-out" and rows["role"].startswith("test split") and rows["n"] == entry["n_test"] > 0
+    assert entry["n_train"] + entry["n_val"] + entry["n_test"] == 20
+    assert 0 <= entry["metrics"]["pixel_f1"] <= 1 and set(entry["metrics"]["per_category"]) <= {
+        "splice-ai", "copy-move", "authentic"}
+    assert entry["not_held_out"]["rows"]["status"] == "in-sample"  # the validation split tuned the thresholds
+    card = json.loads((out / "unet" / "detector" / "card.json").read_text())
+    assert card["kind"] == "localizer" and card["model"] == "unet" and card["image_score"] == "coverage"
+    assert card["params"]["history"][-1]["step"] == card["params"]["config"]["steps"] == 2
+    test_metrics = json.loads((out / "unet" / "test_metrics.json").read_text())
+    assert test_metrics["rows"] == rows and test_metrics["pixel"]["n"] == rows["n"]
+    html = (out / "unet" / "report.html").read_text()
+    assert "held-out" in html and "Not a held-out evaluation" not in html and "data:image/jpeg;base64," in html
+    stamp = (out / "unet" / "detector" / "model.safetensors").stat().st_mtime_ns
+    again = run_recipe("gopinath2025-task-b", [tmp_path / "taskb"], out=out, train_steps=2, log=logs.append)
+    assert any("unet: done already, same inputs" in line for line in logs)
+    assert again["steps"]["unet"] == entry and (out / "unet" / "detector" / "model.safetensors").stat().st_mtime_ns == stamp
+    # a real/AI manifest: triples are built first (a smaller set than the shipped recipe's, for speed)
+    recipe = get_recipe("gopinath2025-task-b")
+    step = recipe.steps[0].model_copy(update={"manipulations": {"n": 15, "size": 64}})
+    record = run_recipe(recipe.model_copy(update={"steps": [step]}), [tmp_path / "d.csv"], out=tmp_path / "run2",
+                        train_steps=1, log=logs.append)
+    made = record["steps"]["unet"]
+    assert len(pd.read_csv(tmp_path / "run2" / "unet" / "triples" / "manifest.csv")) == 15
+    assert made["metrics"]["rows"]["status"] == "held-out" and made["data"].startswith("triples made from")

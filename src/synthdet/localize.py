@@ -208,8 +208,9 @@ def load_localizer(path: str | Path, device: str | torch.device = "cpu") -> Loca
 
 def read_triples(source: str | Path) -> pd.DataFrame:
     """A Task B set as ``path``, ``mask`` (absolute, ``""`` for an authentic image), ``label``, ``category``,
-    ``source``: from a manifest CSV with a ``mask`` column, or a folder with ``images/`` and ``masks/`` (a mask is
-    matched by file stem; an image without one is authentic) or its own ``manifest.csv``."""
+    ``source``, ``source_group`` (the host photo's collection, for per-source tables): from a manifest CSV with a
+    ``mask`` column, or a folder with ``images/`` and ``masks/`` (a mask is matched by file stem; an image without
+    one is authentic) or its own ``manifest.csv``."""
     src = Path(source)
     if src.is_dir() and (src / "manifest.csv").is_file():
         src = src / "manifest.csv"
@@ -230,6 +231,10 @@ def read_triples(source: str | Path) -> pd.DataFrame:
     for col in ("category", "source"):
         if col not in df:
             df[col] = np.where(df["label"] == 1, "manipulated", "authentic") if col == "category" else ""
+    if "source_group" not in df:  # sets written before the column, or a user's own manifest
+        from .manipulate import source_group
+
+        df["source_group"] = [source_group(r) for r in df.to_dict("records")]
     return df.reset_index(drop=True)
 
 
@@ -368,8 +373,9 @@ def train_localizer(
         threshold=thr, prior=float(labels.mean()) if len(labels) else 0.5,
         model=cfg.model, loc_threshold=loc_thr, image_score=cfg.image_score,
         metrics={"val": localization_metrics(maps, trues, list(val["category"]), loc_threshold=loc_thr,
-                                             image_threshold=thr, method=cfg.image_score)},
+                                             image_threshold=thr, method=cfg.image_score, sources=_sources(val))},
         params={"config": cfg.model_dump(), "history": state["history"], "n_train": len(train), "n_val": len(val),
+                "seen_hosts": sorted(set(_digests(host_keys(train) + host_keys(val)))),
                 "train_seconds": round(time.perf_counter() - start, 1), "device": str(device)},
     )
     loc = Localizer(card, net.eval(), device)
@@ -377,42 +383,124 @@ def train_localizer(
     return loc
 
 
+def _sources(df: pd.DataFrame) -> list[str] | None:
+    return list(df["source_group"]) if "source_group" in df else None
+
+
+def host_keys(df: pd.DataFrame) -> list[str]:
+    """Per row, the photo it was built on (its ``source``, else its file): what a held-out evaluation must not share
+    with the localizer's training and validation rows."""
+    return [s or p for s, p in zip(df["source"], df["path"])]
+
+
+def _digests(keys: Iterable[str]) -> list[str]:
+    import hashlib
+
+    return [hashlib.sha1(k.encode()).hexdigest()[:16] for k in keys]
+
+
+def rows_status(loc: Localizer, df: pd.DataFrame) -> dict[str, Any]:
+    """Provenance of an evaluation (as :func:`synthdet.evaluation.provenance` for Task A): ``held-out`` when no row's
+    host photo was among the localizer's training or validation photos, ``in-sample`` with ``n_seen`` otherwise,
+    ``provenance unknown`` for a localizer saved before it recorded them."""
+    from .evaluation import HELD_OUT, IN_SAMPLE, UNKNOWN
+
+    seen = loc.card.params.get("seen_hosts")
+    if seen is None:
+        return {"n": len(df), "status": UNKNOWN, "n_seen": None}
+    n_seen = int(np.isin(_digests(host_keys(df)), seen).sum())
+    return {"n": len(df), "status": IN_SAMPLE if n_seen else HELD_OUT, "n_seen": n_seen}
+
+
+class LocEvaluation:
+    """A localizer's maps on a Task B set: the metrics (:func:`localization_metrics`, plus ``rows``) and the
+    pictures behind them (:meth:`examples`, :meth:`overlay_sheet`)."""
+
+    def __init__(self, loc: Localizer, df: pd.DataFrame) -> None:
+        pairs = load_pairs(df)
+        self.images = [img for img, _ in pairs]
+        self.truths = [m for _, m in pairs]
+        self.maps = [loc.predict_image(Image.fromarray(img)) for img in self.images]
+        self.categories = [str(c) for c in df["category"]]
+        self.paths = [str(p) for p in df["path"]]
+        self.loc_threshold = loc.card.loc_threshold
+        self.metrics = {
+            "rows": rows_status(loc, df),
+            **localization_metrics(self.maps, self.truths, self.categories, loc_threshold=self.loc_threshold,
+                                   image_threshold=loc.threshold, method=loc.card.image_score, sources=_sources(df)),
+        }
+
+    def scores(self) -> np.ndarray:
+        """Per image at ``loc_threshold``: pixel F1 for a manipulated image, the share of pixels left unflagged for
+        an authentic one (1: nothing flagged)."""
+        from .locmetrics import f1_iou
+
+        return np.array([f1_iou(m >= self.loc_threshold, t)[0] if t.any() else float(np.mean(m < self.loc_threshold))
+                         for m, t in zip(self.maps, self.truths)])
+
+    def examples(self, n: int = 3) -> list[dict[str, Any]]:
+        """The ``n`` best and ``n`` worst manipulated images by pixel F1, then the median image of each category:
+        ``role``, ``category``, ``path``, ``score``, ``iou``, and ``overlay`` / ``map`` images (:func:`overlay`)."""
+        from .locmetrics import f1_iou
+
+        scores = self.scores()
+        manip = sorted((i for i, t in enumerate(self.truths) if t.any()), key=lambda i: (-scores[i], i))
+        picks = [("best", i) for i in manip[:n]] + [("worst", i) for i in manip[::-1][:n]]
+        for cat in sorted(set(self.categories)):
+            mine = sorted((i for i, c in enumerate(self.categories) if c == cat), key=lambda i: (scores[i], i))
+            picks.append((f"median of {cat}", mine[len(mine) // 2]))
+        out = []
+        for role, i in picks:
+            over, prob = overlay(self.images[i], self.truths[i], self.maps[i], self.loc_threshold)
+            out.append({"role": role, "category": self.categories[i], "path": self.paths[i],
+                        "manipulated": bool(self.truths[i].any()), "score": float(scores[i]),
+                        "iou": f1_iou(self.maps[i] >= self.loc_threshold, self.truths[i])[1] if self.truths[i].any()
+                        else float("nan"), "overlay": over, "map": prob})
+        return out
+
+    def overlay_sheet(self, tile: int = 128) -> Image.Image:
+        """One row per (category, best/worst by :meth:`scores`): the overlay, then the probability map."""
+        scores = self.scores()
+        rows = []
+        for cat in sorted(set(self.categories)):
+            ranked = sorted((i for i, c in enumerate(self.categories) if c == cat), key=lambda i: scores[i])
+            rows += [ranked[-1], ranked[0]] if len(ranked) > 1 else ranked
+        sheet = Image.new("RGB", (2 * tile, tile * len(rows)), "white")
+        for r, i in enumerate(rows):
+            over, prob = overlay(self.images[i], self.truths[i], self.maps[i], self.loc_threshold)
+            sheet.paste(over.resize((tile, tile)), (0, r * tile))
+            sheet.paste(prob.convert("RGB").resize((tile, tile)), (tile, r * tile))
+        return sheet
+
+    def write_overlay_sheet(self, path: str | Path) -> Path:
+        with atomic_path(path) as tmp:
+            self.overlay_sheet().save(tmp, format="PNG")
+        return Path(path)
+
+
 def evaluate_localizer(loc: Localizer, df: pd.DataFrame, *, overlays: str | Path | None = None) -> dict:
-    """Task B metrics of ``loc`` on the triples of ``df`` (:func:`read_triples`), per category; with ``overlays``
-    also a PNG of the best and worst image of each category (:func:`overlay_sheet`)."""
-    pairs = load_pairs(df)
-    maps = [loc.predict_image(Image.fromarray(img)) for img, _ in pairs]
-    truths = [m for _, m in pairs]
+    """Task B metrics of ``loc`` on the triples of ``df`` (:func:`read_triples`): ``rows`` (held-out or not), pixel
+    metrics per category and per ``source_group``, image-level metrics; with ``overlays`` also a PNG of the best and
+    worst image of each category (:meth:`LocEvaluation.overlay_sheet`)."""
+    ev = LocEvaluation(loc, df)
     if overlays is not None:
-        sheet = overlay_sheet([img for img, _ in pairs], truths, maps, list(df["category"]), loc.card.loc_threshold)
-        with atomic_path(overlays) as tmp:
-            sheet.save(tmp, format="PNG")
-    return localization_metrics(maps, truths, list(df["category"]), loc_threshold=loc.card.loc_threshold,
-                                image_threshold=loc.threshold, method=loc.card.image_score)
+        ev.write_overlay_sheet(overlays)
+    return ev.metrics
 
 
-def overlay_sheet(images: list[np.ndarray], truths: list[np.ndarray], maps: list[np.ndarray], categories: list[str],
-                  loc_threshold: float, tile: int = 128) -> Image.Image:
-    """One row per (category, best/worst by pixel F1): the image with the true region in green and the predicted
-    one (map >= ``loc_threshold``) in red, then the probability map."""
-    from .locmetrics import f1_iou
-
-    rows = []
-    for cat in sorted(set(categories)):
-        idx = [i for i, c in enumerate(categories) if c == cat]
-        ranked = sorted(idx, key=lambda i: f1_iou(maps[i] >= loc_threshold, truths[i])[0])
-        rows += [ranked[-1], ranked[0]] if len(ranked) > 1 else ranked
-    sheet = Image.new("RGB", (2 * tile, tile * len(rows)), "white")
-    for r, i in enumerate(rows):
-        img = images[i].astype(np.float32)
-        pred = maps[i] >= loc_threshold
-        img[truths[i]] = 0.5 * img[truths[i]] + [0, 127, 0]
-        img[pred] = 0.5 * img[pred] + [127, 0, 0]
-        left = Image.fromarray(img.clip(0, 255).astype(np.uint8)).resize((tile, tile))
-        right = Image.fromarray((maps[i] * 255).astype(np.uint8)).convert("RGB").resize((tile, tile))
-        sheet.paste(left, (0, r * tile))
-        sheet.paste(right, (tile, r * tile))
-    return sheet
+def overlay(image: np.ndarray, truth: np.ndarray, prob: np.ndarray, loc_threshold: float,
+            max_side: int = 192) -> tuple[Image.Image, Image.Image]:
+    """``(overlay, map)`` at most ``max_side`` px: the image with the region found (true and predicted) in yellow,
+    missed (true only) in green and false alarms (predicted only) in red; the probability map in grey."""
+    img = image.astype(np.float32)
+    pred = prob >= loc_threshold
+    for where, colour in ((truth & pred, (255, 210, 0)), (truth & ~pred, (0, 200, 60)), (~truth & pred, (230, 30, 30))):
+        img[where] = 0.45 * img[where] + 0.55 * np.array(colour, np.float32)
+    over = Image.fromarray(img.clip(0, 255).astype(np.uint8))
+    grey = Image.fromarray((np.clip(prob, 0, 1) * 255).round().astype(np.uint8))
+    for im in (over, grey):
+        im.thumbnail((max_side, max_side))
+    return over, grey
 
 
 def write_submission(loc: Localizer, paths: list[Path], out_dir: Path, team: str) -> tuple[Path, Path]:
@@ -436,7 +524,7 @@ def write_submission(loc: Localizer, paths: list[Path], out_dir: Path, team: str
 
 def split_by_source(df: pd.DataFrame, val_fraction: float = 0.2, seed: int = 0) -> tuple[pd.DataFrame, pd.DataFrame]:
     """``(train, val)`` with no ``source`` on both sides (a photo and its manipulations stay together)."""
-    groups = df["source"].where(df["source"] != "", df["path"]).to_numpy()
+    groups = np.asarray(host_keys(df), dtype=object)
     names = sorted(set(groups.tolist()))
     random.Random(seed).shuffle(names)
     n_val = max(1, round(val_fraction * len(names))) if len(names) > 1 else 0

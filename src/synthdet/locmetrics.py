@@ -101,9 +101,11 @@ def localization_metrics(
     loc_threshold: float = 0.5,
     image_threshold: float = 0.5,
     method: ImageScore = "coverage",
+    sources: Sequence[str] | None = None,
 ) -> dict:
-    """Pixel F1/IoU at 0.5 and at ``loc_threshold`` overall and per category, and the image-level decision;
-    every block says on how many images it was computed."""
+    """Pixel F1/IoU at 0.5 and at ``loc_threshold`` overall, per category and (with ``sources``, the host photo's
+    collection per image; ``""`` is reported as ``unknown``) per source, and the image-level decision; every block
+    says on how many images it was computed."""
     cats = np.asarray(categories, dtype=object)
     labels = np.array([int(np.any(t)) for t in trues])
     scores = np.array([image_score(p, method, loc_threshold=loc_threshold) for p in probs])
@@ -112,9 +114,10 @@ def localization_metrics(
         ps, ts = [probs[i] for i in idx], [trues[i] for i in idx]
         return {"n": len(idx), "at_0.5": _pixel_block(ps, ts, 0.5), "at_threshold": _pixel_block(ps, ts, loc_threshold)}
 
-    everything = np.arange(len(probs))
-    return {
-        "pixel": block(everything),
-        "per_category": {str(c): block(np.flatnonzero(cats == c)) for c in sorted(set(cats.tolist()), key=str)},
-        "image": {"method": method, **image_metrics(labels, scores, image_threshold)},
-    }
+    def per(values: np.ndarray) -> dict[str, dict]:
+        return {str(v) or "unknown": block(np.flatnonzero(values == v)) for v in sorted(set(values.tolist()), key=str)}
+
+    out = {"pixel": block(np.arange(len(probs))), "per_category": per(cats)}
+    if sources is not None:
+        out["per_source"] = per(np.asarray([str(s) for s in sources], dtype=object))
+    return {**out, "image": {"method": method, **image_metrics(labels, scores, image_threshold)}}

@@ -148,6 +148,17 @@ def social_chain(
     return buf.getvalue(), np.asarray(m) > 127
 
 
+def source_group(row: pd.Series | dict) -> str:
+    """The collection a host photo came from, for per-source tables: the manifest's ``group`` column where it has
+    one, else the first word of its ``source`` (``github:owner/repo file.jpg`` → ``github:owner/repo``: the dev data's
+    ``source`` names each file, which would make one-image groups), else ``""``."""
+    group = str(row.get("group", "") or "").strip()
+    if group and group != "nan":
+        return group
+    src = str(row.get("source", "") or "").strip()
+    return "" if src == "nan" else (src.split()[0] if src else "")
+
+
 def write_mask(mask: np.ndarray, dest: Path) -> None:
     """PNG, 0 and 255, grayscale."""
     with atomic_path(dest) as tmp:
@@ -178,7 +189,7 @@ def make_manipulations(
 ) -> pd.DataFrame:
     """Write ``n`` triples into ``out`` (``images/``, ``masks/``, ``manifest.csv``) and return the manifest
     (``path``, ``mask`` relative to ``out``; ``label`` 1 = manipulated; ``category``; ``source`` of the photo,
-    ``donor`` of the pasted content). ``df`` needs ``path`` and ``label`` (0 real, 1 generated); categories cycle in
+    ``donor`` of the pasted content; ``source_group``, the photo's collection: :func:`source_group`). ``df`` needs ``path`` and ``label`` (0 real, 1 generated); categories cycle in
     order, images and donors are drawn with ``seed``. ``size`` (a multiple of 8) is the working canvas before the
     social-media chain shrinks it."""
     if size % 8:
@@ -234,6 +245,7 @@ def make_manipulations(
         rows.append({
             "path": f"images/{name}.jpg", "mask": mask_rel, "label": int(cat != "authentic"), "category": cat,
             "source": source_of(real), "donor": source_of(donor_row) if donor is not None else "",
+            "source_group": source_group(real),
         })
     manifest = pd.DataFrame(rows)
     write_bytes(out / "manifest.csv", manifest.to_csv(index=False).encode())

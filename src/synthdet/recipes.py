@@ -1,8 +1,8 @@
 """Every system of the working notes as a named, runnable config (``configs/recipes/*.json``).
 
 A recipe is a list of steps — ``probe`` (head on cached features), ``finetune`` (from images, optionally continuing
-an earlier step: two-stage), ``ensemble`` (of earlier steps) and ``cv`` (k-fold) — with the section and table of the
-paper it reproduces. Steps write to ``OUT/<step id>/``, keyed by their inputs (``step.json``: the content digest of
+an earlier step: two-stage), ``ensemble`` (of earlier steps), ``cv`` (k-fold) and ``localize`` (a Task B localizer,
+:mod:`synthdet.localize`) — with the section and table of the paper it reproduces. Steps write to ``OUT/<step id>/``, keyed by their inputs (``step.json``: the content digest of
 the data they learn from and a digest of their config, members and init included): a finished step whose inputs
 match is reused and says so, one whose inputs changed runs again, so an interrupted recipe resumes and a rerun on
 other data never reuses stale members. A step whose backbone has no weights on this machine runs with a substitute
@@ -10,7 +10,8 @@ other data never reuses stale members. A step whose backbone has no weights on t
 
 Every reported figure says on which rows it was computed (``metrics["rows"]``: n, digest, status): probes and
 fine-tunes on their held-out ``val`` split, cross-validation out of fold, ensembles on calibration rows none of
-their members was fitted or calibrated on (rows a member has seen are dropped first). A figure that is not
+their members was fitted or calibrated on (rows a member has seen are dropped first), localizers on a split of
+photos they were neither trained nor validated on. A figure that is not
 held-out is kept apart, under ``metrics["not_held_out"]``, never beside held-out ones.
 """
 
@@ -33,13 +34,15 @@ class Step(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     id: str
-    kind: Literal["probe", "finetune", "ensemble", "cv"]
+    kind: Literal["probe", "finetune", "ensemble", "cv", "localize"]
     backbone: str | None = None  # probe/finetune; finetune defaults to its fine-tuning recipe's backbone
     head: str | None = None  # probe
     features: Literal["pooled", "concat"] = "pooled"  # probe
     views: int = 4  # probe: cached training views per image
     finetune: str | None = None  # a synthdet.finetune.RECIPES name (finetune, cv)
-    overrides: dict[str, Any] = {}  # FineTuneConfig fields on top of that recipe
+    overrides: dict[str, Any] = {}  # FineTuneConfig fields on top of that recipe; localize: TrainConfig fields
+    manipulations: dict[str, Any] = {}  # localize, on a real/AI set: make_manipulations arguments (n, size, …)
+    test: float = 0.2  # localize: share of host photos held out for the reported figures
     init: str | None = None  # finetune: continue the detector of this earlier step (two-stage training)
     data: Literal["train", "indomain"] = "train"  # which data the step trains on
     members: list[str] = []  # ensemble: earlier step ids
@@ -80,7 +83,7 @@ def get_recipe(name: str) -> Recipe:
 
 def step_backbone(step: Step) -> str | None:
     """The backbone a step asks for (None for ensembles and continued fine-tuning)."""
-    if step.kind in ("ensemble",) or step.init:
+    if step.kind in ("ensemble", "localize") or step.init:  # a localizer's encoder is the embedded EfficientNet-Lite0
         return None
     if step.backbone:
         return step.backbone
@@ -101,7 +104,7 @@ def _required(backbone: str | None, step: Step) -> str:
 
 def detector_dir(out: Path, step: Step) -> Path:
     """Where a step's detector lives (fine-tuning runs keep checkpoints beside it)."""
-    return out / step.id / "detector" if step.kind == "finetune" else out / step.id
+    return out / step.id / "detector" if step.kind in ("finetune", "localize") else out / step.id
 
 
 def _finished(out: Path, step: Step) -> bool:
@@ -145,12 +148,14 @@ def run_recipe(
     steps: Sequence[str] | None = None,
     fallback: str = "effnet-lite2",
     epochs: int | None = None,
+    train_steps: int | None = None,
     cache_dir: str | Path | None = None,
     num_workers: int | None = None,
     log: Callable[[str], None] = logging.getLogger(__name__).info,
 ) -> dict[str, Any]:
     """Run a recipe (a shipped one by name, or your own :class:`Recipe`) — its steps, or only ``steps`` and what they
-    depend on; returns the run record (also saved)."""
+    depend on; returns the run record (also saved). ``epochs`` overrides fine-tuning steps' epochs, ``train_steps``
+    localize steps' training steps (e.g. for a smoke run)."""
     from .atomic import write_text
     from .backbones import weights_available
     from .cv import cross_validate, finetune_fitter, run_folds, save_cv
@@ -195,7 +200,8 @@ def run_recipe(
         data_src = ([Path(indomain)] if indomain else sources[:1]) if step.kind == "ensemble" else train_src
         inputs = {"data": manifest_hash(frame(data_src)),
                   "config": _digest({"step": step.model_dump(), "backbone": backbone, "epochs": epochs,
-                                     "after": [keys[d] for d in step.members + ([step.init] if step.init else [])]})}
+                                     "after": [keys[d] for d in step.members + ([step.init] if step.init else [])],
+                                     **({"train_steps": train_steps} if step.kind == "localize" else {})})}
         keys[step.id] = _digest(inputs)
         entry["inputs"] = inputs
         record["steps"][step.id] = entry
@@ -209,7 +215,9 @@ def run_recipe(
             why = "inputs changed" if saved is not None else "unfinished, or from before steps were keyed by inputs"
             log(f"{step.id}: {why} → running it again")
             shutil.rmtree(out / step.id)
-        log(f"{recipe.name} / {step.id} ({step.kind}, {backbone or 'from ' + str(step.init or step.members)})")
+        made_of = backbone or (step.overrides.get("model", "unet") if step.kind == "localize"
+                               else "from " + str(step.init or step.members))
+        log(f"{recipe.name} / {step.id} ({step.kind}, {made_of})")
         if step.kind == "probe":
             res = train_detector(frame(train_src), backbone=_required(backbone, step), head=step.head or "linear",
                                  features=step.features, n_views=step.views, cache_dir=cache_dir,
@@ -228,6 +236,8 @@ def run_recipe(
             calib = ens.card.metrics["calib"]
             entry["calibrated_on"] = {"data": [str(d) for d in data_src], **ens.card.data["calib"]}
             entry["metrics"] = _summary(calib, {"role": "calib (threshold tuned here)", **calib["rows"]})
+        elif step.kind == "localize":
+            entry.update(_localize_step(step, train_src, frame(train_src), out / step.id, train_steps, log))
         else:  # cv
             if step.finetune:
                 cfg = recipe_config(step.finetune, **step.overrides, epochs=epochs, num_workers=num_workers)
@@ -246,6 +256,58 @@ def run_recipe(
         write_text(out / "recipe.json", json.dumps(record, indent=2, default=str))
     write_text(out / "recipe.json", json.dumps(record, indent=2, default=str))
     return record
+
+
+def _localize_step(step: Step, sources: Sequence[Path], df: pd.DataFrame, folder: Path, train_steps: int | None,
+                   log: Callable[[str], None]) -> dict[str, Any]:
+    """A Task B localizer: triples from the data (used as they are when the data is a Task B set with masks, else
+    built by :func:`synthdet.manipulate.make_manipulations`), a source-disjoint held-out split for the reported
+    figures, early stopping and thresholds on a source-disjoint validation share of the rest. Writes the detector,
+    ``test_metrics.json`` and ``report.html`` (both on the held-out split) and returns the step's record entries."""
+    from .atomic import write_text
+    from .backbones import default_device
+    from .evaluation import HELD_OUT, IN_SAMPLE
+    from .localize import LocEvaluation, TrainConfig, read_triples, split_by_source, train_localizer
+    from .manipulate import make_manipulations
+    from .report import render_localization_report
+
+    cfg = TrainConfig(**{**step.overrides, **({"steps": train_steps} if train_steps else {})})
+    if "mask" in df:
+        if len(sources) != 1:
+            raise ValueError(f"step {step.id!r}: a Task B set (with masks) is read from one DATA source")
+        triples, made = read_triples(sources[0]), f"the Task B set {sources[0]}"
+    else:
+        args = {"seed": cfg.seed, **step.manipulations}
+        log(f"{step.id}: building {args.get('n', 100)} Task B triples from {len(df)} images")
+        make_manipulations(df, folder / "triples", **args)
+        triples, made = read_triples(folder / "triples"), f"triples made from {', '.join(map(str, sources))}"
+    rest, test = split_by_source(triples, step.test, seed=cfg.seed)
+    fit, val = split_by_source(rest, 0.2, seed=cfg.seed)
+    loc = train_localizer(fit, val, folder / "detector", cfg, device=default_device())
+    ev = LocEvaluation(loc, test)
+    held = {"role": f"test split ({len(test)} of {len(triples)} {made}; host photos held out)", **ev.metrics["rows"]}
+    metrics = {**ev.metrics, "rows": held}
+    write_text(folder / "test_metrics.json", json.dumps(metrics, indent=2, default=str))
+    render_localization_report(metrics, ev.examples(), folder / "report.html", title=f"{step.id}: held-out split",
+                               about=f"{step.id} ({cfg.model}, {cfg.steps} steps) · {held['role']}")
+    px, image = metrics["pixel"]["at_threshold"], metrics["image"]
+    figures = {"pixel_f1": px["f1"], "pixel_iou": px["iou"], "pixel_f1_at_0.5": metrics["pixel"]["at_0.5"]["f1"],
+               "loc_threshold": px["threshold"], "image_roc_auc": image["roc_auc"],
+               "image_balanced_accuracy": image["balanced_accuracy"], "image_f1": image["f1"],
+               "per_category": {c: {"n": b["n"], "n_manipulated": b["at_threshold"]["n_manipulated"],
+                                    "pixel_f1": b["at_threshold"]["f1"], "pixel_iou": b["at_threshold"]["iou"]}
+                                for c, b in metrics["per_category"].items()}}
+    val_px = loc.card.metrics["val"]["pixel"]["at_threshold"]
+    tuned_on = {"role": f"validation split ({len(val)} images; early stopping and thresholds tuned here)",
+                "n": len(val), "status": IN_SAMPLE}
+    entry: dict[str, Any] = {"data": made, "n_train": len(fit), "n_val": len(val), "n_test": len(test),
+                             "report": str(folder / "report.html"), "test_metrics": str(folder / "test_metrics.json")}
+    if held["status"] == HELD_OUT:
+        entry["metrics"] = {**figures, "rows": held}
+        entry["not_held_out"] = {"pixel_f1": val_px["f1"], "pixel_iou": val_px["iou"], "rows": tuned_on}
+    else:  # cannot happen with a source-disjoint split unless sources repeat under other names; never hidden
+        entry["metrics"] = {"not_held_out": figures, "rows": held}
+    return entry
 
 
 def _with_dependencies(by_id: dict[str, Step], wanted: Sequence[str]) -> set[str]:

@@ -49,12 +49,12 @@ def _num(v: Any, digits: int = 3) -> str:
 
 
 @functools.cache
-def _template() -> jinja2.Template:
-    """The report template (package data under ``synthdet/templates``), every value HTML-escaped."""
+def _template(name: str = "report.html.j2") -> jinja2.Template:
+    """A report template (package data under ``synthdet/templates``), every value HTML-escaped."""
     env = jinja2.Environment(loader=jinja2.PackageLoader("synthdet", "templates"), autoescape=True,
                              undefined=jinja2.StrictUndefined, trim_blocks=False)
     env.filters["num"] = _num
-    return env.get_template("report.html.j2")
+    return env.get_template(name)
 
 
 # ------------------------------------------------------------------------------------------------ plots
@@ -352,3 +352,36 @@ def run_evaluation(
     run.info["detector"]["path"] = str(detector) if detector else "shipped default"
     run.save(out)
     return run, render_report([run], Path(out) / "report.html", thumbnails=thumbnails)
+
+
+# ------------------------------------------------------------------------------------------------ Task B
+def _jpeg(img: Any, quality: int = 82) -> str:
+    """A PIL image as base64 JPEG (overlays are small: a few kB each)."""
+    buf = io.BytesIO()
+    img.convert("RGB").save(buf, format="JPEG", quality=quality)
+    return base64.b64encode(buf.getvalue()).decode()
+
+
+def render_localization_report(
+    metrics: dict[str, Any],
+    examples: Sequence[dict[str, Any]],
+    out: str | Path,
+    *,
+    title: str = "synthdet localization report",
+    about: str = "",
+) -> Path:
+    """Write one self-contained HTML report of a Task B evaluation: ``metrics`` from
+    :func:`synthdet.localize.evaluate_localizer` (with its ``rows`` provenance), the pixel tables per category and
+    per source, the image-level decision, and ``examples`` (:meth:`synthdet.localize.LocEvaluation.examples`: PIL
+    ``overlay`` and ``map`` images) as embedded JPEG overlays of predicted against true masks."""
+    shown = [{**{k: v for k, v in e.items() if k not in ("overlay", "map")}, "name": Path(e["path"]).name,
+              "overlay": _jpeg(e["overlay"]), "map": _jpeg(e["map"])} for e in examples]
+    tables = [("category", [("all", metrics["pixel"]), *metrics["per_category"].items()])]
+    if "per_source" in metrics:
+        tables.append(("source", list(metrics["per_source"].items())))
+    doc = _template("localize.html.j2").render(
+        title=title, version=__version__, rendered=time.strftime("%Y-%m-%d %H:%M"), about=about,
+        rows=metrics["rows"], image=metrics["image"], tables=tables, examples=shown,
+        loc_threshold=metrics["pixel"]["at_threshold"]["threshold"],
+    )
+    return write_text(out, doc)

@@ -104,25 +104,51 @@ def localize_predict(
 def localize_evaluate(
     detector: Annotated[Path, typer.Argument(help="Localizer folder.")],
     source: Annotated[Path, typer.Argument(help="Task B set (manifest with a mask column, or images/ + masks/).")],
-    overlays: Annotated[Path | None, typer.Option(help="Also write a PNG: best and worst image per category, true "
-                                                         "region green, predicted red, then the map.")] = None,
+    overlays: Annotated[Path | None, typer.Option(help="Also write a PNG: best and worst image per category (found "
+                                                         "yellow, missed green, false alarm red), then the map.")] = None,
+    report: Annotated[Path | None, typer.Option(help="Also write a self-contained HTML report: the tables and "
+                                                       "overlays of predicted against true masks.")] = None,
     device: Device = None,
     json_out: Json = False,
 ) -> None:
-    """Pixel F1/IoU at 0.5 and at the tuned threshold, per category; image-level ROC AUC, balanced accuracy, F1."""
+    """Pixel F1/IoU at 0.5 and at the tuned threshold, per category and per source (the host photo's collection);
+    image-level ROC AUC, balanced accuracy, F1."""
     from ..backbones import default_device
-    from ..localize import evaluate_localizer, load_localizer, read_triples
+    from ..localize import LocEvaluation, load_localizer, read_triples
 
     df = read_triples(source)
-    res = evaluate_localizer(load_localizer(detector, default_device(device)), df, overlays=overlays)
+    loc = load_localizer(detector, default_device(device))
+    ev = LocEvaluation(loc, df)
+    res = ev.metrics
+    if overlays is not None:
+        ev.write_overlay_sheet(overlays)
+    if report is not None:
+        from ..report import render_localization_report
+
+        render_localization_report(res, ev.examples(), report, about=f"localizer {detector} ({loc.card.model}) · "
+                                   f"data {source}")
     if json_out:
-        print_json(res)
+        print_json({**res, **({"report": str(report)} if report else {})})
         return
-    say(f"{len(df)} images; pixel metrics over manipulated images, image metrics over all")
-    for name, block in [("all", res["pixel"]), *res["per_category"].items()]:
-        a, t = block["at_0.5"], block["at_threshold"]
-        say(f"  {name:<12} {a['n_manipulated']:>4} manipulated of {block['n']:<5} F1@0.5 {a['f1']:.3f}  IoU@0.5 {a['iou']:.3f}  "
-            f"F1@{t['threshold']:.2f} {t['f1']:.3f}  IoU {t['iou']:.3f}  PI-F1 {t['pi_f1']:.3f}")
+    rows = res["rows"]
+    seen = f", {rows['n_seen']} built on photos seen in training" if rows["n_seen"] else ""
+    say(f"{len(df)} images of {source} ({rows['status']}{seen}); pixel metrics over the manipulated images of each "
+        "row, image metrics over all")
+    for title, key in (("category", "per_category"), ("source", "per_source")):
+        say(f"  per {title}:")
+        rows = [("all", res["pixel"]), *res[key].items()] if title == "category" else res[key].items()
+        width = max(12, *(len(name) for name, _ in rows))
+        for name, block in rows:
+            a, t = block["at_0.5"], block["at_threshold"]
+            line = f"    {name:<{width}} {a['n_manipulated']:>4} manipulated of {block['n']:<5}"
+            if a["n_manipulated"]:
+                line += (f" F1@0.5 {a['f1']:.3f}  IoU@0.5 {a['iou']:.3f}  F1@{t['threshold']:.2f} {t['f1']:.3f}  "
+                         f"IoU {t['iou']:.3f}  PI-F1 {t['pi_f1']:.3f}")
+            if t["n_authentic"]:
+                line += f"  authentic pixels flagged@{t['threshold']:.2f} {t['authentic_fp_rate']:.3f}"
+            say(line)
     im = res["image"]
     say(f"  image ({im['method']}, n={im['n']}): ROC AUC {im['roc_auc']:.3f}  balanced acc "
         f"{im['balanced_accuracy']:.3f}  F1 {im['f1']:.3f} at {im['threshold']:.3f}")
+    if report is not None:
+        say(f"report → {report}")

@@ -59,6 +59,7 @@ def run_cmd(
     step: Annotated[list[str] | None, typer.Option("--step", help="Run only these steps (and what they need).")] = None,
     fallback: Annotated[str, typer.Option(help="Backbone used where a step's weights are absent.")] = "effnet-lite2",
     epochs: Annotated[int | None, typer.Option(min=1, help="Override the epochs of fine-tuning steps (e.g. 1 for a smoke run).")] = None,
+    train_steps: Annotated[int | None, typer.Option(min=1, help="Override the training steps of localize steps.")] = None,
     cache: Annotated[Path | None, typer.Option(help="Feature cache folder.")] = None,
     workers: Annotated[int | None, typer.Option(min=0, help="Decoding workers.")] = None,
     as_json: Json = False,
@@ -71,17 +72,20 @@ def run_cmd(
 
     try:
         record = run_recipe(name, data, out=out, indomain=indomain, steps=step, fallback=fallback, epochs=epochs,
-                            cache_dir=cache, num_workers=workers, log=lambda m: note(escape(m)))
+                            train_steps=train_steps, cache_dir=cache, num_workers=workers, log=lambda m: note(escape(m)))
     except ValueError as e:
         raise typer.BadParameter(str(e)) from None
     if as_json:
         print_json(record)
         return
-    table = Table("step", "kind", "backbone", "ROC AUC", "AP", "F1 (tuned)", "rows", title=f"{name} → {out}",
-                  caption="figures on held-out rows only; others are in recipe.json under not_held_out")
+    table = Table("step", "kind", "backbone", "ROC AUC", "AP", "F1 (tuned)", "pixel F1", "rows", title=f"{name} → {out}",
+                  caption="figures on held-out rows only; others are in recipe.json under not_held_out; localize "
+                          "steps: image-level ROC AUC and F1 from the mask, pixel F1 at the tuned threshold")
     for sid, entry in record["steps"].items():
         m = entry.get("metrics", {})
-        cells = [f"{m[k]:.4f}" if isinstance(m.get(k), float) else "-" for k in ("roc_auc", "ap", "f1_tuned")]
+        keys = (("image_roc_auc", "-", "image_f1", "pixel_f1") if entry["kind"] == "localize"
+                else ("roc_auc", "ap", "f1_tuned", "-"))
+        cells = [f"{m[k]:.4f}" if isinstance(m.get(k), float) else "-" for k in keys]
         rows = m.get("rows", {})
         table.add_row(sid, entry["kind"], str(entry["backbone"] or "-"), *cells,
                       f"{rows.get('role', '')} {rows.get('status', '-')} n={rows.get('n', '?')}")
