@@ -93,6 +93,31 @@ def test_cnns_run_channels_last_with_the_same_features(effnet_lite0: Backbone) -
     assert torch.allclose(a, b, atol=1e-4) and all(torch.allclose(p, q, atol=1e-4) for p, q in zip(la, lb))
 
 
+def test_inference_folds_batchnorm_into_the_convolutions_of_a_frozen_cnn(effnet_lite0: Backbone) -> None:
+    """The first inference pass folds each conv → BatchNorm pair (same features, one pass less per activation);
+    a network with a trainable parameter keeps its BatchNorm, and fine-tuning refuses a folded one."""
+    import copy
+
+    from synthdet.features import forward_by_shape
+    from synthdet.finetune import FineTuneConfig, finetune
+
+    def norms(bb: Backbone) -> int:
+        return sum(isinstance(m, torch.nn.BatchNorm2d) for m in bb.model.modules())
+
+    bb, reference = copy.deepcopy(effnet_lite0), copy.deepcopy(effnet_lite0)
+    tuning = copy.deepcopy(effnet_lite0)
+    next(tuning.model.parameters()).requires_grad_(True)
+    x = batch(bb.preprocess, 3)
+    with torch.inference_mode():
+        a, la = reference(x, taps=True)
+        b, lb = forward_by_shape(bb, list(x), taps=True)
+        forward_by_shape(tuning, list(x[:1]), taps=True)
+    assert bb.folded and norms(bb) == 0 and norms(reference) == norms(tuning) > 40
+    assert torch.allclose(a, b, atol=1e-4) and all(torch.allclose(p, q, atol=1e-4) for p, q in zip(la, lb))
+    with pytest.raises(ValueError, match="folded"):
+        finetune(bb, [], [], FineTuneConfig(), "unused")
+
+
 def test_meanstd_taps_add_each_stage_spread_and_a_new_identity(resnet18_random: Backbone) -> None:
     bb = create_backbone("timm:resnet18", pretrained=False, device="cpu", tap_pool="meanstd")
     bb.load_state_dict(resnet18_random.state_dict())

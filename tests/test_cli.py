@@ -239,7 +239,8 @@ def test_predict_fails_with_distinct_codes_and_leaves_no_output(tmp_path: Path) 
     (unreadable / "y.jpg").write_text("nope")
     res = shell("predict", unreadable, "-o", out, "--workers", "0")
     assert res.returncode == 1 and b"no image could be scored" in res.stderr
-    assert len([line for line in res.stderr.splitlines() if line.startswith(b"skipped ")]) == 2
+    shown = [line.split(b"\r")[-1] for line in res.stderr.split(b"\n")]  # as a terminal shows them (bars redrawn)
+    assert len([line for line in shown if line.startswith(b"skipped ")]) == 2
     assert sorted(p.name for p in tmp_path.iterdir()) == ["empty", "unreadable"]  # no header-only CSV, no temp file
     res = shell("predict", unreadable, "--workers", "0")
     assert res.returncode == 1 and res.stdout == b""

@@ -148,6 +148,7 @@ class Backbone(nn.Module):
         self.name = name
         self.model = model.eval()
         self.channels_last = channels_last
+        self.folded = False  # BatchNorm folded into the convolutions (:meth:`fold_batchnorm`)
         if channels_last:
             self.model.to(memory_format=torch.channels_last)  # type: ignore[call-overload]
         self._pooled_fn = pooled_fn
@@ -206,6 +207,29 @@ class Backbone(nn.Module):
             return out[:, 0].float() if self.token_pool == "cls" else out.float().mean(dim=1)
         return out.float()
 
+    def fold_batchnorm(self) -> int:
+        """Fold each inference-mode BatchNorm that follows a convolution into that convolution's weights and bias, in
+        place; returns how many were folded. The network computes the same function without one pass over every
+        activation (EfficientNet-Lite0 at 384 px: BatchNorm was 30 % of the forward time on CPU). Only a frozen
+        network in eval mode is folded (a trainable one keeps its BatchNorm to learn); the result is checked on a
+        random batch, and undone if it differs. The inference paths call it (:func:`~synthdet.features.forward_by_shape`)."""
+        if self.folded or self.model.training or any(p.requires_grad for p in self.model.parameters()):
+            return 0
+        self.folded = True  # also when nothing folds: checked once
+        if not any(isinstance(m, nn.BatchNorm2d) for m in self.model.modules()):
+            return 0
+        size = self.preprocess.size
+        x = torch.randn(2, 3, size, size, device=self.device, generator=torch.Generator(self.device).manual_seed(0))
+        with torch.inference_mode(False), torch.no_grad():
+            before = self._pooled_fn(x.clone())
+            undo = _fold_conv_bn(self.model)
+            after = self._pooled_fn(x.clone())
+            if undo and not torch.allclose(before, after, rtol=1e-3, atol=1e-3 * float(before.abs().max())):
+                for step in reversed(undo):
+                    step()
+                return 0
+        return len(undo)
+
     def forward(self, x: torch.Tensor, *, taps: bool = False) -> tuple[torch.Tensor, list[torch.Tensor]]:
         captured: list[torch.Tensor] = []
         handles = (
@@ -222,6 +246,35 @@ class Backbone(nn.Module):
             for h in handles:
                 h.remove()
         return pooled.float(), captured
+
+
+def _fold_conv_bn(model: nn.Module) -> list[Callable[[], None]]:
+    """Fold every eval BatchNorm2d that is registered right after a Conv2d sibling (the conv → norm order timm's
+    CNN blocks follow) into the conv; a timm ``BatchNormAct2d`` keeps its dropout and activation. Returns the undo
+    steps (the caller checks the network still computes the same function)."""
+    undo: list[Callable[[], None]] = []
+    for parent in list(model.modules()):
+        children = list(parent.named_children())
+        for (_, conv), (bn_name, bn) in zip(children, children[1:]):
+            if not (isinstance(conv, nn.Conv2d) and isinstance(bn, nn.BatchNorm2d) and bn.running_var is not None
+                    and bn.running_mean is not None and bn.num_features == conv.out_channels):
+                continue
+            scale = (bn.weight if bn.weight is not None else 1.0) / torch.sqrt(bn.running_var + bn.eps)
+            shift = (bn.bias if bn.bias is not None else 0.0) - bn.running_mean * scale
+            old_weight, old_bias = conv.weight.detach().clone(), conv.bias
+            conv.weight.mul_(scale.view(-1, 1, 1, 1))
+            conv.bias = nn.Parameter((old_bias * scale if old_bias is not None else 0.0) + shift, requires_grad=False)
+            rest = [m for m in (getattr(bn, "drop", None), getattr(bn, "act", None)) if m is not None]
+            setattr(parent, bn_name, nn.Sequential(*rest) if rest else nn.Identity())
+
+            def restore(parent: nn.Module = parent, conv: nn.Conv2d = conv, bn: nn.Module = bn, name: str = bn_name,
+                        w: torch.Tensor = old_weight, b: torch.Tensor | None = old_bias) -> None:
+                conv.weight.copy_(w)
+                conv.bias = b
+                setattr(parent, name, bn)
+
+            undo.append(restore)
+    return undo
 
 
 def _resolve_weights(explicit: str | Path | None, default: Path | None, hint: str) -> Path:

@@ -77,10 +77,13 @@ def fail(message: str, code: int = 2) -> typer.Exit:
 
 
 def skipped(path: object, reason: str) -> None:
-    """One line per unusable file on stderr: ``skipped PATH: reason``."""
+    """One line per unusable file on stderr: ``skipped PATH: reason`` (on a line of its own: a progress bar being
+    drawn is cleared first and redrawn after)."""
     from rich.markup import escape
+    from tqdm import tqdm
 
-    console(stderr=True).print(f"[yellow]skipped[/] {escape(printable(path))}: {escape(printable(reason))}")
+    with tqdm.external_write_mode(file=sys.stderr):
+        console(stderr=True).print(f"[yellow]skipped[/] {escape(printable(path))}: {escape(printable(reason))}")
 
 
 def one_line(e: BaseException) -> str:

@@ -105,6 +105,9 @@ def finetune(
         init = InitDetector.load(backbone)
         cfg = init.config(cfg)
         backbone, weights_file = init.detector.backbone, init.detector.card.weights_file
+    if backbone.folded:
+        raise ValueError("this backbone has served inference, so its BatchNorm is folded into its convolutions "
+                         "(Backbone.fold_batchnorm); fine-tune a freshly created one")
     letterbox = (cfg.preprocess or backbone.preprocess.mode) == "letterbox"
     set_preprocess(backbone, "crop", cfg.image_size)  # inference: the canonical centre crop, whatever the training
     views = Views(backbone.preprocess, letterbox)
