@@ -132,6 +132,24 @@ def _cpu() -> float:
     return me.ru_utime + me.ru_stime + kids.ru_utime + kids.ru_stime
 
 
+def table(results: list[dict]) -> str:
+    """Markdown rows of result JSONs: images/s, CPU ms per image and its ratio to each floor, peak RSS."""
+    out = ["| files | configuration | images/s | CPU ms/image | × torch floor | × old torch floor | × onnx floor "
+           "| peak RSS MB (main / largest worker) |", "|---|---|---:|---:|---:|---:|---:|---:|"]
+    for res in results:
+        for name, r in res["rows"].items():
+            if "images_per_s" not in r:
+                out.append(f"| {res['n_files']:,} {res['pool_kind']} | {name} | error: {r.get('error')} | | | | | |")
+                continue
+            floors = [res["rows"].get(f, {}).get("cpu_ms_per_image") for f in ("floor-torch", "floor-torch-nchw", "floor-onnx")]
+            cells = [f"{r['cpu_ms_per_image'] / f:.2f}" if f and r.get("cpu_ms_per_image") else "" for f in floors]
+            cpu = f"{r['cpu_ms_per_image']:.1f}" if r.get("cpu_ms_per_image") else "(not counted)"
+            files = "" if name.startswith("floor") else f"{res['n_files']:,} "
+            out.append(f"| {files}{res['pool_kind']} | {name} | {r['images_per_s']:.1f} | {cpu} | {' | '.join(cells)} "
+                       f"| {r['peak_rss_mb']:.0f} / {r['peak_rss_worker_mb']:.0f} |")
+    return "\n".join(out)
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--n", type=int, default=1000)
@@ -142,10 +160,14 @@ def main() -> None:
     ap.add_argument("--configs", default=",".join(CONFIGS))
     ap.add_argument("--json", type=Path, default=HERE / "results" / "scale.json")
     ap.add_argument("--note", default="compare ratios within this run", help="what else ran on the machine")
+    ap.add_argument("--table", nargs="+", type=Path, help="print the markdown table of these result JSONs and exit")
     ap.add_argument("--one", help=argparse.SUPPRESS)
     ap.add_argument("--folder", type=Path, help=argparse.SUPPRESS)
     ap.add_argument("--out", type=Path, help=argparse.SUPPRESS)
     args = ap.parse_args()
+    if args.table:
+        print(table([json.loads(f.read_text()) for f in args.table]))
+        return
     if args.one:
         row = run_one(args.one, args.folder, args.out, args.batch_size, args.threads)
         row["peak_rss_mb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
@@ -177,9 +199,8 @@ def main() -> None:
         # the machine's floor: every core running the network alone, at the floor's CPU time per image
         floor["machine_images_per_s"] = cpus * 1000 / floor["cpu_ms_per_image"]
         for name, r in rows.items():
-            if name.startswith("floor"):
-                continue
-            r[f"throughput_vs_{floor_name}"] = r["images_per_s"] / floor["machine_images_per_s"]
+            if "images_per_s" in r and not name.startswith("floor"):
+                r[f"throughput_vs_{floor_name}"] = r["images_per_s"] / floor["machine_images_per_s"]
             if r.get("cpu_ms_per_image"):
                 r[f"cpu_per_image_vs_{floor_name}"] = r["cpu_ms_per_image"] / floor["cpu_ms_per_image"]
     result = {
