@@ -30,7 +30,14 @@ from torch import nn
 
 from .atomic import atomic_path
 from .detector import CardBase, NotADetectorError, read_card, save_card
-from .locmetrics import ImageScore, balanced_threshold, image_score, localization_metrics, tune_loc_threshold
+from .locmetrics import (
+    ImageScore,
+    balanced_threshold,
+    best_loc_threshold,
+    image_score,
+    localization_metrics,
+    tune_loc_threshold,
+)
 from .manipulate import read_mask
 from .pixels import ImageLoadError, load_image
 
@@ -283,8 +290,20 @@ class TrainConfig(BaseModel):
     lr: float = 1e-3
     eval_every: int = 50
     patience: int = 4  # evaluations without a better validation pixel F1 before stopping
+    schedule: Literal["constant", "cosine"] = "cosine"  # cosine: linear warm-up, then decay to 0 at ``steps``
     image_score: ImageScore = "coverage"
     seed: int = 0
+
+
+def _lr_factor(cfg: TrainConfig, step: int) -> float:
+    """Learning-rate multiplier at ``step``: 1 (constant), or a linear warm-up over the first 5 % of the steps then
+    a cosine decay to 0 at ``cfg.steps``: a short CPU run ends on small steps instead of wherever the noise left it."""
+    if cfg.schedule == "constant":
+        return 1.0
+    warm = max(1, cfg.steps // 20)
+    if step < warm:
+        return (step + 1) / warm
+    return 0.5 * (1 + np.cos(np.pi * min(1.0, (step - warm) / max(1, cfg.steps - warm))))
 
 
 def _val_maps(net: nn.Module, pairs: list[tuple[np.ndarray, np.ndarray]], device: torch.device) -> list[np.ndarray]:
@@ -345,13 +364,15 @@ def train_localizer(
         loss = _loss(net(x), y)
         opt.zero_grad()
         loss.backward()
+        for group in opt.param_groups:  # from the step count alone: a resumed or extended run follows the schedule
+            group["lr"] = cfg.lr * _lr_factor(cfg, state["step"])
         opt.step()
         state["step"] += 1
         bar.update(1)
         if state["step"] % cfg.eval_every == 0 or state["step"] == cfg.steps:
             maps = _val_maps(net, val_pairs, device)
-            f1 = localization_metrics(maps, [m for _, m in val_pairs], ["val"] * len(maps))["pixel"]["at_0.5"]["f1"]
-            f1 = 0.0 if np.isnan(f1) else f1
+            f1 = best_loc_threshold(maps, [m for _, m in val_pairs])[1]  # at the best threshold: a model still
+            f1 = 0.0 if np.isnan(f1) else f1  # short of calibrated confidence is not judged at 0.5
             state["history"].append({"step": state["step"], "loss": loss.item(), "val_f1": f1})
             if f1 > state["best_f1"]:
                 state.update(best_f1=f1, bad=0, best={k: v.detach().cpu().clone() for k, v in net.state_dict().items()})

@@ -46,13 +46,21 @@ def image_score(prob: np.ndarray, method: ImageScore = "coverage", *, loc_thresh
     return float(np.partition(flat, flat.size - k)[flat.size - k:].mean())
 
 
-def tune_loc_threshold(probs: Sequence[np.ndarray], trues: Sequence[np.ndarray], grid: np.ndarray = GRID) -> float:
-    """The threshold of ``grid`` with the best mean per-image F1 over the images with a manipulated region."""
+def best_loc_threshold(probs: Sequence[np.ndarray], trues: Sequence[np.ndarray],
+                       grid: np.ndarray = GRID) -> tuple[float, float]:
+    """``(threshold, mean F1)``: the threshold of ``grid`` with the best mean per-image F1 over the images with a
+    manipulated region, and that F1 (``(0.5, nan)`` without such an image)."""
     pairs = [(p, t) for p, t in zip(probs, trues) if np.any(t)]
     if not pairs:
-        return 0.5
+        return 0.5, float("nan")
     scores = [np.mean([f1_iou(p >= g, t)[0] for p, t in pairs]) for g in grid]
-    return float(grid[int(np.argmax(scores))])
+    best = int(np.argmax(scores))
+    return float(grid[best]), float(scores[best])
+
+
+def tune_loc_threshold(probs: Sequence[np.ndarray], trues: Sequence[np.ndarray], grid: np.ndarray = GRID) -> float:
+    """The threshold of ``grid`` with the best mean per-image F1 over the images with a manipulated region."""
+    return best_loc_threshold(probs, trues, grid)[0]
 
 
 def _pixel_block(probs: Sequence[np.ndarray], trues: Sequence[np.ndarray], thr: float) -> dict[str, float]:

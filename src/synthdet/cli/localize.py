@@ -25,7 +25,8 @@ def localize_train(
     steps: Annotated[int, typer.Option(min=1, help="Training steps (batches).")] = 600,
     batch: Annotated[int, typer.Option(min=1)] = 8,
     crop: Annotated[int, typer.Option(min=32, help="Training crop side (multiple of 32).")] = 256,
-    lr: Annotated[float, typer.Option()] = 1e-3,
+    lr: Annotated[float, typer.Option(help="Peak learning rate.")] = 1e-3,
+    schedule: Annotated[str, typer.Option(help="cosine (warm-up, then decay to 0 at --steps) or constant.")] = "cosine",
     eval_every: Annotated[int, typer.Option(min=1, help="Validate (and checkpoint) every N steps.")] = 50,
     patience: Annotated[int, typer.Option(min=1, help="Validations without a better pixel F1 before stopping.")] = 4,
     image_score: Annotated[str, typer.Option(help="Image-level score: coverage or topk.")] = "coverage",
@@ -34,7 +35,8 @@ def localize_train(
     seed: int = 0,
     quiet: Quiet = False,
 ) -> None:
-    """Train a localizer with early stopping on validation pixel F1; tune the pixel and image thresholds."""
+    """Train a localizer with early stopping on validation pixel F1 (at its best threshold); tune the pixel and image
+    thresholds."""
     from ..backbones import default_device
     from ..localize import TrainConfig, read_triples, split_by_source, train_localizer
 
@@ -43,7 +45,7 @@ def localize_train(
     df = read_triples(source)
     train_df, val_df = (df, read_triples(val)) if val else split_by_source(df, seed=seed)
     cfg = TrainConfig(model=model, steps=steps, batch=batch, crop=crop, lr=lr, eval_every=eval_every,  # type: ignore[arg-type]
-                      patience=patience, image_score=image_score, seed=seed)  # type: ignore[arg-type]
+                      patience=patience, schedule=schedule, image_score=image_score, seed=seed)  # type: ignore[arg-type]
     loc = train_localizer(train_df, val_df, out, cfg, device=default_device(device), resume=resume,
                           progress=not quiet)
     px = loc.card.metrics["val"]["pixel"]["at_threshold"]
