@@ -110,8 +110,14 @@ def _regroup(loader: Iterable[list], size: int) -> Iterator[list]:
         yield buf
 
 
+def usable_cpus() -> int:
+    """The cores this process may run on (its CPU affinity), not the host's count."""
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+
+
 def num_workers_default() -> int:
-    return max(0, min(4, (os.cpu_count() or 1)))
+    """Decoding workers: one per usable core, at most 4 (a container limited to 2 cores of a 64-core host gets 2)."""
+    return max(0, min(4, usable_cpus()))
 
 
 def batch_size_default(device: torch.device) -> int:
@@ -175,10 +181,6 @@ def forward_batches(
     finally:
         torch.set_num_threads(threads)
         bar.close()
-
-
-def usable_cpus() -> int:
-    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
 
 
 def _forward_loop(
