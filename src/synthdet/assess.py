@@ -185,14 +185,10 @@ def _forward(backbone: Backbone, images: Sequence[Image.Image], taps: bool, batc
     """Pooled features and layer taps of decoded images through the backbone's canonical chain (view 0), exactly as
     :meth:`Detector.predict_paths` computes them from files."""
     pre = backbone.preprocess
-    device = backbone.device
-    autocast = (torch.autocast("cuda", dtype=torch.bfloat16) if device.type == "cuda"
-                else torch.autocast("cpu", enabled=False))
     pooled, layers = [], []
     for start in range(0, len(images), batch_size):
         tensors = [pre(reduce_to(img, pre.canonical_draft_size)) for img in images[start:start + batch_size]]
-        with autocast:
-            p, ls = forward_by_shape(backbone, tensors, taps=taps)  # native scale: sizes may differ
+        p, ls = forward_by_shape(backbone, tensors, taps=taps)  # native scale: sizes may differ
         pooled.append(p)
         layers.append(ls)
     return torch.cat(pooled), [torch.cat([part[j] for part in layers]) for j in range(len(layers[0]))]

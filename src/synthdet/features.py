@@ -115,6 +115,13 @@ def usable_cpus() -> int:
     return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
 
 
+def intra_op_threads(workers: int) -> int:
+    """Threads for the network on CPU while ``workers`` decoding processes run: the cores they leave (at least one,
+    at most what torch has). Intra-op threads that share the workers' cores spin-wait (measured on 2 cores with 2
+    workers: 3.4 images/s with 2 threads, 6.2 with 1)."""
+    return max(1, min(torch.get_num_threads(), usable_cpus() - workers))
+
+
 def num_workers_default() -> int:
     """Decoding workers: one per usable core, at most 4 (a container limited to 2 cores of a 64-core host gets 2)."""
     return max(0, min(4, usable_cpus()))
@@ -156,9 +163,9 @@ def forward_batches(
     """
     workers = num_workers_default() if num_workers is None else num_workers
     batch_size = batch_size or batch_size_default(backbone.device)
-    sized = isinstance(items, Sequence)
+    total = len(items) if isinstance(items, Sequence) else None  # a lazy stream has no length
     if views_per_item is None:
-        views_per_item = max((len(v) for _, _, v in items), default=1) if sized else 1
+        views_per_item = max((len(v) for _, _, v in items), default=1) if total is not None else 1
     per_forward = max(1, batch_size // max(1, views_per_item))
     loader = DataLoader(  # small loader batches keep every worker busy; the network still sees ``batch_size``
         _ViewsDataset(backbone, max_pixels, transform, verify_sha),
@@ -169,22 +176,19 @@ def forward_batches(
         persistent_workers=False,
         prefetch_factor=4 if workers else None,
     )
-    device = backbone.device
-    autocast = torch.autocast("cuda", dtype=torch.bfloat16) if device.type == "cuda" else torch.autocast("cpu", enabled=False)
-    bar = tqdm(total=len(items) if isinstance(items, Sequence) else None, desc=desc, unit="img", disable=not progress)
+    bar = tqdm(total=total, desc=desc, unit="img", disable=not progress)
     threads = torch.get_num_threads()
-    if workers and device.type == "cpu":  # leave the decoding workers their cores: intra-op threads that share them
-        # spin-wait (measured on 2 cores with 2 workers: 3.4 images/s with 2 threads, 6.2 with 1)
-        torch.set_num_threads(max(1, min(threads, usable_cpus() - workers)))
+    if workers and backbone.device.type == "cpu":
+        torch.set_num_threads(intra_op_threads(workers))
     try:
-        yield from _forward_loop(backbone, loader, per_forward, taps, autocast, bar)
+        yield from _forward_loop(backbone, loader, per_forward, taps, bar)
     finally:
         torch.set_num_threads(threads)
         bar.close()
 
 
 def _forward_loop(
-    backbone: Backbone, loader: DataLoader, per_forward: int, taps: bool, autocast: torch.autocast, bar: Any,
+    backbone: Backbone, loader: DataLoader, per_forward: int, taps: bool, bar: Any,
 ) -> Iterator[tuple[list[tuple[int, int]], torch.Tensor, list[torch.Tensor], list[tuple[int, str]]]]:
     for batch in _regroup(loader, per_forward):
         pairs: list[tuple[int, int]] = []
@@ -198,8 +202,7 @@ def _forward_loop(
             tensors.extend(t)
         pooled, layers = torch.empty(0), list[torch.Tensor]()
         if tensors:
-            with autocast:
-                pooled, layers = forward_by_shape(backbone, tensors, taps=taps)
+            pooled, layers = forward_by_shape(backbone, tensors, taps=taps)
         bar.update(len(batch))
         yield pairs, pooled, layers, errors
 
@@ -229,7 +232,8 @@ def forward_by_shape(
     backbone: Backbone, tensors: list[torch.Tensor], *, taps: bool
 ) -> tuple[torch.Tensor, list[torch.Tensor]]:
     """One forward pass per input size, results back in input order: at native scale (``Preprocess.scale``) images
-    smaller than the model size keep their own size, and a fully convolutional backbone pools any size alike."""
+    smaller than the model size keep their own size, and a fully convolutional backbone pools any size alike. Every
+    inference path comes through here (local, Ray actors, ``assess``): CUDA runs under bf16 autocast."""
     if isinstance(backbone, Backbone):  # not an exported graph: fold its BatchNorm once, if frozen
         backbone.fold_batchnorm()
     by_shape: dict[tuple[int, ...], list[int]] = {}
@@ -242,7 +246,8 @@ def forward_by_shape(
         # CUDA: stacked straight into pinned memory, so the copy to the device does not block the host
         x = torch.stack([tensors[j] for j in idx], out=torch.empty((len(idx), *shape), pin_memory=cuda))
         x = x.to(backbone.device, non_blocking=True)
-        p, ls = backbone(x, taps=taps)
+        with torch.autocast("cuda", dtype=torch.bfloat16, enabled=cuda):
+            p, ls = backbone(x, taps=taps)
         pooled[idx] = p.float().cpu()
         for out, part in zip(layers, ls):
             out[idx] = part.float().cpu()

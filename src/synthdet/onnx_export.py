@@ -28,7 +28,7 @@ from .atomic import atomic_path
 from .backbones import Backbone
 from .detector import Card, Detector
 from .extras import require
-from .features import num_workers_default, usable_cpus
+from .features import intra_op_threads, num_workers_default
 from .heads import LogisticHead, TorchProbe
 from .store import default_cache_dir
 
@@ -141,9 +141,8 @@ class OnnxDetector(Detector):
         if path is None or path.is_dir():
             path = cached_export(path)
         opts = ort.SessionOptions()
-        # by default the cores the decoding workers leave free (as the torch path): intra-op threads sharing their
-        # cores spin-wait
-        opts.intra_op_num_threads = threads or max(1, min(torch.get_num_threads(), usable_cpus() - num_workers_default()))
+        # by default the cores the decoding workers leave free, as the torch path
+        opts.intra_op_num_threads = threads or intra_op_threads(num_workers_default())
         opts.inter_op_num_threads = 1
         session = ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
         meta = session.get_modelmeta().custom_metadata_map
