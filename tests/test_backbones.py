@@ -80,11 +80,9 @@ def test_effnet_lite0_forward_and_taps(effnet_lite0: Backbone) -> None:
 
 def test_cnns_run_channels_last_with_the_same_features(effnet_lite0: Backbone) -> None:
     """CNN backbones hold NHWC weights (faster kernels); the features equal the default layout's up to rounding."""
-    import copy
-
     assert effnet_lite0.channels_last
     assert effnet_lite0.model.conv_stem.weight.is_contiguous(memory_format=torch.channels_last)
-    nchw = copy.deepcopy(effnet_lite0)
+    nchw = create_backbone("effnet-lite0", device="cpu")  # its own network (a deep copy would share the closure's)
     nchw.channels_last = False
     nchw.model.to(memory_format=torch.contiguous_format)
     x = batch(effnet_lite0.preprocess, 2)
@@ -96,16 +94,13 @@ def test_cnns_run_channels_last_with_the_same_features(effnet_lite0: Backbone) -
 def test_inference_folds_batchnorm_into_the_convolutions_of_a_frozen_cnn(effnet_lite0: Backbone) -> None:
     """The first inference pass folds each conv → BatchNorm pair (same features, one pass less per activation);
     a network with a trainable parameter keeps its BatchNorm, and fine-tuning refuses a folded one."""
-    import copy
-
     from synthdet.features import forward_by_shape
     from synthdet.finetune import FineTuneConfig, finetune
 
     def norms(bb: Backbone) -> int:
         return sum(isinstance(m, torch.nn.BatchNorm2d) for m in bb.model.modules())
 
-    bb, reference = copy.deepcopy(effnet_lite0), copy.deepcopy(effnet_lite0)
-    tuning = copy.deepcopy(effnet_lite0)
+    bb, reference, tuning = effnet_lite0, *(create_backbone("effnet-lite0", device="cpu") for _ in range(2))
     next(tuning.model.parameters()).requires_grad_(True)
     x = batch(bb.preprocess, 3)
     with torch.inference_mode():

@@ -20,7 +20,7 @@ from conftest import encode_image, synthetic_photo, write_image
 from test_store import DAMAGE
 
 import synthdet
-from synthdet.backbones import Backbone
+from synthdet.backbones import Backbone, create_backbone
 from synthdet.data import sha256_file
 from synthdet.features import FeatureStore, default_cache_dir, extract, store_identity, store_key
 from synthdet.pixels import load_image
@@ -166,8 +166,9 @@ Features = tuple[np.ndarray, list[np.ndarray]]
 
 
 @pytest.fixture(scope="module")
-def photos(tmp_path_factory: pytest.TempPathFactory, effnet_lite0: Backbone) -> tuple[list[str], list[str], Features]:
+def photos(tmp_path_factory: pytest.TempPathFactory) -> tuple[list[str], list[str], Features]:
     """18 real images and their features from a clean single-process extraction (the reference for every case)."""
+    effnet_lite0 = create_backbone("effnet-lite0", device="cpu")
     root = tmp_path_factory.mktemp("photos")
     paths = [str(write_image(root / f"{i:02d}{('.jpg', '.png', '.webp')[i % 3]}", synthetic_photo(96, 72, seed=200 + i)))
              for i in range(18)]
