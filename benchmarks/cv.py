@@ -1,9 +1,9 @@
 #!/usr/bin/env python
 """5-fold cross-validation of frozen probes on the development data, and of an ensemble of saved detectors.
 
-Probes (``synthdet.cv.cross_validate``, effnet-lite0 with its real weights, ``--views`` cached views per fit image):
+Probes (``synthdet.training.cv.cross_validate``, effnet-lite0 with its real weights, ``--views`` cached views per fit image):
 logistic regression on pooled + stage features, the linear probe on pooled features, and layer-wise fusion on
-pooled + stages. Folds are ``synthdet.data.kfold`` (stratified, seed 42); in each, the head early-stops and its F1
+pooled + stages. Folds are ``synthdet.data.manifest.kfold`` (stratified, seed 42); in each, the head early-stops and its F1
 threshold is tuned on a 15 % calibration slice of the training folds, and ROC AUC, AP, F1 (at that threshold) and
 EER are measured on the test fold. The table gives mean ± std over folds (population std).
 
@@ -36,12 +36,12 @@ import pandas as pd
 import torch
 from _common import ROOT, data_missing, dev_data_parser  # before synthdet: puts this checkout's src/ on the path
 
-from synthdet.backbones import Backbone, create_backbone
-from synthdet.calibrate import f1_optimal_threshold
-from synthdet.cv import FOLD_METRICS, CVResult, FoldFitter, cross_validate, run_folds
-from synthdet.data import index
-from synthdet.ensemble import RULES, EnsembleDetector, combine, validation_f1
-from synthdet.train import train_detector
+from synthdet.backbones.core import Backbone, create_backbone
+from synthdet.data.manifest import index
+from synthdet.detectors.calibrate import f1_optimal_threshold
+from synthdet.detectors.ensemble import RULES, EnsembleDetector, combine, validation_f1
+from synthdet.training.cv import FOLD_METRICS, CVResult, FoldFitter, cross_validate, run_folds
+from synthdet.training.train import train_detector
 
 if TYPE_CHECKING:
     from rich.table import Table

@@ -22,9 +22,9 @@ import torch
 from rich.console import Console
 from rich.table import Table
 
-from synthdet.cv import FOLD_METRICS, cross_validate, finetune_fitter, fold_metrics, run_folds
-from synthdet.finetune import FineTuneConfig
-from synthdet.train import usable_rows
+from synthdet.data.manifest import usable_rows
+from synthdet.training.cv import FOLD_METRICS, cross_validate, finetune_fitter, fold_metrics, run_folds
+from synthdet.training.finetune import FineTuneConfig
 
 SHARED = Path(__file__).resolve().parents[2] / "shared" / "data" / "dev" / "manifest.csv"
 

@@ -22,9 +22,9 @@ import torch
 from rich.console import Console
 from rich.table import Table
 
-from synthdet.backbones import create_backbone
-from synthdet.demo import demo_data_dir
-from synthdet.finetune import FineTuneConfig, finetune
+from synthdet.backbones.core import create_backbone
+from synthdet.data.demo import demo_data_dir
+from synthdet.training.finetune import FineTuneConfig, finetune
 
 MODELS = {
     "lite0-last2": ("effnet-lite0", True, 2),

@@ -12,7 +12,7 @@ Rows (effnet-lite0: pooled = 1280-d head output, layers = the 7 stage vectors, 1
 - logreg / linear probe on pooled features (the default detector's input);
 - linear probe on pooled + stages concatenated (``features="concat"`` without fusion);
 - layer-wise fusion (``LayerFusionHead``) on the 7 stages, and on pooled + 7 stages;
-- with ``--finetune``: fusion head + the last 2 stages fine-tuned from images (``synthdet.finetune``, Lean 2026
+- with ``--finetune``: fusion head + the last 2 stages fine-tuned from images (``synthdet.training.finetune``, Lean 2026
   recipe, 3 epochs, batch 16), selected on ``calib``. Slow on CPU (minutes per epoch); meant for a GPU.
 
 Features come from the feature cache (``--cache``, the same root ``synthdet extract --cache`` takes; default
@@ -35,14 +35,14 @@ import numpy as np
 import torch
 from _common import ROOT, data_missing, dev_data_parser  # before synthdet: puts this checkout's src/ on the path
 
-from synthdet.backbones import create_backbone
-from synthdet.calibrate import f1_optimal_threshold
-from synthdet.data import index, three_way_split
-from synthdet.features import FeatureStore, extract
-from synthdet.finetune import FineTuneConfig, finetune, score_items
-from synthdet.heads import make_head
-from synthdet.metrics import binary_metrics
-from synthdet.train import load_features
+from synthdet.backbones.core import create_backbone
+from synthdet.data.manifest import index, three_way_split
+from synthdet.detectors.calibrate import f1_optimal_threshold
+from synthdet.evaluation.metrics import binary_metrics
+from synthdet.features.extract import FeatureStore, extract
+from synthdet.heads.probes import make_head
+from synthdet.training.finetune import FineTuneConfig, finetune, score_items
+from synthdet.training.train import load_features
 
 DEFAULT_JSON = ROOT / "benchmarks" / "results" / "fusion.json"
 
@@ -133,7 +133,7 @@ def main(argv: list[str] | None = None) -> dict | None:
         "config": {
             "manifest": str(args.manifest), "backbone": args.backbone, "backbone_id": bb.id,
             "embed_dim": d0, "layer_dims": layer_dims, "views": args.views, "seeds": args.seeds,
-            "cache": str(store.dir), "splits": n, "split": "synthdet.data.three_way_split seed 42 (test 20%, calib 15%)",
+            "cache": str(store.dir), "splits": n, "split": "synthdet.data.manifest.three_way_split seed 42 (test 20%, calib 15%)",
         },
         "machine": {"device": str(bb.device), "torch": torch.__version__, "cpu_count": os.cpu_count(),
                     "python": platform.python_version()},

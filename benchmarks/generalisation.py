@@ -37,11 +37,11 @@ from sklearn.pipeline import Pipeline, make_pipeline
 from sklearn.preprocessing import StandardScaler
 from tqdm.auto import tqdm
 
-from synthdet.backbones import Backbone, create_backbone
-from synthdet.calibrate import f1_optimal_threshold
-from synthdet.metrics import source_table
-from synthdet.pixels import Preprocess, load_image
-from synthdet.splits import SplitPlan
+from synthdet.backbones.core import Backbone, create_backbone
+from synthdet.data.splits import SplitPlan
+from synthdet.detectors.calibrate import f1_optimal_threshold
+from synthdet.evaluation.metrics import source_table
+from synthdet.io.pixels import Preprocess, load_image
 
 ROOT = Path(__file__).resolve().parents[1]
 POOL = ROOT / "build" / "pool"
@@ -359,9 +359,9 @@ def write_results(df: pd.DataFrame, results: list[dict], only: list[str]) -> Non
 def demo_rows(df: pd.DataFrame) -> np.ndarray:
     """Pool rows whose original is one of the demo images shipped in the package, or a near-duplicate of one (the
     demo data are re-encoded copies of dev images)."""
-    from synthdet.data import index
-    from synthdet.demo import demo_data_dir
-    from synthdet.splits import near_duplicate_of
+    from synthdet.data.demo import demo_data_dir
+    from synthdet.data.manifest import index
+    from synthdet.data.splits import near_duplicate_of
 
     demo = index(demo_data_dir() / "manifest.csv")
     originals = pd.concat([index(ROOT.parent / "shared" / "data" / d / "manifest.csv") for d in ("dev", "dev2")])
@@ -372,7 +372,7 @@ def demo_rows(df: pd.DataFrame) -> np.ndarray:
 def cmd_demo(args: argparse.Namespace) -> None:
     """The demo detector's recipe: fitted on the pool copies of the packaged demo images only, scored on every
     other pool image (none of them a near-duplicate of a demo image)."""
-    from synthdet.data import read_manifest, write_manifest
+    from synthdet.data.manifest import read_manifest, write_manifest
 
     df = read_manifest(POOL / POOLS["384"] / "manifest.csv")
     y, groups = df["label"].to_numpy(), df["group"].to_numpy()

@@ -1,6 +1,6 @@
 """Task B on the development data: U-Net vs frozen-backbone patch head, pixel F1/IoU per manipulation category.
 
-Triples are built by :func:`synthdet.manipulate.make_manipulations` from ``../shared/data/dev`` (training; a
+Triples are built by :func:`synthdet.localization.manipulate.make_manipulations` from ``../shared/data/dev`` (training; a
 source-disjoint tenth of it for early stopping and the thresholds) and from ``../shared/data/dev2`` (held out; no
 source in common with dev; the same triples for every model). The autoencoder categories carry one tiny decoder's
 trace (TAEF2): figures are per category, and none stands for a particular generator. Two trivial maps (all ones,
@@ -19,8 +19,10 @@ from pathlib import Path
 import numpy as np
 from _common import ROOT, data_missing
 
-from synthdet.data import index
-from synthdet.localize import (
+from synthdet.data.manifest import index
+from synthdet.localization.manipulate import make_manipulations
+from synthdet.localization.metrics import localization_metrics
+from synthdet.localization.models import (
     TrainConfig,
     evaluate_localizer,
     host_keys,
@@ -29,8 +31,6 @@ from synthdet.localize import (
     split_by_source,
     train_localizer,
 )
-from synthdet.locmetrics import localization_metrics
-from synthdet.manipulate import make_manipulations
 
 
 def main() -> None:

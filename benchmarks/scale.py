@@ -69,15 +69,16 @@ def run_one(config: str, folder: Path, out: Path, batch_size: int, threads: int)
     """One configuration in this process; returns its timing."""
     import torch
 
-    from synthdet.detector import Detector, assemble_features
-    from synthdet.stream import score_stream
+    from synthdet.detectors.loading import load_detector
+    from synthdet.engines.local import score_stream
+    from synthdet.features.extract import assemble_features
 
     # floors: one thread, the most CPU-efficient way to run the network (their CPU ms per image is the yardstick);
     # pipelines: every core (decoding workers run one thread each), as a user's run does
     torch.set_num_threads(1 if config.startswith("floor") else threads)
     n_floor = 256
     if config.startswith("floor"):
-        det = Detector.load()
+        det = load_detector()
         size = det.card.preprocess.size
         x = torch.randn(batch_size, 3, size, size)
         if config.startswith("floor-torch"):
@@ -93,7 +94,7 @@ def run_one(config: str, folder: Path, out: Path, batch_size: int, threads: int)
                     p, ls = bb(x, taps=det.card.features == "concat")
                     det.predict_features(assemble_features(p, ls, det.card.features))
         else:
-            from synthdet.onnx_export import OnnxDetector
+            from synthdet.engines.onnx_runtime import OnnxDetector
 
             sess = OnnxDetector.load().backbone
 
@@ -106,15 +107,15 @@ def run_one(config: str, folder: Path, out: Path, batch_size: int, threads: int)
         dt, cpu = time.perf_counter() - t0, time.process_time() - c0
         return {"images": n_floor // batch_size * batch_size, "seconds": dt, "cpu_seconds": cpu}
     if config == "local-torch":
-        scorer = Detector.load()
+        scorer = load_detector()
     elif config == "local-onnx":
-        from synthdet.onnx_export import OnnxDetector
+        from synthdet.engines.onnx_runtime import OnnxDetector
 
         scorer = OnnxDetector.load()
     else:
         import ray
 
-        from synthdet.ray_engine import RayScorer
+        from synthdet.engines.ray_data import RayScorer
 
         actors = int(config.split("-")[1])
         ray.init(num_cpus=actors + 1, include_dashboard=False, log_to_driver=False, logging_level="WARNING")

@@ -3,7 +3,7 @@
 Starts the real service (``python -m synthdet.cli serve``, a subprocess) once per batching setting, sends every
 image once per concurrency level from N asyncio clients (httpx, raw body, ``POST /v1/score``), and records p50/p99
 latency, images/s and the server's peak RSS (``VmHWM``). The offline rows score the same images in one process:
-``Detector.predict_paths`` over the files (what ``synthdet predict`` does) and :func:`synthdet.assess.assess_images`
+``Detector.predict_paths`` over the files (what ``synthdet predict`` does) and :func:`synthdet.detectors.assess.assess_images`
 (the service's work without HTTP). Clients, server and offline runs share this machine's cores: on a small shared
 box the figures are ratios measured in one run, not capacities.
 
@@ -112,10 +112,10 @@ async def load(url: str, payloads: list[bytes], clients: int) -> dict:
 def offline(paths: list[Path], payloads: list[bytes], checks: bool, detector: str | None) -> list[dict]:
     import torch
 
-    from synthdet.assess import assess_images
-    from synthdet.detector import Detector
+    from synthdet.detectors.assess import assess_images
+    from synthdet.detectors.loading import load_detector
 
-    det = Detector.load(detector)
+    det = load_detector(detector)
     _ = det.backbone
     rows = []
     list(det.predict_paths(paths[:2], num_workers=0))  # warm-up
@@ -145,7 +145,7 @@ def main() -> None:
     ap.add_argument("--json", type=Path, default=ROOT / "benchmarks" / "results" / "serve_load.json")
     args = ap.parse_args()
 
-    from synthdet.atomic import write_text
+    from synthdet.io.atomic import write_text
 
     with tempfile.TemporaryDirectory() as tmp:
         paths, source = pick_images(args.n, Path(tmp))

@@ -20,11 +20,11 @@ from pathlib import Path
 
 import pandas as pd
 
-from synthdet.data import index
-from synthdet.demo import demo_data_dir
-from synthdet.evaluation import EvalRun, evaluate_detector
-from synthdet.report import render_report
-from synthdet.train import train_detector
+from synthdet.data.demo import demo_data_dir
+from synthdet.data.manifest import index
+from synthdet.evaluation.runs import EvalRun, evaluate_detector
+from synthdet.reporting.html import render_report
+from synthdet.training.train import train_detector
 
 ROOT = Path(__file__).resolve().parents[1]
 DEFAULT_DATA = ROOT.parent / "shared" / "data" / "dev" / "manifest.csv"

@@ -18,8 +18,8 @@ from pathlib import Path
 
 import pandas as pd
 
-from synthdet.data import index
-from synthdet.normalise import SocialChain, normalise_dataset
+from synthdet.data.manifest import index
+from synthdet.data.normalise import SocialChain, normalise_dataset
 
 ROOT = Path(__file__).resolve().parents[1]
 SHARED = ROOT.parent / "shared" / "data"

@@ -27,12 +27,12 @@ from pathlib import Path
 import pandas as pd
 from build_pool import pooled_manifest  # this script's folder: the pool's groups are defined there
 
-from synthdet.calibrate import uncertainty_band
-from synthdet.cv import cross_validate
-from synthdet.data import read_manifest
-from synthdet.normalise import SocialChain, normalise_dataset
-from synthdet.splits import RowSet
-from synthdet.train import GENERALISING_HEAD, generalising_backbone
+from synthdet.data.manifest import read_manifest
+from synthdet.data.normalise import SocialChain, normalise_dataset
+from synthdet.data.splits import RowSet
+from synthdet.detectors.calibrate import fit_uncertainty_band
+from synthdet.training.cv import cross_validate
+from synthdet.training.train import GENERALISING_HEAD, generalising_backbone
 
 ROOT = Path(__file__).resolve().parents[1]
 OUT = ROOT / "src" / "synthdet" / "pretrained" / "default"
@@ -64,7 +64,7 @@ def main() -> None:
     det.card.rows = {"fit": seen, "calib": seen}
     scored = res.scored()
     calibrated = det.card.calibration(scored["prob"].to_numpy()) if det.card.calibration else scored["prob"]
-    det.card.data["uncertain_band"] = list(uncertainty_band(scored["label"].to_numpy(), calibrated, det.threshold,
+    det.card.data["uncertain_band"] = list(fit_uncertainty_band(scored["label"].to_numpy(), calibrated, det.threshold,
                                                             level=BAND_LEVEL))
     det.card.data["uncertain_band_from"] = (f"leave-one-group-out scores, calibrated: outside the band at least "
                                             f"{BAND_LEVEL:.0%} of held-out verdicts were right")

@@ -62,7 +62,7 @@ def small_demo_csv(tmp_path: Path, n_per_class: int = 24) -> Path:
     """A labelled CSV over the first images of each class of the demo data shipped in the package."""
     import pandas as pd
 
-    from synthdet.demo import demo_data_dir
+    from synthdet.data.demo import demo_data_dir
 
     src = pd.read_csv(demo_data_dir() / "manifest.csv")
     part = pd.concat([src[src.label == c].head(n_per_class) for c in (0, 1)])
@@ -135,7 +135,7 @@ def feature_cache(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
 @pytest.fixture
 def effnet_lite0():
     """The embedded EfficientNet-Lite0 with its packaged ImageNet weights (offline, ~1 s), on CPU, as created."""
-    from synthdet.backbones import create_backbone
+    from synthdet.backbones.core import create_backbone
 
     return create_backbone("effnet-lite0", device="cpu")
 
@@ -143,7 +143,7 @@ def effnet_lite0():
 @pytest.fixture
 def resnet18_random():
     """A randomly initialised timm ResNet-18 (fast; weights differ per test), on CPU, as created."""
-    from synthdet.backbones import create_backbone
+    from synthdet.backbones.core import create_backbone
 
     return create_backbone("timm:resnet18", pretrained=False, device="cpu")
 
@@ -151,9 +151,10 @@ def resnet18_random():
 @pytest.fixture(scope="session")
 def default_detector():
     """The shipped default detector, its backbone built (a few seconds, once per session)."""
-    from synthdet.detector import Detector
+    from synthdet.detectors.detector import Detector
+    from synthdet.detectors.loading import load_detector
 
-    det = Detector.load()
+    det = load_detector()
     assert isinstance(det, Detector)
     _ = det.backbone
     return det

@@ -1,4 +1,4 @@
-"""``synthdet.assess``: verdicts in words, stability checks, uncertainty band, evidence and heatmap, on real images,
+"""``synthdet.detectors.assess``: verdicts in words, stability checks, uncertainty band, evidence and heatmap, on real images,
 real codecs and real forward passes of the shipped default detector."""
 
 from __future__ import annotations
@@ -13,19 +13,12 @@ from conftest import encode_image, synthetic_photo, write_image
 from PIL import Image
 from typer.testing import CliRunner
 
-from synthdet.assess import (
-    CHECKS,
-    assess_image,
-    assess_images,
-    centre_crop,
-    jpeg_quality,
-    read_evidence,
-    score_images,
-    tile_boxes,
-)
-from synthdet.detector import Detector
-from synthdet.pixels import ImageLoadError
-from synthdet.slices import get_slice
+from synthdet.data.perturbations import get_slice
+from synthdet.detectors.assess import CHECKS, assess_image, assess_images, centre_crop, tile_boxes
+from synthdet.detectors.detector import Detector
+from synthdet.detectors.evidence import jpeg_quality, read_evidence
+from synthdet.detectors.scoring import score_images
+from synthdet.io.pixels import ImageLoadError
 
 SHARED_DEV = Path(__file__).resolve().parents[2] / "shared" / "data" / "dev"
 
@@ -266,10 +259,10 @@ def test_real_photos_from_shared(det: Detector) -> None:
 def test_score_images_ensemble_and_native_scale(det: Detector, tmp_path: Path) -> None:
     """Decoded images score as their files do through predict_paths: for an ensemble (members combined by its
     rule) and for a native-scale backbone (inputs of different sizes, forwarded in groups of one shape)."""
-    from synthdet.backbones import create_backbone
-    from synthdet.detector import default_detector_path
-    from synthdet.ensemble import EnsembleDetector
-    from synthdet.pixels import Preprocess
+    from synthdet.backbones.core import create_backbone
+    from synthdet.detectors.card import default_detector_path
+    from synthdet.detectors.ensemble import EnsembleDetector
+    from synthdet.io.pixels import Preprocess
 
     imgs = [synthetic_photo(300, 200, seed=1), synthetic_photo(120, 90, seed=2), synthetic_photo(150, 150, seed=3)]
     paths = [write_image(tmp_path / f"{i}.png", im) for i, im in enumerate(imgs)]

@@ -14,7 +14,8 @@ import typer
 from PIL import Image
 from typer.testing import CliRunner
 
-from synthdet.augment import (
+from synthdet.cli.augment import augment_preview
+from synthdet.data.augment import (
     PRESETS,
     JpegRGB,
     apply,
@@ -23,7 +24,6 @@ from synthdet.augment import (
     get_augment,
     jpeg,
 )
-from synthdet.cli.augment import augment_preview
 from synthdet.registry import Registry, UnknownNameError
 
 app = typer.Typer()

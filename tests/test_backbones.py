@@ -9,7 +9,7 @@ import pytest
 import torch
 from conftest import synthetic_photo
 
-from synthdet.backbones import (
+from synthdet.backbones.core import (
     BACKBONE_PREFIXES,
     Backbone,
     WeightsNotFoundError,
@@ -20,7 +20,7 @@ from synthdet.backbones import (
     list_backbones,
     weights_available,
 )
-from synthdet.pixels import Preprocess
+from synthdet.io.pixels import Preprocess
 from synthdet.registry import UnknownNameError
 
 
@@ -94,8 +94,8 @@ def test_cnns_run_channels_last_with_the_same_features(effnet_lite0: Backbone) -
 def test_inference_folds_batchnorm_into_the_convolutions_of_a_frozen_cnn(effnet_lite0: Backbone) -> None:
     """The first inference pass folds each conv → BatchNorm pair (same features, one pass less per activation);
     a network with a trainable parameter keeps its BatchNorm, and fine-tuning refuses a folded one."""
-    from synthdet.features import forward_by_shape
-    from synthdet.finetune import FineTuneConfig, finetune
+    from synthdet.features.extract import forward_by_shape
+    from synthdet.training.finetune import FineTuneConfig, finetune
 
     def norms(bb: Backbone) -> int:
         return sum(isinstance(m, torch.nn.BatchNorm2d) for m in bb.model.modules())
@@ -238,7 +238,7 @@ def test_open_clip_tag_loads_from_the_hugging_face_cache_offline(tmp_path: Path,
     import torch
     from tiny_clip import tiny_clip_checkpoint
 
-    from synthdet.backbones import open_clip_cached_file
+    from synthdet.backbones.core import open_clip_cached_file
 
     name, weights = tiny_clip_checkpoint(tmp_path / "cfg")
     arch = name.split(":", 1)[1]

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 from sklearn.metrics import f1_score
 
-from synthdet.calibrate import f1_optimal_threshold
+from synthdet.detectors.calibrate import f1_optimal_threshold
 
 
 def brute_force(y: np.ndarray, prob: np.ndarray) -> tuple[float, float]:
@@ -87,7 +87,7 @@ def test_accepts_lists_and_bool_labels() -> None:
 def test_sigmoid_calibration_keeps_the_ranking_and_fixes_overconfidence() -> None:
     from sklearn.metrics import roc_auc_score
 
-    from synthdet.calibrate import fit_calibration
+    from synthdet.detectors.calibrate import fit_calibration
 
     rng = np.random.default_rng(0)
     y = rng.integers(0, 2, 4000)
@@ -108,7 +108,7 @@ def test_sigmoid_calibration_keeps_the_ranking_and_fixes_overconfidence() -> Non
 
 
 def test_capped_threshold_keeps_every_real_group_under_the_cap() -> None:
-    from synthdet.calibrate import capped_threshold
+    from synthdet.detectors.calibrate import capped_threshold
 
     rng = np.random.default_rng(1)
     groups = np.array(["a"] * 300 + ["b"] * 100 + ["fake"] * 200)

@@ -17,9 +17,9 @@ import pytest
 from conftest import synthetic_photo, write_image
 from typer.testing import CliRunner
 
-from synthdet import __version__
 from synthdet.cli import app
-from synthdet.demo import demo_data_dir
+from synthdet.data.demo import demo_data_dir
+from synthdet.version import __version__
 
 SHARED = Path(__file__).resolve().parents[2] / "shared" / "data" / "dev"
 SRC = Path(__file__).resolve().parents[1] / "src"
@@ -280,8 +280,8 @@ def test_piped_tables_keep_full_names_and_have_json() -> None:
 
 def test_library_is_quiet_by_default(tmp_path: Path) -> None:
     img = write_image(tmp_path / "a.jpg", synthetic_photo(32, 32))
-    code = ("from synthdet.detector import Detector; "
-            f"print(list(Detector.load().predict_paths([{str(img)!r}], num_workers=0))[0][1] is not None)")
+    code = ("from synthdet.detectors.loading import load_detector; "
+            f"print(list(load_detector().predict_paths([{str(img)!r}], num_workers=0))[0][1] is not None)")
     proc = subprocess.run([sys.executable, "-c", code], env=_env(), capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0 and proc.stdout.strip() == "True", proc.stderr
     assert proc.stderr == ""

@@ -17,10 +17,12 @@ import torch
 from conftest import labelled_items, synthetic_photo, write_image
 from tiny_clip import tiny_clip_checkpoint
 
-from synthdet.backbones import create_backbone
-from synthdet.data import sha256_file
-from synthdet.dualstream import FREQ_DIM, FrequencyBranch
-from synthdet.finetune import (
+from synthdet.backbones.core import create_backbone
+from synthdet.backbones.spectral import FREQ_DIM, FrequencyBranch
+from synthdet.data.splits import RowSet
+from synthdet.io.files import sha256_file
+from synthdet.io.pixels import Preprocess
+from synthdet.training.finetune import (
     RECIPES,
     FineTuneConfig,
     epoch_order,
@@ -31,8 +33,6 @@ from synthdet.finetune import (
     set_preprocess,
     trainable_parameters,
 )
-from synthdet.pixels import Preprocess
-from synthdet.splits import RowSet
 
 IMAGENET_MEAN, IMAGENET_STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
 
@@ -160,8 +160,8 @@ def test_letterbox_bars_carry_no_label(tmp_path: Path) -> None:
     from sklearn.model_selection import StratifiedKFold, cross_val_predict
     from sklearn.tree import DecisionTreeClassifier
 
-    from synthdet.finetune.data import TrainingImages, Views
-    from synthdet.pixels import load_image
+    from synthdet.io.pixels import load_image
+    from synthdet.training.finetune.data import TrainingImages, Views
 
     items = []
     for i in range(8):  # brightened, so that no content row passes for a bar

@@ -11,13 +11,14 @@ import pandas as pd
 import pytest
 from test_detector import small_demo_csv
 
-from synthdet.calibrate import f1_optimal_threshold
 from synthdet.cli.cv import cv_command
-from synthdet.cv import cross_validate, finetune_fitter, fold_metrics, run_folds
-from synthdet.detector import Detector
-from synthdet.ensemble import validation_f1
-from synthdet.features import FeatureStore
-from synthdet.train import load_features, usable_rows
+from synthdet.data.manifest import usable_rows
+from synthdet.detectors.calibrate import f1_optimal_threshold
+from synthdet.detectors.ensemble import validation_f1
+from synthdet.detectors.loading import load_detector
+from synthdet.features.extract import FeatureStore
+from synthdet.training.cv import cross_validate, finetune_fitter, fold_metrics, run_folds
+from synthdet.training.train import load_features
 
 
 def frame(n_real: int = 31, n_fake: int = 19) -> pd.DataFrame:
@@ -89,7 +90,7 @@ def test_cross_validate_scores_each_image_once_with_thresholds_from_training_fol
     assert 0.5 < res.mean["roc_auc"] <= 1.0
 
     # fold 0 by hand: logreg on the training folds' fit rows, threshold on their calib rows — the test fold unused
-    from synthdet.heads import make_head
+    from synthdet.heads.probes import make_head
 
     det = res.detector
     store = FeatureStore.for_backbone(det.backbone, tmp / "cache")
@@ -109,7 +110,7 @@ def test_refit_on_everything_saves_a_detector_with_the_out_of_fold_threshold(dem
     assert summary["config"]["k"] == 5 and len(summary["folds"]) == 5
     assert summary["mean"]["roc_auc"] == pytest.approx(res.mean["roc_auc"])
     assert pd.read_csv(out / "oof.csv")[["sha256", "fold", "prob"]].equals(res.oof[["sha256", "fold", "prob"]])
-    det = Detector.load(out / "detector")
+    det = load_detector(out / "detector")
     assert det.card.data["n_images"] == 40 and det.card.data["refit_on"] == "all"
     assert det.threshold == pytest.approx(f1_optimal_threshold(res.oof["label"], res.oof["prob"]))
     assert validation_f1(det.card) == pytest.approx(res.mean["f1"])  # what a weighted-majority ensemble reads
@@ -139,7 +140,7 @@ def test_finetuning_cross_validates_through_a_fold_fitter(tmp_path: Path) -> Non
     from conftest import make_labelled_folder
     from tiny_clip import tiny_clip_checkpoint
 
-    from synthdet.finetune import FineTuneConfig
+    from synthdet.training.finetune import FineTuneConfig
 
     name, weights = tiny_clip_checkpoint(tmp_path / "clip", blocks=2)
     df, _ = usable_rows(make_labelled_folder(tmp_path / "data", n_real=10, n_fake=10), progress=False)
@@ -173,7 +174,7 @@ def test_leaving_groups_out_holds_out_each_whole_group_once() -> None:
 
 
 def test_refit_after_leaving_groups_out_calibrates_and_caps_false_positives(demo_cv) -> None:
-    from synthdet.cv import decide
+    from synthdet.training.cv import decide
 
     _, _, res = demo_cv
     grouped = res.oof.assign(group=np.where(res.oof["label"] == 1, "fake", np.where(np.arange(len(res.oof)) % 2,
@@ -207,7 +208,7 @@ def test_cv_command_leaves_groups_out(tmp_path: Path, demo_cv) -> None:
     assert "leave-one-group-out" in res.output and "pypi:skimage" in res.output
     summary = json.loads((tmp_path / "out" / "cv.json").read_text())
     assert {g["group"] for g in summary["leave_one_group_out"]["groups"]} == set(table["group"])
-    det = Detector.load(tmp_path / "out" / "detector")
+    det = load_detector(tmp_path / "out" / "detector")
     assert det.card.calibration is not None and det.card.calibration.method == "sigmoid"
     assert det.card.data["group_by"] == "group"
     bad = CliRunner().invoke(app, ["cv", str(grouped), "--calibrate", "sigmoid", "-o", str(tmp_path / "bad")])

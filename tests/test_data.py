@@ -11,7 +11,7 @@ import pandas as pd
 import pytest
 from conftest import encode_image, make_labelled_folder, synthetic_photo, write_image
 
-from synthdet.data import (
+from synthdet.data.manifest import (
     COLUMNS,
     ManifestError,
     index,
@@ -19,10 +19,10 @@ from synthdet.data import (
     kfold,
     manifest_hash,
     read_manifest,
-    sha256_file,
     split,
     write_manifest,
 )
+from synthdet.io.files import sha256_file
 
 
 def idx(source: Path, **kw) -> pd.DataFrame:
@@ -337,7 +337,7 @@ def test_iter_inputs(tmp_path: Path) -> None:
 
 
 def test_index_reads_an_existing_csv_manifest_back_without_reindexing(tmp_path: Path) -> None:
-    from synthdet.data import index, write_manifest
+    from synthdet.data.manifest import index, write_manifest
 
     folder = make_labelled_folder(tmp_path / "data")
     df = index(folder, progress=False)
@@ -391,7 +391,7 @@ def test_tsv_is_tab_separated(tmp_path: Path) -> None:
 
 
 def test_conflicting_labels_are_reported_not_dropped(tmp_path: Path) -> None:
-    from synthdet.data import LabelConflictWarning
+    from synthdet.data.manifest import LabelConflictWarning
 
     write_image(tmp_path / "a.jpg", synthetic_photo(20, 20, seed=1))
     write_image(tmp_path / "b.jpg", synthetic_photo(20, 20, seed=2))
@@ -431,7 +431,7 @@ def test_write_manifest_is_atomic(tmp_path: Path) -> None:
 def test_phash_is_close_for_a_recompressed_copy(tmp_path: Path) -> None:
     from PIL import Image
 
-    from synthdet.splits import hamming
+    from synthdet.data.splits import hamming
 
     img = synthetic_photo(160, 120, seed=3)
     write_image(tmp_path / "d" / "a.png", img)

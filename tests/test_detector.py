@@ -12,24 +12,24 @@ import pandas as pd
 import pytest
 from conftest import small_demo_csv
 
-from synthdet.calibrate import f1_optimal_threshold
-from synthdet.data import index
-from synthdet.demo import demo_data_dir
-from synthdet.detector import (
+from synthdet.data.demo import demo_data_dir
+from synthdet.data.manifest import index
+from synthdet.data.splits import RowSet
+from synthdet.detectors.calibrate import f1_optimal_threshold
+from synthdet.detectors.card import (
     DETECTOR_KINDS,
     SCHEMA_VERSION,
     AnyCard,
     Card,
-    Detector,
     EnsembleCard,
     FinetunedCard,
     NotADetectorError,
     default_detector_path,
     read_card,
 )
-from synthdet.metrics import binary_metrics
-from synthdet.splits import RowSet
-from synthdet.train import load_features, train_detector
+from synthdet.detectors.loading import load_detector
+from synthdet.evaluation.metrics import binary_metrics
+from synthdet.training.train import load_features, train_detector
 
 
 @pytest.fixture(scope="module")
@@ -45,7 +45,7 @@ def test_train_saves_complete_card(trained) -> None:
     tmp, res = trained
     det_dir = tmp / "det"
     assert (det_dir / "card.json").is_file() and (det_dir / "head.safetensors").is_file()
-    det = Detector.load(det_dir)
+    det = load_detector(det_dir)
     card = det.card
     assert card.backbone == "effnet-lite0" and card.weights_id != "random"
     assert card.preprocess.jpeg_quality == 90 and card.head == "logreg"
@@ -59,7 +59,7 @@ def test_train_saves_complete_card(trained) -> None:
 
 def test_threshold_is_chosen_on_calibration_split_only(trained) -> None:
     tmp, res = trained
-    from synthdet.features import FeatureStore
+    from synthdet.features.extract import FeatureStore
 
     det = res.detector
     store = FeatureStore.for_backbone(det.backbone, tmp / "cache")
@@ -72,7 +72,7 @@ def test_threshold_is_chosen_on_calibration_split_only(trained) -> None:
 def test_saved_detector_scores_files_like_training_did(trained) -> None:
     """Fresh decoding + forward of the held-out files reproduces the cached-feature probabilities."""
     tmp, res = trained
-    det = Detector.load(tmp / "det")
+    det = load_detector(tmp / "det")
     val = res.manifest[res.manifest.split == "test"].drop_duplicates("sha256")
     out = list(det.predict_paths(val.path.tolist(), num_workers=0, progress=False))
     assert [p for p, _, _ in out] == val.path.tolist()
@@ -82,7 +82,7 @@ def test_saved_detector_scores_files_like_training_did(trained) -> None:
 
 def test_predict_paths_skips_bad_files_and_keeps_order(trained, tmp_path: Path) -> None:
     tmp, res = trained
-    det = Detector.load(tmp / "det")
+    det = load_detector(tmp / "det")
     good = res.manifest.path.iloc[:3].tolist()
     bad = tmp_path / "broken.jpg"
     bad.write_bytes(Path(good[0]).read_bytes()[:300])
@@ -101,7 +101,7 @@ def test_predict_paths_pulls_a_stream_lazily(trained) -> None:
     import itertools
 
     tmp, res = trained
-    det = Detector.load(tmp / "det")
+    det = load_detector(tmp / "det")
     good = res.manifest.path.iloc[:4].tolist()
     pulled = 0
 
@@ -125,7 +125,7 @@ def test_rerun_uses_the_cache(trained) -> None:
 
 
 def test_training_rejects_single_class(tmp_path: Path) -> None:
-    from synthdet.data import ManifestError
+    from synthdet.data.manifest import ManifestError
 
     csv = small_demo_csv(tmp_path, 6)
     df = pd.read_csv(csv)
@@ -137,7 +137,7 @@ def test_training_rejects_single_class(tmp_path: Path) -> None:
 def test_shipped_default_detector_predicts_offline() -> None:
     if not (default_detector_path() / "card.json").is_file():
         pytest.fail("the default detector is not shipped in the package (run scripts/train_default.py)")
-    det = Detector.load()
+    det = load_detector()
     assert det.card.data["n_images"] > 800  # trained on the full development set
     demo = demo_data_dir()
     paths = sorted((demo / "real").iterdir())[:2] + sorted((demo / "fake").iterdir())[:2]
@@ -153,7 +153,7 @@ def test_index_of_demo_data_is_clean() -> None:
 
 def test_detector_load_rejects_non_detector(tmp_path: Path) -> None:
     with pytest.raises(FileNotFoundError, match="not a synthdet detector"):
-        Detector.load(tmp_path)
+        load_detector(tmp_path)
     shutil.rmtree(tmp_path)
 
 
@@ -162,11 +162,11 @@ def test_saved_card_is_a_versioned_probe_card_and_rows_round_trip(trained, tmp_p
     tmp, res = trained
     raw = json.loads((tmp / "det" / "card.json").read_text())
     assert raw["schema_version"] == SCHEMA_VERSION == 2 and raw["kind"] == "probe"
-    det = Detector.load(tmp / "det")
+    det = load_detector(tmp / "det")
     fit = res.manifest[res.manifest.split == "fit"]["sha256"]
     det.card.rows = {"fit": RowSet.of(fit)}
     det.save(tmp_path / "copy")
-    again = Detector.load(tmp_path / "copy")
+    again = load_detector(tmp_path / "copy")
     assert type(again.card) is Card and again.card.rows == {"fit": RowSet.of(fit)}
     assert again.card.rows["fit"].overlap(fit.tolist()) == set(fit)
     assert not list((tmp_path / "copy").glob(".*.tmp"))  # atomic writes leave nothing behind
@@ -209,8 +209,8 @@ def test_every_card_kind_has_a_registered_loader() -> None:
     external = {k for k in DETECTOR_KINDS.names() if "card" in DETECTOR_KINDS.meta(k)}  # cards defined elsewhere
     assert set(DETECTOR_KINDS.names()) == {"probe", "finetuned", "ensemble"} | external == {
         "probe", "finetuned", "ensemble", "localizer"}
-    from synthdet.ensemble import load_ensemble
-    from synthdet.finetune import load_finetuned
+    from synthdet.detectors.ensemble import load_ensemble
+    from synthdet.training.finetune import load_finetuned
 
     assert DETECTOR_KINDS.get("ensemble") is load_ensemble and DETECTOR_KINDS.get("finetuned") is load_finetuned
 
@@ -230,7 +230,7 @@ FOREIGN = [
 def test_a_foreign_card_is_one_clear_line(tmp_path: Path, text: str, expected: list[str]) -> None:
     (tmp_path / "card.json").write_text(text)
     with pytest.raises(NotADetectorError) as ei:
-        Detector.load(tmp_path)
+        load_detector(tmp_path)
     msg = str(ei.value)
     assert isinstance(ei.value, ValueError)
     assert msg.startswith(f"{tmp_path / 'card.json'}: ") and "\n" not in msg
@@ -240,7 +240,7 @@ def test_a_foreign_card_is_one_clear_line(tmp_path: Path, text: str, expected: l
 
 
 def test_a_probe_card_is_not_loaded_as_an_ensemble() -> None:
-    from synthdet.ensemble import load_ensemble
+    from synthdet.detectors.ensemble import load_ensemble
 
     with pytest.raises(NotADetectorError, match="a probe card, not an ensemble"):
         load_ensemble(default_detector_path())
@@ -249,7 +249,7 @@ def test_a_probe_card_is_not_loaded_as_an_ensemble() -> None:
 def test_a_folder_missing_its_kinds_tensors_is_refused_at_load(tmp_path: Path) -> None:
     shutil.copy(default_detector_path() / "card.json", tmp_path / "card.json")
     with pytest.raises(FileNotFoundError, match="a probe detector without head.safetensors"):
-        Detector.load(tmp_path)
+        load_detector(tmp_path)
 
 
 # ------------------------------------------------------------------------------------------------ the shipped card
@@ -264,10 +264,10 @@ def shipped_loso() -> pd.DataFrame:
 
 def test_the_shipped_cards_figures_are_leave_one_source_out_and_recompute_from_its_scores() -> None:
     """Threshold, calibration, uncertainty band and per-source figures on the card all follow from ``loso.csv``."""
-    from synthdet.calibrate import capped_threshold, fit_calibration, uncertainty_band
-    from synthdet.metrics import source_table
+    from synthdet.detectors.calibrate import capped_threshold, fit_calibration, fit_uncertainty_band
+    from synthdet.evaluation.metrics import source_table
 
-    card = Detector.load().card
+    card = load_detector().card
     loso = shipped_loso()
     y, raw, groups = loso["label"].to_numpy(), loso["prob"].to_numpy(), loso["group"].to_numpy()
     assert len(loso) == card.data["n_images"] and loso["group"].nunique() == card.data["k"] >= 10
@@ -277,7 +277,7 @@ def test_the_shipped_cards_figures_are_leave_one_source_out_and_recompute_from_i
     assert (card.calibration.a, card.calibration.b) == pytest.approx((cal.a, cal.b), rel=1e-6)
     p = card.calibration(raw)
     assert card.threshold == pytest.approx(capped_threshold(y, p, groups, max_fpr=0.08))
-    assert card.data["uncertain_band"] == pytest.approx(list(uncertainty_band(y, p, card.threshold, level=0.9)))
+    assert card.data["uncertain_band"] == pytest.approx(list(fit_uncertainty_band(y, p, card.threshold, level=0.9)))
     block = card.metrics["cv_at_threshold"]
     assert block["rows"] == "held-out" and "one model per fold" in block["model"]
     assert block["threshold"] == card.threshold and block["roc_auc"] == pytest.approx(binary_metrics(y, p)["roc_auc"])
@@ -292,7 +292,7 @@ def test_the_shipped_cards_figures_are_leave_one_source_out_and_recompute_from_i
 def test_the_shipped_card_names_every_development_image_it_was_fitted_on() -> None:
     """The default was fitted on normalised copies of dev and dev2: the card names the originals too, so
     `synthdet evaluate` refuses them as seen rather than reporting in-sample figures as held-out."""
-    card = Detector.load().card
+    card = load_detector().card
     for name in ("dev", "dev2"):
         df = index(SHARED / name / "manifest.csv")
         ok = df[df["ok"]]

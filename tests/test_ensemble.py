@@ -10,14 +10,15 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from synthdet.calibrate import f1_optimal_threshold
 from synthdet.cli.ensemble import ensemble_command
-from synthdet.demo import demo_data_dir
-from synthdet.detector import Detector
-from synthdet.ensemble import EnsembleDetector, build_ensemble, combine, member_rows, validation_f1
-from synthdet.evaluation import HELD_OUT, IN_SAMPLE, InSampleError, seen_rows
-from synthdet.splits import RowSet
-from synthdet.train import train_detector
+from synthdet.data.demo import demo_data_dir
+from synthdet.data.provenance import HELD_OUT, IN_SAMPLE, InSampleError, seen_rows
+from synthdet.data.splits import RowSet
+from synthdet.detectors.calibrate import f1_optimal_threshold
+from synthdet.detectors.ensemble import EnsembleDetector, combine, validation_f1
+from synthdet.detectors.loading import load_detector
+from synthdet.training.ensemble import build_ensemble, member_rows
+from synthdet.training.train import train_detector
 
 
 # ----------------------------------------------------------------------------------------------- rules, by hand
@@ -120,10 +121,10 @@ def test_ensemble_folder_is_self_contained_and_loads_as_a_detector(members, mean
     assert card["data"]["calib"]["n_images"] == 24 and card["data"]["calib"]["seen_by_members"] == {
         "m0-det-logreg": 0, "m1-det-linear": 0}
     assert card["metrics"]["calib"]["rows"]["status"] == "held-out" and card["metrics"]["calib"]["rows"]["n"] == 24
-    ens = Detector.load(mean_ensemble)
+    ens = load_detector(mean_ensemble)
     assert isinstance(ens, EnsembleDetector) and len(ens.groups) == 1  # same backbone: one forward pass
     assert [m.card.head for m in ens.members] == ["logreg", "linear"]
-    assert ens.member_thresholds == [Detector.load(d).threshold for d in dirs]
+    assert ens.member_thresholds == [load_detector(d).threshold for d in dirs]
 
 
 def test_an_ensemble_cannot_be_a_member(members, mean_ensemble) -> None:
@@ -134,7 +135,7 @@ def test_an_ensemble_cannot_be_a_member(members, mean_ensemble) -> None:
 
 def test_ensemble_threshold_is_f1_optimal_on_the_calibration_data(members, mean_ensemble) -> None:
     tmp, _ = members
-    ens = Detector.load(mean_ensemble)
+    ens = load_detector(mean_ensemble)
     calib = pd.read_csv(tmp / "calib.csv")
     scores = np.array([p for _, p, _ in ens.predict_paths(calib["path"], num_workers=0, progress=False)])
     assert 0.0 < ens.threshold < 1.0
@@ -148,10 +149,10 @@ def test_ensemble_scores_files_as_its_members_do_and_skips_a_corrupt_one(members
     bad.write_bytes(b"\xff\xd8\xff\xe0 this is not a JPEG")
     good = pd.read_csv(tmp / "calib.csv")["path"].iloc[[0, 13]].tolist()
     paths = [good[0], str(bad), good[1]]
-    out = list(Detector.load(mean_ensemble).predict_paths(paths, num_workers=0, progress=False, chunk=2))
+    out = list(load_detector(mean_ensemble).predict_paths(paths, num_workers=0, progress=False, chunk=2))
     assert [p for p, _, _ in out] == paths
     assert out[1][1] is None and out[1][2]
-    alone = [[p for _, p, _ in Detector.load(d).predict_paths(good, num_workers=0, progress=False)] for d in dirs]
+    alone = [[p for _, p, _ in load_detector(d).predict_paths(good, num_workers=0, progress=False)] for d in dirs]
     expected = 0.3 * np.array(alone[0]) + 0.7 * np.array(alone[1])
     assert [out[0][1], out[2][1]] == pytest.approx(expected.tolist(), abs=1e-6)
 
@@ -175,7 +176,7 @@ def test_members_on_different_backbones_stream_together_in_order(members) -> Non
     out = list(ens.predict_paths(iter(paths), num_workers=2, batch_size=2, progress=False, chunk=3))
     assert [p for p, _, _ in out] == paths
     assert out[4][1] is None and out[4][2].startswith("not-an-image")
-    alone = [[p for _, p, _ in Detector.load(d).predict_paths(good, num_workers=0, progress=False)] for d in (dirs[0], other)]
+    alone = [[p for _, p, _ in load_detector(d).predict_paths(good, num_workers=0, progress=False)] for d in (dirs[0], other)]
     assert alone[0] != pytest.approx(alone[1], abs=1e-3)  # the groups really see different pixels
     got = [p for j, (_, p, _) in enumerate(out) if j != 4]
     assert got == pytest.approx((0.5 * np.array(alone[0]) + 0.5 * np.array(alone[1])).tolist(), abs=1e-6)
@@ -191,7 +192,7 @@ def test_synthdet_predict_scores_with_an_ensemble_folder(members, mean_ensemble)
     res = CliRunner().invoke(app, ["predict", str(mean_ensemble), *good, "--workers", "0", "-o", str(tmp / "p.csv")])
     assert res.exit_code == 0, res.output
     rows = list(csv.DictReader(open(tmp / "p.csv")))
-    thr = Detector.load(mean_ensemble).threshold
+    thr = load_detector(mean_ensemble).threshold
     assert len(rows) == 3 and all(float(r["threshold"]) == pytest.approx(thr, abs=1e-6) for r in rows)
 
 
@@ -199,9 +200,9 @@ def test_weighted_majority_reads_member_f1_and_calibrates_a_vote_quota(members) 
     tmp, dirs = members
     ens = build_ensemble(dirs, calib=tmp / "calib.csv", out=tmp / "ens-wmaj", rule="weighted-majority",
                          copy_members=False, num_workers=0, progress=False)
-    f1 = [validation_f1(Detector.load(d).card) for d in dirs]
+    f1 = [validation_f1(load_detector(d).card) for d in dirs]
     assert ens.card.weights == pytest.approx(f1)
-    loaded = Detector.load(tmp / "ens-wmaj")
+    loaded = load_detector(tmp / "ens-wmaj")
     assert loaded.card.members == [str(d.resolve()) for d in dirs] and not (tmp / "ens-wmaj" / "members").exists()
     calib = pd.read_csv(tmp / "calib.csv")
     table = loaded.member_probs(calib["path"].tolist(), num_workers=0, progress=False)
@@ -212,7 +213,7 @@ def test_weighted_majority_reads_member_f1_and_calibrates_a_vote_quota(members) 
 
 def test_member_rows_fall_back_to_the_manifest_of_a_detector_saved_without_them(members) -> None:
     _, dirs = members
-    det = Detector.load(dirs[0])
+    det = load_detector(dirs[0])
     manifest = pd.read_csv(dirs[0] / "manifest.csv", dtype=str, keep_default_na=False)
     det.card.rows = {}
     rows = member_rows(dirs[0], det.card)
@@ -242,7 +243,7 @@ def test_drop_calibrates_on_the_rows_no_member_has_seen_and_flag_says_in_sample(
     rows = ens.card.metrics["calib"]["rows"]
     assert rows["status"] == HELD_OUT and rows["n"] == len(val) and rows["digest"] == RowSet.of(val).digest
     assert ens.card.data["calib"]["dropped_seen"] == 32 - len(val)
-    seen = seen_rows(Detector.load(tmp / "ens-drop"))  # the ensemble has seen its members' rows and its calibration
+    seen = seen_rows(load_detector(tmp / "ens-drop"))  # the ensemble has seen its members' rows and its calibration
     assert set(seen["fit"].hashes) == {s[:16] for s in manifest.loc[manifest["split"] == "fit", "sha256"]}
     assert {s[:16] for s in val} <= set(seen["calib"].hashes)
     flagged = build_ensemble(dirs, calib=tmp / "train.csv", out=tmp / "ens-flag", on_overlap="flag",

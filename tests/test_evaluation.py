@@ -13,21 +13,15 @@ import pytest
 from conftest import small_demo_csv
 from PIL import Image
 
-from synthdet.data import index
-from synthdet.detector import Detector, default_detector_path
-from synthdet.ensemble import EnsembleDetector
-from synthdet.evaluation import (
-    HELD_OUT,
-    IN_SAMPLE,
-    UNKNOWN,
-    EvalRun,
-    InSampleError,
-    evaluate_detector,
-    provenance,
-    seen_rows,
-)
-from synthdet.metrics import evaluate_scores
-from synthdet.splits import RowSet
+from synthdet.data.manifest import index
+from synthdet.data.provenance import HELD_OUT, IN_SAMPLE, UNKNOWN, InSampleError, provenance, seen_rows
+from synthdet.data.splits import RowSet
+from synthdet.detectors.card import default_detector_path
+from synthdet.detectors.detector import Detector
+from synthdet.detectors.ensemble import EnsembleDetector
+from synthdet.detectors.loading import load_detector
+from synthdet.evaluation.metrics import evaluate_scores
+from synthdet.evaluation.runs import EvalRun, evaluate_detector
 
 
 def test_eval_run_round_trips_through_its_folder(tmp_path) -> None:
@@ -66,7 +60,7 @@ def demo(tmp_path_factory: pytest.TempPathFactory) -> tuple[pd.DataFrame, Path]:
 
 def shipped_with_rows(fit: list[str], calib: list[str]) -> Detector:
     """The shipped detector, its card claiming it was fitted on ``fit`` and calibrated on ``calib``."""
-    det = Detector.load()
+    det = load_detector()
     det.card.rows = {"fit": RowSet.of(fit), "calib": RowSet.of(calib)}
     return det
 
@@ -116,7 +110,7 @@ def test_a_duplicate_counts_once_in_the_overlap_and_in_the_figures(demo) -> None
 
 def test_a_card_without_rows_gives_figures_of_unknown_provenance(demo) -> None:
     df, _ = demo
-    det = Detector.load()
+    det = load_detector()
     det.card.rows = {}  # as a detector saved before cards recorded their rows
     run = evaluate_detector(det, df, slices=["small"], bootstrap=0, num_workers=0)
     assert {m["rows"]["status"] for m in run.metrics.values()} == {UNKNOWN}
@@ -147,7 +141,7 @@ def test_a_resized_reencoded_copy_of_a_training_image_is_seen(demo, tmp_path: Pa
     pd.DataFrame({"path": [str(copy)], "label": [int(df["label"].iloc[0])]}).to_csv(tmp_path / "copy.csv", index=False)
     rows = index(tmp_path / "copy.csv", progress=False)
     assert rows["sha256"].iloc[0] != df["sha256"].iloc[0]
-    det = Detector.load()
+    det = load_detector()
     det.card.rows = {"fit": RowSet.of(df["sha256"].iloc[:1], df["phash"].iloc[:1]), "calib": RowSet.of([])}
     evaluated = pd.concat([df.iloc[1:], rows], ignore_index=True)
     with pytest.raises(InSampleError, match=r"1 of the 20 images .*near-duplicates.*\(fit: 1\)"):

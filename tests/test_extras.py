@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from synthdet.demo import demo_data_dir
+from synthdet.data.demo import demo_data_dir
 from synthdet.extras import EXTRAS, MissingExtraError, require
 
 BLOCKER = '''
@@ -50,9 +50,9 @@ def test_fine_tuned_detectors_load_without_the_finetune_extra(tmp_path: Path) ->
     """Scoring with a fine-tuned detector needs its loader, not the training loop or the augmentation extra."""
     (tmp_path / "sitecustomize.py").write_text(BLOCKER)
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(tmp_path), *sys.path])}
-    code = ("import sys\nfrom synthdet.detector import DETECTOR_KINDS\n"
+    code = ("import sys\nfrom synthdet.detectors.card import DETECTOR_KINDS\n"
             "assert callable(DETECTOR_KINDS.get('finetuned'))\n"
-            "assert 'albumentations' not in sys.modules and 'synthdet.finetune.loop' not in sys.modules\nprint('ok')\n")
+            "assert 'albumentations' not in sys.modules and 'synthdet.training.finetune.loop' not in sys.modules\nprint('ok')\n")
     res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=300)
     assert res.returncode == 0 and res.stdout.strip() == "ok", res.stderr[-1500:]
 
@@ -65,7 +65,7 @@ def test_serve_and_c2pa_without_their_extras(tmp_path: Path) -> None:
                          timeout=300)
     lines = [line for line in res.stderr.splitlines() if line.strip()]
     assert res.returncode == 2 and len(lines) == 1 and "pip install 'synthdet[serve]'" in lines[0], res.stderr
-    code = ("import io\nfrom PIL import Image\nfrom synthdet.assess import read_evidence\nb = io.BytesIO()\n"
+    code = ("import io\nfrom PIL import Image\nfrom synthdet.detectors.evidence import read_evidence\nb = io.BytesIO()\n"
             "Image.new('RGB', (8, 8)).save(b, 'JPEG')\nc = read_evidence(b.getvalue()).c2pa\n"
             "print(c.status, c.detail)\n")
     res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=300)

@@ -20,10 +20,10 @@ from conftest import encode_image, synthetic_photo, write_image
 from test_store import DAMAGE
 
 import synthdet
-from synthdet.backbones import Backbone, create_backbone
-from synthdet.data import sha256_file
-from synthdet.features import FeatureStore, default_cache_dir, extract, store_identity, store_key
-from synthdet.pixels import load_image
+from synthdet.backbones.core import Backbone, create_backbone
+from synthdet.features.extract import FeatureStore, extract, store_identity, store_key
+from synthdet.io.files import default_cache_dir, sha256_file
+from synthdet.io.pixels import load_image
 
 F16_TOL = dict(rtol=2e-3, atol=2e-3)  # float16 storage: ~1e-3 relative resolution
 
@@ -214,8 +214,8 @@ JOB_SCRIPT = """
 import json, sys
 import torch
 torch.set_num_threads(1)
-from synthdet.backbones import create_backbone
-from synthdet.features import FeatureStore, extract
+from synthdet.backbones.core import create_backbone
+from synthdet.features.extract import FeatureStore, extract
 
 cfg = json.loads(open(sys.argv[1]).read())
 bb = create_backbone("effnet-lite0", device="cpu")

@@ -16,10 +16,10 @@ from conftest import labelled_items
 from pydantic import ValidationError
 from tiny_clip import tiny_clip_checkpoint
 
-from synthdet.backbones import Backbone, create_backbone
-from synthdet.detector import Detector
-from synthdet.finetune import FineTuneConfig, finetune, load_finetuned, trainable_parameters
-from synthdet.pixels import Preprocess
+from synthdet.backbones.core import Backbone, create_backbone
+from synthdet.detectors.loading import load_detector
+from synthdet.io.pixels import Preprocess
+from synthdet.training.finetune import FineTuneConfig, finetune, load_finetuned, trainable_parameters
 
 BLOCKS = 3
 
@@ -108,14 +108,14 @@ def test_a_saved_run_reloads_with_its_tuned_weights(tiny, items, tmp_path: Path)
     # the same tensors on the same device score identically; CPU vs CUDA (bf16 autocast) only approximately
     tol = 0.0 if result.detector.backbone.device.type == "cpu" else 0.02
     assert np.allclose([p for _, p, _ in det.predict_paths(paths, num_workers=0, progress=False)], expected, atol=tol)
-    via_load = Detector.load(tmp_path / "run" / "detector")  # the generic entry point finds the tuned tensors
+    via_load = load_detector(tmp_path / "run" / "detector")  # the generic entry point finds the tuned tensors
     assert np.allclose([p for _, p, _ in via_load.predict_paths(paths, num_workers=0, progress=False)], expected,
                        atol=tol)
     stripped = tmp_path / "stripped"
     shutil.copytree(tmp_path / "run" / "detector", stripped)
     (stripped / "backbone.safetensors").unlink()
     with pytest.raises(FileNotFoundError, match="finetuned detector without backbone.safetensors"):
-        Detector.load(stripped)  # without the tuned tensors it must refuse, not guess
+        load_detector(stripped)  # without the tuned tensors it must refuse, not guess
 
 
 def test_an_interrupted_run_resumes_where_it_stopped(tiny, items, tmp_path: Path) -> None:
@@ -150,7 +150,7 @@ def test_full_finetuning_of_a_cnn(items, tmp_path: Path, capsys: pytest.CaptureF
     train, val = items
     bb = create_backbone("timm:resnet18", pretrained=False, preprocess=Preprocess(size=32), device="cpu")
     before = {k: v.clone() for k, v in bb.model.state_dict().items()}
-    with caplog.at_level("INFO", logger="synthdet.finetune"):
+    with caplog.at_level("INFO", logger="synthdet.training.finetune"):
         result = finetune(bb, train, val, config(unfreeze_blocks="all", head="linear", augment="strong"),
                           tmp_path / "run")
     assert capsys.readouterr().err == ""  # a library call draws no progress bars unless asked
@@ -171,7 +171,7 @@ def test_command_fine_tunes_a_folder_and_scores_the_held_out_split(
     from typer.testing import CliRunner
 
     from synthdet.cli.finetune import finetune_command
-    from synthdet.data import index, read_manifest, three_way_split
+    from synthdet.data.manifest import index, read_manifest, three_way_split
 
     name, weights = tiny
     data = make_labelled_folder(tmp_path / "data", n_real=10, n_fake=10)

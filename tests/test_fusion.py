@@ -18,11 +18,10 @@ from sklearn.base import clone
 from sklearn.metrics import roc_auc_score
 from tiny_clip import tiny_clip_checkpoint
 
-from synthdet.backbones import Backbone, WeightsNotFoundError, create_backbone, file_digest
-from synthdet.detector import assemble_features
-from synthdet.features import FeatureStore, extract, forward_batches
-from synthdet.fusion import LayerFusionHead
-from synthdet.heads import HEADS, head_from_state, make_head
+from synthdet.backbones.core import Backbone, WeightsNotFoundError, create_backbone, file_digest
+from synthdet.features.extract import FeatureStore, assemble_features, extract, forward_batches
+from synthdet.heads.fusion import LayerFusionHead
+from synthdet.heads.probes import HEADS, head_from_state, make_head
 
 BLOCKS, WIDTH, EMBED = 3, 64, 32
 DIMS = [16, 24, 16, 8]  # synthetic "layers"; only layer INFORMATIVE carries the label

@@ -1,4 +1,4 @@
-"""The probe cache (synthdet.hashcache): a re-index does not re-read files it knows; a changed size or mtime
+"""The probe cache (synthdet.data.hashcache): a re-index does not re-read files it knows; a changed size or mtime
 re-probes."""
 
 from __future__ import annotations
@@ -8,8 +8,8 @@ from pathlib import Path
 
 from conftest import synthetic_photo, write_image
 
-from synthdet.data import index
-from synthdet.hashcache import ProbeCache, hash_cache_path
+from synthdet.data.hashcache import ProbeCache, hash_cache_path
+from synthdet.data.manifest import index
 
 
 def test_reindex_uses_the_cache_and_a_changed_file_is_probed_again(tmp_path: Path, feature_cache: Path) -> None:
@@ -43,7 +43,7 @@ def test_many_threads_opening_a_new_cache_at_once_never_fail(tmp_path) -> None:
 
     from conftest import synthetic_photo
 
-    from synthdet.hashcache import ProbeCache
+    from synthdet.data.hashcache import ProbeCache
 
     files = []
     for i in range(16):

@@ -15,8 +15,8 @@ from sklearn.pipeline import Pipeline, make_pipeline
 from sklearn.preprocessing import StandardScaler
 from sklearn.utils.estimator_checks import parametrize_with_checks
 
-from synthdet.fusion import LayerFusionHead
-from synthdet.heads import (
+from synthdet.heads.fusion import LayerFusionHead
+from synthdet.heads.probes import (
     HEADS,
     DeepProbe,
     LinearProbe,
@@ -234,7 +234,7 @@ def test_logreg_is_a_standard_scaler_and_logistic_regression_pipeline(data) -> N
 
 def test_logreg_reads_the_shipped_default_head() -> None:
     """The state format is unchanged: the shipped detector's tensors give the same logits as before the Pipeline."""
-    from synthdet.detector import default_detector_path, read_card
+    from synthdet.detectors.card import default_detector_path, read_card
 
     path = default_detector_path()
     card = read_card(path)

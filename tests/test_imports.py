@@ -1,7 +1,12 @@
-"""The package's import structure: every module imports on its own, and no two modules import each other in a circle.
+"""The package's import structure: data flows one way, and the tree shows it.
 
-Registries name implementations that would close a circle by import path (``"synthdet.ensemble:load_ensemble"``),
-so the module graph stays a DAG; this test keeps it one.
+Every ``import`` in every file counts — module level, inside functions, under ``if TYPE_CHECKING:`` — because a
+function-level import is still a dependency, only a later one. Registries name implementations that would point
+upwards by import path (``"synthdet.detectors.ensemble:load_ensemble"``), resolved on first use.
+
+:data:`LAYERS` is the architecture (``docs/architecture.md`` draws it): a package may import its own modules and
+packages in layers below it, never beside or above it. That makes the module graph a DAG, and keeps it one as code
+is added.
 """
 
 from __future__ import annotations
@@ -12,9 +17,30 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 import synthdet
 
 PACKAGE = Path(synthdet.__file__).parent
+
+#: Bottom to top. Each entry is a layer: top-level modules or subpackages of ``synthdet`` (``""`` is the package's own
+#: ``__init__``, the lazy public API above everything).
+LAYERS: list[set[str]] = [
+    {"version", "registry", "extras"},  # leaves any module may use
+    {"io"},  # bytes → pixels, atomic files, content hashes
+    {"data"},  # manifests, splits, provenance, normalisation, perturbations, augmentation
+    {"backbones", "heads"},  # networks that make features; estimators that read them
+    {"features"},  # extraction and the feature store
+    {"detectors"},  # cards, detectors, ensembles, calibration, assessment, loading
+    {"evaluation"},  # metrics and evaluation runs
+    {"reporting"},  # HTML reports, MediaEval submissions
+    {"engines", "localization"},  # local / onnxruntime / Ray behind one interface · Task B
+    {"training"},  # fit, cross-validate, fine-tune, ensembles, recipes
+    {"serve"},  # the REST service
+    {"cli"},  # typer commands: the only place typer and rich are imported
+    {""},  # synthdet.load(), synthdet.localize(): lazy, so importing synthdet is cheap
+]
+CLI_STACK = {"typer", "rich", "click"}
 
 
 def module_names() -> dict[str, Path]:
@@ -25,32 +51,44 @@ def module_names() -> dict[str, Path]:
     return out
 
 
-def runtime_imports(name: str, path: Path, modules: set[str]) -> set[str]:
-    """synthdet modules ``name`` imports when it is imported: module-level statements (inside ``if``/``try``
-    too), not function bodies and not ``if TYPE_CHECKING:`` blocks."""
+def all_imports(name: str, path: Path) -> set[str]:
+    """Every module ``name`` imports anywhere in its file, as absolute dotted names (``from a import b`` gives ``a.b``
+    and ``a``: ``b`` may be a module or a name in ``a``)."""
     package = name if path.name == "__init__.py" else name.rpartition(".")[0]
     found: set[str] = set()
+    for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+        if isinstance(node, ast.Import):
+            found.update(a.name for a in node.names)
+        elif isinstance(node, ast.ImportFrom):
+            base = node.module or ""
+            if node.level:
+                anchor = package.split(".")[: len(package.split(".")) - node.level + 1]
+                base = ".".join(anchor + ([node.module] if node.module else []))
+            found.add(base)
+            found.update(f"{base}.{a.name}" for a in node.names)
+    return found
 
-    def visit(nodes: list[ast.stmt]) -> None:
-        for node in nodes:
-            if isinstance(node, ast.If):
-                if "TYPE_CHECKING" not in ast.unparse(node.test):
-                    visit(node.body)
-                visit(node.orelse)
-            elif isinstance(node, ast.Try):
-                visit(node.body + node.orelse + node.finalbody + [s for h in node.handlers for s in h.body])
-            elif isinstance(node, ast.Import):
-                found.update(a.name for a in node.names)
-            elif isinstance(node, ast.ImportFrom):
-                base = node.module or ""
-                if node.level:
-                    anchor = package.split(".")[: len(package.split(".")) - node.level + 1]
-                    base = ".".join(anchor + ([node.module] if node.module else []))
-                for a in node.names:
-                    found.add(f"{base}.{a.name}" if f"{base}.{a.name}" in modules else base)
 
-    visit(ast.parse(path.read_text(encoding="utf-8")).body)
-    return {m for m in found if m in modules and m != name}
+def synthdet_imports(name: str, path: Path, modules: set[str]) -> set[str]:
+    """The synthdet modules ``name`` depends on: each imported name resolved to the longest module it names."""
+    out = set()
+    for m in all_imports(name, path):
+        while m and m not in modules:
+            m = m.rpartition(".")[0]
+        if m and m != name:
+            out.add(m)
+    return out
+
+
+def graph() -> dict[str, set[str]]:
+    modules = module_names()
+    return {name: synthdet_imports(name, path, set(modules)) for name, path in modules.items()}
+
+
+def unit(module: str) -> str:
+    """The layer unit a module belongs to: its subpackage, or itself for a top-level module."""
+    parts = module.split(".")[1:]
+    return parts[0] if parts else ""
 
 
 def cycles(graph: dict[str, set[str]]) -> list[list[str]]:
@@ -82,30 +120,81 @@ def cycles(graph: dict[str, set[str]]) -> list[list[str]]:
     return out
 
 
+def depth(graph: dict[str, set[str]]) -> int:
+    """Modules on the longest import chain (the graph is a DAG)."""
+    memo: dict[str, int] = {}
+
+    def d(v: str) -> int:
+        if v not in memo:
+            memo[v] = 1 + max((d(w) for w in graph[v]), default=0)
+        return memo[v]
+
+    return max(d(v) for v in graph)
+
+
 def test_cycle_finder_finds_a_cycle() -> None:
     assert cycles({"a": {"b"}, "b": {"c"}, "c": {"a"}, "d": {"a"}}) == [["a", "b", "c"]]
     assert cycles({"a": {"b"}, "b": set()}) == []
 
 
+def test_imports_are_read_everywhere_in_a_file(tmp_path: Path) -> None:
+    """Function-level, ``TYPE_CHECKING`` and relative imports all count (the cycles of earlier releases hid there)."""
+    pkg = tmp_path / "synthdet" / "detectors"
+    pkg.mkdir(parents=True)
+    f = pkg / "detector.py"
+    f.write_text("from typing import TYPE_CHECKING\nif TYPE_CHECKING:\n    from .ensemble import E\n"
+                 "def g():\n    from synthdet.detectors.assess import a\n    import synthdet.io.pixels\n")
+    modules = {"synthdet.detectors.ensemble", "synthdet.detectors.assess", "synthdet.io.pixels", "synthdet.io"}
+    assert synthdet_imports("synthdet.detectors.detector", f, modules) == modules - {"synthdet.io"}
+
+
+def test_every_unit_has_a_layer() -> None:
+    units = {unit(m) for m in module_names()}
+    placed = set().union(*LAYERS)
+    assert units == placed, f"not in LAYERS: {sorted(units - placed)}; gone: {sorted(placed - units)}"
+
+
+def test_imports_point_down_the_layers() -> None:
+    """A module imports its own package's modules or a lower layer's: never a sibling layer, never upwards."""
+    level = {u: i for i, layer in enumerate(LAYERS) for u in layer}
+    wrong = sorted(f"{a} -> {b}" for a, deps in graph().items() for b in deps
+                   if unit(a) != unit(b) and level[unit(b)] >= level[unit(a)])
+    assert not wrong, "imports against the layering:\n" + "\n".join(wrong)
+
+
 def test_module_import_graph_has_no_cycles() -> None:
-    modules = module_names()
-    graph = {name: runtime_imports(name, path, set(modules)) for name, path in modules.items()}
-    assert {"synthdet.backbones", "synthdet.dualstream", "synthdet.heads", "synthdet.fusion"} <= set(graph)
-    assert "synthdet.dualstream" not in graph["synthdet.backbones"]  # the cycles this test was written against
-    assert "synthdet.fusion" not in graph["synthdet.heads"]
-    assert not {"synthdet.ensemble", "synthdet.finetune"} & graph["synthdet.detector"]
-    assert cycles(graph) == []
+    g = graph()
+    assert {"synthdet.backbones.core", "synthdet.detectors.detector", "synthdet.detectors.assess"} <= set(g)
+    # the cycles this test was written against
+    assert not {"synthdet.detectors.detector", "synthdet.detectors.ensemble"} & g["synthdet.detectors.assess"]
+    assert "synthdet.detectors.ensemble" not in g["synthdet.detectors.detector"]
+    assert "synthdet.features.store" not in g["synthdet.data.hashcache"]
+    assert cycles(g) == []
+    assert depth(g) <= 16
+
+
+def test_library_never_imports_the_cli_stack() -> None:
+    """typer, rich and click belong to ``synthdet.cli``; the library (``serve`` included) is quiet and imports none."""
+    offenders = sorted(f"{name}: {m}" for name, path in module_names().items() if not name.startswith("synthdet.cli")
+                       for m in all_imports(name, path) if m.split(".")[0] in CLI_STACK)
+    assert not offenders, offenders
+
+
+def _fresh(script: str) -> subprocess.CompletedProcess:
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(PACKAGE.parent), os.environ.get("PYTHONPATH", "")])}
+    return subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=300, env=env)
 
 
 def test_every_module_imports_in_a_fresh_interpreter() -> None:
     """A fresh interpreter imports the registries' owners without the modules their lazy entries name, then every
     module in turn, then resolves every lazy entry: no circular import anywhere."""
-    lazy = ["synthdet.dualstream", "synthdet.fusion", "synthdet.ensemble", "synthdet.finetune"]
+    lazy = ["synthdet.backbones.spectral", "synthdet.heads.fusion", "synthdet.detectors.ensemble",
+            "synthdet.training.finetune"]
     script = (
         "import importlib, sys\n"
-        "from synthdet.backbones import BACKBONE_PREFIXES\n"
-        "from synthdet.detector import DETECTOR_KINDS\n"
-        "from synthdet.heads import HEADS\n"
+        "from synthdet.backbones.core import BACKBONE_PREFIXES\n"
+        "from synthdet.detectors.card import DETECTOR_KINDS\n"
+        "from synthdet.heads.probes import HEADS\n"
         f"early = [m for m in {lazy!r} if m in sys.modules]\n"
         "assert not early, f'imported before use: {early}'\n"
         f"for name in {sorted(module_names())!r}:\n"
@@ -115,6 +204,15 @@ def test_every_module_imports_in_a_fresh_interpreter() -> None:
         "        assert callable(reg.get(name)), (reg.what, name)\n"
         "print('ok')\n"
     )
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(PACKAGE.parent), os.environ.get("PYTHONPATH", "")])}
-    res = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=300, env=env)
+    res = _fresh(script)
     assert res.returncode == 0 and res.stdout.strip() == "ok", res.stderr[-2000:]
+
+
+@pytest.mark.parametrize("module", ["synthdet", "synthdet.detectors.loading", "synthdet.serve.app"])
+def test_importing_the_library_loads_no_cli_stack(module: str) -> None:
+    """At run time too: scoring from Python or serving loads neither typer nor click (rich may come with
+    scikit-learn's own progress bars, which synthdet does not use)."""
+    if module == "synthdet.serve.app":
+        pytest.importorskip("fastapi")
+    res = _fresh(f"import sys, {module}\nprint(sorted({{m.split('.')[0] for m in sys.modules}} & {{'typer', 'click'}}))")
+    assert res.returncode == 0 and res.stdout.strip() == "[]", res.stdout + res.stderr[-2000:]

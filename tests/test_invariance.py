@@ -3,7 +3,7 @@
 In the development data real photos are 4:3 camera JPEGs with EXIF and generated images square PNG/WebP, so every
 property of the container (format, file size, metadata, colour mode, bit depth, aspect ratio) is a label leak if it
 reaches the model. Pixel-level tests check the tensors the model sees; the detector-level tests run the shipped
-default (``Detector.load()``: packaged head, embedded EfficientNet-Lite0 weights, real forward pass) on large photos,
+default (``load_detector()``: packaged head, embedded EfficientNet-Lite0 weights, real forward pass) on large photos,
 where reduced decoding engages.
 """
 
@@ -20,9 +20,10 @@ import torch
 from conftest import synthetic_photo
 from PIL import Image, ImageCms
 
-from synthdet.demo import demo_data_dir
-from synthdet.detector import Detector
-from synthdet.pixels import Preprocess, load_image
+from synthdet.data.demo import demo_data_dir
+from synthdet.detectors.detector import Detector
+from synthdet.detectors.loading import load_detector
+from synthdet.io.pixels import Preprocess, load_image
 
 PRE = Preprocess()  # the shipped default's chain: 224 px centre crop, bicubic, canonical JPEG q90
 #: Lossless WebP at the fastest effort (the default effort takes seconds on a 1-Mpx image); still bit-exact.
@@ -205,7 +206,7 @@ def large_photos(tmp_path_factory: pytest.TempPathFactory) -> list[Image.Image]:
 
 @pytest.fixture(scope="module")
 def shipped() -> Detector:
-    return Detector.load()
+    return load_detector()
 
 
 def shipped_scores(det: Detector, paths: list[Path]) -> np.ndarray:

@@ -16,8 +16,8 @@ from sklearn.metrics import (
     roc_auc_score,
 )
 
-from synthdet.calibrate import f1_optimal_threshold
-from synthdet.metrics import binary_metrics, equal_error_rate, grouped_metrics, threshold_metrics
+from synthdet.detectors.calibrate import f1_optimal_threshold
+from synthdet.evaluation.metrics import binary_metrics, equal_error_rate, grouped_metrics, threshold_metrics
 
 
 def random_case(seed: int, n: int = 200) -> tuple[np.ndarray, np.ndarray]:
@@ -153,7 +153,7 @@ def test_grouped_metrics_mixed_types_sorted_as_strings() -> None:
 
 # --------------------------------------------------------------------------------- evaluate_scores, bootstrap, gap
 
-from synthdet.metrics import CI_LEVEL, evaluate_scores, gap_table, resampled_metrics  # noqa: E402
+from synthdet.evaluation.metrics import CI_LEVEL, evaluate_scores, gap_table, resampled_metrics  # noqa: E402
 
 
 def _counts(y: np.ndarray, prob: np.ndarray, idx: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -283,7 +283,7 @@ def test_gap_table_reproduces_a_validation_to_test_gap() -> None:
 
 
 def test_source_table_ranks_each_group_against_the_other_class() -> None:
-    from synthdet.metrics import source_table
+    from synthdet.evaluation.metrics import source_table
 
     y = np.array([0, 0, 0, 0, 1, 1, 1])
     prob = np.array([0.1, 0.2, 0.9, 0.8, 0.7, 0.95, 0.3])

@@ -9,8 +9,9 @@ import pandas as pd
 from conftest import synthetic_photo
 from PIL import Image
 
-from synthdet.data import index, sha256_file
-from synthdet.normalise import SocialChain, normalise_dataset
+from synthdet.data.manifest import index
+from synthdet.data.normalise import SocialChain, normalise_dataset
+from synthdet.io.files import sha256_file
 
 
 def folder(tmp_path: Path) -> Path:

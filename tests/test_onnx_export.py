@@ -1,4 +1,4 @@
-"""ONNX export (synthdet.onnx_export): one graph, onnxruntime scoring with the same decoding, parity with torch on
+"""ONNX export (synthdet.engines.onnx_runtime): one graph, onnxruntime scoring with the same decoding, parity with torch on
 real images (the shipped default and a native-scale texture-pooled detector with a sigmoid calibration)."""
 
 from __future__ import annotations
@@ -12,14 +12,19 @@ from conftest import synthetic_photo, write_image
 pytest.importorskip("onnxruntime")
 onnx = pytest.importorskip("onnx")
 
-from synthdet.backbones import create_backbone  # noqa: E402
-from synthdet.calibrate import Calibration  # noqa: E402
-from synthdet.demo import demo_data_dir  # noqa: E402
-from synthdet.detector import Card, Detector, assemble_features  # noqa: E402
-from synthdet.features import forward_batches  # noqa: E402
-from synthdet.heads import LogisticHead  # noqa: E402
-from synthdet.onnx_export import OnnxDetector, card_json, export_onnx, max_abs_diff  # noqa: E402
-from synthdet.stream import scan_images  # noqa: E402
+from synthdet.backbones.core import create_backbone  # noqa: E402
+from synthdet.data.demo import demo_data_dir  # noqa: E402
+from synthdet.detectors.calibrate import Calibration  # noqa: E402
+from synthdet.detectors.card import Card  # noqa: E402
+from synthdet.detectors.detector import Detector  # noqa: E402
+from synthdet.detectors.loading import load_detector  # noqa: E402
+from synthdet.engines.local import scan_images  # noqa: E402
+from synthdet.engines.onnx_runtime import OnnxDetector, card_json, export_onnx, max_abs_diff  # noqa: E402
+from synthdet.features.extract import (  # noqa: E402
+    assemble_features,
+    forward_batches,
+)
+from synthdet.heads.probes import LogisticHead  # noqa: E402
 
 
 def _demo(n: int) -> list[str]:
@@ -28,7 +33,7 @@ def _demo(n: int) -> list[str]:
 
 
 def test_default_detector_parity_on_demo_images(tmp_path: Path) -> None:
-    det = Detector.load()
+    det = load_detector()
     assert isinstance(det, Detector)
     out = export_onnx(det, tmp_path / "d.onnx")
     model = onnx.load(str(out))

@@ -15,7 +15,7 @@ from conftest import encode_image, pixels, synthetic_photo, write_image
 from PIL import Image
 from pydantic import ValidationError
 
-from synthdet.pixels import (
+from synthdet.io.pixels import (
     DEFAULT_MAX_PIXELS,
     IMAGE_SUFFIXES,
     ImageLoadError,

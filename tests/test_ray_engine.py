@@ -1,4 +1,4 @@
-"""The Ray Data engine (synthdet.ray_engine) on a local Ray with 2 CPUs: the same scores and the same stored
+"""The Ray Data engine (synthdet.engines.ray_data) on a local Ray with 2 CPUs: the same scores and the same stored
 features as the local engine. Slow (Ray starts in ~10 s, each dataset ~5 s): behind the ``slow`` marker."""
 
 from __future__ import annotations
@@ -11,13 +11,13 @@ import pytest
 ray = pytest.importorskip("ray")
 pq = pytest.importorskip("pyarrow.parquet")
 
-from synthdet.backbones import create_backbone  # noqa: E402
-from synthdet.data import index  # noqa: E402
-from synthdet.demo import demo_data_dir  # noqa: E402
-from synthdet.detector import Detector  # noqa: E402
-from synthdet.features import FeatureStore, extract  # noqa: E402
-from synthdet.ray_engine import RayScorer, ray_forward_batches  # noqa: E402
-from synthdet.stream import scan_images, score_stream  # noqa: E402
+from synthdet.backbones.core import create_backbone  # noqa: E402
+from synthdet.data.demo import demo_data_dir  # noqa: E402
+from synthdet.data.manifest import index  # noqa: E402
+from synthdet.detectors.loading import load_detector  # noqa: E402
+from synthdet.engines.local import scan_images, score_stream  # noqa: E402
+from synthdet.engines.ray_data import RayScorer, ray_forward_batches  # noqa: E402
+from synthdet.features.extract import FeatureStore, extract  # noqa: E402
 
 pytestmark = pytest.mark.slow
 
@@ -36,7 +36,7 @@ def _paths(n: int) -> list[str]:
 
 def test_ray_scores_equal_local_scores(local_ray: None, tmp_path: Path) -> None:
     paths = [*_paths(20), str(tmp_path / "missing.jpg")]
-    local = list(Detector.load().predict_paths(paths, num_workers=0))
+    local = list(load_detector().predict_paths(paths, num_workers=0))
     out = tmp_path / "s.parquet"
     res = score_stream(RayScorer(actors=1, window=12), paths, out)
     assert (res.scored, res.skipped) == (20, 1)

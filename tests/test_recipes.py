@@ -13,12 +13,12 @@ from pydantic import ValidationError
 from typer.testing import CliRunner
 
 from synthdet.cli import app
-from synthdet.demo import demo_data_dir
-from synthdet.detector import default_detector_path
-from synthdet.finetune import RECIPES
-from synthdet.heads import HEADS
-from synthdet.recipes import Recipe, Step, _val_rows, _with_dependencies, get_recipe, load_recipes, run_recipe
-from synthdet.splits import RowSet
+from synthdet.data.demo import demo_data_dir
+from synthdet.data.splits import RowSet
+from synthdet.detectors.card import default_detector_path
+from synthdet.heads.probes import HEADS
+from synthdet.training.finetune import RECIPES
+from synthdet.training.recipes import Recipe, Step, _val_rows, _with_dependencies, get_recipe, load_recipes, run_recipe
 
 SEEDS = Path(__file__).resolve().parents[2] / "shared" / "seeds"
 
@@ -148,7 +148,7 @@ def test_task_b_recipe_reports_on_held_out_photos_and_reuses_its_step(tmp_path: 
     """gopinath2025-task-b on a tiny Task B set (2 training steps): the localizer, its held-out figures (JSON,
     HTML report, recipe.json) say which rows they are on; a rerun reuses the step; real/AI data gets triples built."""
     pytest.importorskip("segmentation_models_pytorch")
-    from synthdet.manipulate import make_manipulations
+    from synthdet.localization.manipulate import make_manipulations
 
     src = pd.read_csv(demo_csv(tmp_path / "d.csv", 0, 10))
     make_manipulations(src, tmp_path / "taskb", n=20, size=64, categories=("splice-ai", "copy-move", "authentic"))

@@ -19,12 +19,12 @@ from PIL import Image
 from typer.testing import CliRunner
 
 from synthdet.cli import app
-from synthdet.data import index, write_manifest
-from synthdet.detector import Detector
-from synthdet.evaluation import EvalRun, evaluate_detector
-from synthdet.report import render_report
-from synthdet.slices import is_small
-from synthdet.splits import RowSet
+from synthdet.data.manifest import index, write_manifest
+from synthdet.data.perturbations import is_small
+from synthdet.data.splits import RowSet
+from synthdet.detectors.detector import Detector
+from synthdet.evaluation.runs import EvalRun, evaluate_detector
+from synthdet.reporting.html import render_report
 
 SECTIONS = ("summary", "metrics", "curves", "histograms", "confusion", "reliability", "groups", "robustness", "errors",
             "skipped")
@@ -37,7 +37,7 @@ PLOTS = ("ROC and PR curves", "score histograms", "confusion matrices", "reliabi
 @pytest.fixture(scope="module")
 def evaluated(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Detector, pd.DataFrame, EvalRun]:
     """Train on 40 demo images (~10 s), then evaluate on them plus three rows that cannot be scored."""
-    from synthdet.train import train_detector
+    from synthdet.training.train import train_detector
 
     tmp = tmp_path_factory.mktemp("report")
     csv = small_demo_csv(tmp, 20)

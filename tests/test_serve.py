@@ -22,8 +22,8 @@ httpx = pytest.importorskip("httpx")
 from live_server import live_server  # noqa: E402
 from typer.testing import CliRunner  # noqa: E402
 
-from synthdet.assess import assess_image  # noqa: E402
-from synthdet.detector import Detector  # noqa: E402
+from synthdet.detectors.assess import assess_image  # noqa: E402
+from synthdet.detectors.detector import Detector  # noqa: E402
 from synthdet.serve import Settings, is_loopback, run  # noqa: E402
 
 MB = 1024 * 1024
@@ -215,8 +215,8 @@ def test_localize_returns_the_mask_at_the_image_size_and_the_decision(det: Detec
     import pandas as pd
     from conftest import small_demo_csv
 
-    from synthdet.localize import TrainConfig, load_localizer, read_triples, train_localizer
-    from synthdet.manipulate import make_manipulations
+    from synthdet.localization.manipulate import make_manipulations
+    from synthdet.localization.models import TrainConfig, load_localizer, read_triples, train_localizer
 
     demo = pd.read_csv(small_demo_csv(tmp_path, n_per_class=4))
     make_manipulations(demo, tmp_path / "triples", n=8, size=64, categories=("splice-ai", "authentic"))

@@ -16,7 +16,7 @@ sync_api = pytest.importorskip("playwright.sync_api")
 
 from live_server import live_server  # noqa: E402
 
-from synthdet.detector import Detector  # noqa: E402
+from synthdet.detectors.detector import Detector  # noqa: E402
 
 CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
 SHARED_DEV = Path(__file__).resolve().parents[2] / "shared" / "data" / "dev"

@@ -13,8 +13,8 @@ import pytest
 from conftest import write_image
 from PIL import Image
 
-from synthdet.data import index
-from synthdet.splits import RowSet, SplitPlan, hamming, near_duplicate_pairs
+from synthdet.data.manifest import index
+from synthdet.data.splits import RowSet, SplitPlan, hamming, near_duplicate_pairs
 
 
 def scene(seed: int, w: int = 120, h: int = 90) -> Image.Image:

@@ -16,7 +16,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from synthdet.store import STALE_TEMP_S, FeatureStore, store_key
+from synthdet.features.store import STALE_TEMP_S, FeatureStore, store_key
 
 KEY = "toy@random-abc"
 
@@ -201,7 +201,7 @@ def test_damaged_shard_is_named_quarantined_and_its_keys_missing(
     bad = shard_names(store)[1]
     hurt, needle = DAMAGE[damage]
     hurt(store.shards_dir / bad)
-    with caplog.at_level(logging.WARNING, logger="synthdet.store"):
+    with caplog.at_level(logging.WARNING, logger="synthdet.features.store"):
         reopened = open_store(store.dir.parent)
         wanted = ["a:0", "b:0", "c:0", "d:0"]
         reopened.verify(wanted)  # cheap checks ran on open; this hashes the arrays

@@ -1,4 +1,4 @@
-"""Streaming, resumable scoring (synthdet.stream): os.scandir listing, parts written whole, kill -9 then resume
+"""Streaming, resumable scoring (synthdet.engines.local): os.scandir listing, parts written whole, kill -9 then resume
 with no duplicate and no missing row, CSV and parquet outputs."""
 
 from __future__ import annotations
@@ -15,8 +15,9 @@ from conftest import synthetic_photo, write_image
 
 pq = pytest.importorskip("pyarrow.parquet")
 
-from synthdet.detector import Detector  # noqa: E402
-from synthdet.stream import done_paths, parts_dir, scan_images, score_stream  # noqa: E402
+from synthdet.detectors.detector import Detector  # noqa: E402
+from synthdet.detectors.loading import load_detector  # noqa: E402
+from synthdet.engines.local import done_paths, parts_dir, scan_images, score_stream  # noqa: E402
 
 SRC = str(Path(__file__).resolve().parents[1] / "src")
 
@@ -41,7 +42,7 @@ def test_scan_images_streams_every_image_once(tmp_path: Path) -> None:
 
 @pytest.fixture(scope="module")
 def default_detector() -> Detector:
-    det = Detector.load()
+    det = load_detector()
     assert isinstance(det, Detector)
     return det
 

@@ -20,8 +20,8 @@ from PIL import Image
 from typer.testing import CliRunner
 
 from synthdet.cli import app
-from synthdet.detector import default_detector_path
-from synthdet.submit import (
+from synthdet.detectors.card import default_detector_path
+from synthdet.reporting.submit import (
     TASK_A_COLUMNS,
     TASK_B_COLUMNS,
     RowError,

@@ -8,12 +8,13 @@ import pandas as pd
 import pytest
 from conftest import small_demo_csv
 
-from synthdet.data import read_manifest
-from synthdet.detector import Detector
-from synthdet.features import FeatureStore
-from synthdet.metrics import binary_metrics
-from synthdet.splits import RowSet, SplitPlan
-from synthdet.train import load_features, train_detector
+from synthdet.data.manifest import read_manifest
+from synthdet.data.splits import RowSet, SplitPlan
+from synthdet.detectors.detector import Detector
+from synthdet.detectors.loading import load_detector
+from synthdet.evaluation.metrics import binary_metrics
+from synthdet.features.extract import FeatureStore
+from synthdet.training.train import load_features, train_detector
 
 
 @pytest.fixture(scope="module")
@@ -35,7 +36,7 @@ def recompute(det: Detector, plan: SplitPlan, manifest: pd.DataFrame, cache) -> 
 def test_saved_threshold_is_the_one_its_tuned_metrics_use(refitted) -> None:
     """Defect 5: the shipped card had threshold 0.585 but "tuned" metrics at 0.381, from before the refit."""
     tmp, res = refitted
-    card = Detector.load(tmp / "det").card
+    card = load_detector(tmp / "det").card
     val = card.metrics["val"]
     assert val["model"] == "saved" and val["rows"] == "held-out" and val["role"] == "test"
     assert val["threshold"] == card.threshold == val["at_threshold"]["threshold"]
@@ -46,7 +47,7 @@ def test_saved_threshold_is_the_one_its_tuned_metrics_use(refitted) -> None:
 
 def test_card_metrics_recompute_exactly_from_the_saved_detector(refitted) -> None:
     tmp, res = refitted
-    det = Detector.load(tmp / "det")
+    det = load_detector(tmp / "det")
     plan = SplitPlan.load(tmp / "det" / "plan.json")
     manifest = read_manifest(tmp / "det" / "manifest.csv")
     assert plan.id == det.card.data["split_plan"]["id"]
@@ -63,7 +64,7 @@ def test_card_metrics_recompute_exactly_from_the_saved_detector(refitted) -> Non
 
 def test_card_rows_are_what_the_saved_model_saw_and_exclude_the_test_rows(refitted) -> None:
     tmp, res = refitted
-    card = Detector.load(tmp / "det").card
+    card = load_detector(tmp / "det").card
     plan = res.plan
     assert card.rows["fit"].hashes == plan.rows("fit", "calib").hashes == card.rows["calib"].hashes  # refit: fit + calib
     assert card.rows["fit"].phashes  # near-duplicate codes recorded too

@@ -7,7 +7,7 @@ Adding a backbone, head, detector kind, slice or augmentation preset is adding o
     @BACKBONES.register("effnet-lite0", description="…")
     def effnet_lite0(**kw): ...
 
-An entry may also be registered *lazily* by import path (``"synthdet.ensemble:load_ensemble"``), so that a
+An entry may also be registered *lazily* by import path (``"synthdet.detectors.ensemble:load_ensemble"``), so that a
 registry can name an implementation whose module imports the registry's owner without an import cycle; the module
 is imported only when the entry is first used.
 """

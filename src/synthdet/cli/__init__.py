@@ -17,8 +17,8 @@ from typing import Annotated, Any
 import typer
 from typer.core import TyperGroup
 
-from .. import __version__
-from ._io import INPUT_ERRORS, fail, one_line
+from synthdet.cli._io import INPUT_ERRORS, fail, one_line
+from synthdet.version import __version__
 
 #: Every command: name → (module in this package, attribute, one-line help shown by ``synthdet --help``).
 COMMANDS: dict[str, tuple[str, str, str]] = {

@@ -1,4 +1,4 @@
-from . import app
+from synthdet.cli import app
 
 if __name__ == "__main__":
     app(prog_name="synthdet")

@@ -7,8 +7,8 @@ from typing import Annotated
 
 import typer
 
-from ..augment import PRESETS
-from ._io import fail, say
+from synthdet.cli._io import fail, say
+from synthdet.data.augment import PRESETS
 
 
 def augment_preview(
@@ -24,8 +24,8 @@ def augment_preview(
     tile: Annotated[int, typer.Option(min=16, help="Tile edge in pixels.")] = 256,
 ) -> None:
     """Write a contact sheet: one row per preset, the original then random augmented draws."""
-    from ..augment import preview
-    from ..pixels import ImageLoadError
+    from synthdet.data.augment import preview
+    from synthdet.io.pixels import ImageLoadError
 
     names = presets or list(PRESETS)
     unknown = [n for n in names if n not in PRESETS]

@@ -7,19 +7,30 @@ from typing import TYPE_CHECKING, Annotated, cast
 
 import typer
 
-from ._io import Json, NativeSize, Quiet, TapPoolOption, console, fail, make_backbone, print_json, say, skipped
+from synthdet.cli._io import (
+    Json,
+    NativeSize,
+    Quiet,
+    TapPoolOption,
+    console,
+    fail,
+    make_backbone,
+    print_json,
+    say,
+    skipped,
+)
 
 if TYPE_CHECKING:
     from rich.table import Table
 
-    from ..calibrate import CalibrationMethod
-    from ..cv import CVResult
+    from synthdet.detectors.calibrate import CalibrationMethod
+    from synthdet.training.cv import CVResult
 
 
 def cv_table(result: CVResult) -> Table:
     from rich.table import Table
 
-    from ..cv import FOLD_METRICS
+    from synthdet.training.cv import FOLD_METRICS
 
     c = result.config
     table = Table(title=f"{c['k']}-fold CV — {c['backbone']} + {c['head']} ({c['features']}, {c['n_views']} views, "
@@ -87,8 +98,8 @@ def cv_command(
     as_json: Json = False,
 ) -> None:
     """Stratified k-fold cross-validation of a head on cached features: each fold, then mean ± std."""
-    from ..cv import cross_validate
-    from ..detector import FeatureKind
+    from synthdet.features.extract import FeatureKind
+    from synthdet.training.cv import cross_validate
 
     if features not in ("pooled", "concat"):
         raise fail(f"--features must be pooled or concat, not {features!r}")

@@ -7,7 +7,7 @@ from typing import Annotated
 
 import typer
 
-from ._io import Quiet, say, skipped
+from synthdet.cli._io import Quiet, say, skipped
 
 app = typer.Typer(help="Build and split dataset manifests.", no_args_is_help=True)
 
@@ -23,7 +23,7 @@ def data_index(
     quiet: Quiet = False,
 ) -> None:
     """Index images: hash, size, format, decodability; add reproducible split and fold columns."""
-    from ..data import index, split_columns, write_manifest
+    from synthdet.data.manifest import index, split_columns, write_manifest
 
     df = index(source, max_pixels=max_pixels, progress=not quiet)
     labelled = (df["label"] >= 0) & df["ok"]
@@ -49,9 +49,9 @@ def data_normalise(
     """Pass every image, real or generated, through one social-media chain (centre square, SIZE px, JPEG at a
     quality from the range), so that format, size and compression tell the classes nothing; then judge detectors
     on the copies, e.g. with `synthdet cv OUT --group-by source`."""
-    from ..data import index
-    from ..normalise import SocialChain, normalise_dataset
-    from ._io import fail
+    from synthdet.cli._io import fail
+    from synthdet.data.manifest import index
+    from synthdet.data.normalise import SocialChain, normalise_dataset
 
     if scale not in ("resize", "native"):
         raise fail(f"--scale must be resize or native, not {scale!r}")
@@ -79,8 +79,8 @@ def data_make_manipulations(
 ) -> None:
     """Build (image, mask, category) triples with exact masks for Task B: splices, autoencoder inpainting and
     regeneration, copy-move, and untouched photos; every triple then resized and JPEG-compressed."""
-    from ..data import index
-    from ..manipulate import CATEGORIES, make_manipulations
+    from synthdet.data.manifest import index
+    from synthdet.localization.manipulate import CATEGORIES, make_manipulations
 
     cats = tuple(c.strip() for c in categories.split(",") if c.strip()) or CATEGORIES
     df = index(source, progress=not quiet)

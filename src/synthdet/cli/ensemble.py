@@ -8,9 +8,9 @@ from typing import TYPE_CHECKING, Annotated, cast
 import typer
 
 if TYPE_CHECKING:
-    from ..evaluation import OnOverlap
+    from synthdet.data.provenance import OnOverlap
 
-from ._io import Json, Quiet, console, note, print_json, say
+from synthdet.cli._io import Json, Quiet, console, note, print_json, say
 
 
 def ensemble_command(
@@ -31,8 +31,8 @@ def ensemble_command(
     """Combine saved detectors by a rule into one detector, calibrated on held-out images."""
     from rich.table import Table
 
-    from ..ensemble import build_ensemble
-    from ..evaluation import describe_rows
+    from synthdet.data.provenance import describe_rows
+    from synthdet.training.ensemble import build_ensemble
 
     try:
         w = [float(x) for x in weights.split(",")] if weights else None

@@ -9,14 +9,16 @@ from typing import TYPE_CHECKING, Annotated, Any, cast
 
 import typer
 
-from ..evaluation import CLEAN, HELD_OUT, describe_rows
-from ..slices import DEFAULT_SLICES, SLICES
-from ._io import Json, Quiet, console, print_json, say, skipped
+from synthdet.cli._io import Json, Quiet, console, print_json, say, skipped
+from synthdet.data.perturbations import DEFAULT_SLICES, SLICES
+from synthdet.data.provenance import HELD_OUT, describe_rows
+from synthdet.evaluation.runs import CLEAN
 
 if TYPE_CHECKING:
     from rich.table import Table
 
-    from ..evaluation import EvalRun, OnOverlap
+    from synthdet.data.provenance import OnOverlap
+    from synthdet.evaluation.runs import EvalRun
 
 
 def _slice_names(values: Sequence[str]) -> list[str]:
@@ -79,16 +81,17 @@ def evaluate(
     as_json: Json = False,
 ) -> None:
     """Score DATA clean and under robustness slices; write the run folder and its HTML report."""
-    from ..report import run_evaluation
+    from synthdet.evaluation.runs import run_evaluation
+    from synthdet.reporting.html import render_report
 
     if data is None:  # one positional: it is the data, scored by the shipped detector
         detector, data = None, detector
     if data is None:
         raise typer.BadParameter("give DATA (and optionally a DETECTOR folder before it)")
-    run, report = run_evaluation(detector, data, out, slices=_slice_names(slices), bootstrap=bootstrap,
-                                 batch_size=batch_size, num_workers=workers, split=split, name=name,
-                                 thumbnails=thumbnails, on_overlap=cast("OnOverlap", on_overlap),
-                                 progress=not quiet)
+    run = run_evaluation(detector, data, out, slices=_slice_names(slices), bootstrap=bootstrap,
+                         batch_size=batch_size, num_workers=workers, split=split, name=name,
+                         on_overlap=cast("OnOverlap", on_overlap), progress=not quiet)
+    report = render_report([run], Path(out) / "report.html", thumbnails=thumbnails)
     for r in run.skipped.itertuples():
         skipped(r.path, f"({r.slice}) {r.reason}")
     if as_json:
@@ -106,8 +109,8 @@ def report(
     as_json: Json = False,
 ) -> None:
     """Render one self-contained HTML report comparing evaluation runs side by side."""
-    from ..evaluation import EvalRun
-    from ..report import render_report
+    from synthdet.evaluation.runs import EvalRun
+    from synthdet.reporting.html import render_report
 
     loaded = [EvalRun.load(r) for r in runs]
     path = render_report(loaded, out, thumbnails=thumbnails)

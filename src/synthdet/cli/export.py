@@ -1,4 +1,4 @@
-"""``synthdet export``: a detector as one portable ONNX graph (see :mod:`synthdet.onnx_export`)."""
+"""``synthdet export``: a detector as one portable ONNX graph (see :mod:`synthdet.engines.onnx_runtime`)."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ from typing import Annotated
 
 import typer
 
-from ._io import Quiet, fail, note
+from synthdet.cli._io import Quiet, fail, note
 
 
 def export(
@@ -17,15 +17,16 @@ def export(
     quiet: Quiet = False,
 ) -> None:
     """Export backbone + head (+ calibration) as one ONNX graph with a dynamic batch (and H/W at native scale)."""
-    from ..atomic import printable
-    from ..demo import demo_data_dir
-    from ..detector import Detector
-    from ..onnx_export import OnnxDetector, export_onnx, max_abs_diff
-    from ..stream import scan_images
+    from synthdet.data.demo import demo_data_dir
+    from synthdet.detectors.detector import Detector
+    from synthdet.detectors.loading import load_detector
+    from synthdet.engines.local import scan_images
+    from synthdet.engines.onnx_runtime import OnnxDetector, export_onnx, max_abs_diff
+    from synthdet.io.atomic import printable
 
     if onnx is None:
         raise fail("say what to write: --onnx FILE")
-    det = Detector.load(detector)
+    det = load_detector(detector)
     if not isinstance(det, Detector):
         raise fail("an ensemble has no single graph: export each member")
     export_onnx(det, onnx)

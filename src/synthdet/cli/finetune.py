@@ -7,9 +7,9 @@ from typing import Annotated
 
 import typer
 
-from ..augment import PRESETS
-from ..finetune import RECIPES, finetune_detector, recipe_config
-from ._io import Quiet, say
+from synthdet.cli._io import Quiet, say
+from synthdet.data.augment import PRESETS
+from synthdet.training.finetune import RECIPES, finetune_detector, recipe_config
 
 
 def finetune_command(

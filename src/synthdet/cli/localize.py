@@ -7,7 +7,7 @@ from typing import Annotated
 
 import typer
 
-from ._io import Json, Quiet, fail, print_json, say, skipped
+from synthdet.cli._io import Json, Quiet, fail, print_json, say, skipped
 
 app = typer.Typer(help="Task B: where in the image was it generated or edited?", no_args_is_help=True)
 
@@ -37,8 +37,8 @@ def localize_train(
 ) -> None:
     """Train a localizer with early stopping on validation pixel F1 (at its best threshold); tune the pixel and image
     thresholds."""
-    from ..backbones import default_device
-    from ..localize import TrainConfig, read_triples, split_by_source, train_localizer
+    from synthdet.backbones.core import default_device
+    from synthdet.localization.models import TrainConfig, read_triples, split_by_source, train_localizer
 
     if crop % 32:
         raise fail(f"--crop must be a multiple of 32, not {crop}")
@@ -67,11 +67,11 @@ def localize_predict(
     import numpy as np
     from PIL import Image
 
-    from ..atomic import atomic_path
-    from ..backbones import default_device
-    from ..data import iter_inputs
-    from ..localize import load_localizer, write_submission
-    from ..submit import check_task_b
+    from synthdet.backbones.core import default_device
+    from synthdet.data.manifest import iter_inputs
+    from synthdet.io.atomic import atomic_path
+    from synthdet.localization.models import load_localizer, write_submission
+    from synthdet.reporting.submit import check_task_b
 
     loc = load_localizer(detector, default_device(device))
     paths = list(iter_inputs(inputs))
@@ -115,8 +115,8 @@ def localize_evaluate(
 ) -> None:
     """Pixel F1/IoU at 0.5 and at the tuned threshold, per category and per source (the host photo's collection);
     image-level ROC AUC, balanced accuracy, F1."""
-    from ..backbones import default_device
-    from ..localize import LocEvaluation, load_localizer, read_triples
+    from synthdet.backbones.core import default_device
+    from synthdet.localization.models import LocEvaluation, load_localizer, read_triples
 
     df = read_triples(source)
     loc = load_localizer(detector, default_device(device))
@@ -125,7 +125,7 @@ def localize_evaluate(
     if overlays is not None:
         ev.write_overlay_sheet(overlays)
     if report is not None:
-        from ..report import render_localization_report
+        from synthdet.reporting.html import render_localization_report
 
         render_localization_report(res, ev.examples(), report, about=f"localizer {detector} ({loc.card.model}) · "
                                    f"data {source}")

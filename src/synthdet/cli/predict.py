@@ -8,7 +8,7 @@ that reason: it has no faithful form in a UTF-8 CSV.
 Exit codes: 0 at least one image scored; 1 none could be scored (no output file then); 2 usage or input error
 (a named path does not exist, a folder holds no images, DETECTOR is not a detector).
 
-``-o FILE.parquet`` or ``--resume`` stream through :func:`synthdet.stream.score_stream`: the listing is scanned as it
+``-o FILE.parquet`` or ``--resume`` stream through :func:`synthdet.engines.local.score_stream`: the listing is scanned as it
 goes, rows land in parts beside ``FILE`` as they are scored, and a killed run resumes where it stopped.
 """
 
@@ -21,7 +21,7 @@ from typing import Annotated, Any
 
 import typer
 
-from ._io import Json, Quiet, console, fail, note, print_json, skipped
+from synthdet.cli._io import Json, Quiet, console, fail, note, print_json, skipped
 
 
 def _verdict(prob: float, threshold: float) -> str:
@@ -44,7 +44,7 @@ def predict(
     heatmap: Annotated[bool, typer.Option("--heatmap", help="With --assess: 3x3 patch scores too.")] = False,
     as_json: Json = False,
     resume: Annotated[bool, typer.Option("--resume", help="Keep what an earlier (killed) run of -o wrote; score the "
-                                         "rest (see synthdet.stream).")] = False,
+                                         "rest (see synthdet.engines.local).")] = False,
     rows_per_part: Annotated[int, typer.Option(min=1, help="With --resume / parquet: rows per part written (at most "
                                                "this much work is lost to a kill).")] = 1024,
     runtime: Annotated[str, typer.Option(help="torch, or onnx (onnxruntime on CPU; DETECTOR may be an exported "
@@ -55,16 +55,16 @@ def predict(
     quiet: Quiet = False,
 ) -> None:
     """Score images. One file prints a verdict; several stream the MediaEval Task A CSV to -o (or stdout)."""
-    from ..atomic import atomic_open, printable
-    from ..data import iter_inputs
-    from ..submit import write_scores
+    from synthdet.data.manifest import iter_inputs
+    from synthdet.io.atomic import atomic_open, printable
+    from synthdet.reporting.submit import write_scores
 
     if detector is None and paths and ((paths[0] / "card.json").is_file() or paths[0].suffix.lower() == ".onnx"):
         detector, paths = paths[0], paths[1:]
     if not paths:
         raise fail("no images given")
     if engine == "ray":
-        from ..ray_engine import RayScorer
+        from synthdet.engines.ray_data import RayScorer
 
         if out is None:
             raise fail("--engine ray writes -o FILE (.parquet or .csv)")
@@ -116,9 +116,9 @@ def _assess(det: Any, paths: list[Path], *, heatmap: bool, as_json: bool, max_pi
     """Print one assessment per image (``--json``: a list of them); exit 1 when none could be assessed."""
     from rich.markup import escape
 
-    from ..assess import assess_images
-    from ..atomic import printable
-    from ..pixels import ImageLoadError
+    from synthdet.detectors.assess import assess_images
+    from synthdet.io.atomic import printable
+    from synthdet.io.pixels import ImageLoadError
 
     results = []
     chunks = (paths[i:i + 16] for i in range(0, len(paths), 16))  # one batched scoring pass per 16 images
@@ -157,22 +157,22 @@ def _load(detector: Path | None, runtime: str) -> Any:
     """The detector to score with: torch (its backbone built now, so a broken one fails before any output) or an
     onnxruntime session (from a detector folder, exported on the fly, or an exported ``.onnx`` file)."""
     if runtime == "onnx":
-        from ..onnx_export import OnnxDetector
+        from synthdet.engines.onnx_runtime import OnnxDetector
 
         return OnnxDetector.load(detector)
     if runtime != "torch":
         raise fail(f"--runtime {runtime!r}: torch or onnx")
-    from ..detector import Detector
+    from synthdet.detectors.loading import load_detector
 
-    det = Detector.load(detector)
+    det = load_detector(detector)
     _ = det.backbone
     return det
 
 
 def _stream(det: Any, paths: list[Path], out: Path, *, resume: bool, rows_per_part: int, quiet: bool,
             **kwargs: Any) -> None:
-    from ..atomic import printable
-    from ..stream import score_stream
+    from synthdet.engines.local import score_stream
+    from synthdet.io.atomic import printable
 
     res = score_stream(det, paths, out, resume=resume, rows_per_part=rows_per_part, on_skip=skipped, progress=not quiet, **kwargs)
     if res.rows == 0:
@@ -185,7 +185,7 @@ def _write_skips(skips: list[tuple[str, str]], dest: Path) -> None:
     """``path,reason`` rows (undecodable bytes of a name as ``\\xe9`` escapes); none: no file, not a stale one."""
     import csv
 
-    from ..atomic import atomic_open, printable
+    from synthdet.io.atomic import atomic_open, printable
 
     if not skips:
         dest.unlink(missing_ok=True)

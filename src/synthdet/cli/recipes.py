@@ -7,7 +7,7 @@ from typing import Annotated
 
 import typer
 
-from ._io import Json, console, note, print_json
+from synthdet.cli._io import Json, console, note, print_json
 
 app = typer.Typer(help="Named configs reproducing every system of the working notes.", no_args_is_help=True)
 
@@ -18,8 +18,8 @@ def list_cmd(as_json: Json = False) -> None:
     from rich.markup import escape
     from rich.table import Table
 
-    from ..backbones import weights_available
-    from ..recipes import load_recipes, step_backbone
+    from synthdet.backbones.core import weights_available
+    from synthdet.training.recipes import load_recipes, step_backbone
 
     recipes = load_recipes().values()
     if as_json:
@@ -41,7 +41,7 @@ def list_cmd(as_json: Json = False) -> None:
 @app.command("show")
 def show_cmd(name: Annotated[str, typer.Argument(help="Recipe name.")]) -> None:
     """The full config of one recipe, as JSON."""
-    from ..recipes import get_recipe
+    from synthdet.training.recipes import get_recipe
 
     try:
         recipe = get_recipe(name)
@@ -68,7 +68,7 @@ def run_cmd(
     from rich.markup import escape
     from rich.table import Table
 
-    from ..recipes import run_recipe
+    from synthdet.training.recipes import run_recipe
 
     try:
         record = run_recipe(name, data, out=out, indomain=indomain, steps=step, fallback=fallback, epochs=epochs,

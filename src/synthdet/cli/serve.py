@@ -7,7 +7,7 @@ from typing import Annotated
 
 import typer
 
-from ._io import fail, note
+from synthdet.cli._io import fail, note
 
 
 def serve(
@@ -28,19 +28,19 @@ def serve(
     log_level: Annotated[str, typer.Option(help="uvicorn log level.")] = "info",
 ) -> None:
     """Serve a REST API (/v1/score, /v1/score/batch, /v1/detector, /healthz, /metrics, /docs) and a web page (/)."""
-    from ..detector import Detector
-    from ..serve import Settings, is_loopback, run
+    from synthdet.detectors.loading import load_detector
+    from synthdet.serve import Settings, is_loopback, run
 
     if not is_loopback(host) and not api_key:
         raise fail(f"--host {host} exposes the service beyond this machine: give --api-key (or SYNTHDET_API_KEY)")
     settings = Settings(max_body_bytes=int(max_body_mb * 1024 * 1024), max_pixels=max_pixels, timeout_s=timeout,
                         queue_size=queue, max_batch=max_batch, max_wait_ms=max_wait_ms, workers=workers,
                         api_key=api_key)
-    det = Detector.load(detector)
+    det = load_detector(detector)
     _ = det.backbone
     loc = None
     if localizer is not None:
-        from ..localize import load_localizer
+        from synthdet.localization.models import load_localizer
 
         loc = load_localizer(localizer)
     note(f"synthdet serve: http://{host}:{port}/  (API docs: /docs; detector {detector or 'shipped default'})")

@@ -12,10 +12,10 @@ from typing import TYPE_CHECKING, Annotated
 
 import typer
 
-from ._io import Quiet, console, fail, skipped
+from synthdet.cli._io import Quiet, console, fail, skipped
 
 if TYPE_CHECKING:
-    from ..submit import CheckReport
+    from synthdet.reporting.submit import CheckReport
 
 
 def _print_report(report: CheckReport, title: str) -> None:
@@ -34,7 +34,7 @@ def _print_report(report: CheckReport, title: str) -> None:
 
 
 def _check(file: Path, images: Path | None, masks: Path | None) -> None:
-    from ..submit import check_task_a, check_task_b
+    from synthdet.reporting.submit import check_task_a, check_task_b
 
     if masks is None:
         report, title = check_task_a(file, images), f"Task A {file}"
@@ -69,9 +69,9 @@ def submit(
     if check is not None:
         _check(check, images, masks)
         return
-    from ..detector import Detector
-    from ..pixels import IMAGE_SUFFIXES
-    from ..submit import list_test_images, missing_row, write_task_a
+    from synthdet.detectors.loading import load_detector
+    from synthdet.io.pixels import IMAGE_SUFFIXES
+    from synthdet.reporting.submit import list_test_images, missing_row, write_task_a
 
     paths = list(paths or [])
     detector = paths.pop(0) if len(paths) == 2 else None
@@ -81,7 +81,7 @@ def submit(
     files = list_test_images(test_dir)
     if not files:
         raise fail(f"{test_dir}: no test images ({', '.join(sorted(IMAGE_SUFFIXES))})")
-    det = Detector.load(detector)
+    det = load_detector(detector)
     prior = det.card.prior
     fill, label = missing_row(prior, det.threshold)
     rows = []

@@ -8,7 +8,7 @@ from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 
-from ._io import (
+from synthdet.cli._io import (
     Json,
     NativeSize,
     Quiet,
@@ -25,7 +25,7 @@ from ._io import (
 if TYPE_CHECKING:
     from rich.table import Table
 
-    from ..train import TrainResult
+    from synthdet.training.train import TrainResult
 
 
 def extract(
@@ -45,15 +45,15 @@ def extract(
     quiet: Quiet = False,
 ) -> None:
     """Run a backbone over a dataset once; features go to the on-disk cache (resumable, float16, memory-mapped)."""
-    from ..data import index
-    from ..features import FeatureStore
-    from ..features import extract as run_extract
+    from synthdet.data.manifest import index
+    from synthdet.features.extract import FeatureStore
+    from synthdet.features.extract import extract as run_extract
 
     forward = None
     if engine == "ray":
         from functools import partial
 
-        from ..ray_engine import ray_forward_batches
+        from synthdet.engines.ray_data import ray_forward_batches
 
         forward = partial(ray_forward_batches, actors=actors, address=ray_address)
     elif engine != "local":
@@ -106,8 +106,8 @@ def _generator_table(metrics: dict) -> Table:
 
 def _run_train(data: Path, out: Path, as_json: bool = False, **kwargs: Any) -> TrainResult:
     """``train_detector`` on DATA, then its held-out figures as tables (or JSON) and its skips on stderr."""
-    from ..data import index
-    from ..train import train_detector
+    from synthdet.data.manifest import index
+    from synthdet.training.train import train_detector
 
     df = index(data, progress=kwargs.get("progress", False))
     res = train_detector(df, out=out, **kwargs)
@@ -158,8 +158,8 @@ def demo(
 ) -> None:
     """The main job, offline: train and evaluate a detector on the data shipped in the package, with the recipe
     of the shipped default (images at their own scale up to 384 px, stage statistics, logistic head)."""
-    from ..demo import demo_data_dir
-    from ..train import GENERALISING_HEAD, generalising_backbone
+    from synthdet.data.demo import demo_data_dir
+    from synthdet.training.train import GENERALISING_HEAD, generalising_backbone
 
     data = demo_data_dir()
     note(f"[bold]synthdet demo[/] — data: {data} (shipped compact copy; see CREDITS.md), backbone {backbone}")

@@ -1,4 +1,4 @@
-"""``synthdet serve``: a REST API and a web page over :mod:`synthdet.assess` (needs the ``serve`` extra).
+"""``synthdet serve``: a REST API and a web page over :mod:`synthdet.detectors.assess` (needs the ``serve`` extra).
 
 :func:`create_app` builds the FastAPI application for a loaded detector; :func:`run` serves it with uvicorn. The
 library's core never imports this package; only the CLI does, lazily.
@@ -9,12 +9,12 @@ from __future__ import annotations
 import ipaddress
 from typing import Any
 
-from ..extras import require
+from synthdet.extras import require
 
 require("fastapi", "synthdet serve")
 require("prometheus_client", "synthdet serve")
 
-from .app import STATUS_BY_REASON, ServiceError, Settings, create_app  # noqa: E402
+from synthdet.serve.app import STATUS_BY_REASON, ServiceError, Settings, create_app  # noqa: E402
 
 __all__ = ["STATUS_BY_REASON", "ServiceError", "Settings", "create_app", "is_loopback", "run"]
 

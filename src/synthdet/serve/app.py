@@ -1,8 +1,8 @@
-"""The FastAPI application: thin routes over :mod:`synthdet.assess`, with the safety a public endpoint needs.
+"""The FastAPI application: thin routes over :mod:`synthdet.detectors.assess`, with the safety a public endpoint needs.
 
 Every request that scores is admitted against ``queue_size`` first (``503`` + ``Retry-After`` when full), its body
 read into memory up to ``max_body_bytes`` (``413`` beyond; multipart parts are never spooled to disk), decoded by
-content sniffing (:func:`~synthdet.pixels.load_image`: never the file name) under the ``max_pixels`` bomb guard, and
+content sniffing (:func:`~synthdet.io.pixels.load_image`: never the file name) under the ``max_pixels`` bomb guard, and
 answered within ``timeout_s`` (``504``). Decoding runs on a small thread pool; scoring on the one worker that owns
 the model (:class:`~synthdet.serve.batcher.MicroBatcher`). No file is written, and no path a client sends is opened.
 """
@@ -30,15 +30,16 @@ from starlette.datastructures import Headers, UploadFile
 from starlette.formparsers import MultiPartException, MultiPartParser
 from swagger_ui_bundle import swagger_ui_path
 
-from ..assess import Assessment, Pending, detector_id, prepare, uncertainty_band
-from ..pixels import DEFAULT_MAX_PIXELS, ImageLoadError
-from .batcher import MicroBatcher
+from synthdet.detectors.assess import Assessment, Pending, band_of, prepare
+from synthdet.detectors.scoring import detector_id
+from synthdet.io.pixels import DEFAULT_MAX_PIXELS, ImageLoadError
+from synthdet.serve.batcher import MicroBatcher
 
 #: The Swagger UI files ``/docs`` needs, served from the ``swagger-ui-bundle`` package (no CDN).
 _DOCS_ASSETS = {"swagger-ui-bundle.js": "text/javascript", "swagger-ui.css": "text/css",
                 "favicon-32x32.png": "image/png"}
 
-#: HTTP status for each reason :func:`~synthdet.pixels.load_image` gives.
+#: HTTP status for each reason :func:`~synthdet.io.pixels.load_image` gives.
 STATUS_BY_REASON = {"empty-file": 400, "not-an-image": 415, "truncated": 422, "corrupt": 422, "too-large": 413}
 
 
@@ -124,7 +125,7 @@ def localize_bytes(localizer: Any, data: bytes, *, max_pixels: int, fmt: str) ->
     import torch
     from PIL import Image
 
-    from ..pixels import load_image
+    from synthdet.io.pixels import load_image
 
     img = load_image(data, max_pixels=max_pixels)
     with torch.inference_mode():
@@ -142,8 +143,8 @@ def localize_bytes(localizer: Any, data: bytes, *, max_pixels: int, fmt: str) ->
 
 
 def create_app(detector: Any, *, settings: Settings | None = None, localizer: Any = None) -> FastAPI:
-    """The service for one loaded detector (a :class:`~synthdet.detector.Detector` or an ensemble) and, optionally,
-    a Task B localizer (:func:`synthdet.localize.load_localizer`) for ``/v1/localize``."""
+    """The service for one loaded detector (a :class:`~synthdet.detectors.detector.Detector` or an ensemble) and, optionally,
+    a Task B localizer (:func:`synthdet.localization.models.load_localizer`) for ``/v1/localize``."""
     s = settings or Settings()
     det = detector
     det_id = detector_id(det)
@@ -344,7 +345,7 @@ def create_app(detector: Any, *, settings: Settings | None = None, localizer: An
 
     @app.get("/v1/detector", summary="The detector's card: threshold, band, metrics and the rows behind them")
     async def detector_card() -> JSONResponse:
-        (low, high), source = uncertainty_band(det)
+        (low, high), source = band_of(det)
         return JSONResponse({"id": det_id, "threshold": det.threshold, "band": [low, high], "band_source": source,
                              "card": det.card.model_dump(mode="json", exclude={"rows"})})
 

@@ -1,9 +1,9 @@
 """One worker thread owns the model and scores everything: concurrent requests are gathered into one forward pass.
 
-Requests hand in :class:`~synthdet.assess.Pending` assessments (decoded, variants built) and get a
-``concurrent.futures.Future`` of the :class:`~synthdet.assess.Assessment`. The worker takes the first waiting
+Requests hand in :class:`~synthdet.detectors.assess.Pending` assessments (decoded, variants built) and get a
+``concurrent.futures.Future`` of the :class:`~synthdet.detectors.assess.Assessment`. The worker takes the first waiting
 request, then gathers more until it holds ``max_batch`` requests or ``max_wait_ms`` has passed since the first,
-scores all their images with :func:`~synthdet.assess.score_images` in one call, and resolves each future. With
+scores all their images with :func:`~synthdet.detectors.scoring.score_images` in one call, and resolves each future. With
 ``max_batch=1`` every request is scored alone (micro-batching off, for comparison).
 """
 
@@ -17,7 +17,8 @@ from concurrent.futures import Future
 from dataclasses import dataclass, field
 from typing import Any
 
-from ..assess import Assessment, Pending, score_images
+from synthdet.detectors.assess import Assessment, Pending
+from synthdet.detectors.scoring import score_images
 
 
 @dataclass

@@ -1,0 +1,127 @@
+"""Robustness slices: what social media does to an image, applied to decoded pixels before the detector sees them.
+
+A slice is either a pixel transform ``(img, key) -> img`` (pure, and seeded by the image's key so a rerun scores the
+same pixels) or a subset filter on the manifest (the small-image bucket of Lean 2026, which no transform can make).
+Scoring a detector under slices is :func:`synthdet.evaluation.runs.evaluate_detector`.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Callable
+from dataclasses import dataclass
+from functools import partial
+
+import numpy as np
+import pandas as pd
+from PIL import Image, ImageFilter
+
+from synthdet.io.pixels import jpeg_roundtrip
+from synthdet.registry import Registry
+
+#: Short side below which an image belongs to the "small" bucket (Lean 2026, Table 2).
+SMALL_SIDE = 512
+#: Long side that the "social" slice resizes to, like the common feed resolution of social platforms.
+SOCIAL_LONG_SIDE = 1080
+#: Slices run when none are named: the three of Lean 2026 (JPEG 85, laundering, small images) plus the two
+#: everyday ones (half-size down-up resize, a social-media re-upload).
+DEFAULT_SLICES = ("jpeg85", "resize0.5", "launder", "social", "small")
+
+
+def jpeg(img: Image.Image, key: str = "", *, quality: int) -> Image.Image:
+    """Re-encode as JPEG (standard tables, 4:2:0 chroma, as most platforms) and decode again: the compression loss,
+    nothing else."""
+    return jpeg_roundtrip(img, quality, subsampling="4:2:0")
+
+
+def down_up(img: Image.Image, key: str = "", *, factor: float) -> Image.Image:
+    """Downscale by ``factor`` and back to the original size: the detail a low-resolution copy has lost."""
+    w, h = img.size
+    small = img.resize((max(1, round(w * factor)), max(1, round(h * factor))), Image.Resampling.BICUBIC)
+    return small.resize((w, h), Image.Resampling.BICUBIC)
+
+
+def _rng(name: str, key: str) -> np.random.Generator:
+    """A generator seeded by slice name and image key, so a slice is a pure function of (pixels, key)."""
+    return np.random.default_rng(int.from_bytes(hashlib.sha256(f"{name}\0{key}".encode()).digest()[:8], "little"))
+
+
+def launder(img: Image.Image, key: str = "") -> Image.Image:
+    """Random-resized crop of 60–90 % of the area (aspect 3:4–4:3), resized back to the original size, then JPEG 90.
+
+    The "laundering" of Lean 2026: a re-framed, re-encoded copy keeps the content but not the pixel grid.
+    """
+    rng = _rng("launder", key)
+    w, h = img.size
+    area = rng.uniform(0.6, 0.9) * w * h
+    aspect = np.exp(rng.uniform(np.log(3 / 4), np.log(4 / 3)))
+    cw = int(np.clip(round(np.sqrt(area * aspect)), 1, w))
+    ch = int(np.clip(round(np.sqrt(area / aspect)), 1, h))
+    x0, y0 = int(rng.integers(0, w - cw + 1)), int(rng.integers(0, h - ch + 1))
+    crop = img.crop((x0, y0, x0 + cw, y0 + ch)).resize((w, h), Image.Resampling.BICUBIC)
+    return jpeg(crop, key, quality=90)
+
+
+def social(img: Image.Image, key: str = "") -> Image.Image:
+    """A social-media re-upload: long side capped at 1080 px (never enlarged), then JPEG 85."""
+    w, h = img.size
+    scale = SOCIAL_LONG_SIDE / max(w, h)
+    if scale < 1:
+        img = img.resize((max(1, round(w * scale)), max(1, round(h * scale))), Image.Resampling.BICUBIC)
+    return jpeg(img, key, quality=85)
+
+
+def blur(img: Image.Image, key: str = "", *, sigma: float = 1.5) -> Image.Image:
+    """Gaussian blur (Pillow's radius is the standard deviation): removes the high frequencies detectors read."""
+    return img.filter(ImageFilter.GaussianBlur(sigma))
+
+
+def is_small(manifest: pd.DataFrame) -> np.ndarray:
+    """Rows whose short side is below :data:`SMALL_SIDE` pixels (width and height as indexed in the manifest)."""
+    missing = {"width", "height"} - set(manifest.columns)
+    if missing:
+        raise ValueError(f"the 'small' slice needs the manifest's width and height columns (missing {sorted(missing)})")
+    short = np.minimum(manifest["width"].to_numpy(dtype=float), manifest["height"].to_numpy(dtype=float))
+    return (short > 0) & (short < SMALL_SIDE)
+
+
+@dataclass(frozen=True)
+class Slice:
+    """A named robustness condition: a pixel ``transform`` or a row ``select``-or of the manifest (exactly one).
+
+    Calling a slice applies its transform (identity for a subset slice), so it can be passed wherever an
+    ``ImageTransform`` is expected; it pickles, so DataLoader workers can run it.
+    """
+
+    name: str
+    description: str
+    transform: Callable[[Image.Image, str], Image.Image] | None = None
+    select: Callable[[pd.DataFrame], np.ndarray] | None = None
+
+    def __call__(self, img: Image.Image, key: str) -> Image.Image:
+        return self.transform(img, key) if self.transform is not None else img
+
+
+#: Every slice by name (``synthdet.registry``): a new condition is one more registered :class:`Slice`.
+SLICES: Registry[Slice] = Registry("slice")
+
+
+def _register(*slices: Slice) -> None:
+    for s in slices:
+        SLICES.add(s.name, s, description=s.description)
+
+
+_register(
+    *(Slice(f"jpeg{q}", f"JPEG re-encode at quality {q}", partial(jpeg, quality=q)) for q in (95, 85, 75, 50)),
+    *(Slice(f"resize{f}", f"downscale ×{f}, then back up to the original size", partial(down_up, factor=f))
+      for f in (0.5, 0.25)),
+    Slice("launder", "random-resized crop of 60–90 % area, resized back, JPEG 90", launder),
+    Slice("social", f"long side ≤ {SOCIAL_LONG_SIDE} px, then JPEG 85", social),
+    Slice("blur", "Gaussian blur, σ = 1.5", blur),
+    Slice("small", f"subset: images whose short side is below {SMALL_SIDE} px", select=is_small),
+)
+
+
+def get_slice(name: str) -> Slice:
+    """The registered slice ``name``; an unknown name raises a ValueError listing the valid ones."""
+    return SLICES.get(name)

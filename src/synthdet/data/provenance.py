@@ -1,0 +1,79 @@
+"""Provenance: which images a model has seen, and on which rows a figure was computed.
+
+A detector's card records the rows (content hashes and dHash codes) it was fitted and calibrated on
+(:class:`~synthdet.data.splits.RowSet`); every figure synthdet prints is checked against them here and labelled
+``held-out``, ``in-sample`` or ``provenance unknown``. Evaluation, ensembles, recipes and Task B all use these.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from typing import Any, Literal, get_args
+
+from synthdet.data.splits import RowSet
+
+#: What ``evaluate_detector`` does with rows the detector was fitted or calibrated on.
+OnOverlap = Literal["refuse", "flag", "drop"]
+ON_OVERLAP: tuple[str, ...] = get_args(OnOverlap)
+HELD_OUT, IN_SAMPLE, UNKNOWN = "held-out", "in-sample", "provenance unknown"
+
+
+class InSampleError(ValueError):
+    """The rows to evaluate include rows the detector was fitted or calibrated on (``on_overlap="refuse"``)."""
+
+
+def seen_rows(detector: Any) -> dict[str, RowSet] | None:
+    """The rows a detector's parameters and threshold came from, per role (``fit``, ``calib``): its card's ``rows``;
+    for an ensemble whose card does not cover its members, its own rows joined with every member's. None when a card
+    does not record them (a detector saved before cards did): its figures are of unknown provenance."""
+    own: dict[str, RowSet] = dict(getattr(detector.card, "rows", None) or {})
+    if "fit" in own:
+        return own
+    members = getattr(detector, "members", None)
+    if not members:
+        return None
+    parts = [seen_rows(m) for m in members]
+    known = [p for p in parts if p is not None]
+    return join_rows([*known, own]) if len(known) == len(parts) else None
+
+
+def join_rows(parts: Iterable[dict[str, RowSet]]) -> dict[str, RowSet]:
+    """Rows per role joined over several records (an ensemble's members and its own calibration rows)."""
+    roles: dict[str, tuple[set[str], set[str]]] = {}
+    for rows in parts:
+        for role, rs in rows.items():
+            hashes, codes = roles.setdefault(role, (set(), set()))
+            hashes.update(rs.hashes)
+            codes.update(rs.phashes)
+    return {role: RowSet.of(hashes, codes) for role, (hashes, codes) in roles.items()}
+
+
+def overlap(seen: dict[str, RowSet], shas: Iterable[str], phashes: Iterable[str] | None = None) -> set[str]:
+    """The hashes among ``shas`` that were seen in any role, as the same file or (given the rows' ``phashes``) as a
+    near-duplicate of a seen image."""
+    shas = list(shas)
+    codes = None if phashes is None else list(phashes)
+    return set().union(*(rs.overlap(shas, codes) for rs in seen.values()))
+
+
+def provenance(shas: Iterable[str], seen: dict[str, RowSet] | None,
+               phashes: Iterable[str] | None = None) -> dict[str, Any]:
+    """Which rows a figure was computed on: ``n`` distinct images (duplicates count once), their ``digest``, and
+    ``status``: held-out (none seen), in-sample (``n_seen`` of them were fitted or calibrated on, or are
+    near-duplicates of such images when ``phashes`` are given; per role in ``seen``), or provenance unknown (``seen``
+    is None)."""
+    shas = [str(s) for s in shas]
+    codes = None if phashes is None else list(phashes)
+    rows = RowSet.of(shas)
+    if seen is None:
+        return {"n": rows.n, "digest": rows.digest, "status": UNKNOWN}
+    per_role = {role: rs.overlap(shas, codes) for role, rs in seen.items()}  # one near-duplicate search per role
+    n_seen = len(set().union(*per_role.values()))
+    return {"n": rows.n, "digest": rows.digest, "status": IN_SAMPLE if n_seen else HELD_OUT, "n_seen": n_seen,
+            "seen": {role: len(found) for role, found in per_role.items()}}
+
+
+def describe_rows(rows: dict[str, Any]) -> str:
+    """One line for a provenance record: ``held-out: 40 images (digest …)``, or in-sample with the overlap."""
+    seen = f", {rows['n_seen']} seen in fitting/calibration" if rows.get("n_seen") else ""
+    return f"{rows['status']}: {rows['n']} images{seen} (digest {rows['digest']})"

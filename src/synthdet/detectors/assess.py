@@ -1,0 +1,276 @@
+"""A verdict a person can act on: the score, whether it survives everyday processing, and evidence beside it.
+
+:func:`assess_image` scores an image with a detector, re-scores it under a JPEG re-encode at quality 75, a 0.5×
+down-up resize and a centre crop (the **stability checks**), and answers in words: ``"likely generated"``,
+``"likely real"`` or ``"uncertain"``, with the reasons. It is uncertain when the checks disagree with the score, or
+when the score lies inside the detector's uncertainty band around its threshold (``card.data["uncertain_band"]``,
+calibrated on scores the detector never saw; without one, threshold ± 0.1, and the assessment says it is not
+calibrated).
+
+**Evidence** is reported beside the score and never mixed into it: EXIF camera make/model and software, the JPEG
+quality its quantisation tables imply, and C2PA content credentials (with the ``c2pa`` extra). A **heatmap** of
+patch-level scores (a 3×3 grid of overlapping tiles cut from the image at its native scale, each scored by the
+detector's own pipeline) shows which regions drove the score.
+
+Scoring is split in two so that a service can gather many requests into one forward pass: :func:`prepare` decodes
+and builds every variant an assessment needs (a :class:`Pending`), :func:`~synthdet.detectors.scoring.score_images` scores any list of images in
+batches, and :meth:`Pending.finish` turns its share of the probabilities into an :class:`Assessment`.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Literal
+
+import numpy as np
+from PIL import Image
+from pydantic import BaseModel
+
+from synthdet.data.perturbations import get_slice
+from synthdet.detectors.evidence import Evidence, read_evidence
+from synthdet.detectors.scoring import AnyDetector, detector_id, draft_size, score_images
+from synthdet.features.extract import ImageTransform
+from synthdet.io.pixels import DEFAULT_MAX_PIXELS, ImageLoadError, load_image, reduce_to
+
+Verdict = Literal["likely generated", "likely real", "uncertain"]
+Label = Literal["generated", "real"]
+
+#: Half-width of the uncertainty band used when a detector's card has none.
+DEFAULT_BAND_HALF_WIDTH = 0.1
+#: Fraction of each side the centre-crop check keeps.
+CROP_FRACTION = 0.7
+#: Tiles per side of the heatmap grid; each tile's side is half the image's short side.
+HEATMAP_GRID = 3
+
+
+def centre_crop(img: Image.Image, key: str = "", *, fraction: float = CROP_FRACTION) -> Image.Image:
+    """The central ``fraction`` of each side: what a re-framed copy keeps."""
+    w, h = img.size
+    cw, ch = max(1, round(w * fraction)), max(1, round(h * fraction))
+    left, top = (w - cw) // 2, (h - ch) // 2
+    return img.crop((left, top, left + cw, top + ch))
+
+
+#: The stability checks: name → (what it does, the pixel transform). Two are the robustness slices of the same
+#: names, so a check and an evaluation slice process pixels identically.
+CHECKS: dict[str, tuple[str, ImageTransform]] = {
+    **{name: (get_slice(name).description, get_slice(name)) for name in ("jpeg75", "resize0.5")},
+    "crop": (f"centre crop keeping {CROP_FRACTION:.0%} of each side", centre_crop),
+}
+
+
+class Check(BaseModel):
+    """The score of one processed copy of the image, at the detector's threshold."""
+
+    name: str
+    description: str
+    probability: float
+    label: Label
+    agrees: bool  # same label as the unprocessed image
+
+
+class Heatmap(BaseModel):
+    """Patch scores: ``scores[row][col]`` is the probability of the tile ``boxes[row][col]`` = (left, top, right,
+    bottom) in the image's pixels; tiles overlap."""
+
+    scores: list[list[float]]
+    boxes: list[list[tuple[int, int, int, int]]]
+
+
+class Assessment(BaseModel):
+    """An image's verdict in words, the numbers behind it and the evidence beside it."""
+
+    name: str
+    sha256: str
+    width: int
+    height: int
+    detector: str
+    probability: float
+    label: Label
+    threshold: float
+    band: tuple[float, float]
+    band_source: str  # "card" or "default, not calibrated"
+    verdict: Verdict
+    reasons: list[str]
+    checks: list[Check]
+    evidence: Evidence | None
+    heatmap: Heatmap | None
+    timings_ms: dict[str, float]
+
+
+def band_of(det: AnyDetector) -> tuple[tuple[float, float], str]:
+    """The card's calibrated band (``data["uncertain_band"]``) or threshold ± 0.1, with where it came from."""
+    band = det.card.data.get("uncertain_band")
+    if band is not None:
+        low, high = (float(x) for x in band)
+        if not 0.0 <= low <= high <= 1.0:
+            raise ValueError(f"uncertain_band {band!r} on the card is not a pair 0 <= low <= high <= 1")
+        return (low, high), "card"
+    t = det.threshold
+    return (max(0.0, t - DEFAULT_BAND_HALF_WIDTH), min(1.0, t + DEFAULT_BAND_HALF_WIDTH)), "default, not calibrated"
+
+
+# --- assessment -------------------------------------------------------------------------------------------------
+
+
+def tile_boxes(size: tuple[int, int], grid: int = HEATMAP_GRID) -> list[list[tuple[int, int, int, int]]]:
+    """A ``grid``×``grid`` lattice of overlapping square tiles, side half the short side, corners to corners."""
+    w, h = size
+    side = max(1, min(w, h) // 2)
+
+    def starts(extent: int) -> list[int]:
+        return [round(i * (extent - side) / (grid - 1)) if grid > 1 else (extent - side) // 2 for i in range(grid)]
+
+    return [[(x, y, x + side, y + side) for x in starts(w)] for y in starts(h)]
+
+
+@dataclass
+class Pending:
+    """An image decoded and its variants built, waiting for their scores: ``images[0]`` is the image, then one per
+    check, then the heatmap tiles row by row."""
+
+    name: str
+    sha256: str
+    size: tuple[int, int]
+    images: list[Image.Image]
+    checks: list[str]
+    boxes: list[list[tuple[int, int, int, int]]] | None
+    evidence: Evidence | None
+    timings_ms: dict[str, float] = field(default_factory=dict)
+
+    def finish(self, det: AnyDetector, probs: Sequence[float] | np.ndarray, **timings_ms: float) -> Assessment:
+        """The assessment, from the probabilities of :attr:`images` (in order)."""
+        if len(probs) != len(self.images):
+            raise ValueError(f"{len(probs)} probabilities for {len(self.images)} images")
+        t = det.threshold
+        (low, high), band_source = band_of(det)
+        p = float(probs[0])
+        label: Label = "generated" if p >= t else "real"
+        checks = []
+        for name, q in zip(self.checks, probs[1:1 + len(self.checks)]):
+            c_label: Label = "generated" if q >= t else "real"
+            checks.append(Check(name=name, description=CHECKS[name][0], probability=float(q), label=c_label,
+                                agrees=c_label == label))
+        reasons = [f"the {c.name} check ({c.description}) says {c.label} (p={c.probability:.3f}), the image itself "
+                   f"{label} (p={p:.3f})" for c in checks if not c.agrees]
+        band_note = "" if band_source == "card" else " (band: default, not calibrated)"
+        if low <= p <= high:
+            reasons.append(f"the score {p:.3f} lies within the uncertainty band [{low:.3f}, {high:.3f}] around the "
+                           f"threshold {t:.3f}{band_note}")
+        verdict: Verdict = "uncertain" if reasons else ("likely generated" if label == "generated" else "likely real")
+        if not reasons:
+            side = "above" if label == "generated" else "below"
+            reasons.append(f"the score {p:.3f} lies {side} the uncertainty band [{low:.3f}, {high:.3f}]{band_note}"
+                           + (f" and all {len(checks)} stability checks agree" if checks else ""))
+        heatmap = None
+        if self.boxes is not None:
+            tiles = [float(x) for x in probs[1 + len(self.checks):]]
+            g = len(self.boxes[0])
+            heatmap = Heatmap(scores=[tiles[r * g:(r + 1) * g] for r in range(len(self.boxes))], boxes=self.boxes)
+        return Assessment(
+            name=self.name, sha256=self.sha256, width=self.size[0], height=self.size[1], detector=detector_id(det),
+            probability=p, label=label, threshold=t, band=(low, high), band_source=band_source, verdict=verdict,
+            reasons=reasons, checks=checks, evidence=self.evidence, heatmap=heatmap,
+            timings_ms={**self.timings_ms, **{k: round(v, 2) for k, v in timings_ms.items()}},
+        )
+
+
+def prepare(
+    det: AnyDetector,
+    source: str | Path | bytes | Image.Image,
+    *,
+    name: str | None = None,
+    checks: bool = True,
+    heatmap: bool = False,
+    evidence: bool = True,
+    max_pixels: int = DEFAULT_MAX_PIXELS,
+) -> Pending:
+    """Decode ``source`` (a path, encoded bytes, or a decoded image: then no evidence) and build every variant its
+    assessment scores; :class:`~synthdet.io.pixels.ImageLoadError` when it cannot be decoded."""
+    t0 = time.perf_counter()
+    if isinstance(source, Image.Image):
+        data, img = None, source.convert("RGB")
+        name = name or "<image>"
+    else:
+        if isinstance(source, bytes):
+            data, name = source, name or "<bytes>"
+        else:
+            name = name or str(source)
+            try:
+                data = Path(source).read_bytes()
+            except FileNotFoundError:
+                raise ImageLoadError(source, "not-found") from None
+            except OSError as e:
+                raise ImageLoadError(source, "unreadable", e.strerror or str(e)) from None
+        try:
+            img = load_image(data, max_pixels=max_pixels)
+        except ImageLoadError as e:
+            raise ImageLoadError(name, e.reason, e.detail) from None
+    sha = hashlib.sha256(data if data is not None else img.tobytes()).hexdigest()
+    t1 = time.perf_counter()
+    draft = draft_size(det)
+    variants = [img] + [CHECKS[c][1](img, sha) for c in (CHECKS if checks else ())]
+    boxes = tile_boxes(img.size) if heatmap else None
+    tiles = [img.crop(b) for row in boxes for b in row] if boxes else []
+    images = [reduce_to(v, draft) if draft else v for v in variants + tiles]
+    t2 = time.perf_counter()
+    ev = read_evidence(data) if evidence and data is not None else None
+    t3 = time.perf_counter()
+    return Pending(name=name, sha256=sha, size=img.size, images=images, checks=list(CHECKS) if checks else [],
+                   boxes=boxes, evidence=ev, timings_ms={"decode": round((t1 - t0) * 1e3, 2),
+                                                         "variants": round((t2 - t1) * 1e3, 2),
+                                                         "evidence": round((t3 - t2) * 1e3, 2)})
+
+
+def assess_images(
+    det: AnyDetector,
+    sources: Sequence[str | Path | bytes | Image.Image],
+    *,
+    checks: bool = True,
+    heatmap: bool = False,
+    evidence: bool = True,
+    max_pixels: int = DEFAULT_MAX_PIXELS,
+    batch_size: int | None = None,
+) -> list[Assessment | ImageLoadError]:
+    """Assess several images with one batched scoring pass; an image that cannot be decoded gives its
+    :class:`~synthdet.io.pixels.ImageLoadError` in its place."""
+    pending: list[Pending | ImageLoadError] = []
+    for s in sources:
+        try:
+            pending.append(prepare(det, s, checks=checks, heatmap=heatmap, evidence=evidence, max_pixels=max_pixels))
+        except ImageLoadError as e:
+            pending.append(e)
+    ok = [p for p in pending if isinstance(p, Pending)]
+    t0 = time.perf_counter()
+    probs = score_images(det, [im for p in ok for im in p.images], batch_size=batch_size)
+    score_ms = (time.perf_counter() - t0) * 1e3
+    out: list[Assessment | ImageLoadError] = []
+    start = 0
+    for p in pending:
+        if isinstance(p, ImageLoadError):
+            out.append(p)
+            continue
+        out.append(p.finish(det, probs[start:start + len(p.images)], score=score_ms))
+        start += len(p.images)
+    return out
+
+
+def assess_image(
+    det: AnyDetector,
+    source: str | Path | bytes | Image.Image,
+    *,
+    checks: bool = True,
+    heatmap: bool = False,
+    evidence: bool = True,
+    max_pixels: int = DEFAULT_MAX_PIXELS,
+) -> Assessment:
+    """Assess one image (see the module's docstring); raises :class:`~synthdet.io.pixels.ImageLoadError` when it cannot
+    be decoded."""
+    (result,) = assess_images(det, [source], checks=checks, heatmap=heatmap, evidence=evidence, max_pixels=max_pixels)
+    if isinstance(result, ImageLoadError):
+        raise result
+    return result

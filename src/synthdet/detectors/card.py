@@ -1,0 +1,177 @@
+"""Detector cards: the JSON that makes a detector folder self-describing, and the registry of detector kinds.
+
+On disk a detector is a folder: ``card.json`` (a small model card: everything needed to rebuild it and judge it)
+and its tensors as safetensors (no pickle, safe to load from strangers). The card is one of three kinds, told apart
+by ``kind`` (a pydantic discriminated union, :data:`AnyCard`):
+
+- ``probe``: a frozen backbone's features + a head (``head.safetensors``), :class:`Card`;
+- ``finetuned``: the same plus ``backbone.safetensors``, the tuned tensors over the base backbone, :class:`FinetunedCard`;
+- ``ensemble``: saved detectors combined by a rule (``members/``), :class:`EnsembleCard`;
+
+and kinds whose card lives with their model (the Task B ``localizer``). :func:`read_card` upgrades version-1 cards,
+written before ``kind`` existed. :data:`DETECTOR_KINDS` names, for each kind, the loader that turns a folder into a
+runnable detector (by import path: this module imports no model code); :func:`synthdet.detectors.loading.load_detector`
+is the one place that calls it.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Callable
+from importlib import resources
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError
+
+from synthdet.backbones.core import TapPool
+from synthdet.data.splits import RowSet
+from synthdet.detectors.calibrate import Calibration
+from synthdet.features.extract import FeatureKind
+from synthdet.io.atomic import write_text
+from synthdet.io.pixels import Preprocess
+from synthdet.registry import Entry, Registry
+from synthdet.version import __version__
+
+Rule = Literal["mean", "majority", "weighted-majority"]
+
+#: Version of the card format this synthdet writes; older cards are upgraded on load, newer ones refused.
+SCHEMA_VERSION = 2
+
+
+class NotADetectorError(ValueError):
+    """A ``card.json`` that is not a synthdet detector card; the message is one line naming the file and why."""
+
+
+class CardBase(BaseModel):
+    """Fields every detector card has: what it decides and how it was judged."""
+
+    model_config = ConfigDict(extra="allow")
+
+    schema_version: int = SCHEMA_VERSION
+    synthdet_version: str = __version__
+    threshold: float
+    prior: float = 0.5  # probability reported for an image that cannot be scored (fraction of fakes seen)
+    metrics: dict[str, Any] = {}
+    rows: dict[str, RowSet] = {}  # "fit", "calib": the images (content hashes) the model was fitted / calibrated on
+    calibration: Calibration | None = None  # raw head probability → reported probability; threshold is on the latter
+    data: dict[str, Any] = {}
+    created: str = ""
+
+
+class Card(CardBase):
+    """A probe: a frozen backbone's features (pooled, or pooled + layer taps) and a head on them."""
+
+    kind: Literal["probe"] = "probe"
+    backbone: str
+    weights_id: str
+    weights_file: str | None = None
+    preprocess: Preprocess
+    tap_pool: TapPool = "mean"  # how block features were summarised (Backbone.with_tap_pool)
+    features: FeatureKind = "pooled"
+    head: str
+    head_params: dict[str, Any] = {}
+    n_features: int
+
+
+class FinetunedCard(Card):
+    """A fine-tuned network: the probe's fields (``weights_id`` is the tuned identity) and, as the extra field
+    ``finetune``, the run's record (``base_weights_id``: the backbone the tuned tensors apply to; config, history)."""
+
+    kind: Literal["finetuned"] = "finetuned"  # type: ignore[assignment]
+
+
+class EnsembleCard(CardBase):
+    """Saved detectors combined by a rule; ``backbone``/``weights_id``/``head``/``features`` summarise the members
+    for reports that show any detector's card."""
+
+    kind: Literal["ensemble"] = "ensemble"
+    rule: Rule
+    names: list[str]  # m<j>-<folder name>: table rows, metric keys, and the folder names under members/
+    members: list[str]  # member folders; relative ones are inside the ensemble folder
+    weights: list[float]
+    backbone: str
+    weights_id: str
+    head: str
+    features: str
+
+
+AnyCard = Annotated[Card | FinetunedCard | EnsembleCard, Field(discriminator="kind")]
+_CARDS: TypeAdapter[Card | FinetunedCard | EnsembleCard] = TypeAdapter(AnyCard)
+
+
+def upgrade_card(raw: dict[str, Any], folder: Path) -> dict[str, Any]:
+    """A card's JSON in the current schema. Version 1 had no ``kind``: a folder with ``backbone.safetensors`` held a
+    fine-tuned network, ``"kind": "ensemble"`` an ensemble, anything else a probe."""
+    version = raw.get("schema_version", 1)
+    if not isinstance(version, int) or version < 1:
+        raise NotADetectorError(f"{folder / 'card.json'}: not a synthdet detector card (schema_version {version!r})")
+    if version > SCHEMA_VERSION:
+        raise NotADetectorError(f"{folder / 'card.json'}: written by a newer synthdet (card schema {version}; this "
+                                f"version reads up to {SCHEMA_VERSION}): upgrade synthdet")
+    if version == 1:
+        kind = "finetuned" if (folder / "backbone.safetensors").is_file() else "probe"
+        raw = {**raw, "kind": raw.get("kind", kind), "schema_version": SCHEMA_VERSION}
+    return raw
+
+
+def _reasons(err: ValidationError, limit: int = 3) -> str:
+    """pydantic's errors as short clauses: ``missing 'backbone', 'head'``, ``kind 'foo' unknown``, …"""
+    missing: list[str] = []
+    other: list[str] = []
+    for e in err.errors(include_url=False):
+        loc = ".".join(str(x) for x in e["loc"][1:])  # the first element is the kind's variant
+        if e["type"] == "union_tag_invalid":
+            ctx = e.get("ctx", {})
+            other.append(f"kind {ctx.get('tag')!r} unknown; kinds: {ctx.get('expected_tags')}")
+        elif e["type"] == "missing":
+            missing.append(repr(loc))
+        else:
+            other.append(f"{loc!r}: {e['msg']}")
+    clauses = ([f"missing {', '.join(missing)}"] if missing else []) + other[:limit]
+    return "; ".join(clauses) + (f"; and {len(other) - limit} more" if len(other) > limit else "")
+
+
+def read_card(folder: str | Path) -> Card | FinetunedCard | EnsembleCard:
+    """The card of a detector folder, upgraded to the current schema; :class:`NotADetectorError` (one line) for a
+    ``card.json`` that is not a synthdet card, ``FileNotFoundError`` for a folder without one."""
+    folder = Path(folder)
+    file = folder / "card.json"
+    if not file.is_file():
+        raise FileNotFoundError(f"{folder}: not a synthdet detector (no card.json)")
+    try:
+        raw = json.loads(file.read_text(encoding="utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise NotADetectorError(f"{file}: not a synthdet detector card (not JSON: {e})") from None
+    if not isinstance(raw, dict):
+        raise NotADetectorError(f"{file}: not a synthdet detector card (a JSON {type(raw).__name__}, not an object)")
+    try:
+        raw = upgrade_card(raw, folder)
+        kind = str(raw.get("kind", ""))
+        if kind in DETECTOR_KINDS and "card" in DETECTOR_KINDS.meta(kind):  # a kind whose card lives elsewhere
+            return Entry(kind, DETECTOR_KINDS.meta(kind)["card"]).load().model_validate(raw)
+        return _CARDS.validate_python(raw)
+    except ValidationError as e:
+        raise NotADetectorError(f"{file}: not a synthdet detector card ({_reasons(e)})") from None
+
+
+def save_card(card: CardBase, folder: Path) -> None:
+    """Write ``card.json`` atomically, stamping the creation time once."""
+    card.created = card.created or time.strftime("%Y-%m-%dT%H:%M:%S%z")
+    write_text(folder / "card.json", json.dumps(card.model_dump(mode="json"), indent=2) + "\n")
+
+
+def default_detector_path() -> Path:
+    """The default detector shipped inside the package."""
+    return Path(str(resources.files("synthdet") / "pretrained" / "default"))
+
+
+DETECTOR_KINDS: Registry[Callable[[Path], Any]] = Registry("detector kind")
+"""Loader of a detector folder by its card's ``kind``: ``loader(folder) -> detector``; metadata ``files``: what the
+folder must hold besides ``card.json``; ``card``: the card class of a kind defined outside this module."""
+DETECTOR_KINDS.add("probe", "synthdet.detectors.detector:load_probe", files=("head.safetensors",))
+DETECTOR_KINDS.add("finetuned", "synthdet.training.finetune:load_finetuned", files=("head.safetensors", "backbone.safetensors"))
+DETECTOR_KINDS.add("ensemble", "synthdet.detectors.ensemble:load_ensemble", files=())
+DETECTOR_KINDS.add("localizer", "synthdet.localization.models:load_localizer", files=("model.safetensors",),
+                   card="synthdet.localization.models:LocalizerCard")

@@ -1,0 +1,252 @@
+"""Manipulated images with exact masks for Task B (manipulation localization), built from any real/AI manifest.
+
+Each triple is ``(image, mask, category)`` on a square canvas of a real photo:
+
+- ``splice-ai``: a region of a generated image pasted in (feathered edges, colour-matched);
+- ``inpaint-sp``: a region replaced by the same region round-tripped through the TAEF2 latent autoencoder (the
+  decoder's trace without a content seam);
+- ``regen-fr``: the whole image through TAEF2, the masked region's latent replaced by another image's latent before
+  decoding (every pixel carries the decoder's trace; the mask is the new content, at latent resolution);
+- ``splice-real``: a region of another real photo pasted in; ``copy-move``: a region of the same photo moved;
+- ``authentic``: the photo untouched (empty mask, label 0), so image-level decisions have negatives.
+
+Shapes are smooth star-shaped blobs (object-like) or thresholded smooth noise. Every triple then goes through one
+social-media chain: a resize (image with a random filter, mask with nearest) and JPEG for the image only. The
+autoencoder categories carry *one* tiny decoder's trace: report them per category, never as a given generator's.
+"""
+
+from __future__ import annotations
+
+import io
+import random
+from collections.abc import Callable
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+from PIL import Image, ImageFilter
+from tqdm.auto import tqdm
+
+from synthdet.io.atomic import atomic_path, write_bytes
+from synthdet.io.pixels import ImageLoadError, load_image
+
+CATEGORIES = ("splice-ai", "inpaint-sp", "regen-fr", "splice-real", "copy-move", "authentic")
+_FILTERS = (Image.Resampling.BILINEAR, Image.Resampling.BICUBIC, Image.Resampling.LANCZOS)
+
+
+def square(img: Image.Image, size: int) -> Image.Image:
+    """Centre square of ``img`` resized to ``size`` (the canvas every manipulation works on)."""
+    w, h = img.size
+    s = min(w, h)
+    left, top = (w - s) // 2, (h - s) // 2
+    return img.convert("RGB").crop((left, top, left + s, top + s)).resize((size, size), Image.Resampling.BICUBIC)
+
+
+def random_shape(
+    size: int, rng: np.random.Generator, coverage: tuple[float, float] = (0.05, 0.35), *, blob: bool | None = None
+) -> np.ndarray:
+    """A boolean (size, size) mask: a smooth star-shaped blob or (``blob`` False; None draws) thresholded smooth
+    noise, covering a share of the canvas drawn from ``coverage``."""
+    target = rng.uniform(*coverage)
+    yy, xx = np.mgrid[0:size, 0:size].astype(np.float32) / size
+    if blob if blob is not None else rng.random() < 0.6:  # object-like blob: a radius with a few random harmonics
+        radius = np.sqrt(target / np.pi)
+        cy, cx = rng.uniform(radius, 1 - radius, size=2)
+        theta = np.arctan2(yy - cy, xx - cx)
+        r = np.ones_like(theta)
+        for k in range(2, 6):
+            r += rng.uniform(0, 0.25 / k * 2) * np.cos(k * theta + rng.uniform(0, 2 * np.pi))
+        dist = np.hypot(yy - cy, xx - cx) / r
+        mask = dist <= np.quantile(dist, target)
+    else:  # irregular: low-frequency noise thresholded at the target quantile
+        cells = int(rng.integers(2, 5))
+        noise = Image.fromarray(rng.random((cells, cells)).astype(np.float32), mode="F")
+        field = np.asarray(noise.resize((size, size), Image.Resampling.BICUBIC))
+        mask = field >= np.quantile(field, 1 - target)
+    return mask
+
+
+def _alpha(mask: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+    """Feathered alpha in [0, 1] from a boolean mask; feathering stays within a pixel or two of the edge."""
+    radius = float(rng.uniform(0.5, 2.0))
+    soft = Image.fromarray((mask * 255).astype(np.uint8)).filter(ImageFilter.GaussianBlur(radius))
+    return np.asarray(soft, dtype=np.float32)[..., None] / 255.0
+
+
+def _colour_match(patch: np.ndarray, ref: np.ndarray, where: np.ndarray, strength: float) -> np.ndarray:
+    """Move ``patch``'s per-channel mean/std inside ``where`` towards ``ref``'s, by ``strength`` in [0, 1]."""
+    p, r = patch[where], ref[where]
+    scale = r.std(0) / (p.std(0) + 1e-3)
+    matched = (patch - p.mean(0)) * scale + r.mean(0)
+    return np.clip(strength * matched + (1 - strength) * patch, 0, 255)
+
+
+def _composite(base: np.ndarray, patch: np.ndarray, alpha: np.ndarray) -> np.ndarray:
+    return base * (1 - alpha) + patch * alpha
+
+
+def manipulate(
+    category: str, real: Image.Image, donor: Image.Image | None, rng: np.random.Generator
+) -> tuple[Image.Image, np.ndarray]:
+    """One manipulation of the square canvas ``real`` → ``(image, boolean mask)``; ``donor`` (same size) is the
+    generated image (``splice-ai``), the other photo (``splice-real``) or the latent donor (``regen-fr``)."""
+    size = real.size[0]
+    base = np.asarray(real, dtype=np.float32)
+    if category == "authentic":
+        return real, np.zeros((size, size), bool)
+    mask = random_shape(size, rng, (0.03, 0.15), blob=True) if category == "copy-move" else random_shape(size, rng)
+    if category == "regen-fr":
+        from synthdet.localization import autoencoder as taef2
+
+        if donor is None:
+            raise ValueError("regen-fr needs a donor image")
+        lat, other = taef2.encode(real), taef2.encode(donor)
+        small = mask.reshape(size // taef2.SCALE, taef2.SCALE, size // taef2.SCALE, taef2.SCALE).mean((1, 3)) >= 0.5
+        if not small.any():
+            small[small.shape[0] // 2, small.shape[1] // 2] = True
+        m = np.asarray(small, dtype=np.float32)[None, None]
+        import torch
+
+        mixed = lat * (1 - torch.from_numpy(m)) + other * torch.from_numpy(m)
+        mask = np.kron(small, np.ones((taef2.SCALE, taef2.SCALE), bool))
+        return taef2.decode(mixed), mask
+    if category == "inpaint-sp":
+        from synthdet.localization import autoencoder as taef2
+
+        patch = np.asarray(taef2.roundtrip(real), dtype=np.float32)
+    elif category in ("splice-ai", "splice-real"):
+        if donor is None:
+            raise ValueError(f"{category} needs a donor image")
+        patch = _colour_match(np.asarray(donor, dtype=np.float32), base, mask, float(rng.uniform(0.3, 1.0)))
+    elif category == "copy-move":
+        ys, xs = np.nonzero(mask)
+        (ylo, yhi), (xlo, xhi) = (-ys.min(), size - 1 - ys.max()), (-xs.min(), size - 1 - xs.max())
+        dy, dx = int(rng.integers(ylo, yhi + 1)), int(rng.integers(xlo, xhi + 1))
+        if abs(dy) + abs(dx) < size // 8:  # a move of a few pixels is barely a manipulation: go to the far side
+            dy, dx = (ylo if -ylo > yhi else yhi), (xlo if -xlo > xhi else xhi)
+        # the region at (y, x) is shown at (y + dy, x + dx): source pixels stay real, the destination is the mask
+        patch = np.roll(base, (dy, dx), axis=(0, 1))
+        mask = np.roll(mask, (dy, dx), axis=(0, 1))
+    else:
+        raise ValueError(f"unknown category {category!r}; expected one of {', '.join(CATEGORIES)}")
+    out = _composite(base, patch, _alpha(mask, rng))
+    return Image.fromarray(np.clip(out.round(), 0, 255).astype(np.uint8)), mask
+
+
+def social_chain(
+    img: Image.Image, mask: np.ndarray, rng: np.random.Generator, *, scale: tuple[float, float] = (0.6, 1.0),
+    quality: tuple[int, int] = (65, 95),
+) -> tuple[bytes, np.ndarray]:
+    """Resize image and mask alike (the mask with nearest), JPEG the image: ``(jpeg bytes, boolean mask)``."""
+    w, h = img.size
+    f = float(rng.uniform(*scale))
+    size = (max(16, round(w * f)), max(16, round(h * f)))
+    out = img.resize(size, _FILTERS[int(rng.integers(len(_FILTERS)))]) if size != (w, h) else img
+    m = Image.fromarray(mask.astype(np.uint8) * 255).resize(size, Image.Resampling.NEAREST)
+    buf = io.BytesIO()
+    out.save(buf, format="JPEG", quality=int(rng.integers(quality[0], quality[1] + 1)))
+    return buf.getvalue(), np.asarray(m) > 127
+
+
+def source_group(row: pd.Series | dict) -> str:
+    """The collection a host photo came from, for per-source tables: the manifest's ``group`` column where it has
+    one, else the first word of its ``source`` (``github:owner/repo file.jpg`` → ``github:owner/repo``: the dev data's
+    ``source`` names each file, which would make one-image groups), else ``""``."""
+    group = str(row.get("group", "") or "").strip()
+    if group and group != "nan":
+        return group
+    src = str(row.get("source", "") or "").strip()
+    return "" if src == "nan" else (src.split()[0] if src else "")
+
+
+def write_mask(mask: np.ndarray, dest: Path) -> None:
+    """PNG, 0 and 255, grayscale."""
+    with atomic_path(dest) as tmp:
+        Image.fromarray(mask.astype(np.uint8) * 255).save(tmp, format="PNG")
+
+
+def read_mask(path: str | Path | None, shape: tuple[int, int] | None = None) -> np.ndarray:
+    """Boolean (H, W) mask from a PNG (any value > 127 is manipulated); an empty path with ``shape`` is an
+    authentic image's empty mask."""
+    if path is None or (isinstance(path, str | float) and (not str(path) or str(path) == "nan")):
+        if shape is None:
+            raise ValueError("an empty mask needs the image's shape")
+        return np.zeros(shape, bool)
+    with Image.open(path) as im:
+        return np.asarray(im.convert("L")) > 127
+
+
+def make_manipulations(
+    df: pd.DataFrame,
+    out: str | Path,
+    *,
+    n: int = 100,
+    size: int = 256,
+    categories: tuple[str, ...] = CATEGORIES,
+    seed: int = 0,
+    progress: bool = False,
+    on_skip: Callable[[str, str], None] | None = None,
+) -> pd.DataFrame:
+    """Write ``n`` triples into ``out`` (``images/``, ``masks/``, ``manifest.csv``) and return the manifest
+    (``path``, ``mask`` relative to ``out``; ``label`` 1 = manipulated; ``category``; ``source`` of the photo,
+    ``donor`` of the pasted content; ``source_group``, the photo's collection: :func:`source_group`). ``df`` needs ``path`` and ``label`` (0 real, 1 generated); categories cycle in
+    order, images and donors are drawn with ``seed``. ``size`` (a multiple of 8) is the working canvas before the
+    social-media chain shrinks it."""
+    if size % 8:
+        raise ValueError(f"size must be a multiple of 8, got {size}")
+    unknown = set(categories) - set(CATEGORIES)
+    if unknown:
+        raise ValueError(f"unknown categories: {', '.join(sorted(unknown))}")
+    if "ok" in df:
+        df = df[df["ok"].astype(bool)]
+    reals = df[df["label"] == 0].reset_index(drop=True)
+    fakes = df[df["label"] == 1].reset_index(drop=True)
+    if len(reals) < 2 or (len(fakes) == 0 and "splice-ai" in categories):
+        raise ValueError(f"need at least 2 real images and 1 generated one, got {len(reals)} and {len(fakes)}")
+    out = Path(out)
+    (out / "images").mkdir(parents=True, exist_ok=True)
+    (out / "masks").mkdir(parents=True, exist_ok=True)
+    rng = np.random.default_rng(seed)
+    order = random.Random(seed)
+    cache: dict[str, Image.Image] = {}
+
+    def canvas(path: str) -> Image.Image:
+        if path not in cache:
+            cache[path] = square(load_image(path), size)
+            if len(cache) > 64:
+                cache.pop(next(iter(cache)))
+        return cache[path]
+
+    def source_of(row: pd.Series) -> str:
+        return str(row.get("source", "") or row["path"])
+
+    rows = []
+    for i in tqdm(range(n), desc="manipulate", unit="img", disable=not progress):
+        cat = categories[i % len(categories)]
+        real = reals.iloc[order.randrange(len(reals))]
+        pool = fakes if cat in ("splice-ai", "regen-fr") and len(fakes) else reals
+        donor_row = pool.iloc[order.randrange(len(pool))]
+        if donor_row["path"] == real["path"]:
+            donor_row = reals.iloc[(reals.index[reals["path"] == real["path"]][0] + 1) % len(reals)]
+        try:
+            donor = canvas(donor_row["path"]) if cat not in ("inpaint-sp", "copy-move", "authentic") else None
+            img, mask = manipulate(cat, canvas(real["path"]), donor, rng)
+        except ImageLoadError as e:
+            if on_skip:
+                on_skip(str(e.path), e.reason)
+            continue
+        data, mask = social_chain(img, mask, rng)
+        name = f"m{i:05d}"
+        write_bytes(out / "images" / f"{name}.jpg", data)
+        mask_rel = ""
+        if cat != "authentic":
+            write_mask(mask, out / "masks" / f"{name}.png")
+            mask_rel = f"masks/{name}.png"
+        rows.append({
+            "path": f"images/{name}.jpg", "mask": mask_rel, "label": int(cat != "authentic"), "category": cat,
+            "source": source_of(real), "donor": source_of(donor_row) if donor is not None else "",
+            "source_group": source_group(real),
+        })
+    manifest = pd.DataFrame(rows)
+    write_bytes(out / "manifest.csv", manifest.to_csv(index=False).encode())
+    return manifest

@@ -1,0 +1,327 @@
+"""Stratified k-fold cross-validation of a detector recipe: how much do its scores move with the split?
+
+Raza 2025 (``seeds/003``) validates with 5-fold stratified CV "to assess stability and variance" and then retrains
+the final model on all labelled images; one 80/20 split of a 927-image set can be lucky or unlucky by several
+points of F1, and k folds show by how much.
+
+Folds come from a :class:`~synthdet.data.splits.SplitPlan` (stratified by label and generator/source, grouped by content
+hash and near-duplicates, so copies share a fold; saved as ``plan.json``); every image is tested exactly once.
+Inside the k-1 training folds the plan's stratified, grouped ``calib`` slice (15 %) is held out: the head
+early-stops on it and the fold's F1-optimal threshold is chosen on it — never on the test fold, whose images only
+ever get scored. Fold metrics are computed on the test fold alone; the
+summary is mean ± population std (ddof 0, as scikit-learn's CV examples) over folds.
+
+:func:`run_folds` is the loop for any recipe given as a :data:`FoldFitter`; :func:`cross_validate` runs it for a
+head on cached features, :func:`finetune_fitter` makes the fitter for fine-tuning from images (one fine-tuning per
+fold: fine on a GPU, slow on CPU). With ``refit_all`` the head is then fitted on every labelled image and its
+threshold taken from the out-of-fold probabilities — each from a model that never saw that image, as scikit-learn's
+``TunedThresholdClassifierCV`` does; torch heads train for the median best epoch of the folds (nothing is left to
+early-stop on).
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+import pandas as pd
+
+from synthdet.backbones.core import Backbone, TapPool, create_backbone
+from synthdet.data.manifest import manifest_hash, usable_rows, write_manifest
+from synthdet.data.splits import RowSet, SplitPlan
+from synthdet.detectors.calibrate import (
+    Calibration,
+    CalibrationMethod,
+    capped_threshold,
+    f1_optimal_threshold,
+    fit_calibration,
+)
+from synthdet.detectors.card import Card
+from synthdet.detectors.detector import Detector
+from synthdet.evaluation.metrics import binary_metrics, source_table
+from synthdet.features.extract import FeatureKind, FeatureStore, extract
+from synthdet.heads.probes import make_head
+from synthdet.io.atomic import atomic_open, write_text
+from synthdet.training.train import assign_roles, best_epoch, fit_head, head_config, load_features, refit_params
+
+if TYPE_CHECKING:
+    from synthdet.training.finetune import FineTuneConfig
+
+FoldFitter = Callable[[int, pd.DataFrame, pd.DataFrame], tuple[np.ndarray, float]]
+"""``(fold, train rows with a split column "fit"/"calib", test rows) → (test probabilities, threshold)``.
+
+The threshold must never come from the test rows: a recipe that fits something takes it from the ``calib`` rows. A
+NaN probability marks a test image that could not be scored (left out of that fold's metrics, kept in the table)."""
+
+#: Per-fold metrics, in table order: ranking metrics, then decisions at the fold's own calibrated threshold.
+FOLD_METRICS = ("roc_auc", "ap", "f1", "accuracy", "eer")
+
+
+@dataclass
+class CVResult:
+    folds: list[dict[str, Any]]  # per fold: fold, n, n_fake, threshold and FOLD_METRICS
+    mean: dict[str, float]
+    std: dict[str, float]
+    oof: pd.DataFrame  # one row per image: path, sha256, label, source, generator, fold, prob, threshold
+    plan: SplitPlan | None = None  # the folds (and each fold's fit/calib roles)
+    detector: Detector | None = None  # with refit_all: fitted on every image, threshold from the oof probabilities
+    skipped: list[tuple[str, str]] = field(default_factory=list)
+    config: dict[str, Any] = field(default_factory=dict)  # what was cross-validated (backbone, head, k …)
+    group_by: str | None = None  # leave-one-group-out: the column whose values were held out in turn
+
+    def scored(self) -> pd.DataFrame:
+        """The out-of-fold rows that got a probability (an image that could not be scored has NaN)."""
+        return self.oof[np.isfinite(self.oof["prob"])]
+
+    def by_group(self, threshold: float | None = None) -> pd.DataFrame:
+        """Leave-one-group-out figures per held-out group (:func:`~synthdet.evaluation.metrics.source_table`) at ``threshold``
+        (default: the F1-optimal threshold of the pooled out-of-group probabilities)."""
+        if self.group_by is None:
+            raise ValueError("these folds were not made by a group column (cross_validate(group_by=...))")
+        scored = self.scored()
+        y, p = scored["label"].to_numpy(), scored["prob"].to_numpy()
+        thr = f1_optimal_threshold(y, p) if threshold is None else threshold
+        return source_table(y, p, scored[self.group_by].to_numpy(), threshold=thr)
+
+    def summary(self) -> dict[str, Any]:
+        """The figures, labelled: each fold's from its own model at its own threshold, on its held-out fold; with
+        ``group_by``, also the pooled out-of-group scores and the per-group table."""
+        out: dict[str, Any] = {"model": "one model per fold (fitted on the other folds), not a refitted detector",
+                               "rows": "held-out", "plan_id": self.plan.id if self.plan else None,
+                               "config": self.config, "folds": self.folds, "mean": self.mean, "std": self.std}
+        if self.group_by is not None:
+            scored = self.scored()
+            y, p = scored["label"].to_numpy(), scored["prob"].to_numpy()
+            pooled = binary_metrics(y, p, threshold=f1_optimal_threshold(y, p))
+            table = self.by_group(pooled["at_threshold"]["threshold"])
+            reals = table[table["label"] == 0]
+            out["leave_one_group_out"] = {
+                "group_by": self.group_by,
+                "rows": "held-out: every image scored by the model whose training excluded its whole group",
+                "pooled": pooled, "mean_group_auc": float(table["roc_auc"].mean()),
+                "worst_group_auc": float(table["roc_auc"].min()),
+                "worst_real_fpr": float(reals["flagged"].max()) if len(reals) else float("nan"),
+                "threshold": pooled["at_threshold"]["threshold"], "groups": table.to_dict("records")}
+        return out
+
+
+def fold_metrics(y: np.ndarray, prob: np.ndarray, threshold: float) -> dict[str, float]:
+    m = binary_metrics(y, prob, threshold=threshold)
+    at = m["at_threshold"]
+    return {"n": m["n"], "n_fake": m["n_fake"], "threshold": float(threshold), "roc_auc": m["roc_auc"], "ap": m["ap"],
+            "f1": at["f1"], "accuracy": at["accuracy"], "eer": m["eer"]}
+
+
+def run_folds(
+    df: pd.DataFrame, fit_fold: FoldFitter, *, k: int = 5, seed: int = 42, calib_fraction: float = 0.15,
+    plan: SplitPlan | None = None, group_by: str | None = None,
+) -> CVResult:
+    """Fit ``k`` times, each time testing one fold of ``plan`` (default: built from ``df`` with ``k``, ``seed``,
+    ``calib_fraction``, and ``group_by``: one fold per value of that column, leave-one-group-out); ``df`` holds
+    decodable, labelled rows (one per image is kept; images labelled both ways are left out and listed in
+    ``skipped``)."""
+    df = df.drop_duplicates("sha256").reset_index(drop=True)
+    plan = plan or SplitPlan.build(df, test=0.0, calib=calib_fraction, k=k, seed=seed, fold_by=group_by)
+    df, skipped = assign_roles(df, plan)
+    df = df.drop(columns="split").assign(fold=plan.fold_of(df["sha256"]))
+    prob = np.full(len(df), np.nan)
+    thr = np.full(len(df), np.nan)
+    folds = []
+    for f in range(plan.k):
+        train = df[df["fold"] != f].copy()
+        train["split"] = plan.fold_roles(train["sha256"], f)
+        test = df[df["fold"] == f]
+        p, t = fit_fold(f, train, test)
+        prob[test.index], thr[test.index] = p, t
+        scored = np.isfinite(p)
+        name = {"group": plan.fold_names[f]} if plan.fold_names else {}
+        folds.append({"fold": f, **name, **fold_metrics(test["label"].to_numpy()[scored], p[scored], t)})
+    table = pd.DataFrame(folds)
+    keep = list(dict.fromkeys(c for c in ("path", "sha256", "label", "source", "generator", group_by, "fold")
+                              if c and c in df))
+    oof = df[keep].assign(prob=prob, threshold=thr)
+    return CVResult(folds, {m: float(table[m].mean()) for m in FOLD_METRICS},
+                    {m: float(table[m].std(ddof=0)) for m in FOLD_METRICS}, oof, plan=plan, skipped=skipped,
+                    group_by=group_by)
+
+
+def cross_validate(
+    data: str | Path | pd.DataFrame,
+    *,
+    backbone: str | Backbone = "effnet-lite0",
+    weights: str | Path | None = None,
+    head: str = "logreg",
+    head_params: dict[str, Any] | None = None,
+    features: FeatureKind = "pooled",
+    n_views: int = 4,
+    k: int = 5,
+    seed: int = 42,
+    calib_fraction: float = 0.15,
+    plan: SplitPlan | None = None,
+    cache_dir: str | Path | None = None,
+    batch_size: int | None = None,
+    num_workers: int | None = None,
+    refit_all: bool = False,
+    group_by: str | None = None,
+    calibrate: CalibrationMethod | None = None,
+    max_group_fpr: float | None = None,
+    tap_pool: TapPool = "mean",
+    out: str | Path | None = None,
+    progress: bool = False,
+) -> CVResult:
+    """k-fold CV of ``head`` on cached features (``fit`` rows get ``n_views`` views, calib and test rows view 0, as
+    in ``train_detector``). Folds are those of ``plan`` (default: built from ``data`` with ``k``, ``seed`` and
+    ``calib_fraction``; with ``group_by``, one fold per value of that column — leave-one-source-out, the protocol
+    that predicts the wild). ``out`` receives ``cv.json``, ``oof.csv``, ``plan.json`` and, with ``refit_all``,
+    ``detector/``."""
+    df, skipped = usable_rows(data, progress=progress)
+    df = df.drop_duplicates("sha256").reset_index(drop=True)
+    plan = plan or SplitPlan.build(df, test=0.0, calib=calib_fraction, k=k, seed=seed, fold_by=group_by)
+    if not plan.k:
+        raise ValueError(f"split plan {plan.id} has no folds (built with k=0)")
+    df, outside = assign_roles(df, plan)  # images labelled both ways are left out, with their reason
+    skipped += outside
+    df = df.drop(columns="split")
+    bb = backbone if isinstance(backbone, Backbone) else create_backbone(backbone, weights=weights, tap_pool=tap_pool)
+    features, params = head_config(head, features, head_params, bb)
+    store = FeatureStore.for_backbone(bb, cache_dir)
+    views = list(range(max(1, n_views)))  # every image is in the fit rows of some fold: extract every view once
+    ex = extract(bb, df["path"].tolist(), df["sha256"].tolist(), store, views=views, batch_size=batch_size,
+                 num_workers=num_workers, progress=progress)
+    skipped += [(s.path, s.reason) for s in ex.skipped]
+    df = df[~df["path"].isin({s.path for s in ex.skipped})].reset_index(drop=True)
+    X, owner = load_features(store, df["sha256"].tolist(), views, features)  # row i * len(views) + v
+    y, shas = df["label"].to_numpy()[owner], df["sha256"].to_numpy()[owner]
+
+    def rows(images: pd.Index, every_view: bool) -> np.ndarray:
+        first = np.asarray(images) * len(views)
+        return (first[:, None] + np.arange(len(views))).ravel() if every_view else first
+
+    best_epochs: list[int | None] = []
+
+    def fit_fold(_: int, train: pd.DataFrame, test: pd.DataFrame) -> tuple[np.ndarray, float]:
+        fit, cal = rows(train.index[train["split"] == "fit"], True), rows(train.index[train["split"] == "calib"], False)
+        model, threshold = fit_head(head, params, X[fit], y[fit], X[cal], y[cal], groups=shas[fit])
+        best_epochs.append(best_epoch(model))
+        return model.predict_proba(X[rows(test.index, False)])[:, 1], threshold
+
+    result = run_folds(df, fit_fold, plan=plan, group_by=group_by)  # row i of df is image i of X
+    result.skipped = skipped
+    result.config = {"backbone": bb.name, "weights_id": bb.weights_id, "head": head, "features": features,
+                     "n_views": len(views), "k": plan.k, "seed": plan.seed, "calib_fraction": plan.calib_fraction,
+                     "n_images": len(df), "skipped": len(skipped)}
+    if refit_all:
+        result.detector = _refit(df, X, y, shas, bb, weights, head, params, features, best_epochs, result,
+                                 calibrate=calibrate, max_group_fpr=max_group_fpr)
+    if out is not None:
+        save_cv(result, out)
+    return result
+
+
+def _refit(
+    df: pd.DataFrame, X: np.ndarray, y: np.ndarray, shas: np.ndarray, bb: Backbone, weights: str | Path | None,
+    head: str, params: dict[str, Any], features: FeatureKind, best_epochs: list[int | None], cv: CVResult,
+    calibrate: CalibrationMethod | None = None, max_group_fpr: float | None = None,
+) -> Detector:
+    """The head on every image and view; threshold from the out-of-fold probabilities (each from a model that never
+    saw that image); torch heads train for the folds' median best epoch, as nothing is held out to stop on. The
+    card's figures are the folds' (labelled so): no image is held out from the saved model."""
+    model = make_head(head, **refit_params(params, best_epochs)).fit(X, y, groups=shas)
+    calibration, threshold, how = decide(cv, calibrate=calibrate, max_group_fpr=max_group_fpr)
+    seen = RowSet.of_rows(df)
+    metrics = {"cv": cv.summary(), "cv_at_threshold": _at_threshold(cv, calibration, threshold)}
+    card = Card(
+        backbone=bb.name, weights_id=bb.weights_id, weights_file=str(weights) if weights else None,
+        preprocess=bb.preprocess, tap_pool=bb.tap_pool, features=features, head=head, head_params=model.get_params(),
+        n_features=X.shape[1], threshold=threshold, prior=float(df["label"].mean()), metrics=metrics,
+        rows={"fit": seen, "calib": seen}, calibration=calibration,
+        data={"manifest_hash": manifest_hash(df), "n_images": len(df), "n_views": cv.config["n_views"],
+              "seed": cv.config["seed"], "k": cv.config["k"], "refit_on": "all", "threshold_from": how,
+              "group_by": cv.group_by, "split_plan": cv.plan.summary() if cv.plan else None},
+    )
+    return Detector(card, model, backbone=bb)
+
+
+def _at_threshold(cv: CVResult, calibration: Calibration | None, threshold: float) -> dict[str, Any]:
+    """The out-of-fold scores as the saved detector reports them (through its calibration) at its threshold: what a
+    user of the detector should expect on images from sources it has not seen."""
+    scored = cv.scored()
+    y, prob = scored["label"].to_numpy(), scored["prob"].to_numpy()
+    prob = calibration(prob) if calibration is not None else prob
+    block: dict[str, Any] = {
+        "model": "one model per fold (fitted on the other folds), scores through the saved calibration",
+        "rows": "held-out", "threshold": threshold, "calibration_rows": "in-sample: fitted on these scores"
+        if calibration is not None else None, **binary_metrics(y, prob, threshold=threshold)}
+    if cv.group_by is not None:
+        block["groups"] = source_table(y, prob, scored[cv.group_by].to_numpy(), threshold=threshold).to_dict("records")
+    return block
+
+
+def decide(
+    cv: CVResult, *, calibrate: CalibrationMethod | None = None, max_group_fpr: float | None = None,
+) -> tuple[Calibration | None, float, str]:
+    """Calibration and threshold for a detector refitted after ``cv``, both from its out-of-fold probabilities
+    (each from a model that never saw that image — or, leaving groups out, its whole source): ``calibrate`` fits a
+    :class:`~synthdet.detectors.calibrate.Calibration` on them; the threshold is F1-optimal on the (calibrated) scores, and
+    with ``max_group_fpr`` (leave-one-group-out only) the best one at which no real group is flagged more often
+    than that. Returns ``(calibration, threshold, how it was chosen in words)``."""
+    scored = cv.scored()
+    y, prob = scored["label"].to_numpy(), scored["prob"].to_numpy()
+    rows = ("leave-one-group-out" if cv.group_by else "out-of-fold") + f" probabilities ({len(y)} images)"
+    calibration = fit_calibration(y, prob, method=calibrate, rows=rows) if calibrate else None
+    if calibration is not None:
+        prob = calibration(prob)
+    if max_group_fpr is None:
+        return calibration, f1_optimal_threshold(y, prob), f"F1-optimal on the {rows}"
+    if cv.group_by is None:
+        raise ValueError("max_group_fpr needs leave-one-group-out folds (group_by)")
+    threshold = capped_threshold(y, prob, scored[cv.group_by].to_numpy(), max_fpr=max_group_fpr)
+    return calibration, threshold, f"F1-optimal on the {rows} with every real {cv.group_by} flagged ≤ {max_group_fpr:.0%}"
+
+
+def save_cv(result: CVResult, out: str | Path) -> Path:
+    """``cv.json`` (config, folds, mean, std), ``oof.csv``, ``plan.json`` and the refitted ``detector/`` (with its
+    plan and manifest, every row ``split=fit``: an ensemble calibrated on these images is warned that this member
+    has seen them)."""
+    out = Path(out)
+    write_text(out / "cv.json", json.dumps(result.summary(), indent=2))
+    with atomic_open(out / "oof.csv") as f:
+        result.oof.to_csv(f, index=False, lineterminator="\n")
+    if result.plan is not None:
+        result.plan.save(out / "plan.json")
+    if result.detector is not None:
+        result.detector.save(out / "detector")
+        if result.plan is not None:
+            result.plan.save(out / "detector" / "plan.json")
+        write_manifest(result.oof.drop(columns=["prob", "threshold"]).assign(split="fit"),
+                       out / "detector" / "manifest.csv")
+    return out
+
+
+def finetune_fitter(
+    backbone: str, cfg: FineTuneConfig | None = None, run_dir: str | Path = "cv-finetune", *,
+    weights: str | Path | None = None, progress: bool = False,
+) -> FoldFitter:
+    """A :data:`FoldFitter` that fine-tunes ``backbone`` (a fresh copy per fold: fine-tuning trains it in place) on
+    the fold's ``fit`` rows, selects the epoch and threshold on its ``calib`` rows, and scores the test fold through
+    ``predict_paths``, as inference will. ``cfg`` is a :class:`~synthdet.training.finetune.FineTuneConfig`; fold f's run goes
+    to ``run_dir/fold<f>`` (resumable). Use as ``run_folds(usable_rows(data)[0], finetune_fitter("effnet-lite0"))``.
+    """
+    from synthdet.training.finetune import FineTuneConfig, finetune
+
+    cfg = cfg or FineTuneConfig()
+
+    def fit_fold(fold: int, train: pd.DataFrame, test: pd.DataFrame) -> tuple[np.ndarray, float]:
+        items = {name: list(zip(part["path"], part["label"].astype(int))) for name, part in train.groupby("split")}
+        bb = create_backbone(backbone, weights=weights)
+        det = finetune(bb, items["fit"], items["calib"], cfg, Path(run_dir) / f"fold{fold}", weights_file=weights,
+                       progress=progress).detector
+        scored = det.predict_paths(test["path"].tolist(), batch_size=cfg.batch_size, num_workers=cfg.num_workers,
+                                   max_pixels=cfg.max_pixels, progress=progress)
+        return np.array([np.nan if p is None else p for _, p, _ in scored]), det.threshold
+
+    return fit_fold
