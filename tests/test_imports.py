@@ -216,3 +216,12 @@ def test_importing_the_library_loads_no_cli_stack(module: str) -> None:
         pytest.importorskip("fastapi")
     res = _fresh(f"import sys, {module}\nprint(sorted({{m.split('.')[0] for m in sys.modules}} & {{'typer', 'click'}}))")
     assert res.returncode == 0 and res.stdout.strip() == "[]", res.stdout + res.stderr[-2000:]
+
+
+def test_the_architecture_picture_is_drawn_from_this_tree() -> None:
+    """``docs/architecture.svg`` is generated from LAYERS and the imports above; a stale picture fails here."""
+    script = Path(__file__).resolve().parents[1] / "docs" / "architecture.py"
+    if not script.exists():
+        pytest.skip("docs/ not in this checkout")
+    res = subprocess.run([sys.executable, str(script), "--check"], capture_output=True, text=True, timeout=120)
+    assert res.returncode == 0, res.stderr
