@@ -24,7 +24,7 @@ import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 import numpy as np
 from PIL import Image
@@ -32,7 +32,7 @@ from pydantic import BaseModel
 
 from synthdet.data.perturbations import get_slice
 from synthdet.detectors.evidence import Evidence, read_evidence
-from synthdet.detectors.scoring import AnyDetector, detector_id, draft_size, score_images
+from synthdet.detectors.scoring import AnyDetector, ImageLike, detector_id, draft_size, score, score_images
 from synthdet.features.extract import ImageTransform
 from synthdet.io.pixels import DEFAULT_MAX_PIXELS, ImageLoadError, load_image, reduce_to
 
@@ -274,3 +274,18 @@ def assess_image(
     if isinstance(result, ImageLoadError):
         raise result
     return result
+
+
+class Scorable:
+    """What every detector kind offers on images in memory: :meth:`score` and :meth:`assess` (mixed into
+    :class:`~synthdet.detectors.detector.Detector` and :class:`~synthdet.detectors.ensemble.EnsembleDetector`)."""
+
+    def score(self, images: ImageLike | Sequence[ImageLike], **kw: Any) -> float | np.ndarray:
+        """Probability of being generated for one image (a float) or a sequence (an array, in order): paths, bytes,
+        PIL images or uint8 arrays, decoded in memory (:func:`synthdet.detectors.scoring.score`); for many files
+        on disk ``predict_paths`` streams them instead."""
+        return score(self, images, **kw)  # type: ignore[arg-type]  # subclasses have card and threshold
+
+    def assess(self, source: str | Path | bytes | Image.Image, **kw: Any) -> Assessment:
+        """A verdict in words with stability checks and evidence (:func:`assess_image`)."""
+        return assess_image(self, source, **kw)  # type: ignore[arg-type]

@@ -7,7 +7,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -15,16 +15,15 @@ import numpy as np
 from safetensors.torch import load_file, save_file
 
 from synthdet.backbones.core import Backbone, create_backbone
-from synthdet.detectors.assess import Assessment, assess_image
+from synthdet.detectors.assess import Scorable
 from synthdet.detectors.card import Card, NotADetectorError, read_card, save_card
-from synthdet.detectors.scoring import ImageLike, score
 from synthdet.features.extract import ImageTransform, assemble_features, forward_files
 from synthdet.heads.probes import head_from_state
 from synthdet.io.atomic import atomic_path
 from synthdet.io.pixels import DEFAULT_MAX_PIXELS
 
 
-class Detector:
+class Detector(Scorable):
     """``load_detector(path).predict_paths(paths)`` — the library entry point for scoring images."""
 
     def __init__(self, card: Card, head: Any, backbone: Backbone | None = None) -> None:
@@ -56,16 +55,6 @@ class Detector:
             save_file(self.head.state(), str(tmp))
         save_card(self.card, path)
         return path
-
-    def score(self, images: ImageLike | Sequence[ImageLike], **kw: Any) -> float | np.ndarray:
-        """Probability of being generated for one image (a float) or a sequence (an array, in order): paths, bytes,
-        PIL images or uint8 arrays, decoded in memory (:func:`synthdet.detectors.scoring.score`); for many files
-        on disk :meth:`predict_paths` streams them instead."""
-        return score(self, images, **kw)
-
-    def assess(self, source: Any, **kw: Any) -> Assessment:
-        """A verdict in words with stability checks and evidence: :func:`synthdet.detectors.assess.assess_image`."""
-        return assess_image(self, source, **kw)
 
     def predict_features(self, X: np.ndarray) -> np.ndarray:
         """Probabilities of being generated: the head's, through the card's calibration when it has one."""

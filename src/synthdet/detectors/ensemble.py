@@ -34,7 +34,7 @@ from typing import Any, cast, get_args
 import numpy as np
 
 from synthdet.backbones.core import Backbone
-from synthdet.detectors.assess import Assessment, assess_image
+from synthdet.detectors.assess import Scorable
 from synthdet.detectors.card import (
     DETECTOR_KINDS,
     Card,
@@ -45,7 +45,6 @@ from synthdet.detectors.card import (
     save_card,
 )
 from synthdet.detectors.detector import Detector
-from synthdet.detectors.scoring import ImageLike, score
 from synthdet.features.extract import ImageTransform, assemble_features, forward_files
 from synthdet.io.pixels import DEFAULT_MAX_PIXELS
 
@@ -97,7 +96,7 @@ def validation_f1(card: Card) -> float:
                      f"weight by")
 
 
-class EnsembleDetector:
+class EnsembleDetector(Scorable):
     """Saved detectors combined by a rule, with the interface of :class:`~synthdet.detectors.detector.Detector` that scoring
     uses: ``card``, ``threshold``, ``backbone``, ``predict_paths``."""
 
@@ -145,16 +144,6 @@ class EnsembleDetector:
     def combine(self, probs: np.ndarray) -> np.ndarray:
         """Ensemble scores from the members' probabilities ``[n, m]`` by this ensemble's rule (:func:`combine`)."""
         return combine(probs, self.member_thresholds, self.card.rule, self.card.weights)
-
-    def score(self, images: ImageLike | Sequence[ImageLike], **kw: Any) -> float | np.ndarray:
-        """Probability of being generated for one image (a float) or a sequence (an array, in order): paths, bytes,
-        PIL images or uint8 arrays, decoded in memory (:func:`synthdet.detectors.scoring.score`); for many files
-        on disk :meth:`predict_paths` streams them instead."""
-        return score(self, images, **kw)
-
-    def assess(self, source: Any, **kw: Any) -> Assessment:
-        """A verdict in words with stability checks and evidence: :func:`synthdet.detectors.assess.assess_image`."""
-        return assess_image(self, source, **kw)
 
     @property
     def backbone(self) -> Backbone:
