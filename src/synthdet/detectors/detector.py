@@ -14,7 +14,7 @@ from typing import Any
 import numpy as np
 from safetensors.torch import load_file, save_file
 
-from synthdet.backbones.core import Backbone, create_backbone
+from synthdet.backbones.base import Backbone, create_backbone
 from synthdet.detectors.assess import Assessment, assess_image
 from synthdet.detectors.card import Card, NotADetectorError, read_card, save_card
 from synthdet.detectors.scoring import ImageLike, score
