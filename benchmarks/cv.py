@@ -36,7 +36,7 @@ import pandas as pd
 import torch
 from _common import ROOT, data_missing, dev_data_parser  # before synthdet: puts this checkout's src/ on the path
 
-from synthdet.backbones.core import Backbone, create_backbone
+from synthdet.backbones.base import Backbone, create_backbone
 from synthdet.data.manifest import index
 from synthdet.detectors.calibrate import f1_optimal_threshold
 from synthdet.detectors.ensemble import RULES, EnsembleDetector, combine, validation_f1

@@ -45,7 +45,7 @@ _SRC = Path(__file__).resolve().parents[1] / "src"
 if (_SRC / "synthdet").is_dir():  # benchmark this checkout, installed or not
     sys.path.insert(0, str(_SRC))
 
-from synthdet.backbones.core import Backbone, create_backbone  # noqa: E402
+from synthdet.backbones.base import Backbone, create_backbone  # noqa: E402
 from synthdet.features.extract import FeatureStore, batch_size_default, extract, forward_batches, num_workers_default  # noqa: E402
 from synthdet.io.pixels import ImageLoadError, is_image_path, load_image  # noqa: E402
 

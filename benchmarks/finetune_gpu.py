@@ -22,7 +22,7 @@ import torch
 from rich.console import Console
 from rich.table import Table
 
-from synthdet.backbones.core import create_backbone
+from synthdet.backbones.base import create_backbone
 from synthdet.data.demo import demo_data_dir
 from synthdet.training.finetune import FineTuneConfig, finetune
 

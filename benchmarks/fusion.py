@@ -35,7 +35,7 @@ import numpy as np
 import torch
 from _common import ROOT, data_missing, dev_data_parser  # before synthdet: puts this checkout's src/ on the path
 
-from synthdet.backbones.core import create_backbone
+from synthdet.backbones.base import create_backbone
 from synthdet.data.manifest import index, three_way_split
 from synthdet.detectors.calibrate import f1_optimal_threshold
 from synthdet.evaluation.metrics import binary_metrics

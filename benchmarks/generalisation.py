@@ -37,7 +37,7 @@ from sklearn.pipeline import Pipeline, make_pipeline
 from sklearn.preprocessing import StandardScaler
 from tqdm.auto import tqdm
 
-from synthdet.backbones.core import Backbone, create_backbone
+from synthdet.backbones.base import Backbone, create_backbone
 from synthdet.data.splits import SplitPlan
 from synthdet.detectors.calibrate import f1_optimal_threshold
 from synthdet.evaluation.metrics import source_table

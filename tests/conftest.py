@@ -130,12 +130,11 @@ def feature_cache(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
 
 
 # Created for each test: inference folds a frozen CNN's BatchNorm in place (Backbone.fold_batchnorm), which must not
-# leak from one test into the next through a shared object (and a deep copy would still run the original network:
-# the pooling function closes over its model's methods).
+# leak from one test into the next through a shared object.
 @pytest.fixture
 def effnet_lite0():
     """The embedded EfficientNet-Lite0 with its packaged ImageNet weights (offline, ~1 s), on CPU, as created."""
-    from synthdet.backbones.core import create_backbone
+    from synthdet.backbones.base import create_backbone
 
     return create_backbone("effnet-lite0", device="cpu")
 
@@ -143,7 +142,7 @@ def effnet_lite0():
 @pytest.fixture
 def resnet18_random():
     """A randomly initialised timm ResNet-18 (fast; weights differ per test), on CPU, as created."""
-    from synthdet.backbones.core import create_backbone
+    from synthdet.backbones.base import create_backbone
 
     return create_backbone("timm:resnet18", pretrained=False, device="cpu")
 

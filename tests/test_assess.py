@@ -259,7 +259,7 @@ def test_real_photos_from_shared(det: Detector) -> None:
 def test_score_images_ensemble_and_native_scale(det: Detector, tmp_path: Path) -> None:
     """Decoded images score as their files do through predict_paths: for an ensemble (members combined by its
     rule) and for a native-scale backbone (inputs of different sizes, forwarded in groups of one shape)."""
-    from synthdet.backbones.core import create_backbone
+    from synthdet.backbones.base import create_backbone
     from synthdet.detectors.card import default_detector_path
     from synthdet.detectors.ensemble import EnsembleDetector
     from synthdet.io.pixels import Preprocess

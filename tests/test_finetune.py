@@ -16,7 +16,7 @@ from conftest import labelled_items
 from pydantic import ValidationError
 from tiny_clip import tiny_clip_checkpoint
 
-from synthdet.backbones.core import Backbone, create_backbone
+from synthdet.backbones.base import Backbone, create_backbone
 from synthdet.detectors.loading import load_detector
 from synthdet.io.pixels import Preprocess
 from synthdet.training.finetune import FineTuneConfig, finetune, load_finetuned, trainable_parameters

@@ -18,7 +18,8 @@ from sklearn.base import clone
 from sklearn.metrics import roc_auc_score
 from tiny_clip import tiny_clip_checkpoint
 
-from synthdet.backbones.core import Backbone, WeightsNotFoundError, create_backbone, file_digest
+from synthdet.backbones.base import Backbone, create_backbone
+from synthdet.backbones.weights import WeightsNotFoundError, file_digest
 from synthdet.features.extract import FeatureStore, assemble_features, extract, forward_batches
 from synthdet.heads.fusion import LayerFusionHead
 from synthdet.heads.probes import HEADS, head_from_state, make_head

@@ -164,7 +164,7 @@ def test_imports_point_down_the_layers() -> None:
 
 def test_module_import_graph_has_no_cycles() -> None:
     g = graph()
-    assert {"synthdet.backbones.core", "synthdet.detectors.detector", "synthdet.detectors.assess"} <= set(g)
+    assert {"synthdet.backbones.base", "synthdet.detectors.detector", "synthdet.detectors.assess"} <= set(g)
     # the cycles this test was written against
     assert not {"synthdet.detectors.detector", "synthdet.detectors.ensemble"} & g["synthdet.detectors.assess"]
     assert "synthdet.detectors.ensemble" not in g["synthdet.detectors.detector"]
@@ -192,7 +192,7 @@ def test_every_module_imports_in_a_fresh_interpreter() -> None:
             "synthdet.training.finetune"]
     script = (
         "import importlib, sys\n"
-        "from synthdet.backbones.core import BACKBONE_PREFIXES\n"
+        "from synthdet.backbones.base import BACKBONE_PREFIXES\n"
         "from synthdet.detectors.card import DETECTOR_KINDS\n"
         "from synthdet.heads.probes import HEADS\n"
         f"early = [m for m in {lazy!r} if m in sys.modules]\n"

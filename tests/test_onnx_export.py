@@ -12,7 +12,7 @@ from conftest import synthetic_photo, write_image
 pytest.importorskip("onnxruntime")
 onnx = pytest.importorskip("onnx")
 
-from synthdet.backbones.core import create_backbone  # noqa: E402
+from synthdet.backbones.base import create_backbone  # noqa: E402
 from synthdet.data.demo import demo_data_dir  # noqa: E402
 from synthdet.detectors.calibrate import Calibration  # noqa: E402
 from synthdet.detectors.card import Card  # noqa: E402

@@ -11,7 +11,7 @@ import pytest
 ray = pytest.importorskip("ray")
 pq = pytest.importorskip("pyarrow.parquet")
 
-from synthdet.backbones.core import create_backbone  # noqa: E402
+from synthdet.backbones.base import create_backbone  # noqa: E402
 from synthdet.data.demo import demo_data_dir  # noqa: E402
 from synthdet.data.manifest import index  # noqa: E402
 from synthdet.detectors.loading import load_detector  # noqa: E402

@@ -14,7 +14,7 @@ frequency map goes through a small CNN (stride-2 conv/BN/ReLU stages, 128 channe
 seed so the base backbone, its feature-cache identity and a fine-tuned detector's base are reproducible; it is
 untrained, so fine-tune it (``synthdet finetune``), or treat its features as random projections.
 
-Like every :class:`~synthdet.backbones.core.Backbone`, it gives pooled features ``[RGB pooled, frequency pooled]`` and
+Like every :class:`~synthdet.backbones.base.Backbone`, it gives pooled features ``[RGB pooled, frequency pooled]`` and
 layer taps: the frequency branch output first, then the RGB taps. That order makes "fine-tune the last N blocks"
 count RGB blocks from the end, and the frequency branch (upstream of no RGB block) is always trained with them.
 """
@@ -28,7 +28,7 @@ from typing import Any, Literal
 import torch
 from torch import nn
 
-from synthdet.backbones.core import Backbone, create_backbone, qualified_name
+from synthdet.backbones.base import Backbone, create_backbone, qualified_name
 from synthdet.io.pixels import Preprocess
 
 FreqKind = Literal["fft", "dct"]
@@ -118,16 +118,16 @@ def build_dualstream(
         freq = FrequencyBranch(kind, rgb.preprocess.mean, rgb.preprocess.std)
     model = DualStream(rgb, freq)
     return Backbone(
-        name=name, model=model, pooled_fn=model, tap_modules=[freq, *rgb.tap_modules], preprocess=rgb.preprocess,
+        name=name, model=model, tap_modules=[freq, *rgb.tap_modules], preprocess=rgb.preprocess,
         weights_id=f"{rgb.weights_id}+{kind}{_VERSION}", token_pool=rgb.token_pool,
     )
 
 
 def build_fft(name: str, rest: str, **kw: Any) -> Backbone:
-    """``dualstream:<model>`` (registered in :data:`~synthdet.backbones.core.BACKBONE_PREFIXES`)."""
+    """``dualstream:<model>`` (a :data:`~synthdet.backbones.base.BACKBONE_PREFIXES` entry)."""
     return build_dualstream(name, rest, kind="fft", **kw)
 
 
 def build_dct(name: str, rest: str, **kw: Any) -> Backbone:
-    """``dualstream-dct:<model>`` (registered in :data:`~synthdet.backbones.core.BACKBONE_PREFIXES`)."""
+    """``dualstream-dct:<model>`` (a :data:`~synthdet.backbones.base.BACKBONE_PREFIXES` entry)."""
     return build_dualstream(name, rest, kind="dct", **kw)

@@ -19,7 +19,7 @@ from synthdet.io.atomic import printable
 if TYPE_CHECKING:
     from rich.console import Console
 
-    from synthdet.backbones.core import Backbone
+    from synthdet.backbones.base import Backbone
 
 #: Library exceptions that mean "bad input", reported as one line with exit code 2 (``ManifestError``,
 #: ``NotADetectorError``, pydantic's ``ValidationError`` and ``UnknownNameError`` are ValueErrors;
@@ -38,7 +38,7 @@ TapPoolOption = Annotated[str, typer.Option(
 def make_backbone(name: str, *, weights: Path | None = None, native_size: int | None = None, tap_pool: str = "mean",
                   device: str | None = None) -> Backbone:
     """The backbone a command asked for, with its input scale and block summary (a bad value exits 2)."""
-    from synthdet.backbones.core import create_backbone
+    from synthdet.backbones.base import create_backbone
 
     if tap_pool not in ("mean", "meanstd", "texture"):
         raise fail(f"--tap-pool must be mean, meanstd or texture, not {tap_pool!r}")

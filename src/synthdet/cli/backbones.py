@@ -26,7 +26,7 @@ def backbones(as_json: Json = False) -> None:
     from rich.markup import escape
     from rich.table import Table
 
-    from synthdet.backbones.core import list_backbones
+    from synthdet.backbones.base import list_backbones
 
     rows: list[dict[str, Any]] = []
     for e in list_backbones():
@@ -54,7 +54,7 @@ weights_app = typer.Typer(help="Backbone weights: fetch into the Hugging Face ca
 @weights_app.command("fetch")
 def weights_fetch(name: Annotated[str, typer.Argument(help="Backbone name, timm:<model> or open_clip:<arch>/<tag>.")]) -> None:
     """Download weights (needs internet); afterwards the backbone loads offline from the cache."""
-    from synthdet.backbones.core import fetch_weights
+    from synthdet.backbones.weights import fetch_weights
 
     try:
         fetch_weights(name)

@@ -37,7 +37,7 @@ def localize_train(
 ) -> None:
     """Train a localizer with early stopping on validation pixel F1 (at its best threshold); tune the pixel and image
     thresholds."""
-    from synthdet.backbones.core import default_device
+    from synthdet.backbones.base import default_device
     from synthdet.localization.models import TrainConfig, read_triples, split_by_source, train_localizer
 
     if crop % 32:
@@ -67,7 +67,7 @@ def localize_predict(
     import numpy as np
     from PIL import Image
 
-    from synthdet.backbones.core import default_device
+    from synthdet.backbones.base import default_device
     from synthdet.data.manifest import iter_inputs
     from synthdet.io.atomic import atomic_path
     from synthdet.localization.models import load_localizer, write_submission
@@ -115,7 +115,7 @@ def localize_evaluate(
 ) -> None:
     """Pixel F1/IoU at 0.5 and at the tuned threshold, per category and per source (the host photo's collection);
     image-level ROC AUC, balanced accuracy, F1."""
-    from synthdet.backbones.core import default_device
+    from synthdet.backbones.base import default_device
     from synthdet.localization.models import LocEvaluation, load_localizer, read_triples
 
     df = read_triples(source)

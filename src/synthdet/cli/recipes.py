@@ -18,7 +18,7 @@ def list_cmd(as_json: Json = False) -> None:
     from rich.markup import escape
     from rich.table import Table
 
-    from synthdet.backbones.core import weights_available
+    from synthdet.backbones.base import weights_available
     from synthdet.training.recipes import load_recipes, step_backbone
 
     recipes = load_recipes().values()

@@ -25,7 +25,7 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError
 
-from synthdet.backbones.core import TapPool
+from synthdet.backbones.pooling import TapPool
 from synthdet.data.splits import RowSet
 from synthdet.detectors.calibrate import Calibration
 from synthdet.features.extract import FeatureKind

@@ -14,7 +14,7 @@ from typing import Any
 import numpy as np
 from safetensors.torch import load_file, save_file
 
-from synthdet.backbones.core import Backbone, create_backbone
+from synthdet.backbones.base import Backbone, create_backbone
 from synthdet.detectors.assess import Scorable
 from synthdet.detectors.card import Card, NotADetectorError, read_card, save_card
 from synthdet.features.extract import ImageTransform, assemble_features, forward_files

@@ -33,7 +33,7 @@ from typing import Any, cast, get_args
 
 import numpy as np
 
-from synthdet.backbones.core import Backbone
+from synthdet.backbones.base import Backbone
 from synthdet.detectors.assess import Scorable
 from synthdet.detectors.card import (
     DETECTOR_KINDS,

@@ -21,7 +21,7 @@ from synthdet.features.extract import assemble_features, batch_size_default, for
 from synthdet.io.pixels import DEFAULT_MAX_PIXELS, load_image, reduce_to
 
 if TYPE_CHECKING:
-    from synthdet.backbones.core import Backbone
+    from synthdet.backbones.base import Backbone
 
 #: What :func:`score` takes: a path, encoded bytes, a PIL image or an ``H×W×3`` (or ``H×W``) uint8 array.
 ImageLike = str | Path | bytes | Image.Image | np.ndarray

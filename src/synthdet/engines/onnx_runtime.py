@@ -24,7 +24,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from synthdet.backbones.core import Backbone
+from synthdet.backbones.base import Backbone
 from synthdet.detectors.card import Card
 from synthdet.detectors.detector import Detector
 from synthdet.detectors.loading import load_detector

@@ -21,7 +21,7 @@ from typing import Any, cast
 import numpy as np
 import torch
 
-from synthdet.backbones.core import Backbone
+from synthdet.backbones.base import Backbone
 from synthdet.detectors.detector import Detector
 from synthdet.detectors.loading import load_detector
 from synthdet.extras import require

@@ -21,7 +21,7 @@ from PIL import Image
 from torch.utils.data import DataLoader, Dataset
 from tqdm.auto import tqdm
 
-from synthdet.backbones.core import Backbone
+from synthdet.backbones.base import Backbone
 from synthdet.features.store import FeatureStore, store_identity, store_key
 from synthdet.io.files import default_cache_dir
 from synthdet.io.pixels import DEFAULT_MAX_PIXELS, ImageLoadError, load_image, reduce_to
@@ -169,7 +169,7 @@ def forward_batches(
     (``(item index, reason)``: a file that cannot be decoded never stops the run). The network sees batches of
     about ``batch_size`` views (``views_per_item``: how many views an item has, by default the most any item of a
     list has, else 1). CUDA: batches are stacked into pinned memory and copied without blocking, under bf16
-    autocast; CNN backbones run ``channels_last`` (:class:`~synthdet.backbones.core.Backbone`).
+    autocast; CNN backbones run ``channels_last`` (:class:`~synthdet.backbones.base.Backbone`).
     ``transform`` alters decoded pixels first (robustness slices); there is then no reduced decode, so the slice sees
     the image as stored. ``verify_sha``: each item's second field is the file's sha256; a file whose bytes no longer
     match comes back as an error (``changed-since-indexed``).

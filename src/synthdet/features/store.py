@@ -46,7 +46,7 @@ from synthdet.io.files import default_cache_dir, sha256_file
 if TYPE_CHECKING:
     import torch
 
-    from synthdet.backbones.core import Backbone
+    from synthdet.backbones.base import Backbone
 
 log = logging.getLogger(__name__)
 
@@ -69,7 +69,7 @@ def _major_minor(dist: str) -> str:
 def store_identity(backbone: Backbone, device: str | torch.device | None = None) -> dict[str, str]:
     """Everything that changes a stored feature, as strings.
 
-    ``backbone`` is its :attr:`~synthdet.backbones.core.Backbone.id` (name, weights, preprocessing); torch, timm and
+    ``backbone`` is its :attr:`~synthdet.backbones.base.Backbone.id` (name, weights, preprocessing); torch, timm and
     Pillow enter as major.minor (kernels and resampling change between releases, not patch to patch); ``dtype`` is
     the storage dtype; ``device`` is the device *type* (``forward_batches`` runs CUDA under bf16 autocast, so cuda
     features differ from cpu ones; the device index does not matter). ``device`` defaults to the backbone's.

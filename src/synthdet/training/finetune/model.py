@@ -15,7 +15,7 @@ from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 from torch import nn
 
-from synthdet.backbones.core import Backbone, create_backbone
+from synthdet.backbones.base import Backbone, create_backbone
 from synthdet.detectors.detector import Detector, load_probe
 from synthdet.detectors.loading import load_detector
 from synthdet.heads.probes import TorchProbe

@@ -8,7 +8,7 @@ from typing import Any
 
 import pandas as pd
 
-from synthdet.backbones.core import create_backbone
+from synthdet.backbones.base import create_backbone
 from synthdet.data.manifest import write_manifest
 from synthdet.evaluation.metrics import binary_metrics
 from synthdet.training.finetune.config import FineTuneConfig
