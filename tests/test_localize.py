@@ -3,11 +3,17 @@ against scikit-learn, localizers trained a few steps on CPU, the localizer detec
 
 from __future__ import annotations
 
+import json
+import os
+import pickle
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pandas as pd
 import pytest
+import torch
 from conftest import small_demo_csv
 from PIL import Image
 from sklearn.metrics import f1_score, jaccard_score
@@ -241,6 +247,9 @@ def test_unet_saves_loads_resumes_and_submits(triples: tuple[Path, Path], tmp_pa
     df = read_triples(triples[0])
     cfg = TrainConfig(model="unet", steps=2, batch=2, crop=64, eval_every=1, patience=5)
     train_localizer(df.iloc[:6], df.iloc[6:9], tmp_path / "u", cfg)
+    first = _saved(tmp_path / "u")
+    train_localizer(df.iloc[:6], df.iloc[6:9], tmp_path / "u", cfg, resume=True)  # nothing left to train: the
+    _assert_same(_saved(tmp_path / "u"), first)  # checkpoint alone rebuilds the very same localizer
     with pytest.raises(ValueError, match="another configuration"):
         train_localizer(df.iloc[:6], df.iloc[6:9], tmp_path / "u", cfg.model_copy(update={"crop": 96}), resume=True)
     train_localizer(df.iloc[:6], df.iloc[6:9], tmp_path / "u", cfg.model_copy(update={"steps": 3}), resume=True)
@@ -266,6 +275,61 @@ def test_unet_saves_loads_resumes_and_submits(triples: tuple[Path, Path], tmp_pa
                             str(tmp_path / "r.html")])
     assert r.exit_code == 0 and "in-sample" in r.output, r.output
     _check_report((tmp_path / "r.html").read_text(), read_triples(triples[0]))
+
+
+Saved = tuple[dict[str, torch.Tensor], dict[str, Any]]
+
+
+def _saved(folder: Path) -> Saved:
+    """A saved localizer's tensors and what its training run decided (thresholds, prior, curve)."""
+    from safetensors.torch import load_file
+
+    card = json.loads((folder / "card.json").read_text())
+    decided = {k: card[k] for k in ("threshold", "loc_threshold", "prior")}
+    return load_file(str(folder / "model.safetensors")), {**decided, "history": card["params"]["history"]}
+
+
+def _assert_same(a: Saved, b: Saved) -> None:
+    assert a[1] == b[1]
+    assert a[0].keys() == b[0].keys() and all(torch.equal(a[0][k], b[0][k]) for k in a[0])
+
+
+class _RunsCode:
+    """Unpickling this makes a directory: a stand-in for whatever a hostile checkpoint would run."""
+
+    def __init__(self, marker: Path) -> None:
+        self.marker = marker
+
+    def __reduce__(self) -> tuple[Any, tuple[str]]:
+        return os.mkdir, (str(self.marker),)
+
+
+#: How a hostile checkpoint may be written, and the unrestricted load that would run it.
+HOSTILE_WRITERS: dict[str, tuple[Callable[[Any, Path], Any], Callable[[Path], Any]]] = {
+    "torch.save": (torch.save, lambda path: torch.load(path, weights_only=False)),
+    "pickle": (lambda obj, path: path.write_bytes(pickle.dumps(obj, protocol=2)), lambda path: pickle.loads(path.read_bytes())),
+}
+
+
+@pytest.mark.parametrize("writer", list(HOSTILE_WRITERS))
+def test_resume_never_runs_code_from_a_checkpoint(triples: tuple[Path, Path], tmp_path: Path, writer: str) -> None:
+    """``--resume`` reads checkpoint.pt with torch's weights-only unpickler: a checkpoint holding any object but
+    tensors and plain values is refused before anything in it is built, while an unrestricted load would run it."""
+    from synthdet.localization.triples import read_triples
+    from synthdet.training.localize import TrainConfig, train_localizer
+
+    save, unsafe_load = HOSTILE_WRITERS[writer]
+    out, marker = tmp_path / "loc", tmp_path / "ran"
+    out.mkdir()
+    save({"net": {}, "opt": {}, "state": _RunsCode(marker), "rng": None, "torch_rng": None, "config": {}},
+         out / "checkpoint.pt")
+    df = read_triples(triples[0])
+    cfg = TrainConfig(model="patch", steps=1, batch=2, crop=64)
+    with pytest.raises(ValueError, match="only tensors and plain values are loaded"):
+        train_localizer(df.iloc[:6], df.iloc[6:9], out, cfg, resume=True)
+    assert not marker.exists()
+    unsafe_load(out / "checkpoint.pt")  # the control: the payload is live
+    assert marker.is_dir()
 
 
 def _check_report(html: str, df: pd.DataFrame) -> None:

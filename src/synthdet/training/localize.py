@@ -2,7 +2,8 @@
 
 Training crops masks and images alike (mask-aware social-media augmentation: flips, JPEG, rescale), optimises BCE
 plus soft Dice under a warm-up + cosine schedule, stops early on the validation pixel F1, tunes both thresholds on the
-validation set, and resumes from ``checkpoint.pt``.
+validation set, and resumes from ``checkpoint.pt``: tensors and plain values only, read back with torch's
+weights-only unpickler, so a checkpoint from someone else cannot run code.
 """
 
 from __future__ import annotations
@@ -79,7 +80,7 @@ def _lr_factor(cfg: TrainConfig, step: int) -> float:
     warm = max(1, cfg.steps // 20)
     if step < warm:
         return (step + 1) / warm
-    return 0.5 * (1 + np.cos(np.pi * min(1.0, (step - warm) / max(1, cfg.steps - warm))))
+    return float(0.5 * (1 + np.cos(np.pi * min(1.0, (step - warm) / max(1, cfg.steps - warm)))))
 
 
 def _val_maps(net: nn.Module, pairs: list[tuple[np.ndarray, np.ndarray]], device: torch.device) -> list[np.ndarray]:
@@ -87,6 +88,20 @@ def _val_maps(net: nn.Module, pairs: list[tuple[np.ndarray, np.ndarray]], device
     maps = [predict_map(net, Image.fromarray(img), device=device) for img, _ in pairs]
     net.train()
     return maps
+
+
+def _read_checkpoint(path: Path) -> dict[str, Any]:
+    """A checkpoint written by :func:`train_localizer`, through torch's weights-only unpickler: tensors, dicts,
+    lists, numbers and strings come back; anything else (a pickled object that would run code on loading) is
+    refused with a :class:`ValueError` before any of it is built."""
+    try:
+        ckpt = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:  # refused globals, a truncated file, not a pickle at all: none of it is a checkpoint
+        raise ValueError(f"{path}: not a localizer checkpoint; only tensors and plain values are loaded, and "
+                         f"this file holds something else ({type(e).__name__}); train into a new folder") from None
+    if not isinstance(ckpt, dict) or not {"net", "opt", "state", "rng", "torch_rng", "config"} <= ckpt.keys():
+        raise ValueError(f"{path}: not a localizer checkpoint; train into a new folder")
+    return ckpt
 
 
 def train_localizer(
@@ -112,15 +127,15 @@ def train_localizer(
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     device = torch.device(device)
+    ckpt_path = out / "checkpoint.pt"
+    ckpt = _read_checkpoint(ckpt_path) if resume and ckpt_path.is_file() else None
     torch.manual_seed(cfg.seed)
     rng = random.Random(cfg.seed)
     net = build_model(cfg.model).to(device).train()
     params = [p for p in net.parameters() if p.requires_grad]
     opt = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=1e-4)
-    ckpt_path = out / "checkpoint.pt"
     state: dict[str, Any] = {"step": 0, "best_f1": -1.0, "best": None, "bad": 0, "history": []}
-    if resume and ckpt_path.is_file():
-        ckpt = torch.load(ckpt_path, map_location="cpu", weights_only=False)
+    if ckpt is not None:
         fixed = cfg.model_dump(exclude={"steps", "patience"})  # a run may be extended, not changed
         if {k: v for k, v in ckpt["config"].items() if k in fixed} != fixed:
             raise ValueError(f"{ckpt_path}: saved with another configuration; train into a new folder")
@@ -154,7 +169,7 @@ def train_localizer(
                 state.update(best_f1=f1, bad=0, best={k: v.detach().cpu().clone() for k, v in net.state_dict().items()})
             else:
                 state["bad"] += 1
-            with atomic_path(ckpt_path) as tmp:
+            with atomic_path(ckpt_path) as tmp:  # only what _read_checkpoint's weights-only unpickler accepts
                 torch.save({"net": net.state_dict(), "opt": opt.state_dict(), "state": state, "rng": rng.getstate(),
                             "torch_rng": torch.get_rng_state(), "config": cfg.model_dump()}, tmp)
     bar.close()
