@@ -20,17 +20,11 @@ import numpy as np
 from _common import ROOT, data_missing
 
 from synthdet.data.manifest import index
+from synthdet.localization.evaluate import evaluate_localizer
 from synthdet.localization.manipulate import make_manipulations
 from synthdet.localization.metrics import localization_metrics
-from synthdet.localization.models import (
-    TrainConfig,
-    evaluate_localizer,
-    host_keys,
-    load_pairs,
-    read_triples,
-    split_by_source,
-    train_localizer,
-)
+from synthdet.localization.triples import host_keys, load_pairs, read_triples, split_by_source
+from synthdet.training.localize import TrainConfig, train_localizer
 
 
 def main() -> None:

@@ -3,11 +3,17 @@ against scikit-learn, localizers trained a few steps on CPU, the localizer detec
 
 from __future__ import annotations
 
+import json
+import os
+import pickle
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pandas as pd
 import pytest
+import torch
 from conftest import small_demo_csv
 from PIL import Image
 from sklearn.metrics import f1_score, jaccard_score
@@ -188,7 +194,7 @@ def triples(demo_df: pd.DataFrame, tmp_path_factory: pytest.TempPathFactory) -> 
 def splice_sets(tmp_path_factory: pytest.TempPathFactory) -> tuple[pd.DataFrame, pd.DataFrame]:
     """Splices of generated content into photos, from every shipped demo image: training triples from 5/8 of the
     photos and half the generated images, held-out triples from the other photos and generated images."""
-    from synthdet.localization.models import read_triples
+    from synthdet.localization.triples import read_triples
 
     demo = pd.read_csv(small_demo_csv(tmp_path_factory.mktemp("all-demo"), n_per_class=100))
     reals, fakes = demo[demo.label == 0], demo[demo.label == 1]
@@ -209,7 +215,9 @@ def test_localizer_beats_blank_and_all_ones_masks_on_held_out_triples(
     2c/(1+c) over the region shares c, 0.31 here). When this test was written the head scored 0.53 at its tuned
     threshold (0.50 at 0.5), and 0.50-0.53 (0.40-0.50) with training seeds 1-3; with the cosine schedule (the
     default since) 0.52 at its tuned threshold."""
-    from synthdet.localization.models import TrainConfig, evaluate_localizer, split_by_source, train_localizer
+    from synthdet.localization.evaluate import evaluate_localizer
+    from synthdet.localization.triples import split_by_source
+    from synthdet.training.localize import TrainConfig, train_localizer
 
     train_df, test_df = splice_sets
     assert not set(train_df.source) & set(test_df.source)  # held-out host photos
@@ -231,12 +239,17 @@ def test_localizer_beats_blank_and_all_ones_masks_on_held_out_triples(
 
 
 def test_unet_saves_loads_resumes_and_submits(triples: tuple[Path, Path], tmp_path: Path) -> None:
-    from synthdet.localization.models import Localizer, TrainConfig, read_triples, train_localizer
-    from synthdet.reporting.submit import check_task_b
+    from synthdet.localization.models import Localizer
+    from synthdet.localization.triples import read_triples
+    from synthdet.reporting.submission_check import check_task_b
+    from synthdet.training.localize import TrainConfig, train_localizer
 
     df = read_triples(triples[0])
     cfg = TrainConfig(model="unet", steps=2, batch=2, crop=64, eval_every=1, patience=5)
     train_localizer(df.iloc[:6], df.iloc[6:9], tmp_path / "u", cfg)
+    first = _saved(tmp_path / "u")
+    train_localizer(df.iloc[:6], df.iloc[6:9], tmp_path / "u", cfg, resume=True)  # nothing left to train: the
+    _assert_same(_saved(tmp_path / "u"), first)  # checkpoint alone rebuilds the very same localizer
     with pytest.raises(ValueError, match="another configuration"):
         train_localizer(df.iloc[:6], df.iloc[6:9], tmp_path / "u", cfg.model_copy(update={"crop": 96}), resume=True)
     train_localizer(df.iloc[:6], df.iloc[6:9], tmp_path / "u", cfg.model_copy(update={"steps": 3}), resume=True)
@@ -262,6 +275,61 @@ def test_unet_saves_loads_resumes_and_submits(triples: tuple[Path, Path], tmp_pa
                             str(tmp_path / "r.html")])
     assert r.exit_code == 0 and "in-sample" in r.output, r.output
     _check_report((tmp_path / "r.html").read_text(), read_triples(triples[0]))
+
+
+Saved = tuple[dict[str, torch.Tensor], dict[str, Any]]
+
+
+def _saved(folder: Path) -> Saved:
+    """A saved localizer's tensors and what its training run decided (thresholds, prior, curve)."""
+    from safetensors.torch import load_file
+
+    card = json.loads((folder / "card.json").read_text())
+    decided = {k: card[k] for k in ("threshold", "loc_threshold", "prior")}
+    return load_file(str(folder / "model.safetensors")), {**decided, "history": card["params"]["history"]}
+
+
+def _assert_same(a: Saved, b: Saved) -> None:
+    assert a[1] == b[1]
+    assert a[0].keys() == b[0].keys() and all(torch.equal(a[0][k], b[0][k]) for k in a[0])
+
+
+class _RunsCode:
+    """Unpickling this makes a directory: a stand-in for whatever a hostile checkpoint would run."""
+
+    def __init__(self, marker: Path) -> None:
+        self.marker = marker
+
+    def __reduce__(self) -> tuple[Any, tuple[str]]:
+        return os.mkdir, (str(self.marker),)
+
+
+#: How a hostile checkpoint may be written, and the unrestricted load that would run it.
+HOSTILE_WRITERS: dict[str, tuple[Callable[[Any, Path], Any], Callable[[Path], Any]]] = {
+    "torch.save": (torch.save, lambda path: torch.load(path, weights_only=False)),
+    "pickle": (lambda obj, path: path.write_bytes(pickle.dumps(obj, protocol=2)), lambda path: pickle.loads(path.read_bytes())),
+}
+
+
+@pytest.mark.parametrize("writer", list(HOSTILE_WRITERS))
+def test_resume_never_runs_code_from_a_checkpoint(triples: tuple[Path, Path], tmp_path: Path, writer: str) -> None:
+    """``--resume`` reads checkpoint.pt with torch's weights-only unpickler: a checkpoint holding any object but
+    tensors and plain values is refused before anything in it is built, while an unrestricted load would run it."""
+    from synthdet.localization.triples import read_triples
+    from synthdet.training.localize import TrainConfig, train_localizer
+
+    save, unsafe_load = HOSTILE_WRITERS[writer]
+    out, marker = tmp_path / "loc", tmp_path / "ran"
+    out.mkdir()
+    save({"net": {}, "opt": {}, "state": _RunsCode(marker), "rng": None, "torch_rng": None, "config": {}},
+         out / "checkpoint.pt")
+    df = read_triples(triples[0])
+    cfg = TrainConfig(model="patch", steps=1, batch=2, crop=64)
+    with pytest.raises(ValueError, match="only tensors and plain values are loaded"):
+        train_localizer(df.iloc[:6], df.iloc[6:9], out, cfg, resume=True)
+    assert not marker.exists()
+    unsafe_load(out / "checkpoint.pt")  # the control: the payload is live
+    assert marker.is_dir()
 
 
 def _check_report(html: str, df: pd.DataFrame) -> None:
@@ -301,7 +369,7 @@ def test_index_learns_the_task_b_layouts(demo_df: pd.DataFrame, tmp_path: Path) 
     import shutil
 
     from synthdet.data.manifest import index
-    from synthdet.localization.models import read_triples
+    from synthdet.localization.triples import read_triples
 
     make_manipulations(demo_df, tmp_path / "m", n=6, size=64, categories=("splice-real", "authentic"))
     by_csv = index(tmp_path / "m")  # its manifest.csv: a mask column, relative paths

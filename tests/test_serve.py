@@ -216,7 +216,9 @@ def test_localize_returns_the_mask_at_the_image_size_and_the_decision(det: Detec
     from conftest import small_demo_csv
 
     from synthdet.localization.manipulate import make_manipulations
-    from synthdet.localization.models import TrainConfig, load_localizer, read_triples, train_localizer
+    from synthdet.localization.models import load_localizer
+    from synthdet.localization.triples import read_triples
+    from synthdet.training.localize import TrainConfig, train_localizer
 
     demo = pd.read_csv(small_demo_csv(tmp_path, n_per_class=4))
     make_manipulations(demo, tmp_path / "triples", n=8, size=64, categories=("splice-ai", "authentic"))

@@ -21,13 +21,12 @@ from typer.testing import CliRunner
 
 from synthdet.cli import app
 from synthdet.detectors.card import default_detector_path
+from synthdet.reporting.submission_check import check_task_a, check_task_b
 from synthdet.reporting.submit import (
     TASK_A_COLUMNS,
     TASK_B_COLUMNS,
     RowError,
     TaskAWriter,
-    check_task_a,
-    check_task_b,
     missing_row,
     write_scores,
     write_task_a,

@@ -38,7 +38,8 @@ def localize_train(
     """Train a localizer with early stopping on validation pixel F1 (at its best threshold); tune the pixel and image
     thresholds."""
     from synthdet.backbones.base import default_device
-    from synthdet.localization.models import TrainConfig, read_triples, split_by_source, train_localizer
+    from synthdet.localization.triples import read_triples, split_by_source
+    from synthdet.training.localize import TrainConfig, train_localizer
 
     if crop % 32:
         raise fail(f"--crop must be a multiple of 32, not {crop}")
@@ -70,15 +71,18 @@ def localize_predict(
     from synthdet.backbones.base import default_device
     from synthdet.data.manifest import iter_inputs
     from synthdet.io.atomic import atomic_path
-    from synthdet.localization.models import load_localizer, write_submission
-    from synthdet.reporting.submit import check_task_b
+    from synthdet.localization.models import load_localizer
+    from synthdet.reporting.submission_check import check_task_b
+    from synthdet.reporting.submit import spooled_maps, write_task_b
 
     loc = load_localizer(detector, default_device(device))
     paths = list(iter_inputs(inputs))
     if not paths:
         raise fail("no images given")
     if team:
-        zip_path, csv_path = write_submission(loc, paths, out, team)
+        with spooled_maps(loc.predict_masks(paths), loc.score_map) as (masks, scores):
+            zip_path, csv_path = write_task_b(masks, scores, loc.threshold, loc.card.loc_threshold, out, team,
+                                              prior=loc.card.prior)
         folders = {p.parent for p in paths}
         if len(folders) == 1:
             report = check_task_b(zip_path, csv_path, folders.pop())
@@ -116,7 +120,9 @@ def localize_evaluate(
     """Pixel F1/IoU at 0.5 and at the tuned threshold, per category and per source (the host photo's collection);
     image-level ROC AUC, balanced accuracy, F1."""
     from synthdet.backbones.base import default_device
-    from synthdet.localization.models import LocEvaluation, load_localizer, read_triples
+    from synthdet.localization.evaluate import LocEvaluation
+    from synthdet.localization.models import load_localizer
+    from synthdet.localization.triples import read_triples
 
     df = read_triples(source)
     loc = load_localizer(detector, default_device(device))

@@ -15,7 +15,7 @@ import typer
 from synthdet.cli._io import Quiet, console, fail, skipped
 
 if TYPE_CHECKING:
-    from synthdet.reporting.submit import CheckReport
+    from synthdet.reporting.submission_check import CheckReport
 
 
 def _print_report(report: CheckReport, title: str) -> None:
@@ -34,7 +34,7 @@ def _print_report(report: CheckReport, title: str) -> None:
 
 
 def _check(file: Path, images: Path | None, masks: Path | None) -> None:
-    from synthdet.reporting.submit import check_task_a, check_task_b
+    from synthdet.reporting.submission_check import check_task_a, check_task_b
 
     if masks is None:
         report, title = check_task_a(file, images), f"Task A {file}"

@@ -336,8 +336,8 @@ def render_localization_report(
     about: str = "",
 ) -> Path:
     """Write one self-contained HTML report of a Task B evaluation: ``metrics`` from
-    :func:`synthdet.localization.models.evaluate_localizer` (with its ``rows`` provenance), the pixel tables per category and
-    per source, the image-level decision, and ``examples`` (:meth:`synthdet.localization.models.LocEvaluation.examples`: PIL
+    :func:`synthdet.localization.evaluate.evaluate_localizer` (with its ``rows`` provenance), the pixel tables per category and
+    per source, the image-level decision, and ``examples`` (:meth:`synthdet.localization.evaluate.LocEvaluation.examples`: PIL
     ``overlay`` and ``map`` images) as embedded JPEG overlays of predicted against true masks."""
     shown = [{**{k: v for k, v in e.items() if k not in ("overlay", "map")}, "name": Path(e["path"]).name,
               "overlay": _jpeg(e["overlay"]), "map": _jpeg(e["map"])} for e in examples]

@@ -2,7 +2,7 @@
 
 A recipe is a list of steps — ``probe`` (head on cached features), ``finetune`` (from images, optionally continuing
 an earlier step: two-stage), ``ensemble`` (of earlier steps), ``cv`` (k-fold) and ``localize`` (a Task B localizer,
-:mod:`synthdet.localization.models`) — with the section and table of the paper it reproduces. Steps write to ``OUT/<step id>/``, keyed by their inputs (``step.json``: the content digest of
+:mod:`synthdet.training.localize`) — with the section and table of the paper it reproduces. Steps write to ``OUT/<step id>/``, keyed by their inputs (``step.json``: the content digest of
 the data they learn from and a digest of their config, members and init included): a finished step whose inputs
 match is reused and says so, one whose inputs changed runs again, so an interrupted recipe resumes and a rerun on
 other data never reuses stale members. A step whose backbone has no weights on this machine runs with a substitute
@@ -267,9 +267,11 @@ def _localize_step(step: Step, sources: Sequence[Path], df: pd.DataFrame, folder
     from synthdet.backbones.base import default_device
     from synthdet.data.provenance import HELD_OUT, IN_SAMPLE
     from synthdet.io.atomic import write_text
+    from synthdet.localization.evaluate import LocEvaluation
     from synthdet.localization.manipulate import make_manipulations
-    from synthdet.localization.models import LocEvaluation, TrainConfig, read_triples, split_by_source, train_localizer
+    from synthdet.localization.triples import read_triples, split_by_source
     from synthdet.reporting.html import render_localization_report
+    from synthdet.training.localize import TrainConfig, train_localizer
 
     cfg = TrainConfig(**{**step.overrides, **({"steps": train_steps} if train_steps else {})})
     if "mask" in df:
