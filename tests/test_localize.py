@@ -382,3 +382,14 @@ def test_index_learns_the_task_b_layouts(demo_df: pd.DataFrame, tmp_path: Path) 
     assert list(by_folder["label"]) == [1, 0] * 3
     assert list(read_triples(bare)["label"]) == [1, 0] * 3
     assert [Path(m).name for m in by_folder["mask"]] == [Path(m).name for m in read_triples(bare)["mask"]]
+
+
+def test_checkpoints_of_earlier_releases_with_numpy_scalars_still_resume(tmp_path: Path) -> None:
+    """Earlier releases saved the learning-rate factor as a numpy float: data, not code, so it still loads."""
+    from synthdet.training.localize import _read_checkpoint
+
+    ckpt = {"net": {"w": torch.ones(2)}, "opt": {"param_groups": [{"lr": np.float64(0.25)}]}, "state": {"step": 3},
+            "rng": None, "torch_rng": torch.get_rng_state(), "config": {}}
+    torch.save(ckpt, tmp_path / "checkpoint.pt")
+    got = _read_checkpoint(tmp_path / "checkpoint.pt")
+    assert got["opt"]["param_groups"][0]["lr"] == 0.25 and got["state"]["step"] == 3

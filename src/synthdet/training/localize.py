@@ -10,8 +10,9 @@ from __future__ import annotations
 
 import random
 import time
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, cast
 
 import numpy as np
 import pandas as pd
@@ -93,9 +94,12 @@ def _val_maps(net: nn.Module, pairs: list[tuple[np.ndarray, np.ndarray]], device
 def _read_checkpoint(path: Path) -> dict[str, Any]:
     """A checkpoint written by :func:`train_localizer`, through torch's weights-only unpickler: tensors, dicts,
     lists, numbers and strings come back; anything else (a pickled object that would run code on loading) is
-    refused with a :class:`ValueError` before any of it is built."""
+    refused with a :class:`ValueError` before any of it is built. Numpy scalars are allowed (data only): checkpoints
+    of earlier releases stored the learning-rate factor as one."""
     try:
-        ckpt = torch.load(path, map_location="cpu", weights_only=True)
+        numpy_scalar = cast(Callable[..., Any], np.float64(0).__reduce__()[0])  # where this numpy keeps it
+        with torch.serialization.safe_globals([numpy_scalar, np.dtype, type(np.dtype(np.float64))]):
+            ckpt = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as e:  # refused globals, a truncated file, not a pickle at all: none of it is a checkpoint
         raise ValueError(f"{path}: not a localizer checkpoint; only tensors and plain values are loaded, and "
                          f"this file holds something else ({type(e).__name__}); train into a new folder") from None
