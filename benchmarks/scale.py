@@ -70,7 +70,8 @@ def run_one(config: str, folder: Path, out: Path, batch_size: int, threads: int)
     import torch
 
     from synthdet.detectors.loading import load_detector
-    from synthdet.engines.local import score_stream
+    from synthdet.engines.base import create_engine
+    from synthdet.engines.stream import score_stream
     from synthdet.features.extract import assemble_features
 
     # floors: one thread, the most CPU-efficient way to run the network (their CPU ms per image is the yardstick);
@@ -94,9 +95,7 @@ def run_one(config: str, folder: Path, out: Path, batch_size: int, threads: int)
                     p, ls = bb(x, taps=det.card.features == "concat")
                     det.predict_features(assemble_features(p, ls, det.card.features))
         else:
-            from synthdet.engines.onnx_runtime import OnnxDetector
-
-            sess = OnnxDetector.load().backbone
+            sess = create_engine("onnx").load().backbone
 
             def step() -> None:
                 sess(x)
@@ -107,19 +106,15 @@ def run_one(config: str, folder: Path, out: Path, batch_size: int, threads: int)
         dt, cpu = time.perf_counter() - t0, time.process_time() - c0
         return {"images": n_floor // batch_size * batch_size, "seconds": dt, "cpu_seconds": cpu}
     if config == "local-torch":
-        scorer = load_detector()
+        scorer = create_engine("local").load()
     elif config == "local-onnx":
-        from synthdet.engines.onnx_runtime import OnnxDetector
-
-        scorer = OnnxDetector.load()
+        scorer = create_engine("onnx").load()
     else:
         import ray
 
-        from synthdet.engines.ray_data import RayScorer
-
         actors = int(config.split("-")[1])
         ray.init(num_cpus=actors + 1, include_dashboard=False, log_to_driver=False, logging_level="WARNING")
-        scorer = RayScorer(actors=actors)
+        scorer = create_engine("ray", actors=actors).load()
     t0, c0 = time.perf_counter(), _cpu()
     res = score_stream(scorer, [folder], out, batch_size=batch_size)
     dt, cpu = time.perf_counter() - t0, _cpu() - c0

@@ -18,8 +18,8 @@ from synthdet.detectors.calibrate import Calibration  # noqa: E402
 from synthdet.detectors.card import Card  # noqa: E402
 from synthdet.detectors.detector import Detector  # noqa: E402
 from synthdet.detectors.loading import load_detector  # noqa: E402
-from synthdet.engines.local import scan_images  # noqa: E402
 from synthdet.engines.onnx_runtime import OnnxDetector, card_json, export_onnx, max_abs_diff  # noqa: E402
+from synthdet.engines.stream import scan_images  # noqa: E402
 from synthdet.features.extract import (  # noqa: E402
     assemble_features,
     forward_batches,

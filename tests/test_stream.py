@@ -1,4 +1,4 @@
-"""Streaming, resumable scoring (synthdet.engines.local): os.scandir listing, parts written whole, kill -9 then resume
+"""Streaming, resumable scoring (synthdet.engines.stream): os.scandir listing, parts written whole, kill -9 then resume
 with no duplicate and no missing row, CSV and parquet outputs."""
 
 from __future__ import annotations
@@ -17,7 +17,7 @@ pq = pytest.importorskip("pyarrow.parquet")
 
 from synthdet.detectors.detector import Detector  # noqa: E402
 from synthdet.detectors.loading import load_detector  # noqa: E402
-from synthdet.engines.local import done_paths, parts_dir, scan_images, score_stream  # noqa: E402
+from synthdet.engines.stream import done_paths, parts_dir, scan_images, score_stream  # noqa: E402
 
 SRC = str(Path(__file__).resolve().parents[1] / "src")
 

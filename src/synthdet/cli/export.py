@@ -20,8 +20,8 @@ def export(
     from synthdet.data.demo import demo_data_dir
     from synthdet.detectors.detector import Detector
     from synthdet.detectors.loading import load_detector
-    from synthdet.engines.local import scan_images
     from synthdet.engines.onnx_runtime import OnnxDetector, export_onnx, max_abs_diff
+    from synthdet.engines.stream import scan_images
     from synthdet.io.atomic import printable
 
     if onnx is None:

@@ -8,7 +8,7 @@ that reason: it has no faithful form in a UTF-8 CSV.
 Exit codes: 0 at least one image scored; 1 none could be scored (no output file then); 2 usage or input error
 (a named path does not exist, a folder holds no images, DETECTOR is not a detector).
 
-``-o FILE.parquet`` or ``--resume`` stream through :func:`synthdet.engines.local.score_stream`: the listing is scanned as it
+``-o FILE.parquet`` or ``--resume`` stream through :func:`synthdet.engines.stream.score_stream`: the listing is scanned as it
 goes, rows land in parts beside ``FILE`` as they are scored, and a killed run resumes where it stopped.
 """
 
@@ -44,7 +44,7 @@ def predict(
     heatmap: Annotated[bool, typer.Option("--heatmap", help="With --assess: 3x3 patch scores too.")] = False,
     as_json: Json = False,
     resume: Annotated[bool, typer.Option("--resume", help="Keep what an earlier (killed) run of -o wrote; score the "
-                                         "rest (see synthdet.engines.local).")] = False,
+                                         "rest (see synthdet.engines.stream).")] = False,
     rows_per_part: Annotated[int, typer.Option(min=1, help="With --resume / parquet: rows per part written (at most "
                                                "this much work is lost to a kill).")] = 1024,
     runtime: Annotated[str, typer.Option(help="torch, or onnx (onnxruntime on CPU; DETECTOR may be an exported "
@@ -56,6 +56,7 @@ def predict(
 ) -> None:
     """Score images. One file prints a verdict; several stream the MediaEval Task A CSV to -o (or stdout)."""
     from synthdet.data.manifest import iter_inputs
+    from synthdet.engines.base import create_engine
     from synthdet.io.atomic import atomic_open, printable
     from synthdet.reporting.submit import write_scores
 
@@ -63,23 +64,17 @@ def predict(
         detector, paths = paths[0], paths[1:]
     if not paths:
         raise fail("no images given")
-    if engine == "ray":
-        from synthdet.engines.ray_data import RayScorer
-
-        if out is None:
-            raise fail("--engine ray writes -o FILE (.parquet or .csv)")
-        det: Any = RayScorer(detector, actors=actors, address=ray_address)
-    elif engine == "local":
-        det = _load(detector, runtime)
-    else:
-        raise fail(f"--engine {engine!r}: local or ray")
+    name = _engine_name(engine, runtime)
+    if name == "ray" and out is None:
+        raise fail("--engine ray writes -o FILE (.parquet or .csv)")
+    det: Any = create_engine(name, actors=actors, address=ray_address).load(detector)
     if assess:
         if out is not None or engine != "local" or runtime != "torch":
             raise fail("--assess prints assessments (--json for JSON) with the torch runtime; -o writes Task A "
                        "files: use one or the other")
         _assess(det, list(iter_inputs(paths)), heatmap=heatmap, as_json=as_json, max_pixels=max_pixels)
         return
-    if out is not None and (resume or out.suffix.lower() == ".parquet" or engine == "ray"):
+    if out is not None and (resume or out.suffix.lower() == ".parquet" or name == "ray"):
         _stream(det, paths, out, resume=resume, rows_per_part=rows_per_part, batch_size=batch_size, num_workers=workers, max_pixels=max_pixels,
                 quiet=quiet)
         return
@@ -153,25 +148,23 @@ def _assess(det: Any, paths: list[Path], *, heatmap: bool, as_json: bool, max_pi
         print_json([a.model_dump(mode="json") for a in results])
     if not results:
         raise fail(f"no image could be assessed ({len(paths)} skipped)", code=1)
-def _load(detector: Path | None, runtime: str) -> Any:
-    """The detector to score with: torch (its backbone built now, so a broken one fails before any output) or an
-    onnxruntime session (from a detector folder, exported on the fly, or an exported ``.onnx`` file)."""
-    if runtime == "onnx":
-        from synthdet.engines.onnx_runtime import OnnxDetector
 
-        return OnnxDetector.load(detector)
-    if runtime != "torch":
+
+def _engine_name(engine: str, runtime: str) -> str:
+    """The engine (:mod:`synthdet.engines`) that ``--engine`` and ``--runtime`` name together: ``local`` (torch),
+    ``onnx`` (local, on onnxruntime: DETECTOR may be an exported ``.onnx`` file) or ``ray`` (torch on Ray)."""
+    if engine not in ("local", "ray"):
+        raise fail(f"--engine {engine!r}: local or ray")
+    if engine == "ray":
+        return engine
+    if runtime not in ("torch", "onnx"):
         raise fail(f"--runtime {runtime!r}: torch or onnx")
-    from synthdet.detectors.loading import load_detector
-
-    det = load_detector(detector)
-    _ = det.backbone
-    return det
+    return "onnx" if runtime == "onnx" else "local"
 
 
 def _stream(det: Any, paths: list[Path], out: Path, *, resume: bool, rows_per_part: int, quiet: bool,
             **kwargs: Any) -> None:
-    from synthdet.engines.local import score_stream
+    from synthdet.engines.stream import score_stream
     from synthdet.io.atomic import printable
 
     res = score_stream(det, paths, out, resume=resume, rows_per_part=rows_per_part, on_skip=skipped, progress=not quiet, **kwargs)

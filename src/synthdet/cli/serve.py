@@ -28,7 +28,7 @@ def serve(
     log_level: Annotated[str, typer.Option(help="uvicorn log level.")] = "info",
 ) -> None:
     """Serve a REST API (/v1/score, /v1/score/batch, /v1/detector, /healthz, /metrics, /docs) and a web page (/)."""
-    from synthdet.detectors.loading import load_detector
+    from synthdet.engines.base import create_engine
     from synthdet.serve import Settings, is_loopback, run
 
     if not is_loopback(host) and not api_key:
@@ -36,8 +36,7 @@ def serve(
     settings = Settings(max_body_bytes=int(max_body_mb * 1024 * 1024), max_pixels=max_pixels, timeout_s=timeout,
                         queue_size=queue, max_batch=max_batch, max_wait_ms=max_wait_ms, workers=workers,
                         api_key=api_key)
-    det = load_detector(detector)
-    _ = det.backbone
+    det = create_engine("local").load(detector)
     loc = None
     if localizer is not None:
         from synthdet.localization.models import load_localizer

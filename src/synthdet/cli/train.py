@@ -46,25 +46,19 @@ def extract(
 ) -> None:
     """Run a backbone over a dataset once; features go to the on-disk cache (resumable, float16, memory-mapped)."""
     from synthdet.data.manifest import index
-    from synthdet.features.extract import FeatureStore
+    from synthdet.engines.base import create_engine
     from synthdet.features.extract import extract as run_extract
 
-    forward = None
-    if engine == "ray":
-        from functools import partial
-
-        from synthdet.engines.ray_data import ray_forward_batches
-
-        forward = partial(ray_forward_batches, actors=actors, address=ray_address)
-    elif engine != "local":
+    if engine not in ("local", "ray"):
         raise fail(f"--engine {engine!r}: local or ray")
+    runner = create_engine(engine, actors=actors, address=ray_address)
     df = index(data, progress=not quiet)
     bb = make_backbone(backbone, weights=weights, native_size=native_size, tap_pool=tap_pool, device=device)
     ok = df[df["ok"]]
-    store = FeatureStore.for_backbone(bb, cache)
+    store = runner.store(bb, cache)  # keyed by the device the engine runs the backbone on (Ray: its actors')
     t0 = time.perf_counter()
     res = run_extract(bb, ok["path"].tolist(), ok["sha256"].tolist(), store, views=list(range(views)),
-                      batch_size=batch_size, num_workers=workers, progress=not quiet, forward=forward)
+                      batch_size=batch_size, num_workers=workers, progress=not quiet, forward=runner.features)
     dt = time.perf_counter() - t0
     say(f"{res.computed} views computed, {res.cached} cached, {len(res.skipped) + int((~df['ok']).sum())} skipped "
         f"in {dt:.1f}s → {store.dir}")

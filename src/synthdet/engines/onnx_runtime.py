@@ -10,15 +10,16 @@ runtimes), ``calibration_in_graph`` (``"1"``, or ``"0"`` for an isotonic calibra
 
 Heads: ``logreg`` becomes standardisation + a linear layer + sigmoid from its fitted scaler and coefficients;
 torch heads (``mlp`` …) export their network. Ensembles and other heads are refused (one line, why).
+:class:`OnnxEngine` is the ``onnx`` engine (:mod:`synthdet.engines.base`): it loads detectors this way.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
-from collections.abc import Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from pathlib import Path
-from typing import Any, cast
+from typing import Any, Unpack, cast
 
 import numpy as np
 import torch
@@ -28,8 +29,9 @@ from synthdet.backbones.base import Backbone
 from synthdet.detectors.card import Card
 from synthdet.detectors.detector import Detector
 from synthdet.detectors.loading import load_detector
+from synthdet.engines.base import Engine
 from synthdet.extras import require
-from synthdet.features.extract import intra_op_threads, num_workers_default
+from synthdet.features.extract import FeatureBatch, ForwardOptions, Item, intra_op_threads, num_workers_default
 from synthdet.heads.probes import LogisticHead, TorchProbe
 from synthdet.io.atomic import atomic_path
 from synthdet.io.files import default_cache_dir
@@ -158,6 +160,19 @@ class OnnxDetector(Detector):
         prob = np.asarray(X, dtype=np.float64)[:, 0]
         cal = self.card.calibration
         return cal(prob) if cal is not None and not self.in_graph else prob
+
+
+class OnnxEngine(Engine):
+    """:class:`~synthdet.engines.base.Engine` on onnxruntime (CPU): detectors score as :class:`OnnxDetector` (the
+    local engine's decoding, the network from an exported graph; ``config.threads`` intra-op threads)."""
+
+    def features(
+        self, backbone: Backbone, items: Iterable[Item], *, taps: bool, **options: Unpack[ForwardOptions],
+    ) -> Iterator[FeatureBatch]:
+        raise ValueError("an exported graph gives probabilities, not features: extract with the local or ray engine")
+
+    def load(self, detector: str | Path | None = None) -> OnnxDetector:
+        return OnnxDetector.load(detector, threads=self.config.threads)
 
 
 def cached_export(folder: Path | None) -> Path:

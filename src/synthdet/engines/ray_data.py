@@ -1,22 +1,28 @@
-"""The Ray Data engine: the same features and scores as the local engine, spread over a machine's cores or a cluster.
+"""The Ray Data engine: the local engine's features and scores, spread over a machine's cores or a cluster.
 
-:func:`ray_forward_batches` has :func:`~synthdet.features.extract.forward_batches`' contract (same items in, same
-``(pairs, pooled, layers, errors)`` out), so :func:`~synthdet.features.extract.extract` writes the same store shards with it
-(``extract(..., forward=ray_forward_batches)``) and :class:`RayScorer` gives :func:`~synthdet.engines.local.score_stream`
-the same rows as :class:`~synthdet.detectors.detector.Detector` (so streaming, parts, resume and merge are shared). Inside:
-``ray.data.from_items`` over a window of items → ``flat_map`` decoding in CPU tasks (the local engine's decoder,
-one row per view) → ``map_batches`` with an actor pool, each actor holding one copy of the backbone (CPU actors, or
-one GPU each with ``num_gpus=1``) → the driver collects the window. Windows (``window`` items) bound the memory of
-the driver whatever the listing's length. Connect to a cluster with ``address`` (``ray.init(address=...)``);
-without one, a local Ray starts (or the running one is used).
+:meth:`RayEngine.features` keeps :func:`~synthdet.features.extract.forward_batches`' contract (the same items in, the
+same ``(pairs, pooled, layers, errors)`` out, batches as they finish), so :func:`~synthdet.features.extract.extract`
+writes the same store shards with it, and :class:`RayDetector` gives :func:`~synthdet.engines.stream.score_stream` the
+rows of :class:`~synthdet.detectors.detector.Detector`, in input order (streaming, parts, resume and merge are shared).
+Inside: ``ray.data.from_items`` over a window of items → ``flat_map`` decoding in CPU tasks (the local engine's
+decoder, one row per view) → ``map_batches`` with an actor pool, each actor holding its own copy of the backbone
+(CPU actors, or one GPU each with ``num_gpus``) → the driver collects the window. Windows (``config.window`` items)
+bound the driver's memory whatever the listing's length.
+
+The caller's backbone stays where it is, untouched: the actors get a CPU copy (:func:`actor_copy`) and move it to
+their own device, :meth:`RayEngine.device`, which is what a feature store of their features records
+(:meth:`~synthdet.engines.base.Engine.store`). ``config.address`` joins a cluster; without one a local Ray starts
+(or the running one is used).
 """
 
 from __future__ import annotations
 
-import types
-from collections.abc import Iterable, Iterator, Sequence
+import copy
+from collections.abc import Iterable, Iterator
+from functools import partial
+from itertools import islice
 from pathlib import Path
-from typing import Any, cast
+from typing import Any, Unpack
 
 import numpy as np
 import torch
@@ -24,32 +30,47 @@ import torch
 from synthdet.backbones.base import Backbone
 from synthdet.detectors.detector import Detector
 from synthdet.detectors.loading import load_detector
+from synthdet.engines.base import Engine, ScoreRow
 from synthdet.extras import require
-from synthdet.features.extract import ImageTransform, _ViewsDataset, assemble_features, forward_by_shape
+from synthdet.features.extract import (
+    FeatureBatch,
+    ForwardOptions,
+    Item,
+    ViewsDecoder,
+    assemble_features,
+    batch_size_default,
+    forward_by_shape,
+)
 from synthdet.io.pixels import DEFAULT_MAX_PIXELS
 
 
-def init_ray(address: str | None = None, *, num_cpus: int | None = None) -> Any:
+def init_ray(address: str | None = None) -> Any:
     """``ray`` connected to ``address`` (a cluster), or to the running / a new local instance."""
     ray = require("ray", "--engine ray")
     if not ray.is_initialized():
-        ray.init(address=address, num_cpus=None if address else num_cpus, include_dashboard=False,
-                 log_to_driver=False, ignore_reinit_error=True, logging_level="WARNING")
+        ray.init(address=address, include_dashboard=False, log_to_driver=False, ignore_reinit_error=True,
+                 logging_level="WARNING")
     ray.data.DataContext.get_current().enable_progress_bars = False  # the library is quiet; the CLI reports
     return ray
 
 
-class _Forward:
-    """An actor: one backbone, run on batches of decoded views (``x``; failed rows pass through with ``err``)."""
+def actor_copy(backbone: Backbone) -> Backbone:
+    """A CPU copy of ``backbone`` for the object store; the caller's keeps its device and its tensors (a backbone
+    deep-copies into an independent network: :mod:`synthdet.backbones.base`)."""
+    return copy.deepcopy(backbone).cpu()
 
-    def __init__(self, backbone_ref: Any, taps: bool, num_gpus: float) -> None:
+
+class _Forward:
+    """An actor: its own backbone on ``device``, run on batches of decoded views (``x``; failed rows pass through
+    with ``err``)."""
+
+    def __init__(self, backbone_ref: Any, taps: bool, device: str) -> None:
         import ray
 
         torch.set_num_threads(1)
-        bb: Backbone = ray.get(backbone_ref)
-        self.bb = bb.to("cuda" if num_gpus and torch.cuda.is_available() else "cpu").eval()
+        self.bb: Backbone = ray.get(backbone_ref).to(device).eval()
         self.taps = taps
-        self.dim = bb.embed_dim + (sum(bb.layer_dims) if taps else 0)
+        self.dim = self.bb.embed_dim + (sum(self.bb.layer_dims) if taps else 0)
 
     @torch.inference_mode()
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
@@ -62,85 +83,93 @@ class _Forward:
         return {"i": batch["i"], "view": batch["view"], "err": batch["err"], "feat": feat}
 
 
-def ray_forward_batches(
-    backbone: Backbone,
-    items: Sequence[tuple[str, str, Sequence[int]]],
-    *,
-    taps: bool,
-    batch_size: int | None = None,
-    num_workers: int | None = None,
-    max_pixels: int = DEFAULT_MAX_PIXELS,
-    desc: str = "extract",
-    progress: bool = False,
-    transform: ImageTransform | None = None,
-    verify_sha: bool = False,
-    actors: int = 1,
-    num_gpus: float = 0,
-    window: int = 8192,
-    address: str | None = None,
-) -> Iterator[tuple[list[tuple[int, int]], torch.Tensor, list[torch.Tensor], list[tuple[int, str]]]]:
-    """:func:`~synthdet.features.extract.forward_batches` on Ray Data (see the module docstring); ``num_workers`` and
-    ``desc``/``progress`` are accepted for the same signature (Ray schedules decoding tasks itself)."""
-    ray = init_ray(address)
-    batch_size = batch_size or (64 if num_gpus else 8)
-    decoder = _ViewsDataset(cast(Backbone, types.SimpleNamespace(preprocess=backbone.preprocess)), max_pixels,
-                            transform, verify_sha)
-    ref = ray.put(backbone.cpu())
-    dims = [backbone.embed_dim, *(backbone.layer_dims if taps else [])]
-
-    def decode(row: dict[str, Any]) -> list[dict[str, Any]]:
-        i = int(row["i"])
-        _, tensors, err, views = decoder[(i, items[i])]
-        if tensors is None:
-            return [{"i": i, "view": -1, "err": err, "x": np.zeros((3, 1, 1), np.float32)}]
-        return [{"i": i, "view": v, "err": "", "x": t.numpy()} for v, t in zip(views, tensors)]
-
-    for start in range(0, len(items), window):
-        ds = ray.data.from_items([{"i": i} for i in range(start, min(start + window, len(items)))])
-        ds = ds.flat_map(decode).map_batches(
-            _Forward, fn_constructor_args=(ref, taps, num_gpus), batch_size=batch_size, batch_format="numpy",
-            concurrency=actors, num_gpus=num_gpus or None, num_cpus=1,
-        )
-        for out in ds.iter_batches(batch_size=max(batch_size, 64), batch_format="numpy"):
-            keep = [j for j, e in enumerate(out["err"]) if not e]
-            errors = [(int(out["i"][j]), str(out["err"][j])) for j in range(len(out["err"])) if out["err"][j]]
-            pairs = [(int(out["i"][j]), int(out["view"][j])) for j in keep]
-            feat = torch.from_numpy(np.asarray(out["feat"], dtype=np.float32)[keep])
-            parts = list(torch.split(feat, dims, dim=1))
-            yield pairs, parts[0], parts[1:], errors
+def _decode(decoder: ViewsDecoder, window: list[Item], start: int, row: dict[str, Any]) -> list[dict[str, Any]]:
+    """One row per decoded view of item ``row["i"]`` (a position in the stream; ``window`` begins at ``start``), or
+    one row saying why it failed."""
+    i = int(row["i"])
+    _, tensors, err, views = decoder[(i, window[i - start])]
+    if tensors is None:
+        return [{"i": i, "view": -1, "err": err, "x": np.zeros((3, 1, 1), np.float32)}]
+    return [{"i": i, "view": v, "err": "", "x": t.numpy()} for v, t in zip(views, tensors)]
 
 
-class RayScorer:
-    """A saved detector scored on Ray: ``threshold`` and ``predict_paths`` as :class:`Detector` (rows in input
-    order within each window), for :func:`~synthdet.engines.local.score_stream`."""
+class RayEngine(Engine):
+    """:class:`~synthdet.engines.base.Engine` on Ray Data (see the module docstring); ``config``: ``actors``,
+    ``num_gpus``, ``window``, ``address``."""
 
-    def __init__(self, path: str | Path | None = None, *, actors: int = 1, num_gpus: float = 0, window: int = 8192,
-                 address: str | None = None) -> None:
-        det = load_detector(path)
+    def device(self, backbone: Backbone) -> torch.device:
+        """The actors' device, whatever the caller's: CUDA when each has a GPU (``num_gpus``), else the CPU."""
+        return torch.device("cuda" if self.config.num_gpus else "cpu")
+
+    def features(
+        self, backbone: Backbone, items: Iterable[Item], *, taps: bool, **options: Unpack[ForwardOptions],
+    ) -> Iterator[FeatureBatch]:
+        """``batch_size``, ``max_pixels``, ``transform`` and ``verify_sha`` apply as locally; decoding workers and
+        progress are Ray's to schedule."""
+        ray = init_ray(self.config.address)
+        device = self.device(backbone)
+        batch_size = options.get("batch_size") or batch_size_default(device)
+        decoder = ViewsDecoder(backbone.preprocess, options.get("max_pixels", DEFAULT_MAX_PIXELS),
+                               options.get("transform"), options.get("verify_sha", False))
+        dims = [backbone.embed_dim, *(backbone.layer_dims if taps else [])]
+        ref = ray.put(actor_copy(backbone))
+        stream, start = iter(items), 0
+        while window := list(islice(stream, self.config.window)):
+            ds = ray.data.from_items([{"i": start + j} for j in range(len(window))]).flat_map(
+                partial(_decode, decoder, window, start),
+            ).map_batches(
+                _Forward, fn_constructor_args=(ref, taps, str(device)), batch_size=batch_size, batch_format="numpy",
+                concurrency=self.config.actors, num_gpus=self.config.num_gpus or None, num_cpus=1,
+            )
+            start += len(window)
+            for out in ds.iter_batches(batch_size=max(batch_size, 64), batch_format="numpy"):
+                keep = [j for j, e in enumerate(out["err"]) if not e]
+                errors = [(int(out["i"][j]), str(out["err"][j])) for j in range(len(out["err"])) if out["err"][j]]
+                pairs = [(int(out["i"][j]), int(out["view"][j])) for j in keep]
+                feat = torch.from_numpy(np.asarray(out["feat"], dtype=np.float32)[keep])
+                pooled, *layers = torch.split(feat, dims, dim=1)
+                yield pairs, pooled, layers, errors
+
+    def load(self, detector: str | Path | None = None) -> RayDetector:
+        det = load_detector(detector)
         if not isinstance(det, Detector):
             raise ValueError("--engine ray scores probe and fine-tuned detectors (an ensemble: score its members)")
+        _ = det.backbone
+        return RayDetector(det, self)
+
+
+class RayDetector:
+    """A saved detector scored on Ray: ``threshold`` and ``predict_paths`` as :class:`Detector`, rows in input order
+    (each yielded as soon as every row before it is done), for :func:`~synthdet.engines.stream.score_stream`."""
+
+    def __init__(self, det: Detector, engine: RayEngine) -> None:
         self.det = det
-        self.options = {"actors": actors, "num_gpus": num_gpus, "window": window, "address": address}
+        self.engine = engine
 
     @property
     def threshold(self) -> float:
         return self.det.threshold
 
-    def predict_paths(self, paths: Iterable[str | Path], *, batch_size: int | None = None, max_pixels: int =
-                      DEFAULT_MAX_PIXELS, **_: Any) -> Iterator[tuple[str, float | None, str]]:
-        it = iter(paths)
-        window = int(cast(int, self.options["window"]))
-        concat = self.det.card.features == "concat"
-        while batch := [str(p) for _, p in zip(range(window), it)]:
-            probs: dict[int, float] = {}
-            errors: dict[int, str] = {}
-            for pairs, pooled, layers, errs in ray_forward_batches(
-                self.det.backbone, [(p, p, [0]) for p in batch], taps=concat, batch_size=batch_size,
-                max_pixels=max_pixels, **self.options,  # type: ignore[arg-type]
-            ):
-                errors.update(errs)
-                if pairs:
-                    p = self.det.predict_features(assemble_features(pooled, layers, self.det.card.features))
-                    probs.update({i: float(v) for (i, _), v in zip(pairs, p)})
-            for i, path in enumerate(batch):
-                yield (path, probs[i], "") if i in probs else (path, None, errors.get(i, "unknown error"))
+    def predict_paths(self, paths: Iterable[str | Path], **options: Unpack[ForwardOptions]) -> Iterator[ScoreRow]:
+        pending: dict[int, str] = {}  # stream position -> path, for the files listed and not yet yielded
+        done: dict[int, tuple[float | None, str]] = {}
+
+        def items() -> Iterator[Item]:
+            for i, p in enumerate(paths):
+                pending[i] = str(p)
+                yield pending[i], pending[i], [0]
+
+        card = self.det.card
+        following = 0
+        for pairs, pooled, layers, errors in self.engine.features(
+            self.det.backbone, items(), taps=card.features == "concat", **options,
+        ):
+            done.update((i, (None, reason)) for i, reason in errors)
+            if pairs:
+                probs = self.det.predict_features(assemble_features(pooled, layers, card.features))
+                done.update((i, (float(p), "")) for (i, _), p in zip(pairs, probs))
+            while following in done:
+                yield pending.pop(following), *done.pop(following)
+                following += 1
+        for i in sorted(pending):  # a row Ray lost: said, not dropped
+            yield pending[i], *done.get(i, (None, "unknown error"))

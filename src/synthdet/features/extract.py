@@ -13,7 +13,7 @@ import os
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, TypedDict
 
 import numpy as np
 import torch
@@ -24,11 +24,11 @@ from tqdm.auto import tqdm
 from synthdet.backbones.base import Backbone
 from synthdet.features.store import FeatureStore, store_identity, store_key
 from synthdet.io.files import default_cache_dir
-from synthdet.io.pixels import DEFAULT_MAX_PIXELS, ImageLoadError, load_image, reduce_to
+from synthdet.io.pixels import DEFAULT_MAX_PIXELS, ImageLoadError, Preprocess, load_image, reduce_to
 
 __all__ = [
-    "ExtractResult", "FeatureKind", "FeatureStore", "ImageTransform", "Skipped", "assemble_features", "default_cache_dir",
-    "extract", "forward_batches",
+    "ExtractResult", "FeatureBatch", "FeatureKind", "FeatureStore", "ForwardOptions", "ImageTransform", "Skipped",
+    "assemble_features", "default_cache_dir", "extract", "forward_batches",
     "forward_by_shape", "forward_files",
     "store_identity", "store_key",
 ]
@@ -71,19 +71,37 @@ Item = tuple[str, str, Sequence[int]]
 stored), and the views still wanted of it."""
 
 
-class _ViewsDataset(Dataset):
+FeatureBatch = tuple[list[tuple[int, int]], torch.Tensor, list[torch.Tensor], list[tuple[int, str]]]
+"""``(item_view_pairs, pooled, layers, errors)``: what :func:`forward_batches` (and every engine's feature pass) yields."""
+
+
+class ForwardOptions(TypedDict, total=False):
+    """:func:`forward_batches`' keyword options, named once for the engines that pass them through
+    (:meth:`synthdet.engines.base.Engine.features`)."""
+
+    batch_size: int | None
+    num_workers: int | None
+    max_pixels: int
+    desc: str
+    progress: bool
+    transform: ImageTransform | None
+    verify_sha: bool
+    views_per_item: int | None
+
+
+class ViewsDecoder(Dataset):
     """Decodes the items the sampler hands it, ``(stream position, item)``, into the stacked tensors of their views
     (decoded once). The items travel with the indices, so the listing is never held whole, in the parent or in a
-    worker, and one worker pool serves a stream of any length.
+    worker, and one worker pool serves a stream of any length. Ray's decoding tasks use it too (the same pixels).
 
     With ``verify_sha`` an item's key is the sha256 its features will be stored under; a file whose bytes no longer
     hash to it is refused (``changed-since-indexed``) rather than stored under a stale key.
     """
 
     def __init__(
-        self, backbone: Backbone, max_pixels: int, transform: ImageTransform | None = None, verify_sha: bool = False,
+        self, preprocess: Preprocess, max_pixels: int, transform: ImageTransform | None = None, verify_sha: bool = False,
     ) -> None:
-        self.pre = backbone.preprocess
+        self.pre = preprocess
         self.max_pixels = max_pixels
         self.transform = transform
         self.verify_sha = verify_sha
@@ -160,7 +178,7 @@ def forward_batches(
     transform: ImageTransform | None = None,
     verify_sha: bool = False,
     views_per_item: int | None = None,
-) -> Iterator[tuple[list[tuple[int, int]], torch.Tensor, list[torch.Tensor], list[tuple[int, str]]]]:
+) -> Iterator[FeatureBatch]:
     """Stream ``(item_view_pairs, pooled, layers, errors)`` over items, with bounded memory.
 
     ``items`` may be a list or a lazy stream of any length (indices are positions in it): one pool of DataLoader
@@ -181,7 +199,7 @@ def forward_batches(
         views_per_item = max((len(v) for _, _, v in items), default=1) if total is not None else 1
     per_forward = max(1, batch_size // max(1, views_per_item))
     loader = DataLoader(  # small loader batches keep every worker busy; the network still sees ``batch_size``
-        _ViewsDataset(backbone, max_pixels, transform, verify_sha),
+        ViewsDecoder(backbone.preprocess, max_pixels, transform, verify_sha),
         sampler=enumerate(items),  # type: ignore[arg-type]  # pulled lazily, as workers need more
         batch_size=max(1, min(4, per_forward)),
         num_workers=workers,
@@ -202,7 +220,7 @@ def forward_batches(
 
 def _forward_loop(
     backbone: Backbone, loader: DataLoader, per_forward: int, taps: bool, bar: Any,
-) -> Iterator[tuple[list[tuple[int, int]], torch.Tensor, list[torch.Tensor], list[tuple[int, str]]]]:
+) -> Iterator[FeatureBatch]:
     for batch in _regroup(loader, per_forward):
         pairs: list[tuple[int, int]] = []
         tensors: list[torch.Tensor] = []
@@ -286,7 +304,7 @@ def extract(
     flush_every: int = 256,
     max_pixels: int = DEFAULT_MAX_PIXELS,
     progress: bool = False,
-    forward: Callable[..., Iterator] | None = None,
+    forward: Callable[..., Iterator[FeatureBatch]] | None = None,
 ) -> ExtractResult:
     """Compute the features of every (image, view) pair not yet in ``store``.
 
@@ -295,7 +313,8 @@ def extract(
     ``shas`` are the files' sha256 as indexed; each file is hashed again as it is decoded and skipped
     (``changed-since-indexed``) if it no longer matches. The shards holding cached keys are checksum-verified first,
     so damaged ones are recomputed (see ``store.problems``). Other processes may extract into the same store at once.
-    ``forward``: another engine with :func:`forward_batches`' contract (e.g. :func:`synthdet.engines.ray_data.ray_forward_batches`).
+    ``forward``: another engine's feature pass with :func:`forward_batches`' contract (an engine's
+    :meth:`~synthdet.engines.base.Engine.features`; its store: :meth:`~synthdet.engines.base.Engine.store`).
     """
     result = ExtractResult()
     firsts: dict[str, str] = {}

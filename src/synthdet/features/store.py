@@ -168,11 +168,13 @@ class FeatureStore:
         self._scan()
 
     @classmethod
-    def for_backbone(cls, backbone: Backbone, root: str | Path | None = None) -> FeatureStore:
-        """The store of ``backbone``'s features (computed on its current device) under ``root`` (default
-        :func:`default_cache_dir`), in the folder :func:`store_key` names and with :func:`store_identity` in
-        ``meta.json``."""
-        identity = store_identity(backbone)
+    def for_backbone(
+        cls, backbone: Backbone, root: str | Path | None = None, *, device: str | torch.device | None = None,
+    ) -> FeatureStore:
+        """The store of ``backbone``'s features computed on ``device`` (default: its current one; an engine that runs
+        copies elsewhere, such as Ray's actors, names theirs) under ``root`` (default :func:`default_cache_dir`), in
+        the folder :func:`store_key` names and with :func:`store_identity` in ``meta.json``."""
+        identity = store_identity(backbone, device)
         return cls(root or default_cache_dir(), store_key(identity), embed_dim=backbone.embed_dim,
                    layer_dims=backbone.layer_dims, identity=identity)
 
