@@ -90,7 +90,7 @@ def test_cross_validate_scores_each_image_once_with_thresholds_from_training_fol
     assert 0.5 < res.mean["roc_auc"] <= 1.0
 
     # fold 0 by hand: logreg on the training folds' fit rows, threshold on their calib rows — the test fold unused
-    from synthdet.heads.probes import make_head
+    from synthdet.heads.base import create_head
 
     det = res.detector
     store = FeatureStore.for_backbone(det.backbone, tmp / "cache")
@@ -99,7 +99,7 @@ def test_cross_validate_scores_each_image_once_with_thresholds_from_training_fol
     assert set(res.plan.fold_roles(train["sha256"], 0)) == {"fit", "calib"}
     X, _ = load_features(store, train["sha256"].tolist(), [0], "pooled")
     y = train["label"].to_numpy()
-    head = make_head("logreg").fit(X[~calib], y[~calib])
+    head = create_head("logreg").fit(X[~calib], y[~calib])
     assert res.folds[0]["threshold"] == pytest.approx(f1_optimal_threshold(y[calib], head.predict_proba(X[calib])[:, 1]))
 
 

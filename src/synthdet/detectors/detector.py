@@ -19,7 +19,7 @@ from synthdet.detectors.assess import Assessment, assess_image
 from synthdet.detectors.card import Card, NotADetectorError, read_card, save_card
 from synthdet.detectors.scoring import ImageLike, score
 from synthdet.features.extract import ImageTransform, assemble_features, forward_files
-from synthdet.heads.probes import head_from_state
+from synthdet.heads.base import head_from_state
 from synthdet.io.atomic import atomic_path
 from synthdet.io.pixels import DEFAULT_MAX_PIXELS
 

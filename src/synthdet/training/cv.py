@@ -44,7 +44,7 @@ from synthdet.detectors.card import Card
 from synthdet.detectors.detector import Detector
 from synthdet.evaluation.metrics import binary_metrics, source_table
 from synthdet.features.extract import FeatureKind, FeatureStore, extract
-from synthdet.heads.probes import make_head
+from synthdet.heads.base import create_head
 from synthdet.io.atomic import atomic_open, write_text
 from synthdet.training.train import assign_roles, best_epoch, fit_head, head_config, load_features, refit_params
 
@@ -230,7 +230,7 @@ def _refit(
     """The head on every image and view; threshold from the out-of-fold probabilities (each from a model that never
     saw that image); torch heads train for the folds' median best epoch, as nothing is held out to stop on. The
     card's figures are the folds' (labelled so): no image is held out from the saved model."""
-    model = make_head(head, **refit_params(params, best_epochs)).fit(X, y, groups=shas)
+    model = create_head(head, **refit_params(params, best_epochs)).fit(X, y, groups=shas)
     calibration, threshold, how = decide(cv, calibrate=calibrate, max_group_fpr=max_group_fpr)
     seen = RowSet.of_rows(df)
     metrics = {"cv": cv.summary(), "cv_at_threshold": _at_threshold(cv, calibration, threshold)}

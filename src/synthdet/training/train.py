@@ -35,7 +35,7 @@ from synthdet.detectors.card import Card
 from synthdet.detectors.detector import Detector
 from synthdet.evaluation.metrics import binary_metrics, grouped_metrics
 from synthdet.features.extract import ExtractResult, FeatureKind, FeatureStore, assemble_features, extract
-from synthdet.heads.probes import make_head
+from synthdet.heads.base import create_head
 
 #: The recipe the leave-one-source-out protocol chose (``benchmarks/generalisation.py``; README, "Generalisation"):
 #: the shipped default and the demo detector are trained with it. Images at their own scale up to 384 px, each
@@ -110,7 +110,7 @@ def fit_head(
     """Fit on the ``fit`` rows (``groups``: content hash per row, so a head's own inner split keeps an image's
     views together), early-stop on ``calib`` and take the F1-optimal threshold on ``calib`` probabilities, so the
     threshold never comes from rows the head was fitted on."""
-    model = make_head(head, **head_params).fit(X_fit, y_fit, X_val=X_cal, y_val=y_cal, groups=groups)
+    model = create_head(head, **head_params).fit(X_fit, y_fit, X_val=X_cal, y_val=y_cal, groups=groups)
     return model, f1_optimal_threshold(y_cal, model.predict_proba(X_cal)[:, 1])
 
 
@@ -168,7 +168,7 @@ def oof_threshold(
     first_view = np.arange(len(owner)) % n_views == 0
     for f in range(k):
         train, score = fold != f, (fold == f) & first_view
-        model = make_head(head, **params).fit(part.X[train], part.y[train], groups=part.groups[train])
+        model = create_head(head, **params).fit(part.X[train], part.y[train], groups=part.groups[train])
         oof[owner[score]] = model.predict_proba(part.X[score])[:, 1]
     return f1_optimal_threshold(rows["label"].to_numpy(), oof)
 
@@ -234,7 +234,7 @@ def train_detector(
         both = part({"fit", "calib"}, views)
         params = refit_params(head_params, [best_epoch(model)])
         threshold = oof_threshold(head, params, both, len(views), seed=plan.seed)
-        model = make_head(head, **params).fit(both.X, both.y, groups=both.groups)
+        model = create_head(head, **params).fit(both.X, both.y, groups=both.groups)
         rows = {"fit": RowSet.of_rows(both.rows), "calib": RowSet.of_rows(both.rows)}
     metrics["val"], test_prob = held_out_metrics(model, threshold, test, model_name="saved")
     images = df.drop_duplicates("sha256")
