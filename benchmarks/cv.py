@@ -41,7 +41,7 @@ from synthdet.data.manifest import index
 from synthdet.detectors.calibrate import f1_optimal_threshold
 from synthdet.detectors.ensemble import RULES, EnsembleDetector, combine, validation_f1
 from synthdet.training.cv import FOLD_METRICS, CVResult, FoldFitter, cross_validate, run_folds
-from synthdet.training.train import train_detector
+from synthdet.training.train import ProbeConfig, train_detector
 
 if TYPE_CHECKING:
     from rich.table import Table
@@ -74,8 +74,9 @@ def main(argv: list[str] | None = None) -> dict | None:
     probes = []
     for label, head, features in PROBES:
         t0 = time.perf_counter()
-        res = cross_validate(df, backbone=bb, head=head, features=features, n_views=args.views, k=args.k,
-                             seed=args.seed, cache_dir=args.cache, num_workers=args.workers, progress=False)
+        config = ProbeConfig(backbone=bb, head=head, features=features, n_views=args.views, seed=args.seed,
+                             cache_dir=args.cache, num_workers=args.workers)
+        res = cross_validate(df, config, k=args.k)
         probes.append(summarise(label, res.config["features"], res, time.perf_counter() - t0))
     c = res.config
     table = Table(title=f"{args.k}-fold CV on {args.manifest.parent.name} ({c['n_images']} images), {args.backbone}, "
@@ -130,14 +131,14 @@ def run_ensemble(args: argparse.Namespace, df: pd.DataFrame, bb: Backbone) -> di
     """Score the members' shared val images once, then cross-validate each member and each rule over them."""
     with tempfile.TemporaryDirectory() as tmp:
         dirs = [Path(tmp) / "logreg-concat"]
-        train_detector(df, backbone=bb, head="logreg", features="concat", n_views=args.views, seed=args.seed,
-                       cache_dir=args.cache, num_workers=args.workers, out=dirs[0], progress=False)
+        config = ProbeConfig(backbone=bb, head="logreg", features="concat", n_views=args.views, seed=args.seed,
+                             cache_dir=args.cache, num_workers=args.workers)
+        train_detector(df, config, out=dirs[0])
         if args.finetuned is not None:
             dirs.append(args.finetuned)
         else:
             dirs.append(Path(tmp) / "fusion")
-            train_detector(df, backbone=bb, head="fusion", n_views=args.views, seed=args.seed, cache_dir=args.cache,
-                           num_workers=args.workers, out=dirs[1], progress=False)
+            train_detector(df, config.model_copy(update={"head": "fusion"}), out=dirs[1])
         ens = EnsembleDetector.from_members(dirs)
         val = None  # images every member held out
         for d in dirs:

@@ -25,6 +25,7 @@ from rich.table import Table
 from synthdet.data.manifest import usable_rows
 from synthdet.training.cv import FOLD_METRICS, cross_validate, finetune_fitter, fold_metrics, run_folds
 from synthdet.training.finetune import FineTuneConfig
+from synthdet.training.train import ProbeConfig
 
 SHARED = Path(__file__).resolve().parents[2] / "shared" / "data" / "dev" / "manifest.csv"
 
@@ -40,8 +41,8 @@ def main() -> None:
     args = ap.parse_args()
     df, _ = usable_rows(args.data, progress=False)
     t0 = time.perf_counter()
-    probe = cross_validate(df, backbone="effnet-lite0", head="logreg", features="concat", n_views=4, k=args.k,
-                           num_workers=args.workers, progress=False)
+    config = ProbeConfig(backbone="effnet-lite0", head="logreg", features="concat", num_workers=args.workers)
+    probe = cross_validate(df, config, k=args.k)
     t_probe = time.perf_counter() - t0
     cfg = FineTuneConfig(unfreeze_blocks="all", head="linear", epochs=args.epochs, batch_size=32, head_lr=3e-4,
                          backbone_lr=1e-4, augment="strong", num_workers=args.workers)

@@ -40,7 +40,7 @@ from synthdet.data.manifest import index, three_way_split
 from synthdet.detectors.calibrate import f1_optimal_threshold
 from synthdet.evaluation.metrics import binary_metrics
 from synthdet.features.extract import FeatureStore, extract
-from synthdet.heads.probes import make_head
+from synthdet.heads.base import create_head
 from synthdet.training.finetune import FineTuneConfig, finetune, score_items
 from synthdet.training.train import load_features
 
@@ -94,7 +94,7 @@ def main(argv: list[str] | None = None) -> dict | None:
         runs = []
         for seed in range(1 if kind == "logreg" else args.seeds):
             t0 = time.perf_counter()
-            head = make_head(kind, seed=seed, **params).fit(X_fit, y_fit, X_val=X_cal, y_val=y_cal)
+            head = create_head(kind, seed=seed, **params).fit(X_fit, y_fit, X_val=X_cal, y_val=y_cal)
             seconds = time.perf_counter() - t0
             thr = f1_optimal_threshold(y_cal, head.predict_proba(X_cal)[:, 1])
             m = binary_metrics(y_val, head.predict_proba(X_val)[:, 1], threshold=thr)

@@ -24,7 +24,7 @@ from synthdet.data.demo import demo_data_dir
 from synthdet.data.manifest import index
 from synthdet.evaluation.runs import EvalRun, evaluate_detector
 from synthdet.reporting.html import render_report
-from synthdet.training.train import train_detector
+from synthdet.training.train import ProbeConfig, train_detector
 
 ROOT = Path(__file__).resolve().parents[1]
 DEFAULT_DATA = ROOT.parent / "shared" / "data" / "dev" / "manifest.csv"
@@ -50,8 +50,8 @@ def evaluate(data: Path, cache: Path | None) -> EvalRun:
     manifest = index(data)
     unseen = manifest[~manifest["path"].map(lambda p: Path(p).name in seen)]
     with tempfile.TemporaryDirectory() as tmp:
-        res = train_detector(demo_data_dir() / "manifest.csv", head="logreg", features="concat", n_views=4,
-                             cache_dir=cache, out=Path(tmp) / "det")
+        config = ProbeConfig(head="logreg", features="concat", n_views=4, cache_dir=cache)
+        res = train_detector(demo_data_dir() / "manifest.csv", config, out=Path(tmp) / "det")
         return evaluate_detector(res.detector, unseen, slices=SLICES,
                                  name="demo detector on unseen development images", on_overlap="drop")
 

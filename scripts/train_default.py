@@ -32,7 +32,7 @@ from synthdet.data.normalise import SocialChain, normalise_dataset
 from synthdet.data.splits import RowSet
 from synthdet.detectors.calibrate import fit_uncertainty_band
 from synthdet.training.cv import cross_validate
-from synthdet.training.train import GENERALISING_HEAD, generalising_backbone
+from synthdet.training.train import GENERALISING_HEAD, ProbeConfig, generalising_backbone
 
 ROOT = Path(__file__).resolve().parents[1]
 OUT = ROOT / "src" / "synthdet" / "pretrained" / "default"
@@ -54,9 +54,9 @@ def main() -> None:
     bb = generalising_backbone("effnet-lite0")
     staging = args.out.with_name(args.out.name + ".new")  # the old detector stays whole until the new one is
     shutil.rmtree(staging, ignore_errors=True)
-    res = cross_validate(pool, backbone=bb, **GENERALISING_HEAD, group_by="group", refit_all=True,
-                         calibrate="sigmoid", max_group_fpr=MAX_GROUP_FPR,
-                         cache_dir=args.cache, out=staging / "cv", progress=True)
+    res = cross_validate(pool, ProbeConfig(backbone=bb, **GENERALISING_HEAD, cache_dir=args.cache), group_by="group",
+                         refit_all=True, calibrate="sigmoid", max_group_fpr=MAX_GROUP_FPR, out=staging / "cv",
+                         progress=True)
     det = res.detector
     assert det is not None
     # the card names the originals too, so `synthdet evaluate` finds them (and their near-duplicates) as seen rows

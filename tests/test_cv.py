@@ -18,7 +18,7 @@ from synthdet.detectors.ensemble import validation_f1
 from synthdet.detectors.loading import load_detector
 from synthdet.features.extract import FeatureStore
 from synthdet.training.cv import cross_validate, finetune_fitter, fold_metrics, run_folds
-from synthdet.training.train import load_features
+from synthdet.training.train import ProbeConfig, load_features
 
 
 def frame(n_real: int = 31, n_fake: int = 19) -> pd.DataFrame:
@@ -72,8 +72,8 @@ def test_unscored_images_stay_in_the_table_but_out_of_the_metrics() -> None:
 def demo_cv(tmp_path_factory: pytest.TempPathFactory):
     tmp = tmp_path_factory.mktemp("cv")
     csv = small_demo_csv(tmp, n_per_class=20)
-    res = cross_validate(csv, backbone="effnet-lite0", head="logreg", n_views=1, k=5, cache_dir=tmp / "cache",
-                         num_workers=0, refit_all=True, out=tmp / "out", progress=False)
+    config = ProbeConfig(head="logreg", n_views=1, cache_dir=tmp / "cache", num_workers=0)
+    res = cross_validate(csv, config, k=5, refit_all=True, out=tmp / "out", progress=False)
     return tmp, csv, res
 
 
@@ -90,7 +90,7 @@ def test_cross_validate_scores_each_image_once_with_thresholds_from_training_fol
     assert 0.5 < res.mean["roc_auc"] <= 1.0
 
     # fold 0 by hand: logreg on the training folds' fit rows, threshold on their calib rows — the test fold unused
-    from synthdet.heads.probes import make_head
+    from synthdet.heads.base import create_head
 
     det = res.detector
     store = FeatureStore.for_backbone(det.backbone, tmp / "cache")
@@ -99,7 +99,7 @@ def test_cross_validate_scores_each_image_once_with_thresholds_from_training_fol
     assert set(res.plan.fold_roles(train["sha256"], 0)) == {"fit", "calib"}
     X, _ = load_features(store, train["sha256"].tolist(), [0], "pooled")
     y = train["label"].to_numpy()
-    head = make_head("logreg").fit(X[~calib], y[~calib])
+    head = create_head("logreg").fit(X[~calib], y[~calib])
     assert res.folds[0]["threshold"] == pytest.approx(f1_optimal_threshold(y[calib], head.predict_proba(X[calib])[:, 1]))
 
 

@@ -29,15 +29,15 @@ from synthdet.detectors.card import (
 )
 from synthdet.detectors.loading import load_detector
 from synthdet.evaluation.metrics import binary_metrics
-from synthdet.training.train import load_features, train_detector
+from synthdet.training.train import ProbeConfig, load_features, train_detector
 
 
 @pytest.fixture(scope="module")
 def trained(tmp_path_factory: pytest.TempPathFactory):
     tmp = tmp_path_factory.mktemp("train")
     csv = small_demo_csv(tmp)
-    res = train_detector(csv, backbone="effnet-lite0", head="logreg", n_views=2, cache_dir=tmp / "cache",
-                         out=tmp / "det", num_workers=0, progress=False)
+    res = train_detector(csv, ProbeConfig(head="logreg", n_views=2, cache_dir=tmp / "cache", num_workers=0),
+                         out=tmp / "det", progress=False)
     return tmp, res
 
 
@@ -119,8 +119,8 @@ def test_predict_paths_pulls_a_stream_lazily(trained) -> None:
 
 def test_rerun_uses_the_cache(trained) -> None:
     tmp, _ = trained
-    res = train_detector(small_demo_csv(tmp), backbone="effnet-lite0", head="logreg", n_views=2,
-                         cache_dir=tmp / "cache", num_workers=0, progress=False)
+    res = train_detector(small_demo_csv(tmp), ProbeConfig(head="logreg", n_views=2, cache_dir=tmp / "cache",
+                                                          num_workers=0))
     assert res.extract.computed == 0 and res.extract.cached > 0
 
 
@@ -131,7 +131,7 @@ def test_training_rejects_single_class(tmp_path: Path) -> None:
     df = pd.read_csv(csv)
     df[df.label == 0].to_csv(csv, index=False)
     with pytest.raises(ManifestError, match="both classes"):
-        train_detector(csv, head="logreg", cache_dir=tmp_path / "c", num_workers=0, progress=False)
+        train_detector(csv, ProbeConfig(head="logreg", cache_dir=tmp_path / "c", num_workers=0))
 
 
 def test_shipped_default_detector_predicts_offline() -> None:

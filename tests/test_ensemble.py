@@ -18,7 +18,7 @@ from synthdet.detectors.calibrate import f1_optimal_threshold
 from synthdet.detectors.ensemble import EnsembleDetector, combine, validation_f1
 from synthdet.detectors.loading import load_detector
 from synthdet.training.ensemble import build_ensemble, member_rows
-from synthdet.training.train import train_detector
+from synthdet.training.train import ProbeConfig, train_detector
 
 
 # ----------------------------------------------------------------------------------------------- rules, by hand
@@ -88,8 +88,8 @@ def members(tmp_path_factory: pytest.TempPathFactory):
     dirs = []
     for head, features in (("logreg", "pooled"), ("linear", "concat")):
         dirs.append(tmp / f"det-{head}")
-        train_detector(tmp / "train.csv", head=head, features=features, n_views=1, cache_dir=tmp / "cache",
-                       num_workers=0, out=dirs[-1], progress=False)
+        config = ProbeConfig(head=head, features=features, n_views=1, cache_dir=tmp / "cache", num_workers=0)
+        train_detector(tmp / "train.csv", config, out=dirs[-1], progress=False)
     return tmp, dirs
 
 

@@ -21,8 +21,8 @@ from tiny_clip import tiny_clip_checkpoint
 from synthdet.backbones.base import Backbone, create_backbone
 from synthdet.backbones.weights import WeightsNotFoundError, file_digest
 from synthdet.features.extract import FeatureStore, assemble_features, extract, forward_batches
+from synthdet.heads.base import HEADS, create_head, head_from_state
 from synthdet.heads.fusion import LayerFusionHead
-from synthdet.heads.probes import HEADS, head_from_state, make_head
 
 BLOCKS, WIDTH, EMBED = 3, 64, 32
 DIMS = [16, 24, 16, 8]  # synthetic "layers"; only layer INFORMATIVE carries the label
@@ -93,7 +93,7 @@ def test_layer_features_round_trip_through_the_cache(backbone: Backbone, tmp_pat
     for cached, direct in zip([pooled, *layers], [direct_pooled, *direct_layers]):
         np.testing.assert_allclose(cached.astype(np.float32), direct.numpy(), rtol=1e-2, atol=1e-2)
     X = assemble_features(pooled, layers, "concat")
-    head = make_head("fusion", layer_dims=[EMBED, *store.layer_dims], epochs=2, proj_dim=8, hidden=8)
+    head = create_head("fusion", layer_dims=[EMBED, *store.layer_dims], epochs=2, proj_dim=8, hidden=8)
     assert head.fit(X, np.array([0, 1, 0, 1])).predict_proba(X).shape == (4, 2)
 
 
@@ -118,8 +118,8 @@ def fitted() -> tuple[LayerFusionHead, np.ndarray, np.ndarray]:
 
 def test_fusion_is_a_registered_head() -> None:
     assert HEADS.get("fusion") is LayerFusionHead
-    assert isinstance(make_head("fusion", layer_dims=[4, 4]), LayerFusionHead)
-    assert make_head("fusion", layer_dims=[4, 4]).get_params()["layer_dims"] == [4, 4]
+    assert isinstance(create_head("fusion", layer_dims=[4, 4]), LayerFusionHead)
+    assert create_head("fusion", layer_dims=[4, 4]).get_params()["layer_dims"] == [4, 4]
 
 
 def test_fusion_learns_and_weights_the_informative_layer(fitted) -> None:

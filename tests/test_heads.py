@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import inspect
+
 import numpy as np
 import pytest
 import torch
@@ -15,17 +17,10 @@ from sklearn.pipeline import Pipeline, make_pipeline
 from sklearn.preprocessing import StandardScaler
 from sklearn.utils.estimator_checks import parametrize_with_checks
 
+from synthdet.heads.base import HEADS, create_head, head_from_state
 from synthdet.heads.fusion import LayerFusionHead
-from synthdet.heads.probes import (
-    HEADS,
-    DeepProbe,
-    LinearProbe,
-    LogisticHead,
-    ResidualProbe,
-    grouped_holdout,
-    head_from_state,
-    make_head,
-)
+from synthdet.heads.logreg import LogisticHead
+from synthdet.heads.mlp import DeepProbe, LinearProbe, ResidualProbe, grouped_holdout
 
 KINDS = ["linear", "residual", "deep", "logreg"]
 TORCH_KINDS = ["linear", "residual", "deep"]
@@ -52,7 +47,7 @@ def data() -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
 @pytest.fixture(scope="module")
 def fitted(data) -> dict:
     X, y, _, _ = data
-    return {k: make_head(k, **({"epochs": 20} if k in TORCH_KINDS else {})).fit(X, y) for k in KINDS}
+    return {k: create_head(k, **({"epochs": 20} if k in TORCH_KINDS else {})).fit(X, y) for k in KINDS}
 
 
 @pytest.mark.parametrize("kind", KINDS)
@@ -83,11 +78,11 @@ def test_predict_proba_contract(fitted: dict, data, kind: str) -> None:
 def test_fixed_seed_is_reproducible(data, kind: str) -> None:
     X, y, Xt, _ = data
     params = {"epochs": 4} if kind in TORCH_KINDS else {}
-    a = make_head(kind, seed=3, **params).fit(X, y).predict_proba(Xt)
-    b = make_head(kind, seed=3, **params).fit(X, y).predict_proba(Xt)
+    a = create_head(kind, seed=3, **params).fit(X, y).predict_proba(Xt)
+    b = create_head(kind, seed=3, **params).fit(X, y).predict_proba(Xt)
     assert np.array_equal(a, b)
     if kind in TORCH_KINDS:
-        c = make_head(kind, seed=4, **params).fit(X, y).predict_proba(Xt)
+        c = create_head(kind, seed=4, **params).fit(X, y).predict_proba(Xt)
         assert not np.array_equal(a, c)
 
 
@@ -103,7 +98,7 @@ def test_state_round_trip(fitted: dict, data, kind: str, tmp_path) -> None:
     assert type(restored) is type(head)
     assert np.array_equal(restored.predict_proba(Xt), head.predict_proba(Xt))
     assert restored.n_features_in_ == D and list(restored.classes_) == [0, 1]
-    fresh = make_head(kind, **head.get_params()).load_state(state, D)
+    fresh = create_head(kind, **head.get_params()).load_state(state, D)
     assert np.array_equal(fresh.predict_proba(Xt), head.predict_proba(Xt))
 
 
@@ -131,7 +126,7 @@ def test_get_params_and_clone(fitted: dict, data, kind: str) -> None:
 @pytest.mark.parametrize("kind", TORCH_KINDS)
 def test_unfitted_probe_refuses_to_predict(data, kind: str) -> None:
     with pytest.raises((AttributeError, NotFittedError)):
-        make_head(kind).predict_proba(data[2])
+        create_head(kind).predict_proba(data[2])
 
 
 def test_cross_validation_composes(data) -> None:
@@ -182,11 +177,11 @@ def test_label_smoothing(data) -> None:
 
 def test_parameter_counts_match_the_seed_recipes() -> None:
     """Junaid et al. 2026 at d=768: linear ≈ 257K, residual ≈ 723K, deep ≈ 461K parameters."""
-    linear, residual, deep = (make_head(k).n_parameters(768) for k in ("linear", "residual", "deep"))
+    linear, residual, deep = (create_head(k).n_parameters(768) for k in ("linear", "residual", "deep"))
     assert 190_000 <= linear <= 300_000
     assert 600_000 <= residual <= 800_000
     assert 400_000 <= deep <= 500_000
-    assert make_head("linear", hidden=32).n_parameters(768) < linear  # `hidden` really sizes the net
+    assert create_head("linear", hidden=32).n_parameters(768) < linear  # `hidden` really sizes the net
 
 
 def test_dropout_and_hidden_overrides(data) -> None:
@@ -199,11 +194,19 @@ def test_dropout_and_hidden_overrides(data) -> None:
     assert all(m.p == 0.3 for m in DeepProbe()._make(8).modules() if isinstance(m, torch.nn.Dropout))
 
 
+def test_torch_heads_declare_their_optimisation_parameters_once() -> None:
+    """The fusion head's keywords are the probes' (same defaults) plus its own; all explicit, as scikit-learn needs."""
+    probe, fusion = inspect.signature(LinearProbe).parameters, inspect.signature(LayerFusionHead).parameters
+    assert set(fusion) - set(probe) == {"layer_dims", "proj_dim", "shared_projection", "alpha_lr"}
+    assert all(fusion[name].default == p.default for name, p in probe.items())
+    assert all(p.kind is p.KEYWORD_ONLY for p in fusion.values())
+
+
 def test_registry() -> None:
     assert set(KINDS) <= set(HEADS)  # other heads may join the registry
-    assert isinstance(make_head("residual", hidden=8), ResidualProbe)
+    assert isinstance(create_head("residual", hidden=8), ResidualProbe)
     with pytest.raises(ValueError, match="unknown head"):
-        make_head("transformer")
+        create_head("transformer")
 
 
 # --------------------------------------------------------------------------------- scikit-learn's estimator checks
@@ -273,7 +276,7 @@ def test_internal_early_stopping_split_is_grouped_by_image(kind: str) -> None:
     X, y, groups = noisy_views(400, 4, 64, seed=0)
     params = dict(epochs=25, batch_size=128, lr=3e-3, patience=5, hidden=128)
     params |= {"proj_dim": 64, "layer_dims": [32, 32]} if kind == "fusion" else {}
-    leaky = make_head(kind, **params).fit(X, y)
-    honest = make_head(kind, **params).fit(X, y, groups=groups)
+    leaky = create_head(kind, **params).fit(X, y)
+    honest = create_head(kind, **params).fit(X, y, groups=groups)
     assert leaky.best_val_auc_ > 0.9  # what the row split reported
     assert honest.best_val_auc_ < 0.7  # noise, as it is

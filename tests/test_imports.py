@@ -194,7 +194,7 @@ def test_every_module_imports_in_a_fresh_interpreter() -> None:
         "import importlib, sys\n"
         "from synthdet.backbones.base import BACKBONE_PREFIXES\n"
         "from synthdet.detectors.card import DETECTOR_KINDS\n"
-        "from synthdet.heads.probes import HEADS\n"
+        "from synthdet.heads.base import HEADS\n"
         f"early = [m for m in {lazy!r} if m in sys.modules]\n"
         "assert not early, f'imported before use: {early}'\n"
         f"for name in {sorted(module_names())!r}:\n"

@@ -24,7 +24,7 @@ from synthdet.features.extract import (  # noqa: E402
     assemble_features,
     forward_batches,
 )
-from synthdet.heads.probes import LogisticHead  # noqa: E402
+from synthdet.heads.logreg import LogisticHead  # noqa: E402
 
 
 def _demo(n: int) -> list[str]:

@@ -16,7 +16,7 @@ from synthdet.cli import app
 from synthdet.data.demo import demo_data_dir
 from synthdet.data.splits import RowSet
 from synthdet.detectors.card import default_detector_path
-from synthdet.heads.probes import HEADS
+from synthdet.heads.base import HEADS
 from synthdet.training.finetune import RECIPES
 from synthdet.training.recipes import Recipe, Step, _val_rows, _with_dependencies, get_recipe, load_recipes, run_recipe
 

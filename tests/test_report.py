@@ -37,12 +37,12 @@ PLOTS = ("ROC and PR curves", "score histograms", "confusion matrices", "reliabi
 @pytest.fixture(scope="module")
 def evaluated(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Detector, pd.DataFrame, EvalRun]:
     """Train on 40 demo images (~10 s), then evaluate on them plus three rows that cannot be scored."""
-    from synthdet.training.train import train_detector
+    from synthdet.training.train import ProbeConfig, train_detector
 
     tmp = tmp_path_factory.mktemp("report")
     csv = small_demo_csv(tmp, 20)
-    res = train_detector(csv, backbone="effnet-lite0", head="logreg", n_views=1, cache_dir=tmp / "cache",
-                         out=tmp / "det", num_workers=0, progress=False)
+    res = train_detector(csv, ProbeConfig(head="logreg", n_views=1, cache_dir=tmp / "cache", num_workers=0),
+                         out=tmp / "det", progress=False)
     split = res.manifest["split"]
     res.detector.card.rows = {role: RowSet.of(res.manifest.loc[split == role, "sha256"]) for role in ("fit", "calib")}
     res.detector.save(tmp / "det")

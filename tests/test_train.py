@@ -14,14 +14,14 @@ from synthdet.detectors.detector import Detector
 from synthdet.detectors.loading import load_detector
 from synthdet.evaluation.metrics import binary_metrics
 from synthdet.features.extract import FeatureStore
-from synthdet.training.train import load_features, train_detector
+from synthdet.training.train import ProbeConfig, load_features, train_detector
 
 
 @pytest.fixture(scope="module")
 def refitted(tmp_path_factory: pytest.TempPathFactory):
     tmp = tmp_path_factory.mktemp("refit")
-    res = train_detector(small_demo_csv(tmp, n_per_class=30), backbone="effnet-lite0", head="logreg", n_views=2,
-                         cache_dir=tmp / "cache", out=tmp / "det", num_workers=0, refit=True)
+    config = ProbeConfig(head="logreg", n_views=2, cache_dir=tmp / "cache", num_workers=0)
+    res = train_detector(small_demo_csv(tmp, n_per_class=30), config, out=tmp / "det", refit=True)
     return tmp, res
 
 
@@ -75,8 +75,7 @@ def test_card_rows_are_what_the_saved_model_saw_and_exclude_the_test_rows(refitt
 
 def test_without_refit_the_rows_are_fit_and_calib_apart(tmp_path) -> None:
     csv = small_demo_csv(tmp_path, n_per_class=16)
-    res = train_detector(csv, backbone="effnet-lite0", head="logreg", n_views=1, cache_dir=tmp_path / "cache",
-                         num_workers=0)
+    res = train_detector(csv, ProbeConfig(head="logreg", n_views=1, cache_dir=tmp_path / "cache", num_workers=0))
     card = res.detector.card
     assert card.rows["fit"].hashes == res.plan.rows("fit").hashes and card.rows["calib"].hashes == res.plan.rows("calib").hashes
     assert "pre_refit" not in card.metrics and card.metrics["val"]["threshold"] == card.threshold

@@ -100,6 +100,7 @@ def cv_command(
     """Stratified k-fold cross-validation of a head on cached features: each fold, then mean ± std."""
     from synthdet.features.extract import FeatureKind
     from synthdet.training.cv import cross_validate
+    from synthdet.training.train import ProbeConfig
 
     if features not in ("pooled", "concat"):
         raise fail(f"--features must be pooled or concat, not {features!r}")
@@ -109,11 +110,11 @@ def cv_command(
         raise fail("--calibrate and --max-group-fpr choose the refitted detector's calibration and threshold: "
                    "add --refit")
     bb = make_backbone(backbone, weights=weights, native_size=native_size, tap_pool=tap_pool)
+    config = ProbeConfig(backbone=bb, weights=weights, head=head, features=cast(FeatureKind, features), n_views=views,
+                         seed=seed, cache_dir=cache, batch_size=batch_size, num_workers=workers)
     result = cross_validate(
-        data, backbone=bb, weights=weights, head=head, features=cast(FeatureKind, features), n_views=views,
-        k=k, seed=seed, cache_dir=cache, batch_size=batch_size, num_workers=workers, refit_all=refit, out=out,
-        group_by=group_by, calibrate=cast("CalibrationMethod | None", calibrate), max_group_fpr=max_group_fpr,
-        progress=not quiet,
+        data, config, k=k, group_by=group_by, refit_all=refit, calibrate=cast("CalibrationMethod | None", calibrate),
+        max_group_fpr=max_group_fpr, out=out, progress=not quiet,
     )
     for path, reason in result.skipped:
         skipped(path, reason)

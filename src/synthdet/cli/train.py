@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import time
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated, Any
+from typing import TYPE_CHECKING, Annotated, cast
 
 import typer
 
@@ -25,7 +25,7 @@ from synthdet.cli._io import (
 if TYPE_CHECKING:
     from rich.table import Table
 
-    from synthdet.training.train import TrainResult
+    from synthdet.training.train import ProbeConfig, TrainResult
 
 
 def extract(
@@ -98,13 +98,14 @@ def _generator_table(metrics: dict) -> Table:
     return table
 
 
-def _run_train(data: Path, out: Path, as_json: bool = False, **kwargs: Any) -> TrainResult:
+def _run_train(data: Path, out: Path, config: ProbeConfig, *, progress: bool, refit: bool = False,
+               as_json: bool = False) -> TrainResult:
     """``train_detector`` on DATA, then its held-out figures as tables (or JSON) and its skips on stderr."""
     from synthdet.data.manifest import index
     from synthdet.training.train import train_detector
 
-    df = index(data, progress=kwargs.get("progress", False))
-    res = train_detector(df, out=out, **kwargs)
+    df = index(data, progress=progress)
+    res = train_detector(df, config, out=out, refit=refit, progress=progress)
     for path, reason in res.skipped:
         skipped(path, reason)
     card = res.detector.card
@@ -136,12 +137,15 @@ def train(
     as_json: Json = False,
 ) -> None:
     """index → extract (cached) → split → fit → calibrate → evaluate → save, on your own data."""
+    from synthdet.features.extract import FeatureKind
+    from synthdet.training.train import ProbeConfig
+
     if features not in ("pooled", "concat"):
         raise fail(f"--features must be pooled or concat, not {features!r}")
     bb = make_backbone(backbone, weights=weights, native_size=native_size, tap_pool=tap_pool)
-    _run_train(data, out, as_json, backbone=bb, weights=weights, head=head, features=features, n_views=views,
-               seed=seed, cache_dir=cache, batch_size=batch_size, num_workers=workers, refit=refit,
-               progress=not quiet)
+    config = ProbeConfig(backbone=bb, weights=weights, head=head, features=cast(FeatureKind, features), n_views=views,
+                         seed=seed, cache_dir=cache, batch_size=batch_size, num_workers=workers)
+    _run_train(data, out, config, progress=not quiet, refit=refit, as_json=as_json)
 
 
 def demo(
@@ -153,12 +157,13 @@ def demo(
     """The main job, offline: train and evaluate a detector on the data shipped in the package, with the recipe
     of the shipped default (images at their own scale up to 384 px, stage statistics, logistic head)."""
     from synthdet.data.demo import demo_data_dir
-    from synthdet.training.train import GENERALISING_HEAD, generalising_backbone
+    from synthdet.training.train import GENERALISING_HEAD, ProbeConfig, generalising_backbone
 
     data = demo_data_dir()
     note(f"[bold]synthdet demo[/] — data: {data} (shipped compact copy; see CREDITS.md), backbone {backbone}")
     t0 = time.perf_counter()
-    res = _run_train(data / "manifest.csv", out, backbone=generalising_backbone(backbone), **GENERALISING_HEAD,
-                     cache_dir=cache or out / "cache", progress=not quiet)
+    config = ProbeConfig(backbone=generalising_backbone(backbone), **GENERALISING_HEAD,
+                         cache_dir=cache or out / "cache")
+    res = _run_train(data / "manifest.csv", out, config, progress=not quiet)
     say(f"done in {time.perf_counter() - t0:.0f}s — held-out ROC AUC [bold]{res.metrics['roc_auc']:.4f}[/]")
     say(f"try: synthdet predict {out} some_photo.jpg")

@@ -18,7 +18,7 @@ from synthdet.backbones.base import Backbone, create_backbone
 from synthdet.detectors.assess import Scorable
 from synthdet.detectors.card import Card, NotADetectorError, read_card, save_card
 from synthdet.features.extract import ImageTransform, assemble_features, forward_files
-from synthdet.heads.probes import head_from_state
+from synthdet.heads.base import head_from_state
 from synthdet.io.atomic import atomic_path
 from synthdet.io.pixels import DEFAULT_MAX_PIXELS
 

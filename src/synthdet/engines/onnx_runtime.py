@@ -32,7 +32,8 @@ from synthdet.detectors.loading import load_detector
 from synthdet.engines.base import Engine
 from synthdet.extras import require
 from synthdet.features.extract import FeatureBatch, ForwardOptions, Item, intra_op_threads, num_workers_default
-from synthdet.heads.probes import LogisticHead, TorchProbe
+from synthdet.heads.logreg import LogisticHead
+from synthdet.heads.mlp import TorchProbe
 from synthdet.io.atomic import atomic_path
 from synthdet.io.files import default_cache_dir
 

@@ -11,12 +11,13 @@ The α_l say which blocks matter (:attr:`LayerFusionHead.alphas_`, :meth:`LayerF
 
 Input is 2-D like every head: the layer vectors concatenated, split by ``layer_dims`` — exactly what a detector with
 ``features="concat"`` assembles (pooled first, then one vector per block), so the pooled embedding can take part as
-one more "layer". Training, early stopping and serialisation are :class:`~synthdet.heads.probes.TorchProbe`'s.
+one more "layer". Training, early stopping and serialisation are :class:`~synthdet.heads.mlp.TorchProbe`'s.
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, cast
 
@@ -24,7 +25,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from synthdet.heads.probes import TorchProbe
+from synthdet.heads.mlp import TorchProbe
 
 
 class LayerFusion(nn.Module):
@@ -57,9 +58,10 @@ class LayerFusion(nn.Module):
         return self.mlp((self.alphas[None, :, None] * z).sum(1))
 
 
+@dataclass(kw_only=True, repr=False, eq=False)  # repr and == stay scikit-learn's
 class LayerFusionHead(TorchProbe):
-    """RINE / Lean 2026 layer-wise fusion as a scikit-learn estimator (``make_head("fusion", layer_dims=[...])``; the
-    entry in :data:`~synthdet.heads.probes.HEADS` is lazy, by import path).
+    """RINE / Lean 2026 layer-wise fusion as a scikit-learn estimator (``create_head("fusion", layer_dims=[...])``):
+    :class:`~synthdet.heads.mlp.TorchProbe`'s optimisation fields, and these.
 
     ``layer_dims`` splits the columns of ``X`` into layers (``None``: one layer, i.e. a projected MLP probe).
     ``alpha_lr`` is the block weights' own learning rate, without weight decay: Adam moves a parameter by about
@@ -68,41 +70,16 @@ class LayerFusionHead(TorchProbe):
 
     kind = "fusion"
 
-    def __init__(
-        self,
-        *,
-        layer_dims: Sequence[int] | None = None,
-        proj_dim: int = 256,
-        shared_projection: bool = False,
-        alpha_lr: float = 0.05,
-        hidden: int | None = None,
-        dropout: float | None = None,
-        lr: float = 1e-3,
-        weight_decay: float = 1e-4,
-        epochs: int = 60,
-        batch_size: int = 512,
-        label_smoothing: float = 0.05,
-        patience: int = 10,
-        val_fraction: float = 0.15,
-        seed: int = 42,
-        device: str | None = None,
-    ) -> None:
-        super().__init__(
-            hidden=hidden, dropout=dropout, lr=lr, weight_decay=weight_decay, epochs=epochs, batch_size=batch_size,
-            label_smoothing=label_smoothing, patience=patience, val_fraction=val_fraction, seed=seed, device=device,
-        )
-        self.layer_dims = layer_dims
-        self.proj_dim = proj_dim
-        self.shared_projection = shared_projection
-        self.alpha_lr = alpha_lr
+    layer_dims: Sequence[int] | None = None
+    proj_dim: int = 256
+    shared_projection: bool = False
+    alpha_lr: float = 0.05
 
     def _make(self, d: int) -> nn.Module:
         dims = [d] if self.layer_dims is None else [int(x) for x in self.layer_dims]
         if sum(dims) != d:
             raise ValueError(f"layer_dims {dims} sum to {sum(dims)}, but X has {d} features")
-        hidden = self.default_hidden if self.hidden is None else self.hidden
-        dropout = self.default_dropout if self.dropout is None else self.dropout
-        return LayerFusion(dims, self.proj_dim, hidden, dropout, self.shared_projection)
+        return LayerFusion(dims, self.proj_dim, *self._width(), self.shared_projection)
 
     def param_groups(self, net: nn.Module) -> list[dict[str, Any]]:
         rest = [p for name, p in net.named_parameters() if name != "block_logits"]

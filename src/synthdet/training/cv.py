@@ -31,7 +31,6 @@ import numpy as np
 import pandas as pd
 
 from synthdet.backbones.base import Backbone, create_backbone
-from synthdet.backbones.pooling import TapPool
 from synthdet.data.manifest import manifest_hash, usable_rows, write_manifest
 from synthdet.data.splits import RowSet, SplitPlan
 from synthdet.detectors.calibrate import (
@@ -41,13 +40,12 @@ from synthdet.detectors.calibrate import (
     f1_optimal_threshold,
     fit_calibration,
 )
-from synthdet.detectors.card import Card
 from synthdet.detectors.detector import Detector
 from synthdet.evaluation.metrics import binary_metrics, source_table
 from synthdet.features.extract import FeatureKind, FeatureStore, extract
-from synthdet.heads.probes import make_head
+from synthdet.heads.base import create_head
 from synthdet.io.atomic import atomic_open, write_text
-from synthdet.training.train import assign_roles, best_epoch, fit_head, head_config, load_features, refit_params
+from synthdet.training.train import ProbeConfig, assign_roles, best_epoch, fit_head, load_features, refit_params
 
 if TYPE_CHECKING:
     from synthdet.training.finetune import FineTuneConfig
@@ -152,47 +150,36 @@ def run_folds(
 
 def cross_validate(
     data: str | Path | pd.DataFrame,
+    config: ProbeConfig,
     *,
-    backbone: str | Backbone = "effnet-lite0",
-    weights: str | Path | None = None,
-    head: str = "logreg",
-    head_params: dict[str, Any] | None = None,
-    features: FeatureKind = "pooled",
-    n_views: int = 4,
     k: int = 5,
-    seed: int = 42,
-    calib_fraction: float = 0.15,
     plan: SplitPlan | None = None,
-    cache_dir: str | Path | None = None,
-    batch_size: int | None = None,
-    num_workers: int | None = None,
-    refit_all: bool = False,
     group_by: str | None = None,
+    refit_all: bool = False,
     calibrate: CalibrationMethod | None = None,
     max_group_fpr: float | None = None,
-    tap_pool: TapPool = "mean",
     out: str | Path | None = None,
     progress: bool = False,
 ) -> CVResult:
-    """k-fold CV of ``head`` on cached features (``fit`` rows get ``n_views`` views, calib and test rows view 0, as
-    in ``train_detector``). Folds are those of ``plan`` (default: built from ``data`` with ``k``, ``seed`` and
-    ``calib_fraction``; with ``group_by``, one fold per value of that column — leave-one-source-out, the protocol
-    that predicts the wild). ``out`` receives ``cv.json``, ``oof.csv``, ``plan.json`` and, with ``refit_all``,
-    ``detector/``."""
+    """k-fold CV of the head ``config`` describes, on cached features (``fit`` rows get its ``n_views`` views, calib
+    and test rows view 0, as in ``train_detector``). Folds are those of ``plan`` (default: built from ``data`` with
+    ``k`` and the config's ``seed`` and ``calib_fraction``; with ``group_by``, one fold per value of that column —
+    leave-one-source-out, the protocol that predicts the wild). ``out`` receives ``cv.json``, ``oof.csv``,
+    ``plan.json`` and, with ``refit_all``, ``detector/``."""
     df, skipped = usable_rows(data, progress=progress)
     df = df.drop_duplicates("sha256").reset_index(drop=True)
-    plan = plan or SplitPlan.build(df, test=0.0, calib=calib_fraction, k=k, seed=seed, fold_by=group_by)
+    plan = plan or SplitPlan.build(df, test=0.0, calib=config.calib_fraction, k=k, seed=config.seed, fold_by=group_by)
     if not plan.k:
         raise ValueError(f"split plan {plan.id} has no folds (built with k=0)")
     df, outside = assign_roles(df, plan)  # images labelled both ways are left out, with their reason
     skipped += outside
     df = df.drop(columns="split")
-    bb = backbone if isinstance(backbone, Backbone) else create_backbone(backbone, weights=weights, tap_pool=tap_pool)
-    features, params = head_config(head, features, head_params, bb)
-    store = FeatureStore.for_backbone(bb, cache_dir)
-    views = list(range(max(1, n_views)))  # every image is in the fit rows of some fold: extract every view once
-    ex = extract(bb, df["path"].tolist(), df["sha256"].tolist(), store, views=views, batch_size=batch_size,
-                 num_workers=num_workers, progress=progress)
+    bb = config.build_backbone()
+    features, params = config.head_setup(bb)
+    store = FeatureStore.for_backbone(bb, config.cache_dir)
+    views = list(range(max(1, config.n_views)))  # every image is in the fit rows of some fold: extract every view once
+    ex = extract(bb, df["path"].tolist(), df["sha256"].tolist(), store, views=views, batch_size=config.batch_size,
+                 num_workers=config.num_workers, progress=progress)
     skipped += [(s.path, s.reason) for s in ex.skipped]
     df = df[~df["path"].isin({s.path for s in ex.skipped})].reset_index(drop=True)
     X, owner = load_features(store, df["sha256"].tolist(), views, features)  # row i * len(views) + v
@@ -206,17 +193,17 @@ def cross_validate(
 
     def fit_fold(_: int, train: pd.DataFrame, test: pd.DataFrame) -> tuple[np.ndarray, float]:
         fit, cal = rows(train.index[train["split"] == "fit"], True), rows(train.index[train["split"] == "calib"], False)
-        model, threshold = fit_head(head, params, X[fit], y[fit], X[cal], y[cal], groups=shas[fit])
+        model, threshold = fit_head(config.head, params, X[fit], y[fit], X[cal], y[cal], groups=shas[fit])
         best_epochs.append(best_epoch(model))
         return model.predict_proba(X[rows(test.index, False)])[:, 1], threshold
 
     result = run_folds(df, fit_fold, plan=plan, group_by=group_by)  # row i of df is image i of X
     result.skipped = skipped
-    result.config = {"backbone": bb.name, "weights_id": bb.weights_id, "head": head, "features": features,
+    result.config = {"backbone": bb.name, "weights_id": bb.weights_id, "head": config.head, "features": features,
                      "n_views": len(views), "k": plan.k, "seed": plan.seed, "calib_fraction": plan.calib_fraction,
                      "n_images": len(df), "skipped": len(skipped)}
     if refit_all:
-        result.detector = _refit(df, X, y, shas, bb, weights, head, params, features, best_epochs, result,
+        result.detector = _refit(df, X, y, shas, config, bb, features, params, best_epochs, result,
                                  calibrate=calibrate, max_group_fpr=max_group_fpr)
     if out is not None:
         save_cv(result, out)
@@ -224,21 +211,19 @@ def cross_validate(
 
 
 def _refit(
-    df: pd.DataFrame, X: np.ndarray, y: np.ndarray, shas: np.ndarray, bb: Backbone, weights: str | Path | None,
-    head: str, params: dict[str, Any], features: FeatureKind, best_epochs: list[int | None], cv: CVResult,
+    df: pd.DataFrame, X: np.ndarray, y: np.ndarray, shas: np.ndarray, config: ProbeConfig, bb: Backbone,
+    features: FeatureKind, params: dict[str, Any], best_epochs: list[int | None], cv: CVResult,
     calibrate: CalibrationMethod | None = None, max_group_fpr: float | None = None,
 ) -> Detector:
     """The head on every image and view; threshold from the out-of-fold probabilities (each from a model that never
     saw that image); torch heads train for the folds' median best epoch, as nothing is held out to stop on. The
     card's figures are the folds' (labelled so): no image is held out from the saved model."""
-    model = make_head(head, **refit_params(params, best_epochs)).fit(X, y, groups=shas)
+    model = create_head(config.head, **refit_params(params, best_epochs)).fit(X, y, groups=shas)
     calibration, threshold, how = decide(cv, calibrate=calibrate, max_group_fpr=max_group_fpr)
     seen = RowSet.of_rows(df)
     metrics = {"cv": cv.summary(), "cv_at_threshold": _at_threshold(cv, calibration, threshold)}
-    card = Card(
-        backbone=bb.name, weights_id=bb.weights_id, weights_file=str(weights) if weights else None,
-        preprocess=bb.preprocess, tap_pool=bb.tap_pool, features=features, head=head, head_params=model.get_params(),
-        n_features=X.shape[1], threshold=threshold, prior=float(df["label"].mean()), metrics=metrics,
+    card = config.card(
+        bb, features, model, X.shape[1], threshold=threshold, prior=float(df["label"].mean()), metrics=metrics,
         rows={"fit": seen, "calib": seen}, calibration=calibration,
         data={"manifest_hash": manifest_hash(df), "n_images": len(df), "n_views": cv.config["n_views"],
               "seed": cv.config["seed"], "k": cv.config["k"], "refit_on": "all", "threshold_from": how,

@@ -24,10 +24,13 @@ import shutil
 from collections.abc import Callable, Sequence
 from importlib import resources
 from pathlib import Path
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 import pandas as pd
 from pydantic import BaseModel, ConfigDict, model_validator
+
+if TYPE_CHECKING:
+    from synthdet.training.train import ProbeConfig
 
 
 class Step(BaseModel):
@@ -36,9 +39,9 @@ class Step(BaseModel):
     id: str
     kind: Literal["probe", "finetune", "ensemble", "cv", "localize"]
     backbone: str | None = None  # probe/finetune; finetune defaults to its fine-tuning recipe's backbone
-    head: str | None = None  # probe
-    features: Literal["pooled", "concat"] = "pooled"  # probe
-    views: int = 4  # probe: cached training views per image
+    head: str | None = None  # probe (default linear), cv (default logreg)
+    features: Literal["pooled", "concat"] = "pooled"  # probe, cv
+    views: int = 4  # probe, cv: cached training views per image
     finetune: str | None = None  # a synthdet.training.finetune.RECIPES name (finetune, cv)
     overrides: dict[str, Any] = {}  # FineTuneConfig fields on top of that recipe; localize: TrainConfig fields
     manipulations: dict[str, Any] = {}  # localize, on a real/AI set: make_manipulations arguments (n, size, …)
@@ -100,6 +103,18 @@ def _required(backbone: str | None, step: Step) -> str:
     if backbone is None:
         raise ValueError(f"step {step.id!r} ({step.kind}) has no backbone to train")
     return backbone
+
+
+def _probe_config(
+    step: Step, backbone: str | None, cache_dir: str | Path | None, num_workers: int | None
+) -> ProbeConfig:
+    """The head on cached features a probe or cv step fits; without a ``head`` a probe fits ``linear`` and a cv step
+    ``logreg``."""
+    from synthdet.training.train import ProbeConfig
+
+    head = step.head or ("logreg" if step.kind == "cv" else "linear")
+    return ProbeConfig(backbone=_required(backbone, step), head=head, features=step.features, n_views=step.views,
+                       cache_dir=cache_dir, num_workers=num_workers)
 
 
 def detector_dir(out: Path, step: Step) -> Path:
@@ -219,9 +234,8 @@ def run_recipe(
                                else "from " + str(step.init or step.members))
         log(f"{recipe.name} / {step.id} ({step.kind}, {made_of})")
         if step.kind == "probe":
-            res = train_detector(frame(train_src), backbone=_required(backbone, step), head=step.head or "linear",
-                                 features=step.features, n_views=step.views, cache_dir=cache_dir,
-                                 num_workers=num_workers, out=detector_dir(out, step))
+            res = train_detector(frame(train_src), _probe_config(step, backbone, cache_dir, num_workers),
+                                 out=detector_dir(out, step))
             entry["metrics"] = _summary(res.metrics, _val_rows(detector_dir(out, step)))
         elif step.kind == "finetune":
             cfg = recipe_config(step.finetune, **step.overrides, epochs=epochs, num_workers=num_workers)
@@ -244,10 +258,8 @@ def run_recipe(
                 result = run_folds(usable_rows(frame(train_src), progress=False)[0],
                                    finetune_fitter(_required(backbone, step), cfg, out / step.id / "folds"), k=step.k)
             else:
-                result = cross_validate(frame(train_src), backbone=_required(backbone, step),
-                                        head=step.head or "logreg",
-                                        features=step.features, n_views=step.views, k=step.k, cache_dir=cache_dir,
-                                        num_workers=num_workers)
+                result = cross_validate(frame(train_src), _probe_config(step, backbone, cache_dir, num_workers),
+                                        k=step.k)
             save_cv(result, out / step.id)
             oof = RowSet.of(result.oof["sha256"])  # every figure out of fold: held-out by construction
             rows = {"role": "out-of-fold", "n": oof.n, "digest": oof.digest, "status": HELD_OUT}

@@ -26,6 +26,7 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
+from pydantic import BaseModel, ConfigDict
 
 from synthdet.backbones.base import Backbone, create_backbone
 from synthdet.backbones.pooling import TapPool
@@ -36,7 +37,49 @@ from synthdet.detectors.card import Card
 from synthdet.detectors.detector import Detector
 from synthdet.evaluation.metrics import binary_metrics, grouped_metrics
 from synthdet.features.extract import ExtractResult, FeatureKind, FeatureStore, assemble_features, extract
-from synthdet.heads.probes import make_head
+from synthdet.heads.base import create_head
+
+
+class ProbeConfig(BaseModel):
+    """A head on cached features of a frozen backbone, and how the features are made: what :func:`train_detector`
+    and :func:`~synthdet.training.cv.cross_validate` fit (the recipes' ``probe`` and ``cv`` steps, ``synthdet train``
+    and ``synthdet cv``). Each function keeps its own arguments for what only it does (test share, folds, refit …)."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid", arbitrary_types_allowed=True)
+
+    backbone: str | Backbone = "effnet-lite0"  # a name, or one built already (input scale, block summary, device)
+    weights: str | Path | None = None  # local weights file: loads a named backbone, and the card records it
+    tap_pool: TapPool = "mean"  # block summary of a named backbone
+    head: str = "linear"  # a synthdet.heads.base.HEADS kind
+    head_params: dict[str, Any] = {}
+    features: FeatureKind = "pooled"
+    n_views: int = 4  # cached views per image the head is fitted on (view 0 canonical, the others augmented)
+    seed: int = 42  # of the split plan built when none is given, and of the out-of-fold folds
+    calib_fraction: float = 0.15  # of the training images: held out to early-stop on and take the threshold from
+    cache_dir: str | Path | None = None  # feature cache root
+    batch_size: int | None = None  # images per forward pass
+    num_workers: int | None = None  # decoding workers
+
+    def build_backbone(self) -> Backbone:
+        """The backbone given, or the named one with ``weights`` and ``tap_pool``."""
+        if isinstance(self.backbone, Backbone):
+            return self.backbone
+        return create_backbone(self.backbone, weights=self.weights, tap_pool=self.tap_pool)
+
+    def head_setup(self, bb: Backbone) -> tuple[FeatureKind, dict[str, Any]]:
+        """The features the head reads and its parameters: layer-wise fusion reads pooled + every tap, split back
+        into layers, whatever ``features`` says."""
+        if self.head != "fusion":
+            return self.features, dict(self.head_params)
+        return "concat", {"layer_dims": [bb.embed_dim, *bb.layer_dims], **self.head_params}
+
+    def card(self, bb: Backbone, features: FeatureKind, model: Any, n_features: int, **fields: Any) -> Card:
+        """The card of ``model`` fitted as configured (``fields``: threshold, prior, metrics, rows, data …)."""
+        weights_file = str(self.weights) if self.weights else None
+        return Card(backbone=bb.name, weights_id=bb.weights_id, weights_file=weights_file, preprocess=bb.preprocess,
+                    tap_pool=bb.tap_pool, features=features, head=self.head, head_params=model.get_params(),
+                    n_features=n_features, **fields)
+
 
 #: The recipe the leave-one-source-out protocol chose (``benchmarks/generalisation.py``; README, "Generalisation"):
 #: the shipped default and the demo detector are trained with it. Images at their own scale up to 384 px, each
@@ -94,16 +137,6 @@ def load_features(
     return assemble_features(pooled, layers, kind), np.repeat(np.arange(len(shas)), len(views))
 
 
-def head_config(
-    head: str, features: FeatureKind, head_params: dict[str, Any] | None, bb: Backbone
-) -> tuple[FeatureKind, dict[str, Any]]:
-    """The features a head reads and its parameters: layer-wise fusion reads pooled + every tap, split back into
-    layers, whatever ``features`` says."""
-    if head != "fusion":
-        return features, dict(head_params or {})
-    return "concat", {"layer_dims": [bb.embed_dim, *bb.layer_dims], **(head_params or {})}
-
-
 def fit_head(
     head: str, head_params: dict[str, Any], X_fit: np.ndarray, y_fit: np.ndarray, X_cal: np.ndarray,
     y_cal: np.ndarray, *, groups: np.ndarray | None = None,
@@ -111,7 +144,7 @@ def fit_head(
     """Fit on the ``fit`` rows (``groups``: content hash per row, so a head's own inner split keeps an image's
     views together), early-stop on ``calib`` and take the F1-optimal threshold on ``calib`` probabilities, so the
     threshold never comes from rows the head was fitted on."""
-    model = make_head(head, **head_params).fit(X_fit, y_fit, X_val=X_cal, y_val=y_cal, groups=groups)
+    model = create_head(head, **head_params).fit(X_fit, y_fit, X_val=X_cal, y_val=y_cal, groups=groups)
     return model, f1_optimal_threshold(y_cal, model.predict_proba(X_cal)[:, 1])
 
 
@@ -169,51 +202,42 @@ def oof_threshold(
     first_view = np.arange(len(owner)) % n_views == 0
     for f in range(k):
         train, score = fold != f, (fold == f) & first_view
-        model = make_head(head, **params).fit(part.X[train], part.y[train], groups=part.groups[train])
+        model = create_head(head, **params).fit(part.X[train], part.y[train], groups=part.groups[train])
         oof[owner[score]] = model.predict_proba(part.X[score])[:, 1]
     return f1_optimal_threshold(rows["label"].to_numpy(), oof)
 
 
 def train_detector(
     data: str | Path | pd.DataFrame,
+    config: ProbeConfig,
     *,
-    backbone: str | Backbone = "effnet-lite0",
-    weights: str | Path | None = None,
-    head: str = "linear",
-    head_params: dict[str, Any] | None = None,
-    features: FeatureKind = "pooled",
-    n_views: int = 4,
     val_fraction: float = 0.2,
-    calib_fraction: float = 0.15,
-    seed: int = 42,
     plan: SplitPlan | None = None,
-    cache_dir: str | Path | None = None,
-    batch_size: int | None = None,
-    num_workers: int | None = None,
     out: str | Path | None = None,
     refit: bool = False,
     progress: bool = False,
 ) -> TrainResult:
-    """Train, calibrate and evaluate a detector on the roles of ``plan`` (default: a plan built from ``data`` with
-    ``val_fraction`` as test share, ``calib_fraction`` and ``seed``). ``refit=True`` then refits on fit + calib
-    (threshold from out-of-fold probabilities), so a shipped detector uses every non-test image while the card's
-    held-out figures are still its own. ``out`` receives the detector, ``plan.json`` and ``manifest.csv``."""
+    """Train, calibrate and evaluate the detector ``config`` describes on the roles of ``plan`` (default: a plan built
+    from ``data`` with ``val_fraction`` as test share and the config's ``calib_fraction`` and ``seed``). ``refit=True``
+    then refits on fit + calib (threshold from out-of-fold probabilities), so a shipped detector uses every non-test
+    image while the card's held-out figures are still its own. ``out`` receives the detector, ``plan.json`` and
+    ``manifest.csv``."""
     df, skipped = usable_rows(data, progress=progress)
-    plan = plan or SplitPlan.build(df, test=val_fraction, calib=calib_fraction, k=0, seed=seed)
+    plan = plan or SplitPlan.build(df, test=val_fraction, calib=config.calib_fraction, k=0, seed=config.seed)
     df, outside = assign_roles(df, plan)
     skipped += outside
 
-    bb = backbone if isinstance(backbone, Backbone) else create_backbone(backbone, weights=weights)
-    features, head_params = head_config(head, features, head_params, bb)
-    store = FeatureStore.for_backbone(bb, cache_dir)
-    views = list(range(max(1, n_views)))
+    bb = config.build_backbone()
+    features, head_params = config.head_setup(bb)
+    store = FeatureStore.for_backbone(bb, config.cache_dir)
+    views = list(range(max(1, config.n_views)))
     many = {"fit", "calib"} if refit else {"fit"}  # roles a head is fitted on get every view; the rest view 0
     rows_many = df[df["split"].isin(many)].drop_duplicates("sha256")
     rows_one = df[~df["split"].isin(many)].drop_duplicates("sha256")
     ex = extract(bb, rows_many["path"].tolist(), rows_many["sha256"].tolist(), store, views=views,
-                 batch_size=batch_size, num_workers=num_workers, progress=progress)
+                 batch_size=config.batch_size, num_workers=config.num_workers, progress=progress)
     ex0 = extract(bb, rows_one["path"].tolist(), rows_one["sha256"].tolist(), store, views=[0],
-                  batch_size=batch_size, num_workers=num_workers, progress=progress)
+                  batch_size=config.batch_size, num_workers=config.num_workers, progress=progress)
     ex.computed, ex.cached = ex.computed + ex0.computed, ex.cached + ex0.cached
     ex.skipped += ex0.skipped
     bad = {s.path for s in ex.skipped}
@@ -226,7 +250,7 @@ def train_detector(
         return Features(X, owner, rows)
 
     fit, cal, test = part({"fit"}, views), part({"calib"}, [0]), part({"test"}, [0])
-    model, threshold = fit_head(head, head_params, fit.X, fit.y, cal.X, cal.y, groups=fit.groups)
+    model, threshold = fit_head(config.head, head_params, fit.X, fit.y, cal.X, cal.y, groups=fit.groups)
     rows = {"fit": RowSet.of_rows(fit.rows), "calib": RowSet.of_rows(cal.rows)}
     metrics: dict[str, Any] = {}
     if refit:
@@ -234,17 +258,15 @@ def train_detector(
             model, threshold, test, model_name="pre-refit: fitted on fit only, threshold from calib (not the saved model)")
         both = part({"fit", "calib"}, views)
         params = refit_params(head_params, [best_epoch(model)])
-        threshold = oof_threshold(head, params, both, len(views), seed=plan.seed)
-        model = make_head(head, **params).fit(both.X, both.y, groups=both.groups)
+        threshold = oof_threshold(config.head, params, both, len(views), seed=plan.seed)
+        model = create_head(config.head, **params).fit(both.X, both.y, groups=both.groups)
         rows = {"fit": RowSet.of_rows(both.rows), "calib": RowSet.of_rows(both.rows)}
     metrics["val"], test_prob = held_out_metrics(model, threshold, test, model_name="saved")
     images = df.drop_duplicates("sha256")
     counts = images.groupby("split")["label"].agg(["size", "sum"]).rename(columns={"size": "n", "sum": "n_fake"})
-    card = Card(
-        backbone=bb.name, weights_id=bb.weights_id, weights_file=str(weights) if weights else None,
-        preprocess=bb.preprocess, tap_pool=bb.tap_pool, features=features, head=head,
-        head_params=model.get_params(), n_features=fit.X.shape[1], threshold=threshold,
-        prior=float(images["label"].mean()), metrics=metrics, rows=rows,
+    card = config.card(
+        bb, features, model, fit.X.shape[1], threshold=threshold, prior=float(images["label"].mean()), metrics=metrics,
+        rows=rows,
         data={
             "manifest_hash": manifest_hash(images), "n_images": len(images),
             "splits": {k: {c: int(v) for c, v in d.items()} for k, d in counts.to_dict(orient="index").items()},

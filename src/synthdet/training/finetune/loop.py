@@ -28,7 +28,8 @@ from synthdet.detectors.card import FinetunedCard
 from synthdet.detectors.detector import Detector
 from synthdet.evaluation.metrics import binary_metrics
 from synthdet.features.extract import num_workers_default
-from synthdet.heads.probes import TorchProbe, make_head, train_epoch
+from synthdet.heads.base import create_head
+from synthdet.heads.mlp import TorchProbe, train_bce_epoch
 from synthdet.io.atomic import atomic_path
 from synthdet.training.finetune.config import FineTuneConfig
 from synthdet.training.finetune.data import Item, TrainingImages, Views, collate, epoch_order, item_hashes
@@ -146,7 +147,7 @@ def finetune(
         shape: dict[str, Any] = init.detector.card.head_params
     else:
         shape = {"layer_dims": [backbone.embed_dim, *backbone.layer_dims]} if cfg.head == "fusion" else {}
-    head: TorchProbe = make_head(cfg.head, **{
+    head: TorchProbe = create_head(cfg.head, **{
         **shape, "lr": cfg.head_lr, "weight_decay": cfg.weight_decay, "label_smoothing": cfg.label_smoothing,
         "seed": cfg.seed, **cfg.head_params,
     })
@@ -205,8 +206,8 @@ def finetune(
             break
         t0 = time.perf_counter()
         model.set_modes()
-        loss = train_epoch(model, batches(epoch), opt, sched, label_smoothing=cfg.label_smoothing,
-                           grad_clip=cfg.grad_clip, autocast=autocast)
+        loss = train_bce_epoch(model, batches(epoch), opt, sched, label_smoothing=cfg.label_smoothing,
+                               grad_clip=cfg.grad_clip, autocast=autocast)
         model.eval()
         prob, y = score_items(scorer, val_items, batch_size=cfg.batch_size, num_workers=cfg.num_workers,
                               max_pixels=cfg.max_pixels)

@@ -18,7 +18,7 @@ from torch import nn
 from synthdet.backbones.base import Backbone, create_backbone
 from synthdet.detectors.detector import Detector, load_probe
 from synthdet.detectors.loading import load_detector
-from synthdet.heads.probes import TorchProbe
+from synthdet.heads.mlp import TorchProbe
 from synthdet.io.atomic import atomic_path
 from synthdet.training.finetune.config import FineTuneConfig
 

@@ -1,13 +1,9 @@
-"""Small heads trained on cached features, as scikit-learn estimators.
+"""Torch heads on cached features: :class:`TorchProbe` and its MLPs (``"linear"``, ``"residual"``, ``"deep"``).
 
-Every parameter is an explicit keyword (``get_params``/``set_params``/``clone`` work), ``fit(X, y)`` and
-``predict_proba(X)`` behave as in scikit-learn, so cross-validation, threshold tuning and ensembles compose with them.
 Recipes follow Junaid et al., MediaEval 2026 (``seeds/000``): AdamW + cosine schedule, label-smoothed BCE (0.05),
-batch 512, early stopping on validation ROC AUC, fixed seed.
-
-Heads also round-trip through plain tensors (:meth:`state` / :func:`head_from_state`) so a detector is saved as
-safetensors + JSON, never pickle. :data:`HEADS` names them; the layer-wise fusion head registers lazily
-(:mod:`synthdet.heads.fusion` subclasses :class:`TorchProbe`, so it imports this module, never the reverse).
+batch 512, early stopping on validation ROC AUC, fixed seed. Those optimisation settings are :class:`TorchProbe`'s
+fields, declared once: a subclass adds only its own (:class:`~synthdet.heads.fusion.LayerFusionHead`).
+:func:`train_bce_epoch` is the epoch loop these heads share with backbone fine-tuning (one logit, label-smoothed BCE).
 """
 
 from __future__ import annotations
@@ -15,22 +11,18 @@ from __future__ import annotations
 import contextlib
 import copy
 from collections.abc import Callable, Iterable
+from dataclasses import dataclass
 from typing import Any, ClassVar
 
 import numpy as np
 import torch
-from sklearn.base import BaseEstimator, ClassifierMixin
-from sklearn.linear_model import LogisticRegression
 from sklearn.metrics import roc_auc_score
 from sklearn.model_selection import StratifiedGroupKFold
-from sklearn.pipeline import Pipeline
-from sklearn.preprocessing import StandardScaler
-from sklearn.utils import Tags
-from sklearn.utils.multiclass import check_classification_targets, type_of_target
+from sklearn.utils.multiclass import check_classification_targets
 from sklearn.utils.validation import check_is_fitted, validate_data
 from torch import nn
 
-from synthdet.registry import Registry
+from synthdet.heads.base import BinaryHead
 
 
 def smoothed_bce(logits: torch.Tensor, y: torch.Tensor, label_smoothing: float) -> torch.Tensor:
@@ -38,7 +30,7 @@ def smoothed_bce(logits: torch.Tensor, y: torch.Tensor, label_smoothing: float) 
     return nn.functional.binary_cross_entropy_with_logits(logits, y * (1 - label_smoothing) + 0.5 * label_smoothing)
 
 
-def train_epoch(
+def train_bce_epoch(
     net: nn.Module,
     batches: Iterable[tuple[torch.Tensor, torch.Tensor]],
     opt: torch.optim.Optimizer,
@@ -48,10 +40,11 @@ def train_epoch(
     grad_clip: float | None = None,
     autocast: Callable[[], contextlib.AbstractContextManager] = contextlib.nullcontext,
 ) -> float:
-    """One pass over ``(inputs, 0/1 targets)`` batches; returns the mean loss.
+    """One epoch of label-smoothed BCE over ``(inputs, 0/1 targets)`` batches of a one-logit ``net``; the mean loss.
 
-    The one optimisation loop of synthdet: heads on cached features and backbone fine-tuning from images both run
-    it, so loss, clipping and schedule stepping cannot drift apart.
+    Heads on cached features (:meth:`TorchProbe.fit`) and backbones fine-tuned from images
+    (:mod:`synthdet.training.finetune`) both run it, so their loss, clipping and schedule stepping cannot drift apart.
+    Localizers, which predict masks, train with a loop of their own.
     """
     total, n = 0.0, 0
     for x, y in batches:
@@ -122,55 +115,38 @@ def grouped_holdout(
     return next(folds.split(np.zeros(len(y)), y, groups))
 
 
-class BinaryHead(ClassifierMixin, BaseEstimator):
-    """Base of every head: a binary classifier (the second class is "generated"), as scikit-learn's checks see it."""
-
-    def __sklearn_tags__(self) -> Tags:
-        tags = super().__sklearn_tags__()
-        tags.classifier_tags.multi_class = False  # one logit: state() and the card hold one output
-        return tags
-
-
+@dataclass(kw_only=True, repr=False, eq=False)  # repr and == stay scikit-learn's
 class TorchProbe(BinaryHead):
-    """Base class: an MLP on features, trained full-batch-free with AdamW and early stopping on val ROC AUC."""
+    """Base class: a network on features, trained with AdamW, a cosine schedule and early stopping on val ROC AUC.
+
+    Its fields are the optimisation settings every torch head shares; ``hidden``/``dropout`` of None mean the
+    subclass's ``default_hidden``/``default_dropout``.
+    """
 
     kind: ClassVar[str] = ""
     _builder: ClassVar[Any] = None
     default_hidden: ClassVar[int] = 256
     default_dropout: ClassVar[float] = 0.1
 
-    def __init__(
-        self,
-        *,
-        hidden: int | None = None,
-        dropout: float | None = None,
-        lr: float = 1e-3,
-        weight_decay: float = 1e-4,
-        epochs: int = 60,
-        batch_size: int = 512,
-        label_smoothing: float = 0.05,
-        patience: int = 10,
-        val_fraction: float = 0.15,
-        seed: int = 42,
-        device: str | None = None,
-    ) -> None:
-        self.hidden = hidden
-        self.dropout = dropout
-        self.lr = lr
-        self.weight_decay = weight_decay
-        self.epochs = epochs
-        self.batch_size = batch_size
-        self.label_smoothing = label_smoothing
-        self.patience = patience
-        self.val_fraction = val_fraction
-        self.seed = seed
-        self.device = device
+    hidden: int | None = None
+    dropout: float | None = None
+    lr: float = 1e-3
+    weight_decay: float = 1e-4
+    epochs: int = 60
+    batch_size: int = 512
+    label_smoothing: float = 0.05
+    patience: int = 10
+    val_fraction: float = 0.15  # share of the images held out to early-stop on when fit() gets no X_val
+    seed: int = 42
+    device: str | None = None
+
+    def _width(self) -> tuple[int, float]:
+        """``(hidden, dropout)``, the recipe's defaults for this probe where the parameters are None."""
+        return (self.default_hidden if self.hidden is None else self.hidden,
+                self.default_dropout if self.dropout is None else self.dropout)
 
     def _make(self, d: int) -> nn.Module:
-        """``hidden``/``dropout`` of None mean the recipe's defaults for this probe."""
-        hidden = self.default_hidden if self.hidden is None else self.hidden
-        dropout = self.default_dropout if self.dropout is None else self.dropout
-        return type(self)._builder(d, hidden, dropout)
+        return type(self)._builder(d, *self._width())
 
     def param_groups(self, net: nn.Module) -> list[dict[str, Any]]:
         """AdamW parameter groups; groups without an ``lr`` use the optimiser's (subclasses give some their own)."""
@@ -216,7 +192,7 @@ class TorchProbe(BinaryHead):
             net.train()
             order = torch.from_numpy(rng.permutation(len(X))).to(dev)
             batches = ((Xt[idx], yt[idx]) for idx in order.split(self.batch_size))
-            loss = train_epoch(net, batches, opt, sched, label_smoothing=self.label_smoothing)
+            loss = train_bce_epoch(net, batches, opt, sched, label_smoothing=self.label_smoothing)
             record = {"epoch": epoch, "loss": loss}
             if X_val is not None and y_val is not None and len(np.unique(y_val)) == 2:
                 self.net_ = net
@@ -287,7 +263,6 @@ class ResidualProbe(TorchProbe):
     default_hidden = 512
 
 
-
 class DeepProbe(TorchProbe):
     """3-layer GELU/dropout residual MLP (Junaid et al. 2026, open runs)."""
 
@@ -295,92 +270,3 @@ class DeepProbe(TorchProbe):
     _builder = staticmethod(_net_deep)
     default_hidden = 320  # 455K parameters at d=768 (the seed reports 461K)
     default_dropout = 0.3
-
-
-
-class LogisticHead(BinaryHead):
-    """Standardised features + L2 logistic regression: the strong, hard-to-overfit baseline.
-
-    A scikit-learn :class:`~sklearn.pipeline.Pipeline` (``pipeline_``: ``StandardScaler`` → ``LogisticRegression``)
-    behind the heads' interface: flat, JSON-friendly parameters for the card, and :meth:`state` / :meth:`load_state`
-    as tensors. Features are standardised in float64 whatever their dtype.
-    """
-
-    kind: ClassVar[str] = "logreg"
-
-    def __init__(self, *, C: float = 0.5, max_iter: int = 2000, seed: int = 42) -> None:
-        self.C = C
-        self.max_iter = max_iter
-        self.seed = seed
-
-    def pipeline(self) -> Pipeline:
-        """The unfitted pipeline these parameters describe."""
-        return Pipeline([
-            ("scale", StandardScaler()),
-            ("logreg", LogisticRegression(C=self.C, max_iter=self.max_iter, random_state=self.seed)),
-        ])
-
-    def fit(
-        self, X: np.ndarray, y: np.ndarray, *, sample_weight: np.ndarray | None = None, groups: np.ndarray | None = None,
-        X_val: np.ndarray | None = None, y_val: np.ndarray | None = None,
-    ) -> LogisticHead:
-        """Fit the pipeline; ``groups``/``X_val``/``y_val`` (the heads' common signature) are unused: nothing
-        early-stops."""
-        X, y = validate_data(self, X, y, dtype=np.float64)
-        if (target := type_of_target(y, input_name="y", raise_unknown=True)) != "binary":
-            raise ValueError(f"Only binary classification is supported; the target is {target}")
-        self.pipeline_ = self.pipeline().fit(X, y, scale__sample_weight=sample_weight, logreg__sample_weight=sample_weight)
-        self.classes_ = self.pipeline_.classes_
-        self.n_iter_ = self.pipeline_.named_steps["logreg"].n_iter_
-        return self
-
-    def _apply(self, method: str, X: np.ndarray, empty_shape: tuple[int, ...]) -> np.ndarray:
-        check_is_fitted(self, "pipeline_")
-        X = validate_data(self, X, dtype=np.float64, reset=False, ensure_min_samples=0)
-        return getattr(self.pipeline_, method)(X) if len(X) else np.empty(empty_shape)
-
-    def decision_function(self, X: np.ndarray) -> np.ndarray:
-        return self._apply("decision_function", X, (0,))
-
-    def predict_proba(self, X: np.ndarray) -> np.ndarray:
-        return self._apply("predict_proba", X, (0, 2))
-
-    def predict(self, X: np.ndarray) -> np.ndarray:
-        return self._apply("predict", X, (0,))
-
-    def state(self) -> dict[str, torch.Tensor]:
-        scaler, lr = self.pipeline_.named_steps["scale"], self.pipeline_.named_steps["logreg"]
-        return {
-            "mean": torch.from_numpy(scaler.mean_.copy()), "scale": torch.from_numpy(scaler.scale_.copy()),
-            "coef": torch.from_numpy(lr.coef_[0].copy()), "intercept": torch.from_numpy(lr.intercept_.copy()),
-        }
-
-    def load_state(self, state: dict[str, torch.Tensor], n_features: int) -> LogisticHead:
-        """Rebuild the fitted pipeline from :meth:`state`'s tensors (classes 0 = real, 1 = generated)."""
-        pipe = self.pipeline()
-        scaler, lr = pipe.named_steps["scale"], pipe.named_steps["logreg"]
-        scaler.mean_ = state["mean"].numpy().astype(np.float64)
-        scaler.scale_ = state["scale"].numpy().astype(np.float64)
-        scaler.var_ = scaler.scale_**2
-        lr.coef_ = state["coef"].numpy().astype(np.float64)[None, :]
-        lr.intercept_ = state["intercept"].numpy().astype(np.float64).reshape(1)
-        for step in (scaler, lr):
-            step.n_features_in_ = n_features
-        lr.classes_ = self.classes_ = np.array([0, 1])
-        self.pipeline_, self.n_features_in_ = pipe, n_features
-        return self
-
-
-HEADS: Registry[type[BaseEstimator]] = Registry("head")
-"""Head classes by kind: ``HEADS.get(kind)(**params)`` is an unfitted estimator."""
-for _cls in (LinearProbe, ResidualProbe, DeepProbe, LogisticHead):
-    HEADS.add(_cls.kind, _cls)
-HEADS.add("fusion", "synthdet.heads.fusion:LayerFusionHead")
-
-
-def make_head(kind: str, **params: Any) -> BaseEstimator:
-    return HEADS.get(kind)(**params)
-
-
-def head_from_state(kind: str, params: dict[str, Any], state: dict[str, torch.Tensor], n_features: int) -> BaseEstimator:
-    return make_head(kind, **params).load_state(state, n_features)
