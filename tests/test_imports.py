@@ -170,7 +170,7 @@ def test_module_import_graph_has_no_cycles() -> None:
     assert "synthdet.detectors.ensemble" not in g["synthdet.detectors.detector"]
     assert "synthdet.features.store" not in g["synthdet.data.hashcache"]
     assert cycles(g) == []
-    assert depth(g) <= 16
+    assert depth(g) <= 20  # 16 today (docs/architecture.md): a long chain is a sign of misplaced code
 
 
 def test_library_never_imports_the_cli_stack() -> None:
@@ -178,6 +178,14 @@ def test_library_never_imports_the_cli_stack() -> None:
     offenders = sorted(f"{name}: {m}" for name, path in module_names().items() if not name.startswith("synthdet.cli")
                        for m in all_imports(name, path) if m.split(".")[0] in CLI_STACK)
     assert not offenders, offenders
+
+
+def test_modules_stay_small_and_few_at_the_top() -> None:
+    top = [p for p in PACKAGE.glob("*.py")]
+    assert len(top) <= 12, sorted(p.name for p in top)
+    big = {str(p.relative_to(PACKAGE)): n for p in PACKAGE.rglob("*.py")
+           if (n := len(p.read_text(encoding="utf-8").splitlines())) > 520}
+    assert not big, big
 
 
 def _fresh(script: str) -> subprocess.CompletedProcess:
