@@ -213,3 +213,34 @@ def test_cv_command_leaves_groups_out(tmp_path: Path, demo_cv) -> None:
     assert det.card.data["group_by"] == "group"
     bad = CliRunner().invoke(app, ["cv", str(grouped), "--calibrate", "sigmoid", "-o", str(tmp_path / "bad")])
     assert bad.exit_code == 2 and "--refit" in bad.output
+
+
+def test_cv_scores_every_held_out_image_in_other_views(tmp_path: Path, demo_cv) -> None:
+    """``--view``: the same fold models score each held-out image as a thumbnail, a native-scale crop, a JPEG 95
+    copy; one threshold for every view; an unknown or subset-only view is refused up front."""
+    import typer
+    from typer.testing import CliRunner
+
+    tmp, csv, _ = demo_cv
+    table = pd.read_csv(csv)
+    table["group"] = table["source"].str.split(" ").str[0]
+    grouped = tmp_path / "grouped.csv"
+    table.to_csv(grouped, index=False)
+    app = typer.Typer()
+    app.command("cv")(cv_command)
+    app.command("other")(lambda: None)
+    args = ["cv", str(grouped), "--group-by", "group", "--views", "1", "--workers", "0", "--cache", str(tmp / "cache")]
+    res = CliRunner().invoke(app, [*args, "--view", "thumbnail", "--view", "crop", "--view", "jpeg95", "--json",
+                                   "-o", str(tmp_path / "out")], env={"COLUMNS": "200"})
+    assert res.exit_code == 0, res.output
+    views = json.loads((tmp_path / "out" / "cv.json").read_text())["views"]
+    assert list(views) == ["file", "thumbnail", "crop", "jpeg95"]
+    assert len({v["threshold"] for v in views.values()}) == 1 and all(v["n"] == len(table) for v in views.values())
+    assert all(0.0 <= v["worst_group_auc"] <= v["roc_auc"] <= 1.0 for v in views.values())
+    oof = pd.read_csv(tmp_path / "out" / "oof.csv")
+    assert oof[["prob", "prob_thumbnail", "prob_crop", "prob_jpeg95"]].notna().all().all()
+    near = (oof["prob_jpeg95"] - oof["prob"]).abs().mean()
+    assert near < 0.05 < (oof["prob_crop"] - oof["prob"]).abs().mean()  # a crop is another input; JPEG 95 barely
+    for bad in ("small", "nope"):
+        out = CliRunner().invoke(app, [*args, "--view", bad, "-o", str(tmp_path / "bad")])
+        assert out.exit_code == 2 and "not a pixel view" in out.output and "thumbnail" in out.output

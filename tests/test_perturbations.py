@@ -65,7 +65,7 @@ def photo() -> Image.Image:
 
 def test_registry_has_the_issue_slices() -> None:
     assert set(SLICES) == {"jpeg95", "jpeg85", "jpeg75", "jpeg50", "resize0.5", "resize0.25", "launder", "social",
-                           "blur", "small"}
+                           "blur", "small", "thumbnail", "crop"}
     assert set(DEFAULT_SLICES) <= set(SLICES)
     assert get_slice("launder").name == "launder" and SLICES.meta("launder")["description"].startswith("random")
     with pytest.raises(ValueError, match="unknown slice"):
@@ -151,3 +151,22 @@ def test_small_bucket_is_a_subset_filter_on_the_short_side(photo: Image.Image) -
     assert small(photo, "k") is photo  # a subset slice leaves pixels alone
     with pytest.raises(ValueError, match="width and height"):
         is_small(pd.DataFrame({"path": ["a.jpg"]}))
+
+
+def test_protocol_views_thumbnail_and_native_crop() -> None:
+    """The thumbnail is the centre square at 384 px; the crop keeps the image's own scale (no resampling: the same
+    pixels up to the JPEG loss); both draw their JPEG quality per image, so a rerun gives the same pixels."""
+    from synthdet.data.perturbations import CROP_SIDE, THUMBNAIL_SIDE, native_crop, thumbnail
+
+    img = synthetic_photo(640, 480, seed=5)
+    thumb = get_slice("thumbnail")(img, "k1")
+    assert thumb.size == (THUMBNAIL_SIDE, THUMBNAIL_SIDE) and thumb.mode == "RGB"
+    crop = get_slice("crop")(img, "k1")
+    assert crop.size == (CROP_SIDE, CROP_SIDE)
+    left, top = (640 - CROP_SIDE) // 2, (480 - CROP_SIDE) // 2
+    exact = np.asarray(img.crop((left, top, left + CROP_SIDE, top + CROP_SIDE)), dtype=float)
+    assert np.abs(np.asarray(crop, dtype=float) - exact).mean() < 6  # JPEG loss only, same position and scale
+    assert np.array_equal(np.asarray(native_crop(img, "k1")), np.asarray(crop))
+    assert np.array_equal(np.asarray(thumbnail(img, "k1")), np.asarray(thumb))
+    small = synthetic_photo(100, 150, seed=6)
+    assert get_slice("crop")(small, "k").size == (100, 150)  # smaller than the crop: the whole image

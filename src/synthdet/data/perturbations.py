@@ -26,6 +26,10 @@ SOCIAL_LONG_SIDE = 1080
 #: Slices run when none are named: the three of Lean 2026 (JPEG 85, laundering, small images) plus the two
 #: everyday ones (half-size down-up resize, a social-media re-upload).
 DEFAULT_SLICES = ("jpeg85", "resize0.5", "launder", "social", "small")
+#: The generalisation protocol's views of an image besides the file itself: a thumbnail of the centre square, and a
+#: crop at the image's own scale (``synthdet cv --view``).
+THUMBNAIL_SIDE, CROP_SIDE = 384, 224
+VIEWS = ("thumbnail", "crop")
 
 
 def jpeg(img: Image.Image, key: str = "", *, quality: int) -> Image.Image:
@@ -69,6 +73,25 @@ def social(img: Image.Image, key: str = "") -> Image.Image:
     if scale < 1:
         img = img.resize((max(1, round(w * scale)), max(1, round(h * scale))), Image.Resampling.BICUBIC)
     return jpeg(img, key, quality=85)
+
+
+def thumbnail(img: Image.Image, key: str = "", *, side: int = THUMBNAIL_SIDE) -> Image.Image:
+    """The centre square resized to ``side`` px, JPEG at a quality drawn from 70–95 per image: a picture shown as a
+    thumbnail or preview (the "thumbnail" view of the generalisation protocol)."""
+    w, h = img.size
+    s = min(w, h)
+    left, top = (w - s) // 2, (h - s) // 2
+    square = img.crop((left, top, left + s, top + s)).resize((side, side), Image.Resampling.BICUBIC)
+    return jpeg(square, key, quality=int(_rng("thumbnail", key).integers(70, 96)))
+
+
+def native_crop(img: Image.Image, key: str = "", *, side: int = CROP_SIDE) -> Image.Image:
+    """A ``side``-px centre crop at the image's own scale (no resampling; the whole image when smaller), JPEG at a
+    quality drawn from 70–95 per image: a detail, a screenshot, a cut-out (the "crop" view of the protocol)."""
+    w, h = img.size
+    cw, ch = min(side, w), min(side, h)
+    left, top = (w - cw) // 2, (h - ch) // 2
+    return jpeg(img.crop((left, top, left + cw, top + ch)), key, quality=int(_rng("crop", key).integers(70, 96)))
 
 
 def blur(img: Image.Image, key: str = "", *, sigma: float = 1.5) -> Image.Image:
@@ -118,6 +141,8 @@ _register(
     Slice("launder", "random-resized crop of 60–90 % area, resized back, JPEG 90", launder),
     Slice("social", f"long side ≤ {SOCIAL_LONG_SIDE} px, then JPEG 85", social),
     Slice("blur", "Gaussian blur, σ = 1.5", blur),
+    Slice("thumbnail", f"centre square resized to {THUMBNAIL_SIDE} px, JPEG 70–95", thumbnail),
+    Slice("crop", f"{CROP_SIDE} px centre crop at native scale, JPEG 70–95", native_crop),
     Slice("small", f"subset: images whose short side is below {SMALL_SIDE} px", select=is_small),
 )
 

@@ -22,7 +22,7 @@ early-stop on).
 from __future__ import annotations
 
 import json
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -32,6 +32,7 @@ import pandas as pd
 
 from synthdet.backbones.base import Backbone, create_backbone
 from synthdet.data.manifest import manifest_hash, usable_rows, write_manifest
+from synthdet.data.perturbations import get_slice
 from synthdet.data.splits import RowSet, SplitPlan
 from synthdet.detectors.calibrate import (
     Calibration,
@@ -42,7 +43,14 @@ from synthdet.detectors.calibrate import (
 )
 from synthdet.detectors.detector import Detector
 from synthdet.evaluation.metrics import binary_metrics, source_table
-from synthdet.features.extract import FeatureKind, FeatureStore, extract
+from synthdet.features.extract import (
+    FeatureKind,
+    FeatureStore,
+    ImageTransform,
+    assemble_features,
+    extract,
+    forward_files,
+)
 from synthdet.heads.base import create_head
 from synthdet.io.atomic import atomic_open, write_text
 from synthdet.training.train import ProbeConfig, assign_roles, best_epoch, fit_head, load_features, refit_params
@@ -71,6 +79,7 @@ class CVResult:
     skipped: list[tuple[str, str]] = field(default_factory=list)
     config: dict[str, Any] = field(default_factory=dict)  # what was cross-validated (backbone, head, k …)
     group_by: str | None = None  # leave-one-group-out: the column whose values were held out in turn
+    views: list[str] = field(default_factory=list)  # other views scored by the same fold models: oof["prob_<view>"]
 
     def scored(self) -> pd.DataFrame:
         """The out-of-fold rows that got a probability (an image that could not be scored has NaN)."""
@@ -105,6 +114,29 @@ class CVResult:
                 "worst_group_auc": float(table["roc_auc"].min()),
                 "worst_real_fpr": float(reals["flagged"].max()) if len(reals) else float("nan"),
                 "threshold": pooled["at_threshold"]["threshold"], "groups": table.to_dict("records")}
+        if self.views:
+            out["views"] = self.view_summary()
+        return out
+
+    def view_summary(self) -> dict[str, Any]:
+        """Per view (``file``: the image as given, then each of :attr:`views`), the same held-out figures: pooled ROC
+        AUC, and with ``group_by`` the worst group's AUC and the most-flagged real group at one threshold for every
+        view — the F1-optimal one of the file view, as a deployed detector has one threshold whatever it is shown."""
+        file = self.scored()
+        thr = f1_optimal_threshold(file["label"].to_numpy(), file["prob"].to_numpy())
+        out: dict[str, Any] = {}
+        for view, column in [("file", "prob"), *((v, f"prob_{v}") for v in self.views)]:
+            rows = self.oof[np.isfinite(self.oof[column])]
+            y, p = rows["label"].to_numpy(), rows[column].to_numpy()
+            block: dict[str, Any] = {"n": len(rows), "threshold": thr, "roc_auc": binary_metrics(y, p)["roc_auc"],
+                                     "recall": float((p[y == 1] >= thr).mean()) if (y == 1).any() else float("nan")}
+            if self.group_by is not None:
+                table = source_table(y, p, rows[self.group_by].to_numpy(), threshold=thr)
+                reals = table[table["label"] == 0]
+                block |= {"worst_group_auc": float(table["roc_auc"].min()),
+                          "worst_group": str(table.loc[table["roc_auc"].idxmin(), "group"]) if table["roc_auc"].notna().any() else "",
+                          "worst_real_fpr": float(reals["flagged"].max()) if len(reals) else float("nan")}
+            out[view] = block
         return out
 
 
@@ -158,13 +190,16 @@ def cross_validate(
     refit_all: bool = False,
     calibrate: CalibrationMethod | None = None,
     max_group_fpr: float | None = None,
+    views: Sequence[str] = (),
     out: str | Path | None = None,
     progress: bool = False,
 ) -> CVResult:
     """k-fold CV of the head ``config`` describes, on cached features (``fit`` rows get its ``n_views`` views, calib
     and test rows view 0, as in ``train_detector``). Folds are those of ``plan`` (default: built from ``data`` with
     ``k`` and the config's ``seed`` and ``calib_fraction``; with ``group_by``, one fold per value of that column —
-    leave-one-source-out, the protocol that predicts the wild). ``out`` receives ``cv.json``, ``oof.csv``,
+    leave-one-source-out, the protocol that predicts the wild). ``views`` (slices, e.g. ``thumbnail`` and ``crop``:
+    :data:`~synthdet.data.perturbations.VIEWS`) are scored too, by the same fold models on the same held-out images,
+    into ``oof["prob_<view>"]`` (:meth:`CVResult.view_summary`). ``out`` receives ``cv.json``, ``oof.csv``,
     ``plan.json`` and, with ``refit_all``, ``detector/``."""
     df, skipped = usable_rows(data, progress=progress)
     df = df.drop_duplicates("sha256").reset_index(drop=True)
@@ -177,17 +212,20 @@ def cross_validate(
     bb = config.build_backbone()
     features, params = config.head_setup(bb)
     store = FeatureStore.for_backbone(bb, config.cache_dir)
-    views = list(range(max(1, config.n_views)))  # every image is in the fit rows of some fold: extract every view once
-    ex = extract(bb, df["path"].tolist(), df["sha256"].tolist(), store, views=views, batch_size=config.batch_size,
+    train_views = list(range(max(1, config.n_views)))  # every image is in the fit rows of some fold: extract every view once
+    ex = extract(bb, df["path"].tolist(), df["sha256"].tolist(), store, views=train_views, batch_size=config.batch_size,
                  num_workers=config.num_workers, progress=progress)
     skipped += [(s.path, s.reason) for s in ex.skipped]
     df = df[~df["path"].isin({s.path for s in ex.skipped})].reset_index(drop=True)
-    X, owner = load_features(store, df["sha256"].tolist(), views, features)  # row i * len(views) + v
+    X, owner = load_features(store, df["sha256"].tolist(), train_views, features)  # row i * len(views) + v
     y, shas = df["label"].to_numpy()[owner], df["sha256"].to_numpy()[owner]
 
+    shown = {v: _view_features(bb, df["path"].tolist(), get_slice(v), features, config) for v in views}
+    view_prob = {v: np.full(len(df), np.nan) for v in views}
+
     def rows(images: pd.Index, every_view: bool) -> np.ndarray:
-        first = np.asarray(images) * len(views)
-        return (first[:, None] + np.arange(len(views))).ravel() if every_view else first
+        first = np.asarray(images) * len(train_views)
+        return (first[:, None] + np.arange(len(train_views))).ravel() if every_view else first
 
     best_epochs: list[int | None] = []
 
@@ -195,12 +233,18 @@ def cross_validate(
         fit, cal = rows(train.index[train["split"] == "fit"], True), rows(train.index[train["split"] == "calib"], False)
         model, threshold = fit_head(config.head, params, X[fit], y[fit], X[cal], y[cal], groups=shas[fit])
         best_epochs.append(best_epoch(model))
+        for v, Xv in shown.items():
+            ok = test.index[np.isfinite(Xv[test.index]).all(axis=1)]
+            if len(ok):
+                view_prob[v][ok] = model.predict_proba(Xv[ok])[:, 1]
         return model.predict_proba(X[rows(test.index, False)])[:, 1], threshold
 
     result = run_folds(df, fit_fold, plan=plan, group_by=group_by)  # row i of df is image i of X
+    result.oof = result.oof.assign(**{f"prob_{v}": p for v, p in view_prob.items()})
+    result.views = list(views)
     result.skipped = skipped
     result.config = {"backbone": bb.name, "weights_id": bb.weights_id, "head": config.head, "features": features,
-                     "n_views": len(views), "k": plan.k, "seed": plan.seed, "calib_fraction": plan.calib_fraction,
+                     "n_views": len(train_views), "k": plan.k, "seed": plan.seed, "calib_fraction": plan.calib_fraction,
                      "n_images": len(df), "skipped": len(skipped)}
     if refit_all:
         result.detector = _refit(df, X, y, shas, config, bb, features, params, best_epochs, result,
@@ -208,6 +252,23 @@ def cross_validate(
     if out is not None:
         save_cv(result, out)
     return result
+
+
+def _view_features(bb: Backbone, paths: list[str], transform: ImageTransform, features: FeatureKind,
+                   config: ProbeConfig) -> np.ndarray:
+    """The head's input for every path shown through ``transform`` (view 0, not cached: a view is an evaluation
+    condition, not a training view); rows of files that fail are NaN."""
+    out: np.ndarray | None = None
+    start = 0
+    for batch, ok, pooled, layers, _ in forward_files(bb, paths, taps=features == "concat", transform=transform,
+                                                      batch_size=config.batch_size, num_workers=config.num_workers):
+        x = assemble_features(pooled, layers, features) if ok else None
+        if out is None and x is not None:
+            out = np.full((len(paths), x.shape[1]), np.nan, dtype=np.float32)
+        if out is not None and x is not None:
+            out[start + np.asarray(ok)] = x
+        start += len(batch)
+    return out if out is not None else np.full((len(paths), 1), np.nan, dtype=np.float32)
 
 
 def _refit(
