@@ -9,7 +9,9 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
+import typer
 from test_detector import small_demo_csv
+from typer.testing import CliRunner
 
 from synthdet.cli.cv import cv_command
 from synthdet.data.manifest import usable_rows
@@ -120,9 +122,6 @@ def test_refit_on_everything_saves_a_detector_with_the_out_of_fold_threshold(dem
 
 
 def test_cv_command_prints_folds_and_mean_std(demo_cv) -> None:
-    import typer
-    from typer.testing import CliRunner
-
     tmp, csv, _ = demo_cv
     app = typer.Typer()
     app.command("cv")(cv_command)
@@ -189,10 +188,9 @@ def test_refit_after_leaving_groups_out_calibrates_and_caps_false_positives(demo
         decide(res, max_group_fpr=0.1)
 
 
-def test_cv_command_leaves_groups_out(tmp_path: Path, demo_cv) -> None:
-    import typer
-    from typer.testing import CliRunner
-
+def grouped_cv(demo_cv, tmp_path: Path) -> tuple[Path, Path, pd.DataFrame, typer.Typer]:
+    """The demo CSV with a ``group`` column (the source's first word) and an app holding ``synthdet cv``: the cache
+    folder, the CSV, its table and the app."""
     tmp, csv, _ = demo_cv
     table = pd.read_csv(csv)
     table["group"] = table["source"].str.split(" ").str[0]
@@ -201,6 +199,11 @@ def test_cv_command_leaves_groups_out(tmp_path: Path, demo_cv) -> None:
     app = typer.Typer()
     app.command("cv")(cv_command)
     app.command("other")(lambda: None)
+    return tmp, grouped, table, app
+
+
+def test_cv_command_leaves_groups_out(tmp_path: Path, demo_cv) -> None:
+    tmp, grouped, table, app = grouped_cv(demo_cv, tmp_path)
     res = CliRunner().invoke(app, ["cv", str(grouped), "--group-by", "group", "--views", "1", "--workers", "0",
                                    "--cache", str(tmp / "cache"), "--refit", "--calibrate", "sigmoid",
                                    "-o", str(tmp_path / "out")], env={"COLUMNS": "200"})
@@ -218,17 +221,7 @@ def test_cv_command_leaves_groups_out(tmp_path: Path, demo_cv) -> None:
 def test_cv_scores_every_held_out_image_in_other_views(tmp_path: Path, demo_cv) -> None:
     """``--view``: the same fold models score each held-out image as a thumbnail, a native-scale crop, a JPEG 95
     copy; one threshold for every view; an unknown or subset-only view is refused up front."""
-    import typer
-    from typer.testing import CliRunner
-
-    tmp, csv, _ = demo_cv
-    table = pd.read_csv(csv)
-    table["group"] = table["source"].str.split(" ").str[0]
-    grouped = tmp_path / "grouped.csv"
-    table.to_csv(grouped, index=False)
-    app = typer.Typer()
-    app.command("cv")(cv_command)
-    app.command("other")(lambda: None)
+    tmp, grouped, table, app = grouped_cv(demo_cv, tmp_path)
     args = ["cv", str(grouped), "--group-by", "group", "--views", "1", "--workers", "0", "--cache", str(tmp / "cache")]
     res = CliRunner().invoke(app, [*args, "--view", "thumbnail", "--view", "crop", "--view", "jpeg95", "--json",
                                    "-o", str(tmp_path / "out")], env={"COLUMNS": "200"})

@@ -77,11 +77,12 @@ def view_table(result: CVResult) -> Table:
     for col in ("view", "n", "ROC AUC", *(("worst group AUC", "worst group", "worst real flagged") if worst else ()),
                 "recall"):
         table.add_column(col, justify="left" if col in ("view", "worst group") else "right")
-    for view, b in result.view_summary().items():
+    summary = result.view_summary()
+    for view, b in summary.items():
         table.add_row(view, str(b["n"]), f"{b['roc_auc']:.4f}",
                       *((f"{b['worst_group_auc']:.4f}", b["worst_group"], f"{b['worst_real_fpr']:.1%}") if worst else ()),
                       f"{b['recall']:.1%}")
-    thr = next(iter(result.view_summary().values()))["threshold"]
+    thr = summary["file"]["threshold"]
     table.caption = (f"the same fold models on every view; flagged and recall at one threshold, {thr:.3f} (F1-optimal "
                      f"on the file view's pooled held-out scores)")
     return table
@@ -131,12 +132,13 @@ def cv_command(
     if (calibrate or max_group_fpr is not None) and not refit:
         raise fail("--calibrate and --max-group-fpr choose the refitted detector's calibration and threshold: "
                    "add --refit")
-    from synthdet.data.perturbations import SLICES
+    from synthdet.data.perturbations import get_view
 
     for v in view or []:
-        if v not in SLICES or SLICES.get(v).transform is None:
-            raise fail(f"--view {v!r} is not a pixel view; views: "
-                       f"{', '.join(n for n in SLICES.names() if SLICES.get(n).transform is not None)}")
+        try:
+            get_view(v)
+        except ValueError as e:
+            raise fail(f"--view {e}") from None
     bb = make_backbone(backbone, weights=weights, native_size=native_size, tap_pool=tap_pool)
     config = ProbeConfig(backbone=bb, weights=weights, head=head, features=cast(FeatureKind, features), n_views=views,
                          seed=seed, cache_dir=cache, batch_size=batch_size, num_workers=workers)

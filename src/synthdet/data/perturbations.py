@@ -16,7 +16,7 @@ import numpy as np
 import pandas as pd
 from PIL import Image, ImageFilter
 
-from synthdet.io.pixels import jpeg_roundtrip
+from synthdet.io.pixels import centre_window, jpeg_roundtrip
 from synthdet.registry import Registry
 
 #: Short side below which an image belongs to the "small" bucket (Lean 2026, Table 2).
@@ -29,7 +29,6 @@ DEFAULT_SLICES = ("jpeg85", "resize0.5", "launder", "social", "small")
 #: The generalisation protocol's views of an image besides the file itself: a thumbnail of the centre square, and a
 #: crop at the image's own scale (``synthdet cv --view``).
 THUMBNAIL_SIDE, CROP_SIDE = 384, 224
-VIEWS = ("thumbnail", "crop")
 
 
 def jpeg(img: Image.Image, key: str = "", *, quality: int) -> Image.Image:
@@ -78,20 +77,15 @@ def social(img: Image.Image, key: str = "") -> Image.Image:
 def thumbnail(img: Image.Image, key: str = "", *, side: int = THUMBNAIL_SIDE) -> Image.Image:
     """The centre square resized to ``side`` px, JPEG at a quality drawn from 70–95 per image: a picture shown as a
     thumbnail or preview (the "thumbnail" view of the generalisation protocol)."""
-    w, h = img.size
-    s = min(w, h)
-    left, top = (w - s) // 2, (h - s) // 2
-    square = img.crop((left, top, left + s, top + s)).resize((side, side), Image.Resampling.BICUBIC)
+    s = min(img.size)
+    square = centre_window(img, s, s).resize((side, side), Image.Resampling.BICUBIC)
     return jpeg(square, key, quality=int(_rng("thumbnail", key).integers(70, 96)))
 
 
 def native_crop(img: Image.Image, key: str = "", *, side: int = CROP_SIDE) -> Image.Image:
     """A ``side``-px centre crop at the image's own scale (no resampling; the whole image when smaller), JPEG at a
     quality drawn from 70–95 per image: a detail, a screenshot, a cut-out (the "crop" view of the protocol)."""
-    w, h = img.size
-    cw, ch = min(side, w), min(side, h)
-    left, top = (w - cw) // 2, (h - ch) // 2
-    return jpeg(img.crop((left, top, left + cw, top + ch)), key, quality=int(_rng("crop", key).integers(70, 96)))
+    return jpeg(centre_window(img, side, side), key, quality=int(_rng("crop", key).integers(70, 96)))
 
 
 def blur(img: Image.Image, key: str = "", *, sigma: float = 1.5) -> Image.Image:
@@ -149,4 +143,13 @@ _register(
 
 def get_slice(name: str) -> Slice:
     """The registered slice ``name``; an unknown name raises a ValueError listing the valid ones."""
+    return SLICES.get(name)
+
+
+def get_view(name: str) -> Slice:
+    """A slice that shows an image differently (a pixel transform, e.g. ``thumbnail`` or ``crop``); a subset slice
+    or an unknown name raises a ValueError listing the views."""
+    if name not in SLICES or SLICES.get(name).transform is None:
+        views = [n for n in SLICES.names() if SLICES.get(n).transform is not None]
+        raise ValueError(f"{name!r} is not a pixel view; views: {', '.join(views)}")
     return SLICES.get(name)

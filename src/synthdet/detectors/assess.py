@@ -34,7 +34,7 @@ from synthdet.data.perturbations import get_slice
 from synthdet.detectors.evidence import Evidence, read_evidence
 from synthdet.detectors.scoring import AnyDetector, ImageLike, detector_id, draft_size, score, score_images
 from synthdet.features.extract import ImageTransform
-from synthdet.io.pixels import DEFAULT_MAX_PIXELS, ImageLoadError, load_image, reduce_to
+from synthdet.io.pixels import DEFAULT_MAX_PIXELS, ImageLoadError, centre_window, load_image, reduce_to
 
 Verdict = Literal["likely generated", "likely real", "uncertain"]
 Label = Literal["generated", "real"]
@@ -50,9 +50,7 @@ HEATMAP_GRID = 3
 def centre_crop(img: Image.Image, key: str = "", *, fraction: float = CROP_FRACTION) -> Image.Image:
     """The central ``fraction`` of each side: what a re-framed copy keeps."""
     w, h = img.size
-    cw, ch = max(1, round(w * fraction)), max(1, round(h * fraction))
-    left, top = (w - cw) // 2, (h - ch) // 2
-    return img.crop((left, top, left + cw, top + ch))
+    return centre_window(img, max(1, round(w * fraction)), max(1, round(h * fraction)))
 
 
 #: The stability checks: name → (what it does, the pixel transform). Two are the robustness slices of the same

@@ -287,6 +287,15 @@ class Preprocess(BaseModel):
 Subsampling = Literal["4:4:4", "4:2:2", "4:2:0"]
 
 
+def centre_window(img: Image.Image, width: int, height: int) -> Image.Image:
+    """The centred ``width``×``height`` window of ``img`` (each side at most the image's): every centre crop and
+    centre square synthdet cuts, so they all agree on where the centre is."""
+    w, h = img.size
+    cw, ch = min(width, w), min(height, h)
+    left, top = (w - cw) // 2, (h - ch) // 2
+    return img.crop((left, top, left + cw, top + ch))
+
+
 def jpeg_roundtrip(img: Image.Image, quality: int, *, subsampling: Subsampling) -> Image.Image:
     """Encode and decode with libjpeg (Pillow's standard tables) at ``quality`` and chroma ``subsampling``.
 

@@ -28,7 +28,7 @@ from PIL import Image, ImageFilter
 from tqdm.auto import tqdm
 
 from synthdet.io.atomic import atomic_path, write_bytes
-from synthdet.io.pixels import ImageLoadError, load_image
+from synthdet.io.pixels import ImageLoadError, centre_window, load_image
 
 CATEGORIES = ("splice-ai", "inpaint-sp", "regen-fr", "splice-real", "copy-move", "authentic")
 _FILTERS = (Image.Resampling.BILINEAR, Image.Resampling.BICUBIC, Image.Resampling.LANCZOS)
@@ -36,10 +36,8 @@ _FILTERS = (Image.Resampling.BILINEAR, Image.Resampling.BICUBIC, Image.Resamplin
 
 def square(img: Image.Image, size: int) -> Image.Image:
     """Centre square of ``img`` resized to ``size`` (the canvas every manipulation works on)."""
-    w, h = img.size
-    s = min(w, h)
-    left, top = (w - s) // 2, (h - s) // 2
-    return img.convert("RGB").crop((left, top, left + s, top + s)).resize((size, size), Image.Resampling.BICUBIC)
+    s = min(img.size)
+    return centre_window(img.convert("RGB"), s, s).resize((size, size), Image.Resampling.BICUBIC)
 
 
 def random_shape(

@@ -32,7 +32,7 @@ import pandas as pd
 
 from synthdet.backbones.base import Backbone, create_backbone
 from synthdet.data.manifest import manifest_hash, usable_rows, write_manifest
-from synthdet.data.perturbations import get_slice
+from synthdet.data.perturbations import get_view
 from synthdet.data.splits import RowSet, SplitPlan
 from synthdet.detectors.calibrate import (
     Calibration,
@@ -198,9 +198,10 @@ def cross_validate(
     and test rows view 0, as in ``train_detector``). Folds are those of ``plan`` (default: built from ``data`` with
     ``k`` and the config's ``seed`` and ``calib_fraction``; with ``group_by``, one fold per value of that column —
     leave-one-source-out, the protocol that predicts the wild). ``views`` (slices, e.g. ``thumbnail`` and ``crop``:
-    :data:`~synthdet.data.perturbations.VIEWS`) are scored too, by the same fold models on the same held-out images,
+    :func:`~synthdet.data.perturbations.get_view`) are scored too, by the same fold models on the same held-out images,
     into ``oof["prob_<view>"]`` (:meth:`CVResult.view_summary`). ``out`` receives ``cv.json``, ``oof.csv``,
     ``plan.json`` and, with ``refit_all``, ``detector/``."""
+    shown_as = {v: get_view(v) for v in views}  # a name that is not a view fails before any work
     df, skipped = usable_rows(data, progress=progress)
     df = df.drop_duplicates("sha256").reset_index(drop=True)
     plan = plan or SplitPlan.build(df, test=0.0, calib=config.calib_fraction, k=k, seed=config.seed, fold_by=group_by)
@@ -220,7 +221,7 @@ def cross_validate(
     X, owner = load_features(store, df["sha256"].tolist(), train_views, features)  # row i * len(views) + v
     y, shas = df["label"].to_numpy()[owner], df["sha256"].to_numpy()[owner]
 
-    shown = {v: _view_features(bb, df["path"].tolist(), get_slice(v), features, config) for v in views}
+    shown = {v: _view_features(bb, df["path"].tolist(), s, features, config) for v, s in shown_as.items()}
     view_prob = {v: np.full(len(df), np.nan) for v in views}
 
     def rows(images: pd.Index, every_view: bool) -> np.ndarray:
