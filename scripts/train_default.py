@@ -31,7 +31,7 @@ from synthdet.data.manifest import read_manifest
 from synthdet.data.normalise import SocialChain, normalise_dataset
 from synthdet.data.splits import RowSet
 from synthdet.detectors.calibrate import fit_uncertainty_band
-from synthdet.training.cv import cross_validate
+from synthdet.training.cv import cross_validate, oof_logit
 from synthdet.training.train import GENERALISING_HEAD, ProbeConfig, generalising_backbone
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -63,7 +63,7 @@ def main() -> None:
     seen = RowSet.of_rows(pd.concat([pool[["sha256", "phash"]], originals[originals["ok"]][["sha256", "phash"]]]))
     det.card.rows = {"fit": seen, "calib": seen}
     scored = res.scored()
-    calibrated = det.card.calibration(scored["prob"].to_numpy()) if det.card.calibration else scored["prob"]
+    calibrated = det.card.calibration(oof_logit(scored)) if det.card.calibration else scored["prob"]
     det.card.data["uncertain_band"] = list(fit_uncertainty_band(scored["label"].to_numpy(), calibrated, det.threshold,
                                                             level=BAND_LEVEL))
     det.card.data["uncertain_band_from"] = (f"leave-one-group-out scores, calibrated: outside the band at least "

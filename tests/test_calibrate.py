@@ -87,24 +87,38 @@ def test_accepts_lists_and_bool_labels() -> None:
 def test_sigmoid_calibration_keeps_the_ranking_and_fixes_overconfidence() -> None:
     from sklearn.metrics import roc_auc_score
 
-    from synthdet.detectors.calibrate import fit_calibration
+    from synthdet.detectors.calibrate import fit_calibration, sigmoid
 
     rng = np.random.default_rng(0)
     y = rng.integers(0, 2, 4000)
     true_logit = (2 * y - 1) * 1.0 + rng.normal(0, 1.0, 4000)
-    raw = 1 / (1 + np.exp(-4 * true_logit))  # 4x overconfident
-    cal = fit_calibration(y, raw, method="sigmoid", rows="test rows")
-    p = cal(raw)
+    z = 4 * true_logit  # 4x overconfident
+    raw = sigmoid(z)
+    cal = fit_calibration(y, z, method="sigmoid", rows="test rows")
+    p = cal(z)
     assert cal.a == pytest.approx(0.5, abs=0.08)  # undoes the temperature (true logit scale is 2: 2*1/1 over 4)
     assert roc_auc_score(y, p) == pytest.approx(roc_auc_score(y, raw))
     for lo, hi in ((0.1, 0.3), (0.4, 0.6), (0.7, 0.9)):  # reliability: predicted ≈ observed per bin
         sel = (p >= lo) & (p < hi)
         assert abs(y[sel].mean() - p[sel].mean()) < 0.05
-    iso = fit_calibration(y, raw, method="isotonic")
-    assert np.all(np.diff(iso(np.sort(raw))) >= 0) and 0 <= iso(raw).min() and iso(raw).max() <= 1
+    iso = fit_calibration(y, z, method="isotonic")
+    assert np.all(np.diff(iso(np.sort(z))) >= 0) and 0 <= iso(z).min() and iso(z).max() <= 1
     assert cal.n == 4000 and cal.prior == pytest.approx(y.mean()) and cal.rows == "test rows"
     with pytest.raises(ValueError, match="both classes"):
         fit_calibration(np.zeros(5), np.linspace(0, 1, 5))
+
+
+def test_calibration_reads_the_raw_logit_so_confident_fakes_keep_their_order() -> None:
+    """Probabilities were clipped to 1 - 1e-7 (logit 16.1) before calibration, so every image past it got one score
+    (0.982964 on the shipped card); from the raw logit they stay distinct and ordered."""
+    from synthdet.detectors.calibrate import fit_calibration
+
+    rng = np.random.default_rng(1)
+    y = rng.integers(0, 2, 2000)
+    z = (2 * y - 1) * 3.0 + rng.normal(0, 2.0, 2000)
+    cal = fit_calibration(y, z, method="sigmoid")
+    confident = cal(np.array([17.0, 19.0, 21.0]))
+    assert np.all(np.diff(confident) > 0) and confident[0] < 1.0
 
 
 def test_capped_threshold_keeps_every_real_group_under_the_cap() -> None:

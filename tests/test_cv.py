@@ -173,15 +173,15 @@ def test_leaving_groups_out_holds_out_each_whole_group_once() -> None:
 
 
 def test_refit_after_leaving_groups_out_calibrates_and_caps_false_positives(demo_cv) -> None:
-    from synthdet.training.cv import decide
+    from synthdet.training.cv import decide, oof_logit
 
     _, _, res = demo_cv
     grouped = res.oof.assign(group=np.where(res.oof["label"] == 1, "fake", np.where(np.arange(len(res.oof)) % 2,
                                                                                       "real:odd", "real:even")))
     cv = type(res)(res.folds, res.mean, res.std, grouped, plan=res.plan, group_by="group")
     calibration, threshold, how = decide(cv, calibrate="sigmoid", max_group_fpr=0.0)
-    p = calibration(grouped["prob"].to_numpy())
-    assert np.all(np.diff(p[np.argsort(grouped["prob"].to_numpy())]) >= 0)  # monotone: ranking kept
+    p = calibration(oof_logit(grouped))
+    assert np.all(np.diff(p[np.argsort(grouped["logit"].to_numpy())]) >= 0)  # monotone: ranking kept
     reals = grouped["label"].to_numpy() == 0
     assert (p[reals] >= threshold).sum() == 0 and "flagged ≤ 0%" in how
     with pytest.raises(ValueError, match="group_by"):

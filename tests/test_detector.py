@@ -264,7 +264,7 @@ def shipped_loso() -> pd.DataFrame:
 
 def test_the_shipped_cards_figures_are_leave_one_source_out_and_recompute_from_its_scores() -> None:
     """Threshold, calibration, uncertainty band and per-source figures on the card all follow from ``loso.csv``."""
-    from synthdet.detectors.calibrate import capped_threshold, fit_calibration, fit_uncertainty_band
+    from synthdet.detectors.calibrate import capped_threshold, fit_calibration, fit_uncertainty_band, logit
     from synthdet.evaluation.metrics import source_table
 
     card = load_detector().card
@@ -272,17 +272,18 @@ def test_the_shipped_cards_figures_are_leave_one_source_out_and_recompute_from_i
     y, raw, groups = loso["label"].to_numpy(), loso["prob"].to_numpy(), loso["group"].to_numpy()
     assert len(loso) == card.data["n_images"] and loso["group"].nunique() == card.data["k"] >= 10
     assert loso.groupby("group")["fold"].nunique().max() <= 2  # a group is held out together (near-dups follow)
-    cal = fit_calibration(y, raw, method="sigmoid")
+    z = loso["logit"].to_numpy() if "logit" in loso else logit(np.clip(raw, 1e-7, 1 - 1e-7))  # older cards: clipped
+    cal = fit_calibration(y, z, method="sigmoid")
     assert card.calibration is not None
     assert (card.calibration.a, card.calibration.b) == pytest.approx((cal.a, cal.b), rel=1e-6)
-    p = card.calibration(raw)
+    p = card.calibration(z)
     assert card.threshold == pytest.approx(capped_threshold(y, p, groups, max_fpr=0.08))
     assert card.data["uncertain_band"] == pytest.approx(list(fit_uncertainty_band(y, p, card.threshold, level=0.9)))
     block = card.metrics["cv_at_threshold"]
     assert block["rows"] == "held-out" and "one model per fold" in block["model"]
     assert block["threshold"] == card.threshold and block["roc_auc"] == pytest.approx(binary_metrics(y, p)["roc_auc"])
     table = source_table(y, p, groups, threshold=card.threshold)
-    assert block["groups"] == table.to_dict("records")
+    pd.testing.assert_frame_equal(pd.DataFrame(block["groups"]), table, rtol=1e-9)
     assert table[table["label"] == 0]["flagged"].max() <= 0.08  # no real source flagged more than 8 %
     assert card.metrics["cv"]["leave_one_group_out"]["group_by"] == "group"
 

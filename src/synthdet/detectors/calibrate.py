@@ -60,12 +60,13 @@ CalibrationMethod = Literal["sigmoid", "isotonic"]
 
 
 class Calibration(BaseModel):
-    """A monotone map from a head's raw probability to one that means what it says, fitted on held-out scores.
+    """A monotone map from a head's raw logit to a probability that means what it says, fitted on held-out scores.
 
-    ``sigmoid`` (Platt scaling on the logit: a temperature ``a`` and a shift ``b``) keeps the ranking, so ROC AUC is
-    unchanged; ``isotonic`` is free-form (piecewise linear between its knots ``x`` → ``y``). Fitted on
-    leave-one-source-out probabilities, so 0.5 means even odds on images from sources the model never saw, at the
-    class balance of those rows (``prior``), not on the rows it was fitted on."""
+    ``sigmoid`` (Platt scaling: a temperature ``a`` and a shift ``b`` on the logit) keeps the ranking, so ROC AUC is
+    unchanged; ``isotonic`` is free-form (piecewise linear between its knots ``x`` → ``y``, ``x`` on the probability
+    scale). Fitted on leave-one-source-out scores, so 0.5 means even odds on images from sources the model never saw,
+    at the class balance of those rows (``prior``), not on the rows it was fitted on. It reads the raw logit, never a
+    probability: a probability rounds to 1.0 for confident fakes, and every such image would get the same score."""
 
     model_config = ConfigDict(frozen=True, extra="forbid")
 
@@ -78,30 +79,39 @@ class Calibration(BaseModel):
     prior: float = 0.5  # share of generated images among the rows it was fitted on
     rows: str = ""  # which rows, in words
 
-    def __call__(self, prob: np.ndarray) -> np.ndarray:
-        prob = np.asarray(prob, dtype=np.float64)
+    def __call__(self, logit: np.ndarray) -> np.ndarray:
+        """Calibrated probabilities of the raw logits ``logit``."""
+        z = np.asarray(logit, dtype=np.float64)
         if self.method == "isotonic":
-            return np.interp(prob, self.x, self.y)
-        return 1.0 / (1.0 + np.exp(-(self.a * _logit(prob) + self.b)))
+            return np.interp(sigmoid(z), self.x, self.y)
+        return sigmoid(self.a * z + self.b)
 
 
-def _logit(p: np.ndarray) -> np.ndarray:
-    p = np.clip(p, 1e-7, 1 - 1e-7)
+def sigmoid(z: np.ndarray) -> np.ndarray:
+    """The logistic function in float64, without overflow warnings for large ``|z|``."""
+    z = np.asarray(z, dtype=np.float64)
+    return np.exp(-np.logaddexp(0.0, -z))
+
+
+def logit(p: np.ndarray) -> np.ndarray:
+    """The inverse of :func:`sigmoid`, for scores that only exist as probabilities (clipped to ±36.7: float64's
+    resolution near 1)."""
+    p = np.clip(np.asarray(p, dtype=np.float64), 1e-16, 1 - 1e-16)
     return np.log(p) - np.log1p(-p)
 
 
 def fit_calibration(
-    y_true: np.ndarray, prob: np.ndarray, *, method: CalibrationMethod = "sigmoid", rows: str = "",
+    y_true: np.ndarray, logits: np.ndarray, *, method: CalibrationMethod = "sigmoid", rows: str = "",
 ) -> Calibration:
-    """Fit :class:`Calibration` on held-out probabilities (never on the rows the head was fitted on)."""
-    y_true, prob = np.asarray(y_true).astype(int), np.asarray(prob, dtype=np.float64)
+    """Fit :class:`Calibration` on held-out raw logits (never on the rows the head was fitted on)."""
+    y_true, z = np.asarray(y_true).astype(int), np.asarray(logits, dtype=np.float64)
     if len(np.unique(y_true)) < 2:
         raise ValueError("calibration needs held-out scores of both classes")
     base = Calibration(method=method, n=len(y_true), prior=float(y_true.mean()), rows=rows)
     if method == "isotonic":
-        iso = IsotonicRegression(out_of_bounds="clip", y_min=0.0, y_max=1.0).fit(prob, y_true)
+        iso = IsotonicRegression(out_of_bounds="clip", y_min=0.0, y_max=1.0).fit(sigmoid(z), y_true)
         return base.model_copy(update={"x": iso.X_thresholds_.tolist(), "y": iso.y_thresholds_.tolist()})
-    lr = LogisticRegression(C=1e6, max_iter=1000).fit(_logit(prob)[:, None], y_true)
+    lr = LogisticRegression(C=1e6, max_iter=1000).fit(z[:, None], y_true)
     return base.model_copy(update={"a": float(lr.coef_[0, 0]), "b": float(lr.intercept_[0])})
 
 

@@ -16,9 +16,10 @@ from safetensors.torch import load_file, save_file
 
 from synthdet.backbones.base import Backbone, create_backbone
 from synthdet.detectors.assess import Scorable
+from synthdet.detectors.calibrate import sigmoid
 from synthdet.detectors.card import Card, NotADetectorError, read_card, save_card
 from synthdet.features.extract import ImageTransform, assemble_features, forward_files
-from synthdet.heads.base import head_from_state
+from synthdet.heads.base import head_from_state, head_logit
 from synthdet.io.atomic import atomic_path
 from synthdet.io.pixels import DEFAULT_MAX_PIXELS
 
@@ -57,9 +58,9 @@ class Detector(Scorable):
         return path
 
     def predict_features(self, X: np.ndarray) -> np.ndarray:
-        """Probabilities of being generated: the head's, through the card's calibration when it has one."""
-        prob = self.head.predict_proba(X)[:, 1]
-        return self.card.calibration(prob) if self.card.calibration is not None else prob
+        """Probabilities of being generated: the head's raw logit through the card's calibration when it has one."""
+        z = head_logit(self.head, X)
+        return self.card.calibration(z) if self.card.calibration is not None else sigmoid(z)
 
     def predict_paths(
         self,

@@ -26,6 +26,7 @@ import torch
 from torch import nn
 
 from synthdet.backbones.base import Backbone
+from synthdet.detectors.calibrate import logit
 from synthdet.detectors.card import Card
 from synthdet.detectors.detector import Detector
 from synthdet.detectors.loading import load_detector
@@ -36,9 +37,6 @@ from synthdet.heads.logreg import LogisticHead
 from synthdet.heads.mlp import TorchProbe
 from synthdet.io.atomic import atomic_path
 from synthdet.io.files import default_cache_dir
-
-#: logit of 1 - 1e-7: :class:`~synthdet.detectors.calibrate.Calibration` clips probabilities to [1e-7, 1 - 1e-7] first
-_LOGIT_CLIP = float(np.log1p(-1e-7) - np.log(1e-7))
 
 
 class _LogisticLinear(nn.Module):
@@ -83,7 +81,7 @@ class DetectorGraph(nn.Module):
         feats = torch.cat([pooled, *layers], dim=1) if self.concat else pooled
         logit = self.head(feats).reshape(-1)
         if self.calibrate:
-            logit = self.a * logit.clamp(-_LOGIT_CLIP, _LOGIT_CLIP) + self.b
+            logit = self.a * logit + self.b
         return torch.sigmoid(logit)
 
 
@@ -160,7 +158,7 @@ class OnnxDetector(Detector):
         """``X`` holds the graph's probabilities already; an isotonic calibration (not in the graph) applies here."""
         prob = np.asarray(X, dtype=np.float64)[:, 0]
         cal = self.card.calibration
-        return cal(prob) if cal is not None and not self.in_graph else prob
+        return cal(logit(prob)) if cal is not None and not self.in_graph else prob
 
 
 class OnnxEngine(Engine):

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 from typing import Any
 
+import numpy as np
 import torch
 from sklearn.base import BaseEstimator, ClassifierMixin
 from sklearn.utils import Tags
@@ -45,3 +46,13 @@ def create_head(kind: str, **params: Any) -> BaseEstimator:
 def head_from_state(kind: str, params: dict[str, Any], state: dict[str, torch.Tensor], n_features: int) -> BaseEstimator:
     """The fitted head a card describes (``head``, ``head_params``, ``n_features``), from its saved tensors."""
     return create_head(kind, **params).load_state(state, n_features)
+
+
+def head_logit(head: BaseEstimator, X: np.ndarray) -> np.ndarray:
+    """The head's raw logit of "generated" (float64): its ``decision_function``, or for a head without one the logit
+    of its probability. Calibration and ranking read this, not the probability, which rounds to 1.0 for confident
+    fakes and makes them all tie."""
+    if hasattr(head, "decision_function"):
+        return np.asarray(head.decision_function(X), dtype=np.float64).reshape(-1)
+    p = np.clip(np.asarray(head.predict_proba(X), dtype=np.float64)[:, 1], 1e-16, 1 - 1e-16)
+    return np.log(p) - np.log1p(-p)

@@ -40,6 +40,8 @@ from synthdet.detectors.calibrate import (
     capped_threshold,
     f1_optimal_threshold,
     fit_calibration,
+    logit,
+    sigmoid,
 )
 from synthdet.detectors.detector import Detector
 from synthdet.evaluation.metrics import binary_metrics, source_table
@@ -51,7 +53,7 @@ from synthdet.features.extract import (
     extract,
     forward_files,
 )
-from synthdet.heads.base import create_head
+from synthdet.heads.base import create_head, head_logit
 from synthdet.io.atomic import atomic_open, write_text
 from synthdet.training.train import ProbeConfig, assign_roles, best_epoch, fit_head, load_features, refit_params
 
@@ -222,7 +224,7 @@ def cross_validate(
     y, shas = df["label"].to_numpy()[owner], df["sha256"].to_numpy()[owner]
 
     shown = {v: _view_features(bb, df["path"].tolist(), s, features, config) for v, s in shown_as.items()}
-    view_prob = {v: np.full(len(df), np.nan) for v in views}
+    view_logit = {v: np.full(len(df), np.nan) for v in ("", *views)}  # "": the file itself
 
     def rows(images: pd.Index, every_view: bool) -> np.ndarray:
         first = np.asarray(images) * len(train_views)
@@ -237,11 +239,13 @@ def cross_validate(
         for v, Xv in shown.items():
             ok = test.index[np.isfinite(Xv[test.index]).all(axis=1)]
             if len(ok):
-                view_prob[v][ok] = model.predict_proba(Xv[ok])[:, 1]
-        return model.predict_proba(X[rows(test.index, False)])[:, 1], threshold
+                view_logit[v][ok] = head_logit(model, Xv[ok])
+        view_logit[""][test.index] = head_logit(model, X[rows(test.index, False)])
+        return sigmoid(view_logit[""][test.index]), threshold
 
     result = run_folds(df, fit_fold, plan=plan, group_by=group_by)  # row i of df is image i of X
-    result.oof = result.oof.assign(**{f"prob_{v}": p for v, p in view_prob.items()})
+    result.oof = result.oof.assign(logit=view_logit[""], **{f"prob_{v}": sigmoid(z) for v, z in view_logit.items() if v},
+                                   **{f"logit_{v}": z for v, z in view_logit.items() if v})
     result.views = list(views)
     result.skipped = skipped
     result.config = {"backbone": bb.name, "weights_id": bb.weights_id, "head": config.head, "features": features,
@@ -299,7 +303,7 @@ def _at_threshold(cv: CVResult, calibration: Calibration | None, threshold: floa
     user of the detector should expect on images from sources it has not seen."""
     scored = cv.scored()
     y, prob = scored["label"].to_numpy(), scored["prob"].to_numpy()
-    prob = calibration(prob) if calibration is not None else prob
+    prob = calibration(oof_logit(scored)) if calibration is not None else prob
     block: dict[str, Any] = {
         "model": "one model per fold (fitted on the other folds), scores through the saved calibration",
         "rows": "held-out", "threshold": threshold, "calibration_rows": "in-sample: fitted on these scores"
@@ -320,15 +324,22 @@ def decide(
     scored = cv.scored()
     y, prob = scored["label"].to_numpy(), scored["prob"].to_numpy()
     rows = ("leave-one-group-out" if cv.group_by else "out-of-fold") + f" probabilities ({len(y)} images)"
-    calibration = fit_calibration(y, prob, method=calibrate, rows=rows) if calibrate else None
+    calibration = fit_calibration(y, oof_logit(scored), method=calibrate, rows=rows) if calibrate else None
     if calibration is not None:
-        prob = calibration(prob)
+        prob = calibration(oof_logit(scored))
     if max_group_fpr is None:
         return calibration, f1_optimal_threshold(y, prob), f"F1-optimal on the {rows}"
     if cv.group_by is None:
         raise ValueError("max_group_fpr needs leave-one-group-out folds (group_by)")
     threshold = capped_threshold(y, prob, scored[cv.group_by].to_numpy(), max_fpr=max_group_fpr)
     return calibration, threshold, f"F1-optimal on the {rows} with every real {cv.group_by} flagged ≤ {max_group_fpr:.0%}"
+
+
+def oof_logit(oof: pd.DataFrame, view: str = "") -> np.ndarray:
+    """The raw logits of ``oof``'s rows (of ``view``; "" the file), or those of their probabilities when the recipe
+    gave probabilities only (fine-tuned folds)."""
+    column = f"logit_{view}" if view else "logit"
+    return oof[column].to_numpy(dtype=np.float64) if column in oof else logit(oof[f"prob_{view}" if view else "prob"])
 
 
 def save_cv(result: CVResult, out: str | Path) -> Path:
