@@ -206,10 +206,19 @@ def test_cv_command_leaves_groups_out(tmp_path: Path, demo_cv) -> None:
     tmp, grouped, table, app = grouped_cv(demo_cv, tmp_path)
     res = CliRunner().invoke(app, ["cv", str(grouped), "--group-by", "group", "--views", "1", "--workers", "0",
                                    "--cache", str(tmp / "cache"), "--refit", "--calibrate", "sigmoid",
+                                   "--max-group-fpr", "0.3", "--band-level", "0.8",
                                    "-o", str(tmp_path / "out")], env={"COLUMNS": "200"})
     assert res.exit_code == 0, res.output
     assert "leave-one-group-out" in res.output and "pypi:skimage" in res.output
+    assert "decisions chosen with each group left out" in res.output
     summary = json.loads((tmp_path / "out" / "cv.json").read_text())
+    nested = summary["nested"]
+    assert nested["selection"] == {"calibrate": "sigmoid", "max_group_fpr": 0.3, "band_level": 0.8}
+    file = nested["file"]
+    assert file["n"] == len(table) and "without that group" in file["rows"]
+    for name in ("recall", "real_flag_rate", "worst_real_flag_rate"):
+        lo, hi = file[f"{name}_ci"]
+        assert np.isnan(lo) or lo <= file[name] <= hi
     assert {g["group"] for g in summary["leave_one_group_out"]["groups"]} == set(table["group"])
     det = load_detector(tmp_path / "out" / "detector")
     assert det.card.calibration is not None and det.card.calibration.method == "sigmoid"
@@ -230,6 +239,11 @@ def test_cv_scores_every_held_out_image_in_other_views(tmp_path: Path, demo_cv) 
     assert list(views) == ["file", "thumbnail", "crop", "jpeg95"]
     assert len({v["threshold"] for v in views.values()}) == 1 and all(v["n"] == len(table) for v in views.values())
     assert all(0.0 <= v["worst_group_auc"] <= v["roc_auc"] <= 1.0 for v in views.values())
+    assert all(len(v["roc_auc_ci"]) == 2 for v in views.values())
+    again = CliRunner().invoke(app, [*args, "--view", "crop", "--json", "-o", str(tmp_path / "again")])
+    assert again.exit_code == 0, again.output
+    before = pd.read_csv(tmp_path / "out" / "oof.csv")["prob_crop"].to_numpy()
+    assert np.allclose(pd.read_csv(tmp_path / "again" / "oof.csv")["prob_crop"].to_numpy(), before)
     oof = pd.read_csv(tmp_path / "out" / "oof.csv")
     assert oof[["prob", "prob_thumbnail", "prob_crop", "prob_jpeg95"]].notna().all().all()
     near = (oof["prob_jpeg95"] - oof["prob"]).abs().mean()

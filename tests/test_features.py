@@ -322,3 +322,28 @@ def test_resume_after_kill_9(tmp_path: Path, effnet_lite0: Backbone, photos: tup
     reopened = FeatureStore.for_backbone(effnet_lite0, root)
     assert len(reopened) == n and reopened.verify() == []
     assert_same_features(reopened, shas, ref)
+
+
+def test_native_training_views_are_cut_from_the_full_decode_not_the_reduced_one(tmp_path: Path) -> None:
+    """The decoder reduces a large image before the downscaled views; a native view must see every pixel: its ramp
+    keeps the slope of the file (a window of a 2x-reduced decode would be twice as steep)."""
+    from PIL import Image
+
+    from synthdet.features.extract import ViewsDecoder
+    from synthdet.io.pixels import Preprocess, ViewPolicy
+
+    h, w = 1200, 1600
+    yy, xx = np.mgrid[0:h, 0:w]
+    ramps = np.stack([xx * 255 / (w - 1), yy * 255 / (h - 1), np.full((h, w), 128.0)], axis=2).round().astype(np.uint8)
+    path = tmp_path / "big.png"
+    Image.fromarray(ramps).save(path)
+    pre = Preprocess(size=96, scale="native", mean=(0.0, 0.0, 0.0), std=(1.0, 1.0, 1.0),
+                     views=ViewPolicy(p_native=0.5, jpeg_quality=(100, 100), p_flip=0.0, p_grayscale=0.0,
+                                      p_downscale=0.0))
+    assert pre.draft_size < min(h, w) // 2  # the other training views come from a reduced decode
+    native = next(v for v in range(1, 40) if pre.is_native_view(v, "key"))
+    _, tensors, err, _ = ViewsDecoder(pre, 10**8)[(0, (str(path), "key", [native]))]
+    assert err == "" and tensors is not None
+    red = tensors[0][0].numpy() * 255
+    slope = np.polyfit(np.arange(red.shape[1]), red.mean(axis=0), 1)[0]
+    assert slope == pytest.approx(255 / (w - 1), rel=0.05)

@@ -556,6 +556,8 @@ def test_id_changes_with_every_field() -> None:
         Preprocess(views=ViewPolicy(jpeg_quality=(70, 90))),
         Preprocess(views=ViewPolicy(p_flip=0.0)),
         Preprocess(views=ViewPolicy(p_grayscale=0.0)),
+        Preprocess(views=ViewPolicy(p_native=0.5)),
+        Preprocess(views=ViewPolicy(p_native=0.5, native_side=(0.3, 1.0))),
     ]
     # every field of both models is exercised by some variant
     changed = {name for v in variants for name in Preprocess.model_fields if getattr(v, name) != getattr(base, name)}
@@ -618,3 +620,32 @@ def test_one_full_decode_reduced_twice_equals_two_reduced_decodes(big_jpeg: Path
         again = load_image(big_jpeg, draft_size=short)
         assert once.info["draft_scale"] == again.info["draft_scale"]
         assert np.array_equal(np.asarray(once), np.asarray(again))
+
+
+def test_native_views_are_windows_at_the_images_own_scale_and_leave_older_ids_alone() -> None:
+    """A native training view is a crop of the full-resolution image, never resampled (its side comes from
+    ``native_side`` × size); the other views are the downscaled whole. Without native views the id is the one
+    detectors trained before the field existed carry."""
+    h, w = 900, 1200
+    yy, xx = np.mgrid[0:h, 0:w]
+    ramps = np.stack([xx * 255 / (w - 1), yy * 255 / (h - 1), np.full((h, w), 128.0)], axis=2)
+    img = Image.fromarray(ramps.round().astype(np.uint8))
+    pre = Preprocess(size=128, scale="native",
+                     views=ViewPolicy(p_native=0.5, native_side=(0.5, 1.0), jpeg_quality=(100, 100), p_flip=0.0,
+                                      p_grayscale=0.0, p_downscale=0.0))
+    native = [v for v in range(1, 40) if pre.is_native_view(v, "k")]
+    assert 8 < len(native) < 32 and not pre.is_native_view(0, "k")  # about half; view 0 never
+    for v in native[:5]:
+        out = np.asarray(pre.render(img, view=v, key="k"), dtype=np.float64)
+        assert 64 <= out.shape[0] == out.shape[1] <= 128
+        # one output pixel per input pixel: the ramps keep their slope (a downscaled view would be steeper)
+        slope_x = np.polyfit(np.arange(out.shape[1]), out[:, :, 0].mean(axis=0), 1)[0]
+        slope_y = np.polyfit(np.arange(out.shape[0]), out[:, :, 1].mean(axis=1), 1)[0]
+        assert slope_x == pytest.approx(255 / (w - 1), rel=0.05) and slope_y == pytest.approx(255 / (h - 1), rel=0.05)
+    other = next(v for v in range(1, 40) if v not in native)
+    whole = np.asarray(pre.render(img, view=other, key="k"), dtype=np.float64)
+    assert whole.shape[:2] == (128, 128)
+    assert np.polyfit(np.arange(128), whole[:, :, 0].mean(axis=0), 1)[0] > 1.5 * 255 / (w - 1)  # downscaled
+    off = Preprocess(size=128, scale="native")
+    assert off.id() == Preprocess(size=128, scale="native", views=ViewPolicy(native_side=(0.2, 0.4))).id()
+    assert off.id() != pre.id()

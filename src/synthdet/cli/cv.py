@@ -74,17 +74,46 @@ def view_table(result: CVResult) -> Table:
 
     table = Table(title=f"views — every held-out image shown as the file and as {', '.join(result.views)}")
     worst = result.group_by is not None
-    for col in ("view", "n", "ROC AUC", *(("worst group AUC", "worst group", "worst real flagged") if worst else ()),
-                "recall"):
+    for col in ("view", "n", "ROC AUC", *(("95% CI (groups)", "worst group AUC", "worst group", "worst real flagged")
+                                         if worst else ()), "recall"):
         table.add_column(col, justify="left" if col in ("view", "worst group") else "right")
     summary = result.view_summary()
     for view, b in summary.items():
-        table.add_row(view, str(b["n"]), f"{b['roc_auc']:.4f}",
+        ci = (f"{b['roc_auc_ci'][0]:.3f}–{b['roc_auc_ci'][1]:.3f}",) if worst else ()
+        table.add_row(view, str(b["n"]), f"{b['roc_auc']:.4f}", *ci,
                       *((f"{b['worst_group_auc']:.4f}", b["worst_group"], f"{b['worst_real_fpr']:.1%}") if worst else ()),
                       f"{b['recall']:.1%}")
     thr = summary["file"]["threshold"]
     table.caption = (f"the same fold models on every view; flagged and recall at one threshold, {thr:.3f} (F1-optimal "
                      f"on the file view's pooled held-out scores)")
+    return table
+
+
+def nested_table(result: CVResult) -> Table:
+    from rich.table import Table
+
+    nested = result.nested()
+    sel = nested["selection"]
+    how = ", ".join(filter(None, [f"calibration {sel['calibrate']}" if sel.get("calibrate") else "",
+                                  f"every real {result.group_by} ≤ {sel['max_group_fpr']:.0%}" if sel.get("max_group_fpr")
+                                  is not None else "F1-optimal threshold",
+                                  f"band at {sel['band_level']:.0%}" if sel.get("band_level") else ""]))
+    table = Table(title=f"decisions chosen with each {result.group_by} left out ({how})")
+    for col in ("view", "recall", "real flagged", "worst real flagged", "uncertain", "right outside band"):
+        table.add_column(col, justify="left" if col == "view" else "right")
+
+    def cell(b: dict, name: str) -> str:
+        lo, hi = b[f"{name}_ci"]
+        return f"{b[name]:.1%} [{lo:.1%}–{hi:.1%}]"
+
+    for view, b in nested.items():
+        if view != "selection":
+            table.add_row(view, cell(b, "recall"), cell(b, "real_flag_rate"), cell(b, "worst_real_flag_rate"),
+                          f"{b['uncertain_share']:.1%}", f"{b['accuracy_outside_band']:.1%}")
+    lo, hi = nested["file"]["threshold_range"]
+    table.caption = (f"each {result.group_by}'s verdicts from a threshold (here {lo:.3f}–{hi:.3f}) chosen on the other "
+                     f"groups' held-out scores: held out for the model and for the decision; [95% group-bootstrap "
+                     f"interval]")
     return table
 
 
@@ -100,6 +129,9 @@ def cv_command(
     group_by: Annotated[str | None, typer.Option(
         "--group-by", help="Leave one group out instead: one fold per value of this manifest column (source, "
                            "generator, or your own, e.g. group).")] = None,
+    folds_by: Annotated[str | None, typer.Option(
+        "--folds-by", help="With --group-by: fold by this coarser column instead (each of its values holds whole "
+                           "groups), for fewer folds when groups are many.")] = None,
     seed: Annotated[int, typer.Option()] = 42,
     cache: Annotated[Path | None, typer.Option(help="Feature cache root.")] = None,
     batch_size: Annotated[int, typer.Option(min=1)] = 32,
@@ -109,8 +141,15 @@ def cv_command(
     calibrate: Annotated[str | None, typer.Option(help="With --refit: calibrate the probability on the out-of-fold "
                                                        "scores: sigmoid (keeps the ranking) | isotonic.")] = None,
     max_group_fpr: Annotated[float | None, typer.Option(
-        min=0.0, max=1.0, help="With --refit --group-by: the best threshold at which no real group is flagged more "
-                               "often than this.")] = None,
+        min=0.0, max=1.0, help="With --group-by: the best threshold at which no real group is flagged more often "
+                               "than this (for --refit's detector, and chosen with each group left out for the "
+                               "nested figures).")] = None,
+    band_level: Annotated[float | None, typer.Option(
+        min=0.5, max=1.0, help="With --group-by: an uncertainty band outside which this share of verdicts is right, "
+                               "chosen with each group left out for the nested figures.")] = None,
+    native_views: Annotated[float, typer.Option(
+        min=0.0, max=1.0, help="Share of training views cut at the image's own scale (no resampling) instead of "
+                               "the downscaled whole.")] = 0.0,
     view: Annotated[list[str] | None, typer.Option(
         "--view", help="Also score every held-out image in this view, by the same fold models (repeatable): "
                        "thumbnail (centre square, 384 px, JPEG 70-95), crop (224 px at native scale, JPEG 70-95), "
@@ -129,9 +168,11 @@ def cv_command(
         raise fail(f"--features must be pooled or concat, not {features!r}")
     if calibrate not in (None, "sigmoid", "isotonic"):
         raise fail(f"--calibrate must be sigmoid or isotonic, not {calibrate!r}")
-    if (calibrate or max_group_fpr is not None) and not refit:
-        raise fail("--calibrate and --max-group-fpr choose the refitted detector's calibration and threshold: "
-                   "add --refit")
+    if (calibrate or max_group_fpr is not None) and not (refit or group_by):
+        raise fail("--calibrate and --max-group-fpr choose the refitted detector's calibration and threshold (add "
+                   "--refit), or the nested selection of leave-one-group-out (add --group-by)")
+    if (band_level is not None or folds_by) and not group_by:
+        raise fail("--band-level and --folds-by need --group-by")
     from synthdet.data.perturbations import get_view
 
     for v in view or []:
@@ -140,11 +181,15 @@ def cv_command(
         except ValueError as e:
             raise fail(f"--view {e}") from None
     bb = make_backbone(backbone, weights=weights, native_size=native_size, tap_pool=tap_pool)
+    if native_views:
+        bb.preprocess = bb.preprocess.model_copy(
+            update={"views": bb.preprocess.views.model_copy(update={"p_native": native_views})})
     config = ProbeConfig(backbone=bb, weights=weights, head=head, features=cast(FeatureKind, features), n_views=views,
                          seed=seed, cache_dir=cache, batch_size=batch_size, num_workers=workers)
     result = cross_validate(
-        data, config, k=k, group_by=group_by, refit_all=refit, calibrate=cast("CalibrationMethod | None", calibrate),
-        max_group_fpr=max_group_fpr, views=view or (), out=out, progress=not quiet,
+        data, config, k=k, group_by=group_by, folds_by=folds_by, refit_all=refit,
+        calibrate=cast("CalibrationMethod | None", calibrate), max_group_fpr=max_group_fpr, band_level=band_level,
+        views=view or (), out=out, progress=not quiet,
     )
     for path, reason in result.skipped:
         skipped(path, reason)
@@ -155,6 +200,8 @@ def cv_command(
     console().print(group_table(result) if group_by else cv_table(result))
     if result.views:
         console().print(view_table(result))
+    if group_by:
+        console().print(nested_table(result))
     say(f"folds → [bold]{out / 'cv.json'}[/], out-of-fold probabilities → [bold]{out / 'oof.csv'}[/]")
     if result.detector is not None:
         say(f"detector fitted on every image → [bold]{out / 'detector'}[/]  "

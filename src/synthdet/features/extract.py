@@ -116,11 +116,13 @@ class ViewsDecoder(Dataset):
                 img = self.transform(load_image(data, max_pixels=self.max_pixels), sha)
                 return i, [self.pre(img, view=v, key=sha) for v in views], "", views
             # one full decode serves every view: view 0 is reduced for inference (the same reduction as at scoring
-            # time, so cached and fresh features agree); training views (smaller crops) keep more pixels
+            # time, so cached and fresh features agree); training views (smaller crops) keep more pixels, and native
+            # views (windows at the image's own scale) all of them
             full = load_image(data, max_pixels=self.max_pixels)
             img = reduce_to(full, self.pre.canonical_draft_size)
             fine = reduce_to(full, self.pre.draft_size) if any(views) else img
-            return i, [self.pre(img if v == 0 else fine, view=v, key=sha) for v in views], "", views
+            return i, [self.pre(img if v == 0 else full if self.pre.is_native_view(v, sha) else fine, view=v, key=sha)
+                       for v in views], "", views
         except ImageLoadError as e:
             return i, None, e.reason + (f": {e.detail}" if e.detail else ""), views
 

@@ -28,7 +28,7 @@ import json
 import random
 import warnings
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 import numpy as np
 import torch
@@ -203,6 +203,10 @@ class ViewPolicy(BaseModel):
     jpeg_quality: tuple[int, int] = (60, 95)
     p_flip: float = 0.5
     p_grayscale: float = 0.05
+    #: share of training views that are a window of the image at its own scale (no resampling; side drawn from
+    #: ``native_side`` × the model size) instead of the downscaled whole: what a crop, a detail or a cut-out shows
+    p_native: float = 0.0
+    native_side: tuple[float, float] = (0.58, 1.0)
 
 
 class Preprocess(BaseModel):
@@ -230,7 +234,10 @@ class Preprocess(BaseModel):
         return self.model_copy(update={"size": size, "scale": "native", "views": views})
 
     def id(self) -> str:
-        fields = self.model_dump(mode="json", exclude={"scale"} if self.scale == "resize" else set())
+        exclude: dict[str, Any] = {"scale": True} if self.scale == "resize" else {}
+        if not self.views.p_native:  # ids from before native views stay valid
+            exclude["views"] = {"p_native", "native_side"}
+        fields = self.model_dump(mode="json", exclude=exclude)
         payload = json.dumps({**fields, "decode": DECODE}, sort_keys=True)  # ids from before ``scale`` stay valid
         return hashlib.sha256(payload.encode()).hexdigest()[:12]
 
@@ -245,10 +252,21 @@ class Preprocess(BaseModel):
         """Short side to keep for view 0 (inference): twice the model size, so the final resize still antialiases."""
         return 2 * self.size
 
+    def is_native_view(self, view: int, key: str) -> bool:
+        """Whether training view ``view`` of image ``key`` is a window at the image's own scale (:attr:`ViewPolicy.
+        p_native`): it must then be rendered from the full-resolution decode, not a reduced one."""
+        return bool(view) and self.views.p_native > 0 and random.Random(f"{key}:{view}:native").random() < self.views.p_native
+
     def render(self, img: Image.Image, *, view: int = 0, key: str = "") -> Image.Image:
-        """Apply the chain (canonical for ``view == 0``) and return the RGB image the model sees, before tensors."""
+        """Apply the chain (canonical for ``view == 0``) and return the RGB image the model sees, before tensors.
+        A native view (:meth:`is_native_view`) expects ``img`` as decoded, at full resolution."""
         rng = random.Random(f"{key}:{view}") if view else None
-        if self.mode == "letterbox":
+        if rng is not None and self.is_native_view(view, key):
+            w, h = img.size
+            side = min(w, h, max(8, int(self.size * rng.uniform(*self.views.native_side))))
+            left, top = rng.randint(0, w - side), rng.randint(0, h - side)
+            out = img.crop((left, top, left + side, top + side))
+        elif self.mode == "letterbox":
             out = _letterbox(img, self.size, _RESAMPLE[self.resample])
         else:
             w, h = img.size

@@ -21,6 +21,7 @@ early-stop on).
 
 from __future__ import annotations
 
+import copy
 import json
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -45,6 +46,7 @@ from synthdet.detectors.calibrate import (
 )
 from synthdet.detectors.detector import Detector
 from synthdet.evaluation.metrics import binary_metrics, source_table
+from synthdet.evaluation.selection import auc_ci, nested_decisions, nested_summary
 from synthdet.features.extract import (
     FeatureKind,
     FeatureStore,
@@ -82,6 +84,8 @@ class CVResult:
     config: dict[str, Any] = field(default_factory=dict)  # what was cross-validated (backbone, head, k …)
     group_by: str | None = None  # leave-one-group-out: the column whose values were held out in turn
     views: list[str] = field(default_factory=list)  # other views scored by the same fold models: oof["prob_<view>"]
+    #: how a refitted detector's decisions are chosen (calibrate, max_group_fpr, band_level): :meth:`nested` repeats it
+    selection: dict[str, Any] = field(default_factory=dict)
 
     def scored(self) -> pd.DataFrame:
         """The out-of-fold rows that got a probability (an image that could not be scored has NaN)."""
@@ -118,7 +122,20 @@ class CVResult:
                 "threshold": pooled["at_threshold"]["threshold"], "groups": table.to_dict("records")}
         if self.views:
             out["views"] = self.view_summary()
+        if self.group_by is not None:
+            out["nested"] = self.nested()
         return out
+
+    def nested(self) -> dict[str, Any]:
+        """Per view, the figures of decisions chosen with each group left out (:func:`~synthdet.evaluation.selection.
+        nested_decisions`, with :attr:`selection`'s calibration, cap and band, made on the file view): recall, real
+        flag rates and the band's figures, held out for the selection too, with group-bootstrap intervals."""
+        if self.group_by is None:
+            raise ValueError("nested selection needs leave-one-group-out folds (group_by)")
+        rows = self.scored()
+        logits = {"file": oof_logit(rows), **{v: oof_logit(rows, v) for v in self.views}}
+        decisions = nested_decisions(rows["label"].to_numpy(), logits, rows[self.group_by].to_numpy(), **self.selection)
+        return {"selection": dict(self.selection), **{v: nested_summary(decisions, v) for v in logits}}
 
     def view_summary(self) -> dict[str, Any]:
         """Per view (``file``: the image as given, then each of :attr:`views`), the same held-out figures: pooled ROC
@@ -133,9 +150,10 @@ class CVResult:
             block: dict[str, Any] = {"n": len(rows), "threshold": thr, "roc_auc": binary_metrics(y, p)["roc_auc"],
                                      "recall": float((p[y == 1] >= thr).mean()) if (y == 1).any() else float("nan")}
             if self.group_by is not None:
-                table = source_table(y, p, rows[self.group_by].to_numpy(), threshold=thr)
+                groups = rows[self.group_by].to_numpy()
+                table = source_table(y, p, groups, threshold=thr)
                 reals = table[table["label"] == 0]
-                block |= {"worst_group_auc": float(table["roc_auc"].min()),
+                block |= {"roc_auc_ci": auc_ci(y, p, groups), "worst_group_auc": float(table["roc_auc"].min()),
                           "worst_group": str(table.loc[table["roc_auc"].idxmin(), "group"]) if table["roc_auc"].notna().any() else "",
                           "worst_real_fpr": float(reals["flagged"].max()) if len(reals) else float("nan")}
             out[view] = block
@@ -189,9 +207,11 @@ def cross_validate(
     k: int = 5,
     plan: SplitPlan | None = None,
     group_by: str | None = None,
+    folds_by: str | None = None,
     refit_all: bool = False,
     calibrate: CalibrationMethod | None = None,
     max_group_fpr: float | None = None,
+    band_level: float | None = None,
     views: Sequence[str] = (),
     out: str | Path | None = None,
     progress: bool = False,
@@ -199,14 +219,16 @@ def cross_validate(
     """k-fold CV of the head ``config`` describes, on cached features (``fit`` rows get its ``n_views`` views, calib
     and test rows view 0, as in ``train_detector``). Folds are those of ``plan`` (default: built from ``data`` with
     ``k`` and the config's ``seed`` and ``calib_fraction``; with ``group_by``, one fold per value of that column —
-    leave-one-source-out, the protocol that predicts the wild). ``views`` (slices, e.g. ``thumbnail`` and ``crop``:
+    leave-one-source-out, the protocol that predicts the wild; ``folds_by``: a coarser column whose values hold several
+    whole groups each, for fewer folds when groups are many). ``views`` (slices, e.g. ``thumbnail`` and ``crop``:
     :func:`~synthdet.data.perturbations.get_view`) are scored too, by the same fold models on the same held-out images,
     into ``oof["prob_<view>"]`` (:meth:`CVResult.view_summary`). ``out`` receives ``cv.json``, ``oof.csv``,
     ``plan.json`` and, with ``refit_all``, ``detector/``."""
     shown_as = {v: get_view(v) for v in views}  # a name that is not a view fails before any work
     df, skipped = usable_rows(data, progress=progress)
     df = df.drop_duplicates("sha256").reset_index(drop=True)
-    plan = plan or SplitPlan.build(df, test=0.0, calib=config.calib_fraction, k=k, seed=config.seed, fold_by=group_by)
+    plan = plan or SplitPlan.build(df, test=0.0, calib=config.calib_fraction, k=k, seed=config.seed,
+                                   fold_by=folds_by or group_by)
     if not plan.k:
         raise ValueError(f"split plan {plan.id} has no folds (built with k=0)")
     df, outside = assign_roles(df, plan)  # images labelled both ways are left out, with their reason
@@ -223,7 +245,7 @@ def cross_validate(
     X, owner = load_features(store, df["sha256"].tolist(), train_views, features)  # row i * len(views) + v
     y, shas = df["label"].to_numpy()[owner], df["sha256"].to_numpy()[owner]
 
-    shown = {v: _view_features(bb, df["path"].tolist(), s, features, config) for v, s in shown_as.items()}
+    shown = {v: _view_features(bb, df, v, s, features, config, progress) for v, s in shown_as.items()}
     view_logit = {v: np.full(len(df), np.nan) for v in ("", *views)}  # "": the file itself
 
     def rows(images: pd.Index, every_view: bool) -> np.ndarray:
@@ -247,6 +269,7 @@ def cross_validate(
     result.oof = result.oof.assign(logit=view_logit[""], **{f"prob_{v}": sigmoid(z) for v, z in view_logit.items() if v},
                                    **{f"logit_{v}": z for v, z in view_logit.items() if v})
     result.views = list(views)
+    result.selection = {"calibrate": calibrate, "max_group_fpr": max_group_fpr, "band_level": band_level}
     result.skipped = skipped
     result.config = {"backbone": bb.name, "weights_id": bb.weights_id, "head": config.head, "features": features,
                      "n_views": len(train_views), "k": plan.k, "seed": plan.seed, "calib_fraction": plan.calib_fraction,
@@ -259,21 +282,34 @@ def cross_validate(
     return result
 
 
-def _view_features(bb: Backbone, paths: list[str], transform: ImageTransform, features: FeatureKind,
-                   config: ProbeConfig) -> np.ndarray:
-    """The head's input for every path shown through ``transform`` (view 0, not cached: a view is an evaluation
-    condition, not a training view); rows of files that fail are NaN."""
-    out: np.ndarray | None = None
+def _view_features(bb: Backbone, df: pd.DataFrame, name: str, transform: ImageTransform, features: FeatureKind,
+                   config: ProbeConfig, progress: bool = False) -> np.ndarray:
+    """The head's input for every image shown as view ``name`` (view 0 of ``transform``'s pixels), cached under
+    ``<sha256>:<name>`` in the store of ``bb``'s canonical chain (training-view settings do not change view 0, so
+    recipes that differ only in their training views share these); rows of files that fail are NaN."""
+    canonical = copy.copy(bb)  # shares the network; only the preprocessing identity differs
+    canonical.preprocess = bb.preprocess.model_copy(
+        update={"views": bb.preprocess.views.model_copy(update={"p_native": 0.0})})
+    store = FeatureStore.for_backbone(canonical, config.cache_dir)
+    keys = [f"{sha}:{name}" for sha in df["sha256"]]
+    store.verify(keys)
+    todo = [i for i, k in enumerate(keys) if k not in store]
+    batches = forward_files(bb, df["path"].to_numpy()[todo].tolist(), taps=bool(store.layer_dims), transform=transform,
+                            batch_size=config.batch_size, num_workers=config.num_workers, desc=name,
+                            progress=bool(todo) and progress)
     start = 0
-    for batch, ok, pooled, layers, _ in forward_files(bb, paths, taps=features == "concat", transform=transform,
-                                                      batch_size=config.batch_size, num_workers=config.num_workers):
-        x = assemble_features(pooled, layers, features) if ok else None
-        if out is None and x is not None:
-            out = np.full((len(paths), x.shape[1]), np.nan, dtype=np.float32)
-        if out is not None and x is not None:
-            out[start + np.asarray(ok)] = x
+    for batch, ok, pooled, layers, _ in batches:
+        if ok:
+            store.append([keys[todo[start + j]] for j in ok], pooled.numpy(), [t.numpy() for t in layers] or None)
         start += len(batch)
-    return out if out is not None else np.full((len(paths), 1), np.nan, dtype=np.float32)
+    done = [i for i, k in enumerate(keys) if k in store]
+    if not done:
+        return np.full((len(df), 1), np.nan, dtype=np.float32)
+    pooled_all, layers_all = store.load([keys[i] for i in done], layers=features == "concat")
+    x = assemble_features(pooled_all, layers_all, features)
+    out = np.full((len(df), x.shape[1]), np.nan, dtype=np.float32)
+    out[done] = x
+    return out
 
 
 def _refit(

@@ -128,7 +128,8 @@ class TrainingImages(Dataset):
         path, label = self.items[self.order[k]]
         aug_seed, view_seed = np.random.SeedSequence([self.seed, self.epoch, k]).generate_state(2)
         try:
-            img = load_image(path, max_pixels=self.max_pixels, draft_size=self.views.pre.draft_size)
+            pre = self.views.pre  # native views need the image at its own scale: no reduced decode then
+            img = load_image(path, max_pixels=self.max_pixels, draft_size=None if pre.views.p_native else pre.draft_size)
         except ImageLoadError:
             return None  # the validated manifest should not contain these; one bad file must not stop training
         img = apply(get_augment(self.augment, seed=int(aug_seed)), img)

@@ -1,0 +1,58 @@
+"""Nested selection and group-bootstrap intervals (synthdet.evaluation.selection)."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from synthdet.detectors.calibrate import capped_threshold, sigmoid
+from synthdet.evaluation.selection import auc_ci, group_bootstrap, nested_decisions, nested_summary
+
+
+def groups_data(seed: int = 0, n_groups: int = 8, per: int = 60) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Real and generated groups whose mean logit varies by group; real group ``real:odd`` scores like fakes."""
+    rng = np.random.default_rng(seed)
+    y, z, g = [], [], []
+    for i in range(n_groups):
+        for label in (0, 1):
+            shift = (1.5 if label else -1.5) + rng.normal(0, 0.7)
+            name = f"{'fake' if label else 'real'}:{i}"
+            if name == "real:0":
+                shift, name = 1.0, "real:odd"
+            y += [label] * per
+            z += list(rng.normal(shift, 1.0, per))
+            g += [name] * per
+    return np.array(y), np.array(z), np.array(g)
+
+
+def test_a_capped_threshold_judged_on_its_own_rows_meets_the_cap_and_nested_shows_it_does_not_transfer() -> None:
+    y, z, g = groups_data()
+    cap = 0.10
+    thr = capped_threshold(y, sigmoid(z), g, max_fpr=cap)
+    in_sample = max(((sigmoid(z)[(g == name) & (y == 0)] >= thr).mean()) for name in np.unique(g[y == 0]))
+    assert in_sample <= cap  # by construction
+    d = nested_decisions(y, {"file": z, "crop": z - 0.5}, g, calibrate="sigmoid", max_group_fpr=cap, band_level=0.9)
+    odd = d[d["group"] == "real:odd"]
+    assert odd["flagged_file"].mean() > cap  # chosen without it, the odd group is flagged beyond the cap
+    assert (d.groupby("group")["threshold"].nunique() == 1).all()  # one selection per held-out group
+    assert d["threshold"].nunique() > 1  # ... made without that group, so it differs between groups
+    assert (d["band_lo"] <= d["threshold"]).all() and (d["threshold"] <= d["band_hi"]).all()
+    s = nested_summary(d, "file", n_boot=200)
+    assert s["worst_real_flag_rate"] == pytest.approx(odd["flagged_file"].mean())
+    assert s["recall_ci"][0] <= s["recall"] <= s["recall_ci"][1]
+    crop = nested_summary(d, "crop", n_boot=200)
+    assert crop["recall"] < s["recall"]  # the same thresholds applied to lower scores
+
+
+def test_group_bootstrap_resamples_whole_groups_and_says_when_it_cannot() -> None:
+    y, z, g = groups_data(n_groups=10)
+    lo, hi = auc_ci(y, z, g, n_boot=300)
+    from sklearn.metrics import roc_auc_score
+
+    point = roc_auc_score(y, z)
+    assert lo < point < hi and hi - lo > 0.005
+    few_lo, few_hi = auc_ci(*groups_data(n_groups=3), n_boot=300)
+    assert few_hi - few_lo > hi - lo  # fewer groups, wider interval
+    one_real = g != "real:odd"
+    keep = one_real & ((y == 1) | (g == "real:1"))
+    assert np.isnan(group_bootstrap(y[keep], g[keep], lambda idx: float(len(idx)), n_boot=50)).all()
