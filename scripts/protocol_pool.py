@@ -1,0 +1,169 @@
+"""The pool of the generalisation protocol: ``../shared/data/dev`` ∪ ``dev2`` (their original files) ∪ the native
+pool (``scripts/rebuild_pool.py``), every image in a ``group`` (one generator lineage, one photo collection) and a
+``fold`` (whole groups per fold, for fewer fits), framed so that size, shape and file size cannot tell the classes
+apart.
+
+    python scripts/protocol_pool.py [--native build/native-pool] [--out build/protocol-pool]
+
+The frame: generated images are mostly square and about 1 Mpx, camera photos 4:3 and up to 24 Mpx, so a detector
+could learn the class from the frame (and, at the image's own scale, from the zoom level). Every image, of either
+class, is cut to the frame of a generated image drawn at random from the pool (its aspect, and at most its pixel
+count), at a random position and at its own scale — a crop, never a resampling — and stored as JPEG. Both classes
+pass the same chain: decode (EXIF orientation applied) → a first JPEG generation for files that had none (lossless
+PNG/WebP outputs; camera photos and JPEG outputs have theirs) → the crop → JPEG at a quality drawn from 85–97.
+
+Groups are lineages, not file labels: a model the detector was trained on must not come back as "unseen" under
+another name, so DALL-E 2/3 and GPT-image are one group with ``dev``'s OpenAI images, every FLUX derivative is
+``fake:flux``, SD 1.x/2.x checkpoints are one group, and families too small to score alone join the bucket ``dev``
+already has for them (open DiTs, commercial APIs). Photo collections of fewer than 15 images join their
+repository's bucket, and tiny repositories one ``real:misc-samples`` bucket.
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import sys
+from concurrent.futures import ProcessPoolExecutor
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+from build_pool import pooled_manifest  # this script's folder: the dev/dev2 groups are defined there
+from PIL import Image, ImageOps
+from rebuild_pool import QUALITY, balance, describe, meta_auc
+from tqdm import tqdm
+
+from synthdet.io.files import sha256_file
+from synthdet.io.pixels import jpeg_roundtrip
+
+ROOT = Path(__file__).resolve().parents[1]
+
+#: native-pool family → protocol group (a lineage, shared with dev/dev2's group names where they overlap)
+LINEAGE = {
+    **dict.fromkeys(["dalle2", "dalle3", "gpt-image"], "fake:openai"),
+    **dict.fromkeys(["sd1", "sd2", "sdxs", "lcm"], "fake:sd1-sd2"),
+    **dict.fromkeys(["sdxl", "sdxl-turbo", "stable-cascade", "wuerstchen"], "fake:sdxl"),
+    **dict.fromkeys(["flux", "flux2", "chroma", "krea2"], "fake:flux"),
+    **dict.fromkeys(["sd3", "pcm"], "fake:sd3"),
+    "qwen-image": "fake:qwen", "gemini-image": "fake:gemini",
+    **dict.fromkeys(["grok-image", "seedream", "ideogram", "firefly", "recraft", "reve", "luma"], "fake:commercial-api"),
+    **dict.fromkeys(["stylegan", "stylegan2", "stylegan3"], "fake:stylegan"),
+    **dict.fromkeys(["vqgan-clip", "vqgan"], "fake:gan-vqgan"),
+    **dict.fromkeys(["ldm", "glid-3-xl", "majesty-diffusion"], "fake:ldm"),
+    **dict.fromkeys(["sana", "lumina", "lumina-dimoo", "pixart-sigma", "hidream", "auraflow", "z-image", "cosmos",
+                     "cosmos-predict2", "ernie-image", "fibo", "x-omni", "hdm", "prx", "meissonic", "amused", "cogview3",
+                     "kandinsky2", "instaflow", "unidiffuser"], "fake:open-dit"),
+}
+MIN_COLLECTION = 15
+
+
+def native_groups(df: pd.DataFrame) -> pd.Series:
+    fake = df["label"] == 1
+    groups = pd.Series("", index=df.index)
+    groups[fake] = [LINEAGE.get(f, f"fake:{f}") for f in df.loc[fake, "family"]]
+    reals = df[~fake]
+    repo = reals["repository"].str.split("/").str[1].str.lower()
+    sizes = reals.groupby("collection")["collection"].transform("size")
+    name = np.where(sizes >= MIN_COLLECTION, "real:" + reals["collection"], "real:" + repo)
+    repo_sizes = pd.Series(name, index=reals.index).map(pd.Series(name).value_counts())
+    groups[~fake] = np.where(repo_sizes >= MIN_COLLECTION, name, "real:misc-samples")
+    return groups
+
+
+def frame(src: str, key: str, frames: np.ndarray, dest: Path) -> tuple[int, int, int]:
+    """Store ``src`` cut to a frame drawn from ``frames`` (rows ``width, height``) as ``dest``; ``(w, h, bytes)``."""
+    rng = np.random.default_rng(int(hashlib.sha256(key.encode()).hexdigest()[:16], 16))
+    q1, q2 = (int(q) for q in rng.integers(QUALITY[0], QUALITY[1] + 1, size=2))
+    with Image.open(src) as im:
+        first_generation = im.format == "JPEG"
+        im.load()
+        img = ImageOps.exif_transpose(im)
+        if img.mode in ("RGBA", "LA", "PA", "P"):
+            rgba = img.convert("RGBA")
+            img = Image.alpha_composite(Image.new("RGBA", rgba.size, (255, 255, 255, 255)), rgba)
+        img = img.convert("RGB")
+    if not first_generation:
+        img = jpeg_roundtrip(img, q1, subsampling="4:2:0")
+    tw, th = frames[rng.integers(len(frames))]
+    W, H = img.size
+    w = min(float(W), H * tw / th)
+    h = w * th / tw
+    if w * h > tw * th:
+        s = float(np.sqrt(tw * th / (w * h)))
+        w, h = w * s, h * s
+    w, h = w * rng.uniform(0.8, 1.0), h * rng.uniform(0.8, 1.0)  # no class keeps its tell-tale sizes (512², 1024²)
+    w, h = max(16, min(W, round(w))), max(16, min(H, round(h)))
+    x0, y0 = int(rng.integers(0, W - w + 1)), int(rng.integers(0, H - h + 1))
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    tmp = dest.with_suffix(".tmp")
+    img.crop((x0, y0, x0 + w, y0 + h)).save(tmp, format="JPEG", quality=q2, subsampling="4:2:0")
+    tmp.replace(dest)
+    return w, h, dest.stat().st_size
+
+
+def _frame_row(args: tuple[str, str, np.ndarray, Path]) -> tuple[int, int, int]:
+    src, key, frames, dest = args
+    if dest.is_file():
+        with Image.open(dest) as im:
+            return im.width, im.height, dest.stat().st_size
+    return frame(src, key, frames, dest)
+
+
+def assign_folds(groups: pd.Series, labels: pd.Series, k: int) -> pd.Series:
+    """Whole groups into ``k`` folds, largest first into the fold with the fewest images of that class, so every
+    fold holds reals and fakes and about the same number of each."""
+    counts = pd.DataFrame({"group": groups, "label": labels}).groupby("group")["label"].agg(["size", "mean"])
+    load = np.zeros((k, 2))
+    fold_of: dict[str, str] = {}
+    for g, row in counts.sort_values("size", ascending=False).iterrows():
+        cls = int(row["mean"] >= 0.5)
+        f = int(np.argmin(load[:, cls]))
+        load[f, cls] += row["size"]
+        fold_of[str(g)] = f"fold{f:02d}"
+    return groups.map(fold_of)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--native", type=Path, default=ROOT / "build" / "native-pool")
+    ap.add_argument("--out", type=Path, default=ROOT / "build" / "protocol-pool")
+    ap.add_argument("--folds", type=int, default=10)
+    ap.add_argument("--workers", type=int, default=2)
+    ap.add_argument("--ratio", type=float, default=0.0,
+                    help="then at most this class ratio per size/orientation bin (0: none; framing suffices)")
+    args = ap.parse_args()
+    dev = pooled_manifest()
+    dev = dev[dev["ok"]].assign(bytes=lambda d: [Path(p).stat().st_size for p in d["path"]])
+    native = pd.read_csv(args.native / "manifest.csv", dtype={"sha256": str})
+    native = native.assign(path=[str((args.native / p).resolve()) for p in native["path"]], group=native_groups(native),
+                           dataset="native")
+    keep = ["path", "sha256", "label", "source", "generator", "group", "dataset", "width", "height", "bytes"]
+    pool = pd.concat([dev[keep], native[keep]], ignore_index=True).drop_duplicates("sha256")
+    before = {**describe(pool), "meta_auc": meta_auc(pool)}
+    fakes = pool[pool["label"] == 1]
+    frames = fakes[["width", "height"]].to_numpy()
+    jobs = [(p, sha, frames, args.out / "images" / f"{sha[:20]}.jpg") for p, sha in zip(pool["path"], pool["sha256"])]
+    with ProcessPoolExecutor(args.workers) as ex:
+        sizes = list(tqdm(ex.map(_frame_row, jobs, chunksize=8), total=len(jobs), desc="frame"))
+    pool = pool.assign(original=pool["path"], path=[str(j[3]) for j in jobs], width=[s[0] for s in sizes],
+                       height=[s[1] for s in sizes], bytes=[s[2] for s in sizes])
+    pool["sha256"] = [sha256_file(p) for p in pool["path"]]
+    framed = {**describe(pool), "meta_auc": meta_auc(pool)}
+    if args.ratio:
+        pool = balance(pool, ratio=args.ratio)
+    pool["fold"] = assign_folds(pool["group"], pool["label"], args.folds)
+    after = {**describe(pool), "meta_auc": meta_auc(pool)}
+    pool.to_csv(args.out / "manifest.csv", index=False, lineterminator="\n")
+    report = {"originals": before, "framed": framed, **({"balanced": {"ratio": args.ratio, **after}} if args.ratio else {})}
+    (args.out / "report.json").write_text(json.dumps(report, indent=2))
+    print(pool.groupby(["label", "group"]).size().to_string(), file=sys.stderr)
+    print(json.dumps(report, indent=1))
+    print(f"{len(pool)} images, {pool['group'].nunique()} groups, {pool['fold'].nunique()} folds → {args.out}; "
+          f"frame-only ROC AUC {before['meta_auc']:.3f} on the originals, {framed['meta_auc']:.3f} framed"
+          + (f", {after['meta_auc']:.3f} balanced" if args.ratio else ""))
+
+
+if __name__ == "__main__":
+    main()
