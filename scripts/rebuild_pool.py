@@ -47,10 +47,10 @@ Image.MAX_IMAGE_PIXELS = 120_000_000
 
 def git_dir(mirrors: Path, repository: str) -> Path | None:
     owner, name = repository.split("/", 1)
-    for candidate in (mirrors / f"{owner}+{name}" / "repo", mirrors / f"{owner}+{name}" / "repo" / ".git",
-                      mirrors / f"{owner}+{name}", mirrors / owner / name / ".git", mirrors / owner / name):
-        if (candidate / "HEAD").is_file():
-            return candidate
+    for base in (mirrors / f"{owner}+{name}" / "repo", mirrors / f"{owner}+{name}", mirrors / owner / name):
+        for candidate in (base, base / ".git"):  # a bare snapshot or a clone's git folder
+            if (candidate / "HEAD").is_file():
+                return candidate
     return None
 
 
