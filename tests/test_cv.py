@@ -251,3 +251,20 @@ def test_cv_scores_every_held_out_image_in_other_views(tmp_path: Path, demo_cv) 
     for bad in ("small", "nope"):
         out = CliRunner().invoke(app, [*args, "--view", bad, "-o", str(tmp_path / "bad")])
         assert out.exit_code == 2 and "not a pixel view" in out.output and "thumbnail" in out.output
+    refused = CliRunner().invoke(app, [*args, "--view", "original", "-o", str(tmp_path / "bad")])
+    assert refused.exit_code == 2 and "--views-from" in refused.output
+
+
+def test_views_cut_from_the_original_files_and_the_original_view_is_the_scoring_path(tmp_path: Path, demo_cv) -> None:
+    """``--views-from COLUMN``: views are cut from the file that column names; ``original`` shows it as predict does,
+    so when the column names the pool file itself its scores are the file view's."""
+    tmp, grouped, table, app = grouped_cv(demo_cv, tmp_path)
+    pd.read_csv(grouped).assign(original=lambda d: d["path"]).to_csv(grouped, index=False)
+    args = ["cv", str(grouped), "--group-by", "group", "--views", "1", "--workers", "0", "--cache", str(tmp / "cache")]
+    res = CliRunner().invoke(app, [*args, "--views-from", "original", "--view", "original", "--view", "crop", "--json",
+                                   "-o", str(tmp_path / "out")])
+    assert res.exit_code == 0, res.output
+    oof = pd.read_csv(tmp_path / "out" / "oof.csv")
+    assert np.allclose(oof["prob_original"], oof["prob"], atol=1e-4)  # float16 features, batched differently
+    missing = CliRunner().invoke(app, [*args, "--views-from", "nope", "--view", "crop", "-o", str(tmp_path / "bad")])
+    assert missing.exit_code != 0 and "nope" in str(missing.exception or missing.output)

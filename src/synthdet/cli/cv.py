@@ -153,7 +153,11 @@ def cv_command(
     view: Annotated[list[str] | None, typer.Option(
         "--view", help="Also score every held-out image in this view, by the same fold models (repeatable): "
                        "thumbnail (centre square, 384 px, JPEG 70-95), crop (224 px at native scale, JPEG 70-95), "
-                       "or any slice of `synthdet evaluate`.")] = None,
+                       "or any slice of `synthdet evaluate`; with --views-from also 'original'.")] = None,
+    views_from: Annotated[str | None, typer.Option(
+        "--views-from", help="Cut the --view views from the file in this manifest column (a pool stored as crops "
+                             "of larger originals is judged on the originals); adds the view 'original': that "
+                             "file as predict sees it.")] = None,
     native_size: NativeSize = None,
     tap_pool: TapPoolOption = "mean",
     quiet: Quiet = False,
@@ -174,8 +178,13 @@ def cv_command(
     if (band_level is not None or folds_by) and not group_by:
         raise fail("--band-level and --folds-by need --group-by")
     from synthdet.data.perturbations import get_view
+    from synthdet.training.cv import ORIGINAL_VIEW
 
+    if ORIGINAL_VIEW in (view or []) and not views_from:
+        raise fail(f"--view {ORIGINAL_VIEW} needs --views-from COLUMN (each image's original file)")
     for v in view or []:
+        if v == ORIGINAL_VIEW:
+            continue
         try:
             get_view(v)
         except ValueError as e:
@@ -189,7 +198,7 @@ def cv_command(
     result = cross_validate(
         data, config, k=k, group_by=group_by, folds_by=folds_by, refit_all=refit,
         calibrate=cast("CalibrationMethod | None", calibrate), max_group_fpr=max_group_fpr, band_level=band_level,
-        views=view or (), out=out, progress=not quiet,
+        views=view or (), views_from=views_from, out=out, progress=not quiet,
     )
     for path, reason in result.skipped:
         skipped(path, reason)

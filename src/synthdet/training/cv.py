@@ -68,6 +68,8 @@ FoldFitter = Callable[[int, pd.DataFrame, pd.DataFrame], tuple[np.ndarray, float
 The threshold must never come from the test rows: a recipe that fits something takes it from the ``calib`` rows. A
 NaN probability marks a test image that could not be scored (left out of that fold's metrics, kept in the table)."""
 
+#: The view that shows each image's ``views_from`` file unchanged, through the scoring path's own decoding.
+ORIGINAL_VIEW = "original"
 #: Per-fold metrics, in table order: ranking metrics, then decisions at the fold's own calibrated threshold.
 FOLD_METRICS = ("roc_auc", "ap", "f1", "accuracy", "eer")
 
@@ -213,6 +215,7 @@ def cross_validate(
     max_group_fpr: float | None = None,
     band_level: float | None = None,
     views: Sequence[str] = (),
+    views_from: str | None = None,
     out: str | Path | None = None,
     progress: bool = False,
 ) -> CVResult:
@@ -221,10 +224,15 @@ def cross_validate(
     ``k`` and the config's ``seed`` and ``calib_fraction``; with ``group_by``, one fold per value of that column —
     leave-one-source-out, the protocol that predicts the wild; ``folds_by``: a coarser column whose values hold several
     whole groups each, for fewer folds when groups are many). ``views`` (slices, e.g. ``thumbnail`` and ``crop``:
-    :func:`~synthdet.data.perturbations.get_view`) are scored too, by the same fold models on the same held-out images,
-    into ``oof["prob_<view>"]`` (:meth:`CVResult.view_summary`). ``out`` receives ``cv.json``, ``oof.csv``,
+    :func:`~synthdet.data.perturbations.get_view`; ``original``: the file as scoring sees it) are scored too, by the same
+    fold models on the same held-out images, into ``oof["prob_<view>"]`` (:meth:`CVResult.view_summary`), cut from
+    the file in column ``views_from`` when given (a pool stored as crops of larger originals is judged on the
+    originals, as the world shows them). ``out`` receives ``cv.json``, ``oof.csv``,
     ``plan.json`` and, with ``refit_all``, ``detector/``."""
-    shown_as = {v: get_view(v) for v in views}  # a name that is not a view fails before any work
+    # a name that is not a view fails before any work; "original": the file of ``views_from`` as predict sees it
+    shown_as = {v: None if v == ORIGINAL_VIEW else get_view(v) for v in views}
+    if ORIGINAL_VIEW in shown_as and views_from is None:
+        raise ValueError(f"the {ORIGINAL_VIEW!r} view needs views_from (the column naming each image's original file)")
     df, skipped = usable_rows(data, progress=progress)
     df = df.drop_duplicates("sha256").reset_index(drop=True)
     plan = plan or SplitPlan.build(df, test=0.0, calib=config.calib_fraction, k=k, seed=config.seed,
@@ -245,7 +253,9 @@ def cross_validate(
     X, owner = load_features(store, df["sha256"].tolist(), train_views, features)  # row i * len(views) + v
     y, shas = df["label"].to_numpy()[owner], df["sha256"].to_numpy()[owner]
 
-    shown = {v: _view_features(bb, df, v, s, features, config, progress) for v, s in shown_as.items()}
+    if views_from is not None and views_from not in df:
+        raise ValueError(f"no column {views_from!r} to cut the views from (columns: {list(df.columns)})")
+    shown = {v: _view_features(bb, df, v, s, features, config, progress, views_from) for v, s in shown_as.items()}
     view_logit = {v: np.full(len(df), np.nan) for v in ("", *views)}  # "": the file itself
 
     def rows(images: pd.Index, every_view: bool) -> np.ndarray:
@@ -282,19 +292,21 @@ def cross_validate(
     return result
 
 
-def _view_features(bb: Backbone, df: pd.DataFrame, name: str, transform: ImageTransform, features: FeatureKind,
-                   config: ProbeConfig, progress: bool = False) -> np.ndarray:
-    """The head's input for every image shown as view ``name`` (view 0 of ``transform``'s pixels), cached under
-    ``<sha256>:<name>`` in the store of ``bb``'s canonical chain (training-view settings do not change view 0, so
-    recipes that differ only in their training views share these); rows of files that fail are NaN."""
+def _view_features(bb: Backbone, df: pd.DataFrame, name: str, transform: ImageTransform | None, features: FeatureKind,
+                   config: ProbeConfig, progress: bool = False, views_from: str | None = None) -> np.ndarray:
+    """The head's input for every image shown as view ``name`` (view 0 of ``transform``'s pixels; ``None``: the file
+    as scoring sees it) of the file in ``views_from`` (default: ``path``), cached under ``<sha256>:<name>[@column]``
+    in the store of ``bb``'s canonical chain (training-view settings do not change view 0, so recipes that differ
+    only in their training views share these); rows of files that fail are NaN."""
     canonical = copy.copy(bb)  # shares the network; only the preprocessing identity differs
     canonical.preprocess = bb.preprocess.model_copy(
         update={"views": bb.preprocess.views.model_copy(update={"p_native": 0.0})})
     store = FeatureStore.for_backbone(canonical, config.cache_dir)
-    keys = [f"{sha}:{name}" for sha in df["sha256"]]
+    keys = [f"{sha}:{name}" + (f"@{views_from}" if views_from else "") for sha in df["sha256"]]
     store.verify(keys)
     todo = [i for i, k in enumerate(keys) if k not in store]
-    batches = forward_files(bb, df["path"].to_numpy()[todo].tolist(), taps=bool(store.layer_dims), transform=transform,
+    files = df[views_from or "path"].to_numpy()
+    batches = forward_files(bb, files[todo].tolist(), taps=bool(store.layer_dims), transform=transform,
                             batch_size=config.batch_size, num_workers=config.num_workers, desc=name,
                             progress=bool(todo) and progress)
     start = 0
