@@ -165,7 +165,7 @@ def test_band_from_card_or_default(det: Detector) -> None:
     det = with_card(det, data={k: v for k, v in det.card.data.items() if k != "uncertain_band"})
     a = assess_image(det, data, evidence=False)
     assert a.band_source == "default, not calibrated"
-    assert a.band == pytest.approx((det.threshold - 0.1, det.threshold + 0.1))
+    assert a.band == pytest.approx((max(0.0, det.threshold - 0.1), min(1.0, det.threshold + 0.1)))
     assert "band: default, not calibrated" in " ".join(a.reasons)
     p = a.probability
     inside = with_card(det, data={**det.card.data, "uncertain_band": [max(0.0, p - 0.01), min(1.0, p + 0.01)]})
