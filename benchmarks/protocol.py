@@ -54,6 +54,8 @@ LEVERS: dict[str, tuple[Callable[[], Backbone], dict[str, Any], str]] = {
     "native50": (native_views(0.5), GENERALISING_HEAD,
                  "half the training views cut at the image's own scale (58-100 % of 384 px), the others as base"),
     "native50x5": (native_views(0.5), {**GENERALISING_HEAD, "n_views": 5}, "native50 with 5 views per image"),
+    "C0.05": (lambda: generalising_backbone("effnet-lite0"), {**GENERALISING_HEAD, "head_params": {"C": 0.05}},
+              "base with a 10x stronger L2 penalty on the logistic head"),
     "lite2": (lambda: generalising_backbone("effnet-lite2"), GENERALISING_HEAD, "base on EfficientNet-Lite2"),
     "lite2-native50": (native_views(0.5, "effnet-lite2"), GENERALISING_HEAD, "native50 on EfficientNet-Lite2"),
 }
