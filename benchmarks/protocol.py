@@ -2,7 +2,7 @@
 as a thumbnail and as a native-scale crop (issue 19).
 
     python scripts/rebuild_pool.py && python scripts/protocol_pool.py     # the pool (needs the sources' snapshots)
-    python benchmarks/protocol.py [--only base native50] [--pool build/protocol-pool/manifest.csv]
+    python benchmarks/protocol.py [--only base native50 lite2 base+lite2] [--pool build/protocol-pool/manifest.csv]
 
 Each lever is a :class:`~synthdet.training.train.ProbeConfig` cross-validated with :func:`~synthdet.training.cv.
 cross_validate`: folds hold out whole groups (``fold``: about ten, each a set of whole generator lineages and photo
@@ -24,9 +24,13 @@ from pathlib import Path
 from typing import Any
 
 import _common  # noqa: F401  (import fallback for a checkout)
+import numpy as np
 import pandas as pd
+from sklearn.metrics import roc_auc_score
 
 from synthdet.backbones.base import Backbone
+from synthdet.evaluation.metrics import source_table
+from synthdet.evaluation.selection import auc_ci, nested_decisions, nested_summary
 from synthdet.features.extract import forward_files
 from synthdet.training.cv import cross_validate
 from synthdet.training.train import GENERALISING_HEAD, ProbeConfig, generalising_backbone
@@ -94,6 +98,35 @@ def run_lever(name: str, manifest: Path, pool: pd.DataFrame, out: Path, cache: P
                     "decisions chosen with its group left out"}
 
 
+def pair_lever(a: dict[str, Any], b: dict[str, Any], out: Path) -> dict[str, Any]:
+    """Two levers' fold models as one detector (mean raw logit), from their saved held-out scores: the same folds,
+    views and nested decisions; the CPU cost is the sum."""
+    oa = pd.read_csv(out / a["lever"] / "oof.csv", dtype={"sha256": str})
+    ob = pd.read_csv(out / b["lever"] / "oof.csv", dtype={"sha256": str})
+    m = oa.merge(ob, on="sha256", suffixes=("", "_b"))
+    if not (m["fold"] == m["fold_b"]).all() or len(m) != len(oa):
+        raise ValueError(f"{a['lever']} and {b['lever']} were not run on the same folds")
+    y, g = m["label"].to_numpy(), m["group"].to_numpy()
+    cols = {"file": "logit", **{v: f"logit_{v}" for v in VIEWS}}
+    logits = {v: ((m[c] + m[f"{c}_b"]) / 2).to_numpy() for v, c in cols.items()}
+    decisions = nested_decisions(y, logits, g, **SELECTION)
+    rows: dict[str, Any] = {}
+    for view, z in logits.items():
+        ok = np.isfinite(z)
+        groups = source_table(y[ok], z[ok], g[ok], threshold=np.inf)
+        worst = groups.loc[groups["roc_auc"].idxmin()]
+        n = nested_summary(decisions, view)
+        rows[view] = {"roc_auc": float(roc_auc_score(y[ok], z[ok])), "roc_auc_ci": auc_ci(y[ok], z[ok], g[ok]),
+                      "worst_group_auc": float(worst["roc_auc"]), "worst_group": str(worst["group"]),
+                      "recall_nested": n["recall"], "recall_nested_ci": n["recall_ci"],
+                      "worst_real_flagged_nested": n["worst_real_flag_rate"],
+                      "worst_real_flagged_nested_ci": n["worst_real_flag_rate_ci"], "real_flagged_nested": n["real_flag_rate"]}
+    return {"lever": f"{a['lever']}+{b['lever']}", "what": f"mean logit of {a['lever']} and {b['lever']}",
+            "views": rows, "n_images": a["n_images"], "k": a["k"], "groups": a["groups"],
+            "cpu_ms_per_image": a["cpu_ms_per_image"] + b["cpu_ms_per_image"], "wall_s": 0.0, "selection": SELECTION,
+            "rows": a["rows"]}
+
+
 def table(results: list[dict[str, Any]]) -> str:
     lines = ["| lever | view | ROC AUC [95% CI] | worst group AUC | nested recall | nested worst real flagged | CPU ms/img |",
              "|---|---|---|---|---|---|---|"]
@@ -120,7 +153,11 @@ def main() -> None:
     pool = pd.read_csv(args.pool, dtype={"sha256": str})
     done = {r["lever"]: r for r in json.loads(args.json.read_text())["levers"]} if args.json.is_file() else {}
     for name in args.only:
-        done[name] = run_lever(name, args.pool, pool, args.out, args.cache)
+        if "+" in name:  # a pair of levers already run: their held-out scores averaged
+            first, second = name.split("+", 1)
+            done[name] = pair_lever(done[first], done[second], args.out)
+        else:
+            done[name] = run_lever(name, args.pool, pool, args.out, args.cache)
         results = list(done.values())
         args.json.write_text(json.dumps({"pool": {"n": len(pool), "groups": int(pool["group"].nunique()),
                                                   "by_label": pool["label"].value_counts().to_dict()},
