@@ -74,6 +74,17 @@ def cpu_ms(bb: Backbone, paths: list[str]) -> float:
     return 1000 * (time.perf_counter() - start) / len(paths)
 
 
+def view_row(ranking: dict[str, Any], nested: dict[str, Any]) -> dict[str, Any]:
+    """One view's row of the table: pooled AUC, its interval and the worst group (``ranking``, as
+    :meth:`~synthdet.training.cv.CVResult.view_summary` gives them), and the nested decisions' figures."""
+    return {"roc_auc": ranking["roc_auc"], "roc_auc_ci": ranking["roc_auc_ci"],
+            "worst_group_auc": ranking["worst_group_auc"], "worst_group": ranking["worst_group"],
+            "recall_nested": nested["recall"], "recall_nested_ci": nested["recall_ci"],
+            "worst_real_flagged_nested": nested["worst_real_flag_rate"],
+            "worst_real_flagged_nested_ci": nested["worst_real_flag_rate_ci"],
+            "real_flagged_nested": nested["real_flag_rate"]}
+
+
 def run_lever(name: str, manifest: Path, pool: pd.DataFrame, out: Path, cache: Path | None) -> dict[str, Any]:
     build, head, what = LEVERS[name]
     bb = build()
@@ -82,14 +93,7 @@ def run_lever(name: str, manifest: Path, pool: pd.DataFrame, out: Path, cache: P
     res = cross_validate(manifest, config, group_by="group", folds_by="fold", views=VIEWS, views_from="original", out=out / name, progress=True,
                          **SELECTION)
     summary = res.summary()
-    rows: dict[str, Any] = {}
-    for view, b in summary["views"].items():
-        n = summary["nested"][view]
-        rows[view] = {"roc_auc": b["roc_auc"], "roc_auc_ci": b["roc_auc_ci"], "worst_group_auc": b["worst_group_auc"],
-                      "worst_group": b["worst_group"], "recall_nested": n["recall"], "recall_nested_ci": n["recall_ci"],
-                      "worst_real_flagged_nested": n["worst_real_flag_rate"],
-                      "worst_real_flagged_nested_ci": n["worst_real_flag_rate_ci"],
-                      "real_flagged_nested": n["real_flag_rate"]}
+    rows = {view: view_row(b, summary["nested"][view]) for view, b in summary["views"].items()}
     sample = pool.sample(min(48, len(pool)), random_state=0)["path"].tolist()
     return {"lever": name, "what": what, "views": rows, "n_images": res.config["n_images"], "k": res.config["k"],
             "groups": int(pool["group"].nunique()), "cpu_ms_per_image": cpu_ms(bb, sample),
@@ -115,12 +119,9 @@ def pair_lever(a: dict[str, Any], b: dict[str, Any], out: Path) -> dict[str, Any
         ok = np.isfinite(z)
         groups = source_table(y[ok], z[ok], g[ok], threshold=np.inf)
         worst = groups.loc[groups["roc_auc"].idxmin()]
-        n = nested_summary(decisions, view)
-        rows[view] = {"roc_auc": float(roc_auc_score(y[ok], z[ok])), "roc_auc_ci": auc_ci(y[ok], z[ok], g[ok]),
-                      "worst_group_auc": float(worst["roc_auc"]), "worst_group": str(worst["group"]),
-                      "recall_nested": n["recall"], "recall_nested_ci": n["recall_ci"],
-                      "worst_real_flagged_nested": n["worst_real_flag_rate"],
-                      "worst_real_flagged_nested_ci": n["worst_real_flag_rate_ci"], "real_flagged_nested": n["real_flag_rate"]}
+        ranking = {"roc_auc": float(roc_auc_score(y[ok], z[ok])), "roc_auc_ci": auc_ci(y[ok], z[ok], g[ok]),
+                   "worst_group_auc": float(worst["roc_auc"]), "worst_group": str(worst["group"])}
+        rows[view] = view_row(ranking, nested_summary(decisions, view))
     return {"lever": f"{a['lever']}+{b['lever']}", "what": f"mean logit of {a['lever']} and {b['lever']}",
             "views": rows, "n_images": a["n_images"], "k": a["k"], "groups": a["groups"],
             "cpu_ms_per_image": a["cpu_ms_per_image"] + b["cpu_ms_per_image"], "wall_s": 0.0, "selection": SELECTION,

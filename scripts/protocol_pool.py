@@ -31,12 +31,12 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 from build_pool import pooled_manifest  # this script's folder: the dev/dev2 groups are defined there
-from PIL import Image, ImageOps
-from rebuild_pool import QUALITY, balance, describe, meta_auc
+from PIL import Image
+from rebuild_pool import MAX_PIXELS, QUALITY, balance, describe, meta_auc
 from tqdm import tqdm
 
 from synthdet.io.files import sha256_file
-from synthdet.io.pixels import jpeg_roundtrip
+from synthdet.io.pixels import jpeg_roundtrip, load_image
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -78,12 +78,7 @@ def frame(src: str, key: str, frames: np.ndarray, dest: Path) -> tuple[int, int,
     q1, q2 = (int(q) for q in rng.integers(QUALITY[0], QUALITY[1] + 1, size=2))
     with Image.open(src) as im:
         first_generation = im.format == "JPEG"
-        im.load()
-        img = ImageOps.exif_transpose(im)
-        if img.mode in ("RGBA", "LA", "PA", "P"):
-            rgba = img.convert("RGBA")
-            img = Image.alpha_composite(Image.new("RGBA", rgba.size, (255, 255, 255, 255)), rgba)
-        img = img.convert("RGB")
+    img = load_image(src, max_pixels=MAX_PIXELS)  # as synthdet decodes: EXIF orientation, alpha on white
     if not first_generation:
         img = jpeg_roundtrip(img, q1, subsampling="4:2:0")
     tw, th = frames[rng.integers(len(frames))]

@@ -35,6 +35,8 @@ import pandas as pd
 from PIL import Image
 from tqdm import tqdm
 
+from synthdet.io.pixels import load_image
+
 ROOT = Path(__file__).resolve().parents[1]
 SOURCES = ROOT / "data" / "pool" / "sources.csv"
 COLUMNS = ["repository", "commit", "path", "sha256", "bytes", "format", "width", "height", "label", "generator",
@@ -42,7 +44,8 @@ COLUMNS = ["repository", "commit", "path", "sha256", "bytes", "format", "width",
 QUALITY = (85, 97)
 META_AUC_BAR = 0.60
 
-Image.MAX_IMAGE_PIXELS = 120_000_000
+MAX_PIXELS = 120_000_000  # the largest camera files of the sources decode; Pillow's own bomb check follows it
+Image.MAX_IMAGE_PIXELS = MAX_PIXELS
 
 
 def git_dir(mirrors: Path, repository: str) -> Path | None:
@@ -85,27 +88,19 @@ def quality_for(sha256: str) -> int:
 
 
 def stored_bytes(data: bytes, sha256: str) -> tuple[bytes, int, int, str]:
-    """``(bytes to store, width, height, how)``: JPEGs as they are, anything else encoded once as JPEG at its own
-    size (palette and alpha to RGB on white first; EXIF orientation applied, as a viewer shows it)."""
-    from PIL import ImageOps
-
+    """``(bytes to store, width, height, how)``: JPEGs as they are, anything else decoded as synthdet decodes it
+    (EXIF orientation applied, palette and alpha to RGB on white: :func:`~synthdet.io.pixels.load_image`) and encoded
+    once as JPEG at its own size."""
     with Image.open(io.BytesIO(data)) as im:
         fmt = im.format
-        if fmt == "JPEG":
-            w, h = ImageOps.exif_transpose(im).size if im.getexif().get(0x0112, 1) in (5, 6, 7, 8) else im.size
+        if fmt == "JPEG":  # as a viewer shows it: orientations 5-8 turn the frame by 90°
+            w, h = (im.height, im.width) if im.getexif().get(0x0112, 1) in (5, 6, 7, 8) else im.size
             return data, w, h, "copied"
-        im.seek(0)
-        im.load()
-        im = ImageOps.exif_transpose(im)
-        if im.mode in ("RGBA", "LA", "PA", "P"):
-            rgba = im.convert("RGBA")
-            bg = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
-            im = Image.alpha_composite(bg, rgba)
-        rgb = im.convert("RGB")
-        q = quality_for(sha256)
-        buf = io.BytesIO()
-        rgb.save(buf, format="JPEG", quality=q, subsampling="4:2:0")
-        return buf.getvalue(), rgb.width, rgb.height, f"{fmt} → JPEG q{q}"
+    rgb = load_image(data, max_pixels=MAX_PIXELS)
+    q = quality_for(sha256)
+    buf = io.BytesIO()
+    rgb.save(buf, format="JPEG", quality=q, subsampling="4:2:0")
+    return buf.getvalue(), rgb.width, rgb.height, f"{fmt} → JPEG q{q}"
 
 
 def group_of(row: pd.Series) -> str:

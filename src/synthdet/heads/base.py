@@ -49,10 +49,7 @@ def head_from_state(kind: str, params: dict[str, Any], state: dict[str, torch.Te
 
 
 def head_logit(head: BaseEstimator, X: np.ndarray) -> np.ndarray:
-    """The head's raw logit of "generated" (float64): its ``decision_function``, or for a head without one the logit
-    of its probability. Calibration and ranking read this, not the probability, which rounds to 1.0 for confident
-    fakes and makes them all tie."""
-    if hasattr(head, "decision_function"):
-        return np.asarray(head.decision_function(X), dtype=np.float64).reshape(-1)
-    p = np.clip(np.asarray(head.predict_proba(X), dtype=np.float64)[:, 1], 1e-16, 1 - 1e-16)
-    return np.log(p) - np.log1p(-p)
+    """The head's raw logit of "generated" (float64), its ``decision_function`` (every head in :data:`HEADS` has
+    one). Calibration and ranking read this, not the probability, which rounds to 1.0 for confident fakes and makes
+    them all tie."""
+    return np.asarray(head.decision_function(X), dtype=np.float64).reshape(-1)

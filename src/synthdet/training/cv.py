@@ -88,6 +88,19 @@ class CVResult:
     views: list[str] = field(default_factory=list)  # other views scored by the same fold models: oof["prob_<view>"]
     #: how a refitted detector's decisions are chosen (calibrate, max_group_fpr, band_level): :meth:`nested` repeats it
     selection: dict[str, Any] = field(default_factory=dict)
+    #: the bootstrapped figures (views, nested), computed once per state of the fields they read: several readers
+    #: (the card, cv.json, the CLI's tables) ask for them, and each computation takes seconds
+    _memo: tuple[tuple, dict[str, Any]] | None = field(default=None, init=False, repr=False, compare=False)
+
+    def _once(self, name: str, compute: Callable[[], dict[str, Any]]) -> dict[str, Any]:
+        """``compute()``, kept until :attr:`oof` is replaced or the views, groups or selection change."""
+        state = (self.oof, tuple(self.views), self.group_by, tuple(sorted(self.selection.items())))
+        if self._memo is None or self._memo[0][0] is not self.oof or self._memo[0][1:] != state[1:]:
+            self._memo = (state, {})
+        values = self._memo[1]
+        if name not in values:
+            values[name] = compute()
+        return values[name]
 
     def scored(self) -> pd.DataFrame:
         """The out-of-fold rows that got a probability (an image that could not be scored has NaN)."""
@@ -134,6 +147,10 @@ class CVResult:
         flag rates and the band's figures, held out for the selection too, with group-bootstrap intervals."""
         if self.group_by is None:
             raise ValueError("nested selection needs leave-one-group-out folds (group_by)")
+        return self._once("nested", self._nested)
+
+    def _nested(self) -> dict[str, Any]:
+        assert self.group_by is not None
         rows = self.scored()
         logits = {"file": oof_logit(rows), **{v: oof_logit(rows, v) for v in self.views}}
         decisions = nested_decisions(rows["label"].to_numpy(), logits, rows[self.group_by].to_numpy(), **self.selection)
@@ -141,8 +158,12 @@ class CVResult:
 
     def view_summary(self) -> dict[str, Any]:
         """Per view (``file``: the image as given, then each of :attr:`views`), the same held-out figures: pooled ROC
-        AUC, and with ``group_by`` the worst group's AUC and the most-flagged real group at one threshold for every
-        view — the F1-optimal one of the file view, as a deployed detector has one threshold whatever it is shown."""
+        AUC, and with ``group_by`` its group-bootstrap interval, the worst group's AUC and the most-flagged real group
+        at one threshold for every view — the F1-optimal one of the file view, as a deployed detector has one
+        threshold whatever it is shown."""
+        return self._once("views", self._view_summary)
+
+    def _view_summary(self) -> dict[str, Any]:
         file = self.scored()
         thr = f1_optimal_threshold(file["label"].to_numpy(), file["prob"].to_numpy())
         out: dict[str, Any] = {}
@@ -372,9 +393,10 @@ def decide(
     scored = cv.scored()
     y, prob = scored["label"].to_numpy(), scored["prob"].to_numpy()
     rows = ("leave-one-group-out" if cv.group_by else "out-of-fold") + f" probabilities ({len(y)} images)"
-    calibration = fit_calibration(y, oof_logit(scored), method=calibrate, rows=rows) if calibrate else None
+    z = oof_logit(scored)
+    calibration = fit_calibration(y, z, method=calibrate, rows=rows) if calibrate else None
     if calibration is not None:
-        prob = calibration(oof_logit(scored))
+        prob = calibration(z)
     if max_group_fpr is None:
         return calibration, f1_optimal_threshold(y, prob), f"F1-optimal on the {rows}"
     if cv.group_by is None:
