@@ -28,7 +28,7 @@ import numpy as np
 import pandas as pd
 from sklearn.metrics import roc_auc_score
 
-from synthdet.backbones.base import Backbone
+from synthdet.backbones.base import Backbone, create_backbone
 from synthdet.evaluation.metrics import source_table
 from synthdet.evaluation.selection import auc_ci, nested_decisions, nested_summary
 from synthdet.features.extract import forward_files
@@ -62,6 +62,9 @@ LEVERS: dict[str, tuple[Callable[[], Backbone], dict[str, Any], str]] = {
               "base with a 10x stronger L2 penalty on the logistic head"),
     "lite2": (lambda: generalising_backbone("effnet-lite2"), GENERALISING_HEAD, "base on EfficientNet-Lite2"),
     "lite2-native50": (native_views(0.5, "effnet-lite2"), GENERALISING_HEAD, "native50 on EfficientNet-Lite2"),
+    "residual": (lambda: create_backbone("residual"), GENERALISING_HEAD,
+                 "noise-residual statistics (6 fixed high-pass filters: spread, kurtosis, flatness, autocorrelation "
+                 "at lags 1-8, colour coupling) of a 256-px window at the image's own scale, logreg, 3 views"),
 }
 
 
@@ -102,17 +105,21 @@ def run_lever(name: str, manifest: Path, pool: pd.DataFrame, out: Path, cache: P
                     "decisions chosen with its group left out"}
 
 
-def pair_lever(a: dict[str, Any], b: dict[str, Any], out: Path) -> dict[str, Any]:
-    """Two levers' fold models as one detector (mean raw logit), from their saved held-out scores: the same folds,
-    views and nested decisions; the CPU cost is the sum."""
-    oa = pd.read_csv(out / a["lever"] / "oof.csv", dtype={"sha256": str})
-    ob = pd.read_csv(out / b["lever"] / "oof.csv", dtype={"sha256": str})
-    m = oa.merge(ob, on="sha256", suffixes=("", "_b"))
-    if not (m["fold"] == m["fold_b"]).all() or len(m) != len(oa):
-        raise ValueError(f"{a['lever']} and {b['lever']} were not run on the same folds")
+def mean_lever(levers: list[dict[str, Any]], out: Path) -> dict[str, Any]:
+    """Several levers' fold models as one detector (mean raw logit), from their saved held-out scores: the same folds,
+    views and nested decisions; the CPU cost is the sum. For two logistic probes on the same pixels this is exactly
+    what ``cross_validate([a, b])`` and the saved pair compute (tests/test_cv.py)."""
+    frames = [pd.read_csv(out / lv["lever"] / "oof.csv", dtype={"sha256": str}) for lv in levers]
+    m = frames[0]
+    for j, other in enumerate(frames[1:], 1):
+        m = m.merge(other[["sha256", "fold", "logit", *(f"logit_{v}" for v in VIEWS)]], on="sha256",
+                    suffixes=("", f"_{j}"))
+        if not (m["fold"] == m[f"fold_{j}"]).all() or len(m) != len(frames[0]):
+            raise ValueError(f"{levers[0]['lever']} and {levers[j]['lever']} were not run on the same folds")
     y, g = m["label"].to_numpy(), m["group"].to_numpy()
     cols = {"file": "logit", **{v: f"logit_{v}" for v in VIEWS}}
-    logits = {v: ((m[c] + m[f"{c}_b"]) / 2).to_numpy() for v, c in cols.items()}
+    logits = {v: np.mean([m[c if j == 0 else f"{c}_{j}"] for j in range(len(frames))], axis=0)
+              for v, c in cols.items()}
     decisions = nested_decisions(y, logits, g, **SELECTION)
     rows: dict[str, Any] = {}
     for view, z in logits.items():
@@ -122,10 +129,12 @@ def pair_lever(a: dict[str, Any], b: dict[str, Any], out: Path) -> dict[str, Any
         ranking = {"roc_auc": float(roc_auc_score(y[ok], z[ok])), "roc_auc_ci": auc_ci(y[ok], z[ok], g[ok]),
                    "worst_group_auc": float(worst["roc_auc"]), "worst_group": str(worst["group"])}
         rows[view] = view_row(ranking, nested_summary(decisions, view))
-    return {"lever": f"{a['lever']}+{b['lever']}", "what": f"mean logit of {a['lever']} and {b['lever']}",
-            "views": rows, "n_images": a["n_images"], "k": a["k"], "groups": a["groups"],
-            "cpu_ms_per_image": a["cpu_ms_per_image"] + b["cpu_ms_per_image"], "wall_s": 0.0, "selection": SELECTION,
-            "rows": a["rows"]}
+    names = [lv["lever"] for lv in levers]
+    first = levers[0]
+    return {"lever": "+".join(names), "what": f"mean logit of {', '.join(names)}",
+            "views": rows, "n_images": first["n_images"], "k": first["k"], "groups": first["groups"],
+            "cpu_ms_per_image": sum(lv["cpu_ms_per_image"] for lv in levers), "wall_s": 0.0, "selection": SELECTION,
+            "rows": first["rows"]}
 
 
 def table(results: list[dict[str, Any]]) -> str:
@@ -154,9 +163,8 @@ def main() -> None:
     pool = pd.read_csv(args.pool, dtype={"sha256": str})
     done = {r["lever"]: r for r in json.loads(args.json.read_text())["levers"]} if args.json.is_file() else {}
     for name in args.only:
-        if "+" in name:  # a pair of levers already run: their held-out scores averaged
-            first, second = name.split("+", 1)
-            done[name] = pair_lever(done[first], done[second], args.out)
+        if "+" in name:  # levers already run: their held-out scores averaged
+            done[name] = mean_lever([done[part] for part in name.split("+")], args.out)
         else:
             done[name] = run_lever(name, args.pool, pool, args.out, args.cache)
         results = list(done.values())

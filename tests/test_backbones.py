@@ -8,9 +8,11 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 from conftest import synthetic_photo
+from PIL import Image
 
 from synthdet.backbones import (
     BACKBONE_PREFIXES,
@@ -372,3 +374,60 @@ def test_batchnorm_folding_is_published_only_when_done(monkeypatch: pytest.Monke
         assert not second.done()  # blocked on the lock, not running a half-folded network
         finish.set()
         assert first.result(10) == 13 and second.result(10) == 0 and bb.folded
+
+
+def test_a_pair_gives_each_members_own_features_side_by_side() -> None:
+    """``pair:<a>+<b>``: one forward pass gives both members' pooled features and taps (texture stages counted per
+    member), placed where :func:`pair_columns` says; BatchNorm folding keeps them; a pair takes no weights file."""
+    from synthdet.backbones.pair import pair_backbone, pair_columns
+    from synthdet.features.extract import assemble_features
+
+    pre = Preprocess(size=96)
+    a = create_backbone("timm:test_efficientnet", pretrained=False, preprocess=pre, tap_pool="texture", device="cpu")
+    b = create_backbone("timm:resnet18", pretrained=False, preprocess=pre, tap_pool="texture", device="cpu")
+    pair = pair_backbone(copy.deepcopy(a), copy.deepcopy(b))
+    assert pair.name == "pair:timm:test_efficientnet+timm:resnet18" and pair.tap_pool == "texture"
+    assert pair.weights_id == "random+random" and pair.embed_dim == a.embed_dim + b.embed_dim
+    assert pair.layer_dims == a.layer_dims + b.layer_dims  # resnet18's texture stages too, not only the first's
+    x = images(0)
+    with torch.no_grad():
+        joint = assemble_features(*pair(x, taps=True), "concat")
+        own = [assemble_features(*m(x, taps=True), "concat") for m in (a, b)]
+    for cols, feats in zip(pair_columns(pair, "concat"), own):
+        assert torch.allclose(torch.from_numpy(joint[:, cols]), torch.from_numpy(feats), atol=1e-5)
+    assert sorted(np.concatenate(pair_columns(pair, "concat"))) == list(range(joint.shape[1]))
+    assert pair.fold_batchnorm() > 0
+    with torch.no_grad():
+        assert np.allclose(assemble_features(*pair(x, taps=True), "concat"), joint, atol=1e-3)
+    with pytest.raises(ValueError, match="each member's own weights"):
+        create_backbone("pair:effnet-lite0+effnet-lite2", weights="w.pt")
+    with pytest.raises(ValueError, match="name two backbones"):
+        create_backbone("pair:effnet-lite0", pretrained=False)
+    assert weights_available("pair:effnet-lite0+effnet-lite2") and not weights_available("pair:effnet-lite0+nope9")
+    with pytest.raises(ValueError, match="fetch each member"):
+        fetch_weights("pair:effnet-lite0+effnet-lite2")
+
+
+def test_residual_statistics_see_pixel_scale_traces() -> None:
+    """The ``residual`` backbone: fixed filters, finite features of the documented width; a 2x nearest upsampling
+    (the crudest up-convolution trace) zeroes every other first difference, added sensor-like noise raises the
+    residual spread and anticorrelates neighbouring differences; a window too small for the filters is padded."""
+    from synthdet.backbones.residual import LAGS, N_FEATURES
+
+    bb = create_backbone("residual", device="cpu")
+    assert bb.embed_dim == N_FEATURES and bb.layer_dims == [] and bb.weights_id.startswith("fixed")
+    assert bb.preprocess.mode == "window" and weights_available("residual")
+    pre = bb.preprocess.model_copy(update={"jpeg_quality": None})
+    smooth = synthetic_photo(128, 128, seed=1).resize((256, 256), Image.Resampling.NEAREST)
+    rng = np.random.default_rng(0)
+    noisy = Image.fromarray(np.clip(np.asarray(smooth, dtype=np.float64) + rng.normal(0, 6, (256, 256, 3)), 0, 255)
+                            .astype(np.uint8))
+    with torch.no_grad():
+        f = bb(torch.stack([pre(smooth), pre(noisy)]))[0].numpy()
+        tiny = bb(pre(synthetic_photo(9, 7, seed=2))[None])[0].numpy()
+    assert np.isfinite(f).all() and np.isfinite(tiny).all()
+    spread, flat, lag1_across = 0, 3 * 6, 4 * 6  # first difference across: log spread, near-zero share, lag-1 autocorr
+    assert f[1, spread] > f[0, spread] + 0.2
+    assert f[0, flat] > 0.45 > 0.1 > f[1, flat]  # upsampled: every other difference is exactly zero
+    assert abs(f[0, lag1_across]) < 0.05 and f[1, lag1_across] < -0.15  # white noise's difference: about -0.5
+    assert f.shape[1] == 6 * (4 + 2 * len(LAGS)) + 3

@@ -13,6 +13,7 @@ import typer
 from test_detector import small_demo_csv
 from typer.testing import CliRunner
 
+from synthdet.backbones.base import create_backbone
 from synthdet.cli.cv import cv_command
 from synthdet.data.manifest import usable_rows
 from synthdet.detectors.calibrate import f1_optimal_threshold
@@ -268,3 +269,29 @@ def test_views_cut_from_the_original_files_and_the_original_view_is_the_scoring_
     assert np.allclose(oof["prob_original"], oof["prob"], atol=1e-4)  # float16 features, batched differently
     missing = CliRunner().invoke(app, [*args, "--views-from", "nope", "--view", "crop", "-o", str(tmp_path / "bad")])
     assert missing.exit_code != 0 and "nope" in str(missing.exception or missing.output)
+
+
+def test_a_pair_is_cross_validated_by_its_mean_logit_and_saved_as_one_probe(tmp_path: Path, demo_cv) -> None:
+    """Two logistic probes cross-validated as a pair: on the same folds each image's logit is the mean of the
+    members' own held-out logits; the refitted pair is one probe (``pair:`` backbone) whose scores, through the
+    scoring path, are the mean of the two refitted members' logits; anything but two logistic probes is refused."""
+    from synthdet.detectors.calibrate import logit
+
+    tmp, csv, lite0 = demo_cv
+    first = ProbeConfig(head="logreg", n_views=1, cache_dir=tmp / "cache", num_workers=0)
+    same_pixels = create_backbone("effnet-lite2", preprocess=first.build_backbone().preprocess, device="cpu")
+    lite2 = first.model_copy(update={"backbone": same_pixels})
+    alone = cross_validate(csv, lite2, plan=lite0.plan, refit_all=True)
+    pair = cross_validate(csv, [first, lite2], plan=lite0.plan, refit_all=True, out=tmp_path / "pair")
+    assert np.allclose(pair.oof["logit"], (lite0.oof["logit"] + alone.oof["logit"]) / 2, atol=1e-9)
+    assert pair.config["members"] == ["effnet-lite0", "effnet-lite2"]
+    det = load_detector(tmp_path / "pair" / "detector")
+    assert det.card.backbone == "pair:effnet-lite0+effnet-lite2" and det.card.head == "logreg"
+    paths = pd.read_csv(csv)["path"].tolist()[:6]
+    score = lambda d: np.array([p for _, p, _ in d.predict_paths(paths, num_workers=0)])  # noqa: E731
+    members = (logit(score(lite0.detector)) + logit(score(alone.detector))) / 2
+    assert np.allclose(logit(score(det)), members, atol=2e-3)  # float32 forward passes, batched apart
+    with pytest.raises(ValueError, match="logreg"):
+        cross_validate(csv, [first, lite2.model_copy(update={"head": "mlp"})], plan=lite0.plan)
+    with pytest.raises(ValueError, match="same pixels"):
+        cross_validate(csv, [first, first.model_copy(update={"backbone": "effnet-lite2"})], plan=lite0.plan)

@@ -280,3 +280,24 @@ def test_internal_early_stopping_split_is_grouped_by_image(kind: str) -> None:
     honest = create_head(kind, **params).fit(X, y, groups=groups)
     assert leaky.best_val_auc_ > 0.9  # what the row split reported
     assert honest.best_val_auc_ < 0.7  # noise, as it is
+
+
+def test_the_mean_of_logistic_heads_is_one_logistic_head_over_their_columns() -> None:
+    """A pair of probes as one probe: the joint head's raw logit is the mean of the heads' logits, each head reading
+    its own columns; overlapping or mismatched columns are refused."""
+    from synthdet.heads.logreg import LogisticHead, mean_of_heads
+
+    rng = np.random.default_rng(0)
+    X = rng.normal(size=(300, 12))
+    y = (X[:, 0] - X[:, 9] + rng.normal(scale=0.5, size=300) > 0).astype(int)
+    cols = [np.array([0, 1, 2, 3, 4]), np.array([11, 9, 7])]
+    heads = [LogisticHead(C=0.5).fit(X[:, c], y) for c in cols]
+    joint = mean_of_heads(heads, cols, 12)
+    expected = (heads[0].decision_function(X[:, cols[0]]) + heads[1].decision_function(X[:, cols[1]])) / 2
+    assert np.allclose(joint.decision_function(X), expected, atol=1e-12)
+    restored = LogisticHead().load_state(joint.state(), 12)  # what a saved detector loads
+    assert np.allclose(restored.decision_function(X), expected, atol=1e-12)
+    with pytest.raises(ValueError, match="distinct"):
+        mean_of_heads(heads, [cols[0], np.array([0, 9, 7])], 12)
+    with pytest.raises(ValueError, match="column set has"):
+        mean_of_heads(heads, [cols[0], np.array([9, 7])], 12)

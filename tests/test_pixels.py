@@ -649,3 +649,19 @@ def test_native_views_are_windows_at_the_images_own_scale_and_leave_older_ids_al
     off = Preprocess(size=128, scale="native")
     assert off.id() == Preprocess(size=128, scale="native", views=ViewPolicy(native_side=(0.2, 0.4))).id()
     assert off.id() != pre.id()
+
+
+def test_a_window_is_cut_at_the_images_own_scale_and_never_resampled() -> None:
+    """``mode="window"``: view 0 is the centre window's pixels exactly, a small image whole; a training view is a
+    window at another position, same size; nothing is decoded reduced."""
+    pre = Preprocess(size=64, mode="window", jpeg_quality=None, views=ViewPolicy(p_flip=0.0, p_grayscale=0.0,
+                                                                                jpeg_quality=(100, 100)))
+    img = synthetic_photo(200, 150, seed=3)
+    centre = np.asarray(img)[43:107, 68:132]
+    assert np.array_equal(np.asarray(pre.render(img)), centre)
+    small = synthetic_photo(50, 40, seed=4)
+    assert np.array_equal(np.asarray(pre.render(small)), np.asarray(small))
+    view = pre.render(img, view=1, key="k")
+    assert view.size == (64, 64) and not np.array_equal(np.asarray(view), centre)
+    assert pre.canonical_draft_size is None and pre.draft_size is None
+    assert pre.id() != Preprocess(size=64, jpeg_quality=None).id()

@@ -6,8 +6,8 @@
 - :mod:`~synthdet.backbones.weights`: where weights come from (files, packages, the Hugging Face cache), fetching;
 - families, each registering its names on import: :mod:`~synthdet.backbones.timm_cnn` (``effnet-lite0/2``,
   ``timm:``), :mod:`~synthdet.backbones.open_clip_vit` (``clip-vit-l14``, ``eva02-l14``, ``open_clip:``), and
-  :mod:`~synthdet.backbones.spectral` (``dualstream[-dct]:``), registered here by import path, since it builds on
-  :func:`create_backbone`.
+  :mod:`~synthdet.backbones.spectral` (``dualstream[-dct]:``) and :mod:`~synthdet.backbones.pair` (``pair:<a>+<b>``),
+  registered here by import path, since they build on :func:`create_backbone`.
 
 Importing any of these modules runs this file first, so every name is registered wherever ``create_backbone`` is
 imported from; neither timm nor open_clip is imported until a network is built.
@@ -21,6 +21,9 @@ from synthdet.backbones import timm_cnn  # noqa: F401
 
 # isort: split
 from synthdet.backbones import open_clip_vit  # noqa: F401
+
+# isort: split
+from synthdet.backbones import residual  # noqa: F401
 from synthdet.backbones.base import (
     BACKBONE_PREFIXES,
     BACKBONES,
@@ -39,6 +42,16 @@ BACKBONE_PREFIXES.add("dualstream", "synthdet.backbones.spectral:build_fft", usa
                       description="RGB model + FFT branch, for fine-tuning")
 BACKBONE_PREFIXES.add("dualstream-dct", "synthdet.backbones.spectral:build_dct", usage="dualstream-dct:<model>", wraps=True,
                       description="RGB model + 8x8 block DCT branch, for fine-tuning")
+
+
+def _pair_weights_present(rest: str) -> bool:
+    from synthdet.backbones.pair import pair_weights_present  # the module imports only when asked
+
+    return pair_weights_present(rest)
+
+
+BACKBONE_PREFIXES.add("pair", "synthdet.backbones.pair:build_pair", usage="pair:<a>+<b>", members=True,
+                      weights_present=_pair_weights_present, description="two backbones on one input, features side by side (the shipped default)")
 
 __all__ = [
     "BACKBONES",

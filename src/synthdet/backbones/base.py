@@ -17,6 +17,7 @@ class token of each transformer block, the pooled output of each CNN stage) for 
 
 from __future__ import annotations
 
+import itertools
 import threading
 from collections.abc import Callable
 from contextvars import ContextVar
@@ -108,7 +109,9 @@ class Backbone(nn.Module):
 
     @property
     def device(self) -> torch.device:
-        return next(self.model.parameters()).device
+        """Where the network runs: its first parameter's device, or its first buffer's (fixed-filter networks)."""
+        first = next(itertools.chain(self.model.parameters(), self.model.buffers()), None)
+        return first.device if first is not None else torch.device("cpu")
 
     def fold_batchnorm(self) -> int:
         """Fold each inference-mode BatchNorm that follows a convolution into that convolution's weights and bias, in

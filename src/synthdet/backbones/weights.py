@@ -121,6 +121,8 @@ def _fetch_target(name: str) -> tuple[str, str, str]:
             raise ValueError(f"{name}: nothing to fetch. {meta['weights_hint']}")
         name = meta["source"]
     prefix, rest = prefix_of(name)
+    if BACKBONE_PREFIXES.meta(prefix).get("members"):
+        raise ValueError(f"{name}: a pair has no weights of its own; fetch each member's")
     if BACKBONE_PREFIXES.meta(prefix).get("wraps"):
         return _fetch_target(qualified_name(rest))
     if prefix == "timm":

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import ClassVar
 
@@ -87,3 +88,26 @@ class LogisticHead(BinaryHead):
         lr.classes_ = self.classes_ = np.array([0, 1])
         self.pipeline_, self.n_features_in_ = pipe, n_features
         return self
+
+
+def mean_of_heads(heads: Sequence[LogisticHead], columns: Sequence[np.ndarray], n_features: int) -> LogisticHead:
+    """One logistic head whose raw logit is the mean of ``heads``' logits, head ``j`` reading the columns
+    ``columns[j]`` of the joint input (``n_features`` wide): each logit is linear in its standardised features, so
+    their mean is a logistic head over the union (a pair of probes as one probe: :mod:`synthdet.backbones.pair`)."""
+    if len(heads) != len(columns) or not heads:
+        raise ValueError(f"need one column set per head, got {len(heads)} heads and {len(columns)} column sets")
+    taken = np.concatenate(columns)
+    if len(np.unique(taken)) != len(taken) or taken.min() < 0 or taken.max() >= n_features:
+        raise ValueError(f"the heads' columns must be distinct and within 0..{n_features - 1}")
+    state = {"mean": np.zeros(n_features), "scale": np.ones(n_features), "coef": np.zeros(n_features),
+             "intercept": np.zeros(1)}
+    for head, cols in zip(heads, columns):
+        part = {k: v.numpy() for k, v in head.state().items()}
+        if len(part["coef"]) != len(cols):
+            raise ValueError(f"a head reads {len(part['coef'])} features, its column set has {len(cols)}")
+        state["mean"][cols], state["scale"][cols] = part["mean"], part["scale"]
+        state["coef"][cols] = part["coef"] / len(heads)
+        state["intercept"] += part["intercept"] / len(heads)
+    first = heads[0]
+    joint = LogisticHead(C=first.C, max_iter=first.max_iter, seed=first.seed)
+    return joint.load_state({k: torch.from_numpy(v) for k, v in state.items()}, n_features)

@@ -215,7 +215,9 @@ class Preprocess(BaseModel):
     model_config = ConfigDict(frozen=True, extra="forbid")
 
     size: int = 224
-    mode: Literal["crop", "letterbox"] = "crop"  # crop: short side → size, centre crop; letterbox: long side, zero-pad
+    # crop: short side → size, centre crop; letterbox: long side, zero-pad; window: the centre size×size window at
+    # the image's own scale, never resampled (training views: a window at a random position), for pixel-level traces
+    mode: Literal["crop", "letterbox", "window"] = "crop"
     # resize: the square crop is resized to ``size``; native: only a crop larger than ``size`` is (down to it), a
     # smaller one reaches a fully convolutional backbone at its own scale, so no resampling trace is added to it
     scale: Literal["resize", "native"] = "resize"
@@ -242,15 +244,16 @@ class Preprocess(BaseModel):
         return hashlib.sha256(payload.encode()).hexdigest()[:12]
 
     @property
-    def draft_size(self) -> int:
+    def draft_size(self) -> int | None:
         """Short side to keep when decoding for training views (``load_image(draft_size=...)``): the smallest crop,
-        with 2x margin."""
-        return int(2 * self.size / self.views.crop_scale[0])
+        with 2x margin; None (the full decode) for a window, which is cut at the image's own scale."""
+        return None if self.mode == "window" else int(2 * self.size / self.views.crop_scale[0])
 
     @property
-    def canonical_draft_size(self) -> int:
-        """Short side to keep for view 0 (inference): twice the model size, so the final resize still antialiases."""
-        return 2 * self.size
+    def canonical_draft_size(self) -> int | None:
+        """Short side to keep for view 0 (inference): twice the model size, so the final resize still antialiases;
+        None (the full decode) for a window."""
+        return None if self.mode == "window" else 2 * self.size
 
     def is_native_view(self, view: int, key: str) -> bool:
         """Whether training view ``view`` of image ``key`` is a window at the image's own scale (:attr:`ViewPolicy.
@@ -266,6 +269,14 @@ class Preprocess(BaseModel):
             side = min(w, h, max(8, int(self.size * rng.uniform(*self.views.native_side))))
             left, top = rng.randint(0, w - side), rng.randint(0, h - side)
             out = img.crop((left, top, left + side, top + side))
+        elif self.mode == "window":
+            w, h = img.size
+            cw, ch = min(w, self.size), min(h, self.size)
+            if rng is None:
+                out = centre_window(img, cw, ch)
+            else:
+                left, top = rng.randint(0, w - cw), rng.randint(0, h - ch)
+                out = img.crop((left, top, left + cw, top + ch))
         elif self.mode == "letterbox":
             out = _letterbox(img, self.size, _RESAMPLE[self.resample])
         else:

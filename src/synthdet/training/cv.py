@@ -32,6 +32,7 @@ import numpy as np
 import pandas as pd
 
 from synthdet.backbones.base import Backbone, create_backbone
+from synthdet.backbones.pair import pair_backbone, pair_columns
 from synthdet.data.manifest import manifest_hash, usable_rows, write_manifest
 from synthdet.data.perturbations import get_view
 from synthdet.data.splits import RowSet, SplitPlan
@@ -56,6 +57,7 @@ from synthdet.features.extract import (
     forward_files,
 )
 from synthdet.heads.base import create_head, head_logit
+from synthdet.heads.logreg import mean_of_heads
 from synthdet.io.atomic import atomic_open, write_text
 from synthdet.training.train import ProbeConfig, assign_roles, best_epoch, fit_head, load_features, refit_params
 
@@ -225,7 +227,7 @@ def run_folds(
 
 def cross_validate(
     data: str | Path | pd.DataFrame,
-    config: ProbeConfig,
+    config: ProbeConfig | Sequence[ProbeConfig],
     *,
     k: int = 5,
     plan: SplitPlan | None = None,
@@ -249,51 +251,68 @@ def cross_validate(
     fold models on the same held-out images, into ``oof["prob_<view>"]`` (:meth:`CVResult.view_summary`), cut from
     the file in column ``views_from`` when given (a pool stored as crops of larger originals is judged on the
     originals, as the world shows them). ``out`` receives ``cv.json``, ``oof.csv``,
-    ``plan.json`` and, with ``refit_all``, ``detector/``."""
+    ``plan.json`` and, with ``refit_all``, ``detector/``.
+
+    Two configs (logistic probes on backbones that read the same pixels) are a pair: each fold fits both heads and
+    scores every image by the mean of their raw logits; the refitted detector is one probe over both backbones'
+    features (:mod:`synthdet.backbones.pair`) whose logit is that mean."""
+    configs = [config] if isinstance(config, ProbeConfig) else list(config)
+    lead = configs[0]
     # a name that is not a view fails before any work; "original": the file of ``views_from`` as predict sees it
     shown_as = {v: None if v == ORIGINAL_VIEW else get_view(v) for v in views}
     if ORIGINAL_VIEW in shown_as and views_from is None:
         raise ValueError(f"the {ORIGINAL_VIEW!r} view needs views_from (the column naming each image's original file)")
+    members = [_Member.of(c) for c in configs]
+    _check_pair(members)
     df, skipped = usable_rows(data, progress=progress)
     df = df.drop_duplicates("sha256").reset_index(drop=True)
-    plan = plan or SplitPlan.build(df, test=0.0, calib=config.calib_fraction, k=k, seed=config.seed,
+    plan = plan or SplitPlan.build(df, test=0.0, calib=lead.calib_fraction, k=k, seed=lead.seed,
                                    fold_by=folds_by or group_by)
     if not plan.k:
         raise ValueError(f"split plan {plan.id} has no folds (built with k=0)")
     df, outside = assign_roles(df, plan)  # images labelled both ways are left out, with their reason
     skipped += outside
     df = df.drop(columns="split")
-    bb = config.build_backbone()
-    features, params = config.head_setup(bb)
-    store = FeatureStore.for_backbone(bb, config.cache_dir)
-    train_views = list(range(max(1, config.n_views)))  # every image is in the fit rows of some fold: extract every view once
-    ex = extract(bb, df["path"].tolist(), df["sha256"].tolist(), store, views=train_views, batch_size=config.batch_size,
-                 num_workers=config.num_workers, progress=progress)
-    skipped += [(s.path, s.reason) for s in ex.skipped]
-    df = df[~df["path"].isin({s.path for s in ex.skipped})].reset_index(drop=True)
-    X, owner = load_features(store, df["sha256"].tolist(), train_views, features)  # row i * len(views) + v
-    y, shas = df["label"].to_numpy()[owner], df["sha256"].to_numpy()[owner]
-
+    train_views = list(range(max(1, lead.n_views)))  # every image is in the fit rows of some fold: extract every view once
+    failed: dict[str, str] = {}
+    for m in members:
+        ex = extract(m.bb, df["path"].tolist(), df["sha256"].tolist(), m.store, views=train_views,
+                     batch_size=m.config.batch_size, num_workers=m.config.num_workers, progress=progress)
+        failed |= {s.path: s.reason for s in ex.skipped}
+    skipped += list(failed.items())
+    df = df[~df["path"].isin(failed)].reset_index(drop=True)
     if views_from is not None and views_from not in df:
         raise ValueError(f"no column {views_from!r} to cut the views from (columns: {list(df.columns)})")
-    shown = {v: _view_features(bb, df, v, s, features, config, progress, views_from) for v, s in shown_as.items()}
+    for m in members:
+        m.X, owner = load_features(m.store, df["sha256"].tolist(), train_views, m.features)  # row i * len(views) + v
+        m.shown = {v: _view_features(m.bb, df, v, t, m.features, m.config, progress, views_from)
+                   for v, t in shown_as.items()}
+    y, shas = df["label"].to_numpy()[owner], df["sha256"].to_numpy()[owner]
     view_logit = {v: np.full(len(df), np.nan) for v in ("", *views)}  # "": the file itself
 
     def rows(images: pd.Index, every_view: bool) -> np.ndarray:
         first = np.asarray(images) * len(train_views)
         return (first[:, None] + np.arange(len(train_views))).ravel() if every_view else first
 
-    best_epochs: list[int | None] = []
+    def mean_logit(models: list[Any], inputs: list[np.ndarray]) -> np.ndarray:
+        return np.mean([head_logit(model, x) for model, x in zip(models, inputs)], axis=0)
+
+    best_epochs: list[list[int | None]] = [[] for _ in members]
 
     def fit_fold(_: int, train: pd.DataFrame, test: pd.DataFrame) -> tuple[np.ndarray, float]:
         fit, cal = rows(train.index[train["split"] == "fit"], True), rows(train.index[train["split"] == "calib"], False)
-        model, threshold = fit_head(config.head, params, X[fit], y[fit], X[cal], y[cal], groups=shas[fit])
-        best_epochs.append(best_epoch(model))
-        for v, Xv in shown.items():
-            ok = test.index[np.isfinite(Xv[test.index]).all(axis=1)]
+        fitted = [fit_head(m.config.head, m.params, m.X[fit], y[fit], m.X[cal], y[cal], groups=shas[fit])
+                  for m in members]
+        models = [model for model, _ in fitted]
+        for j, model in enumerate(models):
+            best_epochs[j].append(best_epoch(model))
+        threshold = fitted[0][1] if len(members) == 1 else f1_optimal_threshold(
+            y[cal], sigmoid(mean_logit(models, [m.X[cal] for m in members])))
+        for v in shown_as:
+            ok = test.index[np.all([np.isfinite(m.shown[v][test.index]).all(axis=1) for m in members], axis=0)]
             if len(ok):
-                view_logit[v][ok] = head_logit(model, Xv[ok])
-        view_logit[""][test.index] = head_logit(model, X[rows(test.index, False)])
+                view_logit[v][ok] = mean_logit(models, [m.shown[v][ok] for m in members])
+        view_logit[""][test.index] = mean_logit(models, [m.X[rows(test.index, False)] for m in members])
         return sigmoid(view_logit[""][test.index]), threshold
 
     result = run_folds(df, fit_fold, plan=plan, group_by=group_by)  # row i of df is image i of X
@@ -302,15 +321,54 @@ def cross_validate(
     result.views = list(views)
     result.selection = {"calibrate": calibrate, "max_group_fpr": max_group_fpr, "band_level": band_level}
     result.skipped = skipped
-    result.config = {"backbone": bb.name, "weights_id": bb.weights_id, "head": config.head, "features": features,
-                     "n_views": len(train_views), "k": plan.k, "seed": plan.seed, "calib_fraction": plan.calib_fraction,
-                     "n_images": len(df), "skipped": len(skipped)}
+    names = [m.bb.name for m in members]
+    result.config = {"backbone": names[0] if len(names) == 1 else f"pair:{'+'.join(names)}",
+                     "weights_id": "+".join(m.bb.weights_id for m in members), "head": lead.head,
+                     "features": members[0].features, "n_views": len(train_views), "k": plan.k, "seed": plan.seed,
+                     "calib_fraction": plan.calib_fraction, "n_images": len(df), "skipped": len(skipped),
+                     **({"members": names, "combined_by": "mean raw logit"} if len(names) > 1 else {})}
     if refit_all:
-        result.detector = _refit(df, X, y, shas, config, bb, features, params, best_epochs, result,
-                                 calibrate=calibrate, max_group_fpr=max_group_fpr)
+        result.detector = _refit(df, y, shas, members, best_epochs, result, calibrate=calibrate,
+                                 max_group_fpr=max_group_fpr)
     if out is not None:
         save_cv(result, out)
     return result
+
+
+@dataclass
+class _Member:
+    """One probe of a cross-validated recipe: its backbone, head settings, feature store and every image's
+    features (``X``: the training views, row ``i * n_views + v``; ``shown``: per scored view, one row per image)."""
+
+    config: ProbeConfig
+    bb: Backbone
+    features: FeatureKind
+    params: dict[str, Any]
+    store: FeatureStore
+    X: np.ndarray = field(default_factory=lambda: np.empty((0, 0)))
+    shown: dict[str, np.ndarray] = field(default_factory=dict)
+
+    @classmethod
+    def of(cls, config: ProbeConfig) -> _Member:
+        bb = config.build_backbone()
+        features, params = config.head_setup(bb)
+        return cls(config, bb, features, params, FeatureStore.for_backbone(bb, config.cache_dir))
+
+
+def _check_pair(members: list[_Member]) -> None:
+    """One probe, or two logistic probes that read the same pixels the same way (a pair's mean logit is a probe)."""
+    if len(members) == 1:
+        return
+    if len(members) != 2:
+        raise ValueError(f"cross-validate one probe or a pair, not {len(members)}")
+    a, b = members
+    if a.config.head != "logreg" or b.config.head != "logreg":
+        raise ValueError("a pair averages logistic heads' logits: both heads must be logreg")
+    if a.bb.preprocess != b.bb.preprocess or a.features != b.features or a.bb.tap_pool != b.bb.tap_pool:
+        raise ValueError(f"a pair's members read the same pixels and features: {a.bb.name} and {b.bb.name} differ "
+                         "in preprocessing, features or tap pooling")
+    if a.config.n_views != b.config.n_views:
+        raise ValueError("a pair's members train on the same number of views")
 
 
 def _view_features(bb: Backbone, df: pd.DataFrame, name: str, transform: ImageTransform | None, features: FeatureKind,
@@ -346,20 +404,27 @@ def _view_features(bb: Backbone, df: pd.DataFrame, name: str, transform: ImageTr
 
 
 def _refit(
-    df: pd.DataFrame, X: np.ndarray, y: np.ndarray, shas: np.ndarray, config: ProbeConfig, bb: Backbone,
-    features: FeatureKind, params: dict[str, Any], best_epochs: list[int | None], cv: CVResult,
-    calibrate: CalibrationMethod | None = None, max_group_fpr: float | None = None,
+    df: pd.DataFrame, y: np.ndarray, shas: np.ndarray, members: list[_Member], best_epochs: list[list[int | None]],
+    cv: CVResult, calibrate: CalibrationMethod | None = None, max_group_fpr: float | None = None,
 ) -> Detector:
     """The head on every image and view; threshold from the out-of-fold probabilities (each from a model that never
     saw that image); torch heads train for the folds' median best epoch, as nothing is held out to stop on. The
-    card's figures are the folds' (labelled so): no image is held out from the saved model."""
-    model = create_head(config.head, **refit_params(params, best_epochs)).fit(X, y, groups=shas)
+    card's figures are the folds' (labelled so): no image is held out from the saved model. A pair: both heads
+    refitted, as one head over the pair backbone's features whose logit is the mean of theirs."""
+    heads = [create_head(m.config.head, **refit_params(m.params, epochs)).fit(m.X, y, groups=shas)
+             for m, epochs in zip(members, best_epochs)]
+    if len(members) == 1:
+        bb, model, n_features = members[0].bb, heads[0], members[0].X.shape[1]
+    else:
+        bb = pair_backbone(members[0].bb, members[1].bb)
+        n_features = sum(m.X.shape[1] for m in members)
+        model = mean_of_heads(heads, pair_columns(bb, members[0].features), n_features)
     calibration, threshold, how = decide(cv, calibrate=calibrate, max_group_fpr=max_group_fpr)
     seen = RowSet.of_rows(df)
     metrics = {"cv": cv.summary(), "cv_at_threshold": _at_threshold(cv, calibration, threshold)}
-    card = config.card(
-        bb, features, model, X.shape[1], threshold=threshold, prior=float(df["label"].mean()), metrics=metrics,
-        rows={"fit": seen, "calib": seen}, calibration=calibration,
+    card = members[0].config.card(
+        bb, members[0].features, model, n_features, threshold=threshold, prior=float(df["label"].mean()),
+        metrics=metrics, rows={"fit": seen, "calib": seen}, calibration=calibration,
         data={"manifest_hash": manifest_hash(df), "n_images": len(df), "n_views": cv.config["n_views"],
               "seed": cv.config["seed"], "k": cv.config["k"], "refit_on": "all", "threshold_from": how,
               "group_by": cv.group_by, "split_plan": cv.plan.summary() if cv.plan else None},
