@@ -7,7 +7,7 @@
    ``data/pool/sources.csv``, every image cut to a frame drawn from the generated images' frames (size, shape and
    file size then say nothing of the class), in groups (generator lineages, photo collections) and ten folds of whole
    groups.
-2. FINAL_GROUPS, declared here before any run, are left out of everything — folds, selection, refit — and scored
+2. FINAL_GROUPS (``data/pool/final_groups.txt``), declared before any run, are left out of everything — folds, selection, refit — and scored
    once by the shipped detector at the end: the card's ``final`` figures.
 3. Leave-groups-out cross-validation over the rest: every image is scored by a model that never saw its group, as its
    pool copy and, cut from its original file, as the original, a 384-px thumbnail and a 224-px native crop.
@@ -50,9 +50,17 @@ MAX_GROUP_FPR = 0.05  # the bar: no real source above 5 % flagged
 BAND_LEVEL = 0.9  # outside the uncertainty band, at least 90 % of held-out verdicts were right
 VIEWS = ("original", "thumbnail", "crop")
 MEMBERS = ("effnet-lite0", "effnet-lite2")  # the pair: one probe over both backbones (synthdet.backbones.pair)
-#: Declared before any run and touched once, for the final figures: two generator lineages and two photo collections
-#: the shipped detector never sees.
-FINAL_GROUPS = ("fake:imagen", "fake:playground", "real:andyzg-gallery-travel", "real:jetson-inference-images")
+FINAL_FILE = ROOT / "data" / "pool" / "final_groups.txt"
+
+
+def final_groups(path: Path = FINAL_FILE) -> tuple[str, ...]:
+    """The groups declared up front (``data/pool/final_groups.txt``) that the shipped detector never sees: left out
+    of the lever runs and of everything here, scored once at the end."""
+    lines = (line.strip() for line in path.read_text().splitlines())
+    return tuple(line for line in lines if line and not line.startswith("#"))
+
+
+FINAL_GROUPS = final_groups()
 
 
 def final_figures(det: Detector, final: pd.DataFrame) -> dict[str, Any]:
