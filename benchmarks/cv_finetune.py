@@ -23,8 +23,9 @@ from rich.console import Console
 from rich.table import Table
 
 from synthdet.data.manifest import usable_rows
-from synthdet.training.cv import FOLD_METRICS, cross_validate, finetune_fitter, fold_metrics, run_folds
+from synthdet.training.cv import FOLD_METRICS, cross_validate, fold_metrics, run_folds
 from synthdet.training.finetune import FineTuneConfig
+from synthdet.training.finetune.pipeline import finetune_fitter
 from synthdet.training.train import ProbeConfig
 
 SHARED = Path(__file__).resolve().parents[2] / "shared" / "data" / "dev" / "manifest.csv"

@@ -20,7 +20,8 @@ from synthdet.detectors.calibrate import f1_optimal_threshold
 from synthdet.detectors.ensemble import validation_f1
 from synthdet.detectors.loading import load_detector
 from synthdet.features.extract import FeatureStore
-from synthdet.training.cv import cross_validate, finetune_fitter, fold_metrics, run_folds
+from synthdet.training.cv import cross_validate, fold_metrics, run_folds
+from synthdet.training.finetune.pipeline import finetune_fitter
 from synthdet.training.train import ProbeConfig, load_features
 
 

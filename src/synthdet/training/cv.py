@@ -12,7 +12,7 @@ ever get scored. Fold metrics are computed on the test fold alone; the
 summary is mean ± population std (ddof 0, as scikit-learn's CV examples) over folds.
 
 :func:`run_folds` is the loop for any recipe given as a :data:`FoldFitter`; :func:`cross_validate` runs it for a
-head on cached features, :func:`finetune_fitter` makes the fitter for fine-tuning from images (one fine-tuning per
+head on cached features, :func:`~synthdet.training.finetune.pipeline.finetune_fitter` makes the fitter for fine-tuning from images (one fine-tuning per
 fold: fine on a GPU, slow on CPU). With ``refit_all`` the head is then fitted on every labelled image and its
 threshold taken from the out-of-fold probabilities — each from a model that never saw that image, as scikit-learn's
 ``TunedThresholdClassifierCV`` does; torch heads train for the median best epoch of the folds (nothing is left to
@@ -26,12 +26,12 @@ import json
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import numpy as np
 import pandas as pd
 
-from synthdet.backbones.base import Backbone, create_backbone
+from synthdet.backbones.base import Backbone
 from synthdet.backbones.pair import pair_backbone, pair_columns
 from synthdet.data.manifest import manifest_hash, usable_rows, write_manifest
 from synthdet.data.perturbations import get_view
@@ -60,9 +60,6 @@ from synthdet.heads.base import create_head, head_logit
 from synthdet.heads.logreg import mean_of_heads
 from synthdet.io.atomic import atomic_open, write_text
 from synthdet.training.train import ProbeConfig, assign_roles, best_epoch, fit_head, load_features, refit_params
-
-if TYPE_CHECKING:
-    from synthdet.training.finetune import FineTuneConfig
 
 FoldFitter = Callable[[int, pd.DataFrame, pd.DataFrame], tuple[np.ndarray, float]]
 """``(fold, train rows with a split column "fit"/"calib", test rows) → (test probabilities, threshold)``.
@@ -294,7 +291,7 @@ def cross_validate(
         first = np.asarray(images) * len(train_views)
         return (first[:, None] + np.arange(len(train_views))).ravel() if every_view else first
 
-    def mean_logit(models: list[Any], inputs: list[np.ndarray]) -> np.ndarray:
+    def mean_logit(models: list[Any], inputs: list[np.ndarray]) -> np.ndarray:  # a pair: the mean of its logits
         return np.mean([head_logit(model, x) for model, x in zip(models, inputs)], axis=0)
 
     best_epochs: list[list[int | None]] = [[] for _ in members]
@@ -357,18 +354,17 @@ class _Member:
 
 def _check_pair(members: list[_Member]) -> None:
     """One probe, or two logistic probes that read the same pixels the same way (a pair's mean logit is a probe)."""
+    if len(members) > 2:
+        raise ValueError(f"cross-validate one probe or a pair, not {len(members)}")
     if len(members) == 1:
         return
-    if len(members) != 2:
-        raise ValueError(f"cross-validate one probe or a pair, not {len(members)}")
     a, b = members
     if a.config.head != "logreg" or b.config.head != "logreg":
         raise ValueError("a pair averages logistic heads' logits: both heads must be logreg")
-    if a.bb.preprocess != b.bb.preprocess or a.features != b.features or a.bb.tap_pool != b.bb.tap_pool:
+    if (a.bb.preprocess, a.features, a.bb.tap_pool, a.config.n_views) != (b.bb.preprocess, b.features, b.bb.tap_pool,
+                                                                         b.config.n_views):
         raise ValueError(f"a pair's members read the same pixels and features: {a.bb.name} and {b.bb.name} differ "
-                         "in preprocessing, features or tap pooling")
-    if a.config.n_views != b.config.n_views:
-        raise ValueError("a pair's members train on the same number of views")
+                         "in preprocessing, features, tap pooling or views")
 
 
 def _view_features(bb: Backbone, df: pd.DataFrame, name: str, transform: ImageTransform | None, features: FeatureKind,
@@ -494,28 +490,3 @@ def save_cv(result: CVResult, out: str | Path) -> Path:
         write_manifest(result.oof.drop(columns=["prob", "threshold"]).assign(split="fit"),
                        out / "detector" / "manifest.csv")
     return out
-
-
-def finetune_fitter(
-    backbone: str, cfg: FineTuneConfig | None = None, run_dir: str | Path = "cv-finetune", *,
-    weights: str | Path | None = None, progress: bool = False,
-) -> FoldFitter:
-    """A :data:`FoldFitter` that fine-tunes ``backbone`` (a fresh copy per fold: fine-tuning trains it in place) on
-    the fold's ``fit`` rows, selects the epoch and threshold on its ``calib`` rows, and scores the test fold through
-    ``predict_paths``, as inference will. ``cfg`` is a :class:`~synthdet.training.finetune.FineTuneConfig`; fold f's run goes
-    to ``run_dir/fold<f>`` (resumable). Use as ``run_folds(usable_rows(data)[0], finetune_fitter("effnet-lite0"))``.
-    """
-    from synthdet.training.finetune import FineTuneConfig, finetune
-
-    cfg = cfg or FineTuneConfig()
-
-    def fit_fold(fold: int, train: pd.DataFrame, test: pd.DataFrame) -> tuple[np.ndarray, float]:
-        items = {name: list(zip(part["path"], part["label"].astype(int))) for name, part in train.groupby("split")}
-        bb = create_backbone(backbone, weights=weights)
-        det = finetune(bb, items["fit"], items["calib"], cfg, Path(run_dir) / f"fold{fold}", weights_file=weights,
-                       progress=progress).detector
-        scored = det.predict_paths(test["path"].tolist(), batch_size=cfg.batch_size, num_workers=cfg.num_workers,
-                                   max_pixels=cfg.max_pixels, progress=progress)
-        return np.array([np.nan if p is None else p for _, p, _ in scored]), det.threshold
-
-    return fit_fold

@@ -176,9 +176,10 @@ def run_recipe(
     from synthdet.data.provenance import HELD_OUT
     from synthdet.data.splits import RowSet
     from synthdet.io.atomic import write_text
-    from synthdet.training.cv import cross_validate, finetune_fitter, run_folds, save_cv
+    from synthdet.training.cv import cross_validate, run_folds, save_cv
     from synthdet.training.ensemble import build_ensemble
     from synthdet.training.finetune import finetune_detector, recipe_config
+    from synthdet.training.finetune.pipeline import finetune_fitter
     from synthdet.training.train import train_detector
 
     recipe = name if isinstance(name, Recipe) else get_recipe(name)

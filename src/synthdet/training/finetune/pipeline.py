@@ -1,4 +1,5 @@
-"""Sources in, a fine-tuned detector with held-out metrics out: index → split → :func:`finetune` → score val."""
+"""Sources in, a fine-tuned detector with held-out metrics out: index → split → :func:`finetune` → score val; and
+:func:`finetune_fitter`, one fine-tuning per cross-validation fold."""
 
 from __future__ import annotations
 
@@ -6,11 +7,13 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pandas as pd
 
 from synthdet.backbones.base import create_backbone
 from synthdet.data.manifest import write_manifest
 from synthdet.evaluation.metrics import binary_metrics
+from synthdet.training.cv import FoldFitter
 from synthdet.training.finetune.config import FineTuneConfig
 from synthdet.training.finetune.loop import FineTuneResult, finetune, score_items
 from synthdet.training.finetune.sources import Source, load_source, mix_sources, same_source
@@ -71,3 +74,27 @@ def finetune_detector(
     det.save(Path(out) / "detector")
     write_manifest(mix.manifest, Path(out) / "detector" / "manifest.csv")
     return result, metrics
+
+
+def finetune_fitter(
+    backbone: str, cfg: FineTuneConfig | None = None, run_dir: str | Path = "cv-finetune", *,
+    weights: str | Path | None = None, progress: bool = False,
+) -> FoldFitter:
+    """A :data:`FoldFitter` that fine-tunes ``backbone`` (a fresh copy per fold: fine-tuning trains it in place) on
+    the fold's ``fit`` rows, selects the epoch and threshold on its ``calib`` rows, and scores the test fold through
+    ``predict_paths``, as inference will. ``cfg`` is a :class:`FineTuneConfig`; fold f's run goes
+    to ``run_dir/fold<f>`` (resumable). Use as ``run_folds(usable_rows(data)[0], finetune_fitter("effnet-lite0"))`` (:func:`~synthdet.training.cv.
+    run_folds`).
+    """
+    cfg = cfg or FineTuneConfig()
+
+    def fit_fold(fold: int, train: pd.DataFrame, test: pd.DataFrame) -> tuple[np.ndarray, float]:
+        items = {name: list(zip(part["path"], part["label"].astype(int))) for name, part in train.groupby("split")}
+        bb = create_backbone(backbone, weights=weights)
+        det = finetune(bb, items["fit"], items["calib"], cfg, Path(run_dir) / f"fold{fold}", weights_file=weights,
+                       progress=progress).detector
+        scored = det.predict_paths(test["path"].tolist(), batch_size=cfg.batch_size, num_workers=cfg.num_workers,
+                                   max_pixels=cfg.max_pixels, progress=progress)
+        return np.array([np.nan if p is None else p for _, p, _ in scored]), det.threshold
+
+    return fit_fold
