@@ -217,11 +217,22 @@ def test_garbage_after_valid_header_is_corrupt(tmp_path: Path) -> None:
 
 
 def test_malformed_header_is_corrupt() -> None:
-    # Pillow raises a ValueError on this PPM header; the handler once named a Pillow attribute that does not
-    # exist, so the error escaped as an AttributeError instead of a per-file "corrupt"
+    # Pillow raises on a BMP header with an impossible bit depth; the handler once named a Pillow attribute that does
+    # not exist, so such errors escaped as an AttributeError instead of a per-file "corrupt"
     with pytest.raises(ImageLoadError) as ei:
-        load_image(b"P6\n4 4\nxyz\n" + bytes(48))
-    assert ei.value.reason == "corrupt"
+        load_image(b"BM" + bytes(12) + struct.pack("<I", 40) + struct.pack("<ii", 4, 4) + struct.pack("<HH", 1, 7)
+                   + bytes(24))
+    assert ei.value.reason == "corrupt" and "depth" in ei.value.detail
+
+
+@pytest.mark.parametrize("fmt", ["EPS", "PDF", "PPM", "ICO", "TGA"])
+def test_formats_outside_the_allow_list_are_refused_before_any_decoder_runs(fmt: str) -> None:
+    """Pillow would sniff and open these (EPS through Ghostscript, a program run on the file's bytes): refused as
+    not an image, the accepted formats named, nothing of the decoder's internals said."""
+    with pytest.raises(ImageLoadError) as ei:
+        load_image(encode_image(synthetic_photo(64, 48), fmt))
+    assert ei.value.reason == "not-an-image" and "JPEG, MPO, PNG" in ei.value.detail
+    assert "Ghostscript" not in str(ei.value)
 
 
 def test_zero_byte_file(tmp_path: Path) -> None:

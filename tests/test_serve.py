@@ -123,6 +123,8 @@ def _bomb() -> bytes:
     ("text named .jpg", lambda: b"Dear diary, today I uploaded a text file called photo.jpg.", 415, "not-an-image"),
     ("decompression bomb", _bomb, 413, "too-large"),
     ("oversize body", lambda: b"\xff\xd8" + bytes(3 * MB), 413, "body-too-large"),
+    ("PostScript (Ghostscript)", lambda: encode_image(synthetic_photo(64, 48), "EPS"), 415, "not-an-image"),
+    ("PDF", lambda: encode_image(synthetic_photo(64, 48), "PDF"), 415, "not-an-image"),
 ])
 def test_hostile_inputs(url: str, photo: bytes, name: str, make, status: int, reason: str) -> None:
     data = make()
@@ -130,7 +132,26 @@ def test_hostile_inputs(url: str, photo: bytes, name: str, make, status: int, re
               httpx.post(f"{url}/v1/score", content=data, timeout=60)):
         assert r.status_code == status, (name, r.text)
         assert r.json()["error"]["reason"] == reason
+        assert "Ghostscript" not in r.text and "Traceback" not in r.text  # no internals
     assert httpx.post(f"{url}/v1/score", content=photo, timeout=60).status_code == 200  # still serving
+
+
+def test_metrics_labels_stay_bounded_and_every_refusal_has_one_shape(url: str, det: Detector) -> None:
+    """A scanner's made-up paths neither grow ``/metrics`` (the label is the route, or ``other``) nor get another
+    error shape: 404, 405 and an invalid parameter answer ``{"error": {"reason", "detail"}}`` like every refusal."""
+    with httpx.Client(timeout=30) as client:
+        before = len(client.get(f"{url}/metrics").text)
+        for i in range(300):
+            r = client.get(f"{url}/v1/made-up-{i}")
+            assert r.status_code == 404 and r.json()["error"]["reason"] == "not-found", r.text
+        text = client.get(f"{url}/metrics").text
+        assert "made-up" not in text and len(text) < before + 2000
+        assert 'endpoint="other",status="404"' in text
+        wrong = client.get(f"{url}/v1/score")
+        assert wrong.status_code == 405 and wrong.json()["error"]["reason"] == "method-not-allowed"
+        bad = client.post(f"{url}/v1/score?heatmap=maybe", content=b"x")
+        assert bad.status_code == 422 and bad.json()["error"]["reason"] == "invalid-parameter"
+        assert "heatmap" in bad.json()["error"]["detail"]
 
 
 def test_oversize_chunked_body(url: str, photo: bytes) -> None:

@@ -60,6 +60,10 @@ def _decodable_suffixes() -> frozenset[str]:
 
 
 IMAGE_SUFFIXES = _decodable_suffixes()
+#: The Pillow decoders :func:`load_image` may use, whatever a file's name says: the photo and web formats. Pillow
+#: would otherwise sniff and open anything it knows, EPS/PS through Ghostscript (a program run on client bytes), PDF,
+#: PSD, ICO, and dozens of rare containers nobody uploads as a photo. MPO is a camera JPEG with extra frames.
+DECODERS = ("JPEG", "MPO", "PNG", "WEBP", "GIF", "BMP", "TIFF", "AVIF", "HEIF")
 
 
 class ImageLoadError(Exception):
@@ -158,7 +162,7 @@ def load_image(
             # Pillow warns from ~89 Mpx; our own ``max_pixels`` check below is the policy, so the warning must not
             # refuse images under a (default or raised) limit. Above 2x its limit Pillow still raises, handled below.
             warnings.simplefilter("ignore", Image.DecompressionBombWarning)
-            with Image.open(fp) as img:
+            with Image.open(fp, formats=[f for f in DECODERS if f in Image.OPEN]) as img:
                 w, h = img.size
                 if w * h > max_pixels:
                     raise ImageLoadError(
@@ -175,7 +179,7 @@ def load_image(
             f"anything above {2 * (Image.MAX_IMAGE_PIXELS or 0):,} px regardless"
         ) from None
     except UnidentifiedImageError:
-        raise ImageLoadError(name, "not-an-image", "no known image format") from None
+        raise ImageLoadError(name, "not-an-image", f"not one of the accepted formats ({', '.join(DECODERS)})") from None
     except OSError as e:
         msg = str(e)
         reason = "truncated" if "truncated" in msg.lower() or "premature" in msg.lower() else "corrupt"

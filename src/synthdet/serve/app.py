@@ -22,11 +22,13 @@ from pathlib import Path
 from typing import Any
 
 from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
 from fastapi.openapi.docs import get_swagger_ui_html
 from fastapi.responses import HTMLResponse, JSONResponse, Response
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 from pydantic import BaseModel, Field
 from starlette.datastructures import Headers, UploadFile
+from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.formparsers import MultiPartException, MultiPartParser
 from swagger_ui_bundle import swagger_ui_path
 
@@ -170,12 +172,18 @@ def create_app(detector: Any, *, settings: Settings | None = None, localizer: An
 
     app.openapi_version = "3.0.3"  # what the packaged Swagger UI 4 renders; no route here needs 3.1
 
+    def route_label(path: str) -> str:
+        """The metrics label of a request path: the path of the route it names (read from the app's routes when
+        asked, so every route counts), or ``other``."""
+        known = {getattr(r, "path", "") for r in app.routes}
+        return path if path in known else "docs-assets" if path.startswith("/docs-assets/") else "other"
+
     @app.middleware("http")
     async def guard(request: Request, call_next: Callable) -> Response:
         """API key, per-endpoint metrics and one JSON shape for every refusal."""
         start = time.perf_counter()
         path = request.url.path
-        endpoint = path if path.startswith(("/v1/", "/healthz", "/metrics")) or path == "/" else "other"
+        endpoint = route_label(path)  # a route's own path, or "other": a bounded label set whatever clients send
         if s.api_key and path.startswith(("/v1/", "/metrics")):
             given = request.headers.get("x-api-key") or request.headers.get("authorization", "").removeprefix("Bearer ")
             if not hmac.compare_digest(given.encode(), s.api_key.encode()):
@@ -193,6 +201,21 @@ def create_app(detector: Any, *, settings: Settings | None = None, localizer: An
     async def service_error(request: Request, e: ServiceError) -> JSONResponse:
         metrics.errors.labels(e.reason).inc()
         return _error(e)
+
+    @app.exception_handler(StarletteHTTPException)
+    async def http_error(request: Request, e: StarletteHTTPException) -> JSONResponse:
+        """404, 405 … from routing, in the documented shape (not FastAPI's ``{"detail": …}``)."""
+        reason = {404: "not-found", 405: "method-not-allowed"}.get(e.status_code, "http-error")
+        detail = f"{request.method} {request.url.path[:80]}: {e.detail}"
+        return await service_error(request, ServiceError(e.status_code, reason, detail, headers=dict(e.headers or {})))
+
+    @app.exception_handler(RequestValidationError)
+    async def invalid_request(request: Request, e: RequestValidationError) -> JSONResponse:
+        """A query or form parameter that does not validate: 422 in the documented shape, naming the parameter."""
+        first = e.errors()[0] if e.errors() else {}
+        where = ".".join(str(x) for x in first.get("loc", ()))
+        return await service_error(request, ServiceError(422, "invalid-parameter",
+                                                         f"{where}: {first.get('msg', 'invalid')}"[:200]))
 
     def admit() -> None:
         nonlocal admitted
