@@ -252,6 +252,45 @@ def test_a_folder_missing_its_kinds_tensors_is_refused_at_load(tmp_path: Path) -
         load_detector(tmp_path)
 
 
+def test_a_damaged_weights_file_is_refused_by_load_predict_and_serve(tmp_path: Path) -> None:
+    """The card records each tensor file's sha256: bytes flipped inside ``head.safetensors`` (the same card, so the
+    same id before) or a truncated copy are refused at load with one line naming the file — in the library, and in
+    ``predict`` and ``serve`` as exit 2 — and the detector id covers the weights."""
+    import subprocess
+    import sys
+
+    from synthdet.detectors.card import DamagedDetectorError, read_card
+    from synthdet.detectors.scoring import detector_id
+
+    shipped = default_detector_path()
+    assert set(read_card(shipped).files) == {"head.safetensors"}
+    for damage in ("flip", "truncate"):
+        folder = tmp_path / damage
+        shutil.copytree(shipped, folder)
+        head = folder / "head.safetensors"
+        data = bytearray(head.read_bytes())
+        if damage == "flip":
+            data[-4000:-2000] = bytes(b ^ 0xFF for b in data[-4000:-2000])
+        else:
+            data = data[: len(data) // 2]
+        head.write_bytes(bytes(data))
+        with pytest.raises(DamagedDetectorError, match="head.safetensors: not the file its card records"):
+            load_detector(folder)
+        image = next(iter(sorted((demo_data_dir() / "real").iterdir())))
+        for args in (["predict", str(folder), str(image)], ["serve", str(folder), "--port", "0"]):
+            res = subprocess.run([sys.executable, "-m", "synthdet.cli", *args], capture_output=True, text=True,
+                                 timeout=300)
+            assert res.returncode == 2 and "not the file its card records" in res.stderr, (args, res.stderr[-500:])
+            assert "Traceback" not in res.stderr and len(res.stderr.strip().splitlines()) == 1
+    other = tmp_path / "other"
+    shutil.copytree(shipped, other)
+    card = read_card(other)
+    card.files = {"head.safetensors": "0" * 64}  # another head under an otherwise identical card
+    from synthdet.detectors.detector import Detector
+
+    assert detector_id(load_detector(shipped)) != detector_id(Detector(card, None))
+
+
 # ------------------------------------------------------------------------------------------------ the shipped card
 SHARED = Path(__file__).resolve().parents[2] / "shared" / "data"
 

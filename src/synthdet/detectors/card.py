@@ -16,6 +16,7 @@ is the one place that calls it.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import time
 from collections.abc import Callable
@@ -44,6 +45,10 @@ class NotADetectorError(ValueError):
     """A ``card.json`` that is not a synthdet detector card; the message is one line naming the file and why."""
 
 
+class DamagedDetectorError(NotADetectorError):
+    """A detector file whose bytes are not those its card records (altered, cut short, half-copied)."""
+
+
 class CardBase(BaseModel):
     """Fields every detector card has: what it decides and how it was judged."""
 
@@ -58,6 +63,9 @@ class CardBase(BaseModel):
     calibration: Calibration | None = None  # raw head probability → reported probability; threshold is on the latter
     data: dict[str, Any] = {}
     created: str = ""
+    #: sha256 of every file the folder holds for this card (its kind's tensors), written with the card and checked on
+    #: load (:func:`verify_files`): a damaged file is refused instead of served, and the detector id covers the weights
+    files: dict[str, str] = {}
 
 
 class Card(CardBase):
@@ -156,10 +164,34 @@ def read_card(folder: str | Path) -> Card | FinetunedCard | EnsembleCard:
         raise NotADetectorError(f"{file}: not a synthdet detector card ({_reasons(e)})") from None
 
 
+def sha256_file(path: Path) -> str:
+    digest = hashlib.sha256()
+    with path.open("rb") as f:
+        while chunk := f.read(1 << 20):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
 def save_card(card: CardBase, folder: Path) -> None:
-    """Write ``card.json`` atomically, stamping the creation time once."""
+    """Write ``card.json`` atomically, stamping the creation time once and recording the sha256 of the kind's files
+    already in ``folder`` (write the tensors first, the card last: a folder without its card is no detector)."""
     card.created = card.created or time.strftime("%Y-%m-%dT%H:%M:%S%z")
+    kind = str(getattr(card, "kind", ""))
+    names = DETECTOR_KINDS.meta(kind)["files"] if kind in DETECTOR_KINDS else ()
+    card.files = {name: sha256_file(folder / name) for name in names if (folder / name).is_file()}
     write_text(folder / "card.json", json.dumps(card.model_dump(mode="json"), indent=2) + "\n")
+
+
+def verify_files(folder: str | Path, card: CardBase) -> None:
+    """Each file the card records has the bytes it had when the card was written; :class:`DamagedDetectorError`
+    (one line) for the first that does not. Cards written before digests were recorded have none to check."""
+    for name, digest in card.files.items():
+        path = Path(folder) / name
+        if not path.is_file():
+            raise FileNotFoundError(f"{path}: missing; its card records it: copy the whole detector folder")
+        if sha256_file(path) != digest:
+            raise DamagedDetectorError(f"{path}: not the file its card records (sha256 differs: altered or cut "
+                                       "short); copy the detector folder again")
 
 
 def default_detector_path() -> Path:

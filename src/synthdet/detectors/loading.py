@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from synthdet.detectors.card import DETECTOR_KINDS, default_detector_path, read_card
+from synthdet.detectors.card import DETECTOR_KINDS, default_detector_path, read_card, verify_files
 from synthdet.detectors.detector import Detector
 from synthdet.detectors.ensemble import EnsembleDetector
 
@@ -15,10 +15,13 @@ def load_detector(path: str | Path | None = None) -> Detector | EnsembleDetector
     The card's ``kind`` picks the loader :data:`~synthdet.detectors.card.DETECTOR_KINDS` registers: a probe or
     fine-tuned folder gives a :class:`Detector`, an ensemble an :class:`EnsembleDetector` (same ``card``,
     ``threshold``, ``predict_paths``, ``score`` and ``assess``), a Task B localizer its localizer. A folder missing a
-    file its kind needs is an error naming the file, before anything is read."""
+    file its kind needs, or holding one whose sha256 is not the card's, is an error naming the file, before anything
+    is loaded."""
     path = Path(path) if path is not None else default_detector_path()
-    kind = read_card(path).kind
+    card = read_card(path)
+    kind = card.kind
     for name in DETECTOR_KINDS.meta(kind)["files"]:
         if not (path / name).is_file():
             raise FileNotFoundError(f"{path}: a {kind} detector without {name}; copy the whole folder")
+    verify_files(path, card)
     return DETECTOR_KINDS.get(kind)(path)  # type: ignore[no-any-return]

@@ -178,9 +178,11 @@ class InitDetector:
 
 def save_finetuned(detector: Detector, tuned: dict[str, torch.Tensor], path: str | Path) -> Path:
     """A detector folder plus ``backbone.safetensors``: the tuned tensors that turn the base backbone into this one."""
-    path = detector.save(path)
-    with atomic_path(path / "backbone.safetensors") as tmp:
+    path = Path(path)
+    path.mkdir(parents=True, exist_ok=True)
+    with atomic_path(path / "backbone.safetensors") as tmp:  # before the card, which records its sha256
         save_file(tuned, str(tmp))
+    detector.save(path)
     return path
 
 
