@@ -18,16 +18,19 @@ def free_port() -> int:
 
 @contextmanager
 def live_server(detector: Any, localizer: Any = None, **settings: Any) -> Iterator[str]:
-    """``http://127.0.0.1:PORT`` of ``create_app(detector, settings=Settings(**settings), localizer=localizer)`` until
-    the block ends."""
+    """``http://127.0.0.1:PORT`` of ``create_app(detector, settings=Settings(**settings), localizer=localizer)``,
+    configured as ``synthdet serve`` configures it (:func:`~synthdet.serve.connections.server_config`), until the
+    block ends."""
     import uvicorn
 
     from synthdet.serve import Settings, create_app
+    from synthdet.serve.connections import server_config
 
     port = free_port()
-    config = uvicorn.Config(create_app(detector, settings=Settings(**settings), localizer=localizer),
-                            host="127.0.0.1", port=port,
-                            log_level="warning", backlog=2048)
+    s = Settings(**settings)
+    config = server_config(create_app(detector, settings=s, localizer=localizer), host="127.0.0.1", port=port,
+                           log_level="warning", backlog=2048, head_timeout_s=s.head_timeout_s,
+                           per_client=s.max_connections_per_client)
     server = uvicorn.Server(config)
     thread = threading.Thread(target=server.run, daemon=True)
     thread.start()

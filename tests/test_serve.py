@@ -36,7 +36,9 @@ def det(default_detector: Detector) -> Detector:
 
 @pytest.fixture(scope="module")
 def url(det: Detector) -> Iterator[str]:
-    with live_server(det, max_body_bytes=2 * MB, max_pixels=4_000_000, queue_size=8) as u:
+    # one loopback address stands in for many clients here (500 concurrent ones below): no per-address cap
+    with live_server(det, max_body_bytes=2 * MB, max_pixels=4_000_000, queue_size=8,
+                     max_connections_per_client=4096) as u:
         yield u
 
 
@@ -182,10 +184,12 @@ def test_500_concurrent_requests_against_a_queue_of_8(url: str, photo: bytes) ->
     assert set(codes) <= {200, 503}, sorted(set(codes))
     assert codes.count(200) >= 8 and codes.count(503) >= 1, (codes.count(200), codes.count(503))
     refused = [r for r in responses if r.status_code == 503]
-    assert all(r.headers["retry-after"] == "1" and r.json()["error"]["reason"] == "queue-full" for r in refused)
+    reasons = {r.json()["error"]["reason"] for r in refused}
+    assert reasons <= {"queue-full", "overloaded"} and all(int(r.headers["retry-after"]) >= 1 for r in refused)
     assert httpx.get(f"{url}/healthz").json()["in_progress"] == 0
     assert httpx.post(f"{url}/v1/score", content=photo, timeout=60).status_code == 200
-    assert 'synthdet_errors_total{reason="queue-full"}' in httpx.get(f"{url}/metrics").text
+    text = httpx.get(f"{url}/metrics").text
+    assert any(f'synthdet_errors_total{{reason="{r}"}}' in text for r in reasons)
 
 
 def test_micro_batching_gathers_concurrent_requests(det: Detector) -> None:
@@ -226,6 +230,20 @@ def test_cli_refuses_open_bind_without_key() -> None:
     assert res.exit_code == 2 and "api-key" in res.output
     res = runner.invoke(app, ["serve", "--localizer", "."])
     assert res.exit_code == 2 and "card.json" in res.output  # not a localizer folder: refused before serving
+
+
+def test_a_second_server_on_a_busy_port_fails_before_loading_the_model(url: str) -> None:
+    """The port is checked first: no model load, no "startup complete", one line and exit 2."""
+    import subprocess
+    import sys
+    import time
+
+    port = url.rsplit(":", 1)[1]
+    start = time.monotonic()
+    res = subprocess.run([sys.executable, "-m", "synthdet.cli", "serve", "--port", port], capture_output=True,
+                         text=True, timeout=120)
+    assert res.returncode == 2 and "is in use" in res.stderr and "startup complete" not in res.stderr, res.stderr
+    assert len(res.stderr.strip().splitlines()) == 1 and time.monotonic() - start < 30
 
 
 def test_localize_returns_the_mask_at_the_image_size_and_the_decision(det: Detector, tmp_path) -> None:
@@ -275,20 +293,82 @@ def test_pixels_bomb_png_is_small() -> None:
         assert img.size[0] * img.size[1] > 4_000_000
 
 
-def test_slow_sender_is_cut_off(det: Detector, photo: bytes) -> None:
-    """The timeout covers reading the body: a client trickling its upload cannot hold a queue slot for ever."""
+def test_slow_senders_hold_no_queue_slot_and_are_cut_off(det: Detector, photo: bytes) -> None:
+    """The body is read before admission, within its own deadline: clients trickling their uploads (more of them
+    than the queue has slots) cannot starve a normal request, and each ends with 408 when its deadline passes."""
+    import threading
     import time
 
     def trickle() -> Iterator[bytes]:
-        for i in range(0, len(photo), len(photo) // 4 + 1):
-            time.sleep(0.6)
-            yield photo[i:i + len(photo) // 4 + 1]
+        for i in range(0, len(photo), len(photo) // 8 + 1):
+            time.sleep(0.5)
+            yield photo[i:i + len(photo) // 8 + 1]
 
-    with live_server(det, timeout_s=1.0, queue_size=1) as u:
-        r = httpx.post(f"{u}/v1/score?checks=false", content=trickle(), timeout=60)
-        assert r.status_code == 504 and r.json()["error"]["reason"] == "timeout"
+    with live_server(det, queue_size=2, body_timeout_s=2.0, timeout_s=30) as u:
+        slow: list[httpx.Response] = []
+        senders = [threading.Thread(target=lambda: slow.append(httpx.post(f"{u}/v1/score?checks=false",
+                                                                          content=trickle(), timeout=60)))
+                   for _ in range(6)]
+        for t in senders:
+            t.start()
+        time.sleep(0.8)  # every slow sender is mid-upload
+        start = time.monotonic()
+        fast = httpx.post(f"{u}/v1/score?checks=false", content=photo, timeout=60)
+        assert fast.status_code == 200 and time.monotonic() - start < 1.5, fast.text
+        for t in senders:
+            t.join(timeout=30)
+        assert [r.status_code for r in slow] == [408] * 6
+        assert {r.json()["error"]["reason"] for r in slow} == {"body-timeout"}
         assert httpx.get(f"{u}/healthz").json()["in_progress"] == 0
-        assert httpx.post(f"{u}/v1/score?checks=false", content=photo, timeout=60).status_code == 200
+
+
+def test_silent_or_trickled_heads_are_closed_and_one_address_is_capped(det: Detector) -> None:
+    """A connection that sends no complete request head within the deadline is closed (half-open sockets and
+    headers at 1 byte/s hold nothing); one address's connections beyond the cap are closed at once."""
+    import socket
+    import time
+
+    def closed_within(sock: socket.socket, seconds: float) -> bool:
+        sock.settimeout(seconds)
+        try:
+            return sock.recv(1) == b""
+        except TimeoutError:
+            return False
+        except ConnectionResetError:
+            return True
+
+    with live_server(det, head_timeout_s=1.0, max_connections_per_client=4) as u:
+        host, port = u.removeprefix("http://").split(":")
+        silent = socket.create_connection((host, int(port)))
+        trickled = socket.create_connection((host, int(port)))
+        for byte in b"GET /healthz HTTP/1.1\r\n":
+            trickled.sendall(bytes([byte]))
+            time.sleep(0.05)
+            if byte == ord("/"):
+                break
+        extra = [socket.create_connection((host, int(port))) for _ in range(3)]  # 5 open from one address
+        assert closed_within(extra[-1], 0.5)  # the fifth: over the cap of 4, closed at once
+        assert not closed_within(silent, 0.1)  # the first four wait for their heads
+        assert closed_within(silent, 2.0) and closed_within(trickled, 2.0)
+        for sock in (silent, trickled, *extra):
+            sock.close()
+        time.sleep(0.2)
+        assert httpx.get(f"{u}/healthz", timeout=10).status_code == 200  # a complete head is served
+
+
+def test_overload_is_refused_with_503_before_work_not_504_after(det: Detector, photo: bytes) -> None:
+    """With more work queued than the timeout allows (checks on: four forward passes a request), requests are
+    refused at once with 503 + Retry-After from the service's own cost estimate, instead of timing out with 504."""
+
+    async def storm(u: str) -> list[httpx.Response]:
+        async with httpx.AsyncClient(timeout=60) as client:
+            return await asyncio.gather(*(client.post(f"{u}/v1/score", content=photo) for _ in range(24)))
+
+    with live_server(det, timeout_s=2.0, queue_size=64) as u:
+        codes = [r.status_code for r in asyncio.run(storm(u))]
+        assert codes.count(200) >= 1 and codes.count(503) >= 8, codes
+        assert codes.count(504) <= codes.count(503) // 4, codes  # refusals come before the work, not after
+        assert httpx.get(f"{u}/healthz").json()["in_progress"] == 0
 
 
 def test_large_upload_never_touches_the_disk(url: str, monkeypatch: pytest.MonkeyPatch) -> None:

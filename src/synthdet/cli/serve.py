@@ -25,6 +25,12 @@ def serve(
     max_batch: Annotated[int, typer.Option(min=1, help="Requests per forward pass (1: no micro-batching).")] = 8,
     max_wait_ms: Annotated[float, typer.Option(min=0, help="Wait for more requests to batch, in ms.")] = 5.0,
     workers: Annotated[int, typer.Option(min=1, help="Decoding threads.")] = 2,
+    body_timeout: Annotated[float, typer.Option(min=0.1, help="Seconds for a request body to arrive (408 beyond); "
+                                                              "no queue slot is held meanwhile.")] = 10.0,
+    head_timeout: Annotated[float, typer.Option(min=0.1, help="Seconds for a connection's request head to arrive "
+                                                              "(closed beyond).")] = 10.0,
+    max_connections_per_client: Annotated[int, typer.Option(min=1, help="Open connections from one address; more "
+                                                                        "are closed at once.")] = 32,
     log_level: Annotated[str, typer.Option(help="uvicorn log level.")] = "info",
 ) -> None:
     """Serve a REST API (/v1/score, /v1/score/batch, /v1/detector, /healthz, /metrics, /docs) and a web page (/)."""
@@ -35,7 +41,10 @@ def serve(
         raise fail(f"--host {host} exposes the service beyond this machine: give --api-key (or SYNTHDET_API_KEY)")
     settings = Settings(max_body_bytes=int(max_body_mb * 1024 * 1024), max_pixels=max_pixels, timeout_s=timeout,
                         queue_size=queue, max_batch=max_batch, max_wait_ms=max_wait_ms, workers=workers,
-                        api_key=api_key)
+                        api_key=api_key, body_timeout_s=body_timeout, head_timeout_s=head_timeout,
+                        max_connections_per_client=max_connections_per_client)
+    if port and (busy := port_in_use(host, port)):  # before the model loads: a second server fails at once
+        raise fail(f"{host}:{port} is in use ({busy}): stop the other server or pass --port")
     det = create_engine("local").load(detector)
     loc = None
     if localizer is not None:
@@ -44,3 +53,17 @@ def serve(
         loc = load_localizer(localizer)
     note(f"synthdet serve: http://{host}:{port}/  (API docs: /docs; detector {detector or 'shipped default'})")
     run(det, host=host, port=port, settings=settings, log_level=log_level, localizer=loc)
+
+
+def port_in_use(host: str, port: int) -> str | None:
+    """Why ``host:port`` cannot be bound now (the OS's words), or None when it can."""
+    import socket
+
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    with socket.socket(family, socket.SOCK_STREAM) as sock:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as uvicorn binds: TIME_WAIT is no conflict
+        try:
+            sock.bind((host, port))
+        except OSError as e:
+            return e.strerror or str(e)
+    return None

@@ -37,5 +37,8 @@ def run(detector: Any, *, host: str = "127.0.0.1", port: int = 8000, settings: S
         raise ValueError(f"binding to {host} exposes the service beyond this machine: set an API key "
                          f"(--api-key or SYNTHDET_API_KEY)")
     uvicorn = require("uvicorn", "synthdet serve")
-    uvicorn.run(create_app(detector, settings=settings, localizer=localizer), host=host, port=port, log_level=log_level,
-                server_header=False, timeout_keep_alive=5)
+    from synthdet.serve.connections import server_config
+
+    app = create_app(detector, settings=settings, localizer=localizer)
+    uvicorn.Server(server_config(app, host=host, port=port, log_level=log_level, head_timeout_s=settings.head_timeout_s,
+                                 per_client=settings.max_connections_per_client)).run()

@@ -32,7 +32,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.formparsers import MultiPartException, MultiPartParser
 from swagger_ui_bundle import swagger_ui_path
 
-from synthdet.detectors.assess import Assessment, Pending, band_of, prepare
+from synthdet.detectors.assess import Assessment, Pending, assess_image, band_of, prepare
 from synthdet.detectors.scoring import detector_id
 from synthdet.io.pixels import DEFAULT_MAX_PIXELS, ImageLoadError
 from synthdet.serve.batcher import MicroBatcher
@@ -40,6 +40,23 @@ from synthdet.serve.batcher import MicroBatcher
 #: The Swagger UI files ``/docs`` needs, served from the ``swagger-ui-bundle`` package (no CDN).
 _DOCS_ASSETS = {"swagger-ui-bundle.js": "text/javascript", "swagger-ui.css": "text/css",
                 "favicon-32x32.png": "image/png"}
+
+def _warmup_image() -> bytes:
+    """A 256-px photo-like JPEG: what the service scores once at start to build its caches and time a request."""
+    import io
+
+    import numpy as np
+    from PIL import Image
+
+    rng = np.random.default_rng(0)
+    y, x = np.mgrid[0:256, 0:256]
+    base = np.stack([x, y, (x + y) // 2], axis=-1).astype(np.float64) + rng.normal(0, 8, (256, 256, 3))
+    buf = io.BytesIO()
+    Image.fromarray(np.clip(base, 0, 255).astype(np.uint8)).save(buf, "JPEG", quality=90)
+    return buf.getvalue()
+
+
+_WARMUP = _warmup_image()
 
 #: HTTP status for each reason :func:`~synthdet.io.pixels.load_image` gives.
 STATUS_BY_REASON = {"empty-file": 400, "not-an-image": 415, "truncated": 422, "corrupt": 422, "too-large": 413}
@@ -58,6 +75,9 @@ class Settings(BaseModel):
     max_batch: int = Field(8, ge=1)  # requests gathered into one forward pass (1: micro-batching off)
     max_wait_ms: float = Field(5.0, ge=0)  # how long the first request of a batch waits for company
     api_key: str | None = None  # required as X-API-Key (or Bearer) on /v1/* and /metrics when set
+    body_timeout_s: float = Field(10.0, gt=0)  # the body must arrive within this (408 beyond); no queue slot meanwhile
+    head_timeout_s: float = Field(10.0, gt=0)  # a connection's request head must arrive within this (closed beyond)
+    max_connections_per_client: int = Field(32, ge=1)  # open connections from one address; more are closed at once
 
 
 class ServiceError(Exception):
@@ -77,6 +97,22 @@ class _InMemoryParser(MultiPartParser):
 
         super().__init__(headers, stream(), max_files=limit, max_fields=limit)
         self.spool_max_size = len(body) + 1
+
+
+#: Shed load when the estimated wait reaches this share of the timeout: decoding and the answer take the rest.
+SHED_AT = 0.8
+
+
+class _Load:
+    """Seconds of worker time a request costs (decoded images through the network, checks included): a moving
+    average of the forward passes, seeded by a warm-up pass at start, so overload is refused before work starts."""
+
+    def __init__(self) -> None:
+        self.seconds_per_request = 0.0
+
+    def observe(self, seconds: float) -> None:
+        prev = self.seconds_per_request
+        self.seconds_per_request = seconds if prev == 0.0 else 0.8 * prev + 0.2 * seconds
 
 
 class _Metrics:
@@ -152,7 +188,13 @@ def create_app(detector: Any, *, settings: Settings | None = None, localizer: An
     det_id = detector_id(det)
     admitted = 0
     metrics = _Metrics(lambda: admitted)
-    batcher = MicroBatcher(det, max_batch=s.max_batch, max_wait_ms=s.max_wait_ms, on_batch=metrics.on_batch,
+    load = _Load()
+
+    def on_batch(n_requests: int, n_images: int, seconds: float) -> None:
+        metrics.on_batch(n_requests, n_images, seconds)
+        load.observe(seconds / max(1, n_requests))
+
+    batcher = MicroBatcher(det, max_batch=s.max_batch, max_wait_ms=s.max_wait_ms, on_batch=on_batch,
                            in_flight=lambda: admitted)
     pool = ThreadPoolExecutor(max_workers=s.workers, thread_name_prefix="synthdet-decode")
     page = (resources.files("synthdet.serve") / "static" / "index.html").read_text(encoding="utf-8")
@@ -160,6 +202,9 @@ def create_app(detector: Any, *, settings: Settings | None = None, localizer: An
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         _ = det.backbone  # build the network before the first request
+        warm = time.perf_counter()  # and time one request's work (with checks): the load estimate's first value
+        assess_image(det, _WARMUP, checks=True, heatmap=False)
+        load.observe(time.perf_counter() - warm)
         batcher.start()
         yield
         batcher.stop()
@@ -289,16 +334,23 @@ def create_app(detector: Any, *, settings: Settings | None = None, localizer: An
 
     async def run(request: Request, heatmap: bool, checks: bool, many: bool
                   ) -> list[tuple[str, Assessment | ServiceError]]:
-        """``(file name, result)`` per upload, admitted against the queue and within the timeout."""
-
-        async def work() -> list[tuple[str, Assessment | ServiceError]]:
-            uploads = await read_uploads(request, many=many)  # inside the timeout: a slow sender is cut off too
-            results = await assess(uploads, heatmap, checks)
-            return [(name, r) for (name, _), r in zip(uploads, results)]
-
+        """``(file name, result)`` per upload: the body read first, within its own deadline and holding no queue
+        slot (a slow sender starves nobody); then admitted, or refused with 503 before any work when the queue's
+        estimated wait would pass the timeout; then answered within the timeout."""
+        try:
+            uploads = await asyncio.wait_for(read_uploads(request, many=many), timeout=s.body_timeout_s)
+        except TimeoutError:
+            raise ServiceError(408, "body-timeout", f"the request body did not arrive within {s.body_timeout_s:g} s"
+                               ) from None
+        wait = (admitted + 1) * load.seconds_per_request
+        if admitted and wait > SHED_AT * s.timeout_s:  # alone, a request is tried whatever its cost
+            retry = max(s.retry_after_s, round(wait - SHED_AT * s.timeout_s))
+            raise ServiceError(503, "overloaded", f"about {wait:.1f} s of work is queued (timeout {s.timeout_s:g} s); "
+                               f"retry after {retry} s", headers={"Retry-After": str(retry)})
         admit()
         try:
-            return await asyncio.wait_for(work(), timeout=s.timeout_s)
+            results = await asyncio.wait_for(assess(uploads, heatmap, checks), timeout=s.timeout_s)
+            return [(name, r) for (name, _), r in zip(uploads, results)]
         except TimeoutError:
             raise ServiceError(504, "timeout", f"no answer within {s.timeout_s:g} s") from None
         finally:
