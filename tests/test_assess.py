@@ -294,3 +294,34 @@ def test_mutated_files_never_crash(det: Detector) -> None:
         if isinstance(result, ImageLoadError):
             assert result.reason in ("not-an-image", "truncated", "corrupt", "too-large"), result
     assert outcomes["ok"] > 0 and outcomes["refused"] > 0, outcomes
+
+
+def test_a_huge_small_file_costs_its_checks_and_heatmap_what_a_photo_costs(
+    default_detector: Detector, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A 60 KB paletted PNG of 8000×6000: the checks and patch tiles are cut from the one bounded copy scoring makes
+    anyway, never from 48 Mpx (a JPEG re-encode and crops of that took seconds and gigabytes); the tiles' boxes are
+    still given in the upload's own pixels, and the image's own score is the plain score's."""
+    from synthdet.detectors.assess import prepare
+    from synthdet.detectors.scoring import draft_size
+
+    big = Image.new("P", (8000, 6000), 7)
+    big.putpalette([(i * 37) % 256 for i in range(768)])
+    data = encode_image(big, "PNG", optimize=True)
+    assert len(data) < 200_000
+    seen: list[tuple[int, int]] = []  # the size each check is applied to
+    import synthdet.detectors.assess as assess_module
+
+    for name, (text, fn) in list(CHECKS.items()):
+        monkeypatch.setitem(assess_module.CHECKS, name,
+                            (text, lambda im, key, fn=fn: seen.append(im.size) or fn(im, key)))
+    pending = prepare(default_detector, data, checks=True, heatmap=True)
+    assert len(seen) == len(CHECKS) and all(min(size) < 2 * 768 for size in seen), seen  # never the 48 Mpx
+    limit = 2 * (draft_size(default_detector) or 1024)
+    assert len(pending.images) == 1 + len(CHECKS) + 9
+    assert all(min(im.size) < limit for im in pending.images), [im.size for im in pending.images]
+    boxes = [b for row in pending.boxes for b in row]
+    assert max(b[2] for b in boxes) == 8000 and max(b[3] for b in boxes) == 6000 and min(b[0] for b in boxes) == 0
+    (tmp_path / "big.png").write_bytes(data)
+    ((_, plain, _),) = default_detector.predict_paths([tmp_path / "big.png"], num_workers=0)
+    assert assess_image(default_detector, data, checks=True).probability == pytest.approx(plain, abs=1e-5)

@@ -115,6 +115,10 @@ def band_of(det: AnyDetector) -> tuple[tuple[float, float], str]:
 # --- assessment -------------------------------------------------------------------------------------------------
 
 
+#: Short side kept for the checks and heatmap when the detector's members reduce differently (an ensemble).
+BOUNDED_SIDE = 1024
+
+
 def tile_boxes(size: tuple[int, int], grid: int = HEATMAP_GRID) -> list[list[tuple[int, int, int, int]]]:
     """A ``grid``×``grid`` lattice of overlapping square tiles, side half the short side, corners to corners."""
     w, h = size
@@ -211,10 +215,16 @@ def prepare(
     sha = hashlib.sha256(data if data is not None else img.tobytes()).hexdigest()
     t1 = time.perf_counter()
     draft = draft_size(det)
-    variants = [img] + [CHECKS[c][1](img, sha) for c in (CHECKS if checks else ())]
-    boxes = tile_boxes(img.size) if heatmap else None
-    tiles = [img.crop(b) for row in boxes for b in row] if boxes else []
+    # every variant is cut from one bounded copy (the reduction scoring makes anyway): a 100 Mpx upload costs its
+    # checks and heatmap what a photo costs, not a JPEG re-encode and crops of 100 Mpx
+    base = reduce_to(img, draft or BOUNDED_SIDE)
+    scale = int(base.info.get("draft_scale", 1))
+    variants = [base] + [CHECKS[c][1](base, sha) for c in (CHECKS if checks else ())]
+    small = tile_boxes(base.size) if heatmap else None
+    tiles = [base.crop(b) for row in small for b in row] if small else []
     images = [reduce_to(v, draft) if draft else v for v in variants + tiles]
+    boxes = [[(x0 * scale, y0 * scale, min(x1 * scale, img.width), min(y1 * scale, img.height))
+              for x0, y0, x1, y1 in row] for row in small] if small else None  # in the upload's own pixels
     t2 = time.perf_counter()
     ev = read_evidence(data) if evidence and data is not None else None
     t3 = time.perf_counter()
