@@ -55,12 +55,22 @@ def peak_rss_mb(pid: int) -> float:
     return float("nan")
 
 
-def start_server(port: int, max_batch: int, max_wait_ms: float, detector: str | None) -> subprocess.Popen:
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU seconds a process has used (``/proc/PID/stat``)."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def start_server(port: int, max_batch: int, max_wait_ms: float, detector: str | None,
+                 limits: str = "open") -> subprocess.Popen:
+    """``synthdet serve`` in a subprocess: with ``limits="open"`` a queue and timeout no load reaches (capacity),
+    with ``"default"`` the service's own defaults (queue 32, timeout 30 s: what overload does to clients)."""
     import httpx
 
+    open_limits = ["--queue", "1024", "--timeout", "600"] if limits == "open" else []
     cmd = [sys.executable, "-m", "synthdet.cli", "serve", *([detector] if detector else []), "--port", str(port),
-           "--queue", "1024", "--max-batch", str(max_batch), "--max-wait-ms", str(max_wait_ms), "--timeout", "600",
-           "--log-level", "warning"]
+           *open_limits, "--max-batch", str(max_batch), "--max-wait-ms", str(max_wait_ms), "--log-level", "warning",
+           "--max-connections-per-client", "1024"]  # the clients below all come from 127.0.0.1
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT / "src"), os.environ.get("PYTHONPATH", "")])}
     proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     deadline = time.monotonic() + 180
@@ -106,6 +116,7 @@ async def load(url: str, payloads: list[bytes], clients: int) -> dict:
     return {"clients": clients, "requests": len(payloads), "ok": len(latencies), "failures": failures,
             "wall_s": round(wall, 3), "images_per_s": round(len(latencies) / wall, 2),
             "p50_ms": round(float(np.percentile(lat, 50)), 1) if len(lat) else None,
+            "p95_ms": round(float(np.percentile(lat, 95)), 1) if len(lat) else None,
             "p99_ms": round(float(np.percentile(lat, 99)), 1) if len(lat) else None}
 
 
@@ -143,6 +154,9 @@ def main() -> None:
     ap.add_argument("--detector", default=None, help="detector folder (default: the shipped one)")
     ap.add_argument("--port", type=int, default=8791)
     ap.add_argument("--json", type=Path, default=ROOT / "benchmarks" / "results" / "serve_load.json")
+    ap.add_argument("--limits", choices=["open", "default"], default="open",
+                    help="open: queue and timeout out of reach (capacity); default: the service's own (overload)")
+    ap.add_argument("--no-offline", action="store_true", help="skip the offline rows")
     args = ap.parse_args()
 
     from synthdet.io.atomic import write_text
@@ -150,14 +164,16 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         paths, source = pick_images(args.n, Path(tmp))
         payloads = [p.read_bytes() for p in paths]
-        offline_rows = offline(paths, payloads, args.checks, args.detector)
+        offline_rows = [] if args.no_offline else offline(paths, payloads, args.checks, args.detector)
         url = f"http://127.0.0.1:{args.port}/v1/score?checks={'true' if args.checks else 'false'}"
         served = []
         for label, max_batch in (("micro-batching on", args.max_batch), ("micro-batching off", 1)):
-            proc = start_server(args.port, max_batch, args.max_wait_ms, args.detector)
+            proc = start_server(args.port, max_batch, args.max_wait_ms, args.detector, args.limits)
             try:
                 for c in args.clients:
+                    cpu = cpu_seconds(proc.pid)
                     row = asyncio.run(load(url, payloads, c))
+                    row["server_cpu_ms_per_request"] = round(1e3 * (cpu_seconds(proc.pid) - cpu) / (len(payloads) + 1), 1)
                     served.append({"server": label, "max_batch": max_batch, **row})
                 rss = peak_rss_mb(proc.pid)
                 for row in served:
@@ -168,7 +184,7 @@ def main() -> None:
                 proc.wait(timeout=30)
     result = {
         "what": "POST /v1/score (raw body) on loopback; every image once per concurrency level",
-        "images": source, "checks": args.checks, "max_wait_ms": args.max_wait_ms,
+        "images": source, "checks": args.checks, "max_wait_ms": args.max_wait_ms, "limits": args.limits,
         "machine": f"{platform.machine()}, {os.cpu_count()} cores, shared by clients, server and other jobs "
                    f"(load average {os.getloadavg()[0]:.1f} at the end); OMP_NUM_THREADS="
                    f"{os.environ.get('OMP_NUM_THREADS', 'unset')}",
@@ -176,12 +192,15 @@ def main() -> None:
     }
     write_text(args.json, json.dumps(result, indent=2) + "\n")
     print(f"images: {source}; checks {'on' if args.checks else 'off'}; {result['machine']}")
-    print(f"{'path':<44} {'clients':>7} {'img/s':>7} {'p50 ms':>8} {'p99 ms':>8} {'RSS MB':>7}")
+    print(f"{'path':<44} {'clients':>7} {'ok/s':>7} {'p50 ms':>8} {'p95 ms':>8} {'p99 ms':>8} {'statuses':>18} "
+          f"{'CPU ms/req':>10} {'RSS MB':>7}")
     for r in offline_rows:
-        print(f"{r['path']:<44} {'-':>7} {r['images_per_s']:>7} {'-':>8} {'-':>8} {'-':>7}")
+        print(f"{r['path']:<44} {'-':>7} {r['images_per_s']:>7} {'-':>8} {'-':>8} {'-':>8} {'-':>18} {'-':>10} {'-':>7}")
     for r in served:
+        mix = " ".join(f"{k}:{v}" for k, v in {"200": r["ok"], **r["failures"]}.items())
         print(f"{'serve, ' + r['server']:<44} {r['clients']:>7} {r['images_per_s']:>7} {r['p50_ms']!s:>8} "
-              f"{r['p99_ms']!s:>8} {r['server_peak_rss_mb']:>7}")
+              f"{r['p95_ms']!s:>8} {r['p99_ms']!s:>8} {mix:>18} {r['server_cpu_ms_per_request']:>10} "
+              f"{r['server_peak_rss_mb']:>7}")
     print(f"→ {args.json}")
 
 
