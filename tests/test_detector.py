@@ -276,6 +276,8 @@ def test_a_damaged_weights_file_is_refused_by_load_predict_and_serve(tmp_path: P
         head.write_bytes(bytes(data))
         with pytest.raises(DamagedDetectorError, match="head.safetensors: not the file its card records"):
             load_detector(folder)
+        if damage == "truncate":
+            continue  # the commands' handling is the same for any damage: checked once, on the flipped copy
         image = next(iter(sorted((demo_data_dir() / "real").iterdir())))
         for args in (["predict", str(folder), str(image)], ["serve", str(folder), "--port", "0"]):
             res = subprocess.run([sys.executable, "-m", "synthdet.cli", *args], capture_output=True, text=True,
