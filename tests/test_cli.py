@@ -208,10 +208,11 @@ def test_predict_streams_lf_rows_and_skips_bad_names_with_their_reason(tmp_path:
     assert lines[0] == "image_id,prob,label,threshold" and sorted(x.split(",")[0] for x in lines[1:]) == ["a.jpg", "b.png"]
     err = res.stderr.decode()
     assert "skipped" in err and "broken.png" in err and "caf\\xe9.jpg" in err and "not valid UTF-8" in err
-    assert "score:" in err  # the CLI draws progress (tqdm, "score: 100%|…")
+    assert "score:" not in err and "\r" not in err  # progress bars only on a terminal: none in a piped log
     assert not list(work.iterdir())  # no predictions.skipped.csv dropped into the working directory
 
     out = tmp_path / "out" / "pred.csv"
+    out.parent.mkdir()  # -o names a file in a folder that exists (a missing one is refused: see below)
     res = shell("predict", data, "-o", out, "--workers", "0", "--quiet")
     assert res.returncode == 0, res.stderr
     assert "score:" not in res.stderr.decode()  # --quiet: no progress bar
@@ -300,3 +301,23 @@ def test_evaluate_and_report_print_json(tmp_path: Path) -> None:
     res = runner.invoke(app, ["report", str(run), "-o", str(tmp_path / "r.html"), "--json"])
     assert res.exit_code == 0, res.output
     assert json.loads(res.stdout)["runs"][0]["slices"][0]["n"] == 6
+
+
+def test_predict_says_what_assess_says_and_refuses_flags_it_would_ignore(tmp_path: Path) -> None:
+    """One image: the verdict in ``--assess``'s words for the same score (band alone, no checks), never "leaning";
+    ``-o`` into a folder that does not exist and ``--heatmap`` without ``--assess`` are refused (exit 2), before any
+    model loads and without creating anything."""
+    from synthdet.detectors.assess import assess_image
+    from synthdet.detectors.loading import load_detector
+
+    image = sorted((demo_data_dir() / "fake").iterdir())[0]
+    res = runner.invoke(app, ["predict", str(image)], env={"COLUMNS": "200"})
+    assert res.exit_code == 0, res.output
+    expected = assess_image(load_detector(), image, checks=False)
+    assert f": {expected.verdict}  (p_fake={expected.probability:.3f}" in res.output, res.output
+    assert "uncertain within [" in res.output and "leaning" not in res.output
+    missing = tmp_path / "no-such-folder" / "x.csv"
+    res = runner.invoke(app, ["predict", str(image), "-o", str(missing)])
+    assert res.exit_code == 2 and "does not exist" in res.output and not missing.parent.exists()
+    res = runner.invoke(app, ["predict", str(image), "--heatmap"])
+    assert res.exit_code == 2 and "--assess" in res.output

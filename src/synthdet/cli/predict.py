@@ -24,11 +24,11 @@ import typer
 from synthdet.cli._io import Json, Quiet, console, fail, note, print_json, skipped
 
 
-def _verdict(prob: float, threshold: float) -> str:
-    fake = prob >= threshold
-    margin = abs(prob - threshold) / max(threshold if not fake else 1 - threshold, 1e-6)
-    strength = "likely" if margin > 0.5 else "leaning"
-    return f"{strength} AI-generated" if fake else f"{strength} a real photograph"
+def _verdict(prob: float, threshold: float, band: tuple[float, float]) -> str:
+    """The words ``--assess`` uses for the same score, from the band alone (no stability checks here)."""
+    if band[0] <= prob <= band[1]:
+        return "uncertain"
+    return "likely generated" if prob >= threshold else "likely real"
 
 
 def predict(
@@ -64,6 +64,10 @@ def predict(
         detector, paths = paths[0], paths[1:]
     if not paths:
         raise fail("no images given")
+    if heatmap and not assess:
+        raise fail("--heatmap adds patch scores to --assess: give both")
+    if out is not None and not out.parent.is_dir():
+        raise fail(f"-o {out}: folder {out.parent} does not exist")
     name = _engine_name(engine, runtime)
     if name == "ray" and out is None:
         raise fail("--engine ray writes -o FILE (.parquet or .csv)")
@@ -87,8 +91,12 @@ def predict(
         path, prob, reason = next(results)
         if prob is None:
             raise fail(f"{path}: cannot be scored: {reason}", code=1)
-        console().print(f"{printable(Path(path).name)}: [bold]{_verdict(prob, det.threshold)}[/]  "
-                        f"(p_fake={prob:.3f}, threshold {det.threshold:.3f})")
+        from synthdet.detectors.assess import band_of
+
+        (low, high), _ = band_of(det)
+        console().print(f"{printable(Path(path).name)}: [bold]{_verdict(prob, det.threshold, (low, high))}[/]  "
+                        f"(p_fake={prob:.3f}, threshold {det.threshold:.3f}, uncertain within [{low:.3f}, {high:.3f}]; "
+                        "stability checks: --assess)")
         return
 
     skips: list[tuple[str, str]] = []

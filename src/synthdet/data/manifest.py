@@ -228,7 +228,7 @@ def index(
                 total=len(df),
                 desc="index",
                 unit="img",
-                disable=not progress,
+                disable=None if progress else True,  # None: only on a terminal (no \r frames in logs)
             )
         )
     df = pd.concat([df.reset_index(drop=True), pd.DataFrame(recs)], axis=1)

@@ -73,7 +73,7 @@ def normalise_dataset(
     (out / "images").mkdir(parents=True, exist_ok=True)
     rows, skipped = [], []
     usable = df[df["ok"]] if "ok" in df else df
-    for rec in tqdm(usable.to_dict("records"), desc=f"normalise {chain.name()}", unit="img", disable=not progress):
+    for rec in tqdm(usable.to_dict("records"), desc=f"normalise {chain.name()}", unit="img", disable=None if progress else True):
         sha = rec.get("sha256") or sha256_file(rec["path"])
         dest = out / "images" / f"{sha[:24]}.jpg"
         if not dest.exists():

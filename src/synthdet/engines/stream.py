@@ -185,7 +185,7 @@ def score_stream(
         for v in rows.values():
             v.clear()
 
-    bar = tqdm(desc="score", unit="img", disable=not progress)
+    bar = tqdm(desc="score", unit="img", disable=None if progress else True)
     for path, prob, reason in detector.predict_paths(todo(), **predict_kwargs):
         rows["path"].append(printable(path))
         rows["prob"].append(prob)

@@ -209,7 +209,7 @@ def forward_batches(
         persistent_workers=False,
         prefetch_factor=4 if workers else None,
     )
-    bar = tqdm(total=total, desc=desc, unit="img", disable=not progress)
+    bar = tqdm(total=total, desc=desc, unit="img", disable=None if progress else True)
     threads = torch.get_num_threads()
     if workers and backbone.device.type == "cpu":
         torch.set_num_threads(intra_op_threads(workers))

@@ -219,7 +219,7 @@ def make_manipulations(
         return str(row.get("source", "") or row["path"])
 
     rows = []
-    for i in tqdm(range(n), desc="manipulate", unit="img", disable=not progress):
+    for i in tqdm(range(n), desc="manipulate", unit="img", disable=None if progress else True):
         cat = categories[i % len(categories)]
         real = reals.iloc[order.randrange(len(reals))]
         pool = fakes if cat in ("splice-ai", "regen-fr") and len(fakes) else reals

@@ -151,7 +151,7 @@ def train_localizer(
     train_pairs, val_pairs = load_pairs(train), load_pairs(val)
     aug = _augmenter(cfg.crop, cfg.seed + state["step"])  # a resumed run draws new crops
     start = time.perf_counter()
-    bar = tqdm(total=cfg.steps, initial=state["step"], desc=f"localize {cfg.model}", disable=not progress)
+    bar = tqdm(total=cfg.steps, initial=state["step"], desc=f"localize {cfg.model}", disable=None if progress else True)
     while state["step"] < cfg.steps and state["bad"] < cfg.patience:
         batch = [aug(image=img, mask=m.astype(np.uint8)) for img, m in rng.choices(train_pairs, k=cfg.batch)]
         x = torch.stack([input_tensor(b["image"]) for b in batch]).to(device)

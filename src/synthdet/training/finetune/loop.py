@@ -197,7 +197,7 @@ def finetune(
     def batches(epoch: int) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
         data.set_epoch(epoch, epoch_order(len(train_items), cfg.seed, epoch, item_weights))
         loader = DataLoader(data, batch_size=cfg.batch_size, num_workers=workers, collate_fn=collate)
-        for batch in tqdm(loader, desc=f"epoch {epoch + 1}/{cfg.epochs}", unit="batch", disable=not progress):
+        for batch in tqdm(loader, desc=f"epoch {epoch + 1}/{cfg.epochs}", unit="batch", disable=None if progress else True):
             if batch is not None:
                 yield batch[0].to(dev, non_blocking=True), batch[1].to(dev)
 
