@@ -325,3 +325,21 @@ def test_a_huge_small_file_costs_its_checks_and_heatmap_what_a_photo_costs(
     (tmp_path / "big.png").write_bytes(data)
     ((_, plain, _),) = default_detector.predict_paths([tmp_path / "big.png"], num_workers=0)
     assert assess_image(default_detector, data, checks=True).probability == pytest.approx(plain, abs=1e-5)
+
+
+@pytest.mark.parametrize(("make", "model", "camera"), [
+    ("Canon", "Canon EOS 5D Mark IV", "Canon EOS 5D Mark IV"),
+    ("NIKON CORPORATION", "NIKON D3X", "NIKON D3X"),
+    ("Apple", "iPhone 13 mini", "Apple iPhone 13 mini"),
+    (None, "DSC-RX100", "DSC-RX100"),
+    (None, None, None),
+])
+def test_the_camera_is_named_with_its_brand_once(make: str | None, model: str | None, camera: str | None) -> None:
+    """Evidence read from real EXIF bytes names the camera as people do, not "camera Canon Canon EOS …"."""
+    exif = Image.Exif()
+    if make:
+        exif[0x010F] = make
+    if model:
+        exif[0x0110] = model
+    data = encode_image(synthetic_photo(48, 32), "JPEG", exif=exif)
+    assert read_evidence(data).exif.camera == camera

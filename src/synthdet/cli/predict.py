@@ -143,11 +143,10 @@ def _assess(det: Any, paths: list[Path], *, heatmap: bool, as_json: bool, max_pi
                       f"  ({escape(c.description)})")
         if a.evidence is not None:
             ev = a.evidence
-            camera = " ".join(x for x in (ev.exif.make, ev.exif.model) if x) or "none"
-            jpeg = (f"quality ~{ev.jpeg.quality} ({'standard IJG tables' if ev.jpeg.standard else 'non-standard tables'})"
-                    if ev.jpeg else "not a JPEG")
-            out.print(f"  evidence (not in the score): format {ev.format}; camera {escape(camera)}; software "
-                      f"{escape(ev.exif.software or 'none')}; JPEG {jpeg}; C2PA {ev.c2pa.status}"
+            jpeg = (f"; JPEG quality ~{ev.jpeg.quality} ("
+                    f"{'standard IJG tables' if ev.jpeg.standard else 'non-standard tables'})" if ev.jpeg else "")
+            out.print(f"  evidence (not in the score): format {ev.format}; camera {escape(ev.exif.camera or 'none')}; "
+                      f"software {escape(ev.exif.software or 'none')}{jpeg}; C2PA {ev.c2pa.status}"
                       f"{': ' + escape(ev.c2pa.detail) if ev.c2pa.status != 'absent' else ''}")
         if a.heatmap is not None:
             out.print("  heatmap (3x3 tiles, p_fake): " + " / ".join(" ".join(f"{x:.2f}" for x in row)

@@ -23,6 +23,15 @@ class Exif(BaseModel):
     software: str | None = None
     datetime_original: str | None = None
 
+    @property
+    def camera(self) -> str | None:
+        """Make and model as one name, the brand once ("Canon EOS 5D Mark IV", not "Canon Canon EOS …")."""
+        make, model = (self.make or "").strip(), (self.model or "").strip()
+        brand = make.split()[0].lower() if make else ""  # "NIKON CORPORATION" + "NIKON D3X": the model says it all
+        if model and model.lower().startswith(brand):
+            return model
+        return f"{make} {model}".strip() or None
+
 
 class JpegQuality(BaseModel):
     """What the quantisation tables say about the last JPEG encode (not about who made the image)."""
