@@ -72,6 +72,18 @@ def test_evaluating_rows_the_detector_has_seen_is_refused_with_the_overlap_count
         evaluate_detector(det, df, slices=[], bootstrap=0, num_workers=0)
 
 
+def test_the_refusal_names_the_files_and_counts_an_image_in_two_roles_once(demo) -> None:
+    df, _ = demo
+    both = df["sha256"].iloc[3]
+    det = shipped_with_rows([both, *df["sha256"].iloc[4:8]], [both])
+    with pytest.raises(InSampleError) as ei:
+        evaluate_detector(det, df, slices=[], bootstrap=0, num_workers=0)
+    text = str(ei.value)
+    assert "5 of the 20 images" in text and "(fit: 4, fit+calib: 1)" in text, text
+    named = [Path(p).name for p in df["path"].iloc[3:8] if Path(p).name in text]
+    assert len(named) == 3 and "and 2 more" in text, text  # the first three seen files, then how many more
+
+
 def test_flag_labels_every_figure_in_sample_and_the_run_folder_says_so(demo, tmp_path: Path) -> None:
     df, _ = demo
     det = shipped_with_rows(list(df["sha256"].iloc[:2]), [df["sha256"].iloc[12]])

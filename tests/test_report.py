@@ -175,6 +175,10 @@ def test_commands_evaluate_and_report(evaluated, tmp_path: Path) -> None:
     res = runner.invoke(app, ["evaluate", str(tmp / "det"), str(tmp / "manifest.csv"), "-o", str(tmp_path / "x"),
                               "-s", "small", "--bootstrap", "50", "--workers", "0"], env={"COLUMNS": "200"})
     assert res.exit_code == 2 and "were used to fit or calibrate this detector" in res.output  # its training data
+    res = runner.invoke(app, ["evaluate", str(tmp / "det"), str(tmp / "manifest.csv"), "-o", str(tmp_path / "held"),
+                              "-s", "small", "--bootstrap", "50", "--workers", "0", "--on-overlap", "drop"],
+                        env={"COLUMNS": "200"})
+    assert res.exit_code == 0 and "dropped " in res.output and "fitted or calibrated on" in res.output, res.output
     res = runner.invoke(app, ["evaluate", str(tmp / "det"), str(tmp / "manifest.csv"), "-o", str(tmp_path / "run"),
                               "-s", "small", "--bootstrap", "50", "--workers", "0", "--on-overlap", "flag"],
                         env={"COLUMNS": "200"})

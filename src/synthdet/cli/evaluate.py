@@ -9,7 +9,7 @@ from typing import TYPE_CHECKING, Annotated, Any, cast
 
 import typer
 
-from synthdet.cli._io import Json, Quiet, console, print_json, say, skipped
+from synthdet.cli._io import Json, Quiet, console, note, print_json, say, skipped
 from synthdet.data.perturbations import DEFAULT_SLICES, SLICES
 from synthdet.data.provenance import HELD_OUT, describe_rows
 from synthdet.evaluation.runs import CLEAN
@@ -94,6 +94,9 @@ def evaluate(
     report = render_report([run], Path(out) / "report.html", thumbnails=thumbnails)
     for r in run.skipped.itertuples():
         skipped(r.path, f"({r.slice}) {r.reason}")
+    if dropped := run.info["rows"].get("dropped_seen"):
+        note(f"dropped {dropped} images the detector was fitted or calibrated on (same content or near-duplicate); "
+             f"every figure is on the {run.rows['n']} held-out images")
     if as_json:
         print_json({"run": str(out), "report": str(report), "threshold": run.threshold, "rows": run.rows,
                     "slices": _summary(run)})

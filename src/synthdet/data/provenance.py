@@ -56,6 +56,29 @@ def overlap(seen: dict[str, RowSet], shas: Iterable[str], phashes: Iterable[str]
     return set().union(*(rs.overlap(shas, codes) for rs in seen.values()))
 
 
+def seen_by(shas: Iterable[str], seen: dict[str, RowSet], phashes: Iterable[str] | None = None) -> dict[str, set[str]]:
+    """Per role in ``seen``, the hashes among ``shas`` seen in it (as the same file or, given ``phashes``, as a
+    near-duplicate): one near-duplicate search per role."""
+    shas = [str(s) for s in shas]
+    codes = None if phashes is None else list(phashes)
+    return {role: rs.overlap(shas, codes) for role, rs in seen.items()}
+
+
+def seen_counts(per_role: dict[str, set[str]]) -> dict[str, int]:
+    """Images per combination of roles, each image once: ``{"fit": 2, "calib": 1}``, or ``{"fit+calib": 1}`` for an
+    image that was both fitted and calibrated on (not one image counted twice)."""
+    roles: dict[str, list[str]] = {}
+    for role, found in per_role.items():
+        for sha in found:
+            roles.setdefault(sha, []).append(role)
+    counts: dict[str, int] = {}
+    for names in roles.values():
+        key = "+".join(names)
+        counts[key] = counts.get(key, 0) + 1
+    order = list(per_role)  # single roles first, in the card's order, then combinations
+    return dict(sorted(counts.items(), key=lambda kv: (kv[0].count("+"), [order.index(r) for r in kv[0].split("+")])))
+
+
 def provenance(shas: Iterable[str], seen: dict[str, RowSet] | None,
                phashes: Iterable[str] | None = None) -> dict[str, Any]:
     """Which rows a figure was computed on: ``n`` distinct images (duplicates count once), their ``digest``, and
@@ -67,7 +90,7 @@ def provenance(shas: Iterable[str], seen: dict[str, RowSet] | None,
     rows = RowSet.of(shas)
     if seen is None:
         return {"n": rows.n, "digest": rows.digest, "status": UNKNOWN}
-    per_role = {role: rs.overlap(shas, codes) for role, rs in seen.items()}  # one near-duplicate search per role
+    per_role = seen_by(shas, seen, codes)
     n_seen = len(set().union(*per_role.values()))
     return {"n": rows.n, "digest": rows.digest, "status": IN_SAMPLE if n_seen else HELD_OUT, "n_seen": n_seen,
             "seen": {role: len(found) for role, found in per_role.items()}}

@@ -31,13 +31,15 @@ from synthdet.data.provenance import (
     OnOverlap,
     overlap,
     provenance,
+    seen_by,
+    seen_counts,
     seen_rows,
 )
 from synthdet.data.splits import phash_codes
 from synthdet.detectors.loading import load_detector
 from synthdet.evaluation.metrics import evaluate_scores, gap_table
 from synthdet.extras import require
-from synthdet.io.atomic import atomic_path, write_text
+from synthdet.io.atomic import atomic_path, printable, write_text
 from synthdet.version import __version__
 
 if TYPE_CHECKING:
@@ -185,11 +187,15 @@ def evaluate_detector(
     if seen is not None:
         before = provenance(scores["sha256"], seen, phash_codes(scores))
         if before["n_seen"] and on_overlap == "refuse":
-            roles = ", ".join(f"{role}: {k}" for role, k in before["seen"].items() if k)
+            per_role = seen_by(scores["sha256"], seen, phash_codes(scores))
+            roles = ", ".join(f"{k}: {n}" for k, n in seen_counts(per_role).items())
+            hit = scores["sha256"].isin(set().union(*per_role.values()))
+            names = [printable(Path(p).name) for p in scores.loc[hit, "path"]]
+            listed = ", ".join(names[:3]) + (f" and {len(names) - 3} more" if len(names) > 3 else "")
             raise InSampleError(
                 f"{before['n_seen']} of the {before['n']} images to evaluate (by content hash, or as near-duplicates) were used to fit or "
-                f"calibrate this detector ({roles}): its figures there would be in-sample. Evaluate on held-out "
-                f"images, drop the overlap (on_overlap='drop', CLI --on-overlap drop) or label every figure "
+                f"calibrate this detector ({roles}): {listed}; its figures there would be in-sample. Evaluate on "
+                f"held-out images, drop the overlap (on_overlap='drop', CLI --on-overlap drop) or label every figure "
                 f"in-sample (on_overlap='flag')")
         if before["n_seen"] and on_overlap == "drop":
             held_out = ~scores["sha256"].isin(overlap(seen, scores["sha256"], phash_codes(scores)))
