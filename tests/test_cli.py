@@ -97,6 +97,9 @@ def test_extract_then_train_then_predict(folder: Path, tmp_path: Path, cache: Pa
     assert res.exit_code == 0, res.output
     assert "ROC AUC" in res.output and (det / "card.json").is_file()
     assert "0 views computed" not in res.output  # train reports a table, extraction was cached
+    # no generator column: one row per class, not one blank row whose "correct" would be the recall of both
+    assert res.output.count("(not given)") == 2 and "generated" in res.output
+    assert "warning:" in res.output and "too few images to trust" in res.output  # 24 images: tiny held-out splits
 
     one = next((folder / "1_fake").glob("*.webp"))
     res = run("predict", det, one)
