@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -36,11 +37,13 @@ from synthdet.training.cv import cross_validate
 from synthdet.training.train import GENERALISING_HEAD, ProbeConfig, generalising_backbone
 
 ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "scripts"))
+# the shipped default's protocol: its views (cut from each image's original file), decisions and final groups
+from train_default import BAND_LEVEL, FINAL_FILE, MAX_GROUP_FPR, VIEWS, final_groups  # noqa: E402
+
 POOL = ROOT / "build" / "protocol-pool" / "manifest.csv"
-FINAL = ROOT / "data" / "pool" / "final_groups.txt"  # declared up front, scored only by shipped defaults: left out here
 RESULTS = ROOT / "benchmarks" / "results" / "protocol.json"
-VIEWS = ("original", "thumbnail", "crop")  # cut from each image's original file, as the world shows it
-SELECTION = {"calibrate": "sigmoid", "max_group_fpr": 0.05, "band_level": 0.9}
+SELECTION = {"calibrate": "sigmoid", "max_group_fpr": MAX_GROUP_FPR, "band_level": BAND_LEVEL}
 
 
 def native_views(share: float, name: str = "effnet-lite0") -> Callable[[], Backbone]:
@@ -179,8 +182,7 @@ def main() -> None:
         print(f"skipped: {args.pool} not found (build it: scripts/rebuild_pool.py, scripts/protocol_pool.py)")
         return
     pool = pd.read_csv(args.pool, dtype={"sha256": str})
-    final = [line.strip() for line in FINAL.read_text().splitlines() if line.strip() and not line.startswith("#")]
-    pool = pool[~pool["group"].isin(final)]
+    pool = pool[~pool["group"].isin(final_groups())]  # declared up front, scored only by shipped defaults
     manifest = args.out / "manifest.csv"  # the pool less the final groups
     manifest.parent.mkdir(parents=True, exist_ok=True)
     pool.to_csv(manifest, index=False)
@@ -194,7 +196,7 @@ def main() -> None:
             done[name] = run_lever(name, manifest, pool, args.out, args.cache)
         results = list(done.values())
         args.json.write_text(json.dumps({"pool": {"n": len(pool), "groups": int(pool["group"].nunique()),
-                                                  "left_out": f"the final groups of {FINAL.relative_to(ROOT)}",
+                                                  "left_out": f"the final groups of {FINAL_FILE.relative_to(ROOT)}",
                                                   "by_label": pool["label"].value_counts().to_dict()},
                                          "levers": results}, indent=2, default=float))
         print(table(results), flush=True)

@@ -59,6 +59,7 @@ def test_score_multipart_and_raw_body(url: str, det: Detector, photo: bytes) -> 
         assert body["verdict"] == expected.verdict and body["threshold"] == pytest.approx(det.threshold)
         assert [c["name"] for c in body["checks"]] == ["jpeg75", "resize0.5", "crop"]
         assert body["evidence"]["jpeg"]["quality"] == 88
+        assert "camera" in body["evidence"]["exif"]  # the name the page shows, computed once by the library
         assert body["heatmap"] is None
         assert {"decode", "queue", "score", "total"} <= set(body["timings_ms"])
     assert multipart.json()["name"] == "holiday.jpg" and raw.json()["name"] == "<body>"

@@ -55,6 +55,11 @@ class PairBackbone(Backbone):
         return model.a, model.b
 
 
+def pair_name(a: str, b: str) -> str:
+    """The name a pair of backbones ``a`` and ``b`` goes by (what :func:`build_pair` reads back)."""
+    return f"pair:{a}+{b}"
+
+
 def pair_backbone(a: Backbone, b: Backbone, *, preprocess: Preprocess | None = None) -> PairBackbone:
     """Two built backbones as one; both read ``preprocess`` (default: ``a``'s), and the pair summarises taps as
     ``a`` does (``tap_pool``)."""
@@ -62,7 +67,7 @@ def pair_backbone(a: Backbone, b: Backbone, *, preprocess: Preprocess | None = N
         raise ValueError(f"pair: {a.name} and {b.name} pool their tokens differently")
     preprocess = preprocess or a.preprocess
     a.preprocess = b.preprocess = preprocess
-    pair = PairBackbone(a=a, b=b, name=f"pair:{a.name}+{b.name}", preprocess=preprocess,
+    pair = PairBackbone(a=a, b=b, name=pair_name(a.name, b.name), preprocess=preprocess,
                         weights_id=f"{a.weights_id}+{b.weights_id}", token_pool=a.token_pool,
                         channels_last=a.channels_last and b.channels_last)
     pair.with_tap_pool(a.tap_pool)

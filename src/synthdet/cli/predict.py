@@ -24,13 +24,6 @@ import typer
 from synthdet.cli._io import Json, Quiet, console, fail, note, print_json, skipped
 
 
-def _verdict(prob: float, threshold: float, band: tuple[float, float]) -> str:
-    """The words ``--assess`` uses for the same score, from the band alone (no stability checks here)."""
-    if band[0] <= prob <= band[1]:
-        return "uncertain"
-    return "likely generated" if prob >= threshold else "likely real"
-
-
 def predict(
     paths: Annotated[list[Path], typer.Argument(
         exists=True, metavar="PATHS", help="[DETECTOR] then image files, folders or a CSV with a path column.")],
@@ -91,10 +84,10 @@ def predict(
         path, prob, reason = next(results)
         if prob is None:
             raise fail(f"{path}: cannot be scored: {reason}", code=1)
-        from synthdet.detectors.assess import band_of
+        from synthdet.detectors.assess import band_of, band_verdict
 
-        (low, high), _ = band_of(det)
-        console().print(f"{printable(Path(path).name)}: [bold]{_verdict(prob, det.threshold, (low, high))}[/]  "
+        (low, high), _ = band_of(det)  # the words --assess uses for the same score (without its checks)
+        console().print(f"{printable(Path(path).name)}: [bold]{band_verdict(prob, det.threshold, (low, high))}[/]  "
                         f"(p_fake={prob:.3f}, threshold {det.threshold:.3f}, uncertain within [{low:.3f}, {high:.3f}]; "
                         "stability checks: --assess)")
         return

@@ -48,20 +48,18 @@ def join_rows(parts: Iterable[dict[str, RowSet]]) -> dict[str, RowSet]:
     return {role: RowSet.of(hashes, codes) for role, (hashes, codes) in roles.items()}
 
 
-def overlap(seen: dict[str, RowSet], shas: Iterable[str], phashes: Iterable[str] | None = None) -> set[str]:
-    """The hashes among ``shas`` that were seen in any role, as the same file or (given the rows' ``phashes``) as a
-    near-duplicate of a seen image."""
-    shas = list(shas)
-    codes = None if phashes is None else list(phashes)
-    return set().union(*(rs.overlap(shas, codes) for rs in seen.values()))
-
-
 def seen_by(shas: Iterable[str], seen: dict[str, RowSet], phashes: Iterable[str] | None = None) -> dict[str, set[str]]:
     """Per role in ``seen``, the hashes among ``shas`` seen in it (as the same file or, given ``phashes``, as a
     near-duplicate): one near-duplicate search per role."""
     shas = [str(s) for s in shas]
     codes = None if phashes is None else list(phashes)
     return {role: rs.overlap(shas, codes) for role, rs in seen.items()}
+
+
+def overlap(seen: dict[str, RowSet], shas: Iterable[str], phashes: Iterable[str] | None = None) -> set[str]:
+    """The hashes among ``shas`` that were seen in any role, as the same file or (given the rows' ``phashes``) as a
+    near-duplicate of a seen image."""
+    return set().union(*seen_by(shas, seen, phashes).values())
 
 
 def seen_counts(per_role: dict[str, set[str]]) -> dict[str, int]:
@@ -86,11 +84,10 @@ def provenance(shas: Iterable[str], seen: dict[str, RowSet] | None,
     near-duplicates of such images when ``phashes`` are given; per role in ``seen``), or provenance unknown (``seen``
     is None)."""
     shas = [str(s) for s in shas]
-    codes = None if phashes is None else list(phashes)
     rows = RowSet.of(shas)
     if seen is None:
         return {"n": rows.n, "digest": rows.digest, "status": UNKNOWN}
-    per_role = seen_by(shas, seen, codes)
+    per_role = seen_by(shas, seen, phashes)
     n_seen = len(set().union(*per_role.values()))
     return {"n": rows.n, "digest": rows.digest, "status": IN_SAMPLE if n_seen else HELD_OUT, "n_seen": n_seen,
             "seen": {role: len(found) for role, found in per_role.items()}}

@@ -112,6 +112,14 @@ def band_of(det: AnyDetector) -> tuple[tuple[float, float], str]:
     return (max(0.0, t - DEFAULT_BAND_HALF_WIDTH), min(1.0, t + DEFAULT_BAND_HALF_WIDTH)), "default, not calibrated"
 
 
+def band_verdict(p: float, threshold: float, band: tuple[float, float]) -> Verdict:
+    """What a score alone says: uncertain inside the band, else the side of the threshold it lies on (an assessment
+    is uncertain also when a stability check disagrees)."""
+    if band[0] <= p <= band[1]:
+        return "uncertain"
+    return "likely generated" if p >= threshold else "likely real"
+
+
 # --- assessment -------------------------------------------------------------------------------------------------
 
 
@@ -163,7 +171,7 @@ class Pending:
         if low <= p <= high:
             reasons.append(f"the score {p:.3f} lies within the uncertainty band [{low:.3f}, {high:.3f}] around the "
                            f"threshold {t:.3f}{band_note}")
-        verdict: Verdict = "uncertain" if reasons else ("likely generated" if label == "generated" else "likely real")
+        verdict: Verdict = "uncertain" if reasons else band_verdict(p, t, (low, high))
         if not reasons:
             side = "above" if label == "generated" else "below"
             reasons.append(f"the score {p:.3f} lies {side} the uncertainty band [{low:.3f}, {high:.3f}]{band_note}"

@@ -16,7 +16,6 @@ is the one place that calls it.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import time
 from collections.abc import Callable
@@ -31,6 +30,7 @@ from synthdet.data.splits import RowSet
 from synthdet.detectors.calibrate import Calibration
 from synthdet.features.extract import FeatureKind
 from synthdet.io.atomic import write_text
+from synthdet.io.files import sha256_file
 from synthdet.io.pixels import Preprocess
 from synthdet.registry import Entry, Registry
 from synthdet.version import __version__
@@ -64,7 +64,7 @@ class CardBase(BaseModel):
     data: dict[str, Any] = {}
     created: str = ""
     #: sha256 of every file the folder holds for this card (its kind's tensors), written with the card and checked on
-    #: load (:func:`verify_files`): a damaged file is refused instead of served, and the detector id covers the weights
+    #: load (:func:`check_files`): a damaged file is refused instead of served, and the detector id covers the weights
     files: dict[str, str] = {}
 
 
@@ -164,14 +164,6 @@ def read_card(folder: str | Path) -> Card | FinetunedCard | EnsembleCard:
         raise NotADetectorError(f"{file}: not a synthdet detector card ({_reasons(e)})") from None
 
 
-def sha256_file(path: Path) -> str:
-    digest = hashlib.sha256()
-    with path.open("rb") as f:
-        while chunk := f.read(1 << 20):
-            digest.update(chunk)
-    return digest.hexdigest()
-
-
 def save_card(card: CardBase, folder: Path) -> None:
     """Write ``card.json`` atomically, stamping the creation time once and recording the sha256 of the kind's files
     already in ``folder`` (write the tensors first, the card last: a folder without its card is no detector)."""
@@ -182,11 +174,17 @@ def save_card(card: CardBase, folder: Path) -> None:
     write_text(folder / "card.json", json.dumps(card.model_dump(mode="json"), indent=2) + "\n")
 
 
-def verify_files(folder: str | Path, card: CardBase) -> None:
-    """Each file the card records has the bytes it had when the card was written; :class:`DamagedDetectorError`
-    (one line) for the first that does not. Cards written before digests were recorded have none to check."""
+def check_files(folder: str | Path, card: CardBase) -> None:
+    """Every file the card's kind needs is in ``folder`` (``FileNotFoundError`` naming the first missing), and each
+    file the card records has the bytes it had when the card was written (:class:`DamagedDetectorError`, one line).
+    Cards written before digests were recorded have none to check."""
+    folder = Path(folder)
+    kind = str(getattr(card, "kind", ""))
+    for name in DETECTOR_KINDS.meta(kind)["files"] if kind in DETECTOR_KINDS else ():
+        if not (folder / name).is_file():
+            raise FileNotFoundError(f"{folder}: a {kind} detector without {name}; copy the whole folder")
     for name, digest in card.files.items():
-        path = Path(folder) / name
+        path = folder / name
         if not path.is_file():
             raise FileNotFoundError(f"{path}: missing; its card records it: copy the whole detector folder")
         if sha256_file(path) != digest:

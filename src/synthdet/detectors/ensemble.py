@@ -41,9 +41,9 @@ from synthdet.detectors.card import (
     EnsembleCard,
     NotADetectorError,
     Rule,
+    check_files,
     read_card,
     save_card,
-    verify_files,
 )
 from synthdet.detectors.detector import Detector
 from synthdet.features.extract import ImageTransform, assemble_features, forward_files
@@ -234,14 +234,10 @@ class EnsembleDetector(Scorable):
 def load_member(path: Path) -> Detector:
     """A saved single detector (probe or fine-tuned); an ensemble cannot be a member."""
     card = read_card(path)
-    kind = card.kind
-    if kind not in ("probe", "finetuned"):
+    if card.kind not in ("probe", "finetuned"):
         raise ValueError(f"{path}: an ensemble member must be a single detector, not an ensemble")
-    for name in DETECTOR_KINDS.meta(kind)["files"]:
-        if not (path / name).is_file():
-            raise FileNotFoundError(f"{path}: a {kind} detector without {name}; copy the whole folder")
-    verify_files(path, card)
-    det = DETECTOR_KINDS.get(kind)(path)
+    check_files(path, card)
+    det = DETECTOR_KINDS.get(card.kind)(path)
     if not isinstance(det, Detector):
         raise ValueError(f"{path}: an ensemble member must be a single detector, not an ensemble")
     return det

@@ -14,7 +14,7 @@ from typing import Any, Literal
 
 import numpy as np
 from PIL import Image, UnidentifiedImageError
-from pydantic import BaseModel
+from pydantic import BaseModel, computed_field
 
 
 class Exif(BaseModel):
@@ -23,6 +23,7 @@ class Exif(BaseModel):
     software: str | None = None
     datetime_original: str | None = None
 
+    @computed_field  # type: ignore[prop-decorator]  # in the JSON too: the web page shows this name, not its own
     @property
     def camera(self) -> str | None:
         """Make and model as one name, the brand once ("Canon EOS 5D Mark IV", not "Canon Canon EOS …")."""

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from synthdet.detectors.card import DETECTOR_KINDS, default_detector_path, read_card, verify_files
+from synthdet.detectors.card import DETECTOR_KINDS, check_files, default_detector_path, read_card
 from synthdet.detectors.detector import Detector
 from synthdet.detectors.ensemble import EnsembleDetector
 
@@ -19,9 +19,5 @@ def load_detector(path: str | Path | None = None) -> Detector | EnsembleDetector
     is loaded."""
     path = Path(path) if path is not None else default_detector_path()
     card = read_card(path)
-    kind = card.kind
-    for name in DETECTOR_KINDS.meta(kind)["files"]:
-        if not (path / name).is_file():
-            raise FileNotFoundError(f"{path}: a {kind} detector without {name}; copy the whole folder")
-    verify_files(path, card)
-    return DETECTOR_KINDS.get(kind)(path)  # type: ignore[no-any-return]
+    check_files(path, card)
+    return DETECTOR_KINDS.get(card.kind)(path)  # type: ignore[no-any-return]

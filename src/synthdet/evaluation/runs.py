@@ -29,7 +29,6 @@ from synthdet.data.provenance import (
     UNKNOWN,
     InSampleError,
     OnOverlap,
-    overlap,
     provenance,
     seen_by,
     seen_counts,
@@ -185,22 +184,20 @@ def evaluate_detector(
                     for r in scores[dup].itertuples()]
         scores = scores[~dup].reset_index(drop=True)
     if seen is not None:
-        before = provenance(scores["sha256"], seen, phash_codes(scores))
-        if before["n_seen"] and on_overlap == "refuse":
-            per_role = seen_by(scores["sha256"], seen, phash_codes(scores))
+        per_role = seen_by(scores["sha256"], seen, phash_codes(scores))  # one near-duplicate search per role
+        hit = scores["sha256"].isin(set().union(*per_role.values())).to_numpy()
+        if hit.any() and on_overlap == "refuse":
             roles = ", ".join(f"{k}: {n}" for k, n in seen_counts(per_role).items())
-            hit = scores["sha256"].isin(set().union(*per_role.values()))
             names = [printable(Path(p).name) for p in scores.loc[hit, "path"]]
             listed = ", ".join(names[:3]) + (f" and {len(names) - 3} more" if len(names) > 3 else "")
             raise InSampleError(
-                f"{before['n_seen']} of the {before['n']} images to evaluate (by content hash, or as near-duplicates) were used to fit or "
+                f"{int(hit.sum())} of the {len(scores)} images to evaluate (by content hash, or as near-duplicates) were used to fit or "
                 f"calibrate this detector ({roles}): {listed}; its figures there would be in-sample. Evaluate on "
                 f"held-out images, drop the overlap (on_overlap='drop', CLI --on-overlap drop) or label every figure "
                 f"in-sample (on_overlap='flag')")
-        if before["n_seen"] and on_overlap == "drop":
-            held_out = ~scores["sha256"].isin(overlap(seen, scores["sha256"], phash_codes(scores)))
-            dropped = int((~held_out).sum())
-            scores = scores[held_out].reset_index(drop=True)
+        if hit.any() and on_overlap == "drop":
+            dropped = int(hit.sum())
+            scores = scores[~hit].reset_index(drop=True)
     if scores.empty or scores["label"].nunique() < 2:
         raise ValueError("evaluation needs decodable, labelled images of both classes (label 0 = real, 1 = fake)"
                          + (f"; {dropped} images the detector has seen were dropped" if dropped else ""))

@@ -23,7 +23,7 @@ import torch.nn.functional as F
 from PIL import Image
 from torch import nn
 
-from synthdet.detectors.card import CardBase, NotADetectorError, read_card, save_card, verify_files
+from synthdet.detectors.card import CardBase, NotADetectorError, check_files, read_card, save_card
 from synthdet.io.atomic import atomic_path
 from synthdet.io.pixels import ImageLoadError, load_image
 from synthdet.localization.metrics import ImageScore, image_score
@@ -190,7 +190,7 @@ def load_localizer(path: str | Path, device: str | torch.device = "cpu") -> Loca
     card = read_card(path)
     if not isinstance(card, LocalizerCard):
         raise NotADetectorError(f"{path / 'card.json'}: a {card.kind} card, not a localizer")
-    verify_files(path, card)
+    check_files(path, card)
     net = build_model(card.model, pretrained=False)
     net.load_state_dict(load_file(str(path / "model.safetensors")), strict=True)
     return Localizer(card, net, device)

@@ -56,8 +56,6 @@ def _warmup_image() -> bytes:
     return buf.getvalue()
 
 
-_WARMUP = _warmup_image()
-
 #: HTTP status for each reason :func:`~synthdet.io.pixels.load_image` gives.
 STATUS_BY_REASON = {"empty-file": 400, "not-an-image": 415, "truncated": 422, "corrupt": 422, "too-large": 413}
 
@@ -202,9 +200,11 @@ def create_app(detector: Any, *, settings: Settings | None = None, localizer: An
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         _ = det.backbone  # build the network before the first request
+        image = _warmup_image()
         warm = time.perf_counter()  # and time one request's work (with checks): the load estimate's first value
-        assess_image(det, _WARMUP, checks=True, heatmap=False)
+        assess_image(det, image, checks=True, heatmap=False)
         load.observe(time.perf_counter() - warm)
+        routes.update(getattr(r, "path", "") for r in app.routes)  # every route is registered by now
         batcher.start()
         yield
         batcher.stop()
@@ -217,11 +217,11 @@ def create_app(detector: Any, *, settings: Settings | None = None, localizer: An
 
     app.openapi_version = "3.0.3"  # what the packaged Swagger UI 4 renders; no route here needs 3.1
 
+    routes: set[str] = set()  # the app's route paths, read once at start (lifespan)
+
     def route_label(path: str) -> str:
-        """The metrics label of a request path: the path of the route it names (read from the app's routes when
-        asked, so every route counts), or ``other``."""
-        known = {getattr(r, "path", "") for r in app.routes}
-        return path if path in known else "docs-assets" if path.startswith("/docs-assets/") else "other"
+        """The metrics label of a request path: the path of the route it names, or ``other``."""
+        return path if path in routes else "docs-assets" if path.startswith("/docs-assets/") else "other"
 
     @app.middleware("http")
     async def guard(request: Request, call_next: Callable) -> Response:

@@ -24,16 +24,20 @@ def guarded_protocol(*, head_timeout_s: float, per_client: int) -> type[H11Proto
     """An h11 protocol class that closes a connection whose first request head has not fully arrived within
     ``head_timeout_s``, and refuses a client address's connection beyond ``per_client`` open ones."""
 
+    open_by_host: dict[str, int] = {}  # this server's open connections per client address, counted as they come
+
     class GuardedH11Protocol(H11Protocol):
         _head_timer: asyncio.TimerHandle | None = None
+        _host: str | None = None
 
         def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
             super().connection_made(transport)
-            host = self.client[0] if self.client else None
-            same = sum(1 for c in self.connections if _client_host(c) == host)
-            if host is not None and same > per_client:
-                transport.close()  # before any byte is read: the client sees its connection closed
-                return
+            self._host = _client_host(self)
+            if self._host is not None:
+                open_by_host[self._host] = open_by_host.get(self._host, 0) + 1
+                if open_by_host[self._host] > per_client:
+                    transport.close()  # before any byte is read: the client sees its connection closed
+                    return
             self._head_timer = self.loop.call_later(head_timeout_s, self._head_late)
 
         def _head_late(self) -> None:
@@ -43,6 +47,10 @@ def guarded_protocol(*, head_timeout_s: float, per_client: int) -> type[H11Proto
         def connection_lost(self, exc: Exception | None) -> None:
             if self._head_timer is not None:
                 self._head_timer.cancel()
+            if self._host is not None:
+                left = open_by_host.pop(self._host) - 1
+                if left:
+                    open_by_host[self._host] = left
             super().connection_lost(exc)
 
     return GuardedH11Protocol

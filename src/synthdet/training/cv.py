@@ -32,7 +32,7 @@ import numpy as np
 import pandas as pd
 
 from synthdet.backbones.base import Backbone
-from synthdet.backbones.pair import pair_backbone, pair_columns
+from synthdet.backbones.pair import pair_backbone, pair_columns, pair_name
 from synthdet.data.manifest import manifest_hash, usable_rows, write_manifest
 from synthdet.data.perturbations import get_view
 from synthdet.data.splits import RowSet, SplitPlan
@@ -319,7 +319,7 @@ def cross_validate(
     result.selection = {"calibrate": calibrate, "max_group_fpr": max_group_fpr, "band_level": band_level}
     result.skipped = skipped
     names = [m.bb.name for m in members]
-    result.config = {"backbone": names[0] if len(names) == 1 else f"pair:{'+'.join(names)}",
+    result.config = {"backbone": names[0] if len(names) == 1 else pair_name(*names),
                      "weights_id": "+".join(m.bb.weights_id for m in members), "head": lead.head,
                      "features": members[0].features, "n_views": len(train_views), "k": plan.k, "seed": plan.seed,
                      "calib_fraction": plan.calib_fraction, "n_images": len(df), "skipped": len(skipped),
