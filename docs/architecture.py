@@ -16,7 +16,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 OUT = ROOT / "docs" / "architecture.svg"
 #: Layers every module may use, drawn as a footnote rather than as arrows from every box.
-LEAVES = {"version", "registry", "extras"}
+LEAVES = {"version", "registry", "extras", "vocabulary"}
 #: What each layer does, shown at the left of its row.
 ROLES = {
     "io": "bytes → pixels",

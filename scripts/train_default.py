@@ -33,11 +33,17 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from synthdet.data.demo import demo_data_dir
 from synthdet.data.manifest import index
 from synthdet.data.perturbations import get_view
 from synthdet.data.splits import RowSet
 from synthdet.detectors.calibrate import fit_uncertainty_band
+from synthdet.detectors.card import save_card
 from synthdet.detectors.detector import Detector
+from synthdet.detectors.graph import GraphDetector, graph_path
+from synthdet.detectors.loading import load_detector
+from synthdet.engines.onnx_export import export_onnx, max_abs_diff
+from synthdet.engines.stream import scan_images
 from synthdet.evaluation.metrics import binary_metrics, source_table
 from synthdet.evaluation.selection import auc_ci
 from synthdet.training.cv import cross_validate, oof_logit
@@ -100,12 +106,33 @@ def card_table(card: Any) -> str:
     return "\n".join(lines)
 
 
+def ship_graph(folder: Path) -> Path:
+    """Export the detector at ``folder`` as the ONNX graph the scoring install runs (no torch there), check it
+    against torch on the demo images, and record its sha256 on the card."""
+    det = load_detector(folder)
+    for old in folder.glob("graph-*.onnx"):
+        old.unlink()
+    dest = export_onnx(det, graph_path(folder, det.card))
+    paths = sorted(scan_images(demo_data_dir()))[:32]
+    ref = [p for _, p, _ in det.predict_paths(paths, num_workers=0)]
+    got = [p for _, p, _ in GraphDetector.load(dest, det.card).predict_paths(paths, num_workers=0)]
+    if (diff := max_abs_diff(ref, got)) > 1e-4:
+        sys.exit(f"{dest}: onnxruntime differs from torch by {diff:.2e} on the demo images")
+    save_card(det.card, folder)
+    print(f"{dest.name}: {dest.stat().st_size / 1e6:.1f} MB, max |Δp| vs torch {diff:.1e} on {len(paths)} demo images")
+    return dest
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--pool", type=Path, default=POOL)
     ap.add_argument("--out", type=Path, default=OUT)
     ap.add_argument("--cache", type=Path, default=None)
+    ap.add_argument("--graph-only", action="store_true", help="only (re)write the ONNX graph of the detector at --out")
     args = ap.parse_args()
+    if args.graph_only:
+        ship_graph(args.out)
+        return
     if not args.pool.is_file():
         sys.exit(f"{args.pool} not found: run scripts/rebuild_pool.py and scripts/protocol_pool.py first")
     pool = index(args.pool, progress=True)
@@ -143,6 +170,7 @@ def main() -> None:
                              "framing": "scripts/protocol_pool.py", "final_groups": list(FINAL_GROUPS)}
     det.card.metrics["final"] = final_figures(det, final)
     det.save(staging)
+    ship_graph(staging)
     res.plan.save(staging / "plan.json")
     keep = ["sha256", "label", "group", "fold", "prob", "logit", *(f"prob_{v}" for v in VIEWS),
             *(f"logit_{v}" for v in VIEWS)]

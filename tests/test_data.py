@@ -11,11 +11,11 @@ import pandas as pd
 import pytest
 from conftest import encode_image, make_labelled_folder, synthetic_photo, write_image
 
+from synthdet.data.inputs import iter_inputs
 from synthdet.data.manifest import (
     COLUMNS,
     ManifestError,
     index,
-    iter_inputs,
     kfold,
     manifest_hash,
     read_manifest,

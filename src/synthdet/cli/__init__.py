@@ -18,6 +18,7 @@ import typer
 from typer.core import TyperGroup
 
 from synthdet.cli._io import INPUT_ERRORS, fail, one_line
+from synthdet.extras import EXTRAS, missing_extra
 from synthdet.version import __version__
 
 #: Every command: name → (module in this package, attribute, one-line help shown by ``synthdet --help``).
@@ -69,9 +70,14 @@ class LazyGroup(TyperGroup):
             formatter.write_dl([(name, text) for name, (_, _, text) in COMMANDS.items()])
 
     def invoke(self, ctx: Any) -> Any:
-        """The one place where the library's input errors become a one-line message and exit code 2."""
+        """The one place where the library's input errors, and a missing extra, become a one-line message and exit
+        code 2."""
         try:
             return super().invoke(ctx)
+        except ModuleNotFoundError as e:  # the scoring install has no torch: name the extra that brings it
+            if os.environ.get("SYNTHDET_DEBUG") or (e.name or "").split(".")[0] not in EXTRAS:
+                raise
+            raise fail(one_line(missing_extra(e, f"synthdet {ctx.invoked_subcommand or ''}".strip()))) from None
         except INPUT_ERRORS as e:
             if os.environ.get("SYNTHDET_DEBUG"):
                 raise

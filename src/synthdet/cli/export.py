@@ -1,4 +1,4 @@
-"""``synthdet export``: a detector as one portable ONNX graph (see :mod:`synthdet.engines.onnx_runtime`)."""
+"""``synthdet export``: a detector as one portable ONNX graph (see :mod:`synthdet.engines.onnx_export`)."""
 
 from __future__ import annotations
 
@@ -19,8 +19,9 @@ def export(
     """Export backbone + head (+ calibration) as one ONNX graph with a dynamic batch (and H/W at native scale)."""
     from synthdet.data.demo import demo_data_dir
     from synthdet.detectors.detector import Detector
+    from synthdet.detectors.graph import GraphDetector
     from synthdet.detectors.loading import load_detector
-    from synthdet.engines.onnx_runtime import OnnxDetector, export_onnx, max_abs_diff
+    from synthdet.engines.onnx_export import export_onnx, max_abs_diff
     from synthdet.engines.stream import scan_images
     from synthdet.io.atomic import printable
 
@@ -34,7 +35,7 @@ def export(
     if check:
         paths = sorted(scan_images(demo_data_dir()))[:16]
         ref = [p for _, p, _ in det.predict_paths(paths, num_workers=0)]
-        got = [p for _, p, _ in OnnxDetector.load(onnx).predict_paths(paths, num_workers=0)]
+        got = [p for _, p, _ in GraphDetector.load(onnx).predict_paths(paths, num_workers=0)]
         msg += f"; max |Δprob| onnxruntime vs torch {max_abs_diff(ref, got):.2e} on {len(paths)} demo images"
     if not quiet:
         note(msg)

@@ -69,7 +69,7 @@ def localize_predict(
     from PIL import Image
 
     from synthdet.backbones.base import default_device
-    from synthdet.data.manifest import iter_inputs
+    from synthdet.data.inputs import iter_inputs
     from synthdet.io.atomic import atomic_path
     from synthdet.localization.models import load_localizer
     from synthdet.reporting.submission_check import check_task_b

@@ -40,16 +40,17 @@ def predict(
                                          "rest (see synthdet.engines.stream).")] = False,
     rows_per_part: Annotated[int, typer.Option(min=1, help="With --resume / parquet: rows per part written (at most "
                                                "this much work is lost to a kill).")] = 1024,
-    runtime: Annotated[str, typer.Option(help="torch, or onnx (onnxruntime on CPU; DETECTOR may be an exported "
-                                         ".onnx file).")] = "torch",
+    runtime: Annotated[str, typer.Option(help="auto: onnxruntime from the detector's ONNX graph when it has one "
+                                         "(or one can be exported here, once), else torch; torch; or onnx (DETECTOR "
+                                         "may be an exported .onnx file).")] = "auto",
     engine: Annotated[str, typer.Option(help="local, or ray (Ray Data: decoding tasks + backbone actors; needs -o).")] = "local",
     ray_address: Annotated[str | None, typer.Option(help="Ray cluster to join (default: a local Ray).")] = None,
     actors: Annotated[int, typer.Option(min=1, help="--engine ray: backbone actors (give Ray one CPU more than this).")] = 1,
     quiet: Quiet = False,
 ) -> None:
     """Score images. One file prints a verdict; several stream the MediaEval Task A CSV to -o (or stdout)."""
-    from synthdet.data.manifest import iter_inputs
-    from synthdet.engines.base import create_engine
+    from synthdet.data.inputs import iter_inputs
+    from synthdet.engines.base import create_engine, scoring_engine
     from synthdet.io.atomic import atomic_open, printable
     from synthdet.reporting.submit import write_scores
 
@@ -61,17 +62,19 @@ def predict(
         raise fail("--heatmap adds patch scores to --assess: give both")
     if out is not None and not out.parent.is_dir():
         raise fail(f"-o {out}: folder {out.parent} does not exist")
-    name = _engine_name(engine, runtime)
-    if name == "ray" and out is None:
+    if engine not in ("local", "ray"):
+        raise fail(f"--engine {engine!r}: local or ray")
+    if engine == "ray" and out is None:
         raise fail("--engine ray writes -o FILE (.parquet or .csv)")
-    det: Any = create_engine(name, actors=actors, address=ray_address).load(detector)
+    if assess and (out is not None or engine != "local"):
+        raise fail("--assess prints assessments (--json for JSON); -o writes Task A files: use one or the other")
+    runner = (create_engine("ray", actors=actors, address=ray_address) if engine == "ray"
+              else scoring_engine(runtime, detector))
+    det: Any = runner.load(detector)
     if assess:
-        if out is not None or engine != "local" or runtime != "torch":
-            raise fail("--assess prints assessments (--json for JSON) with the torch runtime; -o writes Task A "
-                       "files: use one or the other")
         _assess(det, list(iter_inputs(paths)), heatmap=heatmap, as_json=as_json, max_pixels=max_pixels)
         return
-    if out is not None and (resume or out.suffix.lower() == ".parquet" or name == "ray"):
+    if out is not None and (resume or out.suffix.lower() == ".parquet" or engine == "ray"):
         _stream(det, paths, out, resume=resume, rows_per_part=rows_per_part, batch_size=batch_size, num_workers=workers, max_pixels=max_pixels,
                 quiet=quiet)
         return
@@ -148,18 +151,6 @@ def _assess(det: Any, paths: list[Path], *, heatmap: bool, as_json: bool, max_pi
         print_json([a.model_dump(mode="json") for a in results])
     if not results:
         raise fail(f"no image could be assessed ({len(paths)} skipped)", code=1)
-
-
-def _engine_name(engine: str, runtime: str) -> str:
-    """The engine (:mod:`synthdet.engines`) that ``--engine`` and ``--runtime`` name together: ``local`` (torch),
-    ``onnx`` (local, on onnxruntime: DETECTOR may be an exported ``.onnx`` file) or ``ray`` (torch on Ray)."""
-    if engine not in ("local", "ray"):
-        raise fail(f"--engine {engine!r}: local or ray")
-    if engine == "ray":
-        return engine
-    if runtime not in ("torch", "onnx"):
-        raise fail(f"--runtime {runtime!r}: torch or onnx")
-    return "onnx" if runtime == "onnx" else "local"
 
 
 def _stream(det: Any, paths: list[Path], out: Path, *, resume: bool, rows_per_part: int, quiet: bool,

@@ -31,10 +31,12 @@ def serve(
                                                               "(closed beyond).")] = 10.0,
     max_connections_per_client: Annotated[int, typer.Option(min=1, help="Open connections from one address; more "
                                                                         "are closed at once.")] = 32,
+    runtime: Annotated[str, typer.Option(help="auto (onnxruntime from the detector's ONNX graph when it has one, "
+                                         "else torch), torch or onnx.")] = "auto",
     log_level: Annotated[str, typer.Option(help="uvicorn log level.")] = "info",
 ) -> None:
     """Serve a REST API (/v1/score, /v1/score/batch, /v1/detector, /healthz, /metrics, /docs) and a web page (/)."""
-    from synthdet.engines.base import create_engine
+    from synthdet.engines.base import scoring_engine
     from synthdet.serve import Settings, is_loopback, run
 
     if not is_loopback(host) and not api_key:
@@ -45,7 +47,7 @@ def serve(
                         max_connections_per_client=max_connections_per_client)
     if port and (busy := port_in_use(host, port)):  # before the model loads: a second server fails at once
         raise fail(f"{host}:{port} is in use ({busy}): stop the other server or pass --port")
-    det = create_engine("local").load(detector)
+    det = scoring_engine(runtime, detector).load(detector)
     loc = None
     if localizer is not None:
         from synthdet.localization.models import load_localizer

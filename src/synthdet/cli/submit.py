@@ -8,7 +8,7 @@ images it was trained on) with the label that prior implies at the detector's th
 from __future__ import annotations
 
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 
@@ -59,6 +59,8 @@ def submit(
     masks: Annotated[Path | None, typer.Option("--masks", help="Task B <team>_localization_masks.zip (with --check).")] = None,
     batch_size: Annotated[int | None, typer.Option(min=1, help="Images per forward pass.")] = None,
     workers: Annotated[int | None, typer.Option(min=0, help="Decoding workers.")] = None,
+    runtime: Annotated[str, typer.Option(help="auto (onnxruntime from the detector's ONNX graph when it has one, "
+                                         "else torch), torch or onnx.")] = "auto",
     quiet: Quiet = False,
 ) -> None:
     """Write a MediaEval Task A submission for every test image, then validate it; or only validate (--check).
@@ -69,7 +71,7 @@ def submit(
     if check is not None:
         _check(check, images, masks)
         return
-    from synthdet.detectors.loading import load_detector
+    from synthdet.engines.base import scoring_engine
     from synthdet.io.pixels import IMAGE_SUFFIXES
     from synthdet.reporting.submit import list_test_images, missing_row, write_task_a
 
@@ -81,7 +83,7 @@ def submit(
     files = list_test_images(test_dir)
     if not files:
         raise fail(f"{test_dir}: no test images ({', '.join(sorted(IMAGE_SUFFIXES))})")
-    det = load_detector(detector)
+    det: Any = scoring_engine(runtime, detector).load(detector)
     prior = det.card.prior
     fill, label = missing_row(prior, det.threshold)
     rows = []

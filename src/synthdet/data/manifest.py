@@ -24,7 +24,6 @@ from __future__ import annotations
 import hashlib
 import os
 import warnings
-from collections.abc import Iterable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
@@ -35,6 +34,7 @@ from PIL import Image
 from tqdm.auto import tqdm
 
 from synthdet.data.hashcache import ProbeCache
+from synthdet.data.inputs import PATH_COLUMNS, ManifestError, find_column
 from synthdet.data.splits import SplitPlan
 from synthdet.extras import require
 from synthdet.io.atomic import atomic_path, printable
@@ -48,10 +48,6 @@ REQUIRED_COLUMNS = COLUMNS[:-1]
 FOLDER_MANIFESTS = ("manifest.csv", "manifest.tsv", "manifest.parquet")
 _CLASS_DIRS = {"0_real": 0, "1_fake": 1, "real": 0, "fake": 1}
 _TRUE_LABELS = {"1": 1, "fake": 1, "ai": 1, "synthetic": 1, "generated": 1, "0": 0, "real": 0}
-
-
-class ManifestError(ValueError):
-    """The input cannot be read as a dataset at all (as opposed to one bad image in it)."""
 
 
 class LabelConflictWarning(UserWarning):
@@ -102,16 +98,7 @@ def _rows_from_folder(root: Path) -> pd.DataFrame:
     return pd.DataFrame(rows)
 
 
-_PATH_COLUMNS = ("path", "filepath", "file", "image", "image_path")
 _LABEL_COLUMNS = ("label", "target", "is_fake", "y")
-
-
-def _find_column(df: pd.DataFrame, candidates: tuple[str, ...], what: str, csv: Path) -> str:
-    cols = {c.strip().lower(): c for c in df.columns}
-    found = next((cols[c] for c in candidates if c in cols), None)
-    if found is None:
-        raise ManifestError(f"{csv}: no {what} column; expected one of {list(candidates)}, found {list(df.columns)}")
-    return found
 
 
 def _parse_label(value: object, row: int, csv: Path) -> int:
@@ -129,8 +116,8 @@ def _rows_from_csv(csv: Path) -> pd.DataFrame:
     except (pd.errors.ParserError, UnicodeDecodeError, pd.errors.EmptyDataError) as e:
         raise ManifestError(f"{csv}: not a readable CSV ({e})") from None
     cols = {c.strip().lower(): c for c in df.columns}
-    path_col = _find_column(df, _PATH_COLUMNS, "path", csv)
-    label_col = _find_column(df, _LABEL_COLUMNS, "label (0 = real, 1 = fake)", csv)
+    path_col = find_column(df.columns, PATH_COLUMNS, "path", csv)
+    label_col = find_column(df.columns, _LABEL_COLUMNS, "label (0 = real, 1 = fake)", csv)
     base = csv.parent
     out = pd.DataFrame(
         {
@@ -338,26 +325,6 @@ def _plan(df: pd.DataFrame, **kwargs: Any) -> SplitPlan:
         return SplitPlan.build(df, **kwargs)
     except ValueError as e:
         raise ManifestError(f"cannot split: {e}") from None
-
-
-def iter_inputs(paths: Iterable[str | Path]) -> Iterator[Path]:
-    """Expand files, folders (recursively, image suffixes only) and CSVs with a path column into image paths."""
-    for p in map(Path, paths):
-        if p.is_dir():
-            found = list_images(p)
-            if not found:
-                raise ManifestError(f"{p}: folder contains no images")
-            yield from found
-        elif p.suffix.lower() in (".csv", ".tsv"):
-            yield from (Path(x) for x in _rows_from_csv_paths(p))
-        else:
-            yield p
-
-
-def _rows_from_csv_paths(csv: Path) -> list[str]:
-    df = _read_table(csv, dtype=str, keep_default_na=False)
-    col = _find_column(df, _PATH_COLUMNS, "path", csv)
-    return [p if Path(p).is_absolute() else str(csv.parent / p) for p in df[col]]
 
 
 def usable_rows(

@@ -11,13 +11,16 @@ import hashlib
 from collections.abc import Callable
 from dataclasses import dataclass
 from functools import partial
+from typing import TYPE_CHECKING
 
 import numpy as np
-import pandas as pd
 from PIL import Image, ImageFilter
 
 from synthdet.io.pixels import centre_window, jpeg_roundtrip
 from synthdet.registry import Registry
+
+if TYPE_CHECKING:
+    import pandas as pd
 
 #: Short side below which an image belongs to the "small" bucket (Lean 2026, Table 2).
 SMALL_SIDE = 512

@@ -6,12 +6,15 @@ import hashlib
 import json
 from collections.abc import Iterable, Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
-import pandas as pd
 from pydantic import BaseModel, ConfigDict
 
 from synthdet.io.atomic import write_text
+
+if TYPE_CHECKING:
+    import pandas as pd
 
 #: Hex digits of sha256 kept per image: 16 (64 bits) makes an accidental collision in a million images ~3e-8.
 HASH_PREFIX = 16
@@ -244,7 +247,7 @@ class SplitPlan(BaseModel):
         if df["label"].nunique() < 2:
             raise ValueError("a split plan needs decodable images of both classes (label 0 and 1)")
         n = len(df)
-        codes = [int(c, 16) if isinstance(c, str) and c else None for c in df.get("phash", pd.Series([""] * n))]
+        codes = [int(c, 16) if isinstance(c, str) and c else None for c in (df["phash"] if "phash" in df else [""] * n)]
         have = [i for i, c in enumerate(codes) if c is not None]
         pairs = near_duplicate_pairs(np.array([codes[i] for i in have], dtype=np.uint64), near_dup_bits)
         groups = _components(n, ((have[a], have[b]) for a, b in pairs))

@@ -33,8 +33,7 @@ from pydantic import BaseModel
 from synthdet.data.perturbations import get_slice
 from synthdet.detectors.evidence import Evidence, read_evidence
 from synthdet.detectors.scoring import AnyDetector, ImageLike, detector_id, draft_size, score, score_images
-from synthdet.features.extract import ImageTransform
-from synthdet.io.pixels import DEFAULT_MAX_PIXELS, ImageLoadError, centre_window, load_image, reduce_to
+from synthdet.io.pixels import DEFAULT_MAX_PIXELS, ImageLoadError, ImageTransform, centre_window, load_image, reduce_to
 
 Verdict = Literal["likely generated", "likely real", "uncertain"]
 Label = Literal["generated", "real"]

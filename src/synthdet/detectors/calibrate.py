@@ -1,5 +1,5 @@
 """Decision thresholds and probability calibration, chosen on held-out probabilities, never on the data a head was
-fitted on."""
+fitted on. Applying a calibration needs numpy only (the scoring install); fitting one imports scikit-learn."""
 
 from __future__ import annotations
 
@@ -7,9 +7,6 @@ from typing import Literal
 
 import numpy as np
 from pydantic import BaseModel, ConfigDict
-from sklearn.isotonic import IsotonicRegression
-from sklearn.linear_model import LogisticRegression
-from sklearn.metrics import precision_recall_curve
 
 
 def f1_optimal_threshold(y_true: np.ndarray, prob: np.ndarray) -> float:
@@ -22,6 +19,8 @@ def f1_optimal_threshold(y_true: np.ndarray, prob: np.ndarray) -> float:
     prob = np.asarray(prob, dtype=np.float64)
     if len(np.unique(y_true)) < 2:
         return 0.5
+    from sklearn.metrics import precision_recall_curve
+
     precision, recall, thresholds = precision_recall_curve(y_true, prob)
     denom = precision[:-1] + recall[:-1]
     f1 = np.where(denom > 0, 2 * precision[:-1] * recall[:-1] / np.where(denom > 0, denom, 1), 0.0)
@@ -107,6 +106,9 @@ def fit_calibration(
     y_true, z = np.asarray(y_true).astype(int), np.asarray(logits, dtype=np.float64)
     if len(np.unique(y_true)) < 2:
         raise ValueError("calibration needs held-out scores of both classes")
+    from sklearn.isotonic import IsotonicRegression
+    from sklearn.linear_model import LogisticRegression
+
     base = Calibration(method=method, n=len(y_true), prior=float(y_true.mean()), rows=rows)
     if method == "isotonic":
         iso = IsotonicRegression(out_of_bounds="clip", y_min=0.0, y_max=1.0).fit(sigmoid(z), y_true)

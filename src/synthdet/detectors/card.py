@@ -25,15 +25,14 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError
 
-from synthdet.backbones.pooling import TapPool
 from synthdet.data.splits import RowSet
 from synthdet.detectors.calibrate import Calibration
-from synthdet.features.extract import FeatureKind
 from synthdet.io.atomic import write_text
 from synthdet.io.files import sha256_file
 from synthdet.io.pixels import Preprocess
 from synthdet.registry import Entry, Registry
 from synthdet.version import __version__
+from synthdet.vocabulary import FeatureKind, TapPool
 
 Rule = Literal["mean", "majority", "weighted-majority"]
 
@@ -166,10 +165,12 @@ def read_card(folder: str | Path) -> Card | FinetunedCard | EnsembleCard:
 
 def save_card(card: CardBase, folder: Path) -> None:
     """Write ``card.json`` atomically, stamping the creation time once and recording the sha256 of the kind's files
-    already in ``folder`` (write the tensors first, the card last: a folder without its card is no detector)."""
+    and of its ONNX graphs (``graph-*.onnx``) already in ``folder`` (write the tensors and graph first, the card
+    last: a folder without its card is no detector)."""
     card.created = card.created or time.strftime("%Y-%m-%dT%H:%M:%S%z")
     kind = str(getattr(card, "kind", ""))
-    names = DETECTOR_KINDS.meta(kind)["files"] if kind in DETECTOR_KINDS else ()
+    names = [*(DETECTOR_KINDS.meta(kind)["files"] if kind in DETECTOR_KINDS else ()),
+             *sorted(p.name for p in folder.glob("graph-*.onnx"))]
     card.files = {name: sha256_file(folder / name) for name in names if (folder / name).is_file()}
     write_text(folder / "card.json", json.dumps(card.model_dump(mode="json"), indent=2) + "\n")
 

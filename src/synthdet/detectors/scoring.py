@@ -14,11 +14,9 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol
 
 import numpy as np
-import torch
 from PIL import Image
 
-from synthdet.features.extract import assemble_features, batch_size_default, forward_by_shape
-from synthdet.io.pixels import DEFAULT_MAX_PIXELS, load_image, reduce_to
+from synthdet.io.pixels import DEFAULT_MAX_PIXELS, load_image
 
 if TYPE_CHECKING:
     from synthdet.backbones.base import Backbone
@@ -30,7 +28,8 @@ ImageLike = str | Path | bytes | Image.Image | np.ndarray
 class AnyDetector(Protocol):
     """What assessing needs of a detector — a probe, a fine-tuned network or an ensemble. Duck-typed, so that this
     module sits below the detector classes whose ``assess`` methods call it: ``card``, ``threshold``, and either
-    ``backbone`` + ``predict_features`` (one model) or ``members`` + ``groups`` + ``combine`` (an ensemble)."""
+    ``backbone`` + ``predict_features`` (one model), ``members`` + ``groups`` + ``combine`` (an ensemble) or
+    ``score_decoded`` (a graph run by onnxruntime)."""
 
     card: Any
 
@@ -55,17 +54,21 @@ def draft_size(det: AnyDetector) -> int | None:
     return sizes.pop() if len(sizes) == 1 else None
 
 
-@torch.inference_mode()
 def _forward(backbone: Backbone, images: Sequence[Image.Image], taps: bool, batch_size: int) -> tuple[Any, list]:
     """Pooled features and layer taps of decoded images through the backbone's canonical chain (view 0), exactly as
-    :meth:`Detector.predict_paths` computes them from files."""
+    :meth:`Detector.predict_paths` computes them from files (torch is imported here, not by a graph's scoring)."""
+    import torch
+
+    from synthdet.features.extract import forward_by_shape
+
     pre = backbone.preprocess
     pooled, layers = [], []
-    for start in range(0, len(images), batch_size):
-        tensors = [pre(reduce_to(img, pre.canonical_draft_size)) for img in images[start:start + batch_size]]
-        p, ls = forward_by_shape(backbone, tensors, taps=taps)  # native scale: sizes may differ
-        pooled.append(p)
-        layers.append(ls)
+    with torch.inference_mode():
+        for start in range(0, len(images), batch_size):
+            tensors = [torch.from_numpy(pre.canonical(img)) for img in images[start:start + batch_size]]
+            p, ls = forward_by_shape(backbone, tensors, taps=taps)  # native scale: sizes may differ
+            pooled.append(p)
+            layers.append(ls)
     return torch.cat(pooled), [torch.cat([part[j] for part in layers]) for j in range(len(layers[0]))]
 
 
@@ -74,6 +77,10 @@ def score_images(det: AnyDetector, images: Sequence[Image.Image], *, batch_size:
     for the same pixels read from files (an ensemble combines its members by its rule)."""
     if not images:
         return np.empty(0)
+    if (decoded := getattr(det, "score_decoded", None)) is not None:  # a graph: no backbone in this process
+        return np.asarray(decoded(images, batch_size=batch_size), dtype=float)
+    from synthdet.features.extract import assemble_features, batch_size_default
+
     members = _members(det)
     groups: list[list[int]] = getattr(det, "groups", [[0]])
     table = np.full((len(images), len(members)), np.nan)

@@ -14,14 +14,17 @@ from abc import ABC, abstractmethod
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Protocol, Unpack
+from typing import TYPE_CHECKING, Any, Protocol, Unpack
 
-import torch
-
-from synthdet.backbones.base import Backbone
-from synthdet.features.extract import FeatureBatch, ForwardOptions, ImageTransform, Item
-from synthdet.features.store import FeatureStore
+from synthdet.io.pixels import ImageTransform
 from synthdet.registry import Registry
+
+if TYPE_CHECKING:  # torch and the feature store belong to the engines that extract, not to scoring from a graph
+    import torch
+
+    from synthdet.backbones.base import Backbone
+    from synthdet.features.extract import FeatureBatch, ForwardOptions, Item
+    from synthdet.features.store import FeatureStore
 
 ScoreRow = tuple[str, float | None, str]
 """``(path, probability of being generated, "")``, or ``(path, None, reason)`` for a file that cannot be scored."""
@@ -64,6 +67,8 @@ class Engine(ABC):
 
     def store(self, backbone: Backbone, root: str | Path | None = None) -> FeatureStore:
         """The feature store of what :meth:`features` computes: keyed by the device that runs it, not the caller's."""
+        from synthdet.features.store import FeatureStore
+
         return FeatureStore.for_backbone(backbone, root, device=self.device(backbone))
 
     @abstractmethod
@@ -92,3 +97,20 @@ ENGINES.add("ray", "synthdet.engines.ray_data:RayEngine",
 def create_engine(name: str, **config: Any) -> Engine:
     """The engine registered as ``name``, with :class:`EngineConfig` fields ``config``."""
     return ENGINES.get(name)(EngineConfig(**config))
+
+
+#: What ``--runtime`` may name: ``onnx`` (onnxruntime from the detector's graph, no torch in the process), ``torch``
+#: (the reference and training path), or ``auto``: onnx whenever the detector has a graph or one can be made here.
+RUNTIMES = ("auto", "torch", "onnx")
+
+
+def scoring_engine(runtime: str, detector: str | Path | None = None, **config: Any) -> Engine:
+    """The engine that scores ``detector`` (``None``: the shipped default) in this process under ``runtime``
+    (:data:`RUNTIMES`)."""
+    if runtime not in RUNTIMES:
+        raise ValueError(f"--runtime {runtime!r}: one of {', '.join(RUNTIMES)}")
+    if runtime == "auto":
+        from synthdet.engines.onnx_runtime import has_graph
+
+        runtime = "onnx" if has_graph(detector) else "torch"
+    return create_engine("onnx" if runtime == "onnx" else "local", **config)

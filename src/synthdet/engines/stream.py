@@ -48,7 +48,7 @@ def scan_images(root: str | Path, *, skip_hidden: bool = True) -> Iterator[str]:
 def stream_inputs(paths: Iterable[str | Path]) -> Iterator[str]:
     """Files, folders (streamed by :func:`scan_images`) and CSVs with a path column, as image paths; a folder with
     no image raises :class:`~synthdet.data.manifest.ManifestError` when its scan ends."""
-    from synthdet.data.manifest import ManifestError, iter_inputs
+    from synthdet.data.inputs import ManifestError, iter_inputs
 
     for p in map(Path, paths):
         if p.is_dir():

@@ -9,27 +9,35 @@ under its old hash.
 from __future__ import annotations
 
 import hashlib
-import os
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal, TypedDict
+from typing import Any, TypedDict
 
 import numpy as np
 import torch
-from PIL import Image
 from torch.utils.data import DataLoader, Dataset
 from tqdm.auto import tqdm
 
 from synthdet.backbones.base import Backbone
 from synthdet.features.store import FeatureStore, store_identity, store_key
 from synthdet.io.files import default_cache_dir
-from synthdet.io.pixels import DEFAULT_MAX_PIXELS, ImageLoadError, Preprocess, load_image, reduce_to
+from synthdet.io.pixels import (
+    DEFAULT_MAX_PIXELS,
+    ImageLoadError,
+    ImageTransform,
+    Preprocess,
+    load_image,
+    read_file,
+    reduce_to,
+)
+from synthdet.io.workers import num_workers_default, usable_cpus
+from synthdet.vocabulary import FeatureKind
 
 __all__ = [
     "ExtractResult", "FeatureBatch", "FeatureKind", "FeatureStore", "ForwardOptions", "ImageTransform", "Skipped",
     "assemble_features", "default_cache_dir", "extract", "forward_batches",
-    "forward_by_shape", "forward_files",
+    "forward_by_shape", "forward_files", "num_workers_default",
     "store_identity", "store_key",
 ]
 
@@ -40,30 +48,14 @@ class Skipped:
     reason: str
 
 
-ImageTransform = Callable[[Image.Image, str], Image.Image]
-"""Applied to decoded pixels before preprocessing (e.g. a robustness slice); gets the image and its key."""
 
 
-#: What a head reads: the pooled vector, or pooled and every layer tap concatenated.
-FeatureKind = Literal["pooled", "concat"]
 
 
 def assemble_features(pooled: np.ndarray | torch.Tensor, layers: list, kind: FeatureKind) -> np.ndarray:
     """The head's input: pooled features, or pooled and every layer tap concatenated (multi-scale evidence)."""
     parts = [pooled, *layers] if kind == "concat" else [pooled]
     return np.concatenate([np.asarray(p, dtype=np.float32) for p in parts], axis=1)
-
-
-def _read(path: str) -> bytes:
-    """The file's bytes, read once: they are hashed and decoded from the same buffer."""
-    try:
-        return Path(path).read_bytes()
-    except FileNotFoundError:
-        raise ImageLoadError(path, "not-found") from None
-    except IsADirectoryError:
-        raise ImageLoadError(path, "is-a-directory") from None
-    except OSError as e:
-        raise ImageLoadError(path, "unreadable", e.strerror or str(e)) from None
 
 
 Item = tuple[str, str, Sequence[int]]
@@ -109,7 +101,7 @@ class ViewsDecoder(Dataset):
     def __getitem__(self, index: tuple[int, Item]) -> tuple[int, list[torch.Tensor] | None, str, Sequence[int]]:
         i, (path, sha, views) = index
         try:
-            data = _read(path)
+            data = read_file(path)
             if self.verify_sha and (actual := hashlib.sha256(data).hexdigest()) != sha:
                 return i, None, f"changed-since-indexed: manifest sha {sha[:16]}… file sha {actual[:16]}…", views
             if self.transform is not None:  # a slice must see the image as stored: no reduction before it
@@ -143,21 +135,11 @@ def _regroup(loader: Iterable[list], size: int) -> Iterator[list]:
         yield buf
 
 
-def usable_cpus() -> int:
-    """The cores this process may run on (its CPU affinity), not the host's count."""
-    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
-
-
 def intra_op_threads(workers: int) -> int:
     """Threads for the network on CPU while ``workers`` decoding processes run: the cores they leave (at least one,
     at most what torch has). Intra-op threads that share the workers' cores spin-wait (measured on 2 cores with 2
     workers: 3.4 images/s with 2 threads, 6.2 with 1)."""
     return max(1, min(torch.get_num_threads(), usable_cpus() - workers))
-
-
-def num_workers_default() -> int:
-    """Decoding workers: one per usable core, at most 4 (a container limited to 2 cores of a 64-core host gets 2)."""
-    return max(0, min(4, usable_cpus()))
 
 
 def batch_size_default(device: torch.device) -> int:

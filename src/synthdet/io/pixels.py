@@ -27,13 +27,16 @@ import io
 import json
 import random
 import warnings
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 import numpy as np
-import torch
 from PIL import Image, ImageOps, UnidentifiedImageError, features
 from pydantic import BaseModel, ConfigDict, Field
+
+if TYPE_CHECKING:
+    import torch
 
 #: Default pixel limit (width × height). Pillow's own default (~89 Mpx) warns but still decodes up to twice that;
 #: we refuse anything above the limit so one hostile upload cannot exhaust memory.
@@ -81,6 +84,19 @@ def list_images(folder: str | Path, *, skip_hidden: bool = False) -> list[Path]:
     names starting with a dot (macOS ``._x.jpg`` resource forks)."""
     return sorted(p for p in Path(folder).rglob("*")
                   if p.is_file() and is_image_path(p) and not (skip_hidden and p.name.startswith(".")))
+
+
+def read_file(path: str | Path) -> bytes:
+    """The file's bytes, read once (they are hashed and decoded from the same buffer); a missing or unreadable file
+    is an :class:`ImageLoadError` naming why."""
+    try:
+        return Path(path).read_bytes()
+    except FileNotFoundError:
+        raise ImageLoadError(path, "not-found") from None
+    except IsADirectoryError:
+        raise ImageLoadError(path, "is-a-directory") from None
+    except OSError as e:
+        raise ImageLoadError(path, "unreadable", e.strerror or str(e)) from None
 
 
 def is_image_path(path: str | Path) -> bool:
@@ -307,14 +323,30 @@ class Preprocess(BaseModel):
             quality = self.jpeg_quality
         return jpeg_roundtrip(out, quality, subsampling="4:2:0") if quality else out
 
+    def to_array(self, img: Image.Image) -> np.ndarray:
+        """``float32 [3, H, W]``, normalised: what every runtime feeds the network (torch wraps it without a copy,
+        onnxruntime takes it as it is), so both see the same bits."""
+        arr = np.asarray(img, dtype=np.uint8).transpose(2, 0, 1).astype(np.float32) / np.float32(255.0)
+        mean = np.asarray(self.mean, dtype=np.float32).reshape(3, 1, 1)
+        std = np.asarray(self.std, dtype=np.float32).reshape(3, 1, 1)
+        return np.ascontiguousarray((arr - mean) / std)
+
+    def canonical(self, img: Image.Image) -> np.ndarray:
+        """View 0 of a decoded image as the network sees it (reduced for inference, rendered, normalised): what
+        every scoring path computes from pixels already in memory."""
+        return self.to_array(self.render(reduce_to(img, self.canonical_draft_size)))
+
     def to_tensor(self, img: Image.Image) -> torch.Tensor:
-        arr = torch.from_numpy(np.asarray(img, dtype=np.uint8).copy()).permute(2, 0, 1).float().div_(255.0)
-        mean = torch.tensor(self.mean).view(3, 1, 1)
-        std = torch.tensor(self.std).view(3, 1, 1)
-        return (arr - mean) / std
+        import torch
+
+        return torch.from_numpy(self.to_array(img))
 
     def __call__(self, img: Image.Image, *, view: int = 0, key: str = "") -> torch.Tensor:
         return self.to_tensor(self.render(img, view=view, key=key))
+
+
+#: Applied to decoded pixels before preprocessing (e.g. a robustness slice); gets the image and its key.
+ImageTransform = Callable[[Image.Image, str], Image.Image]
 
 
 Subsampling = Literal["4:4:4", "4:2:2", "4:2:0"]

@@ -27,10 +27,10 @@ from synthdet.detectors.calibrate import f1_optimal_threshold
 from synthdet.detectors.card import FinetunedCard
 from synthdet.detectors.detector import Detector
 from synthdet.evaluation.metrics import binary_metrics
-from synthdet.features.extract import num_workers_default
 from synthdet.heads.base import create_head
 from synthdet.heads.mlp import TorchProbe, train_bce_epoch
 from synthdet.io.atomic import atomic_path
+from synthdet.io.workers import num_workers_default
 from synthdet.training.finetune.config import FineTuneConfig
 from synthdet.training.finetune.data import Item, TrainingImages, Views, collate, epoch_order, item_hashes
 from synthdet.training.finetune.model import (
