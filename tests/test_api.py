@@ -37,7 +37,9 @@ def test_lazy_names_resolve_to_the_library_classes() -> None:
 
 
 def test_load_gives_the_shipped_default_without_building_its_backbone() -> None:
-    det = synthdet.load()
+    graph = synthdet.load()  # auto: the shipped graph, when onnxruntime is installed
+    assert type(graph).__name__ == "GraphDetector" and graph.card == read_card(default_detector_path())
+    det = synthdet.load(runtime="torch")
     assert isinstance(det, Detector)
     assert det.card == read_card(default_detector_path())
     assert det._backbone is None  # built on first use: loading a detector is cheap

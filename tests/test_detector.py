@@ -263,7 +263,7 @@ def test_a_damaged_weights_file_is_refused_by_load_predict_and_serve(tmp_path: P
     from synthdet.detectors.scoring import detector_id
 
     shipped = default_detector_path()
-    assert set(read_card(shipped).files) == {"head.safetensors"}
+    assert "head.safetensors" in read_card(shipped).files  # and the ONNX graph (tests/test_graph.py)
     for damage in ("flip", "truncate"):
         folder = tmp_path / damage
         shutil.copytree(shipped, folder)

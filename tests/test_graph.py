@@ -23,10 +23,14 @@ from synthdet.data.demo import demo_data_dir  # noqa: E402
 from synthdet.detectors.calibrate import Calibration  # noqa: E402
 from synthdet.detectors.card import Card, DamagedDetectorError, default_detector_path, read_card  # noqa: E402
 from synthdet.detectors.detector import Detector  # noqa: E402
-from synthdet.detectors.graph import GraphDetector, graph_path  # noqa: E402
+from synthdet.detectors.graph import (  # noqa: E402
+    GraphDetector,
+    graph_path,
+    has_graph,
+)
 from synthdet.engines.base import scoring_engine  # noqa: E402
 from synthdet.engines.onnx_export import card_json, export_onnx, max_abs_diff  # noqa: E402
-from synthdet.engines.onnx_runtime import has_graph, load_graph  # noqa: E402
+from synthdet.engines.onnx_runtime import load_graph  # noqa: E402
 from synthdet.engines.stream import scan_images  # noqa: E402
 from synthdet.features.extract import assemble_features, forward_batches  # noqa: E402
 from synthdet.heads.logreg import LogisticHead  # noqa: E402
@@ -230,3 +234,40 @@ def test_scoring_install_names_the_extra_for_training(tmp_path: Path, labelled_f
     lines = [line for line in res.stderr.splitlines() if line.strip()]
     assert len(lines) == 1 and "synthdet train needs" in lines[0] and "synthdet[train]" in lines[0], res.stderr
     assert not (tmp_path / "det").exists()
+
+
+def test_scoring_install_serves_without_torch(tmp_path: Path) -> None:
+    """``serve`` on the scoring install (+ ``[serve]``): ready and scoring with the [train] packages absent."""
+    pytest.importorskip("fastapi")
+    import socket
+    import time
+    import urllib.request
+    import uuid
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    proc = subprocess.Popen([sys.executable, str(NO_TORCH), "serve", "--port", str(port), "--log-level", "warning"],
+                            cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline and proc.poll() is None:
+            try:
+                with urllib.request.urlopen(f"http://127.0.0.1:{port}/healthz", timeout=2) as r:
+                    assert json.loads(r.read())["status"] == "ok"
+                    break
+            except OSError:
+                time.sleep(0.1)
+        assert proc.poll() is None, proc.communicate()[1]
+        path = Path(_demo(1)[0])
+        boundary = uuid.uuid4().hex
+        body = (f'--{boundary}\r\nContent-Disposition: form-data; name="file"; filename="{path.name}"\r\n'
+                f"Content-Type: application/octet-stream\r\n\r\n").encode() + path.read_bytes() + f"\r\n--{boundary}--\r\n".encode()
+        req = urllib.request.Request(f"http://127.0.0.1:{port}/v1/score", data=body,
+                                     headers={"Content-Type": f"multipart/form-data; boundary={boundary}"})
+        with urllib.request.urlopen(req, timeout=30) as r:
+            answer = json.loads(r.read())
+        assert answer["name"] == path.name and 0 <= answer["probability"] <= 1
+    finally:
+        proc.terminate()
+        proc.wait(timeout=10)

@@ -46,14 +46,24 @@ _LAZY = {
 }
 
 
-def load(path: str | Path | None = None) -> Any:
+def load(path: str | Path | None = None, *, runtime: str = "auto") -> Any:
     """A saved detector of any kind, ready to score: ``None`` is the default shipped inside the package.
 
-    A probe or fine-tuned folder gives a :class:`Detector`, an ensemble an :class:`EnsembleDetector`, a Task B
-    localizer a :class:`Localizer` (:func:`synthdet.detectors.loading.load_detector`)."""
+    ``runtime="auto"`` scores from the detector's ONNX graph with onnxruntime when it has one (the shipped default
+    does; a detector you trained is exported once, beside it, when torch is installed): a
+    :class:`~synthdet.detectors.graph.GraphDetector`, all the scoring install (no torch) has. ``"torch"`` loads the
+    reference: a probe or fine-tuned folder gives a :class:`Detector`, an ensemble an :class:`EnsembleDetector`,
+    a Task B localizer a :class:`Localizer` (:func:`synthdet.detectors.loading.load_detector`); ``auto`` gives these
+    too for what has no graph. Every kind has ``score``, ``assess`` and ``predict_paths``."""
+    from synthdet.engines.base import resolve_runtime
+
+    if resolve_runtime(runtime, path) == "onnx":
+        from synthdet.engines.onnx_runtime import load_graph
+
+        return load_graph(path)
     from synthdet.detectors.loading import load_detector
 
-    return load_detector(path)
+    return load_detector(path)  # the network is built on first use: loading stays cheap
 
 
 def localize(localizer: str | Path | Localizer, images: Sequence[str | Path | Image.Image]) -> list[np.ndarray]:

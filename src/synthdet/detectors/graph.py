@@ -26,9 +26,9 @@ from tqdm.auto import tqdm
 
 from synthdet.detectors.assess import Scorable
 from synthdet.detectors.calibrate import sigmoid
-from synthdet.detectors.card import Card
-from synthdet.extras import require
-from synthdet.io.files import sha256_file
+from synthdet.detectors.card import Card, default_detector_path, read_card
+from synthdet.extras import available, require
+from synthdet.io.files import default_cache_dir, sha256_file
 from synthdet.io.pixels import DEFAULT_MAX_PIXELS, ImageLoadError, ImageTransform, load_image, read_file
 from synthdet.io.workers import num_workers_default, usable_cpus
 
@@ -51,6 +51,30 @@ def graph_key(folder: str | Path, card: Card) -> str:
 def graph_path(folder: str | Path, card: Card) -> Path:
     """Where a detector folder keeps its graph (which may not exist yet)."""
     return Path(folder) / f"graph-{graph_key(folder, card)}.onnx"
+
+
+def has_graph(detector: str | Path | None = None) -> bool:
+    """Whether ``--runtime auto`` can score ``detector`` with onnxruntime: onnxruntime is installed, and the
+    detector is one graph that exists or can be exported here (torch and onnx installed)."""
+    if not available("onnxruntime"):
+        return False
+    path = Path(detector) if detector is not None else default_detector_path()
+    if path.is_file():
+        return path.suffix.lower() == ".onnx"
+    try:
+        card = read_card(path)
+    except (OSError, ValueError):
+        return False  # loading will say what is wrong with it
+    if not isinstance(card, Card):
+        return False
+    return any(p.is_file() for p in graph_places(path, card)) or (available("torch") and available("onnx"))
+
+
+def graph_places(folder: Path, card: Card) -> tuple[Path, Path]:
+    """Where a folder's graph is looked for and written: beside the detector, then the cache folder (for read-only
+    folders)."""
+    beside = graph_path(folder, card)
+    return beside, default_cache_dir().parent / "onnx" / beside.name
 
 
 class GraphDetector(Scorable):

@@ -104,13 +104,18 @@ def create_engine(name: str, **config: Any) -> Engine:
 RUNTIMES = ("auto", "torch", "onnx")
 
 
-def scoring_engine(runtime: str, detector: str | Path | None = None, **config: Any) -> Engine:
-    """The engine that scores ``detector`` (``None``: the shipped default) in this process under ``runtime``
-    (:data:`RUNTIMES`)."""
+def resolve_runtime(runtime: str, detector: str | Path | None = None) -> str:
+    """``"onnx"`` or ``"torch"``: what ``runtime`` (:data:`RUNTIMES`) means for ``detector`` (``None``: the shipped
+    default) on this machine."""
     if runtime not in RUNTIMES:
         raise ValueError(f"--runtime {runtime!r}: one of {', '.join(RUNTIMES)}")
     if runtime == "auto":
-        from synthdet.engines.onnx_runtime import has_graph
+        from synthdet.detectors.graph import has_graph
 
-        runtime = "onnx" if has_graph(detector) else "torch"
-    return create_engine("onnx" if runtime == "onnx" else "local", **config)
+        return "onnx" if has_graph(detector) else "torch"
+    return runtime
+
+
+def scoring_engine(runtime: str, detector: str | Path | None = None, **config: Any) -> Engine:
+    """The engine that scores ``detector`` in this process under ``runtime`` (:func:`resolve_runtime`)."""
+    return create_engine("onnx" if resolve_runtime(runtime, detector) == "onnx" else "local", **config)

@@ -14,10 +14,9 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Unpack
 
 from synthdet.detectors.card import Card, check_files, default_detector_path, read_card
-from synthdet.detectors.graph import GraphDetector, graph_path
+from synthdet.detectors.graph import GraphDetector, graph_places
 from synthdet.engines.base import Engine
-from synthdet.extras import available, require
-from synthdet.io.files import default_cache_dir
+from synthdet.extras import require
 
 if TYPE_CHECKING:
     from synthdet.backbones.base import Backbone
@@ -50,32 +49,9 @@ def load_graph(detector: str | Path | None = None, *, threads: int | None = None
     return GraphDetector.load(_graph_file(path, card), card, threads=threads)
 
 
-def has_graph(detector: str | Path | None = None) -> bool:
-    """Whether ``--runtime auto`` can score ``detector`` with onnxruntime: onnxruntime is installed, and the
-    detector is one graph that exists or can be exported here (torch and onnx installed)."""
-    if not available("onnxruntime"):
-        return False
-    path = Path(detector) if detector is not None else default_detector_path()
-    if path.is_file():
-        return path.suffix.lower() == ".onnx"
-    try:
-        card = read_card(path)
-    except (OSError, ValueError):
-        return False  # loading will say what is wrong with it
-    if not isinstance(card, Card):
-        return False
-    return any(p.is_file() for p in _graph_places(path, card)) or (available("torch") and available("onnx"))
-
-
-def _graph_places(folder: Path, card: Card) -> tuple[Path, Path]:
-    """Beside the detector, then the cache folder (for read-only folders)."""
-    beside = graph_path(folder, card)
-    return beside, default_cache_dir().parent / "onnx" / beside.name
-
-
 def _graph_file(folder: Path, card: Card) -> Path:
     """The folder's graph, exported now (once) when there is none."""
-    places = _graph_places(folder, card)
+    places = graph_places(folder, card)
     for place in places:
         if place.is_file():
             return place

@@ -199,9 +199,8 @@ def create_app(detector: Any, *, settings: Settings | None = None, localizer: An
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        _ = det.backbone  # build the network before the first request
-        image = _warmup_image()
-        warm = time.perf_counter()  # and time one request's work (with checks): the load estimate's first value
+        image = _warmup_image()  # one request's work (with checks) builds the network before the first request,
+        warm = time.perf_counter()  # and times it: the load estimate's first value
         assess_image(det, image, checks=True, heatmap=False)
         load.observe(time.perf_counter() - warm)
         routes.update(getattr(r, "path", "") for r in app.routes)  # every route is registered by now
