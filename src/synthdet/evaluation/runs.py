@@ -22,6 +22,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import pandas as pd
 
+from synthdet.data.layouts import masks_as_images
 from synthdet.data.manifest import ManifestError, index
 from synthdet.data.perturbations import DEFAULT_SLICES, Slice, get_slice
 from synthdet.data.provenance import (
@@ -273,6 +274,10 @@ def run_evaluation(
     names = [get_slice(n).name for n in slices]  # unknown names fail before any scoring
     det = load_detector(detector)
     df = index(data, progress=progress)
+    if as_images := masks_as_images(df):
+        raise ManifestError(f"{data}: {len(as_images)} of its {len(df)} images are masks indexed as images (e.g. "
+                            f"{as_images[0]}); evaluate on the images (index the folder the organisers ship, or a "
+                            "manifest with a mask column)")
     if split is not None:
         if "split" not in df:
             raise ManifestError(f"{data}: no split column to select {split!r} from")
