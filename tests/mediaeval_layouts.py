@@ -127,3 +127,14 @@ def tgif_tree(root: Path, ids: tuple[str, ...] = ("197658", "109118", "162415", 
     pd.DataFrame({"category": "baseball glove", "image_id": list(ids[:2]), "mask_variation": "segm",
                   "gen_variation_id": 0, "nima_mean": 5.0}).to_csv(root / "metadata" / "sd2_validation.csv", index=False)
     return root
+
+
+def all_synthetic_folder(root: Path, n: int = 6, offset: int = 44) -> Path:
+    """``root/1_fake/``: generated images only, each in a social-media variation (downscaled, JPEG at 60–90): the
+    organisers' robustness set in miniature."""
+    for i, src in enumerate(demo_images(1)[offset:offset + n]):
+        img = _photo(src, (80 - 4 * i, 80 - 4 * i))
+        path = root / "1_fake" / f"variation_{i:02d}.jpg"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        img.save(path, format="JPEG", quality=60 + 6 * i)
+    return root

@@ -87,6 +87,8 @@ def _curves(runs: list[EvalRun]) -> str:
     for i, r in enumerate(runs):
         y, p = _clean(r)
         m = r.metrics[CLEAN]
+        if len(np.unique(y)) < 2:  # a one-class set (all generated): no curve to draw; its TPR is in the tables
+            continue
         fpr, tpr, _ = roc_curve(y, p)
         prec, rec, _ = precision_recall_curve(y, p)
         color = _COLORS[i % len(_COLORS)]
@@ -99,7 +101,8 @@ def _curves(runs: list[EvalRun]) -> str:
               ylim=(0, 1.02))
     for ax in (roc_ax, pr_ax):
         ax.grid(alpha=0.3)
-        ax.legend(loc="lower right" if ax is roc_ax else "lower left", fontsize=8.5)
+        if ax.get_legend_handles_labels()[0]:  # none when every run is one-class
+            ax.legend(loc="lower right" if ax is roc_ax else "lower left", fontsize=8.5)
     return _png(fig)
 
 
