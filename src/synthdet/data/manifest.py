@@ -209,7 +209,7 @@ def index(
     root: str | Path | None = None,
 ) -> pd.DataFrame:
     """Build a manifest from a folder or labels CSV/TSV (an existing manifest is read back as it is; a folder with
-    its own ``manifest.csv`` is indexed from it), naming the layout it found in ``df.attrs["layout"]`` (``root``:
+    its own ``manifest.csv`` is indexed from it), naming the layout it found and the ``source`` in ``df.attrs`` (``root``:
     the folder an official CSV's paths start from). Bad files are kept with ``ok=False`` and a reason; content
     hashes labelled both ways are warned about and listed in ``df.attrs["label_conflicts"]``. With ``use_cache`` a
     file probed before with the same size and mtime is not read again (:mod:`synthdet.data.hashcache`)."""
@@ -225,7 +225,7 @@ def index(
         layout, df = _rows_from_folder(src)
     elif suffix == ".parquet" or (suffix in (".csv", ".tsv") and _is_manifest_csv(src)):
         df = read_manifest(src)  # already indexed: nothing to hash or decode again
-        df.attrs["layout"] = "synthdet manifest"
+        df.attrs.update(layout="synthdet manifest", source=str(source))
         return _with_conflicts(df)
     elif suffix in (".csv", ".tsv"):
         layout, df = "labels CSV (path, label)", _rows_from_csv(src)
@@ -247,7 +247,7 @@ def index(
         )
     df = pd.concat([df.reset_index(drop=True), pd.DataFrame(recs)], axis=1)
     df = df[COLUMNS + [c for c in df.columns if c not in COLUMNS]]
-    df.attrs["layout"] = layout
+    df.attrs.update(layout=layout, source=str(source))
     return _with_conflicts(df)
 
 

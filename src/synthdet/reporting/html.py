@@ -339,17 +339,16 @@ def render_localization_report(
     about: str = "",
 ) -> Path:
     """Write one self-contained HTML report of a Task B evaluation: ``metrics`` from
-    :func:`synthdet.localization.evaluate.evaluate_localizer` (with its ``rows`` provenance), the pixel tables per category and
-    per source, the image-level decision, and ``examples`` (:meth:`synthdet.localization.evaluate.LocEvaluation.examples`: PIL
+    :func:`synthdet.localization.evaluate.evaluate_localizer` (with its ``rows`` provenance), the pixel tables per category,
+    per type and per source, the image-level decision, and ``examples`` (:meth:`synthdet.localization.evaluate.LocEvaluation.examples`: PIL
     ``overlay`` and ``map`` images) as embedded JPEG overlays of predicted against true masks."""
     shown = [{**{k: v for k, v in e.items() if k not in ("overlay", "map")}, "name": Path(e["path"]).name,
               "overlay": _jpeg(e["overlay"]), "map": _jpeg(e["map"])} for e in examples]
     tables = [("category", [("all", metrics["pixel"]), *metrics["per_category"].items()])]
-    if "per_source" in metrics:
-        tables.append(("source", list(metrics["per_source"].items())))
+    tables += [(name, list(metrics[f"per_{name}"].items())) for name in ("type", "source") if f"per_{name}" in metrics]
     doc = _template("localize.html.j2").render(
         title=title, version=__version__, rendered=time.strftime("%Y-%m-%d %H:%M"), about=about,
         rows=metrics["rows"], image=metrics["image"], tables=tables, examples=shown,
-        loc_threshold=metrics["pixel"]["at_threshold"]["threshold"],
+        loc_threshold=metrics["pixel"]["at_threshold"]["threshold"], convention=metrics.get("convention", ""),
     )
     return write_text(out, doc)
