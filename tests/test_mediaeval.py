@@ -30,6 +30,7 @@ from synthdet.cli import app
 from synthdet.data.manifest import index, split_columns
 from synthdet.evaluation.metrics import evaluate_scores, sidbench_metrics
 from synthdet.localization.metrics import f1_iou, flagged, localization_metrics
+from synthdet.localization.triples import read_triples
 
 runner = CliRunner()
 N_MANIPULATED = sum(len(ids) for ids in HOSTS.values()) * len(METHODS)
@@ -89,6 +90,8 @@ def test_index_recognises_and_names_each_official_layout(trees: Path, tmp_path: 
         assert (manip["mask"] != "").all() and all(Path(m).is_file() for m in manip["mask"])
         assert (df.loc[df["label"] == 0, "mask"] == "").all() and (df.loc[df["label"] == 0, "method"] == "original").all()
         assert all(Path(h).is_file() for h in manip["src_path"])  # every manipulation names its host photo
+        triples = read_triples(tmp_path / "m.csv")  # the manifest feeds `localize` with the same groups
+        assert set(triples["category"]) == set(df["method"].replace("original", "authentic"))
 
 
 def test_task_b_rows_pair_each_image_with_its_mask_host_method_type_and_source(trees: Path) -> None:
@@ -294,3 +297,16 @@ def test_task_b_tree_trains_evaluates_per_method_and_type_and_hands_in_masks(tre
             zf.writestr(name, data)
     res = runner.invoke(app, ["submit", "--check", str(short), "--images", str(trees / "test")])
     assert res.exit_code == 1 and f"missing masks (image without an .npz) (1): {list(entries)[0]}" in res.output
+
+
+def test_run_zips_are_reproducible_and_refuse_bad_names(tmp_path: Path) -> None:
+    from synthdet.reporting.submit import write_task_a_zip
+
+    rows = [("a.jpg", 0.25), ("b.png", 0.75)]
+    first = write_task_a_zip(rows, 0.5, tmp_path / "1", "team", "open").read_bytes()
+    assert write_task_a_zip(rows, 0.5, tmp_path / "2", "team", "open").read_bytes() == first  # same rows, same bytes
+    assert _zip_entries(tmp_path / "1" / "team_open.zip") == {"team_open.csv": b"image_id,prob,label,threshold\n"
+                                                             b"a.jpg,0.250000,0,0.500000\nb.png,0.750000,1,0.500000\n"}
+    for team, run in (("team", "closed"), ("a/b", "open"), ("", "open")):
+        with pytest.raises(ValueError, match="run must be one of|plain non-empty name"):
+            write_task_a_zip(rows, 0.5, tmp_path, team, run)

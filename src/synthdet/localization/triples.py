@@ -35,7 +35,7 @@ def read_triples(source: str | Path, *, root: str | Path | None = None) -> pd.Da
         src = src / "manifest.csv"
     official = read_layout(src, root)
     if official is not None:
-        df = official.rows.assign(category=official.rows["method"].replace(ORIGINAL, "authentic"))
+        df = official.rows
     elif src.is_dir():
         masks = {p.stem: str(p) for p in list_images(src / "masks")} if (src / "masks").is_dir() else {}
         images = list_images(src / "images" if (src / "images").is_dir() else src)
@@ -53,6 +53,8 @@ def read_triples(source: str | Path, *, root: str | Path | None = None) -> pd.Da
     skipped = [(str(p), str(e) or "did not index") for p, e in zip(df.loc[bad, "path"], df.loc[bad].get("error", ""))]
     df = df[~bad].copy()
     df["label"] = (df["mask"] != "").astype(int)
+    if "category" not in df and "method" in df:  # an official layout, or a manifest `data index` wrote of one
+        df["category"] = df["method"].replace(ORIGINAL, "authentic")
     for col in ("category", "source"):
         if col not in df:
             df[col] = np.where(df["label"] == 1, "manipulated", "authentic") if col == "category" else ""
