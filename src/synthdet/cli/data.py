@@ -3,19 +3,26 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 
 from synthdet.cli._io import Quiet, say, skipped
+
+if TYPE_CHECKING:
+    import pandas as pd
 
 app = typer.Typer(help="Build and split dataset manifests.", no_args_is_help=True)
 
 
 @app.command("index")
 def data_index(
-    source: Annotated[Path, typer.Argument(help="Folder (0_real/1_fake, real/fake) or CSV with path,label[,source,generator].")],
+    source: Annotated[Path, typer.Argument(help="Folder (0_real/1_fake, real/fake, the MediaEval Task B tree, TGIF, "
+                                                "unlabelled test images) or CSV (path,label[,source,generator]; "
+                                                "taskB_val.csv; a TGIF metadata/ or splits/ CSV).")],
     out: Annotated[Path, typer.Option("-o", "--out", help="Manifest to write (.csv, .tsv, or .parquet with the parquet extra).")] = Path("manifest.csv"),
+    root: Annotated[Path | None, typer.Option(help="Folder an official CSV's paths start from (default: the CSV's "
+                                                   "folder; for a TGIF CSV the TGIF folder two levels up).")] = None,
     val_fraction: Annotated[float, typer.Option(help="Held-out fraction for the stratified split column.")] = 0.2,
     folds: Annotated[int, typer.Option(help="Number of stratified folds for the fold column (0: none).")] = 5,
     seed: Annotated[int, typer.Option(help="Seed of split and folds.")] = 42,
@@ -25,15 +32,26 @@ def data_index(
     """Index images: hash, size, format, decodability; add reproducible split and fold columns."""
     from synthdet.data.manifest import index, split_columns, write_manifest
 
-    df = index(source, max_pixels=max_pixels, progress=not quiet)
+    df = index(source, max_pixels=max_pixels, progress=not quiet, root=root)
     labelled = (df["label"] >= 0) & df["ok"]
     if labelled.any() and df.loc[labelled, "label"].nunique() == 2:
         df = df.assign(**split_columns(df, val_fraction=val_fraction, k=folds, seed=seed))
     write_manifest(df, out)
     bad = df[~df["ok"]]
-    say(f"{len(df)} images indexed → {out}  ({int(df['ok'].sum())} ok, {len(bad)} unreadable)")
+    say(f"{df.attrs.get('layout', 'data')}: {len(df)} images indexed → {out}  ({int(df['ok'].sum())} ok, "
+        f"{len(bad)} unusable)")
+    if "method" in df:
+        say(f"  {_counts(df, 'label')}; per method: {_counts(df, 'method')}"
+            + (f"; per type: {_counts(df[df['type'] != ''], 'type')}" if (df["type"] != "").any() else "")
+            + (f"; per source: {_counts(df, 'source')}" if (df["source"] != "").any() else ""))
     for path, reason in zip(bad["path"], bad["error"]):
         skipped(path, reason)
+
+
+def _counts(df: pd.DataFrame, column: str) -> str:
+    """``coco 40, raise 20``: rows per value of a manifest column."""
+    names = {"label": {0: "authentic", 1: "manipulated", -1: "unlabelled"}}.get(column, {})
+    return ", ".join(f"{names.get(k, k)} {n}" for k, n in df[column].value_counts().sort_index().items())
 
 
 @app.command("normalise")

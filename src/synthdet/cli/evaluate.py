@@ -62,6 +62,50 @@ def _summary_table(run: EvalRun) -> Table:
     return table
 
 
+def _sidbench(run: EvalRun) -> dict[str, dict[str, float]]:
+    from synthdet.evaluation.metrics import sidbench_metrics
+
+    return sidbench_metrics(run.metrics[CLEAN])
+
+
+def _sidbench_table(run: EvalRun) -> Table:
+    """The organisers' metric set (SIDBench) on the clean rows, at the threshold, at 0.5 and at the F1 oracle."""
+    from rich.markup import escape
+    from rich.table import Table
+
+    table = Table(title="SIDBench metric set (clean) — decision prob ≥ threshold, the label a submission carries",
+                  caption=f"rows: {escape(describe_rows(run.rows))}")
+    cols = ("accuracy", "real_accuracy", "fake_accuracy", "precision", "recall", "f1", "roc_auc", "ap", "eer")
+    for col in ("decision", "threshold", *cols):
+        table.add_column(col.replace("_", " "), justify="left" if col == "decision" else "right")
+    for point, m in _sidbench(run).items():
+        table.add_row(point.replace("at_", "at "), _num(m["threshold"]), *(_num(m[c]) for c in cols))
+    return table
+
+
+def _one_class_table(run: EvalRun) -> Table:
+    """A one-class set (all generated, or all real): per condition the share called correctly at the threshold (TPR
+    or TNR) with its CI and change from clean, and the score quantiles; the caption says why AUC is absent."""
+    from rich.markup import escape
+    from rich.table import Table
+
+    oc = run.metrics[CLEAN]["one_class"]
+    label = "" if run.rows["status"] == HELD_OUT else f" \\[{run.rows['status']}]"
+    table = Table(title=f"{escape(run.name)}{label} — one-class set, {oc['rate_name']} at threshold {run.threshold:.3f}",
+                  caption=f"rows: {escape(describe_rows(run.rows))}\n{escape(oc['why_no_auc'])}")
+    for col in ("slice", "n", oc["rate_name"], "95% CI", f"Δ {oc['rate_name']}", "p10", "median", "p90"):
+        table.add_column(col, justify="left" if col == "slice" else "right")
+    base = oc["rate"]
+    for s, m in run.metrics.items():
+        rec = m.get("one_class")
+        if rec is None:
+            continue
+        q = rec["distribution"]["quantiles"]
+        table.add_row(s, str(m["n"]), _num(rec["rate"]), "–".join(map(_num, rec["ci"] or (float("nan"),) * 2)),
+                      "" if s == CLEAN else f"{rec['rate'] - base:+.3f}", _num(q["p10"]), _num(q["p50"]), _num(q["p90"]))
+    return table
+
+
 def evaluate(
     detector: Annotated[Path | None, typer.Argument(help="Detector folder (omit for the shipped default).")] = None,
     data: Annotated[Path | None, typer.Argument(help="Folder (0_real/1_fake, real/fake), CSV path,label or manifest.")] = None,
@@ -97,11 +141,16 @@ def evaluate(
     if dropped := run.info["rows"].get("dropped_seen"):
         note(f"dropped {dropped} images the detector was fitted or calibrated on (same content or near-duplicate); "
              f"every figure is on the {run.rows['n']} held-out images")
+    one_class = "one_class" in run.metrics[CLEAN]
     if as_json:
         print_json({"run": str(out), "report": str(report), "threshold": run.threshold, "rows": run.rows,
-                    "slices": _summary(run)})
+                    "slices": _summary(run), "sidbench": _sidbench(run),
+                    **({"one_class": {s: m["one_class"] for s, m in run.metrics.items() if "one_class" in m}}
+                       if one_class else {})})
         return
-    console().print(_summary_table(run))
+    console().print(_one_class_table(run) if one_class else _summary_table(run))
+    if not one_class:
+        console().print(_sidbench_table(run))
     say(f"run → [bold]{out}[/]   report → [bold]{report}[/]")
 
 

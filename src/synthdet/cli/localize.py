@@ -3,21 +3,37 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 
 from synthdet.cli._io import Json, Quiet, fail, print_json, say, skipped
 
+if TYPE_CHECKING:
+    import pandas as pd
+
 app = typer.Typer(help="Task B: where in the image was it generated or edited?", no_args_is_help=True)
 
 Device = Annotated[str | None, typer.Option(help="cpu, cuda, cuda:1 … (default: cuda if present).")]
+Root = Annotated[Path | None, typer.Option(help="Folder an official CSV's paths start from (taskB_val.csv: the "
+                                                "folder holding sagid/; default: the CSV's folder).")]
+TASK_B_SET = ("Task B set: the MediaEval Task B tree (sagid/val) or taskB_val.csv, TGIF, a manifest with path,mask"
+              "[,category,source], or a folder with images/ and masks/ (e.g. from `synthdet data make-manipulations`).")
+
+
+def _read(source: Path, root: Path | None) -> pd.DataFrame:
+    """The triples of ``source`` (:func:`read_triples`), each row left out said on stderr."""
+    from synthdet.localization.triples import read_triples
+
+    df = read_triples(source, root=root)
+    for path, reason in df.attrs.get("skipped", []):
+        skipped(path, reason)
+    return df
 
 
 @app.command("train")
 def localize_train(
-    source: Annotated[Path, typer.Argument(help="Task B set: manifest with path,mask[,category,source] or a folder "
-                                                "with images/ and masks/ (e.g. from `synthdet data make-manipulations`).")],
+    source: Annotated[Path, typer.Argument(help=TASK_B_SET)],
     out: Annotated[Path, typer.Option("-o", "--out", help="Detector folder to write (kind: localizer).")],
     val: Annotated[Path | None, typer.Option(help="Validation set (default: a source-disjoint share of SOURCE).")] = None,
     model: Annotated[str, typer.Option(help="unet (U-Net, EfficientNet-Lite0 encoder) or patch (frozen encoder, "
@@ -31,6 +47,7 @@ def localize_train(
     patience: Annotated[int, typer.Option(min=1, help="Validations without a better pixel F1 before stopping.")] = 4,
     image_score: Annotated[str, typer.Option(help="Image-level score: coverage or topk.")] = "coverage",
     resume: Annotated[bool, typer.Option(help="Continue from OUT/checkpoint.pt.")] = False,
+    root: Root = None,
     device: Device = None,
     seed: int = 0,
     quiet: Quiet = False,
@@ -38,17 +55,18 @@ def localize_train(
     """Train a localizer with early stopping on validation pixel F1 (at its best threshold); tune the pixel and image
     thresholds."""
     from synthdet.backbones.base import default_device
-    from synthdet.localization.triples import read_triples, split_by_source
+    from synthdet.localization.triples import split_by_source
     from synthdet.training.localize import TrainConfig, train_localizer
 
     if crop % 32:
         raise fail(f"--crop must be a multiple of 32, not {crop}")
-    df = read_triples(source)
-    train_df, val_df = (df, read_triples(val)) if val else split_by_source(df, seed=seed)
+    df = _read(source, root)
+    train_df, val_df = (df, _read(val, root)) if val else split_by_source(df, seed=seed)
     cfg = TrainConfig(model=model, steps=steps, batch=batch, crop=crop, lr=lr, eval_every=eval_every,  # type: ignore[arg-type]
                       patience=patience, schedule=schedule, image_score=image_score, seed=seed)  # type: ignore[arg-type]
+    data = {"train_data": str(source), "val_data": str(val) if val else f"a host-disjoint share of {source}"}
     loc = train_localizer(train_df, val_df, out, cfg, device=default_device(device), resume=resume,
-                          progress=not quiet)
+                          progress=not quiet, data=data)
     px = loc.card.metrics["val"]["pixel"]["at_threshold"]
     say(f"{model} → {out}: validation ({px['n_manipulated']} manipulated of {len(val_df)} images) pixel F1 "
         f"{px['f1']:.3f}, IoU {px['iou']:.3f} at loc_threshold {loc.card.loc_threshold:.2f}; trained on "
@@ -61,7 +79,10 @@ def localize_predict(
     inputs: Annotated[list[Path], typer.Argument(help="Images or folders.")],
     out: Annotated[Path, typer.Option("-o", "--out", help="Folder for the maps (PNG, 0-255 probability) or, with "
                                                           "--team, for the Task B submission.")],
-    team: Annotated[str | None, typer.Option(help="Write TEAM_localization_masks.zip + scores.csv instead.")] = None,
+    team: Annotated[str | None, typer.Option(help="Write TEAM_localization_masks.zip + scores.csv instead, and the "
+                                                  "run description TEAM_localization_masks.run.txt.")] = None,
+    run: Annotated[str, typer.Option(help="With --team, for the run description: constrained (TGIF only, as the "
+                                          "organisers require for Task B) or open.")] = "constrained",
     device: Device = None,
 ) -> None:
     """Probability maps at each image's own size, or a checked MediaEval Task B submission (--team)."""
@@ -72,9 +93,12 @@ def localize_predict(
     from synthdet.data.inputs import iter_inputs
     from synthdet.io.atomic import atomic_path
     from synthdet.localization.models import load_localizer
+    from synthdet.reporting.runcard import RUN_RULES, describe_run, write_run_description
     from synthdet.reporting.submission_check import check_task_b
     from synthdet.reporting.submit import spooled_maps, write_task_b
 
+    if run not in RUN_RULES:
+        raise fail(f"--run must be one of {', '.join(RUN_RULES)}, not {run!r}")
     loc = load_localizer(detector, default_device(device))
     paths = list(iter_inputs(inputs))
     if not paths:
@@ -84,6 +108,10 @@ def localize_predict(
             zip_path, csv_path = write_task_b(masks, scores, loc.threshold, loc.card.loc_threshold, out, team,
                                               prior=loc.card.prior)
         folders = {p.parent for p in paths}
+        text = describe_run(zip_path, team=team, task="B", run=run, detector=str(detector), card=loc.card,
+                            n_rows=len(paths), test_dir=next(iter(folders)) if len(folders) == 1 else None,
+                            threshold=loc.threshold, loc_threshold=loc.card.loc_threshold)
+        say(f"run description → {write_run_description(zip_path, text)}")
         if len(folders) == 1:
             report = check_task_b(zip_path, csv_path, folders.pop())
             for e in report.errors:
@@ -109,22 +137,22 @@ def localize_predict(
 @app.command("evaluate")
 def localize_evaluate(
     detector: Annotated[Path, typer.Argument(help="Localizer folder.")],
-    source: Annotated[Path, typer.Argument(help="Task B set (manifest with a mask column, or images/ + masks/).")],
+    source: Annotated[Path, typer.Argument(help=TASK_B_SET)],
     overlays: Annotated[Path | None, typer.Option(help="Also write a PNG: best and worst image per category (found "
                                                          "yellow, missed green, false alarm red), then the map.")] = None,
     report: Annotated[Path | None, typer.Option(help="Also write a self-contained HTML report: the tables and "
                                                        "overlays of predicted against true masks.")] = None,
+    root: Root = None,
     device: Device = None,
     json_out: Json = False,
 ) -> None:
-    """Pixel F1/IoU at 0.5 and at the tuned threshold, per category and per source (the host photo's collection);
-    image-level ROC AUC, balanced accuracy, F1."""
+    """Pixel F1/IoU at 0.5 and at the tuned threshold, per method, per type (sp/fr) and per source (the host photo's
+    collection), under the organisers' pixel convention (TGIF); image-level ROC AUC, balanced accuracy, F1."""
     from synthdet.backbones.base import default_device
     from synthdet.localization.evaluate import LocEvaluation
     from synthdet.localization.models import load_localizer
-    from synthdet.localization.triples import read_triples
 
-    df = read_triples(source)
+    df = _read(source, root)
     loc = load_localizer(detector, default_device(device))
     ev = LocEvaluation(loc, df)
     res = ev.metrics
@@ -141,10 +169,13 @@ def localize_evaluate(
     rows = res["rows"]
     seen = f", {rows['n_seen']} built on photos seen in training" if rows["n_seen"] else ""
     say(f"{len(df)} images of {source} ({rows['status']}{seen}); pixel metrics over the manipulated images of each "
-        "row, image metrics over all")
-    for title, key in (("category", "per_category"), ("source", "per_source")):
+        "row (and over all its images), image metrics over all")
+    say(f"  convention: {res['convention']}")
+    tables = [("method" if "method" in df else "category", "per_category"), ("type", "per_type"),
+              ("source", "per_source")]
+    for title, key in ((t, k) for t, k in tables if k in res):
         say(f"  per {title}:")
-        rows = [("all", res["pixel"]), *res[key].items()] if title == "category" else res[key].items()
+        rows = [("all", res["pixel"]), *res[key].items()] if key == "per_category" else res[key].items()
         width = max(12, *(len(name) for name, _ in rows))
         for name, block in rows:
             a, t = block["at_0.5"], block["at_threshold"]
@@ -154,6 +185,7 @@ def localize_evaluate(
                          f"IoU {t['iou']:.3f}  PI-F1 {t['pi_f1']:.3f}")
             if t["n_authentic"]:
                 line += f"  authentic pixels flagged@{t['threshold']:.2f} {t['authentic_fp_rate']:.3f}"
+            line += f"  all-images F1 {t['f1_all_images']:.3f} IoU {t['iou_all_images']:.3f}"
             say(line)
     im = res["image"]
     say(f"  image ({im['method']}, n={im['n']}): ROC AUC {im['roc_auc']:.3f}  balanced acc "

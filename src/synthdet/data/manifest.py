@@ -1,7 +1,9 @@
 """Manifests: tables of images with labels, provenance and a content hash, validated once.
 
-Accepted inputs (:func:`index`):
-- a folder in the MediaEval layout (``0_real/``, ``1_fake/``) or ``real/`` + ``fake/``;
+Accepted inputs (:func:`index`), the one found named in ``df.attrs["layout"]``:
+- the official MediaEval Task B tree and ``taskB_val.csv``, TGIF and its metadata/split CSVs
+  (:mod:`synthdet.data.layouts`: ``mask``, ``method``, ``type``, ``src_path`` columns);
+- a folder in the MediaEval Task A layout (``0_real/``, ``1_fake/``) or ``real/`` + ``fake/``;
 - a CSV (or tab-separated ``.tsv``) with ``path,label`` and optional ``source,generator`` columns (paths relative
   to the file's folder); any other column (``group``, ``licence`` …) is kept after the manifest's own;
 - a folder of unlabelled images (label ``-1``), for prediction and submissions.
@@ -12,7 +14,7 @@ Linux) cannot be written to a CSV or a terminal faithfully: it stays in the tabl
 ``bad-name``, and its name shown with the bad bytes escaped (``caf\\xe9.jpg``); rename it to use it.
 
 A folder that holds a ``manifest.csv`` (or ``.tsv``/``.parquet``) is indexed from it, so its ``source`` and
-``generator`` columns survive. Manifests store paths relative to the manifest's own folder (files outside it
+``generator`` columns survive. Manifests store paths (``path``, ``mask``, ``src_path``) relative to the manifest's own folder (files outside it
 absolute), so they read back from any working directory. ``phash`` is a 64-bit difference hash (dHash, 16 hex) of
 the decoded pixels: :class:`synthdet.data.splits.SplitPlan` groups near-duplicates by it. A content hash that appears
 with both labels is reported (:class:`LabelConflictWarning`, ``df.attrs["label_conflicts"]``), never resolved
@@ -35,6 +37,7 @@ from tqdm.auto import tqdm
 
 from synthdet.data.hashcache import ProbeCache
 from synthdet.data.inputs import PATH_COLUMNS, ManifestError, find_column
+from synthdet.data.layouts import read_layout
 from synthdet.data.splits import SplitPlan
 from synthdet.extras import require
 from synthdet.io.atomic import atomic_path, printable
@@ -46,6 +49,8 @@ COLUMNS = ["path", "label", "source", "generator", "sha256", "width", "height", 
 REQUIRED_COLUMNS = COLUMNS[:-1]
 #: Names a folder's own manifest may have, in order of preference.
 FOLDER_MANIFESTS = ("manifest.csv", "manifest.tsv", "manifest.parquet")
+#: Columns holding file paths: stored relative to the manifest's folder, read back absolute.
+_PATH_VALUED = ("path", "mask", "src_path")
 _CLASS_DIRS = {"0_real": 0, "1_fake": 1, "real": 0, "fake": 1}
 _TRUE_LABELS = {"1": 1, "fake": 1, "ai": 1, "synthetic": 1, "generated": 1, "0": 0, "real": 0}
 
@@ -74,13 +79,14 @@ def _folder_row(path: Path, label: int, source: str) -> dict[str, object]:
     return {"path": shown, "label": label, "source": source, "error": error}
 
 
-def _rows_from_folder(root: Path) -> pd.DataFrame:
+def _rows_from_folder(root: Path) -> tuple[str, pd.DataFrame]:
+    """``(layout name, rows)`` of a folder that is in no official Task B layout."""
     if (root / "images").is_dir() and (root / "masks").is_dir():  # Task B: a mask marks a manipulated image
         masks = {p.stem: str(p) for p in list_images(root / "masks")}
         rows = [{**_folder_row(p, int(p.stem in masks), ""), "mask": masks.get(p.stem, "")}
                 for p in list_images(root / "images")]
         if rows:
-            return pd.DataFrame(rows)
+            return "Task B folder (images/ + masks/, a mask per manipulated image)", pd.DataFrame(rows)
     class_dirs = {d.name: _CLASS_DIRS[d.name] for d in root.iterdir() if d.is_dir() and d.name in _CLASS_DIRS}
     if class_dirs:
         rows = [
@@ -88,14 +94,16 @@ def _rows_from_folder(root: Path) -> pd.DataFrame:
             for name, label in sorted(class_dirs.items())
             for p in list_images(root / name)
         ]
+        name = f"MediaEval Task A tree ({' + '.join(f'{d}/' for d in sorted(class_dirs))})"
     else:
         rows = [_folder_row(p, -1, "") for p in list_images(root)]
+        name = "unlabelled folder (a test set: label -1)"
     if not rows:
         raise ManifestError(
-            f"{root}: no images found (expected 0_real/ + 1_fake/, real/ + fake/, or image files; "
-            f"see synthdet.io.pixels.IMAGE_SUFFIXES)"
+            f"{root}: no images found (expected 0_real/ + 1_fake/, real/ + fake/, the MediaEval Task B or TGIF "
+            f"layout, or image files; see synthdet.io.pixels.IMAGE_SUFFIXES)"
         )
-    return pd.DataFrame(rows)
+    return name, pd.DataFrame(rows)
 
 
 _LABEL_COLUMNS = ("label", "target", "is_fake", "y")
@@ -185,23 +193,29 @@ def index(
     workers: int = 4,
     progress: bool = False,
     use_cache: bool = True,
+    root: str | Path | None = None,
 ) -> pd.DataFrame:
     """Build a manifest from a folder or labels CSV/TSV (an existing manifest is read back as it is; a folder with
-    its own ``manifest.csv`` is indexed from it). Bad files are kept with ``ok=False`` and a reason; content hashes
-    labelled both ways are warned about and listed in ``df.attrs["label_conflicts"]``. With ``use_cache`` a file
-    probed before with the same size and mtime is not read again (:mod:`synthdet.data.hashcache`)."""
+    its own ``manifest.csv`` is indexed from it), naming the layout it found and the ``source`` in ``df.attrs`` (``root``:
+    the folder an official CSV's paths start from). Bad files are kept with ``ok=False`` and a reason; content
+    hashes labelled both ways are warned about and listed in ``df.attrs["label_conflicts"]``. With ``use_cache`` a
+    file probed before with the same size and mtime is not read again (:mod:`synthdet.data.hashcache`)."""
     src = Path(source)
     if not src.exists():
         raise ManifestError(f"{src}: no such file or folder")
     if src.is_dir() and (own := next((src / n for n in FOLDER_MANIFESTS if (src / n).is_file()), None)):
         src = own
     suffix = src.suffix.lower()
-    if src.is_dir():
-        df = _rows_from_folder(src)
+    if (official := read_layout(src, root)) is not None:
+        layout, df = official.name, official.rows
+    elif src.is_dir():
+        layout, df = _rows_from_folder(src)
     elif suffix == ".parquet" or (suffix in (".csv", ".tsv") and _is_manifest_csv(src)):
-        return _with_conflicts(read_manifest(src))  # already indexed: nothing to hash or decode again
+        df = read_manifest(src)  # already indexed: nothing to hash or decode again
+        df.attrs.update(layout="synthdet manifest", source=str(source))
+        return _with_conflicts(df)
     elif suffix in (".csv", ".tsv"):
-        df = _rows_from_csv(src)
+        layout, df = "labels CSV (path, label)", _rows_from_csv(src)
     else:
         raise ManifestError(f"{src}: expected a folder, a .csv/.tsv or a .parquet manifest")
     for col in ("source", "generator"):
@@ -219,7 +233,9 @@ def index(
             )
         )
     df = pd.concat([df.reset_index(drop=True), pd.DataFrame(recs)], axis=1)
-    return _with_conflicts(df[COLUMNS + [c for c in df.columns if c not in COLUMNS]])
+    df = df[COLUMNS + [c for c in df.columns if c not in COLUMNS]]
+    df.attrs.update(layout=layout, source=str(source))
+    return _with_conflicts(df)
 
 
 def label_conflicts(df: pd.DataFrame) -> pd.DataFrame:
@@ -255,7 +271,8 @@ def write_manifest(df: pd.DataFrame, out: str | Path) -> Path:
         full = Path(os.path.abspath(p))
         return full.relative_to(base).as_posix() if full.is_relative_to(base) else str(full)
 
-    table = df.assign(path=[stored(p) for p in df["path"]])
+    table = df.assign(**{c: [stored(p) if p else "" for p in df[c].fillna("").astype(str)]
+                         for c in _PATH_VALUED if c in df})
     with atomic_path(out) as tmp:
         if out.suffix.lower() == ".parquet":
             require("pyarrow", "a .parquet manifest")
@@ -268,7 +285,8 @@ def write_manifest(df: pd.DataFrame, out: str | Path) -> Path:
 def read_manifest(path: str | Path) -> pd.DataFrame:
     """A manifest written by :func:`write_manifest`; relative paths are resolved against its folder."""
     path = Path(path)
-    text = {c: str for c in ("path", "source", "generator", "sha256", "format", "error", "phash")}
+    text = {c: str for c in ("path", "source", "generator", "sha256", "format", "error", "phash", *_PATH_VALUED,
+                             "method", "type")}
     parquet = path.suffix.lower() == ".parquet" and require("pyarrow", "a .parquet manifest")
     df = (pd.read_parquet(path) if parquet
           else _read_table(path, keep_default_na=False, dtype=text))
@@ -276,7 +294,10 @@ def read_manifest(path: str | Path) -> pd.DataFrame:
     if missing:
         raise ManifestError(f"{path}: not a synthdet manifest (missing columns {missing}); build one with `synthdet data index`")
     df["ok"] = df["ok"].astype(str).str.lower().isin(["true", "1"])
-    df["path"] = [str(p) if Path(p).is_absolute() else str(path.parent / p) for p in df["path"].astype(str)]
+    for col in _PATH_VALUED:
+        if col in df:
+            df[col] = [str(p) if not p or Path(p).is_absolute() else str(path.parent / p)
+                       for p in df[col].fillna("").astype(str)]
     if "phash" not in df:
         df["phash"] = ""
     df["phash"] = df["phash"].astype(str)

@@ -231,7 +231,8 @@ class SplitPlan(BaseModel):
     def build(cls, manifest: pd.DataFrame, *, test: float = 0.2, calib: float = 0.15, k: int = 5, seed: int = 42,
               near_dup_bits: int = NEAR_DUP_BITS, fold_by: str | None = None) -> SplitPlan:
         """Plan over the decodable, labelled rows of ``manifest`` (columns ``sha256, label``; ``phash``,
-        ``generator``, ``source`` when present).
+        ``generator``, ``source`` when present; rows with one ``src_path``, a host photo and its manipulations in an
+        official Task B layout, are one group).
 
         ``fold_by`` names a column (a generator family, a photo source): the folds are then its values, one held out
         at a time (leave-one-source-out; ``k`` is ignored), the protocol that predicts how a detector does on
@@ -250,7 +251,11 @@ class SplitPlan(BaseModel):
         codes = [int(c, 16) if isinstance(c, str) and c else None for c in (df["phash"] if "phash" in df else [""] * n)]
         have = [i for i, c in enumerate(codes) if c is not None]
         pairs = near_duplicate_pairs(np.array([codes[i] for i in have], dtype=np.uint64), near_dup_bits)
-        groups = _components(n, ((have[a], have[b]) for a, b in pairs))
+        links = [(have[a], have[b]) for a, b in pairs]
+        if "src_path" in df:  # an official Task B row names its host photo: a host and its manipulations stay together
+            first: dict[str, int] = {}
+            links += [(first.setdefault(h, i), i) for i, h in enumerate(df["src_path"].fillna("").astype(str)) if h]
+        groups = _components(n, links)
 
         # one entry per group: majority label (ties: fake), stratum from its first image's generator or source
         labels = df["label"].astype(int).to_numpy()

@@ -217,6 +217,52 @@ def _with_ci(y: np.ndarray, prob: np.ndarray, threshold: float, bootstrap: int, 
     return m
 
 
+#: The decision points of :func:`sidbench_metrics`: the detector's threshold, 0.5, and the F1 oracle.
+SIDBENCH_POINTS = ("at_threshold", "at_0.5", "oracle")
+
+
+def sidbench_metrics(m: Mapping[str, Any]) -> dict[str, dict[str, float]]:
+    """The metric set of SIDBench (``mever-team/sidbench``, the organisers' benchmark) from an :func:`evaluate_scores`
+    result, per decision point: accuracy, real and fake accuracy, precision, recall, F1, ROC AUC, AP, EER and the
+    confusion counts. A decision is ``prob >= threshold``, the ``label`` a submission carries (SIDBench's own code
+    thresholds with ``>``: the same except for a score exactly at the threshold)."""
+    out = {}
+    for point in SIDBENCH_POINTS:
+        d = m[point]
+        c = d["confusion"]
+        out[point] = {"threshold": d["threshold"], "accuracy": d["accuracy"],
+                      "real_accuracy": c["tn"] / (c["tn"] + c["fp"]) if c["tn"] + c["fp"] else float("nan"),
+                      "fake_accuracy": c["tp"] / (c["tp"] + c["fn"]) if c["tp"] + c["fn"] else float("nan"),
+                      "precision": d["precision"], "recall": d["recall"], "f1": d["f1"],
+                      "roc_auc": m["roc_auc"], "ap": m["ap"], "eer": m["eer"], **c}
+    return out
+
+
+#: Score quantiles reported for a one-class set.
+QUANTILES = (0.0, 0.1, 0.25, 0.5, 0.75, 0.9, 1.0)
+
+
+def score_distribution(prob: np.ndarray, bins: int = 10) -> dict[str, Any]:
+    """The scores' quantiles (``p0`` … ``p100``), mean and a histogram on ``bins`` equal bins of [0, 1]."""
+    prob = np.asarray(prob, dtype=np.float64)
+    counts, edges = np.histogram(prob, bins=bins, range=(0.0, 1.0))
+    return {"n": int(len(prob)), "mean": float(prob.mean()) if len(prob) else float("nan"),
+            "quantiles": {f"p{round(100 * q)}": float(np.quantile(prob, q)) for q in QUANTILES} if len(prob) else {},
+            "histogram": {"edges": edges.round(6).tolist(), "counts": counts.tolist()}}
+
+
+def one_class_summary(y: np.ndarray, prob: np.ndarray, threshold: float, at: dict[str, Any]) -> dict[str, Any]:
+    """What is defined on a set of one class (an all-synthetic robustness set): the share called correctly at the
+    threshold (TPR for generated images, TNR for real ones) with its CI from ``at`` (an ``at_threshold`` block), the
+    score distribution, and why ranking metrics are absent."""
+    label = int(np.asarray(y)[0])
+    name, other = ("TPR", "real") if label == 1 else ("TNR", "generated")
+    return {"label": label, "rate_name": name, "rate": at["accuracy"], "ci": at.get("ci", {}).get("accuracy"),
+            "threshold": float(threshold), "distribution": score_distribution(prob),
+            "why_no_auc": f"every image has label {label}: ROC AUC, AP and EER rank both classes and are undefined "
+                          f"without {other} images; {name} at the threshold is what this set measures"}
+
+
 def evaluate_scores(
     y: np.ndarray,
     prob: np.ndarray,
@@ -228,7 +274,8 @@ def evaluate_scores(
 ) -> dict:
     """All Task A metrics with percentile bootstrap CIs, overall and per value of each grouping column.
 
-    Point estimates are :func:`binary_metrics` (scikit-learn); every metric dict gains ``ci``: metric → [low, high]
+    Point estimates are :func:`binary_metrics` (scikit-learn); a set of one class also gets ``one_class``
+    (:func:`one_class_summary`: TPR or TNR at the threshold, score distribution); every metric dict gains ``ci``: metric → [low, high]
     at :data:`CI_LEVEL`, from ``bootstrap`` resamples stratified by class (the F1 oracle is re-tuned on each
     resample, so its interval includes the optimism of tuning). ``by[column][value]`` holds the same per group.
     """
@@ -236,6 +283,8 @@ def evaluate_scores(
     prob = np.asarray(prob, dtype=np.float64)
     out = _with_ci(y, prob, threshold, bootstrap, seed)
     out["bootstrap"] = {"n": int(bootstrap), "seed": int(seed), "level": CI_LEVEL}
+    if len(y) and len(np.unique(y)) == 1:
+        out["one_class"] = one_class_summary(y, prob, threshold, out["at_threshold"])
     out["by"] = {}
     for col, values in (groups or {}).items():
         values = np.asarray(values, dtype=object).astype(str)

@@ -22,6 +22,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import pandas as pd
 
+from synthdet.data.layouts import masks_as_images
 from synthdet.data.manifest import ManifestError, index
 from synthdet.data.perturbations import DEFAULT_SLICES, Slice, get_slice
 from synthdet.data.provenance import (
@@ -198,8 +199,8 @@ def evaluate_detector(
         if hit.any() and on_overlap == "drop":
             dropped = int(hit.sum())
             scores = scores[~hit].reset_index(drop=True)
-    if scores.empty or scores["label"].nunique() < 2:
-        raise ValueError("evaluation needs decodable, labelled images of both classes (label 0 = real, 1 = fake)"
+    if scores.empty:  # one class is fine (an all-synthetic robustness set): its figures say what is defined there
+        raise ValueError("evaluation needs decodable, labelled images (label 0 = real, 1 = fake)"
                          + (f"; {dropped} images the detector has seen were dropped" if dropped else ""))
 
     def score(transform: Slice | None, paths: list[str], tag: str) -> np.ndarray:
@@ -273,6 +274,10 @@ def run_evaluation(
     names = [get_slice(n).name for n in slices]  # unknown names fail before any scoring
     det = load_detector(detector)
     df = index(data, progress=progress)
+    if as_images := masks_as_images(df):
+        raise ManifestError(f"{data}: {len(as_images)} of its {len(df)} images are masks indexed as images (e.g. "
+                            f"{as_images[0]}); evaluate on the images (index the folder the organisers ship, or a "
+                            "manifest with a mask column)")
     if split is not None:
         if "split" not in df:
             raise ManifestError(f"{data}: no split column to select {split!r} from")

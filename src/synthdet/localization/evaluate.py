@@ -12,9 +12,9 @@ import pandas as pd
 from PIL import Image
 
 from synthdet.io.atomic import atomic_path
-from synthdet.localization.metrics import f1_iou, localization_metrics
+from synthdet.localization.metrics import f1_iou, flagged, localization_metrics
 from synthdet.localization.models import Localizer
-from synthdet.localization.triples import host_digests, load_pairs, source_groups
+from synthdet.localization.triples import host_digests, load_pairs, source_groups, type_groups
 
 
 def rows_status(loc: Localizer, df: pd.DataFrame) -> dict[str, Any]:
@@ -46,13 +46,14 @@ class LocEvaluation:
             "rows": rows_status(loc, df),
             **localization_metrics(self.maps, self.truths, self.categories, loc_threshold=self.loc_threshold,
                                    image_threshold=loc.threshold, method=loc.card.image_score,
-                                   sources=source_groups(df)),
+                                   sources=source_groups(df), types=type_groups(df)),
         }
 
     def scores(self) -> np.ndarray:
         """Per image at ``loc_threshold``: pixel F1 for a manipulated image, the share of pixels left unflagged for
         an authentic one (1: nothing flagged)."""
-        return np.array([f1_iou(m >= self.loc_threshold, t)[0] if t.any() else float(np.mean(m < self.loc_threshold))
+        return np.array([f1_iou(flagged(m, self.loc_threshold), t)[0] if t.any()
+                         else float(np.mean(~flagged(m, self.loc_threshold)))
                          for m, t in zip(self.maps, self.truths)])
 
     def examples(self, n: int = 3) -> list[dict[str, Any]]:
@@ -69,7 +70,7 @@ class LocEvaluation:
             over, prob = overlay(self.images[i], self.truths[i], self.maps[i], self.loc_threshold)
             out.append({"role": role, "category": self.categories[i], "path": self.paths[i],
                         "manipulated": bool(self.truths[i].any()), "score": float(scores[i]),
-                        "iou": f1_iou(self.maps[i] >= self.loc_threshold, self.truths[i])[1] if self.truths[i].any()
+                        "iou": f1_iou(flagged(self.maps[i], self.loc_threshold), self.truths[i])[1] if self.truths[i].any()
                         else float("nan"), "overlay": over, "map": prob})
         return out
 
@@ -108,7 +109,7 @@ def overlay(image: np.ndarray, truth: np.ndarray, prob: np.ndarray, loc_threshol
     """``(overlay, map)`` at most ``max_side`` px: the image with the region found (true and predicted) in yellow,
     missed (true only) in green and false alarms (predicted only) in red; the probability map in grey."""
     img = image.astype(np.float32)
-    pred = prob >= loc_threshold
+    pred = flagged(prob, loc_threshold)
     for where, colour in ((truth & pred, (255, 210, 0)), (truth & ~pred, (0, 200, 60)), (~truth & pred, (230, 30, 30))):
         img[where] = 0.45 * img[where] + 0.55 * np.array(colour, np.float32)
     over = Image.fromarray(img.clip(0, 255).astype(np.uint8))

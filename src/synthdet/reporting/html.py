@@ -87,6 +87,8 @@ def _curves(runs: list[EvalRun]) -> str:
     for i, r in enumerate(runs):
         y, p = _clean(r)
         m = r.metrics[CLEAN]
+        if len(np.unique(y)) < 2:  # a one-class set (all generated): no curve to draw; its TPR is in the tables
+            continue
         fpr, tpr, _ = roc_curve(y, p)
         prec, rec, _ = precision_recall_curve(y, p)
         color = _COLORS[i % len(_COLORS)]
@@ -99,7 +101,8 @@ def _curves(runs: list[EvalRun]) -> str:
               ylim=(0, 1.02))
     for ax in (roc_ax, pr_ax):
         ax.grid(alpha=0.3)
-        ax.legend(loc="lower right" if ax is roc_ax else "lower left", fontsize=8.5)
+        if ax.get_legend_handles_labels()[0]:  # none when every run is one-class
+            ax.legend(loc="lower right" if ax is roc_ax else "lower left", fontsize=8.5)
     return _png(fig)
 
 
@@ -336,17 +339,16 @@ def render_localization_report(
     about: str = "",
 ) -> Path:
     """Write one self-contained HTML report of a Task B evaluation: ``metrics`` from
-    :func:`synthdet.localization.evaluate.evaluate_localizer` (with its ``rows`` provenance), the pixel tables per category and
-    per source, the image-level decision, and ``examples`` (:meth:`synthdet.localization.evaluate.LocEvaluation.examples`: PIL
+    :func:`synthdet.localization.evaluate.evaluate_localizer` (with its ``rows`` provenance), the pixel tables per category,
+    per type and per source, the image-level decision, and ``examples`` (:meth:`synthdet.localization.evaluate.LocEvaluation.examples`: PIL
     ``overlay`` and ``map`` images) as embedded JPEG overlays of predicted against true masks."""
     shown = [{**{k: v for k, v in e.items() if k not in ("overlay", "map")}, "name": Path(e["path"]).name,
               "overlay": _jpeg(e["overlay"]), "map": _jpeg(e["map"])} for e in examples]
     tables = [("category", [("all", metrics["pixel"]), *metrics["per_category"].items()])]
-    if "per_source" in metrics:
-        tables.append(("source", list(metrics["per_source"].items())))
+    tables += [(name, list(metrics[f"per_{name}"].items())) for name in ("type", "source") if f"per_{name}" in metrics]
     doc = _template("localize.html.j2").render(
         title=title, version=__version__, rendered=time.strftime("%Y-%m-%d %H:%M"), about=about,
         rows=metrics["rows"], image=metrics["image"], tables=tables, examples=shown,
-        loc_threshold=metrics["pixel"]["at_threshold"]["threshold"],
+        loc_threshold=metrics["pixel"]["at_threshold"]["threshold"], convention=metrics.get("convention", ""),
     )
     return write_text(out, doc)

@@ -17,7 +17,14 @@ import pandas as pd
 from PIL import ExifTags, Image
 
 from synthdet.io.pixels import IMAGE_SUFFIXES
-from synthdet.reporting.submit import MASKS_ZIP_SUFFIX, TASK_A_COLUMNS, TASK_B_COLUMNS, list_test_images, listing
+from synthdet.reporting.submit import (
+    MASKS_ZIP_SUFFIX,
+    RUNS,
+    TASK_A_COLUMNS,
+    TASK_B_COLUMNS,
+    list_test_images,
+    listing,
+)
 
 #: EXIF orientations that swap width and height when a viewer applies them.
 _TRANSPOSING_ORIENTATIONS = frozenset({5, 6, 7, 8})
@@ -58,12 +65,13 @@ def _image_files(images_dir: Path, report: CheckReport) -> dict[str, Path] | Non
     return {p.name: p for p in paths}
 
 
-def _read_rows(path: Path, report: CheckReport) -> tuple[list[str], list[tuple[int, list[str]]]] | None:
-    """Header and ``(line number, fields)`` records, or None (with an error) when there is nothing to check."""
-    if not path.is_file():
+def _read_rows(path: Path | bytes, report: CheckReport) -> tuple[list[str], list[tuple[int, list[str]]]] | None:
+    """Header and ``(line number, fields)`` records of a CSV file (or its bytes, read from a zip), or None (with an
+    error) when there is nothing to check."""
+    if isinstance(path, Path) and not path.is_file():
         report.errors.append(f"file not found: {path}")
         return None
-    data = path.read_bytes()
+    data = path.read_bytes() if isinstance(path, Path) else path
     if not data.strip():
         report.errors.append("file is empty")
         return None
@@ -125,7 +133,7 @@ def _check_threshold(values: pd.Series, column: str, report: CheckReport) -> Non
 
 
 def _check_scores(
-    path: Path, columns: Sequence[str], images: dict[str, Path] | None, report: CheckReport
+    path: Path | bytes, columns: Sequence[str], images: dict[str, Path] | None, report: CheckReport
 ) -> None:
     """All Task A checks on a scores CSV with the given expected ``columns``."""
     parsed = _read_rows(path, report)
@@ -207,6 +215,49 @@ def check_task_a(csv_path: Path, images_dir: Path | None = None) -> CheckReport:
     return report
 
 
+def check_task_a_zip(zip_path: Path, images_dir: Path | None = None) -> CheckReport:
+    """Check a Task A run as handed in: ``<team>_constrained.zip`` or ``<team>_open.zip`` holding exactly one CSV
+    (one run per file) at its root, and that CSV by every rule of :func:`check_task_a`."""
+    report = CheckReport()
+    zip_path = Path(zip_path)
+    stem = zip_path.name.removesuffix(".zip")
+    team, _, run = stem.rpartition("_")
+    if not zip_path.name.endswith(".zip") or run not in RUNS or not team:
+        report.errors.append(f"run zip is named '{zip_path.name}', expected '<teamname>_constrained.zip' or "
+                             "'<teamname>_open.zip'")
+    images = None if images_dir is None else _image_files(Path(images_dir), report)
+    if images_dir is None:
+        report.warnings.append("no images directory given: missing or extra image ids were not checked")
+    entries = _zip_entries(zip_path, report)
+    if entries is None:
+        return report
+    csvs = [i for i in entries if i.filename.lower().endswith(".csv")]
+    _flag(report.errors, "zip entries that are not the run's CSV", [i.filename for i in entries if i not in csvs])
+    if len(csvs) != 1:
+        report.errors.append(f"the zip must hold exactly one CSV (one run per file), found {len(csvs)}"
+                             + (f": {listing([i.filename for i in csvs])}" if csvs else ""))
+        return report
+    if "/" in csvs[0].filename:
+        report.warnings.append(f"the CSV is inside a folder of the zip ({csvs[0].filename}); expected at its root")
+    with zipfile.ZipFile(zip_path) as zf:
+        data = zf.read(csvs[0])
+    _check_scores(data, TASK_A_COLUMNS, images, report)
+    return report
+
+
+def _zip_entries(zip_path: Path, report: CheckReport) -> list[zipfile.ZipInfo] | None:
+    """The file entries of a zip, or None (with an error) when it is missing or not a zip."""
+    if not zip_path.is_file():
+        report.errors.append(f"zip not found: {zip_path}")
+        return None
+    try:
+        with zipfile.ZipFile(zip_path) as zf:
+            return [i for i in zf.infolist() if not i.is_dir()]
+    except zipfile.BadZipFile as e:
+        report.errors.append(f"{zip_path.name} is not a valid zip file ({e})")
+        return None
+
+
 def _image_shapes(path: Path) -> tuple[tuple[int, int], tuple[int, int]]:
     """``(H, W)`` as stored and as shown after EXIF rotation, from the header only (no pixel decode)."""
     with Image.open(path) as im:
@@ -222,16 +273,10 @@ def _check_masks(zip_path: Path, images: dict[str, Path] | None, report: CheckRe
     name = zip_path.name
     if not name.endswith(MASKS_ZIP_SUFFIX) or name == MASKS_ZIP_SUFFIX:
         report.errors.append(f"masks zip is named '{name}', expected '<teamname>{MASKS_ZIP_SUFFIX}'")
-    if not zip_path.is_file():
-        report.errors.append(f"masks zip not found: {zip_path}")
+    entries = _zip_entries(zip_path, report)
+    if entries is None:
         return
-    try:
-        zf = zipfile.ZipFile(zip_path)
-    except zipfile.BadZipFile as e:
-        report.errors.append(f"{name} is not a valid zip file ({e})")
-        return
-    with zf:
-        entries = [i for i in zf.infolist() if not i.is_dir()]
+    with zipfile.ZipFile(zip_path) as zf:
         npz = [i for i in entries if i.filename.lower().endswith(".npz")]
         _flag(report.errors, "zip entries that are not .npz files", [i.filename for i in entries if i not in npz])
         _flag(report.warnings, "npz files inside folders of the zip (expected at its root)",

@@ -1,8 +1,10 @@
 """Write submission files in the MediaEval Synthetic Images (SID) organisers' format.
 
-Task A is one CSV ``image_id,prob,label,threshold``. Task B is a zip ``<team>_localization_masks.zip`` of one
-``<image stem>.npz`` per image (a float16 ``(H, W)`` map in [0, 1] at the image's own size) plus ``scores.csv``
-with an extra ``loc_threshold`` column. A malformed submission is usually rejected outright or scored as zero, so
+Task A is one CSV ``image_id,prob,label,threshold``, handed in as ``<team>_constrained.zip`` / ``<team>_open.zip``
+holding that one CSV (:func:`write_task_a_zip`). Task B is a zip ``<team>_localization_masks.zip`` of one
+``<image stem>.npz`` per image (a float16 ``(H, W)`` map in [0, 1] at the image's own size; all zeros where nothing
+is found) plus ``scores.csv`` with an extra ``loc_threshold`` column. Zips are reproducible: the same rows give the
+same bytes (entries in order, one fixed timestamp). A malformed submission is usually rejected outright or scored as zero, so
 the writers refuse to produce one; :mod:`synthdet.reporting.submission_check` names every problem of a written one.
 """
 
@@ -26,6 +28,10 @@ from synthdet.io.pixels import list_images
 TASK_A_COLUMNS = ("image_id", "prob", "label", "threshold")
 TASK_B_COLUMNS = (*TASK_A_COLUMNS, "loc_threshold")
 MASKS_ZIP_SUFFIX = "_localization_masks.zip"
+#: Task A run types: ``constrained`` (only the official training data) and ``open`` (any data).
+RUNS = ("constrained", "open")
+#: Timestamp of every zip entry, so that a zip's bytes depend on its contents only.
+_ZIP_TIME = (1980, 1, 1, 0, 0, 0)
 #: Decimals written for probabilities and thresholds; labels are computed from the rounded values so that
 #: ``label == (prob >= threshold)`` still holds for whoever re-reads the file.
 DECIMALS = 6
@@ -162,6 +168,42 @@ def _write_rows(
     return writer.ids
 
 
+def _check_team(team: str) -> None:
+    if not team or Path(team).name != team or "/" in team or "\\" in team:
+        raise ValueError(f"team must be a plain non-empty name, got {team!r}")
+
+
+def _add(zf: zipfile.ZipFile, name: str, data: bytes) -> None:
+    """One deflated entry at the zip's root, with the fixed timestamp."""
+    info = zipfile.ZipInfo(name, date_time=_ZIP_TIME)
+    info.compress_type = zipfile.ZIP_DEFLATED
+    info.external_attr = 0o644 << 16
+    zf.writestr(info, data)
+
+
+def task_a_zip_name(team: str, run: str) -> str:
+    """``<team>_<run>.zip``, the name the organisers expect for a Task A run."""
+    _check_team(team)
+    if run not in RUNS:
+        raise ValueError(f"run must be one of {', '.join(RUNS)}, not {run!r}")
+    return f"{team}_{run}.zip"
+
+
+def write_task_a_zip(
+    rows: Iterable[tuple[str, float | None]], threshold: float, out_dir: Path, team: str, run: str, *,
+    prior: float | None = None,
+) -> Path:
+    """Write ``<out_dir>/<team>_<run>.zip`` holding one CSV, ``<team>_<run>.csv`` (the rows of :func:`write_task_a`),
+    atomically; one run per zip, as the organisers require."""
+    name = task_a_zip_name(team, run)
+    text = io.StringIO()
+    _write_rows(rows, threshold, text, prior)
+    zip_path = Path(out_dir) / name
+    with atomic_path(zip_path) as tmp, zipfile.ZipFile(tmp, "w") as zf:
+        _add(zf, f"{Path(name).stem}.csv", text.getvalue().encode("utf-8"))
+    return zip_path
+
+
 def write_task_a(
     rows: Iterable[tuple[str, float | None]], threshold: float, out: Path, *, prior: float | None = None
 ) -> Path:
@@ -178,14 +220,19 @@ def write_task_a(
     return out
 
 
-def _npz_bytes(image_id: str, mask: np.ndarray) -> bytes:
+def _npz_bytes(image_id: str, mask: np.ndarray, loc_threshold: float) -> bytes:
+    """The ``.npz`` of one map: float16 in [0, 1]; all zeros when no pixel is above ``loc_threshold`` (nothing found,
+    as the organisers ask: "a valid array of the same size … containing only 0.0 values")."""
     arr = np.asarray(mask, dtype=np.float32)
     if arr.ndim != 2:
         raise ValueError(f"{image_id}: mask must be 2-D (H, W), got shape {arr.shape}")
     if not np.isfinite(arr).all():
         raise ValueError(f"{image_id}: mask contains NaN or inf")
+    arr = np.clip(arr, 0.0, 1.0).astype(np.float16)
+    if not (arr > loc_threshold).any():
+        arr = np.zeros_like(arr)
     buf = io.BytesIO()
-    np.savez(buf, mask=np.clip(arr, 0.0, 1.0).astype(np.float16))  # uncompressed: the zip deflates it once
+    np.savez(buf, mask=arr)  # uncompressed: the zip deflates it once
     return buf.getvalue()
 
 
@@ -203,8 +250,7 @@ def write_task_b(
 
     ``masks`` is streamed (one mask in memory at a time) and must cover exactly the images in ``scores``.
     """
-    if not team or Path(team).name != team:
-        raise ValueError(f"team must be a plain non-empty name, got {team!r}")
+    _check_team(team)
     _require_unit("loc_threshold", loc_threshold)
     text = io.StringIO()
     ids = _write_rows(scores, threshold, text, prior, {"loc_threshold": loc_threshold})
@@ -216,13 +262,13 @@ def write_task_b(
 
     out_dir = Path(out_dir)
     zip_path = out_dir / f"{team}{MASKS_ZIP_SUFFIX}"
-    with atomic_path(zip_path) as tmp, zipfile.ZipFile(tmp, "w", zipfile.ZIP_DEFLATED) as zf:
+    with atomic_path(zip_path) as tmp, zipfile.ZipFile(tmp, "w") as zf:
         written: set[str] = set()
         for image_id, mask in masks:
             stem = Path(image_id).stem
             if stem in written:
                 raise ValueError(f"two masks for {stem}.npz")
-            zf.writestr(f"{stem}.npz", _npz_bytes(image_id, mask))
+            _add(zf, f"{stem}.npz", _npz_bytes(image_id, mask, loc_threshold))
             written.add(stem)
         if missing := sorted(set(stems) - written):
             raise ValueError(f"no mask for {len(missing)} scored image(s): {listing(missing)}")

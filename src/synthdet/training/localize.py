@@ -32,7 +32,7 @@ from synthdet.localization.metrics import (
     tune_loc_threshold,
 )
 from synthdet.localization.models import Localizer, LocalizerCard, LocModel, build_model, input_tensor, predict_map
-from synthdet.localization.triples import host_digests, load_pairs, source_groups
+from synthdet.localization.triples import host_digests, load_pairs, source_groups, type_groups
 
 
 class TrainConfig(BaseModel):
@@ -71,6 +71,16 @@ def _loss(logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
     inter = (p * target).sum((1, 2, 3))
     dice = 1 - (2 * inter + 1) / (p.sum((1, 2, 3)) + target.sum((1, 2, 3)) + 1)
     return bce + dice.mean()
+
+
+def _summary(df: pd.DataFrame) -> dict[str, Any]:
+    """What a card records of one set: images, manipulated images, and ``brushnet 6, controlnet 6`` per method,
+    source and type where the set has them."""
+    out: dict[str, Any] = {"n": len(df), "n_manipulated": int((df["mask"] != "").sum())}
+    for col in ("method", "source", "type"):
+        if col in df and (df[col].fillna("") != "").any():
+            out[f"per_{col}"] = ", ".join(f"{k or '-'} {n}" for k, n in df[col].fillna("").value_counts().sort_index().items())
+    return out
 
 
 def _lr_factor(cfg: TrainConfig, step: int) -> float:
@@ -117,6 +127,7 @@ def train_localizer(
     device: str | torch.device = "cpu",
     resume: bool = False,
     progress: bool = False,
+    data: dict[str, Any] | None = None,
 ) -> Localizer:
     """Train on ``train`` triples (:func:`~synthdet.localization.triples.read_triples`), stop early on ``val`` pixel
     F1 (at its best threshold, over manipulated images), tune ``loc_threshold`` (mean pixel F1) and the image-level
@@ -124,10 +135,17 @@ def train_localizer(
 
     Every ``eval_every`` steps the state goes to ``out/checkpoint.pt``; ``resume`` continues from it (with more
     ``steps`` or another ``patience`` if wanted; any other change of configuration is refused).
+
+    The card's ``data`` is ``data`` (where the sets came from) plus what the rows say of themselves: images,
+    manipulated images, and counts per method, source and type.
     """
     from tqdm.auto import tqdm
 
     cfg = config or TrainConfig()
+    for name, part in (("training", train), ("validation", val)):
+        if not (part["mask"] != "").any():  # nothing to learn from, or to stop early and tune loc_threshold on
+            raise ValueError(f"the {name} set ({len(part)} images) has no manipulated image (none with a mask); "
+                             "give more data or another --val")
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     device = torch.device(device)
@@ -187,10 +205,11 @@ def train_localizer(
     thr = balanced_threshold(labels, scores)
     card = LocalizerCard(
         threshold=thr, prior=float(labels.mean()) if len(labels) else 0.5,
+        data={**(data or {}), "train": _summary(train), "val": _summary(val)},
         model=cfg.model, loc_threshold=loc_thr, image_score=cfg.image_score,
         metrics={"val": localization_metrics(maps, trues, list(val["category"]), loc_threshold=loc_thr,
                                              image_threshold=thr, method=cfg.image_score,
-                                             sources=source_groups(val))},
+                                             sources=source_groups(val), types=type_groups(val))},
         params={"config": cfg.model_dump(), "history": state["history"], "n_train": len(train), "n_val": len(val),
                 "seen_hosts": sorted(set(host_digests(train) + host_digests(val))),
                 "train_seconds": round(time.perf_counter() - start, 1), "device": str(device)},

@@ -268,6 +268,7 @@ def train_detector(
         bb, features, model, fit.X.shape[1], threshold=threshold, prior=float(images["label"].mean()), metrics=metrics,
         rows=rows,
         data={
+            **{k: df.attrs[k] for k in ("source", "layout") if k in df.attrs},  # where the data came from
             "manifest_hash": manifest_hash(images), "n_images": len(images),
             "splits": {k: {c: int(v) for c, v in d.items()} for k, d in counts.to_dict(orient="index").items()},
             "n_views": len(views), "seed": plan.seed, "skipped": len(skipped),
