@@ -147,13 +147,17 @@ def test_installed_entry_point_runs_demo(tmp_path: Path) -> None:
 @pytest.mark.shared
 @pytest.mark.skipif(not SHARED.is_dir(), reason="needs ../shared/data/dev")
 def test_train_on_shared_dev_manifest(tmp_path: Path, cache: Path) -> None:
-    """End to end on the curated development set: CSV with path,label,source,generator."""
+    """End to end on the curated development set's own CSV (path,label,source,generator; every third row, for time):
+    its original formats, sizes and sources."""
+    rows = pd.read_csv(SHARED / "manifest.csv").iloc[::3]
+    listing = tmp_path / "dev.csv"
+    rows.assign(path=[str(SHARED / p) for p in rows["path"]]).to_csv(listing, index=False)
     det = tmp_path / "det"
-    res = run("train", SHARED / "manifest.csv", "-o", det, "--head", "logreg", "--views", "1")
+    res = run("train", listing, "-o", det, "--head", "logreg", "--views", "1")
     assert res.exit_code == 0, res.output
     card = pd.read_json(det / "card.json", typ="series")
-    assert card["data"]["n_images"] >= 900
-    assert card["metrics"]["val"]["roc_auc"] > 0.85
+    assert card["data"]["n_images"] == len(rows) >= 300
+    assert card["metrics"]["val"]["roc_auc"] > 0.8
 
 
 # ------------------------------------------------------------------------------------ the shell, in subprocesses
@@ -276,9 +280,9 @@ def test_piped_tables_keep_full_names_and_have_json() -> None:
     assert clip and all("OpenAI CLIP ViT-L/14 (open_clip)" in line and "ViT-L-14/openai, or --weights FILE" in line
                         for line in clip)
     assert "…" not in text
-    rows = json.loads(shell("backbones", "--json").stdout)
+    rows = json.loads(runner.invoke(app, ["backbones", "--json"]).stdout)  # JSON: in process (one shell is enough)
     assert {"effnet-lite0", "clip-vit-l14"} <= {r["name"] for r in rows}
-    recipes = json.loads(shell("recipes", "list", "--json").stdout)
+    recipes = json.loads(runner.invoke(app, ["recipes", "list", "--json"]).stdout)
     assert recipes and all("name" in r and "steps" in r for r in recipes)
 
 

@@ -79,7 +79,7 @@ def test_shipped_graph_matches_torch_on_demo_images(shipped_graph: GraphDetector
 
 @pytest.mark.shared
 def test_shipped_graph_matches_torch_on_dev2_sample(shipped_graph: GraphDetector, default_detector: Detector) -> None:
-    paths = _dev2(40)
+    paths = _dev2(24)
     ref = [p for _, p, _ in default_detector.predict_paths(paths)]
     got = [p for _, p, _ in shipped_graph.predict_paths(paths)]
     assert None not in got and max_abs_diff(ref, got) <= 1e-4

@@ -61,10 +61,7 @@ def has_graph(detector: str | Path | None = None) -> bool:
     path = Path(detector) if detector is not None else default_detector_path()
     if path.is_file():
         return path.suffix.lower() == ".onnx"
-    try:
-        card = read_card(path)
-    except (OSError, ValueError):
-        return False  # loading will say what is wrong with it
+    card = read_card(path)  # not a detector: the one-line error now, before torch would be imported to load it
     if not isinstance(card, Card):
         return False
     return any(p.is_file() for p in graph_places(path, card)) or (available("torch") and available("onnx"))
