@@ -228,12 +228,13 @@ def test_scoring_install_scores_assesses_and_submits_without_torch(tmp_path: Pat
     assert len((tmp_path / "run.csv").read_text().splitlines()) == len(paths) + 1
 
 
-def test_scoring_install_names_the_extra_for_training(tmp_path: Path, labelled_folder: Path) -> None:
-    res = _no_torch("train", str(labelled_folder), "-o", str(tmp_path / "det"), cwd=tmp_path)
+@pytest.mark.parametrize("command", ["train", "evaluate"])  # needs torch when it runs · when its module imports
+def test_scoring_install_names_the_extra_for_training(command: str, tmp_path: Path, labelled_folder: Path) -> None:
+    res = _no_torch(command, str(labelled_folder), "-o", str(tmp_path / "out"), cwd=tmp_path)
     assert res.returncode == 2
     lines = [line for line in res.stderr.splitlines() if line.strip()]
-    assert len(lines) == 1 and "synthdet train needs" in lines[0] and "synthdet[train]" in lines[0], res.stderr
-    assert not (tmp_path / "det").exists()
+    assert len(lines) == 1 and f"synthdet {command} needs" in lines[0] and "synthdet[train]" in lines[0], res.stderr
+    assert not (tmp_path / "out").exists()
 
 
 def test_scoring_install_serves_without_torch(tmp_path: Path) -> None:

@@ -55,7 +55,12 @@ class LazyGroup(TyperGroup):
     def get_command(self, ctx: Any, cmd_name: str) -> Any:
         if cmd_name not in self.commands and cmd_name in COMMANDS:
             module, attr, _ = COMMANDS[cmd_name]
-            obj = getattr(importlib.import_module(f"{__name__}.{module}"), attr)
+            try:
+                obj = getattr(importlib.import_module(f"{__name__}.{module}"), attr)
+            except ModuleNotFoundError as e:  # a command whose module needs an extra: name it, with the command
+                if (e.name or "").split(".")[0] not in EXTRAS or os.environ.get("SYNTHDET_DEBUG"):
+                    raise
+                raise missing_extra(e, f"synthdet {cmd_name}") from None
             if isinstance(obj, typer.Typer):
                 self.commands[cmd_name] = typer.main.get_group(obj)
             else:
