@@ -202,9 +202,17 @@ def prepare(
     """Decode ``source`` (a path, encoded bytes, or a decoded image: then no evidence) and build every variant its
     assessment scores; :class:`~synthdet.io.pixels.ImageLoadError` when it cannot be decoded."""
     t0 = time.perf_counter()
+    draft = draft_size(det)
+    # every variant is cut from one bounded copy (the reduction scoring makes anyway): a 100 Mpx upload costs its
+    # checks and heatmap what a photo costs, not a JPEG re-encode and crops of 100 Mpx; and the full-size decode is
+    # released as soon as the copy exists (load_image reduces it before returning)
+    side = draft or BOUNDED_SIDE
     if isinstance(source, Image.Image):
-        data, img = None, source.convert("RGB")
+        data, full = None, source.convert("RGB")
         name = name or "<image>"
+        sha = hashlib.sha256(full.tobytes()).hexdigest()
+        base = reduce_to(full, side)
+        del full
     else:
         if isinstance(source, bytes):
             data, name = source, name or "<bytes>"
@@ -217,26 +225,23 @@ def prepare(
             except OSError as e:
                 raise ImageLoadError(source, "unreadable", e.strerror or str(e)) from None
         try:
-            img = load_image(data, max_pixels=max_pixels)
+            base = load_image(data, max_pixels=max_pixels, draft_size=side)
         except ImageLoadError as e:
             raise ImageLoadError(name, e.reason, e.detail) from None
-    sha = hashlib.sha256(data if data is not None else img.tobytes()).hexdigest()
+        sha = hashlib.sha256(data).hexdigest()
+    width, height = base.info["full_size"]
     t1 = time.perf_counter()
-    draft = draft_size(det)
-    # every variant is cut from one bounded copy (the reduction scoring makes anyway): a 100 Mpx upload costs its
-    # checks and heatmap what a photo costs, not a JPEG re-encode and crops of 100 Mpx
-    base = reduce_to(img, draft or BOUNDED_SIDE)
     scale = int(base.info.get("draft_scale", 1))
     variants = [base] + [CHECKS[c][1](base, sha) for c in (CHECKS if checks else ())]
     small = tile_boxes(base.size) if heatmap else None
     tiles = [base.crop(b) for row in small for b in row] if small else []
     images = [reduce_to(v, draft) if draft else v for v in variants + tiles]
-    boxes = [[(x0 * scale, y0 * scale, min(x1 * scale, img.width), min(y1 * scale, img.height))
+    boxes = [[(x0 * scale, y0 * scale, min(x1 * scale, width), min(y1 * scale, height))
               for x0, y0, x1, y1 in row] for row in small] if small else None  # in the upload's own pixels
     t2 = time.perf_counter()
     ev = read_evidence(data) if evidence and data is not None else None
     t3 = time.perf_counter()
-    return Pending(name=name, sha256=sha, size=img.size, images=images, checks=list(CHECKS) if checks else [],
+    return Pending(name=name, sha256=sha, size=(width, height), images=images, checks=list(CHECKS) if checks else [],
                    boxes=boxes, evidence=ev, timings_ms={"decode": round((t1 - t0) * 1e3, 2),
                                                          "variants": round((t2 - t1) * 1e3, 2),
                                                          "evidence": round((t3 - t2) * 1e3, 2)})
