@@ -8,7 +8,11 @@ latency, images/s and the server's peak RSS (``VmHWM``). The offline rows score 
 box the figures are ratios measured in one run, not capacities.
 
     python benchmarks/serve_load.py                       # 64 dev images (or generated ones), checks off
-    python benchmarks/serve_load.py --n 128 --checks      # each request also scores its 3 stability checks
+    python benchmarks/serve_load.py --n 128 --checks on   # each request also scores its 3 stability checks
+    python benchmarks/serve_load.py --checks both --batching on   # checks off and on against one server
+
+After the load, each server gets one 48-Mpx paletted PNG (a 150 kB upload): its RSS (``VmRSS``) before and after
+shows whether a large decode's memory went back to the OS.
 """
 
 from __future__ import annotations
@@ -48,9 +52,10 @@ def pick_images(n: int, tmp: Path) -> tuple[list[Path], str]:
     return out, f"{n} generated 512x384 JPEGs (../shared absent)"
 
 
-def peak_rss_mb(pid: int) -> float:
+def peak_rss_mb(pid: int, key: str = "VmHWM") -> float:
+    """A process's peak RSS (``VmHWM``), or its RSS now (``key="VmRSS"``), in MB."""
     for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith("VmHWM:"):
+        if line.startswith(f"{key}:"):
             return int(line.split()[1]) / 1024
     return float("nan")
 
@@ -120,6 +125,23 @@ async def load(url: str, payloads: list[bytes], clients: int) -> dict:
             "p99_ms": round(float(np.percentile(lat, 99)), 1) if len(lat) else None}
 
 
+def big_image_rss(pid: int, port: int) -> dict:
+    """The server's RSS before and after one 8000×6000 paletted PNG (48 Mpx; 192 MB as palette plus RGB)."""
+    import io
+
+    import httpx
+    from PIL import Image
+
+    img = Image.new("P", (8000, 6000), 7)
+    img.putpalette([(i * 37) % 256 for i in range(768)])
+    buf = io.BytesIO()
+    img.save(buf, "PNG", optimize=True)
+    before = peak_rss_mb(pid, "VmRSS")
+    status = httpx.post(f"http://127.0.0.1:{port}/v1/score?checks=false", content=buf.getvalue(), timeout=600).status_code
+    return {"big_image": "8000x6000 paletted PNG", "status": status, "rss_before_mb": round(before, 1),
+            "rss_after_mb": round(peak_rss_mb(pid, "VmRSS"), 1)}
+
+
 def offline(paths: list[Path], payloads: list[bytes], checks: bool, detector: str | None) -> list[dict]:
     import torch
 
@@ -148,7 +170,10 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--n", type=int, default=64, help="images (each sent once per concurrency level)")
     ap.add_argument("--clients", type=int, nargs="+", default=[1, 8, 32])
-    ap.add_argument("--checks", action="store_true", help="requests also score the 3 stability checks")
+    ap.add_argument("--checks", choices=["off", "on", "both"], default="off",
+                    help="requests also score the 3 stability checks (both: off, then on, against the same server)")
+    ap.add_argument("--batching", choices=["both", "on", "off"], default="both",
+                    help="servers to start: micro-batching on (--max-batch), off (1), or one after the other")
     ap.add_argument("--max-batch", type=int, default=8, help="micro-batching on: requests per forward pass")
     ap.add_argument("--max-wait-ms", type=float, default=5.0)
     ap.add_argument("--detector", default=None, help="detector folder (default: the shipped one)")
@@ -164,21 +189,26 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         paths, source = pick_images(args.n, Path(tmp))
         payloads = [p.read_bytes() for p in paths]
-        offline_rows = [] if args.no_offline else offline(paths, payloads, args.checks, args.detector)
-        url = f"http://127.0.0.1:{args.port}/v1/score?checks={'true' if args.checks else 'false'}"
-        served = []
-        for label, max_batch in (("micro-batching on", args.max_batch), ("micro-batching off", 1)):
+        levels = {"off": [False], "on": [True], "both": [False, True]}[args.checks]
+        offline_rows = [] if args.no_offline else [
+            row for checks in levels for row in offline(paths, payloads, checks, args.detector)]
+        served, memory = [], []
+        servers = [("micro-batching on", args.max_batch), ("micro-batching off", 1)]
+        for label, max_batch in [x for x in servers if args.batching in ("both", x[0].rsplit(" ", 1)[1])]:
             proc = start_server(args.port, max_batch, args.max_wait_ms, args.detector, args.limits)
             try:
-                for c in args.clients:
-                    cpu = cpu_seconds(proc.pid)
-                    row = asyncio.run(load(url, payloads, c))
-                    row["server_cpu_ms_per_request"] = round(1e3 * (cpu_seconds(proc.pid) - cpu) / (len(payloads) + 1), 1)
-                    served.append({"server": label, "max_batch": max_batch, **row})
+                for checks in levels:
+                    url = f"http://127.0.0.1:{args.port}/v1/score?checks={'true' if checks else 'false'}"
+                    for c in args.clients:
+                        cpu = cpu_seconds(proc.pid)
+                        row = asyncio.run(load(url, payloads, c))
+                        row["server_cpu_ms_per_request"] = round(1e3 * (cpu_seconds(proc.pid) - cpu) / (len(payloads) + 1), 1)
+                        served.append({"server": label, "max_batch": max_batch, "checks": checks, **row})
                 rss = peak_rss_mb(proc.pid)
                 for row in served:
                     if row["server"] == label:
                         row["server_peak_rss_mb"] = round(rss, 1)
+                memory.append({"server": label, **big_image_rss(proc.pid, args.port)})
             finally:
                 proc.terminate()
                 proc.wait(timeout=30)
@@ -188,19 +218,22 @@ def main() -> None:
         "machine": f"{platform.machine()}, {os.cpu_count()} cores, shared by clients, server and other jobs "
                    f"(load average {os.getloadavg()[0]:.1f} at the end); OMP_NUM_THREADS="
                    f"{os.environ.get('OMP_NUM_THREADS', 'unset')}",
-        "offline": offline_rows, "served": served,
+        "offline": offline_rows, "served": served, "big_image_memory": memory,
     }
     write_text(args.json, json.dumps(result, indent=2) + "\n")
-    print(f"images: {source}; checks {'on' if args.checks else 'off'}; {result['machine']}")
-    print(f"{'path':<44} {'clients':>7} {'ok/s':>7} {'p50 ms':>8} {'p95 ms':>8} {'p99 ms':>8} {'statuses':>18} "
+    print(f"images: {source}; checks {args.checks}; {result['machine']}")
+    print(f"{'path':<44} {'checks':>6} {'clients':>7} {'ok/s':>7} {'p50 ms':>8} {'p95 ms':>8} {'p99 ms':>8} {'statuses':>18} "
           f"{'CPU ms/req':>10} {'RSS MB':>7}")
     for r in offline_rows:
-        print(f"{r['path']:<44} {'-':>7} {r['images_per_s']:>7} {'-':>8} {'-':>8} {'-':>8} {'-':>18} {'-':>10} {'-':>7}")
+        print(f"{r['path']:<44} {'-':>6} {'-':>7} {r['images_per_s']:>7} {'-':>8} {'-':>8} {'-':>8} {'-':>18} {'-':>10} {'-':>7}")
     for r in served:
         mix = " ".join(f"{k}:{v}" for k, v in {"200": r["ok"], **r["failures"]}.items())
-        print(f"{'serve, ' + r['server']:<44} {r['clients']:>7} {r['images_per_s']:>7} {r['p50_ms']!s:>8} "
+        print(f"{'serve, ' + r['server']:<44} {'on' if r['checks'] else 'off':>6} {r['clients']:>7} {r['images_per_s']:>7} {r['p50_ms']!s:>8} "
               f"{r['p95_ms']!s:>8} {r['p99_ms']!s:>8} {mix:>18} {r['server_cpu_ms_per_request']:>10} "
               f"{r['server_peak_rss_mb']:>7}")
+    for m in memory:
+        print(f"serve, {m['server']}: one {m['big_image']} ({m['status']}): RSS {m['rss_before_mb']} → "
+              f"{m['rss_after_mb']} MB")
     print(f"→ {args.json}")
 
 

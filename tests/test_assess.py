@@ -343,3 +343,26 @@ def test_the_camera_is_named_with_its_brand_once(make: str | None, model: str | 
         exif[0x0110] = model
     data = encode_image(synthetic_photo(48, 32), "JPEG", exif=exif)
     assert read_evidence(data).exif.camera == camera
+
+
+def test_passes_group_sizes_across_requests_within_a_pixel_bound(det: Detector,
+                                                                 monkeypatch: pytest.MonkeyPatch) -> None:
+    """The images of several requests (an image and its checks each) are scored in passes sorted by size, never over
+    ``CPU_PASS_PIXELS``, with the numbers a plain ``score_images`` gives, in order."""
+    import synthdet.detectors.scoring as scoring
+    from synthdet.detectors.assess import CPU_PASS_PIXELS, prepare, score_in_passes
+
+    passes: list[list[tuple[int, ...]]] = []
+    real = scoring.forward_by_shape
+    monkeypatch.setattr(scoring, "forward_by_shape",
+                        lambda bb, tensors, **k: passes.append([tuple(t.shape) for t in tensors]) or real(bb, tensors, **k))
+    sizes = [(500, 375), (160, 120), (500, 375), (160, 120), (900, 700)]
+    requests = [prepare(det, encode_image(synthetic_photo(w, h, seed=i), "JPEG"), checks=True)
+                for i, (w, h) in enumerate(sizes)]
+    images = [im for p in requests for im in p.images]
+    grouped = score_in_passes(det, images)
+    assert all(sum(s[1] * s[2] for s in shapes) <= CPU_PASS_PIXELS for shapes in passes), passes
+    assert any(len(shapes) > 4 for shapes in passes)  # the small images of two requests (and their checks) share one
+    passes.clear()
+    plain = score_images(det, images)
+    assert np.abs(grouped - plain).max() < 1e-5

@@ -24,6 +24,7 @@ from synthdet.io.pixels import (
     is_image_path,
     jpeg_roundtrip,
     load_image,
+    peek_size,
     reduce_to,
 )
 
@@ -364,6 +365,17 @@ def test_reduced_decode_with_exif_rotation(tmp_path: Path) -> None:
     path = write_image(tmp_path / "rot.jpg", synthetic_photo(1600, 1000, seed=7), quality=85, exif=exif.tobytes())
     img = load_image(path, draft_size=224)
     assert img.size == (1000 // 4, 1600 // 4) and img.info["draft_scale"] == 4
+    assert img.info["full_size"] == (1000, 1600)  # the upload's size, after rotation, kept beside the reduced copy
+
+
+def test_peek_size_reads_the_header_alone() -> None:
+    """Sizes come from the first bytes of a file (a truncated PNG or JPEG still gives them); what is not an accepted
+    image gives None, EPS included (its header is never handed to Ghostscript)."""
+    png = encode_image(synthetic_photo(300, 200, seed=1), "PNG")
+    jpg = encode_image(synthetic_photo(300, 200, seed=1), "JPEG")
+    assert peek_size(png[:64]) == (300, 200) and peek_size(jpg[:1024]) == (300, 200)
+    assert peek_size(b"not an image") is None and peek_size(b"") is None
+    assert peek_size(encode_image(synthetic_photo(30, 20), "EPS")) is None
 
 
 def test_palette_image_is_reduced_as_colours_not_indices(tmp_path: Path) -> None:

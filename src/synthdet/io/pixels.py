@@ -135,14 +135,29 @@ def reduction_factor(size: tuple[int, int], short_side: int | None) -> int:
 
 
 def reduce_to(img: Image.Image, short_side: int | None) -> Image.Image:
-    """Box-reduce a decoded RGB image by :func:`reduction_factor`; ``info["draft_scale"]`` records the factor.
+    """Box-reduce a decoded RGB image by :func:`reduction_factor`; ``info["draft_scale"]`` records the factor and
+    ``info["full_size"]`` the size before it (a caller that keeps only the reduced copy still knows the upload's).
 
     One full decode can serve several needs (view 0 and the training views) by reducing it twice.
     """
     factor = reduction_factor(img.size, short_side)
+    full_size = img.size
     out = img.reduce(factor) if factor > 1 else img
     out.info["draft_scale"] = factor
+    out.info["full_size"] = full_size
     return out
+
+
+def peek_size(source: bytes) -> tuple[int, int] | None:
+    """Width and height from the header alone (no pixel is decoded), for the formats :func:`load_image` accepts;
+    None when the header cannot be read (then decoding gives the reason). EXIF rotation keeps the pixel count."""
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+            with Image.open(io.BytesIO(source), formats=[f for f in DECODERS if f in Image.OPEN]) as img:
+                return img.size
+    except Exception:  # any header Pillow refuses: load_image names the reason
+        return None
 
 
 def load_image(

@@ -2,9 +2,11 @@
 
 Every request that scores is admitted against ``queue_size`` first (``503`` + ``Retry-After`` when full), its body
 read into memory up to ``max_body_bytes`` (``413`` beyond; multipart parts are never spooled to disk), decoded by
-content sniffing (:func:`~synthdet.io.pixels.load_image`: never the file name) under the ``max_pixels`` bomb guard, and
-answered within ``timeout_s`` (``504``). Decoding runs on a small thread pool; scoring on the one worker that owns
-the model (:class:`~synthdet.serve.batcher.MicroBatcher`). No file is written, and no path a client sends is opened.
+content sniffing (:func:`~synthdet.io.pixels.load_image`: never the file name) under the ``max_pixels`` bomb guard (a
+batch's files together under ``max_request_pixels``, counted from their headers before any decoding), and answered
+within ``timeout_s`` (``504``); the memory of a large decode goes back to the OS after it (:mod:`.budget`). Decoding
+runs on a small thread pool; scoring on the one worker that owns the model (:class:`~synthdet.serve.batcher.
+MicroBatcher`). No file is written, and no path a client sends is opened.
 """
 
 from __future__ import annotations
@@ -34,8 +36,9 @@ from swagger_ui_bundle import swagger_ui_path
 
 from synthdet.detectors.assess import Assessment, Pending, assess_image, band_of, prepare
 from synthdet.detectors.scoring import detector_id
-from synthdet.io.pixels import DEFAULT_MAX_PIXELS, ImageLoadError
+from synthdet.io.pixels import ImageLoadError, peek_size
 from synthdet.serve.batcher import MicroBatcher
+from synthdet.serve.budget import header_pixels, release_after
 
 #: The Swagger UI files ``/docs`` needs, served from the ``swagger-ui-bundle`` package (no CDN).
 _DOCS_ASSETS = {"swagger-ui-bundle.js": "text/javascript", "swagger-ui.css": "text/css",
@@ -60,11 +63,22 @@ def _warmup_image() -> bytes:
 STATUS_BY_REASON = {"empty-file": 400, "not-an-image": 415, "truncated": 422, "corrupt": 422, "too-large": 413}
 
 
+#: Pixels one uploaded image may have (413 beyond). 50 Mpx holds every phone's full-resolution photo (48 Mpx modes:
+#: 8064×6048) and full-frame cameras to 50 Mpx (45–46 Mpx bodies); the model sees at most a 768-px reduced copy, so
+#: more pixels add only decoding: up to ~200 MB (palette or alpha plus the RGB copy) and ~0.5 CPU-s per image.
+#: 61 Mpx and medium-format files need ``--max-pixels`` raised. (The library's own default stays 100 Mpx.)
+SERVE_MAX_PIXELS = 50_000_000
+#: Pixels all the files of one batch request may have together, counted from their headers before any decoding:
+#: eight 12-Mpx photos, or two images at the per-image limit (a 16-file batch of 48 Mpx images was 19 CPU-s).
+SERVE_MAX_REQUEST_PIXELS = 100_000_000
+
+
 class Settings(BaseModel):
     """Limits and batching of one service."""
 
     max_body_bytes: int = Field(25 * 1024 * 1024, ge=1)  # request body limit (413 beyond)
-    max_pixels: int = Field(DEFAULT_MAX_PIXELS, ge=1)  # decompression-bomb guard (413 beyond)
+    max_pixels: int = Field(SERVE_MAX_PIXELS, ge=1)  # per image, decompression-bomb guard (413 too-large beyond)
+    max_request_pixels: int = Field(SERVE_MAX_REQUEST_PIXELS, ge=1)  # a batch's files together (413 too-many-pixels)
     max_files: int = Field(16, ge=1)  # files in one /v1/score/batch request
     timeout_s: float = Field(30.0, gt=0)  # per request, decode to answer (504 beyond)
     queue_size: int = Field(32, ge=1)  # requests admitted at once; more get 503 + Retry-After
@@ -303,6 +317,17 @@ def create_app(detector: Any, *, settings: Settings | None = None, localizer: An
             await f.close()
         return out
 
+    def prepare_bounded(name: str, data: bytes, *, checks: bool, heatmap: bool) -> Pending:
+        """:func:`prepare` on a decoding thread, then a large image's memory back to the OS (its full-size decode is
+        garbage by the time prepare returns: only the bounded copy lives on)."""
+        size: tuple[int, int] | None = None
+        try:
+            pending = prepare(det, data, name=name, checks=checks, heatmap=heatmap, max_pixels=s.max_pixels)
+            size = pending.size
+            return pending
+        finally:
+            release_after(size or peek_size(data))  # a refused or damaged image may have been decoded too
+
     async def assess(uploads: list[tuple[str, bytes]], heatmap: bool, checks: bool
                      ) -> list[Assessment | ServiceError]:
         """Decode on the pool, score on the worker; per-file errors in place."""
@@ -311,7 +336,7 @@ def create_app(detector: Any, *, settings: Settings | None = None, localizer: An
         async def decode(name: str, data: bytes) -> Pending | ServiceError:
             try:
                 return await loop.run_in_executor(pool, partial(
-                    prepare, det, data, name=name, checks=checks, heatmap=heatmap, max_pixels=s.max_pixels))
+                    prepare_bounded, name, data, checks=checks, heatmap=heatmap))
             except ImageLoadError as e:
                 return _load_error(e, name)
 
@@ -341,6 +366,9 @@ def create_app(detector: Any, *, settings: Settings | None = None, localizer: An
         except TimeoutError:
             raise ServiceError(408, "body-timeout", f"the request body did not arrive within {s.body_timeout_s:g} s"
                                ) from None
+        if len(uploads) > 1 and (total := header_pixels([data for _, data in uploads])) > s.max_request_pixels:
+            raise ServiceError(413, "too-many-pixels", f"{len(uploads)} files of {total:,} px in all exceed the limit "
+                               f"of {s.max_request_pixels:,} px per request (--max-request-pixels): send fewer")
         wait = (admitted + 1) * load.seconds_per_request
         if admitted and wait > SHED_AT * s.timeout_s:  # alone, a request is tried whatever its cost
             retry = max(s.retry_after_s, round(wait - SHED_AT * s.timeout_s))
@@ -397,8 +425,11 @@ def create_app(detector: Any, *, settings: Settings | None = None, localizer: An
         loop = asyncio.get_running_loop()
 
         def work_sync(data: bytes) -> tuple[bytes, dict[str, str]]:
-            with loc_lock:
-                return localize_bytes(localizer, data, max_pixels=s.max_pixels, fmt=format)
+            try:
+                with loc_lock:
+                    return localize_bytes(localizer, data, max_pixels=s.max_pixels, fmt=format)
+            finally:
+                release_after(peek_size(data))  # the localizer works on the full-size decode
 
         async def work() -> tuple[bytes, dict[str, str]]:
             ((name, data),) = await read_uploads(request, many=False)

@@ -3,7 +3,8 @@
 Requests hand in :class:`~synthdet.detectors.assess.Pending` assessments (decoded, variants built) and get a
 ``concurrent.futures.Future`` of the :class:`~synthdet.detectors.assess.Assessment`. The worker takes the first waiting
 request, then gathers more until it holds ``max_batch`` requests or ``max_wait_ms`` has passed since the first,
-scores all their images with :func:`~synthdet.detectors.scoring.score_images` in one call, and resolves each future. With
+scores all their images with :func:`~synthdet.detectors.assess.score_in_passes` (images of one size from any request
+share a forward pass, bounded in pixels on a CPU), and resolves each future. With
 ``max_batch=1`` every request is scored alone (micro-batching off, for comparison).
 """
 
@@ -17,8 +18,7 @@ from concurrent.futures import Future
 from dataclasses import dataclass, field
 from typing import Any
 
-from synthdet.detectors.assess import Assessment, Pending
-from synthdet.detectors.scoring import score_images
+from synthdet.detectors.assess import Assessment, Pending, score_in_passes
 
 
 @dataclass
@@ -97,7 +97,7 @@ class MicroBatcher:
                 continue
             start = time.perf_counter()
             try:
-                probs = score_images(self.det, [im for j in jobs for im in j.pending.images])
+                probs = score_in_passes(self.det, [im for j in jobs for im in j.pending.images])
             except Exception as e:  # a failed forward pass fails its requests, never the worker
                 for j in jobs:
                     j.future.set_exception(e)
