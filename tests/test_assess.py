@@ -349,12 +349,12 @@ def test_passes_group_sizes_across_requests_within_a_pixel_bound(det: Detector,
                                                                  monkeypatch: pytest.MonkeyPatch) -> None:
     """The images of several requests (an image and its checks each) are scored in passes sorted by size, never over
     ``CPU_PASS_PIXELS``, with the numbers a plain ``score_images`` gives, in order."""
-    import synthdet.detectors.scoring as scoring
+    import synthdet.features.extract as extract
     from synthdet.detectors.assess import CPU_PASS_PIXELS, prepare, score_in_passes
 
     passes: list[list[tuple[int, ...]]] = []
-    real = scoring.forward_by_shape
-    monkeypatch.setattr(scoring, "forward_by_shape",
+    real = extract.forward_by_shape
+    monkeypatch.setattr(extract, "forward_by_shape",
                         lambda bb, tensors, **k: passes.append([tuple(t.shape) for t in tensors]) or real(bb, tensors, **k))
     sizes = [(500, 375), (160, 120), (500, 375), (160, 120), (900, 700)]
     requests = [prepare(det, encode_image(synthetic_photo(w, h, seed=i), "JPEG"), checks=True)
