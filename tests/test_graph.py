@@ -28,7 +28,7 @@ from synthdet.detectors.graph import (  # noqa: E402
     graph_path,
     has_graph,
 )
-from synthdet.engines.base import scoring_engine  # noqa: E402
+from synthdet.engines.base import resolve_runtime, scoring_engine  # noqa: E402
 from synthdet.engines.onnx_export import card_json, export_onnx, max_abs_diff  # noqa: E402
 from synthdet.engines.onnx_runtime import load_graph  # noqa: E402
 from synthdet.engines.stream import scan_images  # noqa: E402
@@ -64,12 +64,14 @@ def test_shipped_default_carries_its_graph_on_the_card(shipped_graph: GraphDetec
     assert graph.is_file() and graph.name in card.files  # verified at every load, like the head
     assert shipped_graph.path == graph and has_graph(None)
     assert isinstance(scoring_engine("auto").load(), GraphDetector)
-    assert type(scoring_engine("torch").load()).__name__ == "Detector"
+    assert resolve_runtime("auto") == "onnx" and resolve_runtime("torch") == "torch"
+    with pytest.raises(ValueError, match="--runtime 'tf'"):
+        resolve_runtime("tf")
 
 
 def test_shipped_graph_matches_torch_on_demo_images(shipped_graph: GraphDetector, default_detector: Detector,
                                                     tmp_path: Path) -> None:
-    paths = [*_demo(24), str(tmp_path / "missing.jpg")]
+    paths = [*_demo(16), str(tmp_path / "missing.jpg")]
     ref = list(default_detector.predict_paths(paths, num_workers=0))
     got = list(shipped_graph.predict_paths(paths, num_workers=2, batch_size=5))  # threads, batches across shapes
     assert [r[0] for r in got] == paths and got[-1][1] is None and got[-1][2] == ref[-1][2] == "not-found"
@@ -79,7 +81,7 @@ def test_shipped_graph_matches_torch_on_demo_images(shipped_graph: GraphDetector
 
 @pytest.mark.shared
 def test_shipped_graph_matches_torch_on_dev2_sample(shipped_graph: GraphDetector, default_detector: Detector) -> None:
-    paths = _dev2(24)
+    paths = _dev2(16)
     ref = [p for _, p, _ in default_detector.predict_paths(paths)]
     got = [p for _, p, _ in shipped_graph.predict_paths(paths)]
     assert None not in got and max_abs_diff(ref, got) <= 1e-4
@@ -181,19 +183,24 @@ def test_folder_that_cannot_take_its_graph_exports_to_the_cache(
     assert load_graph(folder).path.is_relative_to(tmp_path / "cache")
 
 
-def test_export_cli_and_predict_runtime_onnx(tmp_path: Path) -> None:
+def test_export_cli_and_predict_runtime_onnx(native_detector: tuple[Detector, list[str], np.ndarray],
+                                             tmp_path: Path) -> None:
     from typer.testing import CliRunner
 
     from synthdet.cli import app
 
+    det, paths, _ = native_detector
+    folder = det.save(tmp_path / "mine")
     out = tmp_path / "d.onnx"
-    res = CliRunner().invoke(app, ["export", "--onnx", str(out)])
+    res = CliRunner().invoke(app, ["export", str(folder), "--onnx", str(out)])
     assert res.exit_code == 0, res.output
-    assert "max |Δprob|" in res.output
+    diff = float(res.output.split("max |Δprob| onnxruntime vs torch")[1].split()[0])
+    assert diff <= 1e-4
     csv = tmp_path / "s.csv"
-    res = CliRunner().invoke(app, ["predict", str(out), *_demo(3), "-o", str(csv), "--runtime", "onnx", "--quiet"])
+    res = CliRunner().invoke(app, ["predict", str(out), *paths[:3], "-o", str(csv), "--runtime", "onnx", "--quiet"])
     assert res.exit_code == 0, res.output
-    assert len(csv.read_text().splitlines()) == 4
+    got = [float(line.split(",")[1]) for line in csv.read_text().splitlines()[1:]]
+    assert max_abs_diff(got, [p for _, p, _ in det.predict_paths(paths[:3], num_workers=0)]) <= 1e-4
 
 
 # ------------------------------------------------------------------------------------------ the scoring install
