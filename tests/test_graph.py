@@ -279,3 +279,12 @@ def test_scoring_install_serves_without_torch(tmp_path: Path) -> None:
     finally:
         proc.terminate()
         proc.wait(timeout=10)
+
+
+def test_auto_prefers_torch_on_a_cuda_machine(monkeypatch: pytest.MonkeyPatch) -> None:
+    import synthdet.engines.base as base
+
+    monkeypatch.setattr(base, "cuda_machine", lambda: True)
+    assert base.resolve_runtime("auto") == "torch" and base.resolve_runtime("onnx") == "onnx"
+    monkeypatch.setattr(base, "cuda_machine", lambda: False)
+    assert base.resolve_runtime("auto") == "onnx"

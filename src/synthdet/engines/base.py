@@ -100,7 +100,8 @@ def create_engine(name: str, **config: Any) -> Engine:
 
 
 #: What ``--runtime`` may name: ``onnx`` (onnxruntime from the detector's graph, no torch in the process), ``torch``
-#: (the reference and training path), or ``auto``: onnx whenever the detector has a graph or one can be made here.
+#: (the reference and training path), or ``auto``: onnx whenever the detector has a graph or one can be made here,
+#: except on a CUDA machine, where torch on the GPU is faster.
 RUNTIMES = ("auto", "torch", "onnx")
 
 
@@ -112,8 +113,16 @@ def resolve_runtime(runtime: str, detector: str | Path | None = None) -> str:
     if runtime == "auto":
         from synthdet.detectors.graph import has_graph
 
-        return "onnx" if has_graph(detector) else "torch"
+        return "torch" if cuda_machine() or not has_graph(detector) else "onnx"
     return runtime
+
+
+def cuda_machine() -> bool:
+    """Whether torch is installed and an NVIDIA driver is loaded: there torch on the GPU outruns onnxruntime on the
+    CPU. Checked without importing torch (seconds of cold start that scoring on a CPU never needs)."""
+    from synthdet.extras import available
+
+    return Path("/proc/driver/nvidia/version").is_file() and available("torch")
 
 
 def scoring_engine(runtime: str, detector: str | Path | None = None, **config: Any) -> Engine:
