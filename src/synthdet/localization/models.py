@@ -26,12 +26,15 @@ from torch import nn
 from synthdet.detectors.card import CardBase, NotADetectorError, check_files, read_card, save_card
 from synthdet.io.atomic import atomic_path
 from synthdet.io.pixels import ImageLoadError, load_image
+from synthdet.localization.decision import default_localizer_path, summarise
 from synthdet.localization.metrics import ImageScore, image_score
 
 LocModel = Literal["unet", "patch"]
 ARCH = "tf_efficientnet_lite0"
 #: Input sides must be multiples of the encoder's output stride.
 STRIDE = 32
+#: Encoder blocks the patch head keeps (its deepest feature, stride 16, is block 4's output).
+PATCH_BLOCKS = 5
 
 
 class LocalizerCard(CardBase):
@@ -75,6 +78,8 @@ class PatchHead(nn.Module):
         import timm
 
         self.encoder = timm.create_model(ARCH, pretrained=False, features_only=True, out_indices=(1, 2, 3))
+        enc = cast(Any, self.encoder)  # timm attributes, untyped
+        enc.blocks = enc.blocks[:PATCH_BLOCKS]  # the stride-32 blocks feed no output: 2.3 M weights not shipped
         if pretrained:
             _load_encoder(self.encoder)
         self.encoder.requires_grad_(False)
@@ -153,7 +158,12 @@ class Localizer:
         return predict_map(self.net, img, max_side=self.card.max_side, device=self.device)
 
     def score_map(self, prob: np.ndarray) -> float:
-        return image_score(prob, self.card.image_score, loc_threshold=self.card.loc_threshold)
+        return image_score(prob, self.card.image_score, loc_threshold=self.card.loc_threshold,
+                           head=self.card.params.get("decision"))
+
+    def summary(self, prob: np.ndarray) -> dict[str, Any]:
+        """The image-level decision on a map, in words and figures (:func:`~synthdet.localization.decision.summarise`)."""
+        return summarise(prob, self.score_map(prob), self.threshold, self.card.loc_threshold)
 
     def predict_masks(self, paths: Iterable[str | Path]) -> Iterator[tuple[str, np.ndarray | None, str]]:
         """``(path, map or None, reason)`` per file; an unreadable file gets its load-error reason."""
@@ -181,16 +191,20 @@ class Localizer:
         return path
 
 
-def load_localizer(path: str | Path, device: str | torch.device = "cpu") -> Localizer:
-    """The localizer saved in ``path`` (the loader :data:`~synthdet.detectors.detector.DETECTOR_KINDS` registers for
-    ``kind: "localizer"``)."""
+def load_localizer(path: str | Path | None = None, device: str | torch.device = "cpu") -> Localizer:
+    """The localizer saved in ``path`` (None: the one shipped in the package; the loader
+    :data:`~synthdet.detectors.detector.DETECTOR_KINDS` registers for ``kind: "localizer"``)."""
     from safetensors.torch import load_file
 
-    path = Path(path)
+    path = Path(path) if path is not None else default_localizer_path()
     card = read_card(path)
     if not isinstance(card, LocalizerCard):
         raise NotADetectorError(f"{path / 'card.json'}: a {card.kind} card, not a localizer")
     check_files(path, card)
     net = build_model(card.model, pretrained=False)
-    net.load_state_dict(load_file(str(path / "model.safetensors")), strict=True)
+    state = load_file(str(path / "model.safetensors"))
+    if card.model == "patch":  # saved before the patch head dropped the unused stride-32 blocks
+        unused = tuple(f"encoder.blocks.{i}." for i in range(PATCH_BLOCKS, 7))
+        state = {k: v for k, v in state.items() if not k.startswith(unused)}
+    net.load_state_dict(state, strict=True)
     return Localizer(card, net, device)

@@ -23,6 +23,7 @@ from pydantic import BaseModel
 from torch import nn
 
 from synthdet.io.atomic import atomic_path
+from synthdet.localization.decision import fit_decision
 from synthdet.localization.metrics import (
     ImageScore,
     balanced_threshold,
@@ -201,7 +202,8 @@ def train_localizer(
     trues = [m for _, m in val_pairs]
     loc_thr = tune_loc_threshold(maps, trues)
     labels = np.array([int(m.any()) for m in trues])
-    scores = np.array([image_score(p, cfg.image_score, loc_threshold=loc_thr) for p in maps])
+    head = fit_decision(maps, labels, loc_thr) if cfg.image_score == "learned" else None  # on held-out hosts
+    scores = np.array([image_score(p, cfg.image_score, loc_threshold=loc_thr, head=head) for p in maps])
     thr = balanced_threshold(labels, scores)
     card = LocalizerCard(
         threshold=thr, prior=float(labels.mean()) if len(labels) else 0.5,
@@ -209,8 +211,8 @@ def train_localizer(
         model=cfg.model, loc_threshold=loc_thr, image_score=cfg.image_score,
         metrics={"val": localization_metrics(maps, trues, list(val["category"]), loc_threshold=loc_thr,
                                              image_threshold=thr, method=cfg.image_score,
-                                             sources=source_groups(val), types=type_groups(val))},
-        params={"config": cfg.model_dump(), "history": state["history"], "n_train": len(train), "n_val": len(val),
+                                             sources=source_groups(val), types=type_groups(val), head=head)},
+        params={**({"decision": head} if head else {}), "config": cfg.model_dump(), "history": state["history"], "n_train": len(train), "n_val": len(val),
                 "seen_hosts": sorted(set(host_digests(train) + host_digests(val))),
                 "train_seconds": round(time.perf_counter() - start, 1), "device": str(device)},
     )
