@@ -5,7 +5,8 @@
 1. Triples (:func:`synthdet.localization.manipulate.make_manipulations`) built from ``../shared/data/dev``: host
    photos and generated donors of dev only, authentic photos twice as often as each manipulation (the image-level
    head needs negatives). A fifth of the host photos is kept aside (source-disjoint) for early stopping, the pixel
-   threshold and the image-level head.
+   threshold and the image-level head. ``--leave-out`` categories (default ``inpaint-sp``, whose trace the social
+   chain erases: ``benchmarks/inpaint_signal.py``) are built but not trained or calibrated on.
 2. The patch head (frozen EfficientNet-Lite0 to stride 16, a small convolutional head: 0.75 M weights, 3 MB) trained
    on one CPU thread; the image-level decision is a logistic head on map statistics
    (:mod:`synthdet.localization.decision`), fitted on the held-aside hosts.
@@ -13,6 +14,7 @@
    with dev; every category equally often, as ``synthdet data make-manipulations`` builds them): per category pixel
    F1/IoU, the authentic false-alarm pixel share, image-level ROC AUC (learned head and coverage) and the all-ones
    map on the same rows, written into the card's ``metrics["test"]``.
+4. The ONNX graph beside the weights (:mod:`synthdet.localization.graph`), for the scoring install without torch.
 """
 
 from __future__ import annotations
@@ -27,6 +29,7 @@ import numpy as np
 
 from synthdet.data.manifest import index
 from synthdet.localization.evaluate import evaluate_localizer
+from synthdet.localization.graph import export_graph
 from synthdet.localization.manipulate import CATEGORIES, make_manipulations
 from synthdet.localization.metrics import localization_metrics
 from synthdet.localization.models import PATCH_BLOCKS, Localizer
@@ -68,22 +71,28 @@ def main() -> None:
     ap.add_argument("--crop", type=int, default=192)
     ap.add_argument("--batch", type=int, default=8)
     ap.add_argument("--lr", type=float, default=2e-3)
+    ap.add_argument("--encoder-lr", type=float, default=0.1, help="the encoder's learning rate as a share of --lr")
+    ap.add_argument("--leave-out", default="inpaint-sp", help="categories kept out of training and validation "
+                    "(comma-separated): inpaint-sp's trace does not survive the social chain (benchmarks/inpaint_signal.py), "
+                    "so its regions only teach the map to flag photo texture")
     args = ap.parse_args()
     torch.set_num_threads(1)
     start = time.perf_counter()
     train_dir = build(args.dev, args.work / f"train-{args.n_train}-{args.size}", args.n_train, args.size, 1,
                       (*CATEGORIES, "authentic"))
     test_dir = build(args.dev2, args.work / f"test-{args.n_test}-{args.size}", args.n_test, args.size, 2, CATEGORIES)
-    fit, val = split_by_source(read_triples(train_dir), 0.2, seed=0)
+    triples = read_triples(train_dir)
+    fit, val = split_by_source(triples[~triples["category"].isin(args.leave_out.split(","))].reset_index(drop=True),
+                               0.2, seed=0)
     test = read_triples(test_dir)
     assert not set(host_keys(test)) & set(host_keys(fit) + host_keys(val))  # no photo on both sides
     cfg = TrainConfig(model="patch", steps=args.steps, batch=args.batch, crop=args.crop, lr=args.lr, eval_every=100,
-                      patience=6, image_score="learned")
+                      patience=6, image_score="learned", encoder_lr=args.encoder_lr)
     det = args.work / "det"
     shutil.rmtree(det, ignore_errors=True)
     loc = train_localizer(fit, val, det, cfg, device="cpu", data={
-        "train": f"{len(fit)} triples from dev (scripts/train_localizer.py)",
-        "val": f"{len(val)} triples from dev, no host photo shared with train: early stopping, thresholds, the "
+        "train_data": f"{len(fit)} triples from dev (scripts/train_localizer.py; left out: {args.leave_out or 'none'})",
+        "val_data": f"{len(val)} triples from dev, no host photo shared with train: early stopping, thresholds, the "
                "image-level head"})
     res = evaluate_localizer(loc, test)
     card = loc.card
@@ -94,6 +103,8 @@ def main() -> None:
     card.params["encoder_blocks"] = PATCH_BLOCKS
     card.params["script_seconds"] = round(time.perf_counter() - start, 1)
     shutil.rmtree(args.out, ignore_errors=True)
+    args.out.mkdir(parents=True)
+    export_graph(loc.net, args.out)  # the scoring install's copy; the card saved next records its digest
     Localizer(card, loc.net).save(args.out)
     px, im = res["pixel"]["at_threshold"], res["image"]
     print(json.dumps({"rows": res["rows"], "pixel_f1": px["f1"], "pixel_iou": px["iou"],

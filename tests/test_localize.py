@@ -439,7 +439,7 @@ def test_shipped_localizer_loads_small_predicts_and_says_what_it_was_judged_on(d
     test = loc.card.metrics["test"]
     assert test["rows"]["status"] == "held-out" and test["rows"]["n"] >= 300  # dev2 triples: no photo it saw
     assert test["pixel"]["at_threshold"]["f1"] > loc.card.metrics["test_all_ones"]["all"]["f1"] + 0.1
-    assert test["image"]["roc_auc"] > 0.75
+    assert test["image"]["roc_auc"] > max(0.7, test["image"]["coverage_roc_auc"])  # the learned head beats coverage
     img = Image.open(demo_df[demo_df.label == 0].path.iloc[0])
     prob = loc.predict_image(img)
     assert prob.shape == (img.height, img.width) and 0 <= prob.min() <= prob.max() <= 1
@@ -467,3 +467,29 @@ def test_localize_predict_and_assess_use_the_shipped_localizer_by_default(demo_d
     assert a["verdict"] and a["localization"]["verdict"] in ("likely edited", "no edit found")
     r = runner.invoke(app, ["predict", images[0], "--localize"])
     assert r.exit_code == 2 and "--assess" in r.output
+
+
+def test_scoring_install_localizes_from_the_graph_as_torch_does(demo_df: pd.DataFrame, tmp_path: Path) -> None:
+    """Without torch, scipy or scikit-learn, ``localize predict`` and ``predict --assess --localize`` score the
+    shipped localizer's ONNX graph on onnxruntime: the same map (to the PNG's 8 bits) and decision as torch."""
+    import subprocess
+    import sys
+
+    from synthdet.localization.models import load_localizer
+
+    image = str(demo_df[demo_df.label == 1].path.iloc[0])
+    no_torch = [sys.executable, str(Path(__file__).with_name("no_torch.py"))]
+    res = subprocess.run([*no_torch, "localize", "predict", image, "--json", "-o", str(tmp_path)], capture_output=True,
+                         text=True, timeout=120)
+    assert res.returncode == 0, res.stderr
+    (row,) = json.loads(res.stdout)["results"]
+    loc = load_localizer()
+    with Image.open(image) as img:
+        prob = loc.predict_image(img)
+    with Image.open(row["map"]) as m:
+        assert np.abs(np.asarray(m, np.float32) / 255 - prob).max() <= 2 / 255
+    assert row["score"] == pytest.approx(loc.score_map(prob), abs=1e-3) and row["verdict"] == loc.summary(prob)["verdict"]
+    res = subprocess.run([*no_torch, "predict", image, "--assess", "--localize", "--json"], capture_output=True,
+                         text=True, timeout=120)
+    assert res.returncode == 0, res.stderr
+    assert json.loads(res.stdout)[0]["localization"]["verdict"] == row["verdict"]

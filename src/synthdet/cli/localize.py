@@ -94,10 +94,9 @@ def localize_predict(
     from PIL import Image
     from rich.markup import escape
 
-    from synthdet.backbones.base import default_device
     from synthdet.data.inputs import iter_inputs
     from synthdet.io.atomic import atomic_path, printable
-    from synthdet.localization.models import load_localizer
+    from synthdet.localization.graph import open_localizer
     from synthdet.reporting.runcard import RUN_RULES, describe_run, write_run_description
     from synthdet.reporting.submission_check import check_task_b
     from synthdet.reporting.submit import spooled_maps, write_task_b
@@ -114,7 +113,7 @@ def localize_predict(
     paths = list(iter_inputs(inputs))
     if not paths:
         raise fail("no images given")
-    loc = load_localizer(localizer, default_device(device))
+    loc = open_localizer(localizer, device)  # torch when installed, else the folder's ONNX graph
     name = str(localizer or "the shipped localizer")
     if team and out is not None:
         with spooled_maps(loc.predict_masks(paths), loc.score_map) as (masks, scores):

@@ -80,9 +80,9 @@ def predict(
     if assess:
         loc = None
         if localize or localizer is not None:
-            from synthdet.localization.models import load_localizer
+            from synthdet.localization.graph import open_localizer
 
-            loc = load_localizer(localizer)
+            loc = open_localizer(localizer)
         _assess(det, list(iter_inputs(paths)), heatmap=heatmap, as_json=as_json, max_pixels=max_pixels, loc=loc)
         return
     if out is not None and (resume or out.suffix.lower() == ".parquet" or engine == "ray"):

@@ -53,14 +53,9 @@ def serve(
         raise fail("--localizer and --no-localizer: give one")
     loc = None
     if not no_localizer:
-        from synthdet.extras import available
+        from synthdet.localization.graph import open_localizer
 
-        if localizer is None and not available("torch"):  # the scoring install: Task A only
-            note("/v1/localize is off: the shipped localizer runs on torch (pip install 'synthdet[train]')")
-        else:
-            from synthdet.localization.models import load_localizer
-
-            loc = load_localizer(localizer)
+        loc = open_localizer(localizer)  # torch when installed, else the folder's ONNX graph
     note(f"synthdet serve: http://{host}:{port}/  (API docs: /docs; detector {detector or 'shipped default'}; localizer "
          f"{'none' if loc is None else localizer or 'shipped default'})")
     run(det, host=host, port=port, settings=settings, log_level=log_level, localizer=loc)

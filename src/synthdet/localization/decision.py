@@ -9,12 +9,13 @@ nor a file of its own; :func:`summarise` puts the decision in words beside the c
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from importlib import resources
 from pathlib import Path
 from typing import Any
 
 import numpy as np
+from PIL import Image
 
 #: The map statistics, in the order the head's coefficients follow.
 FEATURES = ("max", "top0.1", "top1", "top5", "mean", "std", "coverage", "largest_region", "log_regions")
@@ -126,3 +127,18 @@ def summarise(prob: np.ndarray, score: float, threshold: float, loc_threshold: f
     return {"verdict": "likely edited" if edited else "no edit found", "manipulated": edited, "score": float(score),
             "threshold": float(threshold), "loc_threshold": float(loc_threshold), "coverage": coverage,
             "largest_region": largest, "box": box, "words": words}
+
+
+def maps_for(predict: Callable[[Image.Image], np.ndarray], paths: Iterable[str | Path]
+             ) -> Iterator[tuple[str, np.ndarray | None, str]]:
+    """``(path, map or None, reason)`` per file from ``predict`` (a localizer's ``predict_image``, torch or graph);
+    an unreadable file gets its load-error reason."""
+    from synthdet.io.pixels import ImageLoadError, load_image
+
+    for p in paths:
+        try:
+            img = load_image(p)
+        except ImageLoadError as e:
+            yield str(p), None, e.reason
+            continue
+        yield str(p), predict(img), ""

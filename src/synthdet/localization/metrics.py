@@ -11,12 +11,12 @@ F1 (the better of the map and its complement) is reported beside the plain one, 
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Literal
 
 import numpy as np
 from sklearn.metrics import balanced_accuracy_score, f1_score, roc_auc_score, roc_curve
 
-ImageScore = Literal["coverage", "topk", "learned"]
+from synthdet.localization.card import ImageScore
+
 #: How pixel figures are computed, printed beside them: the convention of TGIF's ``code/localization_metrics.py``.
 PIXEL_CONVENTION = ("a pixel is flagged when prob > threshold (TGIF localization_metrics.py); F1/IoU per image, then "
                     "averaged; 'all images' also counts each authentic image: 1 when nothing is flagged, 0 otherwise")

@@ -14,8 +14,9 @@ mean) and ``loc_threshold`` on pixels.
 from __future__ import annotations
 
 from collections.abc import Iterable, Iterator
+from contextlib import nullcontext
 from pathlib import Path
-from typing import Any, Literal, cast
+from typing import Any, cast
 
 import numpy as np
 import torch
@@ -23,30 +24,14 @@ import torch.nn.functional as F
 from PIL import Image
 from torch import nn
 
-from synthdet.detectors.card import CardBase, NotADetectorError, check_files, read_card, save_card
+from synthdet.detectors.card import NotADetectorError, check_files, read_card, save_card
 from synthdet.io.atomic import atomic_path
-from synthdet.io.pixels import ImageLoadError, load_image
-from synthdet.localization.decision import default_localizer_path, summarise
-from synthdet.localization.metrics import ImageScore, image_score
+from synthdet.localization.card import ARCH, STRIDE, LocalizerCard, LocModel
+from synthdet.localization.decision import default_localizer_path, maps_for, summarise
+from synthdet.localization.metrics import image_score
 
-LocModel = Literal["unet", "patch"]
-ARCH = "tf_efficientnet_lite0"
-#: Input sides must be multiples of the encoder's output stride.
-STRIDE = 32
 #: Encoder blocks the patch head keeps (its deepest feature, stride 16, is block 4's output).
 PATCH_BLOCKS = 5
-
-
-class LocalizerCard(CardBase):
-    """A localizer: ``threshold`` is on the image-level score, ``loc_threshold`` on the pixel probabilities."""
-
-    kind: Literal["localizer"] = "localizer"
-    model: LocModel
-    encoder: str = ARCH
-    loc_threshold: float = 0.5
-    image_score: ImageScore = "coverage"
-    max_side: int = 1024  # larger images are predicted downscaled, the map resized back
-    params: dict[str, Any] = {}
 
 
 def _lite0_state() -> dict[str, torch.Tensor]:
@@ -95,7 +80,8 @@ class PatchHead(nn.Module):
         return self
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        with torch.no_grad():
+        tuned = next(self.encoder.parameters()).requires_grad  # training may tune the encoder (encoder_lr)
+        with nullcontext() if tuned else torch.no_grad():
             feats = self.encoder(x)
         size = feats[1].shape[-2:]
         fused = torch.cat([F.interpolate(f, size=size, mode="bilinear", align_corners=False) for f in feats], 1)
@@ -167,13 +153,7 @@ class Localizer:
 
     def predict_masks(self, paths: Iterable[str | Path]) -> Iterator[tuple[str, np.ndarray | None, str]]:
         """``(path, map or None, reason)`` per file; an unreadable file gets its load-error reason."""
-        for p in paths:
-            try:
-                img = load_image(p)
-            except ImageLoadError as e:
-                yield str(p), None, e.reason
-                continue
-            yield str(p), self.predict_image(img), ""
+        return maps_for(self.predict_image, paths)
 
     def predict_paths(self, paths: Iterable[str | Path]) -> Iterator[tuple[str, float | None, str]]:
         """Image-level ``(path, score, reason)``, like :meth:`synthdet.detectors.detector.Detector.predict_paths`."""

@@ -159,14 +159,12 @@ def localize_bytes(localizer: Any, data: bytes, *, max_pixels: int, fmt: str) ->
     import io
 
     import numpy as np
-    import torch
     from PIL import Image
 
     from synthdet.io.pixels import load_image
 
     img = load_image(data, max_pixels=max_pixels)
-    with torch.inference_mode():
-        prob = localizer.predict_image(img)
+    prob = localizer.predict_image(img)  # torch or onnxruntime: each runs without gradients
     summary = localizer.summary(prob)
     buf = io.BytesIO()
     if fmt == "npz":

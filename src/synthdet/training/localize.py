@@ -23,16 +23,16 @@ from pydantic import BaseModel
 from torch import nn
 
 from synthdet.io.atomic import atomic_path
+from synthdet.localization.card import ImageScore, LocalizerCard, LocModel
 from synthdet.localization.decision import fit_decision
 from synthdet.localization.metrics import (
-    ImageScore,
     balanced_threshold,
     best_loc_threshold,
     image_score,
     localization_metrics,
     tune_loc_threshold,
 )
-from synthdet.localization.models import Localizer, LocalizerCard, LocModel, build_model, input_tensor, predict_map
+from synthdet.localization.models import Localizer, build_model, input_tensor, predict_map
 from synthdet.localization.triples import host_digests, load_pairs, source_groups, type_groups
 
 
@@ -46,6 +46,7 @@ class TrainConfig(BaseModel):
     patience: int = 4  # evaluations without a better validation pixel F1 before stopping
     schedule: Literal["constant", "cosine"] = "cosine"  # cosine: linear warm-up, then decay to 0 at ``steps``
     image_score: ImageScore = "coverage"
+    encoder_lr: float = 0.0  # patch head: the frozen encoder's learning rate as a share of ``lr`` (0: stays frozen)
     seed: int = 0
 
 
@@ -155,8 +156,12 @@ def train_localizer(
     torch.manual_seed(cfg.seed)
     rng = random.Random(cfg.seed)
     net = build_model(cfg.model).to(device).train()
-    params = [p for p in net.parameters() if p.requires_grad]
-    opt = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=1e-4)
+    groups = [{"params": [p for p in net.parameters() if p.requires_grad], "scale": 1.0}]
+    if cfg.model == "patch" and cfg.encoder_lr > 0:  # low-level features tuned to edits, slowly; BN stays ImageNet's
+        encoder = cast(nn.Module, net.encoder)
+        encoder.requires_grad_(True)
+        groups.append({"params": list(encoder.parameters()), "scale": cfg.encoder_lr})
+    opt = torch.optim.AdamW(groups, lr=cfg.lr, weight_decay=1e-4)
     state: dict[str, Any] = {"step": 0, "best_f1": -1.0, "best": None, "bad": 0, "history": []}
     if ckpt is not None:
         fixed = cfg.model_dump(exclude={"steps", "patience"})  # a run may be extended, not changed
@@ -179,7 +184,7 @@ def train_localizer(
         opt.zero_grad()
         loss.backward()
         for group in opt.param_groups:  # from the step count alone: a resumed or extended run follows the schedule
-            group["lr"] = cfg.lr * _lr_factor(cfg, state["step"])
+            group["lr"] = cfg.lr * group.get("scale", 1.0) * _lr_factor(cfg, state["step"])
         opt.step()
         state["step"] += 1
         bar.update(1)
