@@ -34,6 +34,10 @@ from synthdet.io.atomic import atomic_path, write_bytes
 from synthdet.io.pixels import ImageLoadError, centre_window, load_image
 
 CATEGORIES = ("splice-ai", "inpaint-sp", "regen-fr", "splice-real", "copy-move", "authentic")
+#: How a splice's region meets the photo: a hard edge feathered a pixel or two, a soft edge inside the region, Poisson.
+BLENDS = ("hard", "soft", "poisson")
+#: Shares of the canvas a region covers (log-uniform between them).
+COVERAGE = (0.01, 0.35)
 _FILTERS = (Image.Resampling.BILINEAR, Image.Resampling.BICUBIC, Image.Resampling.LANCZOS)
 
 
@@ -118,7 +122,8 @@ def _composite(base: np.ndarray, patch: np.ndarray, alpha: np.ndarray) -> np.nda
 
 
 def manipulate(
-    category: str, real: Image.Image, donor: Image.Image | None, rng: np.random.Generator
+    category: str, real: Image.Image, donor: Image.Image | None, rng: np.random.Generator, *,
+    coverage: tuple[float, float] = COVERAGE, blends: tuple[str, ...] = BLENDS,
 ) -> tuple[Image.Image, np.ndarray]:
     """One manipulation of the square canvas ``real`` → ``(image, boolean mask)``; ``donor`` (same size) is the
     generated image (``splice-ai``), the other photo (``splice-real``) or the latent donor (``regen-fr``)."""
@@ -127,7 +132,7 @@ def manipulate(
     if category == "authentic":
         return real, np.zeros((size, size), bool)
     mask = (random_shape(size, rng, (0.02, 0.15), blob=True) if category == "copy-move"
-            else random_shape(size, rng, (0.01, 0.35)))
+            else random_shape(size, rng, coverage))
     if category == "regen-fr":
         from synthdet.localization import autoencoder as taef2
 
@@ -151,11 +156,11 @@ def manipulate(
         if donor is None:
             raise ValueError(f"{category} needs a donor image")
         patch = _colour_match(np.asarray(donor, dtype=np.float32), base, mask, float(rng.uniform(0.3, 1.0)))
-        blend = int(rng.integers(3))  # 0: hard edge, 1: soft edge inside the region, 2: Poisson
-        blended = _poisson(base, patch, mask) if blend == 2 else None
+        blend = blends[int(rng.integers(len(blends)))]
+        blended = _poisson(base, patch, mask) if blend == "poisson" else None
         if blended is not None:
             return Image.fromarray(np.clip(blended.round(), 0, 255).astype(np.uint8)), mask
-        if blend:
+        if blend != "hard":
             return Image.fromarray(np.clip(_composite(base, patch, _inner_alpha(mask, rng)).round(), 0, 255)
                                    .astype(np.uint8)), mask
     elif category == "copy-move":
@@ -225,15 +230,20 @@ def make_manipulations(
     categories: tuple[str, ...] = CATEGORIES,
     seed: int = 0,
     progress: bool = False,
+    coverage: tuple[float, float] = COVERAGE,
+    blends: tuple[str, ...] = BLENDS,
     on_skip: Callable[[str, str], None] | None = None,
 ) -> pd.DataFrame:
     """Write ``n`` triples into ``out`` (``images/``, ``masks/``, ``manifest.csv``) and return the manifest
     (``path``, ``mask`` relative to ``out``; ``label`` 1 = manipulated; ``category``; ``source`` of the photo,
     ``donor`` of the pasted content; ``source_group``, the photo's collection: :func:`source_group`). ``df`` needs ``path`` and ``label`` (0 real, 1 generated); categories cycle in
     order, images and donors are drawn with ``seed``. ``size`` (a multiple of 8) is the working canvas before the
-    social-media chain shrinks it."""
+    social-media chain shrinks it; ``coverage`` bounds the regions' shares of it (copy-move keeps its own, smaller
+    range) and ``blends`` (of :data:`BLENDS`) are drawn from for each splice."""
     if size % 8:
         raise ValueError(f"size must be a multiple of 8, got {size}")
+    if not blends or set(blends) - set(BLENDS):
+        raise ValueError(f"blends must be among {', '.join(BLENDS)}, got {blends}")
     unknown = set(categories) - set(CATEGORIES)
     if unknown:
         raise ValueError(f"unknown categories: {', '.join(sorted(unknown))}")
@@ -270,7 +280,7 @@ def make_manipulations(
             donor_row = reals.iloc[(reals.index[reals["path"] == real["path"]][0] + 1) % len(reals)]
         try:
             donor = canvas(donor_row["path"]) if cat not in ("inpaint-sp", "copy-move", "authentic") else None
-            img, mask = manipulate(cat, canvas(real["path"]), donor, rng)
+            img, mask = manipulate(cat, canvas(real["path"]), donor, rng, coverage=coverage, blends=blends)
         except ImageLoadError as e:
             if on_skip:
                 on_skip(str(e.path), e.reason)
