@@ -495,3 +495,13 @@ def test_scoring_install_localizes_from_the_graph_as_torch_does(demo_df: pd.Data
                          text=True, timeout=120)
     assert res.returncode == 0, res.stderr
     assert json.loads(res.stdout)[0]["localization"]["verdict"] == row["verdict"]
+
+
+def test_localize_evaluate_defaults_to_the_shipped_localizer(triples: tuple[Path, Path]) -> None:
+    r = CliRunner().invoke(app, ["localize", "evaluate", str(triples[1]), "--json"])
+    assert r.exit_code == 0, r.output
+    res = json.loads(r.output)
+    assert res["image"]["method"] == "learned" and 0 <= res["image"]["coverage_roc_auc"] <= 1
+    assert res["rows"]["n"] == 12 and res["rows"]["status"] in ("held-out", "in-sample")  # its card knows its hosts
+    r = CliRunner().invoke(app, ["localize", "evaluate", str(triples[1]), str(triples[1]), str(triples[1])])
+    assert r.exit_code == 2 and "[LOCALIZER] SOURCE" in r.output

@@ -157,8 +157,8 @@ def localize_predict(
 
 @app.command("evaluate")
 def localize_evaluate(
-    detector: Annotated[Path, typer.Argument(help="Localizer folder.")],
-    source: Annotated[Path, typer.Argument(help=TASK_B_SET)],
+    args: Annotated[list[Path], typer.Argument(metavar="[LOCALIZER] SOURCE", help="An optional localizer folder "
+                                               "(default: the shipped one), then the " + TASK_B_SET)],
     overlays: Annotated[Path | None, typer.Option(help="Also write a PNG: best and worst image per category (found "
                                                          "yellow, missed green, false alarm red), then the map.")] = None,
     report: Annotated[Path | None, typer.Option(help="Also write a self-contained HTML report: the tables and "
@@ -173,6 +173,9 @@ def localize_evaluate(
     from synthdet.localization.evaluate import LocEvaluation
     from synthdet.localization.models import load_localizer
 
+    if len(args) not in (1, 2):
+        raise fail(f"give [LOCALIZER] SOURCE, not {len(args)} paths")
+    detector, source = (args[0], args[1]) if len(args) == 2 else (None, args[0])
     df = _read(source, root)
     loc = load_localizer(detector, default_device(device))
     ev = LocEvaluation(loc, df)
@@ -182,7 +185,7 @@ def localize_evaluate(
     if report is not None:
         from synthdet.reporting.html import render_localization_report
 
-        render_localization_report(res, ev.examples(), report, about=f"localizer {detector} ({loc.card.model}) · "
+        render_localization_report(res, ev.examples(), report, about=f"localizer {detector or 'shipped'} ({loc.card.model}) · "
                                    f"data {source}")
     if json_out:
         print_json({**res, **({"report": str(report)} if report else {})})
@@ -210,6 +213,7 @@ def localize_evaluate(
             say(line)
     im = res["image"]
     say(f"  image ({im['method']}, n={im['n']}): ROC AUC {im['roc_auc']:.3f}  balanced acc "
-        f"{im['balanced_accuracy']:.3f}  F1 {im['f1']:.3f} at {im['threshold']:.3f}")
+        f"{im['balanced_accuracy']:.3f}  F1 {im['f1']:.3f} at {im['threshold']:.3f}  (coverage alone: ROC AUC "
+        f"{im['coverage_roc_auc']:.3f})")
     if report is not None:
         say(f"report → {report}")
