@@ -252,6 +252,7 @@ def test_serve_loads_the_shipped_localizer_by_default(monkeypatch: pytest.Monkey
     --no-localizer serves without one."""
     import synthdet.serve
     from synthdet.cli import app
+    from synthdet.localization.graph import GraphLocalizer
     from synthdet.localization.models import Localizer
 
     given: list = []
@@ -259,7 +260,9 @@ def test_serve_loads_the_shipped_localizer_by_default(monkeypatch: pytest.Monkey
     runner = CliRunner()
     assert runner.invoke(app, ["serve", "--port", "0"]).exit_code == 0
     assert runner.invoke(app, ["serve", "--port", "0", "--no-localizer"]).exit_code == 0
-    assert isinstance(given[0], Localizer) and given[1] is None
+    assert runner.invoke(app, ["serve", "--port", "0", "--runtime", "torch"]).exit_code == 0
+    assert isinstance(given[0], GraphLocalizer) and given[1] is None  # auto: the shipped graph, no torch needed
+    assert isinstance(given[2], Localizer)
 
 
 def test_localize_returns_the_mask_at_the_image_size_and_the_decision(det: Detector) -> None:

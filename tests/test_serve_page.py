@@ -25,9 +25,9 @@ SHARED_DEV = Path(__file__).resolve().parents[2] / "shared" / "data" / "dev"
 
 @pytest.fixture(scope="module")
 def url(default_detector: Detector) -> Iterator[str]:
-    from synthdet.localization.models import load_localizer
+    from synthdet.localization.graph import open_localizer
 
-    with live_server(default_detector, localizer=load_localizer()) as u:
+    with live_server(default_detector, localizer=open_localizer()) as u:  # as `synthdet serve` loads it
         yield u
 
 

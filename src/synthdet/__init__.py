@@ -68,8 +68,8 @@ def load(path: str | Path | None = None, *, runtime: str = "auto") -> Any:
 
 def localize(localizer: str | Path | Localizer | None, images: Sequence[str | Path | Image.Image]) -> list[np.ndarray]:
     """Per image, in order, the localizer's probability that each pixel was edited (``H×W`` float32 at the image's
-    decoded size); ``localizer`` is a saved localizer folder, a loaded one, or None for the shipped default (on torch
-    when installed, else its ONNX graph). A file that cannot be decoded raises
+    decoded size); ``localizer`` is a saved localizer folder, a loaded one, or None for the shipped default (scored from
+    its ONNX graph on onnxruntime). A file that cannot be decoded raises
     :class:`~synthdet.io.pixels.ImageLoadError` naming it."""
     from synthdet.io.pixels import load_image
     from synthdet.localization.graph import open_localizer

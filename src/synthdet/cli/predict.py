@@ -82,7 +82,7 @@ def predict(
         if localize or localizer is not None:
             from synthdet.localization.graph import open_localizer
 
-            loc = open_localizer(localizer)
+            loc = open_localizer(localizer, runtime=runtime)
         _assess(det, list(iter_inputs(paths)), heatmap=heatmap, as_json=as_json, max_pixels=max_pixels, loc=loc)
         return
     if out is not None and (resume or out.suffix.lower() == ".parquet" or engine == "ray"):

@@ -32,8 +32,8 @@ def serve(
                                                               "(closed beyond).")] = 10.0,
     max_connections_per_client: Annotated[int, typer.Option(min=1, help="Open connections from one address; more "
                                                                         "are closed at once.")] = 32,
-    runtime: Annotated[str, typer.Option(help="auto (onnxruntime from the detector's ONNX graph when it has one, "
-                                         "else torch), torch or onnx.")] = "auto",
+    runtime: Annotated[str, typer.Option(help="auto (onnxruntime from the detector's and the localizer's ONNX graphs "
+                                         "when they have one, else torch), torch or onnx.")] = "auto",
     log_level: Annotated[str, typer.Option(help="uvicorn log level.")] = "info",
 ) -> None:
     """Serve a REST API (/v1/score, /v1/score/batch, /v1/detector, /healthz, /metrics, /docs) and a web page (/)."""
@@ -55,7 +55,7 @@ def serve(
     if not no_localizer:
         from synthdet.localization.graph import open_localizer
 
-        loc = open_localizer(localizer)  # torch when installed, else the folder's ONNX graph
+        loc = open_localizer(localizer, runtime=runtime)  # the folder's ONNX graph when it has one (auto)
     note(f"synthdet serve: http://{host}:{port}/  (API docs: /docs; detector {detector or 'shipped default'}; localizer "
          f"{'none' if loc is None else localizer or 'shipped default'})")
     run(det, host=host, port=port, settings=settings, log_level=log_level, localizer=loc)

@@ -4,7 +4,8 @@ image-level decision and words as :class:`~synthdet.localization.models.Localize
 The graph (``graph-localizer.onnx`` beside ``model.safetensors``, its sha256 on the card) maps a ``(1, 3, H, W)``
 input in [-1, 1], ``H`` and ``W`` multiples of :data:`~synthdet.localization.card.STRIDE`, to logits of the same
 size; padding, the sigmoid and resizing back happen here in numpy, as :func:`~synthdet.localization.models.predict_map`
-does them in torch. :func:`open_localizer` picks torch when it is installed and the graph otherwise.
+does them in torch. :func:`open_localizer` picks the graph when the folder has one (the shipped localizer does), torch
+otherwise.
 """
 
 from __future__ import annotations
@@ -102,11 +103,17 @@ def load_graph_localizer(path: str | Path | None = None, *, threads: int | None 
     return GraphLocalizer(card, path / GRAPH, threads)
 
 
-def open_localizer(path: str | Path | None = None, device: str | None = None) -> Any:
-    """A localizer ready to predict: on torch when torch is installed (the reference), else from its ONNX graph."""
-    if available("torch"):
-        from synthdet.backbones.base import default_device
-        from synthdet.localization.models import load_localizer
+def open_localizer(path: str | Path | None = None, device: str | None = None, runtime: str = "auto") -> Any:
+    """A localizer ready to predict (None: the shipped one). ``auto`` scores the folder's ONNX graph when it has one
+    and no ``device`` is asked for (as the Task A default: no torch import, a fast start), else runs on torch;
+    ``torch`` or ``onnx`` force one. Without torch, the graph or a one-line error naming the extra."""
+    if runtime not in ("auto", "torch", "onnx"):
+        raise ValueError(f"runtime {runtime!r}: auto, torch or onnx")
+    folder = Path(path) if path is not None else default_localizer_path()
+    graph = runtime == "onnx" or (runtime == "auto" and device is None and (folder / GRAPH).is_file())
+    if graph or not available("torch"):
+        return load_graph_localizer(folder)
+    from synthdet.backbones.base import default_device
+    from synthdet.localization.models import load_localizer
 
-        return load_localizer(path, default_device(device))
-    return load_graph_localizer(path)
+    return load_localizer(folder, default_device(device))
