@@ -13,7 +13,7 @@ Steps: ``none`` (the composite as made), ``jpeg`` (quality 65-95), ``resize`` (0
 (both, as :func:`synthdet.localization.manipulate.social_chain`). Also the mean absolute change of the round trip
 inside the region, and the JPEG error on the same pixels, in grey levels.
 
-    python benchmarks/inpaint_signal.py [--n 40]
+    python benchmarks/inpaint_signal.py [--n 30]
 """
 
 from __future__ import annotations
@@ -54,7 +54,7 @@ def main() -> None:
 
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--dev2", type=Path, default=ROOT.parent / "shared" / "data" / "dev2")
-    ap.add_argument("--n", type=int, default=40)
+    ap.add_argument("--n", type=int, default=30)
     ap.add_argument("--json", type=Path, default=ROOT / "benchmarks" / "results" / "inpaint_signal.json")
     args = ap.parse_args()
     torch.set_num_threads(1)

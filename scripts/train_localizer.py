@@ -1,6 +1,6 @@
 """Reproduce the default Task B localizer shipped in the package (src/synthdet/pretrained/localizer/).
 
-    python scripts/train_localizer.py [--steps 1500] [--out src/synthdet/pretrained/localizer]
+    python scripts/train_localizer.py [--steps 700] [--out src/synthdet/pretrained/localizer]
 
 1. Triples (:func:`synthdet.localization.manipulate.make_manipulations`) built from ``../shared/data/dev``: host
    photos and generated donors of dev only, authentic photos twice as often as each manipulation (the image-level
@@ -67,7 +67,7 @@ def main() -> None:
     ap.add_argument("--n-train", type=int, default=1400)
     ap.add_argument("--n-test", type=int, default=360)
     ap.add_argument("--size", type=int, default=256, help="canvas before the social chain, as make-manipulations")
-    ap.add_argument("--steps", type=int, default=1500)
+    ap.add_argument("--steps", type=int, default=700)
     ap.add_argument("--crop", type=int, default=192)
     ap.add_argument("--batch", type=int, default=8)
     ap.add_argument("--lr", type=float, default=2e-3)
