@@ -245,7 +245,8 @@ def test_scoring_install_names_the_extra_for_training(command: str, tmp_path: Pa
 
 
 def test_scoring_install_serves_without_torch(tmp_path: Path) -> None:
-    """``serve`` on the scoring install (+ ``[serve]``): ready and scoring with the [train] packages absent."""
+    """``serve`` on the scoring install (+ ``[serve]``): ready, scoring and localizing (the shipped localizer's graph)
+    with the [train] packages absent."""
     pytest.importorskip("fastapi")
     import socket
     import time
@@ -276,6 +277,9 @@ def test_scoring_install_serves_without_torch(tmp_path: Path) -> None:
         with urllib.request.urlopen(req, timeout=30) as r:
             answer = json.loads(r.read())
         assert answer["name"] == path.name and 0 <= answer["probability"] <= 1
+        req = urllib.request.Request(f"http://127.0.0.1:{port}/v1/localize", data=path.read_bytes())
+        with urllib.request.urlopen(req, timeout=30) as r:  # the shipped localizer, from its ONNX graph
+            assert r.status == 200 and r.headers["X-Verdict"] in ("likely edited", "no edit found")
     finally:
         proc.terminate()
         proc.wait(timeout=10)

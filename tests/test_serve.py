@@ -248,25 +248,30 @@ def test_a_second_server_on_a_busy_port_fails_before_loading_the_model(url: str)
     assert len(res.stderr.strip().splitlines()) == 1 and time.monotonic() - start < 30
 
 
-def test_localize_returns_the_mask_at_the_image_size_and_the_decision(det: Detector, tmp_path) -> None:
-    """With a (briefly trained) Task B localizer: PNG and float16 .npz maps at the upload's own size, the
-    image-level decision in headers, the localizer's own numbers; bad input keeps its status codes."""
-    pytest.importorskip("segmentation_models_pytorch")
-    pytest.importorskip("albumentations")
-    import pandas as pd
-    from conftest import small_demo_csv
+def test_serve_loads_the_shipped_localizer_by_default(monkeypatch: pytest.MonkeyPatch) -> None:
+    """``synthdet serve`` with no --localizer hands the shipped one to the app (so /v1/localize answers 200, below);
+    --no-localizer serves without one."""
+    import synthdet.serve
+    from synthdet.cli import app
+    from synthdet.localization.graph import GraphLocalizer
+    from synthdet.localization.models import Localizer
 
-    from synthdet.localization.manipulate import make_manipulations
+    given: list = []
+    monkeypatch.setattr(synthdet.serve, "run", lambda det, **kw: given.append(kw["localizer"]))
+    runner = CliRunner()
+    assert runner.invoke(app, ["serve", "--port", "0"]).exit_code == 0
+    assert runner.invoke(app, ["serve", "--port", "0", "--no-localizer"]).exit_code == 0
+    assert runner.invoke(app, ["serve", "--port", "0", "--runtime", "torch"]).exit_code == 0
+    assert isinstance(given[0], GraphLocalizer) and given[1] is None  # auto: the shipped graph, no torch needed
+    assert isinstance(given[2], Localizer)
+
+
+def test_localize_returns_the_mask_at_the_image_size_and_the_decision(det: Detector) -> None:
+    """With the shipped Task B localizer: PNG and float16 .npz maps at the upload's own size, the image-level
+    decision in headers (in words too), the localizer's own numbers; bad input keeps its status codes."""
     from synthdet.localization.models import load_localizer
-    from synthdet.localization.triples import read_triples
-    from synthdet.training.localize import TrainConfig, train_localizer
 
-    demo = pd.read_csv(small_demo_csv(tmp_path, n_per_class=4))
-    make_manipulations(demo, tmp_path / "triples", n=8, size=64, categories=("splice-ai", "authentic"))
-    df = read_triples(tmp_path / "triples")
-    train_localizer(df.iloc[:6], df.iloc[6:], tmp_path / "loc", TrainConfig(model="unet", steps=1, batch=2, crop=64,
-                                                                            eval_every=1, patience=2))
-    loc = load_localizer(tmp_path / "loc")
+    loc = load_localizer()
     photo = synthetic_photo(120, 90, seed=4)
     with live_server(det, localizer=loc) as url:
         png = httpx.post(f"{url}/v1/localize", files={"file": ("a.png", encode_image(photo, "PNG"))})
@@ -282,6 +287,9 @@ def test_localize_returns_the_mask_at_the_image_size_and_the_decision(det: Detec
         score = float(npz.headers["x-image-score"])
         assert score == pytest.approx(loc.score_map(expected), abs=1e-5)
         assert npz.headers["x-manipulated"] == ("true" if score >= loc.card.threshold else "false")
+        assert npz.headers["x-verdict"] == ("likely edited" if score >= loc.card.threshold else "no edit found")
+        assert 0 <= float(npz.headers["x-largest-region"]) <= float(npz.headers["x-coverage"]) <= 1
+        assert httpx.get(f"{url}/v1/detector").json()["localizer"]["image_score"] == "learned"
         assert httpx.post(f"{url}/v1/localize", content=b"").status_code == 400
         assert httpx.post(f"{url}/v1/localize", content=b"not an image at all").status_code == 415
         assert httpx.post(f"{url}/v1/localize?format=tiff", content=b"x").status_code == 400

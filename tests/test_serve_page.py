@@ -1,5 +1,6 @@
 """The web page at ``/`` in a real browser (Playwright driving Debian's chromium): upload a photo, read the verdict
-and the stability block, toggle the heatmap; the screenshot is kept as a test artifact."""
+and the stability block, toggle the heatmap, read the edited-region verdict and overlay its map (the shipped
+localizer) at two opacities; the screenshot is kept as a test artifact."""
 
 from __future__ import annotations
 
@@ -24,7 +25,9 @@ SHARED_DEV = Path(__file__).resolve().parents[2] / "shared" / "data" / "dev"
 
 @pytest.fixture(scope="module")
 def url(default_detector: Detector) -> Iterator[str]:
-    with live_server(default_detector) as u:
+    from synthdet.localization.graph import open_localizer
+
+    with live_server(default_detector, localizer=open_localizer()) as u:  # as `synthdet serve` loads it
         yield u
 
 
@@ -75,6 +78,23 @@ def test_upload_verdict_stability_heatmap(url: str, browser, tmp_path: Path) -> 
     assert shot.stat().st_size > 10_000
     toggle.uncheck()
     assert not page.locator("#overlay").is_visible()
+    sync_api.expect(page.locator("#map-toggle")).to_be_enabled(timeout=60_000)  # the Task B map has arrived
+    loc = page.locator("#loc-verdict")
+    assert loc.get_attribute("data-verdict") in ("likely edited", "no edit found")
+    assert loc.inner_text().startswith(("Likely edited: a region of about", "No edit found: nothing in the map"))
+    assert "of the pixels flagged" in page.locator("#loc-note").inner_text()
+    assert not page.locator("#locmap").is_visible()
+    page.locator("#map-toggle").check()
+    assert page.locator("#locmap").is_visible()
+    drawn = page.evaluate("() => { const c = document.getElementById('locmap'), i = document.getElementById('preview');"
+                          " const d = c.getContext('2d').getImageData(0, 0, c.width, c.height).data; let n = 0;"
+                          " for (let k = 3; k < d.length; k += 4) n += d[k] > 0;"
+                          " return [c.width === i.clientWidth, c.height === i.clientHeight, n, c.style.opacity]; }")
+    assert drawn[0] and drawn[1] and drawn[2] > 0 and drawn[3] == "0.65"  # over the picture, at its size
+    page.locator("#map-opacity").fill("30")
+    assert page.evaluate("() => document.getElementById('locmap').style.opacity") == "0.3"
+    page.locator("#map-toggle").uncheck()
+    assert not page.locator("#locmap").is_visible()
     page.set_input_files("#file", str(write_image(tmp_path / "fake.jpg", None, fmt="PNG")))  # content, not name
     sync_api.expect(page.locator("#evidence")).to_contain_text("PNG", timeout=60_000)
     bad = tmp_path / "notes.jpg"

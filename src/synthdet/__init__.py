@@ -66,14 +66,15 @@ def load(path: str | Path | None = None, *, runtime: str = "auto") -> Any:
     return load_detector(path)  # the network is built on first use: loading stays cheap
 
 
-def localize(localizer: str | Path | Localizer, images: Sequence[str | Path | Image.Image]) -> list[np.ndarray]:
+def localize(localizer: str | Path | Localizer | None, images: Sequence[str | Path | Image.Image]) -> list[np.ndarray]:
     """Per image, in order, the localizer's probability that each pixel was edited (``H×W`` float32 at the image's
-    decoded size); ``localizer`` is a saved localizer folder or a loaded one. A file that cannot be decoded raises
+    decoded size); ``localizer`` is a saved localizer folder, a loaded one, or None for the shipped default (scored from
+    its ONNX graph on onnxruntime). A file that cannot be decoded raises
     :class:`~synthdet.io.pixels.ImageLoadError` naming it."""
     from synthdet.io.pixels import load_image
-    from synthdet.localization.models import Localizer, load_localizer
+    from synthdet.localization.graph import open_localizer
 
-    loc = localizer if isinstance(localizer, Localizer) else load_localizer(localizer)
+    loc = open_localizer(localizer) if localizer is None or isinstance(localizer, str | Path) else localizer
     return [loc.predict_image(im if not isinstance(im, (str, Path)) else load_image(im)) for im in images]
 
 

@@ -45,7 +45,7 @@ def localize_train(
     schedule: Annotated[str, typer.Option(help="cosine (warm-up, then decay to 0 at --steps) or constant.")] = "cosine",
     eval_every: Annotated[int, typer.Option(min=1, help="Validate (and checkpoint) every N steps.")] = 50,
     patience: Annotated[int, typer.Option(min=1, help="Validations without a better pixel F1 before stopping.")] = 4,
-    image_score: Annotated[str, typer.Option(help="Image-level score: coverage or topk.")] = "coverage",
+    image_score: Annotated[str, typer.Option(help="Image-level score: coverage, topk, or learned (a logistic head on map statistics, fitted on the validation hosts).")] = "coverage",
     resume: Annotated[bool, typer.Option(help="Continue from OUT/checkpoint.pt.")] = False,
     root: Root = None,
     device: Device = None,
@@ -75,40 +75,52 @@ def localize_train(
 
 @app.command("predict")
 def localize_predict(
-    detector: Annotated[Path, typer.Argument(help="Localizer folder.")],
-    inputs: Annotated[list[Path], typer.Argument(help="Images or folders.")],
-    out: Annotated[Path, typer.Option("-o", "--out", help="Folder for the maps (PNG, 0-255 probability) or, with "
-                                                          "--team, for the Task B submission.")],
+    inputs: Annotated[list[Path], typer.Argument(metavar="[LOCALIZER] IMAGES", help="Images or folders, after an "
+                                                 "optional localizer folder (default: the shipped one).")],
+    out: Annotated[Path | None, typer.Option("-o", "--out", help="Folder for the maps (PNG, 0-255 probability) or, "
+                                                                 "with --team, for the Task B submission.")] = None,
+    localizer: Annotated[Path | None, typer.Option("-l", "--localizer", help="Localizer folder (default: the "
+                                                                              "shipped one).")] = None,
     team: Annotated[str | None, typer.Option(help="Write TEAM_localization_masks.zip + scores.csv instead, and the "
                                                   "run description TEAM_localization_masks.run.txt.")] = None,
     run: Annotated[str, typer.Option(help="With --team, for the run description: constrained (TGIF only, as the "
                                           "organisers require for Task B) or open.")] = "constrained",
     device: Device = None,
+    json_out: Json = False,
 ) -> None:
-    """Probability maps at each image's own size, or a checked MediaEval Task B submission (--team)."""
+    """Per image, the image-level decision in words (was anything edited, and how much is flagged); with -o also
+    the probability maps at each image's own size, or a checked MediaEval Task B submission (--team)."""
     import numpy as np
     from PIL import Image
+    from rich.markup import escape
 
-    from synthdet.backbones.base import default_device
     from synthdet.data.inputs import iter_inputs
-    from synthdet.io.atomic import atomic_path
-    from synthdet.localization.models import load_localizer
+    from synthdet.io.atomic import atomic_path, printable
+    from synthdet.localization.graph import open_localizer
     from synthdet.reporting.runcard import RUN_RULES, describe_run, write_run_description
     from synthdet.reporting.submission_check import check_task_b
     from synthdet.reporting.submit import spooled_maps, write_task_b
 
+    if localizer is None and inputs and (inputs[0] / "card.json").is_file():
+        localizer, inputs = inputs[0], inputs[1:]
     if run not in RUN_RULES:
         raise fail(f"--run must be one of {', '.join(RUN_RULES)}, not {run!r}")
-    loc = load_localizer(detector, default_device(device))
+    if team and out is None:
+        raise fail("--team writes a submission folder: give -o FOLDER")
+    missing = [p for p in inputs if not p.exists()]
+    if missing:
+        raise fail(f"{missing[0]}: no such file or folder")
     paths = list(iter_inputs(inputs))
     if not paths:
         raise fail("no images given")
-    if team:
+    loc = open_localizer(localizer, device)  # torch when installed, else the folder's ONNX graph
+    name = str(localizer or "the shipped localizer")
+    if team and out is not None:
         with spooled_maps(loc.predict_masks(paths), loc.score_map) as (masks, scores):
             zip_path, csv_path = write_task_b(masks, scores, loc.threshold, loc.card.loc_threshold, out, team,
                                               prior=loc.card.prior)
         folders = {p.parent for p in paths}
-        text = describe_run(zip_path, team=team, task="B", run=run, detector=str(detector), card=loc.card,
+        text = describe_run(zip_path, team=team, task="B", run=run, detector=name, card=loc.card,
                             n_rows=len(paths), test_dir=next(iter(folders)) if len(folders) == 1 else None,
                             threshold=loc.threshold, loc_threshold=loc.card.loc_threshold)
         say(f"run description → {write_run_description(zip_path, text)}")
@@ -120,24 +132,33 @@ def localize_predict(
                 raise fail("the submission does not pass the checker", 1)
         say(f"{len(paths)} masks → {zip_path}, scores → {csv_path}")
         return
-    out.mkdir(parents=True, exist_ok=True)
-    n = 0
+    if out is not None:
+        out.mkdir(parents=True, exist_ok=True)
+    results = []
     for path, prob, reason in loc.predict_masks(paths):
         if prob is None:
             skipped(path, reason)
             continue
-        with atomic_path(out / f"{Path(path).stem}.png") as tmp:
-            Image.fromarray((np.clip(prob, 0, 1) * 255).round().astype(np.uint8)).save(tmp, format="PNG")
-        n += 1
-    if not n:
+        summary = {"path": str(path), **loc.summary(prob)}
+        if out is not None:
+            with atomic_path(out / f"{Path(path).stem}.png") as tmp:
+                Image.fromarray((np.clip(prob, 0, 1) * 255).round().astype(np.uint8)).save(tmp, format="PNG")
+            summary["map"] = str(out / f"{Path(path).stem}.png")
+        results.append(summary)
+        if not json_out:
+            say(f"[bold]{escape(printable(Path(path).name))}[/]: [bold]{summary['verdict']}[/]  ({escape(summary['words'])})")
+    if json_out:
+        print_json({"localizer": name, "rows": f"{len(results)} images given", "results": results})
+    if not results:
         raise fail("no image could be read", 1)
-    say(f"{n} maps → {out}")
+    if out is not None and not json_out:
+        say(f"{len(results)} maps → {out} (localizer: {name})")
 
 
 @app.command("evaluate")
 def localize_evaluate(
-    detector: Annotated[Path, typer.Argument(help="Localizer folder.")],
-    source: Annotated[Path, typer.Argument(help=TASK_B_SET)],
+    args: Annotated[list[Path], typer.Argument(metavar="[LOCALIZER] SOURCE", help="An optional localizer folder "
+                                               "(default: the shipped one), then the " + TASK_B_SET)],
     overlays: Annotated[Path | None, typer.Option(help="Also write a PNG: best and worst image per category (found "
                                                          "yellow, missed green, false alarm red), then the map.")] = None,
     report: Annotated[Path | None, typer.Option(help="Also write a self-contained HTML report: the tables and "
@@ -152,6 +173,9 @@ def localize_evaluate(
     from synthdet.localization.evaluate import LocEvaluation
     from synthdet.localization.models import load_localizer
 
+    if len(args) not in (1, 2):
+        raise fail(f"give [LOCALIZER] SOURCE, not {len(args)} paths")
+    detector, source = (args[0], args[1]) if len(args) == 2 else (None, args[0])
     df = _read(source, root)
     loc = load_localizer(detector, default_device(device))
     ev = LocEvaluation(loc, df)
@@ -161,7 +185,7 @@ def localize_evaluate(
     if report is not None:
         from synthdet.reporting.html import render_localization_report
 
-        render_localization_report(res, ev.examples(), report, about=f"localizer {detector} ({loc.card.model}) · "
+        render_localization_report(res, ev.examples(), report, about=f"localizer {detector or 'shipped'} ({loc.card.model}) · "
                                    f"data {source}")
     if json_out:
         print_json({**res, **({"report": str(report)} if report else {})})
@@ -189,6 +213,7 @@ def localize_evaluate(
             say(line)
     im = res["image"]
     say(f"  image ({im['method']}, n={im['n']}): ROC AUC {im['roc_auc']:.3f}  balanced acc "
-        f"{im['balanced_accuracy']:.3f}  F1 {im['f1']:.3f} at {im['threshold']:.3f}")
+        f"{im['balanced_accuracy']:.3f}  F1 {im['f1']:.3f} at {im['threshold']:.3f}  (coverage alone: ROC AUC "
+        f"{im['coverage_roc_auc']:.3f})")
     if report is not None:
         say(f"report → {report}")

@@ -35,6 +35,10 @@ def predict(
     assess: Annotated[bool, typer.Option("--assess", help="A verdict in words per image: stability checks (JPEG 75, "
                                          "0.5x resize, crop), uncertainty band, evidence (EXIF, JPEG quality, C2PA).")] = False,
     heatmap: Annotated[bool, typer.Option("--heatmap", help="With --assess: 3x3 patch scores too.")] = False,
+    localize: Annotated[bool, typer.Option("--localize", help="With --assess: was a region edited, and how much "
+                                           "(Task B map: the shipped localizer, or --localizer).")] = False,
+    localizer: Annotated[Path | None, typer.Option("--localizer", help="With --assess --localize: a localizer "
+                                                   "folder (default: the shipped one).")] = None,
     as_json: Json = False,
     resume: Annotated[bool, typer.Option("--resume", help="Keep what an earlier (killed) run of -o wrote; score the "
                                          "rest (see synthdet.engines.stream).")] = False,
@@ -60,6 +64,8 @@ def predict(
         raise fail("no images given")
     if heatmap and not assess:
         raise fail("--heatmap adds patch scores to --assess: give both")
+    if (localize or localizer is not None) and not assess:
+        raise fail("--localize adds the edited region to --assess: give both")
     if out is not None and not out.parent.is_dir():
         raise fail(f"-o {out}: folder {out.parent} does not exist")
     if engine not in ("local", "ray"):
@@ -72,7 +78,12 @@ def predict(
               else scoring_engine(runtime, detector))
     det: Any = runner.load(detector)
     if assess:
-        _assess(det, list(iter_inputs(paths)), heatmap=heatmap, as_json=as_json, max_pixels=max_pixels)
+        loc = None
+        if localize or localizer is not None:
+            from synthdet.localization.graph import open_localizer
+
+            loc = open_localizer(localizer, runtime=runtime)
+        _assess(det, list(iter_inputs(paths)), heatmap=heatmap, as_json=as_json, max_pixels=max_pixels, loc=loc)
         return
     if out is not None and (resume or out.suffix.lower() == ".parquet" or engine == "ray"):
         _stream(det, paths, out, resume=resume, rows_per_part=rows_per_part, batch_size=batch_size, num_workers=workers, max_pixels=max_pixels,
@@ -111,15 +122,16 @@ def predict(
          f"{f' → {printable(out)}.skipped.csv' if out and skips else ''}")
 
 
-def _assess(det: Any, paths: list[Path], *, heatmap: bool, as_json: bool, max_pixels: int) -> None:
-    """Print one assessment per image (``--json``: a list of them); exit 1 when none could be assessed."""
+def _assess(det: Any, paths: list[Path], *, heatmap: bool, as_json: bool, max_pixels: int, loc: Any = None) -> None:
+    """Print one assessment per image (``--json``: a list of them), with ``loc`` (a localizer) the edited region's
+    summary too; exit 1 when none could be assessed."""
     from rich.markup import escape
 
     from synthdet.detectors.assess import assess_images
     from synthdet.io.atomic import printable
-    from synthdet.io.pixels import ImageLoadError
+    from synthdet.io.pixels import ImageLoadError, load_image
 
-    results = []
+    results, located = [], []
     chunks = (paths[i:i + 16] for i in range(0, len(paths), 16))  # one batched scoring pass per 16 images
     for path, a in ((p, r) for chunk in chunks
                     for p, r in zip(chunk, assess_images(det, chunk, heatmap=heatmap, max_pixels=max_pixels))):
@@ -127,6 +139,8 @@ def _assess(det: Any, paths: list[Path], *, heatmap: bool, as_json: bool, max_pi
             skipped(path, a.reason + (f": {a.detail}" if a.detail else ""))
             continue
         results.append(a)
+        where = loc.summary(loc.predict_image(load_image(path, max_pixels=max_pixels))) if loc is not None else None
+        located.append(where)
         if as_json:
             continue
         out = console()
@@ -147,8 +161,11 @@ def _assess(det: Any, paths: list[Path], *, heatmap: bool, as_json: bool, max_pi
         if a.heatmap is not None:
             out.print("  heatmap (3x3 tiles, p_fake): " + " / ".join(" ".join(f"{x:.2f}" for x in row)
                                                                       for row in a.heatmap.scores))
+        if where is not None:
+            out.print(f"  edited region (Task B localizer): [bold]{where['verdict']}[/]  ({escape(where['words'])})")
     if as_json:
-        print_json([a.model_dump(mode="json") for a in results])
+        print_json([{**a.model_dump(mode="json"), **({"localization": w} if w is not None else {})}
+                    for a, w in zip(results, located)])
     if not results:
         raise fail(f"no image could be assessed ({len(paths)} skipped)", code=1)
 

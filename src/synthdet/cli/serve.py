@@ -13,7 +13,8 @@ from synthdet.cli._io import fail, note
 def serve(
     detector: Annotated[Path | None, typer.Argument(help="Detector folder (default: the shipped one).")] = None,
     localizer: Annotated[Path | None, typer.Option(help="Task B localizer folder (`synthdet localize train`) for "
-                                                        "/v1/localize.")] = None,
+                                                        "/v1/localize and the page's map (default: the shipped one).")] = None,
+    no_localizer: Annotated[bool, typer.Option("--no-localizer", help="Serve without /v1/localize (501).")] = False,
     host: Annotated[str, typer.Option(help="Address to bind; anything but loopback needs an API key.")] = "127.0.0.1",
     port: Annotated[int, typer.Option(min=0, max=65535)] = 8000,
     api_key: Annotated[str | None, typer.Option(envvar="SYNTHDET_API_KEY",
@@ -37,8 +38,8 @@ def serve(
                                                               "(closed beyond).")] = 10.0,
     max_connections_per_client: Annotated[int, typer.Option(min=1, help="Open connections from one address; more "
                                                                         "are closed at once.")] = 32,
-    runtime: Annotated[str, typer.Option(help="auto (onnxruntime from the detector's ONNX graph when it has one, "
-                                         "else torch), torch or onnx.")] = "auto",
+    runtime: Annotated[str, typer.Option(help="auto (onnxruntime from the detector's and the localizer's ONNX graphs "
+                                         "when they have one, else torch), torch or onnx.")] = "auto",
     log_level: Annotated[str, typer.Option(help="uvicorn log level.")] = "info",
 ) -> None:
     """Serve a REST API (/v1/score, /v1/score/batch, /v1/detector, /healthz, /metrics, /docs) and a web page (/)."""
@@ -55,12 +56,15 @@ def serve(
     if port and (busy := port_in_use(host, port)):  # before the model loads: a second server fails at once
         raise fail(f"{host}:{port} is in use ({busy}): stop the other server or pass --port")
     det = scoring_engine(runtime, detector).load(detector)
+    if no_localizer and localizer is not None:
+        raise fail("--localizer and --no-localizer: give one")
     loc = None
-    if localizer is not None:
-        from synthdet.localization.models import load_localizer
+    if not no_localizer:
+        from synthdet.localization.graph import open_localizer
 
-        loc = load_localizer(localizer)
-    note(f"synthdet serve: http://{host}:{port}/  (API docs: /docs; detector {detector or 'shipped default'})")
+        loc = open_localizer(localizer, runtime=runtime)  # the folder's ONNX graph when it has one (auto)
+    note(f"synthdet serve: http://{host}:{port}/  (API docs: /docs; detector {detector or 'shipped default'}; localizer "
+         f"{'none' if loc is None else localizer or 'shipped default'})")
     run(det, host=host, port=port, settings=settings, log_level=log_level, localizer=loc)
 
 

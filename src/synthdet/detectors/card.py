@@ -205,4 +205,4 @@ DETECTOR_KINDS.add("probe", "synthdet.detectors.detector:load_probe", files=("he
 DETECTOR_KINDS.add("finetuned", "synthdet.training.finetune:load_finetuned", files=("head.safetensors", "backbone.safetensors"))
 DETECTOR_KINDS.add("ensemble", "synthdet.detectors.ensemble:load_ensemble", files=())
 DETECTOR_KINDS.add("localizer", "synthdet.localization.models:load_localizer", files=("model.safetensors",),
-                   card="synthdet.localization.models:LocalizerCard")
+                   card="synthdet.localization.card:LocalizerCard")

@@ -46,7 +46,8 @@ class LocEvaluation:
             "rows": rows_status(loc, df),
             **localization_metrics(self.maps, self.truths, self.categories, loc_threshold=self.loc_threshold,
                                    image_threshold=loc.threshold, method=loc.card.image_score,
-                                   sources=source_groups(df), types=type_groups(df)),
+                                   sources=source_groups(df), types=type_groups(df),
+                                   head=loc.card.params.get("decision")),
         }
 
     def scores(self) -> np.ndarray:

@@ -2,7 +2,9 @@
 
 Each triple is ``(image, mask, category)`` on a square canvas of a real photo:
 
-- ``splice-ai``: a region of a generated image pasted in (feathered edges, colour-matched);
+- ``splice-ai``: a region of a generated image pasted in, colour-matched, blended one of three ways (a hard edge
+  feathered by a pixel or two, a soft edge feathered inside the region, or Poisson blending: OpenCV's
+  ``seamlessClone``, whose gradients leave no colour seam);
 - ``inpaint-sp``: a region replaced by the same region round-tripped through the TAEF2 latent autoencoder (the
   decoder's trace without a content seam);
 - ``regen-fr``: the whole image through TAEF2, the masked region's latent replaced by another image's latent before
@@ -10,7 +12,8 @@ Each triple is ``(image, mask, category)`` on a square canvas of a real photo:
 - ``splice-real``: a region of another real photo pasted in; ``copy-move``: a region of the same photo moved;
 - ``authentic``: the photo untouched (empty mask, label 0), so image-level decisions have negatives.
 
-Shapes are smooth star-shaped blobs (object-like) or thresholded smooth noise. Every triple then goes through one
+Shapes are smooth star-shaped blobs (object-like) or thresholded smooth noise, of many sizes (1 % to 35 % of the
+canvas, log-uniform: small objects are common in real edits). Every triple then goes through one
 social-media chain: a resize (image with a random filter, mask with nearest) and JPEG for the image only. The
 autoencoder categories carry *one* tiny decoder's trace: report them per category, never as a given generator's.
 """
@@ -31,6 +34,10 @@ from synthdet.io.atomic import atomic_path, write_bytes
 from synthdet.io.pixels import ImageLoadError, centre_window, load_image
 
 CATEGORIES = ("splice-ai", "inpaint-sp", "regen-fr", "splice-real", "copy-move", "authentic")
+#: How a splice's region meets the photo: a hard edge feathered a pixel or two, a soft edge inside the region, Poisson.
+BLENDS = ("hard", "soft", "poisson")
+#: Shares of the canvas a region covers (log-uniform between them).
+COVERAGE = (0.01, 0.35)
 _FILTERS = (Image.Resampling.BILINEAR, Image.Resampling.BICUBIC, Image.Resampling.LANCZOS)
 
 
@@ -44,8 +51,8 @@ def random_shape(
     size: int, rng: np.random.Generator, coverage: tuple[float, float] = (0.05, 0.35), *, blob: bool | None = None
 ) -> np.ndarray:
     """A boolean (size, size) mask: a smooth star-shaped blob or (``blob`` False; None draws) thresholded smooth
-    noise, covering a share of the canvas drawn from ``coverage``."""
-    target = rng.uniform(*coverage)
+    noise, covering a share of the canvas drawn log-uniformly from ``coverage`` (small regions as often as large)."""
+    target = float(np.exp(rng.uniform(np.log(coverage[0]), np.log(coverage[1]))))
     yy, xx = np.mgrid[0:size, 0:size].astype(np.float32) / size
     if blob if blob is not None else rng.random() < 0.6:  # object-like blob: a radius with a few random harmonics
         radius = np.sqrt(target / np.pi)
@@ -71,6 +78,37 @@ def _alpha(mask: np.ndarray, rng: np.random.Generator) -> np.ndarray:
     return np.asarray(soft, dtype=np.float32)[..., None] / 255.0
 
 
+def _inner_alpha(mask: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+    """A soft edge that stays inside the region: alpha rises from 0 at the border over 2 to 8 pixels."""
+    from scipy.ndimage import distance_transform_edt
+
+    width = float(rng.uniform(2.0, 8.0))
+    return np.clip(distance_transform_edt(mask) / width, 0.0, 1.0).astype(np.float32)[..., None]
+
+
+def _poisson(base: np.ndarray, patch: np.ndarray, mask: np.ndarray) -> np.ndarray | None:
+    """``patch`` Poisson-blended into ``base`` inside ``mask`` (OpenCV ``seamlessClone``, normal clone), in place;
+    None for a region too close to the border for OpenCV's solver (the caller then feathers instead)."""
+    from synthdet.extras import require
+
+    cv2 = require("cv2", "Poisson-blended splices")
+    inner = mask.copy()
+    inner[:2], inner[-2:], inner[:, :2], inner[:, -2:] = False, False, False, False
+    if inner.sum() < 16:
+        return None
+    ys, xs = np.nonzero(inner)
+    # seamlessClone centres the mask's bounding box on ``center``: the box's own centre keeps the region in place
+    x0, x1, y0, y1 = int(xs.min()), int(xs.max()), int(ys.min()), int(ys.max())
+    center = ((x0 + x1 + 1) // 2, (y0 + y1 + 1) // 2)
+    src = np.clip(patch.round(), 0, 255).astype(np.uint8)
+    dst = np.clip(base.round(), 0, 255).astype(np.uint8)
+    try:
+        out = cv2.seamlessClone(src, dst, inner.astype(np.uint8) * 255, center, cv2.NORMAL_CLONE)
+    except cv2.error:
+        return None
+    return np.where(mask[..., None], out.astype(np.float32), base)
+
+
 def _colour_match(patch: np.ndarray, ref: np.ndarray, where: np.ndarray, strength: float) -> np.ndarray:
     """Move ``patch``'s per-channel mean/std inside ``where`` towards ``ref``'s, by ``strength`` in [0, 1]."""
     p, r = patch[where], ref[where]
@@ -84,7 +122,8 @@ def _composite(base: np.ndarray, patch: np.ndarray, alpha: np.ndarray) -> np.nda
 
 
 def manipulate(
-    category: str, real: Image.Image, donor: Image.Image | None, rng: np.random.Generator
+    category: str, real: Image.Image, donor: Image.Image | None, rng: np.random.Generator, *,
+    coverage: tuple[float, float] = COVERAGE, blends: tuple[str, ...] = BLENDS,
 ) -> tuple[Image.Image, np.ndarray]:
     """One manipulation of the square canvas ``real`` → ``(image, boolean mask)``; ``donor`` (same size) is the
     generated image (``splice-ai``), the other photo (``splice-real``) or the latent donor (``regen-fr``)."""
@@ -92,7 +131,8 @@ def manipulate(
     base = np.asarray(real, dtype=np.float32)
     if category == "authentic":
         return real, np.zeros((size, size), bool)
-    mask = random_shape(size, rng, (0.03, 0.15), blob=True) if category == "copy-move" else random_shape(size, rng)
+    mask = (random_shape(size, rng, (0.02, 0.15), blob=True) if category == "copy-move"
+            else random_shape(size, rng, coverage))
     if category == "regen-fr":
         from synthdet.localization import autoencoder as taef2
 
@@ -116,6 +156,13 @@ def manipulate(
         if donor is None:
             raise ValueError(f"{category} needs a donor image")
         patch = _colour_match(np.asarray(donor, dtype=np.float32), base, mask, float(rng.uniform(0.3, 1.0)))
+        blend = blends[int(rng.integers(len(blends)))]
+        blended = _poisson(base, patch, mask) if blend == "poisson" else None
+        if blended is not None:
+            return Image.fromarray(np.clip(blended.round(), 0, 255).astype(np.uint8)), mask
+        if blend != "hard":
+            return Image.fromarray(np.clip(_composite(base, patch, _inner_alpha(mask, rng)).round(), 0, 255)
+                                   .astype(np.uint8)), mask
     elif category == "copy-move":
         ys, xs = np.nonzero(mask)
         (ylo, yhi), (xlo, xhi) = (-ys.min(), size - 1 - ys.max()), (-xs.min(), size - 1 - xs.max())
@@ -183,15 +230,20 @@ def make_manipulations(
     categories: tuple[str, ...] = CATEGORIES,
     seed: int = 0,
     progress: bool = False,
+    coverage: tuple[float, float] = COVERAGE,
+    blends: tuple[str, ...] = BLENDS,
     on_skip: Callable[[str, str], None] | None = None,
 ) -> pd.DataFrame:
     """Write ``n`` triples into ``out`` (``images/``, ``masks/``, ``manifest.csv``) and return the manifest
     (``path``, ``mask`` relative to ``out``; ``label`` 1 = manipulated; ``category``; ``source`` of the photo,
     ``donor`` of the pasted content; ``source_group``, the photo's collection: :func:`source_group`). ``df`` needs ``path`` and ``label`` (0 real, 1 generated); categories cycle in
     order, images and donors are drawn with ``seed``. ``size`` (a multiple of 8) is the working canvas before the
-    social-media chain shrinks it."""
+    social-media chain shrinks it; ``coverage`` bounds the regions' shares of it (copy-move keeps its own, smaller
+    range) and ``blends`` (of :data:`BLENDS`) are drawn from for each splice."""
     if size % 8:
         raise ValueError(f"size must be a multiple of 8, got {size}")
+    if not blends or set(blends) - set(BLENDS):
+        raise ValueError(f"blends must be among {', '.join(BLENDS)}, got {blends}")
     unknown = set(categories) - set(CATEGORIES)
     if unknown:
         raise ValueError(f"unknown categories: {', '.join(sorted(unknown))}")
@@ -228,7 +280,7 @@ def make_manipulations(
             donor_row = reals.iloc[(reals.index[reals["path"] == real["path"]][0] + 1) % len(reals)]
         try:
             donor = canvas(donor_row["path"]) if cat not in ("inpaint-sp", "copy-move", "authentic") else None
-            img, mask = manipulate(cat, canvas(real["path"]), donor, rng)
+            img, mask = manipulate(cat, canvas(real["path"]), donor, rng, coverage=coverage, blends=blends)
         except ImageLoadError as e:
             if on_skip:
                 on_skip(str(e.path), e.reason)

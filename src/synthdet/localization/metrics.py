@@ -11,12 +11,12 @@ F1 (the better of the map and its complement) is reported beside the plain one, 
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Literal
 
 import numpy as np
 from sklearn.metrics import balanced_accuracy_score, f1_score, roc_auc_score, roc_curve
 
-ImageScore = Literal["coverage", "topk"]
+from synthdet.localization.card import ImageScore
+
 #: How pixel figures are computed, printed beside them: the convention of TGIF's ``code/localization_metrics.py``.
 PIXEL_CONVENTION = ("a pixel is flagged when prob > threshold (TGIF localization_metrics.py); F1/IoU per image, then "
                     "averaged; 'all images' also counts each authentic image: 1 when nothing is flagged, 0 otherwise")
@@ -47,9 +47,16 @@ def permutation_invariant_f1(prob: np.ndarray, true: np.ndarray, threshold: floa
 
 
 def image_score(prob: np.ndarray, method: ImageScore = "coverage", *, loc_threshold: float = 0.5,
-                top: float = 0.01) -> float:
-    """Image-level score in [0, 1] from a map: the share of pixels flagged at ``loc_threshold`` (``coverage``), or
-    the mean of the top ``top`` share of pixels (``topk``)."""
+                top: float = 0.01, head: dict | None = None) -> float:
+    """Image-level score in [0, 1] from a map: the share of pixels flagged at ``loc_threshold`` (``coverage``), the
+    mean of the top ``top`` share of pixels (``topk``), or a logistic head on map statistics (``learned``: ``head``
+    from :func:`synthdet.localization.decision.fit_decision`)."""
+    if method == "learned":
+        from synthdet.localization.decision import decision_score
+
+        if head is None:
+            raise ValueError("the learned image-level score needs its head (the card's params['decision'])")
+        return decision_score(prob, head)
     flat = np.asarray(prob, dtype=np.float32).ravel()
     if method == "coverage":
         return float(np.mean(flagged(flat, loc_threshold)))
@@ -125,13 +132,16 @@ def localization_metrics(
     method: ImageScore = "coverage",
     sources: Sequence[str] | None = None,
     types: Sequence[str] | None = None,
+    head: dict | None = None,
 ) -> dict:
     """Pixel F1/IoU at 0.5 and at ``loc_threshold`` overall, per category (the method), with ``sources`` (the host
     photo's collection per image; ``""`` is reported as ``unknown``) per source, with ``types`` (sp/fr) per type, and
-    the image-level decision; every block says on how many images it was computed, ``convention`` how."""
+    the image-level decision (``head`` for the ``learned`` method; coverage beside it whatever the method); every
+    block says on how many images it was computed, ``convention`` how."""
     cats = np.asarray(categories, dtype=object)
     labels = np.array([int(np.any(t)) for t in trues])
-    scores = np.array([image_score(p, method, loc_threshold=loc_threshold) for p in probs])
+    scores = np.array([image_score(p, method, loc_threshold=loc_threshold, head=head) for p in probs])
+    coverage = np.array([image_score(p, "coverage", loc_threshold=loc_threshold) for p in probs])
 
     def block(idx: np.ndarray) -> dict:
         ps, ts = [probs[i] for i in idx], [trues[i] for i in idx]
@@ -145,4 +155,7 @@ def localization_metrics(
         out["per_source"] = per(np.asarray([str(s) for s in sources], dtype=object))
     if types is not None:
         out["per_type"] = per(np.asarray([str(t) for t in types], dtype=object))
-    return {**out, "convention": PIXEL_CONVENTION, "image": {"method": method, **image_metrics(labels, scores, image_threshold)}}
+    both = len(np.unique(labels)) == 2
+    return {**out, "convention": PIXEL_CONVENTION, "image": {
+        "method": method, **image_metrics(labels, scores, image_threshold),
+        "coverage_roc_auc": float(roc_auc_score(labels, coverage)) if both else float("nan")}}

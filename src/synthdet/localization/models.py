@@ -14,8 +14,9 @@ mean) and ``loc_threshold`` on pixels.
 from __future__ import annotations
 
 from collections.abc import Iterable, Iterator
+from contextlib import nullcontext
 from pathlib import Path
-from typing import Any, Literal, cast
+from typing import Any, cast
 
 import numpy as np
 import torch
@@ -23,27 +24,14 @@ import torch.nn.functional as F
 from PIL import Image
 from torch import nn
 
-from synthdet.detectors.card import CardBase, NotADetectorError, check_files, read_card, save_card
+from synthdet.detectors.card import NotADetectorError, check_files, read_card, save_card
 from synthdet.io.atomic import atomic_path
-from synthdet.io.pixels import ImageLoadError, load_image
-from synthdet.localization.metrics import ImageScore, image_score
+from synthdet.localization.card import ARCH, STRIDE, LocalizerCard, LocModel
+from synthdet.localization.decision import default_localizer_path, maps_for, summarise
+from synthdet.localization.metrics import image_score
 
-LocModel = Literal["unet", "patch"]
-ARCH = "tf_efficientnet_lite0"
-#: Input sides must be multiples of the encoder's output stride.
-STRIDE = 32
-
-
-class LocalizerCard(CardBase):
-    """A localizer: ``threshold`` is on the image-level score, ``loc_threshold`` on the pixel probabilities."""
-
-    kind: Literal["localizer"] = "localizer"
-    model: LocModel
-    encoder: str = ARCH
-    loc_threshold: float = 0.5
-    image_score: ImageScore = "coverage"
-    max_side: int = 1024  # larger images are predicted downscaled, the map resized back
-    params: dict[str, Any] = {}
+#: Encoder blocks the patch head keeps (its deepest feature, stride 16, is block 4's output).
+PATCH_BLOCKS = 5
 
 
 def _lite0_state() -> dict[str, torch.Tensor]:
@@ -75,6 +63,8 @@ class PatchHead(nn.Module):
         import timm
 
         self.encoder = timm.create_model(ARCH, pretrained=False, features_only=True, out_indices=(1, 2, 3))
+        enc = cast(Any, self.encoder)  # timm attributes, untyped
+        enc.blocks = enc.blocks[:PATCH_BLOCKS]  # the stride-32 blocks feed no output: 2.3 M weights not shipped
         if pretrained:
             _load_encoder(self.encoder)
         self.encoder.requires_grad_(False)
@@ -90,7 +80,8 @@ class PatchHead(nn.Module):
         return self
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        with torch.no_grad():
+        tuned = next(self.encoder.parameters()).requires_grad  # training may tune the encoder (encoder_lr)
+        with nullcontext() if tuned else torch.no_grad():
             feats = self.encoder(x)
         size = feats[1].shape[-2:]
         fused = torch.cat([F.interpolate(f, size=size, mode="bilinear", align_corners=False) for f in feats], 1)
@@ -153,17 +144,16 @@ class Localizer:
         return predict_map(self.net, img, max_side=self.card.max_side, device=self.device)
 
     def score_map(self, prob: np.ndarray) -> float:
-        return image_score(prob, self.card.image_score, loc_threshold=self.card.loc_threshold)
+        return image_score(prob, self.card.image_score, loc_threshold=self.card.loc_threshold,
+                           head=self.card.params.get("decision"))
+
+    def summary(self, prob: np.ndarray) -> dict[str, Any]:
+        """The image-level decision on a map, in words and figures (:func:`~synthdet.localization.decision.summarise`)."""
+        return summarise(prob, self.score_map(prob), self.threshold, self.card.loc_threshold)
 
     def predict_masks(self, paths: Iterable[str | Path]) -> Iterator[tuple[str, np.ndarray | None, str]]:
         """``(path, map or None, reason)`` per file; an unreadable file gets its load-error reason."""
-        for p in paths:
-            try:
-                img = load_image(p)
-            except ImageLoadError as e:
-                yield str(p), None, e.reason
-                continue
-            yield str(p), self.predict_image(img), ""
+        return maps_for(self.predict_image, paths)
 
     def predict_paths(self, paths: Iterable[str | Path]) -> Iterator[tuple[str, float | None, str]]:
         """Image-level ``(path, score, reason)``, like :meth:`synthdet.detectors.detector.Detector.predict_paths`."""
@@ -181,16 +171,20 @@ class Localizer:
         return path
 
 
-def load_localizer(path: str | Path, device: str | torch.device = "cpu") -> Localizer:
-    """The localizer saved in ``path`` (the loader :data:`~synthdet.detectors.detector.DETECTOR_KINDS` registers for
-    ``kind: "localizer"``)."""
+def load_localizer(path: str | Path | None = None, device: str | torch.device = "cpu") -> Localizer:
+    """The localizer saved in ``path`` (None: the one shipped in the package; the loader
+    :data:`~synthdet.detectors.detector.DETECTOR_KINDS` registers for ``kind: "localizer"``)."""
     from safetensors.torch import load_file
 
-    path = Path(path)
+    path = Path(path) if path is not None else default_localizer_path()
     card = read_card(path)
     if not isinstance(card, LocalizerCard):
         raise NotADetectorError(f"{path / 'card.json'}: a {card.kind} card, not a localizer")
     check_files(path, card)
     net = build_model(card.model, pretrained=False)
-    net.load_state_dict(load_file(str(path / "model.safetensors")), strict=True)
+    state = load_file(str(path / "model.safetensors"))
+    if card.model == "patch":  # saved before the patch head dropped the unused stride-32 blocks
+        unused = tuple(f"encoder.blocks.{i}." for i in range(PATCH_BLOCKS, 7))
+        state = {k: v for k, v in state.items() if not k.startswith(unused)}
+    net.load_state_dict(state, strict=True)
     return Localizer(card, net, device)

@@ -168,28 +168,28 @@ _BATCH_BODY = {"requestBody": {"required": True, "content": {"multipart/form-dat
 
 def localize_bytes(localizer: Any, data: bytes, *, max_pixels: int, fmt: str) -> tuple[bytes, dict[str, str]]:
     """A Task B answer for one upload: the per-pixel probability map at the image's own size, as an 8-bit PNG
-    (probability × 255) or a float16 ``.npz`` (key ``mask``), and the image-level decision in headers."""
+    (probability × 255) or a float16 ``.npz`` (key ``mask``), and the image-level decision in headers (score,
+    thresholds, ``X-Verdict`` in words, the share of pixels flagged and of the largest flagged region)."""
     import io
 
     import numpy as np
-    import torch
     from PIL import Image
 
     from synthdet.io.pixels import load_image
 
     img = load_image(data, max_pixels=max_pixels)
-    with torch.inference_mode():
-        prob = localizer.predict_image(img)
-    score = float(localizer.score_map(prob))
+    prob = localizer.predict_image(img)  # torch or onnxruntime: each runs without gradients
+    summary = localizer.summary(prob)
     buf = io.BytesIO()
     if fmt == "npz":
         np.savez_compressed(buf, mask=prob.astype(np.float16))
     else:
         Image.fromarray(np.clip(prob * 255.0 + 0.5, 0, 255).astype(np.uint8), "L").save(buf, format="PNG")
-    card = localizer.card
-    return buf.getvalue(), {"X-Image-Score": f"{score:.6f}", "X-Threshold": f"{card.threshold:.6f}",
-                            "X-Loc-Threshold": f"{card.loc_threshold:.6f}",
-                            "X-Manipulated": "true" if score >= card.threshold else "false"}
+    return buf.getvalue(), {"X-Image-Score": f"{summary['score']:.6f}", "X-Threshold": f"{summary['threshold']:.6f}",
+                            "X-Loc-Threshold": f"{summary['loc_threshold']:.6f}",
+                            "X-Manipulated": "true" if summary["manipulated"] else "false",
+                            "X-Verdict": summary["verdict"], "X-Coverage": f"{summary['coverage']:.6f}",
+                            "X-Largest-Region": f"{summary['largest_region']:.6f}"}
 
 
 def create_app(detector: Any, *, settings: Settings | None = None, localizer: Any = None) -> FastAPI:
@@ -451,8 +451,11 @@ def create_app(detector: Any, *, settings: Settings | None = None, localizer: An
     @app.get("/v1/detector", summary="The detector's card: threshold, band, metrics and the rows behind them")
     async def detector_card() -> JSONResponse:
         (low, high), source = band_of(det)
+        loc = None if localizer is None else {"model": localizer.card.model, "threshold": localizer.threshold,
+                                              "loc_threshold": localizer.card.loc_threshold,
+                                              "image_score": localizer.card.image_score}
         return JSONResponse({"id": det_id, "threshold": det.threshold, "band": [low, high], "band_source": source,
-                             "card": det.card.model_dump(mode="json", exclude={"rows"})})
+                             "card": det.card.model_dump(mode="json", exclude={"rows"}), "localizer": loc})
 
     @app.get("/healthz", summary="Liveness: the worker and the queue")
     async def healthz() -> JSONResponse:

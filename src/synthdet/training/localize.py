@@ -23,15 +23,16 @@ from pydantic import BaseModel
 from torch import nn
 
 from synthdet.io.atomic import atomic_path
+from synthdet.localization.card import ImageScore, LocalizerCard, LocModel
+from synthdet.localization.decision import fit_decision
 from synthdet.localization.metrics import (
-    ImageScore,
     balanced_threshold,
     best_loc_threshold,
     image_score,
     localization_metrics,
     tune_loc_threshold,
 )
-from synthdet.localization.models import Localizer, LocalizerCard, LocModel, build_model, input_tensor, predict_map
+from synthdet.localization.models import Localizer, build_model, input_tensor, predict_map
 from synthdet.localization.triples import host_digests, load_pairs, source_groups, type_groups
 
 
@@ -45,6 +46,7 @@ class TrainConfig(BaseModel):
     patience: int = 4  # evaluations without a better validation pixel F1 before stopping
     schedule: Literal["constant", "cosine"] = "cosine"  # cosine: linear warm-up, then decay to 0 at ``steps``
     image_score: ImageScore = "coverage"
+    encoder_lr: float = 0.0  # patch head: the frozen encoder's learning rate as a share of ``lr`` (0: stays frozen)
     seed: int = 0
 
 
@@ -154,8 +156,12 @@ def train_localizer(
     torch.manual_seed(cfg.seed)
     rng = random.Random(cfg.seed)
     net = build_model(cfg.model).to(device).train()
-    params = [p for p in net.parameters() if p.requires_grad]
-    opt = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=1e-4)
+    groups = [{"params": [p for p in net.parameters() if p.requires_grad], "scale": 1.0}]
+    if cfg.model == "patch" and cfg.encoder_lr > 0:  # low-level features tuned to edits, slowly; BN stays ImageNet's
+        encoder = cast(nn.Module, net.encoder)
+        encoder.requires_grad_(True)
+        groups.append({"params": list(encoder.parameters()), "scale": cfg.encoder_lr})
+    opt = torch.optim.AdamW(groups, lr=cfg.lr, weight_decay=1e-4)
     state: dict[str, Any] = {"step": 0, "best_f1": -1.0, "best": None, "bad": 0, "history": []}
     if ckpt is not None:
         fixed = cfg.model_dump(exclude={"steps", "patience"})  # a run may be extended, not changed
@@ -178,7 +184,7 @@ def train_localizer(
         opt.zero_grad()
         loss.backward()
         for group in opt.param_groups:  # from the step count alone: a resumed or extended run follows the schedule
-            group["lr"] = cfg.lr * _lr_factor(cfg, state["step"])
+            group["lr"] = cfg.lr * group.get("scale", 1.0) * _lr_factor(cfg, state["step"])
         opt.step()
         state["step"] += 1
         bar.update(1)
@@ -201,7 +207,8 @@ def train_localizer(
     trues = [m for _, m in val_pairs]
     loc_thr = tune_loc_threshold(maps, trues)
     labels = np.array([int(m.any()) for m in trues])
-    scores = np.array([image_score(p, cfg.image_score, loc_threshold=loc_thr) for p in maps])
+    head = fit_decision(maps, labels, loc_thr) if cfg.image_score == "learned" else None  # on held-out hosts
+    scores = np.array([image_score(p, cfg.image_score, loc_threshold=loc_thr, head=head) for p in maps])
     thr = balanced_threshold(labels, scores)
     card = LocalizerCard(
         threshold=thr, prior=float(labels.mean()) if len(labels) else 0.5,
@@ -209,8 +216,8 @@ def train_localizer(
         model=cfg.model, loc_threshold=loc_thr, image_score=cfg.image_score,
         metrics={"val": localization_metrics(maps, trues, list(val["category"]), loc_threshold=loc_thr,
                                              image_threshold=thr, method=cfg.image_score,
-                                             sources=source_groups(val), types=type_groups(val))},
-        params={"config": cfg.model_dump(), "history": state["history"], "n_train": len(train), "n_val": len(val),
+                                             sources=source_groups(val), types=type_groups(val), head=head)},
+        params={**({"decision": head} if head else {}), "config": cfg.model_dump(), "history": state["history"], "n_train": len(train), "n_val": len(val),
                 "seen_hosts": sorted(set(host_digests(train) + host_digests(val))),
                 "train_seconds": round(time.perf_counter() - start, 1), "device": str(device)},
     )
