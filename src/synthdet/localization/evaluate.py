@@ -20,14 +20,23 @@ from synthdet.localization.triples import host_digests, load_pairs, source_group
 def rows_status(loc: Localizer, df: pd.DataFrame) -> dict[str, Any]:
     """Provenance of an evaluation (as :func:`synthdet.evaluation.runs.provenance` for Task A): ``held-out`` when no row's
     host photo was among the localizer's training or validation photos, ``in-sample`` with ``n_seen`` otherwise,
-    ``provenance unknown`` for a localizer saved before it recorded them."""
+    ``provenance unknown`` for a localizer saved before it recorded them. Content decides too, not only the host's
+    name: a row whose tiles match a training or validation image (the same photo under another name, a crop of it,
+    a resize) is seen (``n_seen_by_content``)."""
     from synthdet.data.provenance import HELD_OUT, IN_SAMPLE, UNKNOWN
+    from synthdet.detectors.card import read_seen_tiles
 
     seen = loc.card.params.get("seen_hosts")
     if seen is None:
         return {"n": len(df), "status": UNKNOWN, "n_seen": None}
-    n_seen = int(np.isin(host_digests(df), seen).sum())
-    return {"n": len(df), "status": IN_SAMPLE if n_seen else HELD_OUT, "n_seen": n_seen}
+    hit = np.isin(host_digests(df), seen)
+    tiles = read_seen_tiles(loc.card)
+    by_content = np.zeros(len(df), bool)
+    if tiles is not None:
+        by_content[~hit] = [name is not None for name, _ in tiles.match_paths(df["path"][~hit])]
+    n_seen = int((hit | by_content).sum())
+    return {"n": len(df), "status": IN_SAMPLE if n_seen else HELD_OUT, "n_seen": n_seen,
+            "n_seen_by_content": int(by_content.sum())}
 
 
 class LocEvaluation:

@@ -193,4 +193,5 @@ def load_localizer(path: str | Path, device: str | torch.device = "cpu") -> Loca
     check_files(path, card)
     net = build_model(card.model, pretrained=False)
     net.load_state_dict(load_file(str(path / "model.safetensors")), strict=True)
+    card._folder = path  # its seen photos' tile index, read when an evaluation asks
     return Localizer(card, net, device)

@@ -22,6 +22,7 @@ from PIL import Image
 from pydantic import BaseModel
 from torch import nn
 
+from synthdet.data.tilehash import TileIndex
 from synthdet.io.atomic import atomic_path
 from synthdet.localization.metrics import (
     ImageScore,
@@ -214,6 +215,8 @@ def train_localizer(
                 "seen_hosts": sorted(set(host_digests(train) + host_digests(val))),
                 "train_seconds": round(time.perf_counter() - start, 1), "device": str(device)},
     )
+    seen = pd.concat([train, val])  # its photos' tiles: a crop or resize of one is not held out either
+    card._tiles = TileIndex.build(zip(host_digests(seen), seen["path"].astype(str)))
     loc = Localizer(card, net.eval(), device)
     loc.save(out)
     return loc
