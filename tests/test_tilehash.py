@@ -19,6 +19,7 @@ from synthdet.data.splits import RowSet
 from synthdet.data.tilehash import SEEN_TILES, TileIndex
 from synthdet.detectors.card import DamagedDetectorError, read_card, read_seen_tiles, save_card
 from synthdet.detectors.loading import load_detector
+from synthdet.detectors.scoring import detector_id
 from synthdet.evaluation.runs import evaluate_detector, run_evaluation
 
 
@@ -64,11 +65,13 @@ def test_the_card_records_the_index_and_scoring_does_not_need_it(demo, tmp_path:
     df, tiles, _ = demo
     folder = tmp_path / "det"
     shutil.copytree(Path(load_detector().card._folder or ""), folder, ignore=shutil.ignore_patterns(SEEN_TILES))
+    before = detector_id(load_detector(folder))
     card = read_card(folder)
     card._tiles = tiles
     save_card(card, folder)
     assert SEEN_TILES in read_card(folder).files and (folder / SEEN_TILES).is_file()
     det = load_detector(folder)
+    assert detector_id(det) == before  # the model's identity is not the index's
     assert read_seen_tiles(det.card).names == tiles.names
     (folder / SEEN_TILES).write_bytes(b"not it")
     assert load_detector(folder).threshold == det.threshold  # scoring loads without it

@@ -124,18 +124,15 @@ def image_tiles(image: Image.Image) -> Tiles:
 
 def query_windows(image: Image.Image, scale: float) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Hashes of the query's windows within its central :data:`QUERY_WINDOW` (× ``scale``), for seen content at
-    ``scale`` query px per seen px: (codes, y, x) with y, x in query pixels. Every pixel offset where a cell is
-    2 px or less, every other one for bigger cells (a pixel off is then a quarter cell at most)."""
+    ``scale`` query px per seen px: (codes, y, x) with y, x in query pixels, at every pixel offset."""
     g = gray(image)
     h, w = g.shape
     side = round(QUERY_WINDOW * scale)
     y0, x0 = max(0, (h - side) // 2), max(0, (w - side) // 2)
     cell = max(1, round(TILE * scale / CELLS))
     codes, contrast = _dense_hashes(g[y0:y0 + side, x0:x0 + side], cell)
-    step = 2 if cell >= 4 else 1
-    codes, contrast = codes[::step, ::step], contrast[::step, ::step]
     ys, xs = np.nonzero(contrast >= MIN_CONTRAST * 0.75)  # a re-encoded copy loses a little contrast
-    return codes[ys, xs], ys * step + y0, xs * step + x0
+    return codes[ys, xs], ys + y0, xs + x0
 
 
 _POP8 = np.array([bin(i).count("1") for i in range(256)], dtype=np.uint8)

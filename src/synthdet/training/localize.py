@@ -33,7 +33,7 @@ from synthdet.localization.metrics import (
     tune_loc_threshold,
 )
 from synthdet.localization.models import Localizer, LocalizerCard, LocModel, build_model, input_tensor, predict_map
-from synthdet.localization.triples import host_digests, load_pairs, source_groups, type_groups
+from synthdet.localization.triples import host_digests, image_codes, load_pairs, source_groups, type_groups
 
 
 class TrainConfig(BaseModel):
@@ -213,6 +213,7 @@ def train_localizer(
                                              sources=source_groups(val), types=type_groups(val))},
         params={"config": cfg.model_dump(), "history": state["history"], "n_train": len(train), "n_val": len(val),
                 "seen_hosts": sorted(set(host_digests(train) + host_digests(val))),
+                "seen_phashes": image_codes(pd.concat([train, val])["path"]),
                 "train_seconds": round(time.perf_counter() - start, 1), "device": str(device)},
     )
     seen = pd.concat([train, val])  # its photos' tiles: a crop or resize of one is not held out either
