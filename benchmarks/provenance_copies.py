@@ -36,12 +36,12 @@ def _jpeg(img: Image.Image, quality: int) -> Image.Image:
     return Image.open(buf)
 
 
-def crop224(img: Image.Image, rng: random.Random) -> Image.Image | None:
+def crop224(img: Image.Image, rng: random.Random, quality: int = 90) -> Image.Image | None:
     w, h = img.size
     if w < 224 or h < 224:
         return None
     x, y = rng.randint(0, w - 224), rng.randint(0, h - 224)
-    return _jpeg(img.crop((x, y, x + 224, y + 224)), 90)
+    return _jpeg(img.crop((x, y, x + 224, y + 224)), quality)
 
 
 COPIES = {
@@ -106,11 +106,49 @@ def direction(train: str, other: str, n: int, seed: int) -> dict[str, object]:
     return result
 
 
+def shipped(pool_file: Path, n: int, seed: int) -> dict[str, object]:
+    """The shipped default's own index: 224-px crops (JPEG 88) of its training originals from dev, and the originals
+    of its final groups (declared up front, never seen: scripts/train_default.py), which must not match."""
+    import sys
+
+    sys.path.insert(0, str(ROOT / "scripts"))
+    from train_default import FINAL_GROUPS
+
+    from synthdet.detectors.card import default_detector_path
+
+    rng = random.Random(seed)
+    pool_rows = pd.read_csv(pool_file)
+    final = pool_rows[pool_rows["group"].isin(FINAL_GROUPS)]["original"].drop_duplicates().tolist()
+    trained = pool_rows[~pool_rows["group"].isin(FINAL_GROUPS) & (pool_rows["dataset"] == "dev")]["original"].tolist()
+    t0 = time.perf_counter()
+    index = th.TileIndex.load(default_detector_path() / th.SEEN_TILES)
+    load_s = time.perf_counter() - t0
+    crops = recognised(index, [Path(p) for p in rng.sample(trained, n)],
+                       {"crop224_native_jpeg88": lambda img, r: crop224(img, r, 88)}, rng)
+    t0 = time.perf_counter()
+    never = recognised(index, [Path(p) for p in rng.sample(final, min(n, len(final)))], UNRELATED, rng)
+    per_image = (time.perf_counter() - t0) / max(1, sum(len(v) for v in never.values()))
+    return {"index": {"tiles": len(index.codes), "images": len(index.names), "load_s": round(load_s, 1)},
+            "dev_training_originals": {k: rate(v) for k, v in crops.items()},
+            "final_group_originals_matched": {k: rate(v) for k, v in never.items()},
+            "query_s_per_image": round(per_image, 3)}
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--n", type=int, default=150)
     ap.add_argument("--seed", type=int, default=1)
+    ap.add_argument("--shipped", type=Path, default=None, metavar="POOL_MANIFEST",
+                    help="instead: the shipped default's index against crops of its dev originals and its final "
+                         "groups' originals (build/protocol-pool/manifest.csv)")
     args = ap.parse_args()
+    if args.shipped is not None:
+        res = shipped(args.shipped, args.n, args.seed)
+        print(json.dumps(res, indent=1))
+        dest = ROOT / "benchmarks" / "results" / "provenance_shipped.json"
+        dest.write_text(json.dumps(res, indent=1) + "\n")
+        print(f"wrote {dest}")
+        return
     rule = {k: getattr(th, k) for k in ("TILE", "CELLS", "MAX_BITS", "MIN_TILES", "MIN_CONTRAST", "COMMON_OWNERS",
                                         "SCALES", "QUERY_WINDOW", "PLACE_TOL")}
     res = {"rule": rule, "n_per_direction": args.n, "seed": args.seed,
