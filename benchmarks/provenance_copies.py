@@ -134,6 +134,22 @@ def shipped(pool_file: Path, n: int, seed: int) -> dict[str, object]:
             "query_s_per_image": round(per_image, 3)}
 
 
+def readme_table(res: dict) -> str:
+    """The README's table of these figures (a test checks the README shows the saved results)."""
+    def cell(v: dict) -> str:
+        return f"{v['recognised']}/{v['n']} = {v['rate']:.1%} [{v['ci95'][0]:.1%}–{v['ci95'][1]:.1%}]"
+
+    rows = ["| training → unrelated | 224-px crop (native, JPEG 90) | 0.5× resize (JPEG 90) | JPEG 75 | unrelated file "
+            "matched | unrelated 224-px crop matched | index |", "|---|---|---|---|---|---|---|"]
+    for d in res["directions"]:
+        c, u, i = d["copies_recognised"], d["unrelated_matched"], d["index"]
+        rows.append(f"| {d['training'].split('/')[-1]} → {d['unrelated'].split('/')[-1]} | "
+                    f"{cell(c['crop224_native_jpeg90'])} | {cell(c['resize0.5_jpeg90'])} | {cell(c['jpeg75'])} | "
+                    f"{cell(u['file'])} | {cell(u['crop224_native_jpeg90'])} | {i['images']} images, {i['tiles']:,} "
+                    f"tiles, {i['bytes_npz'] / 1e6:.2f} MB ({i['bytes_per_image']} B/image) |")
+    return "\n".join(rows)
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--n", type=int, default=150)
@@ -155,6 +171,7 @@ def main() -> None:
            "directions": [direction("dev", "dev2", args.n, args.seed), direction("dev2", "dev", args.n, args.seed)]}
     for d in res["directions"]:
         print(json.dumps(d, indent=1))
+    print(readme_table(res))
     dest = ROOT / "benchmarks" / "results" / "provenance_copies.json"
     dest.write_text(json.dumps(res, indent=1) + "\n")
     print(f"wrote {dest}")

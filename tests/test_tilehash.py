@@ -107,3 +107,18 @@ def test_evaluate_refuses_a_crop_of_a_training_image_and_lists_every_seen_file(d
     with pytest.raises(InSampleError, match=r"all 2 listed in .*seen\.csv"):
         run_evaluation(folder, tmp_path / "eval.csv", tmp_path / "refused", slices=[], bootstrap=0)
     assert len(pd.read_csv(tmp_path / "refused" / "seen.csv")) == 2
+
+
+def test_the_readme_shows_the_measured_provenance_figures() -> None:
+    """The README's table is the saved benchmark's (benchmarks/provenance_copies.py), so the figures cannot drift."""
+    import json
+    import sys
+
+    root = Path(__file__).resolve().parents[1]
+    sys.path.insert(0, str(root / "benchmarks"))
+    from provenance_copies import readme_table
+
+    res = json.loads((root / "benchmarks" / "results" / "provenance_copies.json").read_text())
+    readme = (root / "README.md").read_text()
+    assert readme_table(res) in readme
+    assert "from the same photo collections and\ntemplate packs" in readme  # the demo's 0.858 is not a 'wild' figure
