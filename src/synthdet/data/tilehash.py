@@ -1,13 +1,14 @@
 """Content provenance that survives crops, resizes and re-encodes: tile hashes of the images a model has seen.
 
 A whole-image hash (sha256, dHash) says nothing about a 224-px crop of a training photo. Here every seen image is cut
-into a grid of :data:`TILE`-px tiles at native scale, and each textured tile is kept as a 64-bit DCT hash of its
-16×16 cell means (low frequencies only, so JPEG and a pixel of misalignment flip few bits) with its grid position.
-A query is hashed at *every* pixel offset (a crop's offset is unknown) and at half scale too (a 0.5× copy's
-32-px tiles are the seen 64-px ones), so the search does the work and what a card stores stays one tile per
-64×64 pixels, 10 bytes each. An image counts as seen when :data:`MIN_TILES` of its windows match tiles of one seen
-image (within :data:`MAX_BITS` bits) at one consistent placement — a single similar tile is chance, several in the
-right layout are a copy. The constants are calibrated in ``benchmarks/provenance_copies.py``.
+into :data:`TILE`-px tiles at native scale on two interleaved grids, and each textured tile is kept as a 63-bit sign
+hash of the lowest DCT frequencies of its 16×16 cell means (so JPEG and a pixel of misalignment flip few bits) with
+its grid position; tiles common to several seen images are dropped. A query is hashed at *every* pixel offset (a
+crop's offset is unknown) and at half scale too (a 0.5× copy's 32-px windows are the seen 64-px tiles), so the search
+does the work and what a card stores stays two tiles per 64×64 pixels, about 8 bytes each compressed. An image counts
+as seen when :data:`MIN_TILES` tiles of one seen image lie within :data:`MAX_BITS` bits of its windows at one
+consistent placement — a single similar tile is chance, several in the right layout are a copy. The constants were
+chosen on dev → dev2 and are measured by ``benchmarks/provenance_copies.py``.
 """
 
 from __future__ import annotations
@@ -105,7 +106,7 @@ def _grid_hashes(g: np.ndarray, cell: int, step: int) -> tuple[np.ndarray, np.nd
 
 @dataclass(frozen=True)
 class Tiles:
-    """The textured grid tiles of one image: hash, row and column (in tiles)."""
+    """The textured tiles of one image: hash, and top-left row and column in :data:`STEP` px."""
 
     codes: np.ndarray  # uint64
     rows: np.ndarray  # uint16

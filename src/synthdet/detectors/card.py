@@ -71,6 +71,13 @@ class CardBase(BaseModel):
     _tiles: TileIndex | None = PrivateAttr(default=None)
     _folder: Path | None = PrivateAttr(default=None)
 
+    def __eq__(self, other: object) -> bool:
+        """Equal by their fields: where a card was read from, and a tile index in memory, are not the card."""
+        if not isinstance(other, BaseModel):
+            return NotImplemented
+        return (type(self) is type(other) and self.__dict__ == other.__dict__
+                and self.__pydantic_extra__ == other.__pydantic_extra__)
+
 
 class Card(CardBase):
     """A probe: a frozen backbone's features (pooled, or pooled + layer taps) and a head on them."""
