@@ -5,6 +5,7 @@ from __future__ import annotations
 import csv
 import json
 import shutil
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -230,9 +231,12 @@ def test_member_rows_fall_back_to_the_manifest_of_a_detector_saved_without_them(
 
 def test_calibrating_on_the_members_training_rows_is_refused(members) -> None:
     tmp, dirs = members
-    with pytest.raises(InSampleError, match=r"\d+ of the 32 calibration images were used to fit or calibrate"):
+    with pytest.raises(InSampleError, match=r"\d+ of the 32 calibration images were used to fit or calibrate") as ei:
         build_ensemble(dirs, calib=tmp / "train.csv", out=tmp / "ens-refused", num_workers=0)
     assert not (tmp / "ens-refused").exists()
+    listed = pd.read_csv(tmp / "ens-refused.seen.csv")  # every seen image, the message names the first three
+    assert len(listed) == len(ei.value.table) > 3 and f"and {len(listed) - 3} more" in str(ei.value)
+    assert Path(listed["path"].iloc[0]).name in str(ei.value)
 
 
 def test_drop_calibrates_on_the_rows_no_member_has_seen_and_flag_says_in_sample(members) -> None:

@@ -21,6 +21,8 @@ from synthdet.data.provenance import (
     join_rows,
     overlap,
     provenance,
+    seen_by,
+    seen_list,
 )
 from synthdet.data.splits import RowSet, phash_codes
 from synthdet.data.tilehash import TileIndex
@@ -34,6 +36,7 @@ from synthdet.detectors.ensemble import (
     combine,
 )
 from synthdet.evaluation.metrics import binary_metrics
+from synthdet.io.atomic import atomic_path
 
 
 def saved_split(detector_dir: Path) -> pd.DataFrame | None:
@@ -96,12 +99,19 @@ def build_ensemble(
     copies = copies_of(seen_tiles(ens), df["sha256"], df["path"]) if seen is not None else {}  # crops, resizes
     before = provenance(df["sha256"], seen, codes, copies)
     dropped = 0
-    if before.get("n_seen") and on_overlap == "refuse":
+    if seen is not None and before.get("n_seen") and on_overlap == "refuse":
+        per_role = seen_by(df["sha256"], seen, codes, copies)
+        table = seen_list(df, seen, per_role, copies)
+        listing = Path(out).with_name(Path(out).name + ".seen.csv")  # beside: no half-made ensemble folder
+        with atomic_path(listing) as tmp:  # every one; the message names the first few
+            table.to_csv(tmp, index=False)
+        names = [Path(p).name for p in table["path"]]
         raise InSampleError(
             f"{before['n_seen']} of the {before['n']} calibration images were used to fit or calibrate a member (by "
-            f"content hash, as near-duplicates or as crops/resizes/re-encodes): "
+            f"content hash, as near-duplicates or as crops/resizes/re-encodes): {', '.join(names[:3])}"
+            f"{f' and {len(names) - 3} more' if len(names) > 3 else ''}, all listed in {listing}; "
             f"the ensemble's threshold and figures would be in-sample. Calibrate on images no member has seen (e.g. "
-            f"their shared val split), drop the overlap (on_overlap='drop') or flag it (on_overlap='flag')")
+            f"their shared val split), drop the overlap (on_overlap='drop') or flag it (on_overlap='flag')", table)
     if seen is not None and before["n_seen"] and on_overlap == "drop":
         unseen = ~df["sha256"].isin(overlap(seen, df["sha256"], codes, copies))
         dropped = int((~unseen).sum())
