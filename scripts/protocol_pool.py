@@ -30,7 +30,7 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
-from build_pool import pooled_manifest  # this script's folder: the dev/dev2 groups are defined there
+from build_pool import OTHER_OPEN, pooled_manifest  # this script's folder: the dev/dev2 groups are defined there
 from PIL import Image
 from rebuild_pool import MAX_PIXELS, QUALITY, balance, describe, meta_auc
 from tqdm import tqdm
@@ -52,9 +52,12 @@ LINEAGE = {
     **dict.fromkeys(["stylegan", "stylegan2", "stylegan3"], "fake:stylegan"),
     **dict.fromkeys(["vqgan-clip", "vqgan"], "fake:gan-vqgan"),
     **dict.fromkeys(["ldm", "glid-3-xl", "majesty-diffusion"], "fake:ldm"),
-    **dict.fromkeys(["sana", "lumina", "lumina-dimoo", "pixart-sigma", "hidream", "auraflow", "z-image", "cosmos",
-                     "cosmos-predict2", "ernie-image", "fibo", "x-omni", "hdm", "prx", "meissonic", "amused", "cogview3",
-                     "kandinsky2", "instaflow", "unidiffuser"], "fake:open-dit"),
+    # the open DiT-era families held out one by one where the pool has enough of them (build_pool.FAKE_GROUPS names
+    # the same groups in dev/dev2); the rest, a handful of images each, pooled (build_pool.OTHER_OPEN)
+    **dict.fromkeys(["lumina", "lumina-dimoo"], "fake:lumina"), "z-image": "fake:z-image",
+    "pixart-sigma": "fake:pixart", "auraflow": "fake:auraflow",
+    **dict.fromkeys(["sana", "hidream", "cosmos", "cosmos-predict2", "ernie-image", "fibo", "x-omni", "hdm", "prx",
+                     "meissonic", "amused", "cogview3", "kandinsky2", "instaflow", "unidiffuser"], OTHER_OPEN),
 }
 MIN_COLLECTION = 15
 

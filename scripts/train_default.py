@@ -37,8 +37,9 @@ from synthdet.data.demo import demo_data_dir
 from synthdet.data.manifest import index
 from synthdet.data.perturbations import get_view
 from synthdet.data.splits import RowSet
+from synthdet.data.tilehash import SEEN_TILES, TileIndex
 from synthdet.detectors.calibrate import fit_uncertainty_band
-from synthdet.detectors.card import save_card
+from synthdet.detectors.card import read_card, save_card
 from synthdet.detectors.detector import Detector
 from synthdet.detectors.graph import GraphDetector, graph_path
 from synthdet.detectors.loading import load_detector
@@ -123,25 +124,55 @@ def ship_graph(folder: Path) -> Path:
     return dest
 
 
+def training_rows(pool_file: Path) -> tuple[pd.DataFrame, pd.DataFrame, pd.DataFrame]:
+    """The pool's usable rows, the non-final ones (the training rows) and their original files, indexed."""
+    pool = index(pool_file, progress=True)
+    pool = pool[pool["ok"]].reset_index(drop=True)
+    train = pool[~pool["group"].isin(FINAL_GROUPS)].reset_index(drop=True)
+    with tempfile.TemporaryDirectory() as tmp:
+        listing = Path(tmp) / "originals.csv"
+        pd.DataFrame({"path": train["original"], "label": train["label"]}).to_csv(listing, index=False)
+        originals = index(listing, progress=True)
+    return pool, train, originals[originals["ok"]]
+
+
+def ship_seen_tiles(folder: Path, pool_file: Path) -> Path:
+    """Only (re)write the shipped detector's seen rows' tile index (``seen-tiles.npz``, on its card): the pool
+    copies and originals it was refitted on, as the card's ``rows`` name them. The model is untouched."""
+    card = read_card(folder)
+    _, train, originals = training_rows(pool_file)
+    seen = RowSet.of_rows(pd.concat([train[["sha256", "phash"]], originals[["sha256", "phash"]]]))
+    if seen.digest != card.rows["fit"].digest:
+        sys.exit(f"{pool_file}: its training rows are not the card's ({seen.digest} vs {card.rows['fit'].digest})")
+    card._tiles = TileIndex.of_rows(train, originals)
+    save_card(card, folder)
+    dest = folder / SEEN_TILES
+    print(f"{dest}: {len(card._tiles.codes)} tiles of {len(card._tiles.names)} images, {dest.stat().st_size / 1e6:.1f} MB")
+    return dest
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--pool", type=Path, default=POOL)
     ap.add_argument("--out", type=Path, default=OUT)
     ap.add_argument("--cache", type=Path, default=None)
     ap.add_argument("--graph-only", action="store_true", help="only (re)write the ONNX graph of the detector at --out")
+    ap.add_argument("--seen-tiles-only", action="store_true",
+                    help="only (re)write the seen rows' tile index of the detector at --out (needs --pool's images)")
     args = ap.parse_args()
     if args.graph_only:
         ship_graph(args.out)
         return
+    if args.seen_tiles_only:
+        ship_seen_tiles(args.out, args.pool)
+        return
     if not args.pool.is_file():
         sys.exit(f"{args.pool} not found: run scripts/rebuild_pool.py and scripts/protocol_pool.py first")
-    pool = index(args.pool, progress=True)
-    pool = pool[pool["ok"]].reset_index(drop=True)
+    pool, train, originals = training_rows(args.pool)
     unknown = set(FINAL_GROUPS) - set(pool["group"])
     if unknown:
         sys.exit(f"final groups not in the pool: {sorted(unknown)}")
     final = pool[pool["group"].isin(FINAL_GROUPS)]
-    train = pool[~pool["group"].isin(FINAL_GROUPS)].reset_index(drop=True)
     # the protocol's winner: the EfficientNet-Lite0 and Lite2 probes as a pair (mean raw logit); native training views
     # measured no better (benchmarks/protocol.py)
     members = [ProbeConfig(backbone=generalising_backbone(name), **GENERALISING_HEAD, cache_dir=args.cache)
@@ -154,12 +185,9 @@ def main() -> None:
     det = res.detector
     assert det is not None
     # the card names the originals too, so `synthdet evaluate` finds them (and their near-duplicates) as seen rows
-    with tempfile.TemporaryDirectory() as tmp:
-        listing = Path(tmp) / "originals.csv"
-        pd.DataFrame({"path": train["original"], "label": train["label"]}).to_csv(listing, index=False)
-        originals = index(listing, progress=True)
-    seen = RowSet.of_rows(pd.concat([train[["sha256", "phash"]], originals[originals["ok"]][["sha256", "phash"]]]))
+    seen = RowSet.of_rows(pd.concat([train[["sha256", "phash"]], originals[["sha256", "phash"]]]))
     det.card.rows = {"fit": seen, "calib": seen}
+    det.card._tiles = TileIndex.of_rows(train, originals)  # crops and resizes of them are seen too
     scored = res.scored()
     calibrated = det.card.calibration(oof_logit(scored)) if det.card.calibration else scored["prob"]
     det.card.data["uncertain_band"] = list(fit_uncertainty_band(scored["label"].to_numpy(), calibrated, det.threshold,

@@ -296,3 +296,15 @@ def test_a_pair_is_cross_validated_by_its_mean_logit_and_saved_as_one_probe(tmp_
         cross_validate(csv, [first, lite2.model_copy(update={"head": "mlp"})], plan=lite0.plan)
     with pytest.raises(ValueError, match="same pixels"):
         cross_validate(csv, [first, first.model_copy(update={"backbone": "effnet-lite2"})], plan=lite0.plan)
+
+
+def test_a_random_plan_is_not_called_leave_one_group_out() -> None:
+    """Issue 20: run with a random k-fold plan and group_by, every group sat in training for most folds, yet the
+    result was labelled leave-one-group-out."""
+    from synthdet.data.splits import SplitPlan
+
+    df = frame(n_real=30, n_fake=20).drop_duplicates("sha256").reset_index(drop=True)
+    df["group"] = ["real:a"] * 18 + ["real:b"] * 12 + ["fake:x"] * 15 + ["fake:y"] * 5
+    random_plan = SplitPlan.build(df, test=0.0, k=5, seed=0)
+    with pytest.raises(ValueError, match="random folds, not one per group.*leave-one-group-out"):
+        run_folds(df, lambda f, train, test: (np.full(len(test), 0.5), 0.5), plan=random_plan, group_by="group")

@@ -5,6 +5,7 @@ from __future__ import annotations
 import csv
 import json
 import shutil
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -12,7 +13,7 @@ import pytest
 
 from synthdet.cli.ensemble import ensemble_command
 from synthdet.data.demo import demo_data_dir
-from synthdet.data.provenance import HELD_OUT, IN_SAMPLE, InSampleError, seen_rows
+from synthdet.data.provenance import IN_SAMPLE, TUNED_HERE, InSampleError, seen_rows
 from synthdet.data.splits import RowSet
 from synthdet.detectors.calibrate import f1_optimal_threshold
 from synthdet.detectors.ensemble import EnsembleDetector, combine, validation_f1
@@ -120,7 +121,8 @@ def test_ensemble_folder_is_self_contained_and_loads_as_a_detector(members, mean
     assert all((mean_ensemble / m / "head.safetensors").is_file() for m in card["members"])
     assert card["data"]["calib"]["n_images"] == 24 and card["data"]["calib"]["seen_by_members"] == {
         "m0-det-logreg": 0, "m1-det-linear": 0}
-    assert card["metrics"]["calib"]["rows"]["status"] == "held-out" and card["metrics"]["calib"]["rows"]["n"] == 24
+    # held out from the members, but the threshold was tuned on these rows: never labelled held-out (issue 20)
+    assert card["metrics"]["calib"]["rows"]["status"] == TUNED_HERE and card["metrics"]["calib"]["rows"]["n"] == 24
     ens = load_detector(mean_ensemble)
     assert isinstance(ens, EnsembleDetector) and len(ens.groups) == 1  # same backbone: one forward pass
     assert [m.card.head for m in ens.members] == ["logreg", "linear"]
@@ -229,9 +231,12 @@ def test_member_rows_fall_back_to_the_manifest_of_a_detector_saved_without_them(
 
 def test_calibrating_on_the_members_training_rows_is_refused(members) -> None:
     tmp, dirs = members
-    with pytest.raises(InSampleError, match=r"\d+ of the 32 calibration images were used to fit or calibrate"):
+    with pytest.raises(InSampleError, match=r"\d+ of the 32 calibration images were used to fit or calibrate") as ei:
         build_ensemble(dirs, calib=tmp / "train.csv", out=tmp / "ens-refused", num_workers=0)
     assert not (tmp / "ens-refused").exists()
+    listed = pd.read_csv(tmp / "ens-refused.seen.csv")  # every seen image, the message names the first three
+    assert len(listed) == len(ei.value.table) > 3 and f"and {len(listed) - 3} more" in str(ei.value)
+    assert Path(listed["path"].iloc[0]).name in str(ei.value)
 
 
 def test_drop_calibrates_on_the_rows_no_member_has_seen_and_flag_says_in_sample(members) -> None:
@@ -241,7 +246,7 @@ def test_drop_calibrates_on_the_rows_no_member_has_seen_and_flag_says_in_sample(
     ens = build_ensemble(dirs, calib=tmp / "train.csv", out=tmp / "ens-drop", on_overlap="drop", copy_members=False,
                          num_workers=0)
     rows = ens.card.metrics["calib"]["rows"]
-    assert rows["status"] == HELD_OUT and rows["n"] == len(val) and rows["digest"] == RowSet.of(val).digest
+    assert rows["status"] == TUNED_HERE and rows["n"] == len(val) and rows["digest"] == RowSet.of(val).digest
     assert ens.card.data["calib"]["dropped_seen"] == 32 - len(val)
     seen = seen_rows(load_detector(tmp / "ens-drop"))  # the ensemble has seen its members' rows and its calibration
     assert set(seen["fit"].hashes) == {s[:16] for s in manifest.loc[manifest["split"] == "fit", "sha256"]}

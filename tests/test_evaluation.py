@@ -16,6 +16,7 @@ from PIL import Image
 from synthdet.data.manifest import index
 from synthdet.data.provenance import HELD_OUT, IN_SAMPLE, UNKNOWN, InSampleError, provenance, seen_rows
 from synthdet.data.splits import RowSet
+from synthdet.data.tilehash import TileIndex
 from synthdet.detectors.card import default_detector_path
 from synthdet.detectors.detector import Detector
 from synthdet.detectors.ensemble import EnsembleDetector
@@ -62,6 +63,7 @@ def shipped_with_rows(fit: list[str], calib: list[str]) -> Detector:
     """The shipped detector, its card claiming it was fitted on ``fit`` and calibrated on ``calib``."""
     det = load_detector()
     det.card.rows = {"fit": RowSet.of(fit), "calib": RowSet.of(calib)}
+    det.card._tiles = TileIndex.of([])  # the claim comes without tiles (the shipped ones name other rows)
     return det
 
 
@@ -155,6 +157,7 @@ def test_a_resized_reencoded_copy_of_a_training_image_is_seen(demo, tmp_path: Pa
     assert rows["sha256"].iloc[0] != df["sha256"].iloc[0]
     det = load_detector()
     det.card.rows = {"fit": RowSet.of(df["sha256"].iloc[:1], df["phash"].iloc[:1]), "calib": RowSet.of([])}
+    det.card._tiles = TileIndex.of([])  # the dHash alone (tiles: tests/test_tilehash.py)
     evaluated = pd.concat([df.iloc[1:], rows], ignore_index=True)
     with pytest.raises(InSampleError, match=r"1 of the 20 images .*near-duplicates.*\(fit: 1\)"):
         evaluate_detector(det, evaluated, slices=[], bootstrap=0, num_workers=0)

@@ -104,3 +104,18 @@ def test_frames_tell_nothing_once_framed_while_originals_do() -> None:
                          height=(drawn[:, 1] * rng.uniform(0.8, 1, len(orig))).round())
     framed["bytes"] = framed["width"] * framed["height"] * rng.uniform(0.2, 0.4, len(orig))
     assert meta_auc(framed) < 0.6
+
+
+def test_the_open_dit_families_are_groups_of_their_own_not_one_lump() -> None:
+    """Issue 20: ``fake:open-dit`` held 224 images of 20+ generators, so leaving it out left out all of them at once;
+    the sources table names each image's family, so the families with enough images are groups of their own."""
+    from build_pool import OTHER_OPEN, family
+    from protocol_pool import native_groups
+
+    native = pd.DataFrame({"label": 1, "family": ["z-image", "lumina", "pixart-sigma", "auraflow", "meissonic"],
+                           "repository": "x/y", "collection": "c"})
+    assert list(native_groups(native)) == ["fake:z-image", "fake:lumina", "fake:pixart", "fake:auraflow", OTHER_OPEN]
+    dev = [{"label": 1, "generator": g, "source": "github:a/b f.png"}
+           for g in ("Z-Image-Turbo", "Lumina-Image-2.0", "PixArt-Sigma (XL-2)", "AuraFlow v0.2", "Meissonic")]
+    assert [family(pd.Series(r)) for r in dev] == ["fake:z-image", "fake:lumina", "fake:pixart", "fake:auraflow",
+                                                   OTHER_OPEN]

@@ -153,3 +153,19 @@ def test_near_duplicate_pairs_match_brute_force() -> None:
         assert near_duplicate_pairs(codes, bits) == brute
     with pytest.raises(ValueError):
         near_duplicate_pairs(codes, 8)
+
+
+def test_a_near_duplicate_group_follows_its_first_image_in_leave_one_group_out(near_dup_folder) -> None:
+    """Issue 20: the group went to the value of the image with the smallest hash, not the first in the manifest
+    (as the README says): whichever order, the first listed image decides."""
+    _, df, pairs = near_dup_folder
+    a, b = pairs[0]
+    rows = df[df["path"].isin([a, b])]
+    rest = df[~df["path"].isin([a, b])].copy()
+    rest["family"] = np.where(rest["label"] == 1, "fake:f", "real:" + (rest.index % 2).astype(str))
+    for first, second in ((a, b), (b, a)):
+        pair = rows.set_index("path").loc[[first, second]].reset_index()
+        pair["family"] = ["real:first", "real:second"]
+        plan = SplitPlan.build(pd.concat([pair, rest], ignore_index=True), test=0.0, fold_by="family")
+        held = plan.fold_of(pair["sha256"])
+        assert plan.fold_names[held[0]] == "real:first" and held[0] == held[1]

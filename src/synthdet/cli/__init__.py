@@ -64,7 +64,7 @@ class LazyGroup(TyperGroup):
             if isinstance(obj, typer.Typer):
                 self.commands[cmd_name] = typer.main.get_group(obj)
             else:
-                single = typer.Typer()
+                single = typer.Typer(add_completion=False, rich_markup_mode=None)
                 single.command(cmd_name)(obj)
                 self.commands[cmd_name] = typer.main.get_command(single)
         return self.commands.get(cmd_name)

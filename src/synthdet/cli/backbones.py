@@ -47,7 +47,7 @@ def backbones(as_json: Json = False) -> None:
     console().print(table)
 
 
-weights_app = typer.Typer(help="Backbone weights: fetch into the Hugging Face cache where a hub is reachable.",
+weights_app = typer.Typer(add_completion=False, rich_markup_mode=None, help="Backbone weights: fetch into the Hugging Face cache where a hub is reachable.",
                           no_args_is_help=True)
 
 

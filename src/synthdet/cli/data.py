@@ -12,7 +12,7 @@ from synthdet.cli._io import Quiet, say, skipped
 if TYPE_CHECKING:
     import pandas as pd
 
-app = typer.Typer(help="Build and split dataset manifests.", no_args_is_help=True)
+app = typer.Typer(add_completion=False, rich_markup_mode=None, help="Build and split dataset manifests.", no_args_is_help=True)
 
 
 @app.command("index")

@@ -12,7 +12,7 @@ from synthdet.cli._io import Json, Quiet, fail, print_json, say, skipped
 if TYPE_CHECKING:
     import pandas as pd
 
-app = typer.Typer(help="Task B: where in the image was it generated or edited?", no_args_is_help=True)
+app = typer.Typer(add_completion=False, rich_markup_mode=None, help="Task B: where in the image was it generated or edited?", no_args_is_help=True)
 
 Device = Annotated[str | None, typer.Option(help="cpu, cuda, cuda:1 … (default: cuda if present).")]
 Root = Annotated[Path | None, typer.Option(help="Folder an official CSV's paths start from (taskB_val.csv: the "

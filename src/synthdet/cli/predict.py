@@ -30,7 +30,7 @@ def predict(
     out: Annotated[Path | None, typer.Option("-o", "--out", help="CSV to write (image_id,prob,label,threshold).")] = None,
     detector: Annotated[Path | None, typer.Option("-d", "--detector", help="Detector folder (default: the shipped one).")] = None,
     batch_size: Annotated[int | None, typer.Option(min=1, help="Images per forward pass (default: 8 on CPU, 64 on CUDA).")] = None,
-    workers: Annotated[int | None, typer.Option(min=0)] = None,
+    workers: Annotated[int | None, typer.Option(min=0, help="Decoding workers (default: up to 4; 0: decode in this process).")] = None,
     max_pixels: Annotated[int, typer.Option(min=1, help="Refuse images with more pixels.")] = 100_000_000,
     assess: Annotated[bool, typer.Option("--assess", help="A verdict in words per image: stability checks (JPEG 75, "
                                          "0.5x resize, crop), uncertainty band, evidence (EXIF, JPEG quality, C2PA).")] = False,
@@ -60,6 +60,9 @@ def predict(
 
     if detector is None and paths and ((paths[0] / "card.json").is_file() or paths[0].suffix.lower() == ".onnx"):
         detector, paths = paths[0], paths[1:]
+    elif detector is None and paths and (why := _not_an_input(paths[0])):
+        raise fail(f"{paths[0]}: {why}; the first argument is a DETECTOR (a folder with card.json, or an .onnx "
+                   "graph) or an image, folder of images or CSV listing")
     if not paths:
         raise fail("no images given")
     if heatmap and not assess:
@@ -170,14 +173,55 @@ def _assess(det: Any, paths: list[Path], *, heatmap: bool, as_json: bool, max_pi
         raise fail(f"no image could be assessed ({len(paths)} skipped)", code=1)
 
 
+def _not_an_input(path: Path) -> str:
+    """Why ``path`` is neither a detector nor something to score (a model file, a detector folder without its
+    card), or "" when it may be scored: it must not pass silently as an image that is then skipped."""
+    from PIL import Image
+
+    from synthdet.io.pixels import is_image_path
+
+    if path.is_dir():
+        if any(path.glob("*.safetensors")) or (path / "plan.json").is_file():
+            return "a detector folder without its card.json (copy the whole folder)"
+        return ""
+    if path.suffix.lower() in (".csv", ".tsv") or is_image_path(path):
+        return ""
+    try:  # an image under another name is still an image
+        with Image.open(path):
+            return ""
+    except (OSError, ValueError):
+        return f"not a detector nor an image ({path.suffix or 'no suffix'})"
+
+
 def _stream(det: Any, paths: list[Path], out: Path, *, resume: bool, rows_per_part: int, quiet: bool,
             **kwargs: Any) -> None:
     from synthdet.engines.stream import score_stream
     from synthdet.io.atomic import printable
 
-    res = score_stream(det, paths, out, resume=resume, rows_per_part=rows_per_part, on_skip=skipped, progress=not quiet, **kwargs)
-    if res.rows == 0:
-        raise fail(f"no image could be scored ({res.skipped} skipped)", code=1)
+    # without --resume the stream starts afresh: the previous output waits aside (FILE.previous) until the new one
+    # is whole, and comes back when this run scores nothing or fails
+    kept = [] if resume else [f for f in (out, out.with_name(out.name + ".skipped.csv")) if f.is_file()]
+    for f in kept:
+        f.replace(f.with_name(f.name + ".previous"))
+
+    def restore() -> None:
+        for f in kept:
+            f.with_name(f.name + ".previous").replace(f)
+
+    try:
+        res = score_stream(det, paths, out, resume=resume, rows_per_part=rows_per_part, on_skip=skipped,
+                           progress=not quiet, **kwargs)
+    except Exception:
+        restore()
+        raise
+    if res.scored == 0 and res.resumed == 0:  # rows of skipped files alone are no scores
+        out.unlink(missing_ok=True)
+        out.with_name(out.name + ".skipped.csv").unlink(missing_ok=True)
+        restore()
+        raise fail(f"no image could be scored ({res.skipped} skipped); {printable(out)} "
+                   + ("kept as it was" if kept else "not written"), code=1)
+    for f in kept:
+        f.with_name(f.name + ".previous").unlink()
     note(f"{res.scored} scored, {res.skipped} skipped, {res.resumed} already done → {printable(out)} "
          f"({res.rows} rows, {res.scored / max(res.seconds, 1e-9):.1f} img/s this run)")
 

@@ -9,7 +9,7 @@ import typer
 
 from synthdet.cli._io import Json, console, note, print_json
 
-app = typer.Typer(help="Named configs reproducing every system of the working notes.", no_args_is_help=True)
+app = typer.Typer(add_completion=False, rich_markup_mode=None, help="Named configs reproducing every system of the working notes.", no_args_is_help=True)
 
 
 @app.command("list")

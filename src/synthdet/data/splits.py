@@ -242,6 +242,7 @@ class SplitPlan(BaseModel):
             df = df[df["ok"].astype(bool)]
         df = df[df["label"].astype(int) >= 0].copy()
         df["h"] = df["sha256"].astype(str).str[:HASH_PREFIX]
+        df["order"] = np.arange(len(df))  # manifest order: a near-duplicate group's first image decides its fold
         by_hash = df.groupby("h")["label"].nunique()
         conflicts = sorted(by_hash.index[by_hash > 1])
         df = df[~df["h"].isin(conflicts)].drop_duplicates("h").sort_values("h").reset_index(drop=True)
@@ -276,7 +277,9 @@ class SplitPlan(BaseModel):
         if fold_by is not None:
             if fold_by not in df:
                 raise ValueError(f"no column {fold_by!r} to make folds by (columns: {list(manifest.columns)})")
-            values = df[fold_by].fillna("").astype(str).to_numpy()[roots]
+            by_group = np.lexsort((df["order"].to_numpy(), gidx))  # each group's first image (not its smallest hash)
+            first_image = by_group[np.r_[0, np.flatnonzero(np.diff(gidx[by_group])) + 1]]
+            values = df[fold_by].fillna("").astype(str).to_numpy()[first_image]
             fold_names = sorted(set(values.tolist()))
             if len(fold_names) < 2:
                 raise ValueError(f"column {fold_by!r} has {len(fold_names)} value(s); leaving one out needs 2 or more")

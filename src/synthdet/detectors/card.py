@@ -23,9 +23,10 @@ from importlib import resources
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, TypeAdapter, ValidationError
 
 from synthdet.data.splits import RowSet
+from synthdet.data.tilehash import SEEN_TILES, TileIndex
 from synthdet.detectors.calibrate import Calibration
 from synthdet.io.atomic import write_text
 from synthdet.io.files import sha256_file
@@ -65,6 +66,17 @@ class CardBase(BaseModel):
     #: sha256 of every file the folder holds for this card (its kind's tensors), written with the card and checked on
     #: load (:func:`check_files`): a damaged file is refused instead of served, and the detector id covers the weights
     files: dict[str, str] = {}
+    #: the seen rows' tile index (:mod:`synthdet.data.tilehash`) of a model trained in this process, written beside
+    #: the card as ``seen-tiles.npz`` by :func:`save_card`; and the folder a loaded card came from (to read it back)
+    _tiles: TileIndex | None = PrivateAttr(default=None)
+    _folder: Path | None = PrivateAttr(default=None)
+
+    def __eq__(self, other: object) -> bool:
+        """Equal by their fields: where a card was read from, and a tile index in memory, are not the card."""
+        if not isinstance(other, BaseModel):
+            return NotImplemented
+        return (type(self) is type(other) and self.__dict__ == other.__dict__
+                and self.__pydantic_extra__ == other.__pydantic_extra__)
 
 
 class Card(CardBase):
@@ -169,8 +181,10 @@ def save_card(card: CardBase, folder: Path) -> None:
     last: a folder without its card is no detector)."""
     card.created = card.created or time.strftime("%Y-%m-%dT%H:%M:%S%z")
     kind = str(getattr(card, "kind", ""))
+    if card._tiles is not None:
+        card._tiles.save(folder / SEEN_TILES)
     names = [*(DETECTOR_KINDS.meta(kind)["files"] if kind in DETECTOR_KINDS else ()),
-             *sorted(p.name for p in folder.glob("graph-*.onnx"))]
+             *sorted(p.name for p in folder.glob("graph-*.onnx")), SEEN_TILES]
     card.files = {name: sha256_file(folder / name) for name in names if (folder / name).is_file()}
     write_text(folder / "card.json", json.dumps(card.model_dump(mode="json"), indent=2) + "\n")
 
@@ -178,19 +192,44 @@ def save_card(card: CardBase, folder: Path) -> None:
 def check_files(folder: str | Path, card: CardBase) -> None:
     """Every file the card's kind needs is in ``folder`` (``FileNotFoundError`` naming the first missing), and each
     file the card records has the bytes it had when the card was written (:class:`DamagedDetectorError`, one line).
-    Cards written before digests were recorded have none to check."""
+    Cards written before digests were recorded have none to check. The seen rows' tile index is not needed to score
+    (a scoring install may leave it out): it is checked where it is read (:func:`read_seen_tiles`)."""
     folder = Path(folder)
     kind = str(getattr(card, "kind", ""))
     for name in DETECTOR_KINDS.meta(kind)["files"] if kind in DETECTOR_KINDS else ():
         if not (folder / name).is_file():
             raise FileNotFoundError(f"{folder}: a {kind} detector without {name}; copy the whole folder")
     for name, digest in card.files.items():
+        if name == SEEN_TILES:
+            continue
         path = folder / name
         if not path.is_file():
             raise FileNotFoundError(f"{path}: missing; its card records it: copy the whole detector folder")
         if sha256_file(path) != digest:
             raise DamagedDetectorError(f"{path}: not the file its card records (sha256 differs: altered or cut "
                                        "short); copy the detector folder again")
+
+
+def read_seen_tiles(card: CardBase) -> TileIndex | None:
+    """The tile index of the images a card's model has seen: the one trained in this process, else the card's
+    ``seen-tiles.npz`` (its sha256 checked); None for a card without one (trained before it existed)."""
+    if card._tiles is None and card._folder is not None and SEEN_TILES in card.files:
+        path = card._folder / SEEN_TILES
+        if not path.is_file():
+            raise FileNotFoundError(f"{path}: missing; its card records it (the rows the detector has seen): copy the "
+                                    "whole detector folder")
+        if sha256_file(path) != card.files[SEEN_TILES]:
+            raise DamagedDetectorError(f"{path}: not the file its card records (sha256 differs)")
+        card._tiles = TileIndex.load(path)
+    return card._tiles
+
+
+def seen_tiles(detector: Any) -> TileIndex | None:
+    """The tile index of every image a detector (an ensemble: its members and its own calibration rows) has seen;
+    None when no card has one."""
+    parts = [read_seen_tiles(detector.card), *(seen_tiles(m) for m in getattr(detector, "members", None) or [])]
+    known = [p for p in parts if p is not None]
+    return None if not known else known[0] if len(known) == 1 else TileIndex.join(known)
 
 
 def default_detector_path() -> Path:

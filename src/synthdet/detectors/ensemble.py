@@ -240,6 +240,7 @@ def load_member(path: Path) -> Detector:
     det = DETECTOR_KINDS.get(card.kind)(path)
     if not isinstance(det, Detector):
         raise ValueError(f"{path}: an ensemble member must be a single detector, not an ensemble")
+    det.card._folder = path  # its seen rows' tile index (provenance), read when asked
     return det
 
 

@@ -20,4 +20,6 @@ def load_detector(path: str | Path | None = None) -> Detector | EnsembleDetector
     path = Path(path) if path is not None else default_detector_path()
     card = read_card(path)
     check_files(path, card)
-    return DETECTOR_KINDS.get(card.kind)(path)  # type: ignore[no-any-return]
+    det = DETECTOR_KINDS.get(card.kind)(path)
+    det.card._folder = path  # where its seen rows' tile index is read from, when asked (never to score)
+    return det  # type: ignore[no-any-return]

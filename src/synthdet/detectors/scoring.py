@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 import numpy as np
 from PIL import Image
 
+from synthdet.data.tilehash import SEEN_TILES
 from synthdet.io.pixels import DEFAULT_MAX_PIXELS, load_image
 
 if TYPE_CHECKING:
@@ -38,8 +39,11 @@ class AnyDetector(Protocol):
 
 
 def detector_id(det: AnyDetector) -> str:
-    """A short identity for a detector: backbone, head and a digest of its card."""
+    """A short identity for a detector: backbone, head and a digest of its card (not of the seen rows' tile index:
+    adding one to a card leaves the model, and its identity, as they were)."""
     card = det.card
+    if SEEN_TILES in card.files:
+        card = card.model_copy(update={"files": {k: v for k, v in card.files.items() if k != SEEN_TILES}})
     digest = hashlib.sha256(card.model_dump_json(exclude={"metrics", "rows"}).encode()).hexdigest()[:12]
     return f"{card.backbone}/{card.head}@{digest}"
 

@@ -27,15 +27,19 @@ from synthdet.data.manifest import ManifestError, index
 from synthdet.data.perturbations import DEFAULT_SLICES, Slice, get_slice
 from synthdet.data.provenance import (
     ON_OVERLAP,
+    SEEN_COLUMNS,
     UNKNOWN,
     InSampleError,
     OnOverlap,
+    copies_of,
     provenance,
     seen_by,
     seen_counts,
+    seen_list,
     seen_rows,
 )
 from synthdet.data.splits import phash_codes
+from synthdet.detectors.card import seen_tiles
 from synthdet.detectors.loading import load_detector
 from synthdet.evaluation.metrics import evaluate_scores, gap_table
 from synthdet.extras import require
@@ -68,6 +72,8 @@ class EvalRun:
     metrics: dict[str, dict]
     skipped: pd.DataFrame = field(default_factory=lambda: pd.DataFrame(columns=["path", "slice", "reason"]))
     info: dict[str, Any] = field(default_factory=dict)
+    #: the images found seen (:func:`seen_list`): evaluated anyway (flag) or dropped; ``seen.csv`` in the folder
+    seen: pd.DataFrame = field(default_factory=lambda: pd.DataFrame(columns=list(SEEN_COLUMNS)))
 
     @property
     def slices(self) -> list[str]:
@@ -94,6 +100,9 @@ class EvalRun:
             self.scores.to_csv(tmp, index=False, lineterminator="\n")
         with atomic_path(folder / "skipped.csv") as tmp:
             self.skipped.to_csv(tmp, index=False)
+        if len(self.seen):
+            with atomic_path(folder / "seen.csv") as tmp:
+                self.seen.to_csv(tmp, index=False)
         doc = {"name": self.name, "threshold": self.threshold, "info": self.info, "metrics": self.metrics}
         write_text(folder / "metrics.json", json.dumps(doc, indent=1))
         return folder
@@ -184,18 +193,25 @@ def evaluate_detector(
         skipped += [{"path": r.path, "slice": "index", "reason": f"same content as {first[r.sha256]} (counted once)"}
                     for r in scores[dup].itertuples()]
         scores = scores[~dup].reset_index(drop=True)
+    copies: dict[str, str] = {}
+    seen_table = pd.DataFrame(columns=list(SEEN_COLUMNS))
     if seen is not None:
         per_role = seen_by(scores["sha256"], seen, phash_codes(scores))  # one near-duplicate search per role
         hit = scores["sha256"].isin(set().union(*per_role.values())).to_numpy()
+        rest = scores[~hit]  # the tile search (crops, resizes) only where a hash has not already decided
+        copies = copies_of(seen_tiles(detector), rest["sha256"], rest["path"])
+        per_role = seen_by(scores["sha256"], seen, phash_codes(scores), copies)
+        hit = scores["sha256"].isin(set().union(*per_role.values())).to_numpy()
+        seen_table = seen_list(scores[hit], seen, per_role, copies)
         if hit.any() and on_overlap == "refuse":
             roles = ", ".join(f"{k}: {n}" for k, n in seen_counts(per_role).items())
             names = [printable(Path(p).name) for p in scores.loc[hit, "path"]]
             listed = ", ".join(names[:3]) + (f" and {len(names) - 3} more" if len(names) > 3 else "")
             raise InSampleError(
-                f"{int(hit.sum())} of the {len(scores)} images to evaluate (by content hash, or as near-duplicates) were used to fit or "
-                f"calibrate this detector ({roles}): {listed}; its figures there would be in-sample. Evaluate on "
-                f"held-out images, drop the overlap (on_overlap='drop', CLI --on-overlap drop) or label every figure "
-                f"in-sample (on_overlap='flag')")
+                f"{int(hit.sum())} of the {len(scores)} images to evaluate (by content hash, as near-duplicates, or as "
+                f"crops/resizes/re-encodes) were used to fit or calibrate this detector ({roles}): {listed}; its "
+                f"figures there would be in-sample. Evaluate on held-out images, drop the overlap (on_overlap='drop', "
+                f"CLI --on-overlap drop) or label every figure in-sample (on_overlap='flag')", seen_table)
         if hit.any() and on_overlap == "drop":
             dropped = int(hit.sum())
             scores = scores[~hit].reset_index(drop=True)
@@ -223,7 +239,7 @@ def evaluate_detector(
         if "sha256" not in scores:  # a frame that was not indexed: no content hashes to check
             return {"n": int(mask.sum()), "digest": "", "status": UNKNOWN}
         codes = phash_codes(scores)
-        return provenance(scores["sha256"].to_numpy()[mask], seen, None if codes is None else codes[mask])
+        return provenance(scores["sha256"].to_numpy()[mask], seen, None if codes is None else codes[mask], copies)
 
     metrics = {CLEAN: evaluate_scores(y, scores[_prob_column(CLEAN)].to_numpy(), thr,
                                       groups=_group_columns(scores, group_by), bootstrap=bootstrap, seed=seed)}
@@ -251,7 +267,7 @@ def evaluate_detector(
         "rows": {**metrics[CLEAN]["rows"], "on_overlap": on_overlap, "dropped_seen": dropped},
     }
     return EvalRun(name or f"{card.backbone}+{card.head}", float(thr), scores, metrics,
-                   pd.DataFrame(skipped, columns=["path", "slice", "reason"]), info)
+                   pd.DataFrame(skipped, columns=["path", "slice", "reason"]), info, seen_table)
 
 
 def run_evaluation(
@@ -282,8 +298,14 @@ def run_evaluation(
         if "split" not in df:
             raise ManifestError(f"{data}: no split column to select {split!r} from")
         df = df[df["split"] == split]
-    run = evaluate_detector(det, df, slices=names, bootstrap=bootstrap, batch_size=batch_size, num_workers=num_workers,
-                            name=name or Path(out).name, on_overlap=on_overlap, progress=progress)
+    try:
+        run = evaluate_detector(det, df, slices=names, bootstrap=bootstrap, batch_size=batch_size,
+                                num_workers=num_workers, name=name or Path(out).name, on_overlap=on_overlap,
+                                progress=progress)
+    except InSampleError as e:  # every seen image, not just the first few the message names
+        with atomic_path(Path(out) / "seen.csv") as tmp:
+            e.table.to_csv(tmp, index=False)
+        raise InSampleError(f"{e}; all {len(e.table)} listed in {Path(out) / 'seen.csv'}", e.table) from None
     run.info["data"] = str(data) + (f" (split {split})" if split else "")
     run.info["detector"]["path"] = str(detector) if detector else "shipped default"
     run.save(out)

@@ -14,20 +14,32 @@ from PIL import Image
 from synthdet.io.atomic import atomic_path
 from synthdet.localization.metrics import f1_iou, flagged, localization_metrics
 from synthdet.localization.models import Localizer
-from synthdet.localization.triples import host_digests, load_pairs, source_groups, type_groups
+from synthdet.localization.triples import host_digests, image_codes, load_pairs, source_groups, type_groups
 
 
 def rows_status(loc: Localizer, df: pd.DataFrame) -> dict[str, Any]:
     """Provenance of an evaluation (as :func:`synthdet.evaluation.runs.provenance` for Task A): ``held-out`` when no row's
     host photo was among the localizer's training or validation photos, ``in-sample`` with ``n_seen`` otherwise,
-    ``provenance unknown`` for a localizer saved before it recorded them."""
+    ``provenance unknown`` for a localizer saved before it recorded them. Content decides too, not only the host's
+    name: a row near a training or validation image by dHash (a triple of the same photo under another name, at
+    another size) or by its tiles (a crop of one) is seen (``n_seen_by_content``)."""
     from synthdet.data.provenance import HELD_OUT, IN_SAMPLE, UNKNOWN
+    from synthdet.data.splits import near_duplicate_of
+    from synthdet.detectors.card import read_seen_tiles
 
     seen = loc.card.params.get("seen_hosts")
     if seen is None:
         return {"n": len(df), "status": UNKNOWN, "n_seen": None}
-    n_seen = int(np.isin(host_digests(df), seen).sum())
-    return {"n": len(df), "status": IN_SAMPLE if n_seen else HELD_OUT, "n_seen": n_seen}
+    hit = np.isin(host_digests(df), seen)
+    by_content = np.zeros(len(df), bool)
+    if codes := loc.card.params.get("seen_phashes"):  # a triple of a seen photo, at another size
+        by_content[~hit] = near_duplicate_of(image_codes(df["path"][~hit]), codes)
+    tiles = read_seen_tiles(loc.card)
+    if tiles is not None and (rest := ~(hit | by_content)).any():  # a crop of one
+        by_content[rest] = [name is not None for name, _ in tiles.match_paths(df["path"][rest])]
+    n_seen = int((hit | by_content).sum())
+    return {"n": len(df), "status": IN_SAMPLE if n_seen else HELD_OUT, "n_seen": n_seen,
+            "n_seen_by_content": int(by_content.sum())}
 
 
 class LocEvaluation:

@@ -267,8 +267,14 @@ def make_manipulations(
                 cache.pop(next(iter(cache)))
         return cache[path]
 
+    # ``source`` must name the photo (train/val splits and held-out checks keep a photo's triples together): a
+    # manifest's source where it names one file, else the file (a real/fake folder's source is its class folder)
+    named = df.assign(s=df["source"].fillna("").astype(str) if "source" in df else "")
+    per_file = set(named.groupby("s")["path"].nunique().loc[lambda c: c == 1].index) - {""}
+
     def source_of(row: pd.Series) -> str:
-        return str(row.get("source", "") or row["path"])
+        src = str(row.get("source", "") or "")
+        return src if src in per_file else str(row["path"])
 
     rows = []
     for i in tqdm(range(n), desc="manipulate", unit="img", disable=None if progress else True):

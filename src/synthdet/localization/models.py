@@ -187,4 +187,5 @@ def load_localizer(path: str | Path | None = None, device: str | torch.device = 
         unused = tuple(f"encoder.blocks.{i}." for i in range(PATCH_BLOCKS, 7))
         state = {k: v for k, v in state.items() if not k.startswith(unused)}
     net.load_state_dict(state, strict=True)
+    card._folder = path  # its seen photos' tile index, read when an evaluation asks
     return Localizer(card, net, device)

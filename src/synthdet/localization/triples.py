@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import hashlib
 import random
+from collections.abc import Iterable
 from pathlib import Path
 
 import numpy as np
@@ -111,6 +112,21 @@ def host_keys(df: pd.DataFrame) -> list[str]:
     what a held-out evaluation must not share with the localizer's training and validation rows."""
     hosts = df["src_path"] if "src_path" in df else df["source"]
     return [str(s) or str(p) for s, p in zip(hosts.fillna(""), df["path"])]
+
+
+def image_codes(paths: Iterable[str | Path]) -> list[str]:
+    """Each image's 64-bit dHash ("" where it does not decode): two triples built on one photo, at any size, share
+    it within a few bits, whatever their names say."""
+    from synthdet.data.manifest import dhash
+
+    out = []
+    for p in paths:
+        try:
+            with Image.open(p) as im:
+                out.append(dhash(im))
+        except (OSError, ValueError):
+            out.append("")
+    return out
 
 
 def host_digests(df: pd.DataFrame) -> list[str]:

@@ -36,6 +36,7 @@ from synthdet.backbones.pair import pair_backbone, pair_columns, pair_name
 from synthdet.data.manifest import manifest_hash, usable_rows, write_manifest
 from synthdet.data.perturbations import get_view
 from synthdet.data.splits import RowSet, SplitPlan
+from synthdet.data.tilehash import TileIndex
 from synthdet.detectors.calibrate import (
     Calibration,
     CalibrationMethod,
@@ -189,6 +190,16 @@ def fold_metrics(y: np.ndarray, prob: np.ndarray, threshold: float) -> dict[str,
             "f1": at["f1"], "accuracy": at["accuracy"], "eer": m["eer"]}
 
 
+def check_group_folds(plan: SplitPlan, group_by: str | None) -> None:
+    """Results are labelled leave-one-``group_by``-out only when the plan's folds are groups (built with
+    ``fold_by``): a random k-fold plan puts every group in training for most folds, so its scores are not
+    out-of-group and must not be called so."""
+    if group_by is not None and not plan.fold_names:
+        raise ValueError(f"split plan {plan.id} has random folds, not one per group: its scores would not be "
+                         f"leave-one-{group_by}-out. Build the plan with fold_by={group_by!r} (or a coarser column "
+                         f"holding whole groups), or leave group_by out")
+
+
 def run_folds(
     df: pd.DataFrame, fit_fold: FoldFitter, *, k: int = 5, seed: int = 42, calib_fraction: float = 0.15,
     plan: SplitPlan | None = None, group_by: str | None = None,
@@ -199,6 +210,7 @@ def run_folds(
     ``skipped``)."""
     df = df.drop_duplicates("sha256").reset_index(drop=True)
     plan = plan or SplitPlan.build(df, test=0.0, calib=calib_fraction, k=k, seed=seed, fold_by=group_by)
+    check_group_folds(plan, group_by)
     df, skipped = assign_roles(df, plan)
     df = df.drop(columns="split").assign(fold=plan.fold_of(df["sha256"]))
     prob = np.full(len(df), np.nan)
@@ -265,6 +277,7 @@ def cross_validate(
     df = df.drop_duplicates("sha256").reset_index(drop=True)
     plan = plan or SplitPlan.build(df, test=0.0, calib=lead.calib_fraction, k=k, seed=lead.seed,
                                    fold_by=folds_by or group_by)
+    check_group_folds(plan, group_by)
     if not plan.k:
         raise ValueError(f"split plan {plan.id} has no folds (built with k=0)")
     df, outside = assign_roles(df, plan)  # images labelled both ways are left out, with their reason
@@ -425,6 +438,7 @@ def _refit(
               "seed": cv.config["seed"], "k": cv.config["k"], "refit_on": "all", "threshold_from": how,
               "group_by": cv.group_by, "split_plan": cv.plan.summary() if cv.plan else None},
     )
+    card._tiles = TileIndex.of_rows(df)  # crops and resizes of every refitted image count as seen
     return Detector(card, model, backbone=bb)
 
 

@@ -11,17 +11,32 @@ import numpy as np
 import pandas as pd
 
 from synthdet.data.manifest import manifest_hash, usable_rows
-from synthdet.data.provenance import ON_OVERLAP, InSampleError, OnOverlap, join_rows, overlap, provenance
+from synthdet.data.provenance import (
+    HELD_OUT,
+    ON_OVERLAP,
+    TUNED_HERE,
+    InSampleError,
+    OnOverlap,
+    copies_of,
+    join_rows,
+    overlap,
+    provenance,
+    seen_by,
+    seen_list,
+)
 from synthdet.data.splits import RowSet, phash_codes
+from synthdet.data.tilehash import TileIndex
 from synthdet.detectors.calibrate import f1_optimal_threshold
 from synthdet.detectors.card import (
     CardBase,
+    seen_tiles,
 )
 from synthdet.detectors.ensemble import (
     EnsembleDetector,
     combine,
 )
 from synthdet.evaluation.metrics import binary_metrics
+from synthdet.io.atomic import atomic_path
 
 
 def saved_split(detector_dir: Path) -> pd.DataFrame | None:
@@ -30,7 +45,7 @@ def saved_split(detector_dir: Path) -> pd.DataFrame | None:
     manifest = detector_dir / "manifest.csv"
     if not manifest.is_file():
         return None
-    df = pd.read_csv(manifest, usecols=lambda c: c in ("sha256", "split", "phash"), dtype=str, keep_default_na=False)
+    df = pd.read_csv(manifest, usecols=lambda c: c in ("sha256", "split", "phash", "path"), dtype=str, keep_default_na=False)
     if "split" in df:
         df["split"] = df["split"].replace({"val": "test"})
     return df
@@ -81,15 +96,24 @@ def build_ensemble(
     known = [r for r in per_member if r is not None]
     seen = join_rows(known) if len(known) == len(per_member) else None
     codes = phash_codes(df)
-    before = provenance(df["sha256"], seen, codes)
+    copies = copies_of(seen_tiles(ens), df["sha256"], df["path"]) if seen is not None else {}  # crops, resizes
+    before = provenance(df["sha256"], seen, codes, copies)
     dropped = 0
-    if before.get("n_seen") and on_overlap == "refuse":
+    if seen is not None and before.get("n_seen") and on_overlap == "refuse":
+        per_role = seen_by(df["sha256"], seen, codes, copies)
+        table = seen_list(df, seen, per_role, copies)
+        listing = Path(out).with_name(Path(out).name + ".seen.csv")  # beside: no half-made ensemble folder
+        with atomic_path(listing) as tmp:  # every one; the message names the first few
+            table.to_csv(tmp, index=False)
+        names = [Path(p).name for p in table["path"]]
         raise InSampleError(
-            f"{before['n_seen']} of the {before['n']} calibration images were used to fit or calibrate a member: "
+            f"{before['n_seen']} of the {before['n']} calibration images were used to fit or calibrate a member (by "
+            f"content hash, as near-duplicates or as crops/resizes/re-encodes): {', '.join(names[:3])}"
+            f"{f' and {len(names) - 3} more' if len(names) > 3 else ''}, all listed in {listing}; "
             f"the ensemble's threshold and figures would be in-sample. Calibrate on images no member has seen (e.g. "
-            f"their shared val split), drop the overlap (on_overlap='drop') or flag it (on_overlap='flag')")
+            f"their shared val split), drop the overlap (on_overlap='drop') or flag it (on_overlap='flag')", table)
     if seen is not None and before["n_seen"] and on_overlap == "drop":
-        unseen = ~df["sha256"].isin(overlap(seen, df["sha256"], codes))
+        unseen = ~df["sha256"].isin(overlap(seen, df["sha256"], codes, copies))
         dropped = int((~unseen).sum())
         df = df[unseen].reset_index(drop=True)
         codes = None if codes is None else codes[unseen.to_numpy()]
@@ -108,16 +132,20 @@ def build_ensemble(
         each[name] = {"roc_auc": mm["roc_auc"], "ap": mm["ap"], "f1": mm["at_threshold"]["f1"], "threshold": t}
     shas = df.loc[ok, "sha256"]
     ok_codes = None if codes is None else codes[ok]
-    rows = {**provenance(shas, seen, ok_codes), "threshold_tuned_here": True}  # held-out from the members, not from the threshold
+    rows = provenance(shas, seen, ok_codes, copies)
+    if rows["status"] == HELD_OUT:  # held out from the members, but the threshold was tuned on these very rows
+        rows["status"] = TUNED_HERE
     ens.card.metrics = {"calib": {**binary_metrics(y, prob, threshold=ens.card.threshold), "rows": rows},
                         "members": each}
     ens.card.rows = join_rows([*known, {"calib": RowSet.of(shas, ok_codes)}])
+    ens.card._tiles = TileIndex.of_rows(df[ok])
     if seen is None:
         ens.card.rows.pop("fit", None)  # some member's rows are unknown: so are the ensemble's
     ens.card.data = {"calib": {
         "manifest_hash": manifest_hash(df[ok]), "n_images": int(ok.sum()), "skipped": len(skipped) + int((~ok).sum()),
         "dropped_seen": dropped, "on_overlap": on_overlap,
-        "seen_by_members": {n: None if r is None else len(overlap(r, shas, ok_codes)) for n, r in zip(ens.card.names, per_member)},
+        "seen_by_members": {n: None if r is None else len(overlap(r, shas, ok_codes, copies))
+                            for n, r in zip(ens.card.names, per_member)},
     }}
     ens.save(out, copy_members=copy_members)
     return ens

@@ -22,6 +22,7 @@ from PIL import Image
 from pydantic import BaseModel
 from torch import nn
 
+from synthdet.data.tilehash import TileIndex
 from synthdet.io.atomic import atomic_path
 from synthdet.localization.card import ImageScore, LocalizerCard, LocModel
 from synthdet.localization.decision import fit_decision
@@ -33,7 +34,7 @@ from synthdet.localization.metrics import (
     tune_loc_threshold,
 )
 from synthdet.localization.models import Localizer, build_model, input_tensor, predict_map
-from synthdet.localization.triples import host_digests, load_pairs, source_groups, type_groups
+from synthdet.localization.triples import host_digests, image_codes, load_pairs, source_groups, type_groups
 
 
 class TrainConfig(BaseModel):
@@ -219,8 +220,11 @@ def train_localizer(
                                              sources=source_groups(val), types=type_groups(val), head=head)},
         params={**({"decision": head} if head else {}), "config": cfg.model_dump(), "history": state["history"], "n_train": len(train), "n_val": len(val),
                 "seen_hosts": sorted(set(host_digests(train) + host_digests(val))),
+                "seen_phashes": image_codes(pd.concat([train, val])["path"]),
                 "train_seconds": round(time.perf_counter() - start, 1), "device": str(device)},
     )
+    seen = pd.concat([train, val])  # its photos' tiles: a crop or resize of one is not held out either
+    card._tiles = TileIndex.build(zip(host_digests(seen), seen["path"].astype(str)))
     loc = Localizer(card, net.eval(), device)
     loc.save(out)
     return loc

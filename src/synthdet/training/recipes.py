@@ -142,16 +142,19 @@ def _saved_step(out: Path, step: Step) -> dict[str, Any] | None:
 def _val_rows(det_dir: Path) -> dict[str, Any]:
     """Provenance of a trained step's figures: its manifest's held-out split, against the rows it was fitted or
     calibrated on."""
-    from synthdet.data.provenance import UNKNOWN, provenance
+    from synthdet.data.provenance import UNKNOWN, copies_of, provenance
     from synthdet.data.splits import phash_codes
-    from synthdet.detectors.card import read_card
+    from synthdet.detectors.card import read_card, read_seen_tiles
     from synthdet.training.ensemble import member_rows, saved_split
 
     df = saved_split(det_dir)
     if df is None or "split" not in df:
         return {"role": "val", "status": UNKNOWN}
     held = df[df["split"] == "test"]
-    return {"role": "val", **provenance(held["sha256"], member_rows(det_dir, read_card(det_dir)), phash_codes(held))}
+    card = read_card(det_dir)
+    card._folder = det_dir
+    copies = copies_of(read_seen_tiles(card), held["sha256"], held["path"]) if "path" in held else {}
+    return {"role": "val", **provenance(held["sha256"], member_rows(det_dir, card), phash_codes(held), copies)}
 
 
 def run_recipe(

@@ -32,6 +32,7 @@ from synthdet.backbones.base import Backbone, create_backbone
 from synthdet.backbones.pooling import TapPool
 from synthdet.data.manifest import manifest_hash, usable_rows, write_manifest
 from synthdet.data.splits import HASH_PREFIX, RowSet, SplitPlan
+from synthdet.data.tilehash import TileIndex
 from synthdet.detectors.calibrate import f1_optimal_threshold
 from synthdet.detectors.card import Card
 from synthdet.detectors.detector import Detector
@@ -261,6 +262,7 @@ def train_detector(
         threshold = oof_threshold(config.head, params, both, len(views), seed=plan.seed)
         model = create_head(config.head, **params).fit(both.X, both.y, groups=both.groups)
         rows = {"fit": RowSet.of_rows(both.rows), "calib": RowSet.of_rows(both.rows)}
+    seen_tiles = TileIndex.of_rows(both.rows if refit else pd.concat([fit.rows, cal.rows]))
     metrics["val"], test_prob = held_out_metrics(model, threshold, test, model_name="saved")
     images = df.drop_duplicates("sha256")
     counts = images.groupby("split")["label"].agg(["size", "sum"]).rename(columns={"size": "n", "sum": "n_fake"})
@@ -277,6 +279,7 @@ def train_detector(
             "split_plan": plan.summary(),
         },
     )
+    card._tiles = seen_tiles  # saved beside the card: crops and resizes of these images count as seen
     det = Detector(card, model, backbone=bb)
     if out is not None:
         det.save(out)

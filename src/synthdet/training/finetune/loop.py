@@ -23,8 +23,9 @@ from tqdm.auto import tqdm
 
 from synthdet.backbones.base import Backbone
 from synthdet.data.splits import RowSet
+from synthdet.data.tilehash import TileIndex
 from synthdet.detectors.calibrate import f1_optimal_threshold
-from synthdet.detectors.card import FinetunedCard
+from synthdet.detectors.card import FinetunedCard, seen_tiles
 from synthdet.detectors.detector import Detector
 from synthdet.evaluation.metrics import binary_metrics
 from synthdet.heads.base import create_head
@@ -259,6 +260,8 @@ def finetune(
         for part, rows in (getattr(init.detector.card, "rows", None) or {}).items():
             seen.setdefault(part, []).extend(RowSet.model_validate(rows).hashes)
     card.rows = {part: RowSet.of(shas) for part, shas in seen.items()}
+    tiles = TileIndex.build((sha, p) for p, y in [*train_items, *val_items] for sha in item_hashes([(p, y)]))
+    card._tiles = TileIndex.join([tiles, *([t] if init and (t := seen_tiles(init.detector)) else [])])
     detector = Detector(card, head, backbone=backbone)
     save_finetuned(detector, tuned_tensors, out / "detector")
     if taps:
