@@ -103,7 +103,8 @@ def default_localizer_path() -> Path:
 def summarise(prob: np.ndarray, score: float, threshold: float, loc_threshold: float) -> dict[str, Any]:
     """The image-level decision in words beside what backs it: ``verdict`` (``likely edited`` / ``no edit found``),
     ``manipulated``, ``score`` and ``threshold``, the share of pixels flagged (``coverage``) and the largest flagged
-    region's share and box ``[x0, y0, x1, y1]`` in the image's pixels (None when nothing is flagged), ``words``."""
+    region's share and box ``[x0, y0, x1, y1]`` in the image's pixels (None when nothing is flagged), ``words``
+    (what backs the verdict, without repeating it)."""
     coverage = float(np.mean(np.asarray(prob) > loc_threshold))
     small, step = _sampled(prob)
     labels, n = regions(small > loc_threshold)
@@ -119,10 +120,10 @@ def summarise(prob: np.ndarray, score: float, threshold: float, loc_threshold: f
     edited = bool(score >= threshold)
     if edited:
         where = f"; the largest flagged region covers {100 * largest:.1f} % of it" if box else ""
-        words = (f"likely edited: the map points to a generated or pasted region (image-level score {score:.2f} ≥ "
+        words = (f"the map points to a generated or pasted region (image-level score {score:.2f} ≥ "
                  f"{threshold:.2f}); {100 * coverage:.1f} % of the pixels flagged{where}")
     else:
-        words = (f"no edit found: no region stands out from the rest of the image (image-level score {score:.2f} < "
+        words = (f"no region stands out from the rest of the image (image-level score {score:.2f} < "
                  f"{threshold:.2f}); {100 * coverage:.1f} % of the pixels flagged")
     return {"verdict": "likely edited" if edited else "no edit found", "manipulated": edited, "score": float(score),
             "threshold": float(threshold), "loc_threshold": float(loc_threshold), "coverage": coverage,
