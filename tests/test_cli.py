@@ -147,16 +147,16 @@ def test_installed_entry_point_runs_demo(tmp_path: Path) -> None:
 @pytest.mark.shared
 @pytest.mark.skipif(not SHARED.is_dir(), reason="needs ../shared/data/dev")
 def test_train_on_shared_dev_manifest(tmp_path: Path, cache: Path) -> None:
-    """End to end on the curated development set's own CSV (path,label,source,generator; every third row, for time):
+    """End to end on the curated development set's own CSV (path,label,source,generator; every fourth row, for time):
     its original formats, sizes and sources."""
-    rows = pd.read_csv(SHARED / "manifest.csv").iloc[::3]
+    rows = pd.read_csv(SHARED / "manifest.csv").iloc[::4]
     listing = tmp_path / "dev.csv"
     rows.assign(path=[str(SHARED / p) for p in rows["path"]]).to_csv(listing, index=False)
     det = tmp_path / "det"
     res = run("train", listing, "-o", det, "--head", "logreg", "--views", "1")
     assert res.exit_code == 0, res.output
     card = pd.read_json(det / "card.json", typ="series")
-    assert card["data"]["n_images"] == len(rows) >= 300
+    assert card["data"]["n_images"] == len(rows) >= 230
     assert card["metrics"]["val"]["roc_auc"] > 0.8
 
 

@@ -19,6 +19,7 @@ from __future__ import annotations
 import json
 import time
 from collections.abc import Callable
+from functools import lru_cache
 from importlib import resources
 from pathlib import Path
 from typing import Annotated, Any, Literal
@@ -220,8 +221,15 @@ def read_seen_tiles(card: CardBase) -> TileIndex | None:
                                     "whole detector folder")
         if sha256_file(path) != card.files[SEEN_TILES]:
             raise DamagedDetectorError(f"{path}: not the file its card records (sha256 differs)")
-        card._tiles = TileIndex.load(path)
+        card._tiles = _load_tiles(str(path), card.files[SEEN_TILES])
     return card._tiles
+
+
+@lru_cache(maxsize=4)
+def _load_tiles(path: str, digest: str) -> TileIndex:
+    """One load per index file and content (the shipped default's takes seconds): every detector loaded from it in
+    this process shares it; ``digest`` keys the content, so a replaced file is read again."""
+    return TileIndex.load(path)
 
 
 def seen_tiles(detector: Any) -> TileIndex | None:
