@@ -39,12 +39,13 @@ BATCH_SIZE = 8
 def graph_key(folder: str | Path, card: Card) -> str:
     """A digest of what a folder's graph computes from: the network (backbone, its weights, taps, preprocessing
     shape), the head and every tensor file in the folder. Calibration and threshold are not in it: they apply
-    after the graph."""
+    after the graph. A tensor file's digest is the card's record when it has one (loading checks the file against
+    it), so the files are not hashed twice on the way to a score."""
     h = hashlib.sha256(card.model_dump_json(include={
         "kind", "backbone", "weights_id", "tap_pool", "features", "head", "head_params", "n_features", "preprocess",
     }).encode())
     for path in sorted(Path(folder).glob("*.safetensors")):
-        h.update(f"{path.name}:{sha256_file(path)}".encode())
+        h.update(f"{path.name}:{card.files.get(path.name) or sha256_file(path)}".encode())
     return h.hexdigest()[:16]
 
 
