@@ -42,10 +42,11 @@ def browser():
 
 
 def test_upload_verdict_stability_heatmap(url: str, browser, tmp_path: Path) -> None:
-    photos = sorted((SHARED_DEV / "real").glob("*.JPEG"))[:1]
-    from conftest import synthetic_photo
+    from synthdet.data.demo import demo_data_dir
 
-    photo = photos[0] if photos else write_image(tmp_path / "photo.jpg", synthetic_photo(320, 240, seed=3))
+    # a real photo: ../shared's, else a packaged demo one (a synthetic pattern gives the localizer an empty map)
+    photos = sorted((SHARED_DEV / "real").glob("*.JPEG"))[:1] or sorted((demo_data_dir() / "real").glob("*.jp*g"))[:1]
+    photo = photos[0]
     page = browser.new_page(viewport={"width": 1200, "height": 900})
     errors: list[str] = []
     page.on("pageerror", lambda e: errors.append(str(e)))
