@@ -7,9 +7,9 @@ latency, images/s and the server's peak RSS (``VmHWM``). The offline rows score 
 (the service's work without HTTP). Clients, server and offline runs share this machine's cores: on a small shared
 box the figures are ratios measured in one run, not capacities.
 
-    python benchmarks/serve_load.py                       # 64 dev images (or generated ones), checks off
-    python benchmarks/serve_load.py --n 128 --checks on   # each request also scores its 3 stability checks
-    python benchmarks/serve_load.py --checks both --batching on   # checks off and on against one server
+    python benchmarks/serve_load.py                        # 64 dev images (or generated ones), checks off
+    python benchmarks/serve_load.py --n 128 --checks quick # each request also scores its re-shared copy
+    python benchmarks/serve_load.py --checks all --batching on   # checks off, quick and full against one server
 
 After the load, each server gets one 48-Mpx paletted PNG (a 150 kB upload): its RSS (``VmRSS``) before and after
 shows whether a large decode's memory went back to the OS.
@@ -142,7 +142,7 @@ def big_image_rss(pid: int, port: int) -> dict:
             "rss_after_mb": round(peak_rss_mb(pid, "VmRSS"), 1)}
 
 
-def offline(paths: list[Path], payloads: list[bytes], checks: bool, detector: str | None) -> list[dict]:
+def offline(paths: list[Path], payloads: list[bytes], checks: str, detector: str | None) -> list[dict]:
     import torch
 
     from synthdet.detectors.assess import assess_images
@@ -161,7 +161,7 @@ def offline(paths: list[Path], payloads: list[bytes], checks: bool, detector: st
     res = assess_images(det, payloads, checks=checks, evidence=True)
     wall = time.perf_counter() - t0
     n = sum(not isinstance(r, Exception) for r in res)
-    rows.append({"path": f"offline assess_images (checks={'on' if checks else 'off'})", "images": n,
+    rows.append({"path": f"offline assess_images (checks={checks})", "images": n,
                  "wall_s": round(wall, 3), "images_per_s": round(n / wall, 2), "threads": torch.get_num_threads()})
     return rows
 
@@ -170,8 +170,8 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--n", type=int, default=64, help="images (each sent once per concurrency level)")
     ap.add_argument("--clients", type=int, nargs="+", default=[1, 8, 32])
-    ap.add_argument("--checks", choices=["off", "on", "both"], default="off",
-                    help="requests also score the 3 stability checks (both: off, then on, against the same server)")
+    ap.add_argument("--checks", choices=["off", "quick", "full", "all"], default="off",
+                    help="the stability checks each request scores (all: off, quick, full against the same server)")
     ap.add_argument("--batching", choices=["both", "on", "off"], default="both",
                     help="servers to start: micro-batching on (--max-batch), off (1), or one after the other")
     ap.add_argument("--max-batch", type=int, default=8, help="micro-batching on: requests per forward pass")
@@ -189,7 +189,7 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         paths, source = pick_images(args.n, Path(tmp))
         payloads = [p.read_bytes() for p in paths]
-        levels = {"off": [False], "on": [True], "both": [False, True]}[args.checks]
+        levels = ["off", "quick", "full"] if args.checks == "all" else [args.checks]
         offline_rows = [] if args.no_offline else [
             row for checks in levels for row in offline(paths, payloads, checks, args.detector)]
         served, memory = [], []
@@ -198,7 +198,7 @@ def main() -> None:
             proc = start_server(args.port, max_batch, args.max_wait_ms, args.detector, args.limits)
             try:
                 for checks in levels:
-                    url = f"http://127.0.0.1:{args.port}/v1/score?checks={'true' if checks else 'false'}"
+                    url = f"http://127.0.0.1:{args.port}/v1/score?checks={checks}"
                     for c in args.clients:
                         cpu = cpu_seconds(proc.pid)
                         row = asyncio.run(load(url, payloads, c))
@@ -228,7 +228,7 @@ def main() -> None:
         print(f"{r['path']:<44} {'-':>6} {'-':>7} {r['images_per_s']:>7} {'-':>8} {'-':>8} {'-':>8} {'-':>18} {'-':>10} {'-':>7}")
     for r in served:
         mix = " ".join(f"{k}:{v}" for k, v in {"200": r["ok"], **r["failures"]}.items())
-        print(f"{'serve, ' + r['server']:<44} {'on' if r['checks'] else 'off':>6} {r['clients']:>7} {r['images_per_s']:>7} {r['p50_ms']!s:>8} "
+        print(f"{'serve, ' + r['server']:<44} {r['checks']:>6} {r['clients']:>7} {r['images_per_s']:>7} {r['p50_ms']!s:>8} "
               f"{r['p95_ms']!s:>8} {r['p99_ms']!s:>8} {mix:>18} {r['server_cpu_ms_per_request']:>10} "
               f"{r['server_peak_rss_mb']:>7}")
     for m in memory:

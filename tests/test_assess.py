@@ -14,7 +14,15 @@ from PIL import Image
 from typer.testing import CliRunner
 
 from synthdet.data.perturbations import get_slice
-from synthdet.detectors.assess import CHECKS, assess_image, assess_images, centre_crop, tile_boxes
+from synthdet.detectors.assess import (
+    CHECKS,
+    assess_image,
+    assess_images,
+    centre_crop,
+    check_names,
+    prepare,
+    tile_boxes,
+)
 from synthdet.detectors.detector import Detector
 from synthdet.detectors.evidence import jpeg_quality, read_evidence
 from synthdet.detectors.scoring import score_images
@@ -147,15 +155,32 @@ def test_scores_match_predict_paths(det: Detector, tmp_path: Path) -> None:
     """The assessment's numbers are the detector's: the image as predict_paths scores the file, each check as
     predict_paths scores it under the same transform."""
     path = write_image(tmp_path / "a.jpg", synthetic_photo(120, 90, seed=7))
-    a = assess_image(det, path)
+    a = assess_image(det, path, checks="full")
     ((_, p, _),) = det.predict_paths([path], num_workers=0)
     assert a.probability == pytest.approx(p, abs=1e-5)
-    for check in a.checks:
+    quick = assess_image(det, path)  # the default: one re-shared copy
+    assert [c.name for c in quick.checks] == ["reshare"] and quick.probability == pytest.approx(a.probability, abs=1e-6)
+    for check in a.checks + quick.checks:
         ((_, q, _),) = det.predict_paths([path], num_workers=0, transform=CHECKS[check.name][1])
         assert check.probability == pytest.approx(q, abs=1e-5), check.name
     assert [c.name for c in a.checks] == ["jpeg75", "resize0.5", "crop"]
     assert a.checks[0].description == get_slice("jpeg75").description
-    assert det.assess(path).probability == a.probability  # the Detector method is the same function
+    assert det.assess(path).probability == quick.probability  # the Detector method is the same function
+
+
+def test_check_sets_cost_one_pass_per_check(det: Detector) -> None:
+    """quick scores one copy more, full three, off none (each is a forward pass); the re-shared copy applies the
+    full set's three steps in order, pixel for pixel; an unknown setting is refused by name."""
+    img = synthetic_photo(200, 150, seed=3)
+    data = encode_image(img, "JPEG")
+    sizes = {c: len(prepare(det, data, checks=c, evidence=False).images) for c in ("quick", "full", "off")}
+    assert sizes == {"quick": 2, "full": 4, "off": 1}
+    assert [len(prepare(det, data, checks=b, evidence=False).images) for b in (True, False)] == [2, 1]
+    chained = CHECKS["jpeg75"][1](CHECKS["resize0.5"][1](CHECKS["crop"][1](img, "k"), "k"), "k")
+    assert np.array_equal(np.asarray(CHECKS["reshare"][1](img, "k")), np.asarray(chained))
+    assert not np.array_equal(np.asarray(CHECKS["reshare"][1](img, "k")), np.asarray(CHECKS["crop"][1](img, "k")))
+    with pytest.raises(ValueError, match="quick, full, off"):
+        check_names("some")
 
 
 def test_band_from_card_or_default(det: Detector) -> None:
@@ -235,9 +260,12 @@ def test_cli_predict_assess(tmp_path: Path) -> None:
     assert res.exit_code == 0, res.output
     rows = json.loads(res.stdout)
     assert len(rows) == 1 and rows[0]["verdict"] in ("likely generated", "likely real", "uncertain")
-    assert [c["name"] for c in rows[0]["checks"]] == ["jpeg75", "resize0.5", "crop"]
-    human = runner.invoke(app, ["predict", "--assess", str(path)])
+    assert [c["name"] for c in rows[0]["checks"]] == ["reshare"]
+    human = runner.invoke(app, ["predict", "--assess", "--checks", "full", str(path)])
     assert human.exit_code == 0 and "check jpeg75" in human.stdout and "evidence (not in the score)" in human.stdout
+    assert runner.invoke(app, ["predict", "--checks", "full", str(path)]).exit_code == 2  # needs --assess
+    wrong = runner.invoke(app, ["predict", "--assess", "--checks", "most", str(path)])
+    assert wrong.exit_code == 2 and "quick, full, off" in wrong.output
     assert runner.invoke(app, ["predict", "--assess", str(bad)]).exit_code == 1
     assert runner.invoke(app, ["predict", "--assess", str(path), "-o", str(tmp_path / "x.csv")]).exit_code == 2
 
@@ -302,7 +330,6 @@ def test_a_huge_small_file_costs_its_checks_and_heatmap_what_a_photo_costs(
     """A 60 KB paletted PNG of 8000×6000: the checks and patch tiles are cut from the one bounded copy scoring makes
     anyway, never from 48 Mpx (a JPEG re-encode and crops of that took seconds and gigabytes); the tiles' boxes are
     still given in the upload's own pixels, and the image's own score is the plain score's."""
-    from synthdet.detectors.assess import prepare
     from synthdet.detectors.scoring import draft_size
 
     big = Image.new("P", (8000, 6000), 7)
@@ -315,10 +342,10 @@ def test_a_huge_small_file_costs_its_checks_and_heatmap_what_a_photo_costs(
     for name, (text, fn) in list(CHECKS.items()):
         monkeypatch.setitem(assess_module.CHECKS, name,
                             (text, lambda im, key, fn=fn: seen.append(im.size) or fn(im, key)))
-    pending = prepare(default_detector, data, checks=True, heatmap=True)
-    assert len(seen) == len(CHECKS) and all(min(size) < 2 * 768 for size in seen), seen  # never the 48 Mpx
+    pending = prepare(default_detector, data, checks="full", heatmap=True)
+    assert len(seen) == 3 and all(min(size) < 2 * 768 for size in seen), seen  # never the 48 Mpx
     limit = 2 * (draft_size(default_detector) or 1024)
-    assert len(pending.images) == 1 + len(CHECKS) + 9
+    assert len(pending.images) == 1 + 3 + 9
     assert all(min(im.size) < limit for im in pending.images), [im.size for im in pending.images]
     boxes = [b for row in pending.boxes for b in row]
     assert max(b[2] for b in boxes) == 8000 and max(b[3] for b in boxes) == 6000 and min(b[0] for b in boxes) == 0
@@ -350,7 +377,7 @@ def test_passes_group_sizes_across_requests_within_a_pixel_bound(det: Detector,
     """The images of several requests (an image and its checks each) are scored in passes sorted by size, never over
     ``CPU_PASS_PIXELS``, with the numbers a plain ``score_images`` gives, in order."""
     import synthdet.features.extract as extract
-    from synthdet.detectors.assess import CPU_PASS_PIXELS, prepare, score_in_passes
+    from synthdet.detectors.assess import CPU_PASS_PIXELS, score_in_passes
 
     passes: list[list[tuple[int, ...]]] = []
     real = extract.forward_by_shape

@@ -58,7 +58,7 @@ def test_score_multipart_and_raw_body(url: str, det: Detector, photo: bytes) -> 
         body = r.json()
         assert body["probability"] == pytest.approx(expected.probability, abs=1e-6)
         assert body["verdict"] == expected.verdict and body["threshold"] == pytest.approx(det.threshold)
-        assert [c["name"] for c in body["checks"]] == ["jpeg75", "resize0.5", "crop"]
+        assert [c["name"] for c in body["checks"]] == ["reshare"]  # the default: one re-shared copy
         assert body["evidence"]["jpeg"]["quality"] == 88
         assert "camera" in body["evidence"]["exif"]  # the name the page shows, computed once by the library
         assert body["heatmap"] is None
@@ -67,11 +67,18 @@ def test_score_multipart_and_raw_body(url: str, det: Detector, photo: bytes) -> 
     assert multipart.headers["x-content-type-options"] == "nosniff"
 
 
-def test_heatmap_and_no_checks(url: str, photo: bytes) -> None:
+def test_heatmap_and_check_settings(url: str, det: Detector, photo: bytes) -> None:
     r = httpx.post(f"{url}/v1/score?heatmap=true&checks=false", content=photo, timeout=60)
     assert r.status_code == 200
     body = r.json()
     assert np.array(body["heatmap"]["scores"]).shape == (3, 3) and body["checks"] == []
+    full = httpx.post(f"{url}/v1/score?checks=full", content=photo, timeout=60).json()
+    expected = assess_image(det, photo, checks="full")
+    assert [c["name"] for c in full["checks"]] == ["jpeg75", "resize0.5", "crop"]
+    assert max(abs(c["probability"] - e.probability) for c, e in zip(full["checks"], expected.checks)) <= 1e-6
+    assert httpx.post(f"{url}/v1/score?checks=off", content=photo, timeout=60).json()["checks"] == []
+    bad = httpx.post(f"{url}/v1/score?checks=most", content=photo, timeout=60)
+    assert bad.status_code == 422 and bad.json()["error"]["reason"] == "bad-checks"
 
 
 def test_batch(url: str, photo: bytes) -> None:
@@ -367,12 +374,13 @@ def test_silent_or_trickled_heads_are_closed_and_one_address_is_capped(det: Dete
 
 
 def test_overload_is_refused_with_503_before_work_not_504_after(det: Detector, photo: bytes) -> None:
-    """With more work queued than the timeout allows (checks on: four forward passes a request), requests are
+    """With more work queued than the timeout allows (full checks: four forward passes a request), requests are
     refused at once with 503 + Retry-After from the service's own cost estimate, instead of timing out with 504."""
 
     async def storm(u: str) -> list[httpx.Response]:
         async with httpx.AsyncClient(timeout=60) as client:
-            return await asyncio.gather(*(client.post(f"{u}/v1/score", content=photo) for _ in range(24)))
+            return await asyncio.gather(*(client.post(f"{u}/v1/score?checks=full", content=photo)
+                                          for _ in range(24)))
 
     with live_server(det, timeout_s=2.0, queue_size=64) as u:
         codes = [r.status_code for r in asyncio.run(storm(u))]

@@ -60,7 +60,7 @@ def test_upload_verdict_stability_heatmap(url: str, browser, tmp_path: Path) -> 
     assert verdict.inner_text() in ("Likely generated", "Likely real", "Uncertain — here is why")
     assert page.locator("#reasons li").count() >= 1
     rows = page.locator("#stability tbody tr")
-    assert rows.count() == 4  # as uploaded + three checks
+    assert rows.count() == 4  # as uploaded + the three checks apart (the page asks for checks=full)
     assert "JPEG re-encode at quality 75" in rows.nth(1).inner_text()
     assert page.locator("#evidence tbody tr").count() == 5
     assert "JPEG" in page.locator("#evidence").inner_text()

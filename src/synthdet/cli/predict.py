@@ -32,8 +32,11 @@ def predict(
     batch_size: Annotated[int | None, typer.Option(min=1, help="Images per forward pass (default: 8 on CPU, 64 on CUDA).")] = None,
     workers: Annotated[int | None, typer.Option(min=0, help="Decoding workers (default: up to 4; 0: decode in this process).")] = None,
     max_pixels: Annotated[int, typer.Option(min=1, help="Refuse images with more pixels.")] = 100_000_000,
-    assess: Annotated[bool, typer.Option("--assess", help="A verdict in words per image: stability checks (JPEG 75, "
-                                         "0.5x resize, crop), uncertainty band, evidence (EXIF, JPEG quality, C2PA).")] = False,
+    assess: Annotated[bool, typer.Option("--assess", help="A verdict in words per image: stability checks, "
+                                         "uncertainty band, evidence (EXIF, JPEG quality, C2PA).")] = False,
+    checks: Annotated[str | None, typer.Option("--checks", help="With --assess: quick (default; one re-shared copy: "
+                                               "crop, 0.5x resize, JPEG 75 at once), full (the three apart: 3 "
+                                               "forward passes more) or off.")] = None,
     heatmap: Annotated[bool, typer.Option("--heatmap", help="With --assess: 3x3 patch scores too.")] = False,
     localize: Annotated[bool, typer.Option("--localize", help="With --assess: was a region edited, and how much "
                                            "(Task B map: the shipped localizer, or --localizer).")] = False,
@@ -67,6 +70,13 @@ def predict(
         raise fail("no images given")
     if heatmap and not assess:
         raise fail("--heatmap adds patch scores to --assess: give both")
+    if checks is not None and not assess:
+        raise fail("--checks sets --assess's stability checks: give both")
+    if checks is not None:
+        from synthdet.detectors.assess import CHECK_SETS
+
+        if checks not in CHECK_SETS:
+            raise fail(f"--checks {checks!r}: use one of {', '.join(CHECK_SETS)}")
     if (localize or localizer is not None) and not assess:
         raise fail("--localize adds the edited region to --assess: give both")
     if out is not None and not out.parent.is_dir():
@@ -86,7 +96,8 @@ def predict(
             from synthdet.localization.graph import open_localizer
 
             loc = open_localizer(localizer, runtime=runtime)
-        _assess(det, list(iter_inputs(paths)), heatmap=heatmap, as_json=as_json, max_pixels=max_pixels, loc=loc)
+        _assess(det, list(iter_inputs(paths)), checks=checks or "quick", heatmap=heatmap, as_json=as_json,
+                max_pixels=max_pixels, loc=loc)
         return
     if out is not None and (resume or out.suffix.lower() == ".parquet" or engine == "ray"):
         _stream(det, paths, out, resume=resume, rows_per_part=rows_per_part, batch_size=batch_size, num_workers=workers, max_pixels=max_pixels,
@@ -125,7 +136,8 @@ def predict(
          f"{f' → {printable(out)}.skipped.csv' if out and skips else ''}")
 
 
-def _assess(det: Any, paths: list[Path], *, heatmap: bool, as_json: bool, max_pixels: int, loc: Any = None) -> None:
+def _assess(det: Any, paths: list[Path], *, checks: str, heatmap: bool, as_json: bool, max_pixels: int,
+            loc: Any = None) -> None:
     """Print one assessment per image (``--json``: a list of them), with ``loc`` (a localizer) the edited region's
     summary too; exit 1 when none could be assessed."""
     from rich.markup import escape
@@ -137,7 +149,8 @@ def _assess(det: Any, paths: list[Path], *, heatmap: bool, as_json: bool, max_pi
     results, located = [], []
     chunks = (paths[i:i + 16] for i in range(0, len(paths), 16))  # one batched scoring pass per 16 images
     for path, a in ((p, r) for chunk in chunks
-                    for p, r in zip(chunk, assess_images(det, chunk, heatmap=heatmap, max_pixels=max_pixels))):
+                    for p, r in zip(chunk, assess_images(det, chunk, checks=checks, heatmap=heatmap,
+                                                                       max_pixels=max_pixels))):
         if isinstance(a, ImageLoadError):
             skipped(path, a.reason + (f": {a.detail}" if a.detail else ""))
             continue

@@ -1,11 +1,16 @@
 """A verdict a person can act on: the score, whether it survives everyday processing, and evidence beside it.
 
-:func:`assess_image` scores an image with a detector, re-scores it under a JPEG re-encode at quality 75, a 0.5×
-down-up resize and a centre crop (the **stability checks**), and answers in words: ``"likely generated"``,
-``"likely real"`` or ``"uncertain"``, with the reasons. It is uncertain when the checks disagree with the score, or
-when the score lies inside the detector's uncertainty band around its threshold (``card.data["uncertain_band"]``,
-calibrated on scores the detector never saw; without one, threshold ± 0.1, and the assessment says it is not
-calibrated).
+:func:`assess_image` scores an image with a detector, re-scores it under everyday processing (the **stability
+checks**) and answers in words: ``"likely generated"``, ``"likely real"`` or ``"uncertain"``, with the reasons. It is
+uncertain when a check disagrees with the score, or when the score lies inside the detector's uncertainty band around
+its threshold (``card.data["uncertain_band"]``, calibrated on scores the detector never saw; without one, threshold
+± 0.1, and the assessment says it is not calibrated).
+
+Each check is one more forward pass, so the checks are chosen by cost (:data:`CHECK_SETS`): ``"quick"`` (the
+default) is one **re-shared copy** (centre crop keeping 70 % of each side, then a 0.5× down-up resize, then JPEG 75:
+every step of ``"full"`` at once, one pass, at most 2× a plain score); ``"full"`` scores the three steps apart, so a
+reader sees which one moves the score; ``"off"`` none. On 600 dev/dev2 images the one re-shared copy flipped 6.7 % of
+the confident verdicts, the three checks together 6.0 %; the two agreed on 97.9 % of them.
 
 **Evidence** is reported beside the score and never mixed into it: EXIF camera make/model and software, the JPEG
 quality its quantisation tables imply, and C2PA content credentials (with the ``c2pa`` extra). A **heatmap** of
@@ -62,10 +67,28 @@ def centre_crop(img: Image.Image, key: str = "", *, fraction: float = CROP_FRACT
 
 #: The stability checks: name → (what it does, the pixel transform). Two are the robustness slices of the same
 #: names, so a check and an evaluation slice process pixels identically.
+def reshare(img: Image.Image, key: str = "") -> Image.Image:
+    """A re-shared copy: the centre crop, the half-size down-up resize and the JPEG 75 re-encode of the other checks,
+    one after the other (the ``"quick"`` check: every step in one forward pass)."""
+    return get_slice("jpeg75")(get_slice("resize0.5")(centre_crop(img, key), key), key)
+
+
 CHECKS: dict[str, tuple[str, ImageTransform]] = {
     **{name: (get_slice(name).description, get_slice(name)) for name in ("jpeg75", "resize0.5")},
     "crop": (f"centre crop keeping {CROP_FRACTION:.0%} of each side", centre_crop),
+    "reshare": (f"a re-shared copy: centre crop keeping {CROP_FRACTION:.0%} of each side, 0.5x down-up resize, "
+                "JPEG 75", reshare),
 }
+#: Which checks each setting scores: one forward pass more per check.
+CHECK_SETS: dict[str, tuple[str, ...]] = {"quick": ("reshare",), "full": ("jpeg75", "resize0.5", "crop"), "off": ()}
+
+
+def check_names(checks: bool | str) -> tuple[str, ...]:
+    """The checks a setting scores: a :data:`CHECK_SETS` name, or ``True`` (``"quick"``) / ``False`` (``"off"``)."""
+    key = ("quick" if checks else "off") if isinstance(checks, bool) else checks
+    if key not in CHECK_SETS:
+        raise ValueError(f"checks={checks!r}: use one of {', '.join(CHECK_SETS)}")
+    return CHECK_SETS[key]
 
 
 class Check(BaseModel):
@@ -182,7 +205,8 @@ class Pending:
         if not reasons:
             side = "above" if label == "generated" else "below"
             reasons.append(f"the score {p:.3f} lies {side} the uncertainty band [{low:.3f}, {high:.3f}]{band_note}"
-                           + (f" and all {len(checks)} stability checks agree" if checks else ""))
+                           + (f" and {'all ' if len(checks) > 1 else ''}{len(checks)} stability "
+                              f"check{'s agree' if len(checks) > 1 else ' agrees'}" if checks else ""))
         heatmap = None
         if self.boxes is not None:
             tiles = [float(x) for x in probs[1 + len(self.checks):]]
@@ -201,7 +225,7 @@ def prepare(
     source: str | Path | bytes | Image.Image,
     *,
     name: str | None = None,
-    checks: bool = True,
+    checks: bool | str = "quick",
     heatmap: bool = False,
     evidence: bool = True,
     max_pixels: int = DEFAULT_MAX_PIXELS,
@@ -239,7 +263,8 @@ def prepare(
     width, height = base.info["full_size"]
     t1 = time.perf_counter()
     scale = int(base.info.get("draft_scale", 1))
-    variants = [base] + [CHECKS[c][1](base, sha) for c in (CHECKS if checks else ())]
+    names = check_names(checks)
+    variants = [base] + [CHECKS[c][1](base, sha) for c in names]
     small = tile_boxes(base.size) if heatmap else None
     tiles = [base.crop(b) for row in small for b in row] if small else []
     images = [reduce_to(v, draft) if draft else v for v in variants + tiles]
@@ -248,7 +273,7 @@ def prepare(
     t2 = time.perf_counter()
     ev = read_evidence(data) if evidence and data is not None else None
     t3 = time.perf_counter()
-    return Pending(name=name, sha256=sha, size=(width, height), images=images, checks=list(CHECKS) if checks else [],
+    return Pending(name=name, sha256=sha, size=(width, height), images=images, checks=list(names),
                    boxes=boxes, evidence=ev, timings_ms={"decode": round((t1 - t0) * 1e3, 2),
                                                          "variants": round((t2 - t1) * 1e3, 2),
                                                          "evidence": round((t3 - t2) * 1e3, 2)})
@@ -296,7 +321,7 @@ def assess_images(
     det: AnyDetector,
     sources: Sequence[str | Path | bytes | Image.Image],
     *,
-    checks: bool = True,
+    checks: bool | str = "quick",
     heatmap: bool = False,
     evidence: bool = True,
     max_pixels: int = DEFAULT_MAX_PIXELS,
@@ -330,7 +355,7 @@ def assess_image(
     det: AnyDetector,
     source: str | Path | bytes | Image.Image,
     *,
-    checks: bool = True,
+    checks: bool | str = "quick",
     heatmap: bool = False,
     evidence: bool = True,
     max_pixels: int = DEFAULT_MAX_PIXELS,

@@ -34,7 +34,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.formparsers import MultiPartException, MultiPartParser
 from swagger_ui_bundle import swagger_ui_path
 
-from synthdet.detectors.assess import Assessment, Pending, assess_image, band_of, prepare
+from synthdet.detectors.assess import CHECK_SETS, Assessment, Pending, assess_image, band_of, prepare
 from synthdet.detectors.scoring import detector_id
 from synthdet.io.pixels import ImageLoadError, peek_size
 from synthdet.serve.batcher import MicroBatcher
@@ -98,6 +98,15 @@ class ServiceError(Exception):
     def __init__(self, status: int, reason: str, detail: str, headers: dict[str, str] | None = None) -> None:
         super().__init__(detail)
         self.status, self.reason, self.detail, self.headers = status, reason, detail, headers or {}
+
+
+def check_setting(value: str) -> str:
+    """The ``checks`` query parameter as a :data:`~synthdet.detectors.assess.CHECK_SETS` name (``true``/``false``
+    stand for ``quick``/``off``); 422 for anything else, before the body is read."""
+    key = {"true": "quick", "false": "off"}.get(value.lower(), value.lower())
+    if key not in CHECK_SETS:
+        raise ServiceError(422, "bad-checks", f"checks={value[:40]!r}: use one of {', '.join(CHECK_SETS)}")
+    return key
 
 
 class _InMemoryParser(MultiPartParser):
@@ -215,7 +224,7 @@ def create_app(detector: Any, *, settings: Settings | None = None, localizer: An
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         image = _warmup_image()  # one request's work (with checks) builds the network before the first request,
         warm = time.perf_counter()  # and times it: the load estimate's first value
-        assess_image(det, image, checks=True, heatmap=False)
+        assess_image(det, image, checks="quick", heatmap=False)
         load.observe(time.perf_counter() - warm)
         routes.update(getattr(r, "path", "") for r in app.routes)  # every route is registered by now
         batcher.start()
@@ -317,7 +326,7 @@ def create_app(detector: Any, *, settings: Settings | None = None, localizer: An
             await f.close()
         return out
 
-    def prepare_bounded(name: str, data: bytes, *, checks: bool, heatmap: bool) -> Pending:
+    def prepare_bounded(name: str, data: bytes, *, checks: str, heatmap: bool) -> Pending:
         """:func:`prepare` on a decoding thread, then a large image's memory back to the OS (its full-size decode is
         garbage by the time prepare returns: only the bounded copy lives on)."""
         size: tuple[int, int] | None = None
@@ -328,7 +337,7 @@ def create_app(detector: Any, *, settings: Settings | None = None, localizer: An
         finally:
             release_after(size or peek_size(data))  # a refused or damaged image may have been decoded too
 
-    async def assess(uploads: list[tuple[str, bytes]], heatmap: bool, checks: bool
+    async def assess(uploads: list[tuple[str, bytes]], heatmap: bool, checks: str
                      ) -> list[Assessment | ServiceError]:
         """Decode on the pool, score on the worker; per-file errors in place."""
         loop = asyncio.get_running_loop()
@@ -356,11 +365,12 @@ def create_app(detector: Any, *, settings: Settings | None = None, localizer: An
                 if not isinstance(f, ServiceError):
                     f.cancel()  # a request that timed out leaves nothing for the worker
 
-    async def run(request: Request, heatmap: bool, checks: bool, many: bool
+    async def run(request: Request, heatmap: bool, checks: str, many: bool
                   ) -> list[tuple[str, Assessment | ServiceError]]:
         """``(file name, result)`` per upload: the body read first, within its own deadline and holding no queue
         slot (a slow sender starves nobody); then admitted, or refused with 503 before any work when the queue's
         estimated wait would pass the timeout; then answered within the timeout."""
+        checks = check_setting(checks)
         try:
             uploads = await asyncio.wait_for(read_uploads(request, many=many), timeout=s.body_timeout_s)
         except TimeoutError:
@@ -389,9 +399,10 @@ def create_app(detector: Any, *, settings: Settings | None = None, localizer: An
         return out
 
     @app.post("/v1/score", openapi_extra=_UPLOAD_BODY, summary="Assess one image (multipart field or raw body)")
-    async def score(request: Request, heatmap: bool = False, checks: bool = True) -> JSONResponse:
-        """Probability, label, threshold, detector, verdict in words with reasons, stability checks, evidence and
-        (``heatmap=true``) 3x3 patch scores. Errors: 400/413/415/422 with a reason, 503 + Retry-After, 504."""
+    async def score(request: Request, heatmap: bool = False, checks: str = "quick") -> JSONResponse:
+        """Probability, label, threshold, detector, verdict in words with reasons, stability checks (``checks=quick``:
+        one re-shared copy; ``full``: JPEG 75, 0.5x resize and crop apart; ``off``), evidence and (``heatmap=true``)
+        3x3 patch scores. Errors: 400/413/415/422 with a reason, 503 + Retry-After, 504."""
         start = time.perf_counter()
         ((_, result),) = await run(request, heatmap, checks, many=False)
         if isinstance(result, ServiceError):
@@ -399,7 +410,7 @@ def create_app(detector: Any, *, settings: Settings | None = None, localizer: An
         return JSONResponse(payload(result, start))
 
     @app.post("/v1/score/batch", openapi_extra=_BATCH_BODY, summary="Assess several images (multipart files)")
-    async def score_batch(request: Request, heatmap: bool = False, checks: bool = True) -> JSONResponse:
+    async def score_batch(request: Request, heatmap: bool = False, checks: str = "quick") -> JSONResponse:
         """One result per file, in order: an assessment, or ``{"name", "status", "error": {reason, detail}}``."""
         start = time.perf_counter()
         results = await run(request, heatmap, checks, many=True)
