@@ -14,7 +14,7 @@ from conftest import write_image
 from PIL import Image
 
 from synthdet.data.manifest import index
-from synthdet.data.splits import RowSet, SplitPlan, hamming, near_duplicate_pairs
+from synthdet.data.splits import RowSet, SplitPlan, hamming, near_duplicate_pairs, size_matched
 
 
 def scene(seed: int, w: int = 120, h: int = 90) -> Image.Image:
@@ -169,3 +169,19 @@ def test_a_near_duplicate_group_follows_its_first_image_in_leave_one_group_out(n
         plan = SplitPlan.build(pd.concat([pair, rest], ignore_index=True), test=0.0, fold_by="family")
         held = plan.fold_of(pair["sha256"])
         assert plan.fold_names[held[0]] == "real:first" and held[0] == held[1]
+
+
+def test_size_matched_balances_every_size_bin_and_drops_unknown_sizes() -> None:
+    """Per half-octave of megapixels as many photos as generated images (the larger class subsampled, seeded);
+    NaN sizes are never drawn; a bin holding one class only contributes nothing."""
+    rng = np.random.default_rng(1)
+    mp = np.concatenate([rng.uniform(0.2, 12.0, 300), rng.uniform(0.2, 1.5, 200), [np.nan] * 5, [40.0]])
+    labels = np.concatenate([np.zeros(300, int), np.ones(200, int), [1] * 5, [0]])
+    keep = size_matched(mp, labels, seed=3)
+    assert np.array_equal(keep, size_matched(mp, labels, seed=3)) and len(np.unique(keep)) == len(keep)
+    assert not np.isnan(mp[keep]).any() and 505 not in keep  # the lone 40-Mpx photo has no generated partner
+    bins = np.floor(2 * np.log2(mp[keep]))
+    for b in np.unique(bins):
+        assert (labels[keep][bins == b] == 0).sum() == (labels[keep][bins == b] == 1).sum()
+    assert labels[keep].sum() * 2 == len(keep) and len(keep) < 400  # the large photos had no partner
+    assert mp[keep][labels[keep] == 0].max() < 2.0  # so the kept photos are no larger than the generated images

@@ -68,6 +68,22 @@ NEAR_DUP_BITS = 6
 _POPCOUNT8 = np.array([bin(i).count("1") for i in range(256)], dtype=np.uint8)
 
 
+def size_matched(megapixels: np.ndarray, labels: np.ndarray, *, seed: int = 0) -> np.ndarray:
+    """Indices of a subset in which every size bin (half an octave of megapixels) holds as many photos as generated
+    images, drawn at random (seeded); images of unknown size (NaN) are left out. Views cut from these at their own
+    scale cannot tell the class by zoom level, which views of the whole pool can (its photos are larger)."""
+    rng = np.random.default_rng(seed)
+    known = np.isfinite(megapixels) & (megapixels > 0)
+    bins = np.full(len(labels), -999)
+    bins[known] = np.floor(2 * np.log2(megapixels[known])).astype(int)
+    keep: list[np.ndarray] = []
+    for b in np.unique(bins[known]):
+        real, fake = (np.flatnonzero(known & (bins == b) & (labels == c)) for c in (0, 1))
+        n = min(len(real), len(fake))
+        keep += [rng.choice(real, n, replace=False), rng.choice(fake, n, replace=False)]
+    return np.sort(np.concatenate(keep)) if keep else np.empty(0, dtype=int)
+
+
 def hamming(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     """Bit differences between uint64 codes (broadcasting)."""
     x = np.ascontiguousarray(np.bitwise_xor(a, b), dtype=np.uint64)

@@ -8,6 +8,7 @@ under its old hash.
 
 from __future__ import annotations
 
+import copy
 import hashlib
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
@@ -36,7 +37,7 @@ from synthdet.vocabulary import FeatureKind
 
 __all__ = [
     "ExtractResult", "FeatureBatch", "FeatureKind", "FeatureStore", "ForwardOptions", "ImageTransform", "Skipped",
-    "assemble_features", "default_cache_dir", "extract", "forward_batches",
+    "assemble_features", "default_cache_dir", "extract", "forward_batches", "view_features",
     "forward_by_shape", "forward_files", "num_workers_default",
     "store_identity", "store_key",
 ]
@@ -342,3 +343,35 @@ def extract(
             flush()
     flush()
     return result
+
+
+def view_features(bb: Backbone, files: Sequence[str], shas: Sequence[str], name: str,
+                  transform: ImageTransform | None, features: FeatureKind, *, tag: str = "",
+                  cache_dir: str | Path | None = None, batch_size: int | None = None, num_workers: int | None = None,
+                  progress: bool = False) -> np.ndarray:
+    """The head's input for every file shown as view ``name`` (view 0 of ``transform``'s pixels; ``None``: the file
+    as scoring sees it), cached under ``<sha256>:<name><tag>`` in the store of ``bb``'s canonical chain
+    (training-view settings do not change view 0, so recipes that differ only in their training views share these);
+    rows of files that fail are NaN."""
+    canonical = copy.copy(bb)  # shares the network; only the preprocessing identity differs
+    canonical.preprocess = bb.preprocess.model_copy(
+        update={"views": bb.preprocess.views.model_copy(update={"p_native": 0.0})})
+    store = FeatureStore.for_backbone(canonical, cache_dir)
+    keys = [f"{sha}:{name}{tag}" for sha in shas]
+    store.verify(keys)
+    todo = [i for i, k in enumerate(keys) if k not in store]
+    batches = forward_files(bb, [files[i] for i in todo], taps=bool(store.layer_dims), transform=transform,
+                            batch_size=batch_size, num_workers=num_workers, desc=name, progress=bool(todo) and progress)
+    start = 0
+    for batch, ok, pooled, layers, _ in batches:
+        if ok:
+            store.append([keys[todo[start + j]] for j in ok], pooled.numpy(), [t.numpy() for t in layers] or None)
+        start += len(batch)
+    done = [i for i, k in enumerate(keys) if k in store]
+    if not done:
+        return np.full((len(keys), 1), np.nan, dtype=np.float32)
+    pooled_all, layers_all = store.load([keys[i] for i in done], layers=features == "concat")
+    x = assemble_features(pooled_all, layers_all, features)
+    out = np.full((len(keys), x.shape[1]), np.nan, dtype=np.float32)
+    out[done] = x
+    return out

@@ -27,7 +27,7 @@ import io
 import json
 import random
 import warnings
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
@@ -146,6 +146,17 @@ def reduce_to(img: Image.Image, short_side: int | None) -> Image.Image:
     out.info["draft_scale"] = factor
     out.info["full_size"] = full_size
     return out
+
+
+def file_megapixels(paths: Iterable[str | Path]) -> np.ndarray:
+    """Each file's megapixels from its header alone (NaN when it cannot be read)."""
+    def mp(path: str | Path) -> float:
+        try:
+            with Image.open(path) as img:
+                return img.size[0] * img.size[1] / 1e6
+        except Exception:  # unreadable: no size, so no bin
+            return float("nan")
+    return np.array([mp(p) for p in paths], dtype=float)
 
 
 def peek_size(source: bytes) -> tuple[int, int] | None:

@@ -21,7 +21,6 @@ early-stop on).
 
 from __future__ import annotations
 
-import copy
 import json
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -35,7 +34,7 @@ from synthdet.backbones.base import Backbone
 from synthdet.backbones.pair import pair_backbone, pair_columns, pair_name
 from synthdet.data.manifest import manifest_hash, usable_rows, write_manifest
 from synthdet.data.perturbations import get_view
-from synthdet.data.splits import RowSet, SplitPlan
+from synthdet.data.splits import RowSet, SplitPlan, size_matched
 from synthdet.data.tilehash import TileIndex
 from synthdet.detectors.calibrate import (
     Calibration,
@@ -49,17 +48,11 @@ from synthdet.detectors.calibrate import (
 from synthdet.detectors.detector import Detector
 from synthdet.evaluation.metrics import binary_metrics, source_table
 from synthdet.evaluation.selection import auc_ci, nested_decisions, nested_summary
-from synthdet.features.extract import (
-    FeatureKind,
-    FeatureStore,
-    ImageTransform,
-    assemble_features,
-    extract,
-    forward_files,
-)
+from synthdet.features.extract import FeatureKind, FeatureStore, extract, view_features
 from synthdet.heads.base import create_head, head_logit
 from synthdet.heads.logreg import mean_of_heads
 from synthdet.io.atomic import atomic_open, write_text
+from synthdet.io.pixels import file_megapixels
 from synthdet.training.train import ProbeConfig, assign_roles, best_epoch, fit_head, load_features, refit_params
 
 FoldFitter = Callable[[int, pd.DataFrame, pd.DataFrame], tuple[np.ndarray, float]]
@@ -293,10 +286,17 @@ def cross_validate(
     df = df[~df["path"].isin(failed)].reset_index(drop=True)
     if views_from is not None and views_from not in df:
         raise ValueError(f"no column {views_from!r} to cut the views from (columns: {list(df.columns)})")
+    if lead.fit_views and views_from is None:
+        raise ValueError(f"fit_views {lead.fit_views} are cut from each image's original file: give views_from")
+    matched = size_matched(file_megapixels(df[views_from]), df["label"].to_numpy(), seed=lead.seed) \
+        if lead.fit_views else np.empty(0, dtype=int)
     for m in members:
         m.X, owner = load_features(m.store, df["sha256"].tolist(), train_views, m.features)  # row i * len(views) + v
-        m.shown = {v: _view_features(m.bb, df, v, t, m.features, m.config, progress, views_from)
-                   for v, t in shown_as.items()}
+        m.shown = {v: view_features(m.bb, df[views_from or "path"].tolist(), df["sha256"].tolist(), v, t, m.features,
+                                    tag=f"@{views_from}" if views_from else "", cache_dir=m.config.cache_dir,
+                                    batch_size=m.config.batch_size, num_workers=m.config.num_workers,
+                                    progress=progress)
+                   for v, t in {**shown_as, **{v: get_view(v) for v in lead.fit_views}}.items()}
     y, shas = df["label"].to_numpy()[owner], df["sha256"].to_numpy()[owner]
     view_logit = {v: np.full(len(df), np.nan) for v in ("", *views)}  # "": the file itself
 
@@ -310,9 +310,13 @@ def cross_validate(
     best_epochs: list[list[int | None]] = [[] for _ in members]
 
     def fit_fold(_: int, train: pd.DataFrame, test: pd.DataFrame) -> tuple[np.ndarray, float]:
-        fit, cal = rows(train.index[train["split"] == "fit"], True), rows(train.index[train["split"] == "calib"], False)
-        fitted = [fit_head(m.config.head, m.params, m.X[fit], y[fit], m.X[cal], y[cal], groups=shas[fit])
-                  for m in members]
+        fit_images = train.index[train["split"] == "fit"]
+        fit, cal = rows(fit_images, True), rows(train.index[train["split"] == "calib"], False)
+        extra = np.intersect1d(fit_images, matched)
+        fitted = []
+        for m in members:
+            X, labels, groups = m.fit_rows(fit, extra, y, shas)
+            fitted.append(fit_head(m.config.head, m.params, X, labels, m.X[cal], y[cal], groups=groups))
         models = [model for model, _ in fitted]
         for j, model in enumerate(models):
             best_epochs[j].append(best_epoch(model))
@@ -338,7 +342,7 @@ def cross_validate(
                      "calib_fraction": plan.calib_fraction, "n_images": len(df), "skipped": len(skipped),
                      **({"members": names, "combined_by": "mean raw logit"} if len(names) > 1 else {})}
     if refit_all:
-        result.detector = _refit(df, y, shas, members, best_epochs, result, calibrate=calibrate,
+        result.detector = _refit(df, y, shas, members, best_epochs, result, matched, calibrate=calibrate,
                                  max_group_fpr=max_group_fpr)
     if out is not None:
         save_cv(result, out)
@@ -357,6 +361,15 @@ class _Member:
     store: FeatureStore
     X: np.ndarray = field(default_factory=lambda: np.empty((0, 0)))
     shown: dict[str, np.ndarray] = field(default_factory=dict)
+
+    def fit_rows(self, rows: np.ndarray, images: np.ndarray, y: np.ndarray, shas: np.ndarray
+                 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """The head's fit rows, labels and content hashes: the training views ``rows`` of :attr:`X` and, for
+        ``images`` (image indices), view 0 of each fit view that decoded (``y``, ``shas``: one per row of X)."""
+        per = max(1, self.config.n_views)  # rows of X per image
+        extra = [(v, images[np.isfinite(self.shown[v][images]).all(axis=1)]) for v in self.config.fit_views]
+        own = np.concatenate([rows, *(i * per for _, i in extra)]).astype(int)
+        return np.concatenate([self.X[rows], *(self.shown[v][i] for v, i in extra)]), y[own], shas[own]
 
     @classmethod
     def of(cls, config: ProbeConfig) -> _Member:
@@ -380,48 +393,18 @@ def _check_pair(members: list[_Member]) -> None:
                          "in preprocessing, features, tap pooling or views")
 
 
-def _view_features(bb: Backbone, df: pd.DataFrame, name: str, transform: ImageTransform | None, features: FeatureKind,
-                   config: ProbeConfig, progress: bool = False, views_from: str | None = None) -> np.ndarray:
-    """The head's input for every image shown as view ``name`` (view 0 of ``transform``'s pixels; ``None``: the file
-    as scoring sees it) of the file in ``views_from`` (default: ``path``), cached under ``<sha256>:<name>[@column]``
-    in the store of ``bb``'s canonical chain (training-view settings do not change view 0, so recipes that differ
-    only in their training views share these); rows of files that fail are NaN."""
-    canonical = copy.copy(bb)  # shares the network; only the preprocessing identity differs
-    canonical.preprocess = bb.preprocess.model_copy(
-        update={"views": bb.preprocess.views.model_copy(update={"p_native": 0.0})})
-    store = FeatureStore.for_backbone(canonical, config.cache_dir)
-    keys = [f"{sha}:{name}" + (f"@{views_from}" if views_from else "") for sha in df["sha256"]]
-    store.verify(keys)
-    todo = [i for i, k in enumerate(keys) if k not in store]
-    files = df[views_from or "path"].to_numpy()
-    batches = forward_files(bb, files[todo].tolist(), taps=bool(store.layer_dims), transform=transform,
-                            batch_size=config.batch_size, num_workers=config.num_workers, desc=name,
-                            progress=bool(todo) and progress)
-    start = 0
-    for batch, ok, pooled, layers, _ in batches:
-        if ok:
-            store.append([keys[todo[start + j]] for j in ok], pooled.numpy(), [t.numpy() for t in layers] or None)
-        start += len(batch)
-    done = [i for i, k in enumerate(keys) if k in store]
-    if not done:
-        return np.full((len(df), 1), np.nan, dtype=np.float32)
-    pooled_all, layers_all = store.load([keys[i] for i in done], layers=features == "concat")
-    x = assemble_features(pooled_all, layers_all, features)
-    out = np.full((len(df), x.shape[1]), np.nan, dtype=np.float32)
-    out[done] = x
-    return out
-
-
 def _refit(
     df: pd.DataFrame, y: np.ndarray, shas: np.ndarray, members: list[_Member], best_epochs: list[list[int | None]],
-    cv: CVResult, calibrate: CalibrationMethod | None = None, max_group_fpr: float | None = None,
+    cv: CVResult, matched: np.ndarray, calibrate: CalibrationMethod | None = None, max_group_fpr: float | None = None,
 ) -> Detector:
-    """The head on every image and view; threshold from the out-of-fold probabilities (each from a model that never
+    """The head on every image and view (and the fit views of the ``matched`` images); threshold from the out-of-fold probabilities (each from a model that never
     saw that image); torch heads train for the folds' median best epoch, as nothing is held out to stop on. The
     card's figures are the folds' (labelled so): no image is held out from the saved model. A pair: both heads
     refitted, as one head over the pair backbone's features whose logit is the mean of theirs."""
-    heads = [create_head(m.config.head, **refit_params(m.params, epochs)).fit(m.X, y, groups=shas)
-             for m, epochs in zip(members, best_epochs)]
+    heads = []
+    for m, epochs in zip(members, best_epochs):
+        X, labels, groups = m.fit_rows(np.arange(len(y)), matched, y, shas)
+        heads.append(create_head(m.config.head, **refit_params(m.params, epochs)).fit(X, labels, groups=groups))
     if len(members) == 1:
         bb, model, n_features = members[0].bb, heads[0], members[0].X.shape[1]
     else:
@@ -436,6 +419,8 @@ def _refit(
         metrics=metrics, rows={"fit": seen, "calib": seen}, calibration=calibration,
         data={"manifest_hash": manifest_hash(df), "n_images": len(df), "n_views": cv.config["n_views"],
               "seed": cv.config["seed"], "k": cv.config["k"], "refit_on": "all", "threshold_from": how,
+              **({"fit_views": list(members[0].config.fit_views), "fit_views_images": len(matched)}
+                 if len(matched) else {}),
               "group_by": cv.group_by, "split_plan": cv.plan.summary() if cv.plan else None},
     )
     card._tiles = TileIndex.of_rows(df)  # crops and resizes of every refitted image count as seen

@@ -55,6 +55,10 @@ class ProbeConfig(BaseModel):
     head_params: dict[str, Any] = {}
     features: FeatureKind = "pooled"
     n_views: int = 4  # cached views per image the head is fitted on (view 0 canonical, the others augmented)
+    #: views (``thumbnail``, ``crop``) of the original files whose view 0 also joins the fit rows, for a size-matched
+    #: subset of the images (:func:`~synthdet.data.splits.size_matched`): what a picture looks like as a preview or a
+    #: detail at its own scale, without the zoom level telling the class (``cross_validate(views_from=...)`` only)
+    fit_views: tuple[str, ...] = ()
     seed: int = 42  # of the split plan built when none is given, and of the out-of-fold folds
     calib_fraction: float = 0.15  # of the training images: held out to early-stop on and take the threshold from
     cache_dir: str | Path | None = None  # feature cache root
@@ -223,6 +227,9 @@ def train_detector(
     then refits on fit + calib (threshold from out-of-fold probabilities), so a shipped detector uses every non-test
     image while the card's held-out figures are still its own. ``out`` receives the detector, ``plan.json`` and
     ``manifest.csv``."""
+    if config.fit_views:
+        raise ValueError(f"fit_views {config.fit_views} are cut from each image's original file: "
+                         "cross_validate(..., views_from=COLUMN) fits them")
     df, skipped = usable_rows(data, progress=progress)
     plan = plan or SplitPlan.build(df, test=val_fraction, calib=config.calib_fraction, k=0, seed=config.seed)
     df, outside = assign_roles(df, plan)
