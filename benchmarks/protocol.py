@@ -39,7 +39,7 @@ from synthdet.training.train import GENERALISING_HEAD, ProbeConfig, generalising
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "scripts"))
 # the shipped default's protocol: its views (cut from each image's original file), decisions and final groups
-from train_default import BAND_LEVEL, FINAL_FILE, MAX_GROUP_FPR, VIEWS, final_groups  # noqa: E402
+from train_default import BAND_LEVEL, FINAL_FILE, HEAD, MAX_GROUP_FPR, VIEWS, final_groups  # noqa: E402
 
 POOL = ROOT / "build" / "protocol-pool" / "manifest.csv"
 RESULTS = ROOT / "benchmarks" / "results" / "protocol.json"
@@ -65,6 +65,13 @@ LEVERS: dict[str, tuple[Callable[[], Backbone], dict[str, Any], str]] = {
     "C0.05": (lambda: generalising_backbone("effnet-lite0"), {**GENERALISING_HEAD, "head_params": {"C": 0.05}},
               "base with a 10x stronger L2 penalty on the logistic head"),
     "lite2": (lambda: generalising_backbone("effnet-lite2"), GENERALISING_HEAD, "base on EfficientNet-Lite2"),
+    "C0.01": (lambda: generalising_backbone("effnet-lite0"), {**GENERALISING_HEAD, "head_params": {"C": 0.01}},
+              "base with a 50x stronger L2 penalty on the logistic head"),
+    "lite2-C0.01": (lambda: generalising_backbone("effnet-lite2"), {**GENERALISING_HEAD, "head_params": {"C": 0.01}},
+                    "C0.01 on EfficientNet-Lite2"),
+    "views-C0.01": (lambda: generalising_backbone("effnet-lite0"), HEAD,
+                    "C0.01, and the thumbnail and native crop of the size-matched originals in the fit rows"),
+    "lite2-views-C0.01": (lambda: generalising_backbone("effnet-lite2"), HEAD, "views-C0.01 on EfficientNet-Lite2"),
     "lite2-native50": (native_views(0.5, "effnet-lite2"), GENERALISING_HEAD, "native50 on EfficientNet-Lite2"),
     "residual": (lambda: create_backbone("residual"), GENERALISING_HEAD,
                  "noise-residual statistics (6 fixed high-pass filters: spread, kurtosis, flatness, autocorrelation "
