@@ -318,7 +318,7 @@ def test_fit_views_join_the_fit_rows_for_size_matched_images_only(tmp_path: Path
     from synthdet.io.pixels import file_megapixels
     from synthdet.training.train import train_detector
 
-    tmp, grouped, table, _ = grouped_cv(demo_cv, tmp_path)
+    tmp, grouped, table, app = grouped_cv(demo_cv, tmp_path)
     table.assign(original=table["path"]).to_csv(grouped, index=False)
     config = ProbeConfig(head="logreg", n_views=1, cache_dir=tmp / "cache", num_workers=0, fit_views=("crop",))
     res = cross_validate(grouped, config, group_by="group", views_from="original", refit_all=True)
@@ -334,3 +334,8 @@ def test_fit_views_join_the_fit_rows_for_size_matched_images_only(tmp_path: Path
         cross_validate(grouped, config, group_by="group")
     with pytest.raises(ValueError, match="cross_validate"):
         train_detector(grouped, config)
+    args = ["cv", str(grouped), "--group-by", "group", "-o", str(tmp_path / "bad")]
+    no_original = CliRunner().invoke(app, [*args, "--fit-view", "crop"])
+    assert no_original.exit_code == 2 and "--views-from" in no_original.output
+    unknown = CliRunner().invoke(app, [*args, "--views-from", "original", "--fit-view", "original"])
+    assert unknown.exit_code == 2 and "--fit-view" in unknown.output

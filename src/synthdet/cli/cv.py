@@ -158,6 +158,9 @@ def cv_command(
         "--views-from", help="Cut the --view views from the file in this manifest column (a pool stored as crops "
                              "of larger originals is judged on the originals); adds the view 'original': that "
                              "file as predict sees it.")] = None,
+    fit_view: Annotated[list[str] | None, typer.Option(
+        "--fit-view", help="With --views-from: this view (thumbnail, crop) of the originals of a size-matched subset "
+                           "(as many photos as generated images per size bin) joins the fit rows (repeatable).")] = None,
     native_size: NativeSize = None,
     tap_pool: TapPoolOption = "mean",
     quiet: Quiet = False,
@@ -180,21 +183,22 @@ def cv_command(
     from synthdet.data.perturbations import get_view
     from synthdet.training.cv import ORIGINAL_VIEW
 
-    if ORIGINAL_VIEW in (view or []) and not views_from:
-        raise fail(f"--view {ORIGINAL_VIEW} needs --views-from COLUMN (each image's original file)")
-    for v in view or []:
-        if v == ORIGINAL_VIEW:
+    if (ORIGINAL_VIEW in (view or []) or fit_view) and not views_from:
+        raise fail(f"--view {ORIGINAL_VIEW} and --fit-view need --views-from COLUMN (each image's original file)")
+    for option, v in [*(("--view", v) for v in view or []), *(("--fit-view", v) for v in fit_view or [])]:
+        if option == "--view" and v == ORIGINAL_VIEW:
             continue
         try:
             get_view(v)
         except ValueError as e:
-            raise fail(f"--view {e}") from None
+            raise fail(f"{option} {e}") from None
     bb = make_backbone(backbone, weights=weights, native_size=native_size, tap_pool=tap_pool)
     if native_views:
         bb.preprocess = bb.preprocess.model_copy(
             update={"views": bb.preprocess.views.model_copy(update={"p_native": native_views})})
     config = ProbeConfig(backbone=bb, weights=weights, head=head, features=cast(FeatureKind, features), n_views=views,
-                         seed=seed, cache_dir=cache, batch_size=batch_size, num_workers=workers)
+                         seed=seed, cache_dir=cache, batch_size=batch_size, num_workers=workers,
+                         fit_views=tuple(fit_view or ()))
     result = cross_validate(
         data, config, k=k, group_by=group_by, folds_by=folds_by, refit_all=refit,
         calibrate=cast("CalibrationMethod | None", calibrate), max_group_fpr=max_group_fpr, band_level=band_level,
