@@ -9,8 +9,8 @@ its threshold (``card.data["uncertain_band"]``, calibrated on scores the detecto
 Each check is one more forward pass, so the checks are chosen by cost (:data:`CHECK_SETS`): ``"quick"`` (the
 default) is one **re-shared copy** (centre crop keeping 70 % of each side, then a 0.5× down-up resize, then JPEG 75:
 every step of ``"full"`` at once, one pass, at most 2× a plain score); ``"full"`` scores the three steps apart, so a
-reader sees which one moves the score; ``"off"`` none. On 600 dev/dev2 images the one re-shared copy flipped 6.7 % of
-the confident verdicts, the three checks together 6.0 %; the two agreed on 97.9 % of them.
+reader sees which one moves the score; ``"off"`` none. On 600 dev/dev2 images the one re-shared copy flipped 7.0 % of
+the confident verdicts, the three checks together 6.7 %; the two agreed on 98.2 % of them (``benchmarks/check_sets.py``).
 
 **Evidence** is reported beside the score and never mixed into it: EXIF camera make/model and software, the JPEG
 quality its quantisation tables imply, and C2PA content credentials (with the ``c2pa`` extra). A **heatmap** of
