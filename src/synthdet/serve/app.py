@@ -34,7 +34,15 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.formparsers import MultiPartException, MultiPartParser
 from swagger_ui_bundle import swagger_ui_path
 
-from synthdet.detectors.assess import CHECK_SETS, Assessment, Pending, assess_image, band_of, prepare
+from synthdet.detectors.assess import (
+    CHECK_SETS,
+    HEATMAP_GRID,
+    Assessment,
+    Pending,
+    assess_image,
+    band_of,
+    prepare,
+)
 from synthdet.detectors.scoring import detector_id
 from synthdet.io.pixels import ImageLoadError, peek_size
 from synthdet.serve.batcher import MicroBatcher
@@ -125,15 +133,16 @@ SHED_AT = 0.8
 
 
 class _Load:
-    """Seconds of worker time a request costs (decoded images through the network, checks included): a moving
-    average of the forward passes, seeded by a warm-up pass at start, so overload is refused before work starts."""
+    """Seconds of worker time an image costs through the network (a request's photos, its checks and heatmap tiles
+    each count): a moving average of the forward passes, seeded by a warm-up pass at start, so overload is refused
+    before work starts whatever mix of check settings is queued."""
 
     def __init__(self) -> None:
-        self.seconds_per_request = 0.0
+        self.seconds_per_image = 0.0
 
     def observe(self, seconds: float) -> None:
-        prev = self.seconds_per_request
-        self.seconds_per_request = seconds if prev == 0.0 else 0.8 * prev + 0.2 * seconds
+        prev = self.seconds_per_image
+        self.seconds_per_image = seconds if prev == 0.0 else 0.8 * prev + 0.2 * seconds
 
 
 class _Metrics:
@@ -213,7 +222,7 @@ def create_app(detector: Any, *, settings: Settings | None = None, localizer: An
 
     def on_batch(n_requests: int, n_images: int, seconds: float) -> None:
         metrics.on_batch(n_requests, n_images, seconds)
-        load.observe(seconds / max(1, n_requests))
+        load.observe(seconds / max(1, n_images))
 
     batcher = MicroBatcher(det, max_batch=s.max_batch, max_wait_ms=s.max_wait_ms, on_batch=on_batch,
                            in_flight=lambda: admitted)
@@ -224,8 +233,8 @@ def create_app(detector: Any, *, settings: Settings | None = None, localizer: An
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         image = _warmup_image()  # one request's work (with checks) builds the network before the first request,
         warm = time.perf_counter()  # and times it: the load estimate's first value
-        assess_image(det, image, checks="quick", heatmap=False)
-        load.observe(time.perf_counter() - warm)
+        warmed = assess_image(det, image, checks="quick", heatmap=False)
+        load.observe((time.perf_counter() - warm) / (1 + len(warmed.checks)))
         routes.update(getattr(r, "path", "") for r in app.routes)  # every route is registered by now
         batcher.start()
         yield
@@ -284,16 +293,20 @@ def create_app(detector: Any, *, settings: Settings | None = None, localizer: An
         return await service_error(request, ServiceError(422, "invalid-parameter",
                                                          f"{where}: {first.get('msg', 'invalid')}"[:200]))
 
-    def admit() -> None:
-        nonlocal admitted
+    queued_images = 0  # images the admitted requests send through the network
+
+    def admit(images: int = 1) -> None:
+        nonlocal admitted, queued_images
         if admitted >= s.queue_size:
             raise ServiceError(503, "queue-full", f"{admitted} requests in progress (queue size {s.queue_size}); "
                                f"retry after {s.retry_after_s} s", headers={"Retry-After": str(s.retry_after_s)})
         admitted += 1
+        queued_images += images
 
-    def release() -> None:
-        nonlocal admitted
+    def release(images: int = 1) -> None:
+        nonlocal admitted, queued_images
         admitted -= 1
+        queued_images -= images
 
     async def read_uploads(request: Request, *, many: bool) -> list[tuple[str, bytes]]:
         """``(name, bytes)`` of the uploaded files: multipart parts, or the raw body as one file."""
@@ -379,19 +392,20 @@ def create_app(detector: Any, *, settings: Settings | None = None, localizer: An
         if len(uploads) > 1 and (total := header_pixels([data for _, data in uploads])) > s.max_request_pixels:
             raise ServiceError(413, "too-many-pixels", f"{len(uploads)} files of {total:,} px in all exceed the limit "
                                f"of {s.max_request_pixels:,} px per request (--max-request-pixels): send fewer")
-        wait = (admitted + 1) * load.seconds_per_request
+        images = len(uploads) * (1 + len(CHECK_SETS[checks]) + (HEATMAP_GRID ** 2 if heatmap else 0))
+        wait = (queued_images + images) * load.seconds_per_image
         if admitted and wait > SHED_AT * s.timeout_s:  # alone, a request is tried whatever its cost
             retry = max(s.retry_after_s, round(wait - SHED_AT * s.timeout_s))
             raise ServiceError(503, "overloaded", f"about {wait:.1f} s of work is queued (timeout {s.timeout_s:g} s); "
                                f"retry after {retry} s", headers={"Retry-After": str(retry)})
-        admit()
+        admit(images)
         try:
             results = await asyncio.wait_for(assess(uploads, heatmap, checks), timeout=s.timeout_s)
             return [(name, r) for (name, _), r in zip(uploads, results)]
         except TimeoutError:
             raise ServiceError(504, "timeout", f"no answer within {s.timeout_s:g} s") from None
         finally:
-            release()
+            release(images)
 
     def payload(a: Assessment, start: float) -> dict[str, Any]:
         out = a.model_dump(mode="json")
