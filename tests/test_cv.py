@@ -296,6 +296,8 @@ def test_a_pair_is_cross_validated_by_its_mean_logit_and_saved_as_one_probe(tmp_
         cross_validate(csv, [first, lite2.model_copy(update={"head": "mlp"})], plan=lite0.plan)
     with pytest.raises(ValueError, match="same pixels"):
         cross_validate(csv, [first, first.model_copy(update={"backbone": "effnet-lite2"})], plan=lite0.plan)
+    with pytest.raises(ValueError, match="fit views"):
+        cross_validate(csv, [first, lite2.model_copy(update={"fit_views": ("crop",)})], plan=lite0.plan)
 
 
 def test_a_random_plan_is_not_called_leave_one_group_out() -> None:

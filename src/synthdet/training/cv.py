@@ -387,10 +387,10 @@ def _check_pair(members: list[_Member]) -> None:
     a, b = members
     if a.config.head != "logreg" or b.config.head != "logreg":
         raise ValueError("a pair averages logistic heads' logits: both heads must be logreg")
-    if (a.bb.preprocess, a.features, a.bb.tap_pool, a.config.n_views) != (b.bb.preprocess, b.features, b.bb.tap_pool,
-                                                                         b.config.n_views):
+    if (a.bb.preprocess, a.features, a.bb.tap_pool, a.config.n_views, a.config.fit_views) != (
+            b.bb.preprocess, b.features, b.bb.tap_pool, b.config.n_views, b.config.fit_views):
         raise ValueError(f"a pair's members read the same pixels and features: {a.bb.name} and {b.bb.name} differ "
-                         "in preprocessing, features, tap pooling or views")
+                         "in preprocessing, features, tap pooling, views or fit views")
 
 
 def _refit(
