@@ -18,6 +18,7 @@ from synthdet.detectors.assess import (
     CHECKS,
     assess_image,
     assess_images,
+    assessment_images,
     centre_crop,
     check_names,
     prepare,
@@ -176,6 +177,8 @@ def test_check_sets_cost_one_pass_per_check(det: Detector) -> None:
     sizes = {c: len(prepare(det, data, checks=c, evidence=False).images) for c in ("quick", "full", "off")}
     assert sizes == {"quick": 2, "full": 4, "off": 1}
     assert [len(prepare(det, data, checks=b, evidence=False).images) for b in (True, False)] == [2, 1]
+    for c in ("quick", "full"):  # what the service weighs a request by, before decoding, is what prepare builds
+        assert assessment_images(c, True) == len(prepare(det, data, checks=c, heatmap=True, evidence=False).images)
     chained = CHECKS["jpeg75"][1](CHECKS["resize0.5"][1](CHECKS["crop"][1](img, "k"), "k"), "k")
     assert np.array_equal(np.asarray(CHECKS["reshare"][1](img, "k")), np.asarray(chained))
     assert not np.array_equal(np.asarray(CHECKS["reshare"][1](img, "k")), np.asarray(CHECKS["crop"][1](img, "k")))

@@ -65,14 +65,14 @@ def centre_crop(img: Image.Image, key: str = "", *, fraction: float = CROP_FRACT
     return centre_window(img, max(1, round(w * fraction)), max(1, round(h * fraction)))
 
 
-#: The stability checks: name → (what it does, the pixel transform). Two are the robustness slices of the same
-#: names, so a check and an evaluation slice process pixels identically.
 def reshare(img: Image.Image, key: str = "") -> Image.Image:
     """A re-shared copy: the centre crop, the half-size down-up resize and the JPEG 75 re-encode of the other checks,
     one after the other (the ``"quick"`` check: every step in one forward pass)."""
     return get_slice("jpeg75")(get_slice("resize0.5")(centre_crop(img, key), key), key)
 
 
+#: The stability checks: name → (what it does, the pixel transform). Two are the robustness slices of the same
+#: names, so a check and an evaluation slice process pixels identically.
 CHECKS: dict[str, tuple[str, ImageTransform]] = {
     **{name: (get_slice(name).description, get_slice(name)) for name in ("jpeg75", "resize0.5")},
     "crop": (f"centre crop keeping {CROP_FRACTION:.0%} of each side", centre_crop),
@@ -89,6 +89,12 @@ def check_names(checks: bool | str) -> tuple[str, ...]:
     if key not in CHECK_SETS:
         raise ValueError(f"checks={checks!r}: use one of {', '.join(CHECK_SETS)}")
     return CHECK_SETS[key]
+
+
+def assessment_images(checks: bool | str, heatmap: bool) -> int:
+    """Images one assessment sends through the network (:attr:`Pending.images`): the image, one per check, and the
+    heatmap's tiles; what a service weighs a request by before decoding it."""
+    return 1 + len(check_names(checks)) + (HEATMAP_GRID ** 2 if heatmap else 0)
 
 
 class Check(BaseModel):

@@ -36,10 +36,10 @@ from swagger_ui_bundle import swagger_ui_path
 
 from synthdet.detectors.assess import (
     CHECK_SETS,
-    HEATMAP_GRID,
     Assessment,
     Pending,
     assess_image,
+    assessment_images,
     band_of,
     prepare,
 )
@@ -233,8 +233,8 @@ def create_app(detector: Any, *, settings: Settings | None = None, localizer: An
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         image = _warmup_image()  # one request's work (with checks) builds the network before the first request,
         warm = time.perf_counter()  # and times it: the load estimate's first value
-        warmed = assess_image(det, image, checks="quick", heatmap=False)
-        load.observe((time.perf_counter() - warm) / (1 + len(warmed.checks)))
+        assess_image(det, image, checks="quick", heatmap=False)
+        load.observe((time.perf_counter() - warm) / assessment_images("quick", heatmap=False))
         routes.update(getattr(r, "path", "") for r in app.routes)  # every route is registered by now
         batcher.start()
         yield
@@ -392,7 +392,7 @@ def create_app(detector: Any, *, settings: Settings | None = None, localizer: An
         if len(uploads) > 1 and (total := header_pixels([data for _, data in uploads])) > s.max_request_pixels:
             raise ServiceError(413, "too-many-pixels", f"{len(uploads)} files of {total:,} px in all exceed the limit "
                                f"of {s.max_request_pixels:,} px per request (--max-request-pixels): send fewer")
-        images = len(uploads) * (1 + len(CHECK_SETS[checks]) + (HEATMAP_GRID ** 2 if heatmap else 0))
+        images = len(uploads) * assessment_images(checks, heatmap)
         wait = (queued_images + images) * load.seconds_per_image
         if admitted and wait > SHED_AT * s.timeout_s:  # alone, a request is tried whatever its cost
             retry = max(s.retry_after_s, round(wait - SHED_AT * s.timeout_s))

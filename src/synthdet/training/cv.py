@@ -397,8 +397,9 @@ def _refit(
     df: pd.DataFrame, y: np.ndarray, shas: np.ndarray, members: list[_Member], best_epochs: list[list[int | None]],
     cv: CVResult, matched: np.ndarray, calibrate: CalibrationMethod | None = None, max_group_fpr: float | None = None,
 ) -> Detector:
-    """The head on every image and view (and the fit views of the ``matched`` images); threshold from the out-of-fold probabilities (each from a model that never
-    saw that image); torch heads train for the folds' median best epoch, as nothing is held out to stop on. The
+    """The head on every image and view (and the fit views of the ``matched`` images); threshold from the
+    out-of-fold probabilities (each from a model that never saw that image); torch heads train for the folds' median
+    best epoch, as nothing is held out to stop on. The
     card's figures are the folds' (labelled so): no image is held out from the saved model. A pair: both heads
     refitted, as one head over the pair backbone's features whose logit is the mean of theirs."""
     heads = []
