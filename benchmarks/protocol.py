@@ -72,6 +72,7 @@ LEVERS: dict[str, tuple[Callable[[], Backbone], dict[str, Any], str]] = {
     "views-C0.01": (lambda: generalising_backbone("effnet-lite0"), HEAD,
                     "C0.01, and the thumbnail and native crop of the size-matched originals in the fit rows"),
     "lite2-views-C0.01": (lambda: generalising_backbone("effnet-lite2"), HEAD, "views-C0.01 on EfficientNet-Lite2"),
+    "lite1-views-C0.01": (lambda: generalising_backbone("effnet-lite1"), HEAD, "views-C0.01 on EfficientNet-Lite1"),
     "lite2-native50": (native_views(0.5, "effnet-lite2"), GENERALISING_HEAD, "native50 on EfficientNet-Lite2"),
     "residual": (lambda: create_backbone("residual"), GENERALISING_HEAD,
                  "noise-residual statistics (6 fixed high-pass filters: spread, kurtosis, flatness, autocorrelation "

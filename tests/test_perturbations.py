@@ -65,7 +65,7 @@ def photo() -> Image.Image:
 
 def test_registry_has_the_issue_slices() -> None:
     assert set(SLICES) == {"jpeg95", "jpeg85", "jpeg75", "jpeg50", "resize0.5", "resize0.25", "launder", "social",
-                           "blur", "small", "thumbnail", "crop"}
+                           "blur", "small", "thumbnail", "crop", "crop-random"}
     assert set(DEFAULT_SLICES) <= set(SLICES)
     assert get_slice("launder").name == "launder" and SLICES.meta("launder")["description"].startswith("random")
     with pytest.raises(ValueError, match="unknown slice"):
@@ -170,3 +170,24 @@ def test_protocol_views_thumbnail_and_native_crop() -> None:
     assert np.array_equal(np.asarray(thumbnail(img, "k1")), np.asarray(thumb))
     small = synthetic_photo(100, 150, seed=6)
     assert get_slice("crop")(small, "k").size == (100, 150)  # smaller than the crop: the whole image
+
+
+def test_random_crop_view_is_native_scale_anywhere_and_seeded() -> None:
+    """The "crop-random" training view: a square of 160–320 px cut at the image's own scale (each pixel one source
+    pixel), its side and position drawn per key, so a rerun gives the same pixels and other keys other crops; an
+    image smaller than the drawn side is kept whole."""
+    from synthdet.data.perturbations import RANDOM_CROP_SIDES, get_view
+
+    x, y = np.meshgrid(np.arange(640), np.arange(480))  # a ramp that tells each pixel's coordinates (x, y) / 3
+    img = Image.fromarray(np.stack([x // 3, y // 3, np.full_like(x, 128)], axis=-1).astype(np.uint8))
+    view = get_view("crop-random")
+    crops = {k: np.asarray(view(img, k), dtype=float) for k in "abcdef"}
+    for c in crops.values():
+        assert c.shape[0] == c.shape[1] and RANDOM_CROP_SIDES[0] <= c.shape[0] <= RANDOM_CROP_SIDES[1]
+        side = c.shape[0]
+        # native scale: across the crop the ramp climbs by the crop's own side / 3 (a resized crop would not)
+        assert abs((c[:, -1, 0] - c[:, 0, 0]).mean() - (side - 1) / 3) < 2
+    corners = {(round(3 * c[2, 2, 0]), round(3 * c[2, 2, 1])) for c in crops.values()}
+    assert len({c.shape[0] for c in crops.values()}) > 1 and len(corners) > 1  # drawn, not fixed
+    assert np.array_equal(np.asarray(view(img, "a"), dtype=float), crops["a"])
+    assert view(synthetic_photo(120, 100, seed=8), "a").size == (120, 100)

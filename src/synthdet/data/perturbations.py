@@ -32,6 +32,8 @@ DEFAULT_SLICES = ("jpeg85", "resize0.5", "launder", "social", "small")
 #: The generalisation protocol's views of an image besides the file itself: a thumbnail of the centre square, and a
 #: crop at the image's own scale (``synthdet cv --view``).
 THUMBNAIL_SIDE, CROP_SIDE = 384, 224
+#: The side range of the "crop-random" training view (native scale, log-uniform).
+RANDOM_CROP_SIDES = (160, 320)
 
 
 def jpeg(img: Image.Image, key: str = "", *, quality: int) -> Image.Image:
@@ -91,6 +93,18 @@ def native_crop(img: Image.Image, key: str = "", *, side: int = CROP_SIDE) -> Im
     return jpeg(centre_window(img, side, side), key, quality=int(_rng("crop", key).integers(70, 96)))
 
 
+def random_crop(img: Image.Image, key: str = "", *, sides: tuple[int, int] = RANDOM_CROP_SIDES) -> Image.Image:
+    """A square crop at the image's own scale, its side drawn log-uniformly from ``sides`` and its position
+    uniformly (the whole image where smaller), JPEG 70–95: a training view that shows details anywhere in the frame
+    and at several sizes, where the protocol's "crop" view is one centred size."""
+    rng = _rng("crop-random", key)
+    w, h = img.size
+    side = round(float(np.exp(rng.uniform(np.log(sides[0]), np.log(sides[1])))))
+    cw, ch = min(side, w), min(side, h)
+    x0, y0 = int(rng.integers(0, w - cw + 1)), int(rng.integers(0, h - ch + 1))
+    return jpeg(img.crop((x0, y0, x0 + cw, y0 + ch)), key, quality=int(rng.integers(70, 96)))
+
+
 def blur(img: Image.Image, key: str = "", *, sigma: float = 1.5) -> Image.Image:
     """Gaussian blur (Pillow's radius is the standard deviation): removes the high frequencies detectors read."""
     return img.filter(ImageFilter.GaussianBlur(sigma))
@@ -140,6 +154,8 @@ _register(
     Slice("blur", "Gaussian blur, σ = 1.5", blur),
     Slice("thumbnail", f"centre square resized to {THUMBNAIL_SIDE} px, JPEG 70–95", thumbnail),
     Slice("crop", f"{CROP_SIDE} px centre crop at native scale, JPEG 70–95", native_crop),
+    Slice("crop-random", f"square crop of {RANDOM_CROP_SIDES[0]}–{RANDOM_CROP_SIDES[1]} px at native scale, anywhere "
+          "in the frame, JPEG 70–95", random_crop),
     Slice("small", f"subset: images whose short side is below {SMALL_SIDE} px", select=is_small),
 )
 
