@@ -131,8 +131,10 @@ def test_backbones_lists_registry() -> None:
         assert name in res.output
 
 
+@pytest.mark.slow
 def test_installed_entry_point_runs_demo(tmp_path: Path) -> None:
-    """The README's main job, through the installed console script, in a folder without ../shared."""
+    """The README's main job, through the installed console script, in a folder without ../shared (slow: half a
+    minute of training; CI runs it with the slow tests)."""
     exe = shutil.which("synthdet") or pytest.skip("synthdet console script not installed")
     env = {**os.environ, "SYNTHDET_CACHE": str(tmp_path / "cache")}
     proc = subprocess.run([exe, "demo", "--out", str(tmp_path / "demo")], cwd=tmp_path, env=env,
@@ -144,6 +146,7 @@ def test_installed_entry_point_runs_demo(tmp_path: Path) -> None:
     assert (tmp_path / "demo" / "card.json").is_file()
 
 
+@pytest.mark.slow
 @pytest.mark.shared
 @pytest.mark.skipif(not SHARED.is_dir(), reason="needs ../shared/data/dev")
 def test_train_on_shared_dev_manifest(tmp_path: Path, cache: Path) -> None:
