@@ -19,30 +19,17 @@ import json
 from pathlib import Path
 
 import _common  # noqa: F401  (puts src/ on sys.path in a bare checkout)
-import numpy as np
 import pandas as pd
-from PIL import Image
 from sklearn.metrics import roc_auc_score
 
 from synthdet.detectors.card import default_detector_path
 from synthdet.evaluation.selection import auc_ci
+from synthdet.io.pixels import file_sizes
 
 ROOT = Path(__file__).resolve().parents[1]
 VIEWS = {"file": "logit", "original": "logit_original", "thumbnail": "logit_thumbnail", "crop": "logit_crop"}
 #: Native short side (px) strata: all rows, then bands where both classes have hundreds of rows.
 STRATA = [(0, 10**9), (512, 1100), (768, 1100), (900, 1100)]
-
-
-def native_sizes(paths: pd.Series) -> np.ndarray:
-    """``[n, 2]`` width, height from each file's header (NaN where it cannot be read)."""
-    out = np.full((len(paths), 2), np.nan)
-    for i, p in enumerate(paths):
-        try:
-            with Image.open(p) as im:
-                out[i] = im.size
-        except (OSError, ValueError):
-            continue
-    return out
 
 
 def main() -> None:
@@ -55,7 +42,7 @@ def main() -> None:
     pool = pd.read_csv(args.manifest, usecols=["sha256", "original"])
     pool["sha256"] = pool["sha256"].str[:16]
     df = loso.merge(pool.drop_duplicates("sha256"), on="sha256", how="left")
-    wh = native_sizes(df["original"])
+    wh = file_sizes(df["original"])
     df["short"], df["long"] = wh.min(axis=1), wh.max(axis=1)
     df = df[df["short"].notna()].reset_index(drop=True)
     rows = []

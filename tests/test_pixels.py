@@ -688,3 +688,17 @@ def test_a_window_is_cut_at_the_images_own_scale_and_never_resampled() -> None:
     assert view.size == (64, 64) and not np.array_equal(np.asarray(view), centre)
     assert pre.canonical_draft_size is None and pre.draft_size is None
     assert pre.id() != Preprocess(size=64, jpeg_quality=None).id()
+
+
+def test_file_sizes_read_headers_and_give_nan_for_what_cannot_be_read(tmp_path: Path) -> None:
+    """Width and height from each header (EXIF rotation aside, as stored); a missing file, a non-image or no path at
+    all is NaN, not an error: a size bin is left empty rather than a run stopped."""
+    from synthdet.io.pixels import file_megapixels, file_sizes
+
+    photo = write_image(tmp_path / "a.png", synthetic_photo(300, 200))
+    (tmp_path / "b.jpg").write_bytes(b"not an image")
+    paths = [photo, tmp_path / "b.jpg", tmp_path / "missing.jpg", float("nan")]
+    sizes = file_sizes(paths)  # type: ignore[arg-type]
+    assert sizes[0].tolist() == [300.0, 200.0] and np.isnan(sizes[1:]).all()
+    assert file_megapixels(paths)[0] == pytest.approx(0.06) and np.isnan(file_megapixels(paths)[1:]).all()  # type: ignore[arg-type]
+    assert file_sizes([]).shape == (0, 2)

@@ -73,10 +73,12 @@ def predict(
     if checks is not None and not assess:
         raise fail("--checks sets --assess's stability checks: give both")
     if checks is not None:
-        from synthdet.detectors.assess import CHECK_SETS
+        from synthdet.detectors.assess import check_names
 
-        if checks not in CHECK_SETS:
-            raise fail(f"--checks {checks!r}: use one of {', '.join(CHECK_SETS)}")
+        try:
+            check_names(checks)
+        except ValueError as e:
+            raise fail(f"--{e}") from None
     if (localize or localizer is not None) and not assess:
         raise fail("--localize adds the edited region to --assess: give both")
     if out is not None and not out.parent.is_dir():

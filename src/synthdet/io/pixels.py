@@ -148,15 +148,20 @@ def reduce_to(img: Image.Image, short_side: int | None) -> Image.Image:
     return out
 
 
-def file_megapixels(paths: Iterable[str | Path]) -> np.ndarray:
-    """Each file's megapixels from its header alone (NaN when it cannot be read)."""
-    def mp(path: str | Path) -> float:
+def file_sizes(paths: Iterable[str | Path]) -> np.ndarray:
+    """``[n, 2]``: each file's width and height from its header alone (NaN when it cannot be read)."""
+    def size(path: str | Path) -> tuple[float, float]:
         try:
             with Image.open(path) as img:
-                return img.size[0] * img.size[1] / 1e6
-        except Exception:  # unreadable: no size, so no bin
-            return float("nan")
-    return np.array([mp(p) for p in paths], dtype=float)
+                return float(img.size[0]), float(img.size[1])
+        except Exception:  # unreadable: no size
+            return float("nan"), float("nan")
+    return np.array([size(p) for p in paths], dtype=float).reshape(-1, 2)
+
+
+def file_megapixels(paths: Iterable[str | Path]) -> np.ndarray:
+    """Each file's megapixels from its header alone (NaN when it cannot be read)."""
+    return file_sizes(paths).prod(axis=1) / 1e6
 
 
 def peek_size(source: bytes) -> tuple[int, int] | None:

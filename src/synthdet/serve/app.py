@@ -41,6 +41,7 @@ from synthdet.detectors.assess import (
     assess_image,
     assessment_images,
     band_of,
+    check_names,
     prepare,
 )
 from synthdet.detectors.scoring import detector_id
@@ -112,8 +113,10 @@ def check_setting(value: str) -> str:
     """The ``checks`` query parameter as a :data:`~synthdet.detectors.assess.CHECK_SETS` name (``true``/``false``
     stand for ``quick``/``off``); 422 for anything else, before the body is read."""
     key = {"true": "quick", "false": "off"}.get(value.lower(), value.lower())
-    if key not in CHECK_SETS:
-        raise ServiceError(422, "bad-checks", f"checks={value[:40]!r}: use one of {', '.join(CHECK_SETS)}")
+    try:
+        check_names(key)
+    except ValueError:
+        raise ServiceError(422, "bad-checks", f"checks={value[:40]!r}: use one of {', '.join(CHECK_SETS)}") from None
     return key
 
 
