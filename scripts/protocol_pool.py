@@ -12,6 +12,11 @@ count), at a random position and at its own scale — a crop, never a resampling
 pass the same chain: decode (EXIF orientation applied) → a first JPEG generation for files that had none (lossless
 PNG/WebP outputs; camera photos and JPEG outputs have theirs) → the crop → JPEG at a quality drawn from 85–97.
 
+The frame drawn depends on the generated images present at the time, so each crop box, once drawn, is recorded in
+``data/pool/frames.csv`` (by the sha256 of the original) and each group's fold in ``data/pool/folds.csv``: both are
+committed, a rebuild cuts the same pixels into the same folds, and images or groups added later extend the tables
+without moving what earlier figures were measured on.
+
 Groups are lineages, not file labels: a model the detector was trained on must not come back as "unseen" under
 another name, so DALL-E 2/3 and GPT-image are one group with ``dev``'s OpenAI images, every FLUX derivative is
 ``fake:flux``, SD 1.x/2.x checkpoints are one group, and families too small to score alone join the bucket ``dev``
@@ -60,6 +65,11 @@ LINEAGE = {
                      "meissonic", "amused", "cogview3", "kandinsky2", "instaflow", "unidiffuser"], OTHER_OPEN),
 }
 MIN_COLLECTION = 15
+#: each image's crop box (by the sha256 of its original) and each group's fold, as first drawn: committed, so that a
+#: rebuild from the sources table cuts the same pixels into the same folds
+FRAMES = ROOT / "data" / "pool" / "frames.csv"
+FOLDS = ROOT / "data" / "pool" / "folds.csv"
+BOX = ["x", "y", "width", "height"]
 
 
 def native_groups(df: pd.DataFrame) -> pd.Series:
@@ -75,8 +85,13 @@ def native_groups(df: pd.DataFrame) -> pd.Series:
     return groups
 
 
-def frame(src: str, key: str, frames: np.ndarray, dest: Path) -> tuple[int, int, int]:
-    """Store ``src`` cut to a frame drawn from ``frames`` (rows ``width, height``) as ``dest``; ``(w, h, bytes)``."""
+Box = tuple[int, int, int, int]  # x, y, width, height of the crop on the decoded original
+
+
+def frame(src: str, key: str, frames: np.ndarray, dest: Path, box: Box | None = None) -> tuple[Box, int]:
+    """Store ``src`` cut to a frame drawn from ``frames`` (rows ``width, height``) as ``dest``, or to ``box`` where a
+    previous build recorded one; the box and the stored bytes. The draws are seeded by ``key``, but the frame drawn
+    depends on the generated images present at the time: recording the box makes a rebuild cut the same pixels."""
     rng = np.random.default_rng(int(hashlib.sha256(key.encode()).hexdigest()[:16], 16))
     q1, q2 = (int(q) for q in rng.integers(QUALITY[0], QUALITY[1] + 1, size=2))
     with Image.open(src) as im:
@@ -84,42 +99,55 @@ def frame(src: str, key: str, frames: np.ndarray, dest: Path) -> tuple[int, int,
     img = load_image(src, max_pixels=MAX_PIXELS)  # as synthdet decodes: EXIF orientation, alpha on white
     if not first_generation:
         img = jpeg_roundtrip(img, q1, subsampling="4:2:0")
+    if box is None:
+        box = draw_box(rng, img.size, frames)
+    x0, y0, w, h = box
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    tmp = dest.with_suffix(".tmp")
+    img.crop((x0, y0, x0 + w, y0 + h)).save(tmp, format="JPEG", quality=q2, subsampling="4:2:0")
+    tmp.replace(dest)
+    return box, dest.stat().st_size
+
+
+def draw_box(rng: np.random.Generator, size: tuple[int, int], frames: np.ndarray) -> Box:
+    """A generated image's frame (its aspect, at most its pixel count, 80-100 % of each side), at a random position."""
     tw, th = frames[rng.integers(len(frames))]
-    W, H = img.size
+    W, H = size
     w = min(float(W), H * tw / th)
     h = w * th / tw
     if w * h > tw * th:
         s = float(np.sqrt(tw * th / (w * h)))
         w, h = w * s, h * s
     w, h = w * rng.uniform(0.8, 1.0), h * rng.uniform(0.8, 1.0)  # no class keeps its tell-tale sizes (512², 1024²)
-    w, h = max(16, min(W, round(w))), max(16, min(H, round(h)))
-    x0, y0 = int(rng.integers(0, W - w + 1)), int(rng.integers(0, H - h + 1))
-    dest.parent.mkdir(parents=True, exist_ok=True)
-    tmp = dest.with_suffix(".tmp")
-    img.crop((x0, y0, x0 + w, y0 + h)).save(tmp, format="JPEG", quality=q2, subsampling="4:2:0")
-    tmp.replace(dest)
-    return w, h, dest.stat().st_size
+    iw, ih = max(16, min(W, round(w))), max(16, min(H, round(h)))
+    return int(rng.integers(0, W - iw + 1)), int(rng.integers(0, H - ih + 1)), iw, ih
 
 
-def _frame_row(args: tuple[str, str, np.ndarray, Path]) -> tuple[int, int, int]:
-    src, key, frames, dest = args
-    if dest.is_file():
-        with Image.open(dest) as im:
-            return im.width, im.height, dest.stat().st_size
-    return frame(src, key, frames, dest)
+def _frame_row(args: tuple[str, str, np.ndarray, Path, Box | None]) -> tuple[Box, int]:
+    src, key, frames, dest, box = args
+    if box is not None and dest.is_file():  # resume: cut before, to the recorded box
+        return box, dest.stat().st_size
+    return frame(src, key, frames, dest, box)
 
 
-def assign_folds(groups: pd.Series, labels: pd.Series, k: int) -> pd.Series:
+def assign_folds(groups: pd.Series, labels: pd.Series, k: int, fixed: dict[str, str] | None = None) -> pd.Series:
     """Whole groups into ``k`` folds, largest first into the fold with the fewest images of that class, so every
-    fold holds reals and fakes and about the same number of each."""
+    fold holds reals and fakes and about the same number of each. Groups in ``fixed`` (a previous build's folds) keep
+    theirs, so that adding groups to the pool does not reshuffle the folds that earlier figures were measured on."""
+    fixed = fixed or {}
     counts = pd.DataFrame({"group": groups, "label": labels}).groupby("group")["label"].agg(["size", "mean"])
     load = np.zeros((k, 2))
     fold_of: dict[str, str] = {}
-    for g, row in counts.sort_values("size", ascending=False).iterrows():
-        cls = int(row["mean"] >= 0.5)
-        f = int(np.argmin(load[:, cls]))
-        load[f, cls] += row["size"]
-        fold_of[str(g)] = f"fold{f:02d}"
+    for g, row in counts.sort_values("size", ascending=False, kind="stable").iterrows():
+        if str(g) in fixed:
+            fold_of[str(g)] = fixed[str(g)]
+            load[int(fixed[str(g)].removeprefix("fold")), int(row["mean"] >= 0.5)] += row["size"]
+    for g, row in counts.sort_values("size", ascending=False, kind="stable").iterrows():
+        if str(g) not in fold_of:
+            cls = int(row["mean"] >= 0.5)
+            f = int(np.argmin(load[:, cls]))
+            load[f, cls] += row["size"]
+            fold_of[str(g)] = f"fold{f:02d}"
     return groups.map(fold_of)
 
 
@@ -129,6 +157,8 @@ def main() -> None:
     ap.add_argument("--out", type=Path, default=ROOT / "build" / "protocol-pool")
     ap.add_argument("--folds", type=int, default=10)
     ap.add_argument("--workers", type=int, default=2)
+    ap.add_argument("--frames", type=Path, default=FRAMES, help="crop boxes recorded by earlier builds (kept, extended)")
+    ap.add_argument("--fold-table", type=Path, default=FOLDS, help="group → fold of earlier builds (kept, extended)")
     ap.add_argument("--ratio", type=float, default=0.0,
                     help="then at most this class ratio per size/orientation bin (0: none; framing suffices)")
     args = ap.parse_args()
@@ -142,16 +172,28 @@ def main() -> None:
     before = {**describe(pool), "meta_auc": meta_auc(pool)}
     fakes = pool[pool["label"] == 1]
     frames = fakes[["width", "height"]].to_numpy()
-    jobs = [(p, sha, frames, args.out / "images" / f"{sha[:20]}.jpg") for p, sha in zip(pool["path"], pool["sha256"])]
+    recorded = pd.read_csv(args.frames, dtype={"sha256": str}) if args.frames.is_file() else pd.DataFrame(
+        columns=["sha256", *BOX])
+    boxes: dict[str, Box] = {r.sha256: (int(r.x), int(r.y), int(r.width), int(r.height))
+                             for r in recorded.itertuples()}
+    jobs = [(p, sha, frames, args.out / "images" / f"{sha[:20]}.jpg", boxes.get(sha))
+            for p, sha in zip(pool["path"], pool["sha256"])]
     with ProcessPoolExecutor(args.workers) as ex:
-        sizes = list(tqdm(ex.map(_frame_row, jobs, chunksize=8), total=len(jobs), desc="frame"))
-    pool = pool.assign(original=pool["path"], path=[str(j[3]) for j in jobs], width=[s[0] for s in sizes],
-                       height=[s[1] for s in sizes], bytes=[s[2] for s in sizes])
+        cut = list(tqdm(ex.map(_frame_row, jobs, chunksize=8), total=len(jobs), desc="frame"))
+    boxes.update((sha, box) for sha, (box, _) in zip(pool["sha256"], cut))
+    table = pd.DataFrame([(sha, *box) for sha, box in sorted(boxes.items())], columns=["sha256", *BOX])
+    table.to_csv(args.frames, index=False, lineterminator="\n")
+    pool = pool.assign(original=pool["path"], path=[str(j[3]) for j in jobs], width=[c[0][2] for c in cut],
+                       height=[c[0][3] for c in cut], bytes=[c[1] for c in cut])
     pool["sha256"] = [sha256_file(p) for p in pool["path"]]
     framed = {**describe(pool), "meta_auc": meta_auc(pool)}
     if args.ratio:
         pool = balance(pool, ratio=args.ratio)
-    pool["fold"] = assign_folds(pool["group"], pool["label"], args.folds)
+    fixed = pd.read_csv(args.fold_table) if args.fold_table.is_file() else pd.DataFrame(columns=["group", "fold"])
+    pool["fold"] = assign_folds(pool["group"], pool["label"], args.folds, dict(zip(fixed["group"], fixed["fold"])))
+    folds = pool[["group", "fold"]].drop_duplicates().sort_values("group")
+    pd.concat([fixed[~fixed["group"].isin(folds["group"])], folds]).sort_values("group").to_csv(
+        args.fold_table, index=False, lineterminator="\n")
     after = {**describe(pool), "meta_auc": meta_auc(pool)}
     pool.to_csv(args.out / "manifest.csv", index=False, lineterminator="\n")
     report = {"originals": before, "framed": framed, **({"balanced": {"ratio": args.ratio, **after}} if args.ratio else {})}

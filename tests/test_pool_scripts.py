@@ -78,13 +78,38 @@ def test_framing_crops_at_the_images_own_scale_to_frames_of_generated_images(tmp
     src.write_bytes(encoded(ramps(1600, 1200), "JPEG"))
     frames = np.array([[512, 512], [768, 512]])
     for i in range(6):
-        w, h, size = frame(str(src), f"key{i}", frames, tmp_path / f"out{i}.jpg")
+        (_, _, w, h), size = frame(str(src), f"key{i}", frames, tmp_path / f"out{i}.jpg")
         assert w * h <= 768 * 512 and min(abs(w / h - 1.0), abs(w / h - 1.5)) < 0.35 and size > 0
         out = np.asarray(Image.open(tmp_path / f"out{i}.jpg"), dtype=np.float64)
         slope = np.polyfit(np.arange(out.shape[1]), out[:, :, 0].mean(axis=0), 1)[0]
         assert slope == pytest.approx(255 / 1599, rel=0.05)
-    frame(str(src), "key0", frames, tmp_path / "again.jpg")
+    box, _ = frame(str(src), "key0", frames, tmp_path / "again.jpg")
     assert (tmp_path / "again.jpg").read_bytes() == (tmp_path / "out0.jpg").read_bytes()  # seeded by its key
+
+
+def test_a_recorded_box_cuts_the_same_pixels_whatever_generated_images_the_pool_holds_now(tmp_path: Path) -> None:
+    """The frame drawn depends on the generated images present when the pool was built; a rebuild given the recorded
+    box (data/pool/frames.csv) stores the same bytes, while a fresh draw from another list of frames does not."""
+    src = tmp_path / "cam.jpg"
+    src.write_bytes(encoded(ramps(1600, 1200), "JPEG"))
+    box, _ = frame(str(src), "k", np.array([[512, 512], [768, 512]]), tmp_path / "first.jpg")
+    other = np.array([[1024, 640], [640, 960], [896, 896]])
+    frame(str(src), "k", other, tmp_path / "redrawn.jpg")
+    assert (tmp_path / "redrawn.jpg").read_bytes() != (tmp_path / "first.jpg").read_bytes()
+    again, _ = frame(str(src), "k", other, tmp_path / "rebuilt.jpg", box)
+    assert again == box and (tmp_path / "rebuilt.jpg").read_bytes() == (tmp_path / "first.jpg").read_bytes()
+
+
+def test_groups_keep_their_recorded_folds_and_new_groups_fill_the_lightest() -> None:
+    from protocol_pool import assign_folds
+    groups = pd.Series(["a"] * 50 + ["b"] * 40 + ["c"] * 30 + ["new"] * 20)
+    labels = pd.Series([1] * 140)
+    first = assign_folds(groups[:120], labels[:120], 3)
+    fixed = dict(zip(groups[:120], first))
+    grown = assign_folds(groups, labels, 3, fixed)
+    assert (grown[:120] == first).all()  # the folds earlier figures were measured on are kept
+    assert grown.iloc[-1] == first[groups[:120] == "c"].iloc[0]  # the lightest fold (c's 30) takes the new group
+    assert assign_folds(groups, labels, 3).nunique() == 3
 
 
 def test_frames_tell_nothing_once_framed_while_originals_do() -> None:
