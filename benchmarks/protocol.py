@@ -117,21 +117,28 @@ def run_lever(name: str, manifest: Path, pool: pd.DataFrame, out: Path, cache: P
                     "decisions chosen with its group left out"}
 
 
-def mean_lever(levers: list[dict[str, Any]], out: Path) -> dict[str, Any]:
-    """Several levers' fold models as one detector (mean raw logit), from their saved held-out scores: the same folds,
-    views and nested decisions; the CPU cost is the sum. For two logistic probes on the same pixels this is exactly
-    what ``cross_validate([a, b])`` and the saved pair compute (tests/test_cv.py)."""
-    frames = [pd.read_csv(out / lv["lever"] / "oof.csv", dtype={"sha256": str}) for lv in levers]
+def mean_logits(names: list[str], out: Path) -> tuple[pd.DataFrame, dict[str, np.ndarray]]:
+    """Several levers' held-out scores (``out/<lever>/oof.csv``) as one detector's: the first lever's rows and, per
+    view, the mean raw logit of all of them. Refused unless every lever scored the same rows on the same folds."""
+    frames = [pd.read_csv(out / name / "oof.csv", dtype={"sha256": str}) for name in names]
     m = frames[0]
     for j, other in enumerate(frames[1:], 1):
         m = m.merge(other[["sha256", "fold", "logit", *(f"logit_{v}" for v in VIEWS)]], on="sha256",
                     suffixes=("", f"_{j}"))
         if not (m["fold"] == m[f"fold_{j}"]).all() or len(m) != len(frames[0]):
-            raise ValueError(f"{levers[0]['lever']} and {levers[j]['lever']} were not run on the same folds")
-    y, g = m["label"].to_numpy(), m["group"].to_numpy()
+            raise ValueError(f"{names[0]} and {names[j]} were not run on the same folds")
     cols = {"file": "logit", **{v: f"logit_{v}" for v in VIEWS}}
     logits = {v: np.mean([m[c if j == 0 else f"{c}_{j}"] for j in range(len(frames))], axis=0)
               for v, c in cols.items()}
+    return m, logits
+
+
+def mean_lever(levers: list[dict[str, Any]], out: Path) -> dict[str, Any]:
+    """Several levers' fold models as one detector (mean raw logit), from their saved held-out scores: the same folds,
+    views and nested decisions; the CPU cost is the sum. For two logistic probes on the same pixels this is exactly
+    what ``cross_validate([a, b])`` and the saved pair compute (tests/test_cv.py)."""
+    m, logits = mean_logits([lv["lever"] for lv in levers], out)
+    y, g = m["label"].to_numpy(), m["group"].to_numpy()
     decisions = nested_decisions(y, logits, g, **SELECTION)
     rows: dict[str, Any] = {}
     for view, z in logits.items():

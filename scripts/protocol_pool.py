@@ -62,7 +62,9 @@ LINEAGE = {
     **dict.fromkeys(["lumina", "lumina-dimoo"], "fake:lumina"), "z-image": "fake:z-image",
     "pixart-sigma": "fake:pixart", "auraflow": "fake:auraflow",
     **dict.fromkeys(["sana", "hidream", "cosmos", "cosmos-predict2", "ernie-image", "fibo", "x-omni", "hdm", "prx",
-                     "meissonic", "amused", "cogview3", "kandinsky2", "instaflow", "unidiffuser"], OTHER_OPEN),
+                     "meissonic", "amused", "cogview3", "kandinsky2", "instaflow", "unidiffuser", "hart", "emu3", "bria",
+                     "f-lite", "wan"], OTHER_OPEN),
+    "liquid": "fake:liquid",  # autoregressive (Liquid-7B); Janus, the other one with enough images, is a final group
 }
 MIN_COLLECTION = 15
 #: each image's crop box (by the sha256 of its original) and each group's fold, as first drawn: committed, so that a

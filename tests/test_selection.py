@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from synthdet.detectors.calibrate import capped_threshold, sigmoid
-from synthdet.evaluation.selection import auc_ci, group_bootstrap, nested_decisions, nested_summary
+from synthdet.evaluation.selection import auc_ci, auc_gain_ci, group_bootstrap, nested_decisions, nested_summary
 
 
 def groups_data(seed: int = 0, n_groups: int = 8, per: int = 60) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -56,3 +56,16 @@ def test_group_bootstrap_resamples_whole_groups_and_says_when_it_cannot() -> Non
     one_real = g != "real:odd"
     keep = one_real & ((y == 1) | (g == "real:1"))
     assert np.isnan(group_bootstrap(y[keep], g[keep], lambda idx: float(len(idx)), n_boot=50)).all()
+
+
+def test_a_gain_on_the_same_rows_has_a_narrower_interval_than_either_auc() -> None:
+    """Two scores of the same images that differ by a small improvement: the paired interval of the gain excludes 0
+    and is far narrower than either AUC's own interval; no gain gives an interval around 0."""
+    y, z, g = groups_data(n_groups=10)
+    rng = np.random.default_rng(1)
+    better = z + np.where(y == 1, 0.3, -0.3) + rng.normal(0, 0.1, len(z))
+    lo, hi = auc_gain_ci(y, z, better, g, n_boot=300)
+    a_lo, a_hi = auc_ci(y, z, g, n_boot=300)
+    assert 0 < lo < hi and hi - lo < (a_hi - a_lo) / 2
+    same_lo, same_hi = auc_gain_ci(y, z, z + rng.normal(0, 0.05, len(z)), g, n_boot=300)
+    assert same_lo < 0 < same_hi

@@ -137,3 +137,19 @@ def auc_ci(y: np.ndarray, score: np.ndarray, groups: np.ndarray, *, n_boot: int 
         return float(roc_auc_score(y[idx], score[idx])) if len(np.unique(y[idx])) == 2 else float("nan")
 
     return group_bootstrap(y, groups, auc, n_boot=n_boot, seed=seed)
+
+
+def auc_gain_ci(y: np.ndarray, before: np.ndarray, after: np.ndarray, groups: np.ndarray, *, n_boot: int = 1000,
+                seed: int = 0) -> list[float]:
+    """Group-bootstrap interval of ``AUC(after) − AUC(before)`` on the same rows: both scores are resampled together,
+    so the interval is that of the change, far narrower than two separate intervals when the scores are correlated
+    (two detectors that differ in their training data, judged on the same held-out images)."""
+    y = np.asarray(y).astype(int)
+    a, b = np.asarray(before, dtype=np.float64), np.asarray(after, dtype=np.float64)
+
+    def gain(idx: np.ndarray) -> float:
+        if len(np.unique(y[idx])) < 2:
+            return float("nan")
+        return float(roc_auc_score(y[idx], b[idx]) - roc_auc_score(y[idx], a[idx]))
+
+    return group_bootstrap(y, groups, gain, n_boot=n_boot, seed=seed)
