@@ -54,7 +54,7 @@ LINEAGE = {
     **dict.fromkeys(["sd3", "pcm"], "fake:sd3"),
     "qwen-image": "fake:qwen", "gemini-image": "fake:gemini",
     **dict.fromkeys(["grok-image", "seedream", "ideogram", "firefly", "recraft", "reve", "luma"], "fake:commercial-api"),
-    **dict.fromkeys(["stylegan", "stylegan2", "stylegan3"], "fake:stylegan"),
+    **dict.fromkeys(["progan", "stylegan", "stylegan2", "stylegan3"], "fake:stylegan"),  # NVIDIA's face GANs, one line
     **dict.fromkeys(["vqgan-clip", "vqgan"], "fake:gan-vqgan"),
     **dict.fromkeys(["ldm", "glid-3-xl", "majesty-diffusion"], "fake:ldm"),
     # the open DiT-era families held out one by one where the pool has enough of them (build_pool.FAKE_GROUPS names
