@@ -39,11 +39,11 @@ from synthdet.training.train import GENERALISING_HEAD, ProbeConfig, generalising
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "scripts"))
 # the shipped default's protocol: its views (cut from each image's original file), decisions and final groups
-from train_default import BAND_LEVEL, FINAL_FILE, HEAD, MAX_GROUP_FPR, VIEWS, final_groups  # noqa: E402
+from train_default import BAND_LEVEL, CAP_VIEWS, FINAL_FILE, HEAD, MAX_GROUP_FPR, VIEWS, final_groups  # noqa: E402
 
 POOL = ROOT / "build" / "protocol-pool" / "manifest.csv"
 RESULTS = ROOT / "benchmarks" / "results" / "protocol.json"
-SELECTION = {"calibrate": "sigmoid", "max_group_fpr": MAX_GROUP_FPR, "band_level": BAND_LEVEL}
+SELECTION = {"calibrate": "sigmoid", "max_group_fpr": MAX_GROUP_FPR, "band_level": BAND_LEVEL, "cap_views": CAP_VIEWS}
 
 
 def native_views(share: float, name: str = "effnet-lite0") -> Callable[[], Backbone]:

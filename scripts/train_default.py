@@ -11,9 +11,9 @@
    once by the shipped detector at the end: the card's ``final`` figures.
 3. Leave-groups-out cross-validation over the rest: every image is scored by a model that never saw its group, as its
    pool copy and, cut from its original file, as the original, a 384-px thumbnail and a 224-px native crop.
-4. Sigmoid calibration of the raw logit, the threshold (F1-optimal with every real group flagged ≤ MAX_GROUP_FPR) and
-   the uncertainty band (BAND_LEVEL) from those scores; their figures repeated with each group left out (nested), with
-   group-bootstrap intervals.
+4. Sigmoid calibration of the raw logit, the threshold (F1-optimal with every real group flagged ≤ MAX_GROUP_FPR in
+   every view) and the uncertainty band (BAND_LEVEL) from those scores; their figures repeated with each group left
+   out (nested), with group-bootstrap intervals.
 5. The head refitted on every non-final image (all views, and the fit views of the size-matched originals) for the
    shipped model.
 
@@ -57,6 +57,9 @@ POOL = ROOT / "build" / "protocol-pool" / "manifest.csv"
 MAX_GROUP_FPR = 0.05  # the bar: no real source above 5 % flagged
 BAND_LEVEL = 0.9  # outside the uncertainty band, at least 90 % of held-out verdicts were right
 VIEWS = ("original", "thumbnail", "crop")
+#: the bar holds per view (issue 19: no real source above 5 % flagged, whatever the detector is shown), so the cap on
+#: real groups' flag rates is met on every view's leave-groups-out scores, not only on the pool copies'
+CAP_VIEWS = VIEWS
 MEMBERS = ("effnet-lite0", "effnet-lite2")  # the pair: one probe over both backbones (synthdet.backbones.pair)
 #: each member's head (benchmarks/protocol.py, levers "views-C0.01" and "lite2-views-C0.01"): a 50x stronger L2
 #: penalty than the generalising head's, and the thumbnail and native-scale crop of the size-matched originals
@@ -185,7 +188,7 @@ def main() -> None:
     shutil.rmtree(staging, ignore_errors=True)
     res = cross_validate(train, members, group_by="group",
                          folds_by="fold", refit_all=True, calibrate="sigmoid", max_group_fpr=MAX_GROUP_FPR,
-                         band_level=BAND_LEVEL, views=VIEWS, views_from="original", out=staging / "cv", progress=True)
+                         band_level=BAND_LEVEL, cap_views=CAP_VIEWS, views=VIEWS, views_from="original", out=staging / "cv", progress=True)
     det = res.detector
     assert det is not None
     # the card names the originals too, so `synthdet evaluate` finds them (and their near-duplicates) as seen rows

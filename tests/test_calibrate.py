@@ -134,3 +134,8 @@ def test_capped_threshold_keeps_every_real_group_under_the_cap() -> None:
     assert (prob[groups == "b"] >= t).mean() <= 0.05 and (prob[groups == "a"] >= t).mean() <= 0.05
     assert t >= free
     assert capped_threshold(y, prob, groups, max_fpr=1.0) == free  # a cap that binds nothing changes nothing
+    crop = np.where(groups == "a", np.clip(prob + 0.45, 0, 1), prob)  # source a's photos look generated as crops
+    crop[-5:] = np.nan  # not scored in that view
+    both = capped_threshold(y, prob, groups, max_fpr=0.05, also=[crop])
+    assert (crop[groups == "a"] >= t).mean() > 0.05  # capped on the file alone, the crops of a are flagged
+    assert both > t and (crop[groups == "a"] >= both).mean() <= 0.05 and (prob[groups == "b"] >= both).mean() <= 0.05

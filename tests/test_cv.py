@@ -242,10 +242,16 @@ def test_cv_scores_every_held_out_image_in_other_views(tmp_path: Path, demo_cv) 
     assert len({v["threshold"] for v in views.values()}) == 1 and all(v["n"] == len(table) for v in views.values())
     assert all(0.0 <= v["worst_group_auc"] <= v["roc_auc"] <= 1.0 for v in views.values())
     assert all(len(v["roc_auc_ci"]) == 2 for v in views.values())
-    again = CliRunner().invoke(app, [*args, "--view", "crop", "--json", "-o", str(tmp_path / "again")])
+    again = CliRunner().invoke(app, [*args, "--view", "crop", "--max-group-fpr", "0.2", "--cap-view", "crop", "--json",
+                                     "-o", str(tmp_path / "again")])
     assert again.exit_code == 0, again.output
     before = pd.read_csv(tmp_path / "out" / "oof.csv")["prob_crop"].to_numpy()
     assert np.allclose(pd.read_csv(tmp_path / "again" / "oof.csv")["prob_crop"].to_numpy(), before)
+    nested = json.loads((tmp_path / "again" / "cv.json").read_text())["nested"]
+    assert nested["selection"]["cap_views"] == ["crop"]  # the cap on real groups held on the crops' scores too
+    unmatched = CliRunner().invoke(app, [*args, "--view", "thumbnail", "--max-group-fpr", "0.2", "--cap-view", "crop",
+                                         "-o", str(tmp_path / "bad")])
+    assert unmatched.exit_code == 2 and "--cap-view" in unmatched.output
     oof = pd.read_csv(tmp_path / "out" / "oof.csv")
     assert oof[["prob", "prob_thumbnail", "prob_crop", "prob_jpeg95"]].notna().all().all()
     near = (oof["prob_jpeg95"] - oof["prob"]).abs().mean()

@@ -69,3 +69,17 @@ def test_a_gain_on_the_same_rows_has_a_narrower_interval_than_either_auc() -> No
     assert 0 < lo < hi and hi - lo < (a_hi - a_lo) / 2
     same_lo, same_hi = auc_gain_ci(y, z, z + rng.normal(0, 0.05, len(z)), g, n_boot=300)
     assert same_lo < 0 < same_hi
+
+
+def test_the_cap_can_cover_other_views_the_detector_is_shown() -> None:
+    """A real group that looks generated only as crops: capped on the file view, its crops are flagged; with
+    ``cap_views=("crop",)`` the nested thresholds rise until the other groups' crops stay under the cap too."""
+    y, z, g = groups_data(n_groups=10)
+    crop = z + np.where(np.char.startswith(g.astype(str), "real:") & (g != "real:odd"), 1.2, 0.0)
+    kw = {"calibrate": "sigmoid", "max_group_fpr": 0.05}
+    file_only = nested_decisions(y, {"file": z, "crop": crop}, g, **kw)
+    both = nested_decisions(y, {"file": z, "crop": crop}, g, cap_views=("crop",), **kw)
+    assert (both["threshold"] >= file_only["threshold"] - 1e-12).all()
+    real = (both["label"] == 0) & (both["group"] != "real:odd")
+    assert both.loc[real, "flagged_crop"].mean() < file_only.loc[real, "flagged_crop"].mean()
+    assert both["flagged_file"].sum() <= file_only["flagged_file"].sum()  # the price: recall on the file view

@@ -95,8 +95,9 @@ def nested_table(result: CVResult) -> Table:
     nested = result.nested()
     sel = nested["selection"]
     how = ", ".join(filter(None, [f"calibration {sel['calibrate']}" if sel.get("calibrate") else "",
-                                  f"every real {result.group_by} ≤ {sel['max_group_fpr']:.0%}" if sel.get("max_group_fpr")
-                                  is not None else "F1-optimal threshold",
+                                  f"every real {result.group_by} ≤ {sel['max_group_fpr']:.0%}"
+                                  + (f" (file, {', '.join(sel['cap_views'])})" if sel.get("cap_views") else "")
+                                  if sel.get("max_group_fpr") is not None else "F1-optimal threshold",
                                   f"band at {sel['band_level']:.0%}" if sel.get("band_level") else ""]))
     table = Table(title=f"decisions chosen with each {result.group_by} left out ({how})")
     for col in ("view", "recall", "real flagged", "worst real flagged", "uncertain", "right outside band"):
@@ -144,6 +145,9 @@ def cv_command(
         min=0.0, max=1.0, help="With --group-by: the best threshold at which no real group is flagged more often "
                                "than this (for --refit's detector, and chosen with each group left out for the "
                                "nested figures).")] = None,
+    cap_view: Annotated[list[str] | None, typer.Option(
+        "--cap-view", help="With --max-group-fpr: the cap holds on this --view's scores too (repeatable): one "
+                           "threshold whatever the detector is shown.")] = None,
     band_level: Annotated[float | None, typer.Option(
         min=0.5, max=1.0, help="With --group-by: an uncertainty band outside which this share of verdicts is right, "
                                "chosen with each group left out for the nested figures.")] = None,
@@ -180,6 +184,8 @@ def cv_command(
                    "--refit), or the nested selection of leave-one-group-out (add --group-by)")
     if (band_level is not None or folds_by) and not group_by:
         raise fail("--band-level and --folds-by need --group-by")
+    if cap_view and (max_group_fpr is None or set(cap_view) - set(view or [])):
+        raise fail("--cap-view VIEW needs --max-group-fpr and the same --view VIEW")
     from synthdet.data.perturbations import get_view
     from synthdet.training.cv import ORIGINAL_VIEW
 
@@ -202,7 +208,7 @@ def cv_command(
     result = cross_validate(
         data, config, k=k, group_by=group_by, folds_by=folds_by, refit_all=refit,
         calibrate=cast("CalibrationMethod | None", calibrate), max_group_fpr=max_group_fpr, band_level=band_level,
-        views=view or (), views_from=views_from, out=out, progress=not quiet,
+        cap_views=cap_view or (), views=view or (), views_from=views_from, out=out, progress=not quiet,
     )
     for path, reason in result.skipped:
         skipped(path, reason)

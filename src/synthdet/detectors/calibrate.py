@@ -3,6 +3,7 @@ fitted on. Applying a calibration needs numpy only (the scoring install); fittin
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Literal
 
 import numpy as np
@@ -28,10 +29,13 @@ def f1_optimal_threshold(y_true: np.ndarray, prob: np.ndarray) -> float:
     return float(thresholds[best[-1]])
 
 
-def capped_threshold(y_true: np.ndarray, prob: np.ndarray, groups: np.ndarray, *, max_fpr: float) -> float:
+def capped_threshold(y_true: np.ndarray, prob: np.ndarray, groups: np.ndarray, *, max_fpr: float,
+                     also: Sequence[np.ndarray] = ()) -> float:
     """The F1-optimal threshold among those at which no real-photo group (``groups`` of the ``y_true == 0`` rows)
     has a false-positive rate above ``max_fpr``: a detector that flags one camera's photos wholesale is wrong for
-    everyone who uses that camera, whatever its pooled F1.
+    everyone who uses that camera, whatever its pooled F1. ``also``: the same rows' probabilities in other views (a
+    thumbnail, a native crop; NaN where not scored), on which the cap must hold too — a deployed detector has one
+    threshold whatever it is shown.
 
     Candidates are the distinct scores; the lowest threshold meeting the cap bounds the search from below. With no
     real rows, the plain F1-optimal threshold."""
@@ -40,8 +44,12 @@ def capped_threshold(y_true: np.ndarray, prob: np.ndarray, groups: np.ndarray, *
     reals = y_true == 0
     if not reals.any():
         return best
-    floor = max(float(np.quantile(prob[reals & (groups == g)], 1 - max_fpr, method="higher")) + 1e-12
-                for g in np.unique(groups[reals]))
+    floor = -np.inf
+    for p in (prob, *(np.asarray(a, dtype=np.float64) for a in also)):
+        for g in np.unique(groups[reals]):
+            q = p[reals & (groups == g) & np.isfinite(p)]
+            if len(q):
+                floor = max(floor, float(np.quantile(q, 1 - max_fpr, method="higher")) + 1e-12)
     if best >= floor:
         return best
     above = prob >= floor

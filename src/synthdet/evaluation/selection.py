@@ -11,7 +11,7 @@ one source are not independent draws, and an interval over images would be too n
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 
 import numpy as np
 import pandas as pd
@@ -31,13 +31,15 @@ from synthdet.evaluation.metrics import CI_LEVEL
 def nested_decisions(
     y: np.ndarray, logits: Mapping[str, np.ndarray], groups: np.ndarray, *, calibrate: CalibrationMethod | None = None,
     max_group_fpr: float | None = None, band_level: float | None = None, selection_view: str = "file",
+    cap_views: Sequence[str] = (),
 ) -> pd.DataFrame:
     """One row per image: the verdict a detector would give it had its calibration, threshold (F1-optimal, or capped
     so no real group is flagged above ``max_group_fpr``) and band (``band_level``) been chosen on the other groups'
     ``selection_view`` scores. ``logits`` maps view name → raw held-out logits (NaN: not scored in that view); the
     selection is made once per group on ``selection_view`` and applied to every view, as a deployed detector has one
     threshold whatever it is shown. Columns: ``group``, ``label``, then per view ``prob_<v>``, ``flagged_<v>``,
-    ``uncertain_<v>``, and the group's ``threshold``, ``band_lo``, ``band_hi``."""
+    ``uncertain_<v>``, and the group's ``threshold``, ``band_lo``, ``band_hi``. ``cap_views``: further views whose
+    real groups the cap covers too (the threshold is still F1-optimal on ``selection_view``)."""
     y, groups = np.asarray(y).astype(int), np.asarray(groups)
     out = pd.DataFrame({"group": groups, "label": y})
     cols: dict[str, np.ndarray] = {c: np.full(len(y), np.nan) for c in ("threshold", "band_lo", "band_hi")}
@@ -50,19 +52,24 @@ def nested_decisions(
         if len(np.unique(y[rest])) < 2:
             continue
         cal = fit_calibration(y[rest], base[rest], method=calibrate) if calibrate else None
-        p_rest = cal(base[rest]) if cal is not None else sigmoid(base[rest])
-        thr = (capped_threshold(y[rest], p_rest, groups[rest], max_fpr=max_group_fpr) if max_group_fpr is not None
-               else f1_optimal_threshold(y[rest], p_rest))
+        p_rest = _calibrated(cal, base[rest])
+        also = [_calibrated(cal, np.asarray(logits[v], dtype=np.float64)[rest]) for v in cap_views]
+        thr = (capped_threshold(y[rest], p_rest, groups[rest], max_fpr=max_group_fpr, also=also)
+               if max_group_fpr is not None else f1_optimal_threshold(y[rest], p_rest))
         lo, hi = fit_uncertainty_band(y[rest], p_rest, thr, level=band_level) if band_level else (thr, thr)
         cols["threshold"][held], cols["band_lo"][held], cols["band_hi"][held] = thr, lo, hi
         for v, z in logits.items():
             z = np.asarray(z, dtype=np.float64)[held]
-            p = cal(z) if cal is not None else sigmoid(z)
+            p = _calibrated(cal, z)
             ok = np.isfinite(z)
             cols[f"prob_{v}"][held] = np.where(ok, p, np.nan)
             cols[f"flagged_{v}"][held] = np.where(ok, p >= thr, np.nan)
             cols[f"uncertain_{v}"][held] = np.where(ok, (p >= lo) & (p < hi), np.nan)
     return out.assign(**cols)
+
+
+def _calibrated(cal: Callable[[np.ndarray], np.ndarray] | None, z: np.ndarray) -> np.ndarray:
+    return cal(z) if cal is not None else sigmoid(z)
 
 
 def nested_summary(decisions: pd.DataFrame, view: str = "file", *, n_boot: int = 1000, seed: int = 0) -> dict:

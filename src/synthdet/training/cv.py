@@ -239,6 +239,7 @@ def cross_validate(
     calibrate: CalibrationMethod | None = None,
     max_group_fpr: float | None = None,
     band_level: float | None = None,
+    cap_views: Sequence[str] = (),
     views: Sequence[str] = (),
     views_from: str | None = None,
     out: str | Path | None = None,
@@ -255,6 +256,9 @@ def cross_validate(
     originals, as the world shows them). ``out`` receives ``cv.json``, ``oof.csv``,
     ``plan.json`` and, with ``refit_all``, ``detector/``.
 
+    ``max_group_fpr`` caps every real group's flag rate at the refitted detector's threshold, on the file's scores and
+    on those of each of ``cap_views`` (among ``views``): a deployed detector has one threshold whatever it is shown.
+
     Two configs (logistic probes on backbones that read the same pixels) are a pair: each fold fits both heads and
     scores every image by the mean of their raw logits; the refitted detector is one probe over both backbones'
     features (:mod:`synthdet.backbones.pair`) whose logit is that mean."""
@@ -264,6 +268,9 @@ def cross_validate(
     shown_as = {v: None if v == ORIGINAL_VIEW else get_view(v) for v in views}
     if ORIGINAL_VIEW in shown_as and views_from is None:
         raise ValueError(f"the {ORIGINAL_VIEW!r} view needs views_from (the column naming each image's original file)")
+    if set(cap_views) - set(views) or (cap_views and max_group_fpr is None):
+        raise ValueError(f"cap_views {list(cap_views)} must be among the views scored ({list(views)}) and need "
+                         "max_group_fpr")
     members = [_Member.of(c) for c in configs]
     _check_pair(members)
     df, skipped = usable_rows(data, progress=progress)
@@ -333,7 +340,8 @@ def cross_validate(
     result.oof = result.oof.assign(logit=view_logit[""], **{f"prob_{v}": sigmoid(z) for v, z in view_logit.items() if v},
                                    **{f"logit_{v}": z for v, z in view_logit.items() if v})
     result.views = list(views)
-    result.selection = {"calibrate": calibrate, "max_group_fpr": max_group_fpr, "band_level": band_level}
+    result.selection = {"calibrate": calibrate, "max_group_fpr": max_group_fpr, "band_level": band_level,
+                        **({"cap_views": tuple(cap_views)} if cap_views else {})}
     result.skipped = skipped
     names = [m.bb.name for m in members]
     result.config = {"backbone": names[0] if len(names) == 1 else pair_name(*names),
@@ -412,7 +420,8 @@ def _refit(
         bb = pair_backbone(members[0].bb, members[1].bb)
         n_features = sum(m.X.shape[1] for m in members)
         model = mean_of_heads(heads, pair_columns(bb, members[0].features), n_features)
-    calibration, threshold, how = decide(cv, calibrate=calibrate, max_group_fpr=max_group_fpr)
+    calibration, threshold, how = decide(cv, calibrate=calibrate, max_group_fpr=max_group_fpr,
+                                         cap_views=cv.selection.get("cap_views", ()))
     seen = RowSet.of_rows(df)
     metrics = {"cv": cv.summary(), "cv_at_threshold": _at_threshold(cv, calibration, threshold)}
     card = members[0].config.card(
@@ -445,12 +454,14 @@ def _at_threshold(cv: CVResult, calibration: Calibration | None, threshold: floa
 
 def decide(
     cv: CVResult, *, calibrate: CalibrationMethod | None = None, max_group_fpr: float | None = None,
+    cap_views: Sequence[str] = (),
 ) -> tuple[Calibration | None, float, str]:
     """Calibration and threshold for a detector refitted after ``cv``, both from its out-of-fold probabilities
     (each from a model that never saw that image — or, leaving groups out, its whole source): ``calibrate`` fits a
     :class:`~synthdet.detectors.calibrate.Calibration` on them; the threshold is F1-optimal on the (calibrated) scores, and
     with ``max_group_fpr`` (leave-one-group-out only) the best one at which no real group is flagged more often
-    than that. Returns ``(calibration, threshold, how it was chosen in words)``."""
+    than that, in the file view and in each of ``cap_views``. Returns ``(calibration, threshold, how it was chosen
+    in words)``."""
     scored = cv.scored()
     y, prob = scored["label"].to_numpy(), scored["prob"].to_numpy()
     rows = ("leave-one-group-out" if cv.group_by else "out-of-fold") + f" probabilities ({len(y)} images)"
@@ -462,8 +473,12 @@ def decide(
         return calibration, f1_optimal_threshold(y, prob), f"F1-optimal on the {rows}"
     if cv.group_by is None:
         raise ValueError("max_group_fpr needs leave-one-group-out folds (group_by)")
-    threshold = capped_threshold(y, prob, scored[cv.group_by].to_numpy(), max_fpr=max_group_fpr)
-    return calibration, threshold, f"F1-optimal on the {rows} with every real {cv.group_by} flagged ≤ {max_group_fpr:.0%}"
+    also = [calibration(oof_logit(scored, v)) if calibration is not None else scored[f"prob_{v}"].to_numpy()
+            for v in cap_views]
+    threshold = capped_threshold(y, prob, scored[cv.group_by].to_numpy(), max_fpr=max_group_fpr, also=also)
+    where = f", as {', '.join(['the file', *cap_views])} alike" if cap_views else ""
+    return calibration, threshold, (f"F1-optimal on the {rows} with every real {cv.group_by} flagged ≤ "
+                                    f"{max_group_fpr:.0%}{where}")
 
 
 def oof_logit(oof: pd.DataFrame, view: str = "") -> np.ndarray:
