@@ -323,7 +323,10 @@ def test_the_shipped_cards_figures_are_leave_one_source_out_and_recompute_from_i
     assert card.calibration is not None
     assert (card.calibration.a, card.calibration.b) == pytest.approx((cal.a, cal.b), rel=1e-6)
     p = card.calibration(z)
-    assert card.threshold == pytest.approx(capped_threshold(y, p, groups, max_fpr=0.05))
+    views = ("original", "thumbnail", "crop")
+    in_views = [card.calibration(loso[f"logit_{v}"].to_numpy()) for v in views]  # the cap holds in every view
+    assert card.threshold == pytest.approx(capped_threshold(y, p, groups, max_fpr=0.05, also=in_views))
+    assert card.threshold > capped_threshold(y, p, groups, max_fpr=0.05)  # the crops' real groups raised it
     assert card.data["uncertain_band"] == pytest.approx(list(fit_uncertainty_band(y, p, card.threshold, level=0.9)))
     block = card.metrics["cv_at_threshold"]
     assert block["rows"] == "held-out" and "one model per fold" in block["model"]
@@ -331,10 +334,15 @@ def test_the_shipped_cards_figures_are_leave_one_source_out_and_recompute_from_i
     table = source_table(y, p, groups, threshold=card.threshold)
     pd.testing.assert_frame_equal(pd.DataFrame(block["groups"]), table, rtol=1e-9)
     assert table[table["label"] == 0]["flagged"].max() <= 0.05  # in-sample for the threshold: the nested figure isn't
+    for v, pv in zip(views, in_views):
+        ok = np.isfinite(pv)
+        shown = source_table(y[ok], pv[ok], groups[ok], threshold=card.threshold)
+        assert shown[shown["label"] == 0]["flagged"].max() <= 0.05, v
     cv = card.metrics["cv"]
     assert cv["leave_one_group_out"]["group_by"] == "group"
-    logits = {"file": z, **{v: loso[f"logit_{v}"].to_numpy() for v in ("original", "thumbnail", "crop")}}
-    decisions = nested_decisions(y, logits, groups, calibrate="sigmoid", max_group_fpr=0.05, band_level=0.9)
+    logits = {"file": z, **{v: loso[f"logit_{v}"].to_numpy() for v in views}}
+    decisions = nested_decisions(y, logits, groups, calibrate="sigmoid", max_group_fpr=0.05, band_level=0.9,
+                                 cap_views=views)
     for view in logits:
         ok = np.isfinite(logits[view])
         assert cv["views"][view]["roc_auc"] == pytest.approx(binary_metrics(y[ok], logits[view][ok])["roc_auc"])
