@@ -235,19 +235,15 @@ def test_cv_scores_every_held_out_image_in_other_views(tmp_path: Path, demo_cv) 
     tmp, grouped, table, app = grouped_cv(demo_cv, tmp_path)
     args = ["cv", str(grouped), "--group-by", "group", "--views", "1", "--workers", "0", "--cache", str(tmp / "cache")]
     res = CliRunner().invoke(app, [*args, "--view", "thumbnail", "--view", "crop", "--view", "jpeg95", "--json",
-                                   "-o", str(tmp_path / "out")], env={"COLUMNS": "200"})
+                                   "--max-group-fpr", "0.2", "--cap-view", "crop", "-o", str(tmp_path / "out")],
+                             env={"COLUMNS": "200"})
     assert res.exit_code == 0, res.output
     views = json.loads((tmp_path / "out" / "cv.json").read_text())["views"]
     assert list(views) == ["file", "thumbnail", "crop", "jpeg95"]
     assert len({v["threshold"] for v in views.values()}) == 1 and all(v["n"] == len(table) for v in views.values())
     assert all(0.0 <= v["worst_group_auc"] <= v["roc_auc"] <= 1.0 for v in views.values())
     assert all(len(v["roc_auc_ci"]) == 2 for v in views.values())
-    again = CliRunner().invoke(app, [*args, "--view", "crop", "--max-group-fpr", "0.2", "--cap-view", "crop", "--json",
-                                     "-o", str(tmp_path / "again")])
-    assert again.exit_code == 0, again.output
-    before = pd.read_csv(tmp_path / "out" / "oof.csv")["prob_crop"].to_numpy()
-    assert np.allclose(pd.read_csv(tmp_path / "again" / "oof.csv")["prob_crop"].to_numpy(), before)
-    nested = json.loads((tmp_path / "again" / "cv.json").read_text())["nested"]
+    nested = json.loads((tmp_path / "out" / "cv.json").read_text())["nested"]
     assert nested["selection"]["cap_views"] == ["crop"]  # the cap on real groups held on the crops' scores too
     unmatched = CliRunner().invoke(app, [*args, "--view", "thumbnail", "--max-group-fpr", "0.2", "--cap-view", "crop",
                                          "-o", str(tmp_path / "bad")])

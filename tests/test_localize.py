@@ -209,6 +209,7 @@ def splice_sets(tmp_path_factory: pytest.TempPathFactory) -> tuple[pd.DataFrame,
     return read_triples(root / "train"), read_triples(root / "test")
 
 
+@pytest.mark.slow  # trains a localizer end to end (~9 s): with the slow end-to-end runs, which CI also runs
 def test_localizer_beats_blank_and_all_ones_masks_on_held_out_triples(
     splice_sets: tuple[pd.DataFrame, pd.DataFrame], tmp_path: Path
 ) -> None:

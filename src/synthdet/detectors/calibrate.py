@@ -44,12 +44,21 @@ def capped_threshold(y_true: np.ndarray, prob: np.ndarray, groups: np.ndarray, *
     reals = y_true == 0
     if not reals.any():
         return best
+    _, inverse = np.unique(groups[reals], return_inverse=True)
     floor = -np.inf
     for p in (prob, *(np.asarray(a, dtype=np.float64) for a in also)):
-        for g in np.unique(groups[reals]):
-            q = p[reals & (groups == g) & np.isfinite(p)]
-            if len(q):
-                floor = max(floor, float(np.quantile(q, 1 - max_fpr, method="higher")) + 1e-12)
+        # per real group, the (1 - max_fpr) quantile ("higher": a score that some photo of the group has): sorting by
+        # group then score puts each group's quantile at a fixed offset into its run
+        q, gi = p[reals], inverse
+        ok = np.isfinite(q)
+        q, gi = q[ok], gi[ok]
+        order = np.lexsort((q, gi))
+        q, gi = q[order], gi[order]
+        starts = np.searchsorted(gi, np.unique(gi))
+        sizes = np.diff(np.r_[starts, len(gi)])
+        at = starts + np.ceil((sizes - 1) * (1 - max_fpr) - 1e-12).astype(int)
+        if len(at):
+            floor = max(floor, float(q[at].max()) + 1e-12)
     if best >= floor:
         return best
     above = prob >= floor
@@ -130,8 +139,15 @@ def fit_uncertainty_band(y_true: np.ndarray, prob: np.ndarray, threshold: float,
     band at least ``level`` of the images are generated (precision), below it at least ``level`` are real
     (negative predictive value). A score inside it is reported as uncertain."""
     y_true, prob = np.asarray(y_true).astype(int), np.asarray(prob, dtype=np.float64)
-    order = np.sort(np.unique(prob))
-    hi = next((float(t) for t in order if t >= threshold and y_true[prob >= t].mean() >= level), float(order[-1]))
-    lo = next((float(t) for t in order[::-1] if t <= threshold and (prob < t).any()
-               and 1 - y_true[prob < t].mean() >= level), float(order[0]))
+    order = np.unique(prob)  # the candidate edges, ascending
+    by_score = np.argsort(prob, kind="stable")
+    n_below = np.searchsorted(prob[by_score], order)  # rows scored below each edge, and the generated among them
+    fakes_below = np.r_[0, np.cumsum(y_true[by_score])][n_below]
+    with np.errstate(invalid="ignore", divide="ignore"):
+        precision_above = (y_true.sum() - fakes_below) / (len(prob) - n_below)
+        npv_below = 1 - fakes_below / n_below
+    up = np.flatnonzero((order >= threshold) & (precision_above >= level))
+    down = np.flatnonzero((order <= threshold) & (n_below > 0) & (npv_below >= level))
+    hi = float(order[up[0]]) if len(up) else float(order[-1])
+    lo = float(order[down[-1]]) if len(down) else float(order[0])
     return min(lo, threshold), max(hi, threshold)
