@@ -3,7 +3,7 @@ fitted on. Applying a calibration needs numpy only (the scoring install); fittin
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Literal
 
 import numpy as np
@@ -44,21 +44,12 @@ def capped_threshold(y_true: np.ndarray, prob: np.ndarray, groups: np.ndarray, *
     reals = y_true == 0
     if not reals.any():
         return best
-    _, inverse = np.unique(groups[reals], return_inverse=True)
     floor = -np.inf
     for p in (prob, *(np.asarray(a, dtype=np.float64) for a in also)):
-        # per real group, the (1 - max_fpr) quantile ("higher": a score that some photo of the group has): sorting by
-        # group then score puts each group's quantile at a fixed offset into its run
-        q, gi = p[reals], inverse
-        ok = np.isfinite(q)
-        q, gi = q[ok], gi[ok]
-        order = np.lexsort((q, gi))
-        q, gi = q[order], gi[order]
-        starts = np.searchsorted(gi, np.unique(gi))
-        sizes = np.diff(np.r_[starts, len(gi)])
-        at = starts + np.ceil((sizes - 1) * (1 - max_fpr) - 1e-12).astype(int)
-        if len(at):
-            floor = max(floor, float(q[at].max()) + 1e-12)
+        for g in np.unique(groups[reals]):
+            q = p[reals & (groups == g) & np.isfinite(p)]
+            if len(q):
+                floor = max(floor, float(np.quantile(q, 1 - max_fpr, method="higher")) + 1e-12)
     if best >= floor:
         return best
     above = prob >= floor
@@ -107,6 +98,11 @@ def sigmoid(z: np.ndarray) -> np.ndarray:
     """The logistic function in float64, without overflow warnings for large ``|z|``."""
     z = np.asarray(z, dtype=np.float64)
     return np.exp(-np.logaddexp(0.0, -z))
+
+
+def calibrated(calibration: Callable[[np.ndarray], np.ndarray] | None, z: np.ndarray) -> np.ndarray:
+    """The probability of raw logits ``z``: through ``calibration`` when there is one, else the plain sigmoid."""
+    return calibration(z) if calibration is not None else sigmoid(z)
 
 
 def logit(p: np.ndarray) -> np.ndarray:

@@ -16,7 +16,7 @@ from safetensors.torch import load_file, save_file
 
 from synthdet.backbones.base import Backbone, create_backbone
 from synthdet.detectors.assess import Scorable
-from synthdet.detectors.calibrate import sigmoid
+from synthdet.detectors.calibrate import calibrated
 from synthdet.detectors.card import Card, NotADetectorError, read_card, save_card
 from synthdet.features.extract import ImageTransform, assemble_features, forward_files
 from synthdet.heads.base import head_from_state, head_logit
@@ -60,7 +60,7 @@ class Detector(Scorable):
     def predict_features(self, X: np.ndarray) -> np.ndarray:
         """Probabilities of being generated: the head's raw logit through the card's calibration when it has one."""
         z = head_logit(self.head, X)
-        return self.card.calibration(z) if self.card.calibration is not None else sigmoid(z)
+        return calibrated(self.card.calibration, z)
 
     def predict_paths(
         self,

@@ -25,7 +25,7 @@ from PIL import Image
 from tqdm.auto import tqdm
 
 from synthdet.detectors.assess import Scorable
-from synthdet.detectors.calibrate import sigmoid
+from synthdet.detectors.calibrate import calibrated
 from synthdet.detectors.card import Card, default_detector_path, read_card
 from synthdet.extras import available, require
 from synthdet.io.files import default_cache_dir, sha256_file
@@ -124,8 +124,7 @@ class GraphDetector(Scorable):
                 part = idx[start:start + size]
                 (z,) = self.session.run(["logit"], {"x": np.stack([arrays[j] for j in part])})
                 logits[part] = np.asarray(z, dtype=np.float64).reshape(-1)
-        cal = self.card.calibration
-        return cal(logits) if cal is not None else sigmoid(logits)
+        return calibrated(self.card.calibration, logits)
 
     def score_decoded(self, images: Sequence[Image.Image], *, batch_size: int | None = None) -> np.ndarray:
         """Probabilities for decoded RGB images through the canonical chain (what

@@ -19,11 +19,11 @@ from sklearn.metrics import roc_auc_score
 
 from synthdet.detectors.calibrate import (
     CalibrationMethod,
+    calibrated,
     capped_threshold,
     f1_optimal_threshold,
     fit_calibration,
     fit_uncertainty_band,
-    sigmoid,
 )
 from synthdet.evaluation.metrics import CI_LEVEL
 
@@ -52,24 +52,20 @@ def nested_decisions(
         if len(np.unique(y[rest])) < 2:
             continue
         cal = fit_calibration(y[rest], base[rest], method=calibrate) if calibrate else None
-        p_rest = _calibrated(cal, base[rest])
-        also = [_calibrated(cal, np.asarray(logits[v], dtype=np.float64)[rest]) for v in cap_views]
+        p_rest = calibrated(cal, base[rest])
+        also = [calibrated(cal, np.asarray(logits[v], dtype=np.float64)[rest]) for v in cap_views]
         thr = (capped_threshold(y[rest], p_rest, groups[rest], max_fpr=max_group_fpr, also=also)
                if max_group_fpr is not None else f1_optimal_threshold(y[rest], p_rest))
         lo, hi = fit_uncertainty_band(y[rest], p_rest, thr, level=band_level) if band_level else (thr, thr)
         cols["threshold"][held], cols["band_lo"][held], cols["band_hi"][held] = thr, lo, hi
         for v, z in logits.items():
             z = np.asarray(z, dtype=np.float64)[held]
-            p = _calibrated(cal, z)
+            p = calibrated(cal, z)
             ok = np.isfinite(z)
             cols[f"prob_{v}"][held] = np.where(ok, p, np.nan)
             cols[f"flagged_{v}"][held] = np.where(ok, p >= thr, np.nan)
             cols[f"uncertain_{v}"][held] = np.where(ok, (p >= lo) & (p < hi), np.nan)
     return out.assign(**cols)
-
-
-def _calibrated(cal: Callable[[np.ndarray], np.ndarray] | None, z: np.ndarray) -> np.ndarray:
-    return cal(z) if cal is not None else sigmoid(z)
 
 
 def nested_summary(decisions: pd.DataFrame, view: str = "file", *, n_boot: int = 1000, seed: int = 0) -> dict:
