@@ -69,7 +69,8 @@ def main() -> None:
     # near-duplicates in another group moves fold, and is left out of the comparison
     same_fold = old["fold"].to_numpy()[both["old_row"]] == both["fold"].to_numpy()
     moved, both = int((~same_fold).sum()), both[same_fold].reset_index(drop=True)
-    pick = {v: (old_z[v][both["old_row"]], new_z[v][both["row"]]) for v in new_z}
+    before = {v: z[both["old_row"]] for v, z in old_z.items()}
+    after = {v: z[both["row"]] for v, z in new_z.items()}
     short = file_sizes(pd.read_csv(args.after / "manifest.csv").set_index("path").loc[both["path"], "original"]).min(axis=1)
     matched = (short >= SIZE_MATCHED[0]) & (short <= SIZE_MATCHED[1])
     fresh = new[~new["sha256"].isin(old["sha256"])]
@@ -79,10 +80,9 @@ def main() -> None:
                 "both runs; the earlier pool's images are held out by the same fold in both",
         "pool": {"before": len(old), "after": len(new), "new_images": len(fresh), "moved_fold_left_out": moved,
                  "new_by_label": fresh["label"].value_counts().to_dict()},
-        "earlier_images": compare(both, {v: a for v, (a, _) in pick.items()}, {v: b for v, (_, b) in pick.items()},
-                                  args.n_boot),
-        "earlier_images_size_matched": compare(both[matched], {v: a[matched] for v, (a, _) in pick.items()},
-                                               {v: b[matched] for v, (_, b) in pick.items()}, args.n_boot),
+        "earlier_images": compare(both, before, after, args.n_boot),
+        "earlier_images_size_matched": compare(both[matched], {v: z[matched] for v, z in before.items()},
+                                               {v: z[matched] for v, z in after.items()}, args.n_boot),
     }
     if fresh["label"].nunique() == 2:
         idx = fresh["row"].to_numpy()

@@ -140,11 +140,12 @@ def assign_folds(groups: pd.Series, labels: pd.Series, k: int, fixed: dict[str, 
     counts = pd.DataFrame({"group": groups, "label": labels}).groupby("group")["label"].agg(["size", "mean"])
     load = np.zeros((k, 2))
     fold_of: dict[str, str] = {}
-    for g, row in counts.sort_values("size", ascending=False, kind="stable").iterrows():
+    ordered = counts.sort_values("size", ascending=False, kind="stable")
+    for g, row in ordered.iterrows():
         if str(g) in fixed:
             fold_of[str(g)] = fixed[str(g)]
             load[int(fixed[str(g)].removeprefix("fold")), int(row["mean"] >= 0.5)] += row["size"]
-    for g, row in counts.sort_values("size", ascending=False, kind="stable").iterrows():
+    for g, row in ordered.iterrows():
         if str(g) not in fold_of:
             cls = int(row["mean"] >= 0.5)
             f = int(np.argmin(load[:, cls]))
