@@ -11,6 +11,11 @@ by the same fold in both runs (but for the few that a new image near-duplicates 
 are left out), and the fold models differ only by the images the pool gained in the other folds' groups. Per view: ROC AUC before and after on those images, the paired group-bootstrap interval of the change, the
 worst group; the same on the rows whose native short side is 900–1100 px (where zoom level cannot tell the class);
 and the grown run's figures on the images new in the pool, held out like the others.
+
+The same paired comparison judges a change of recipe on one pool (``--after-levers``: the same folds, the same rows):
+
+    python benchmarks/pool_growth.py --before build/protocol-grown --after build/protocol-grown \
+        --levers views-C0.01 --after-levers views-C0.01-aligned --out benchmarks/results/aligned_gain.json
 """
 
 from __future__ import annotations
@@ -58,11 +63,12 @@ def main() -> None:
     ap.add_argument("--before", type=Path, default=ROOT / "build" / "protocol")
     ap.add_argument("--after", type=Path, default=ROOT / "build" / "protocol-grown")
     ap.add_argument("--levers", nargs="+", default=PAIR, help="their mean logit is the detector compared")
+    ap.add_argument("--after-levers", nargs="+", default=None, help="the detector after (default: --levers)")
     ap.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results" / "pool_growth.json")
     ap.add_argument("--n-boot", type=int, default=1000)
     args = ap.parse_args()
     old, old_z = mean_logits(args.levers, args.before)
-    new, new_z = mean_logits(args.levers, args.after)
+    new, new_z = mean_logits(args.after_levers or args.levers, args.after)
     new = new.assign(row=np.arange(len(new)))
     both = new.merge(old[["sha256"]].assign(old_row=np.arange(len(old))), on="sha256")
     # a near-duplicate follows its first image's fold (synthdet.training.cv): an earlier image that a new one
@@ -75,7 +81,7 @@ def main() -> None:
     matched = (short >= SIZE_MATCHED[0]) & (short <= SIZE_MATCHED[1])
     fresh = new[~new["sha256"].isin(old["sha256"])]
     result: dict[str, Any] = {
-        "levers": args.levers,
+        "levers": args.levers, **({"after_levers": args.after_levers} if args.after_levers else {}),
         "rows": "held-out: each image scored by the fold model whose training excluded its whole fold of groups, in "
                 "both runs; the earlier pool's images are held out by the same fold in both",
         "pool": {"before": len(old), "after": len(new), "new_images": len(fresh), "moved_fold_left_out": moved,

@@ -78,6 +78,10 @@ LEVERS: dict[str, tuple[Callable[[], Backbone], dict[str, Any], str]] = {
                  "noise-residual statistics (6 fixed high-pass filters: spread, kurtosis, flatness, autocorrelation "
                  "at lags 1-8, colour coupling) of a 256-px window at the image's own scale, logreg, 3 views"),
 }
+#: lever → training-only images derived from the pool's (``scripts/aligned_pool.py``), and the lever it adds them to
+DERIVED = {"views-C0.01-aligned": (ROOT / "build" / "aligned-pool" / "manifest.csv", "views-C0.01")}
+LEVERS["views-C0.01-aligned"] = (*LEVERS["views-C0.01"][:2], "views-C0.01, and in its fit rows content-aligned pairs "
+                                 "of real photographs' native 256-px crops and their TAEF2 autoencoder round trips")
 
 
 def cpu_ms(bb: Backbone, paths: list[str]) -> float:
@@ -104,13 +108,15 @@ def run_lever(name: str, manifest: Path, pool: pd.DataFrame, out: Path, cache: P
     build, head, what = LEVERS[name]
     bb = build()
     config = ProbeConfig(backbone=bb, **head, cache_dir=cache)
+    derived = pd.read_csv(DERIVED[name][0], dtype={"sha256": str, "derived_from": str}) if name in DERIVED else None
     start = time.perf_counter()
-    res = cross_validate(manifest, config, group_by="group", folds_by="fold", views=VIEWS, views_from="original", out=out / name, progress=True,
-                         **SELECTION)
+    res = cross_validate(manifest, config, group_by="group", folds_by="fold", views=VIEWS, views_from="original",
+                         derived=derived, out=out / name, progress=True, **SELECTION)
     summary = res.summary()
     rows = {view: view_row(b, summary["nested"][view]) for view, b in summary["views"].items()}
     sample = pool.sample(min(48, len(pool)), random_state=0)["path"].tolist()
     return {"lever": name, "what": what, "views": rows, "n_images": res.config["n_images"], "k": res.config["k"],
+            **({"derived_images": len(derived)} if derived is not None else {}),
             "groups": int(pool["group"].nunique()), "cpu_ms_per_image": cpu_ms(bb, sample),
             "wall_s": time.perf_counter() - start, "selection": SELECTION,
             "rows": "held-out: each image scored by a model whose training excluded its whole fold of groups; "

@@ -37,8 +37,11 @@ def main() -> None:
     ap.add_argument("--manifest", type=Path, default=ROOT / "build" / "protocol-pool" / "manifest.csv")
     ap.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results" / "size_matched.json")
     ap.add_argument("--n-boot", type=int, default=1000)
+    ap.add_argument("--scores", type=Path, default=None,
+                    help="held-out scores of another recipe (a protocol lever's oof.csv) instead of the default's")
     args = ap.parse_args()
-    loso = pd.read_csv(default_detector_path() / "loso.csv")
+    loso = pd.read_csv(args.scores or default_detector_path() / "loso.csv", dtype={"sha256": str})
+    loso["sha256"] = loso["sha256"].str[:16]
     pool = pd.read_csv(args.manifest, usecols=["sha256", "original"])
     pool["sha256"] = pool["sha256"].str[:16]
     df = loso.merge(pool.drop_duplicates("sha256"), on="sha256", how="left")
@@ -59,8 +62,9 @@ def main() -> None:
         print(f"short side {lo}–{hi}: n {len(d)} ({row['n_real']} real / {row['n_fake']} fake); "
               + ", ".join(f"{v} {row[v]['roc_auc']:.3f}" for v in VIEWS)  # type: ignore[index]
               + f"; short side alone {row['short_side_alone_auc']:.3f}", flush=True)
-    result = {"rows": "the shipped default's leave-one-group-out scores (loso.csv): each image scored by a model "
-                      "that never saw its generator family or photo collection", "n_images": len(df), "strata": rows}
+    whose = f"{args.scores}'s" if args.scores else "the shipped default's leave-one-group-out scores (loso.csv):"
+    result = {"rows": f"{whose} each image scored by a model that never saw its generator family or photo collection",
+              "n_images": len(df), "strata": rows}
     args.out.write_text(json.dumps(result, indent=2) + "\n")
     lines = ["| native short side (px) | images (real / fake, groups) | file | original | thumbnail | crop | short side "
              "alone |", "|---|---|---|---|---|---|---|"]

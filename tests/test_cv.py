@@ -341,3 +341,66 @@ def test_fit_views_join_the_fit_rows_for_size_matched_images_only(tmp_path: Path
     assert no_original.exit_code == 2 and "--views-from" in no_original.output
     unknown = CliRunner().invoke(app, [*args, "--views-from", "original", "--fit-view", "original"])
     assert unknown.exit_code == 2 and "--fit-view" in unknown.output
+
+
+def test_derived_images_join_only_the_fits_that_train_on_their_source(tmp_path: Path, demo_cv, monkeypatch) -> None:
+    """``derived`` (training-only images made from images of the data, e.g. aligned autoencoder round trips): every
+    view of one joins the fit rows of exactly the fold models whose fit rows hold its source, and the refit; none is
+    ever scored; images derived from an image outside the data are dropped."""
+    from PIL import Image
+
+    import synthdet.training.cv as cv_module
+    from synthdet.cli import app
+
+    tmp, grouped, _, _ = grouped_cv(demo_cv, tmp_path)
+    table, _ = usable_rows(grouped)
+    table = table.drop_duplicates("sha256").reset_index(drop=True)
+    sources = table[table["label"] == 0].head(8)
+    rows = []
+    for r in sources.itertuples():
+        out = tmp_path / f"{Path(r.path).stem}-derived.jpg"
+        with Image.open(r.path) as im:
+            im.convert("RGB").transpose(Image.Transpose.FLIP_LEFT_RIGHT).save(out, quality=90)
+        rows.append({"path": str(out), "sha256": hashlib.sha256(out.read_bytes()).hexdigest(), "label": 1,
+                     "derived_from": r.sha256})
+    stray = tmp_path / "stray.jpg"
+    Image.new("RGB", (64, 64), (9, 99, 199)).save(stray)
+    rows.append({"path": str(stray), "sha256": hashlib.sha256(stray.read_bytes()).hexdigest(), "label": 1,
+                 "derived_from": "0" * 64})  # from no image of the data: never used
+    derived = pd.DataFrame(rows)
+    fits: list[tuple[np.ndarray, np.ndarray]] = []
+    real_fit_head = cv_module.fit_head
+
+    def spy(head, params, X, y, X_cal, y_cal, *, groups):
+        fits.append((np.asarray(groups), np.asarray(y)))
+        return real_fit_head(head, params, X, y, X_cal, y_cal, groups=groups)
+
+    monkeypatch.setattr(cv_module, "fit_head", spy)
+    config = ProbeConfig(head="logreg", n_views=1, cache_dir=tmp / "cache", num_workers=0)
+    res = cross_validate(grouped, config, group_by="group", refit_all=True, derived=derived)
+    assert not res.oof["sha256"].isin(derived["sha256"]).any()
+    src_of = dict(zip(derived["sha256"], derived["derived_from"]))
+    n_derived_rows = 0
+    for f, (groups, y) in enumerate(fits):
+        held_out = set(res.oof.loc[res.oof["fold"] == f, "sha256"])
+        fit_shas, counts = np.unique(groups, return_counts=True)
+        assert not held_out & set(fit_shas)  # no held-out image, nor anything derived from one
+        # a source with a derived image in the fit rows: its own row and the derived image's, labelled 1
+        doubled = set(fit_shas[counts == 2])
+        assert doubled <= set(derived["derived_from"])
+        n_derived_rows += len(doubled)
+        for sha in doubled:
+            assert sorted(y[groups == sha]) == [0, 1]
+    used = {s for s in src_of.values() if s in set(table["sha256"])}
+    assert n_derived_rows > 0 and n_derived_rows <= len(used) * (res.config["k"] - 1)
+    n_images = len(table)
+    assert res.detector.card.data["derived_images"] == len(used) == 8
+    assert res.detector.head.pipeline_.named_steps["scale"].n_samples_seen_ == n_images + len(used)
+    with pytest.raises(ValueError, match="label"):
+        cross_validate(grouped, config, group_by="group", derived=derived.drop(columns="label"))
+    derived.drop(columns="derived_from").to_csv(tmp_path / "unlabelled.csv", index=False)
+    refused = CliRunner().invoke(app, ["cv", str(grouped), "--group-by", "group", "--derived",
+                                       str(tmp_path / "unlabelled.csv"), "-o", str(tmp_path / "bad")])
+    assert refused.exit_code == 2 and "derived_from" in refused.output  # before any work: one line
+    with pytest.raises(ValueError, match="training-only"):
+        cross_validate(grouped, config, group_by="group", derived=table.head(2).assign(derived_from=table["sha256"][0]))

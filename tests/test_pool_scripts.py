@@ -144,3 +144,30 @@ def test_the_open_dit_families_are_groups_of_their_own_not_one_lump() -> None:
            for g in ("Z-Image-Turbo", "Lumina-Image-2.0", "PixArt-Sigma (XL-2)", "AuraFlow v0.2", "Meissonic")]
     assert [family(pd.Series(r)) for r in dev] == ["fake:z-image", "fake:lumina", "fake:pixart", "fake:auraflow",
                                                    OTHER_OPEN]
+
+
+def test_aligned_pairs_differ_only_in_the_autoencoders_fine_detail(tmp_path: Path) -> None:
+    """scripts/aligned_pool.py: a real crop and its TAEF2 round trip share box, size, JPEG quality and content (close
+    in PSNR, far from identical); the pair is a function of the source's digest; groups are taken in rounds, capped,
+    and the final groups never."""
+    from aligned_pool import SIDE, choose, pair
+    from train_default import final_groups
+
+    rng = np.random.default_rng(0)
+    photo = Image.fromarray((ramps(400, 300).astype(float) * 0.8 + rng.normal(0, 12, (300, 400, 3))).clip(0, 255)
+                            .astype(np.uint8))
+    real, recon = pair(photo, "ab" * 32)
+    assert pair(photo, "ab" * 32) == (real, recon) and pair(photo, "cd" * 32)[0] != real
+    a, b = (np.asarray(Image.open(io.BytesIO(x)), dtype=float) for x in (real, recon))
+    assert a.shape == b.shape == (SIDE, SIDE, 3)
+    psnr = 10 * np.log10(255**2 / ((a - b) ** 2).mean())
+    assert 18 < psnr < 45, psnr  # the same picture, not the same pixels
+    assert Image.open(io.BytesIO(real)).format == Image.open(io.BytesIO(recon)).format == "JPEG"
+    small = Image.fromarray(ramps(100, 90))
+    assert Image.open(io.BytesIO(pair(small, "ef" * 32)[1])).size == (88, 88)  # the largest multiple of 8 that fits
+    held = final_groups()[0]
+    pool = pd.DataFrame({"sha256": [f"{i:064x}" for i in range(12)], "label": [0] * 10 + [1] * 2,
+                         "group": ["real:a"] * 6 + ["real:b"] * 2 + [held] * 2 + ["fake:x"] * 2})
+    chosen = choose(pool, per_group=3)
+    assert list(chosen["group"].iloc[:2].sort_values()) == ["real:a", "real:b"]  # one of each group first
+    assert chosen["group"].value_counts().to_dict() == {"real:a": 3, "real:b": 2}

@@ -165,12 +165,19 @@ def cv_command(
     fit_view: Annotated[list[str] | None, typer.Option(
         "--fit-view", help="With --views-from: this view (thumbnail, crop) of the originals of a size-matched subset "
                            "(as many photos as generated images per size bin) joins the fit rows (repeatable).")] = None,
+    derived: Annotated[Path | None, typer.Option(
+        "--derived", exists=True, dir_okay=False,
+        help="CSV of training-only images made from images of DATA (path, sha256, label, derived_from: the source's "
+             "sha256; e.g. scripts/aligned_pool.py's aligned pairs): each joins the fit rows of exactly the fold "
+             "models that fit on its source, and the refit; never scored.")] = None,
     native_size: NativeSize = None,
     tap_pool: TapPoolOption = "mean",
     quiet: Quiet = False,
     as_json: Json = False,
 ) -> None:
     """Stratified k-fold cross-validation of a head on cached features: each fold, then mean ± std."""
+    import pandas as pd
+
     from synthdet.features.extract import FeatureKind
     from synthdet.training.cv import cross_validate
     from synthdet.training.train import ProbeConfig
@@ -209,6 +216,7 @@ def cv_command(
         data, config, k=k, group_by=group_by, folds_by=folds_by, refit_all=refit,
         calibrate=cast("CalibrationMethod | None", calibrate), max_group_fpr=max_group_fpr, band_level=band_level,
         cap_views=cap_view or (), views=view or (), views_from=views_from, out=out, progress=not quiet,
+        derived=pd.read_csv(derived, dtype={"sha256": str, "derived_from": str}) if derived else None,
     )
     for path, reason in result.skipped:
         skipped(path, reason)

@@ -4,19 +4,19 @@ Raza 2025 (``seeds/003``) validates with 5-fold stratified CV "to assess stabili
 the final model on all labelled images; one 80/20 split of a 927-image set can be lucky or unlucky by several
 points of F1, and k folds show by how much.
 
-Folds come from a :class:`~synthdet.data.splits.SplitPlan` (stratified by label and generator/source, grouped by content
-hash and near-duplicates, so copies share a fold; saved as ``plan.json``); every image is tested exactly once.
-Inside the k-1 training folds the plan's stratified, grouped ``calib`` slice (15 %) is held out: the head
-early-stops on it and the fold's F1-optimal threshold is chosen on it — never on the test fold, whose images only
-ever get scored. Fold metrics are computed on the test fold alone; the
-summary is mean ± population std (ddof 0, as scikit-learn's CV examples) over folds.
+Folds come from a :class:`~synthdet.data.splits.SplitPlan` (stratified by label and generator/source, grouped by
+content hash and near-duplicates, so copies share a fold; saved as ``plan.json``); every image is tested exactly once.
+Inside the k-1 training folds the plan's stratified, grouped ``calib`` slice (15 %) is held out: the head early-stops
+on it and the fold's F1-optimal threshold is chosen on it — never on the test fold, whose images only ever get scored.
+Fold metrics are computed on the test fold alone; the summary is mean ± population std (ddof 0, as scikit-learn's CV
+examples) over folds.
 
-:func:`run_folds` is the loop for any recipe given as a :data:`FoldFitter`; :func:`cross_validate` runs it for a
-head on cached features, :func:`~synthdet.training.finetune.pipeline.finetune_fitter` makes the fitter for fine-tuning from images (one fine-tuning per
-fold: fine on a GPU, slow on CPU). With ``refit_all`` the head is then fitted on every labelled image and its
-threshold taken from the out-of-fold probabilities — each from a model that never saw that image, as scikit-learn's
-``TunedThresholdClassifierCV`` does; torch heads train for the median best epoch of the folds (nothing is left to
-early-stop on).
+:func:`run_folds` is the loop for any recipe given as a :data:`FoldFitter`; :func:`cross_validate` runs it for a head
+on cached features, :func:`~synthdet.training.finetune.pipeline.finetune_fitter` makes the fitter for fine-tuning from
+images (one fine-tuning per fold: fine on a GPU, slow on CPU). With ``refit_all`` the head is then fitted on every
+labelled image and its threshold taken from the out-of-fold probabilities — each from a model that never saw that
+image, as scikit-learn's ``TunedThresholdClassifierCV`` does; torch heads train for the median best epoch of the folds
+(nothing is left to early-stop on).
 """
 
 from __future__ import annotations
@@ -30,11 +30,10 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from synthdet.backbones.base import Backbone
 from synthdet.backbones.pair import pair_backbone, pair_columns, pair_name
 from synthdet.data.manifest import manifest_hash, usable_rows, write_manifest
 from synthdet.data.perturbations import get_view
-from synthdet.data.splits import RowSet, SplitPlan, size_matched
+from synthdet.data.splits import RowSet, SplitPlan, derived_rows, size_matched
 from synthdet.data.tilehash import TileIndex
 from synthdet.detectors.calibrate import (
     Calibration,
@@ -48,11 +47,12 @@ from synthdet.detectors.calibrate import (
 from synthdet.detectors.detector import Detector
 from synthdet.evaluation.metrics import binary_metrics, source_table
 from synthdet.evaluation.selection import auc_ci, nested_decisions, nested_summary
-from synthdet.features.extract import FeatureKind, FeatureStore, extract, view_features
+from synthdet.features.extract import extract, view_features
 from synthdet.heads.base import create_head, head_logit
 from synthdet.heads.logreg import mean_of_heads
 from synthdet.io.atomic import atomic_open, write_text
 from synthdet.io.pixels import file_megapixels
+from synthdet.training.members import Member, check_pair
 from synthdet.training.train import ProbeConfig, assign_roles, best_epoch, fit_head, load_features, refit_params
 
 FoldFitter = Callable[[int, pd.DataFrame, pd.DataFrame], tuple[np.ndarray, float]]
@@ -242,6 +242,7 @@ def cross_validate(
     cap_views: Sequence[str] = (),
     views: Sequence[str] = (),
     views_from: str | None = None,
+    derived: pd.DataFrame | None = None,
     out: str | Path | None = None,
     progress: bool = False,
 ) -> CVResult:
@@ -253,8 +254,9 @@ def cross_validate(
     :func:`~synthdet.data.perturbations.get_view`; ``original``: the file as scoring sees it) are scored too, by the same
     fold models on the same held-out images, into ``oof["prob_<view>"]`` (:meth:`CVResult.view_summary`), cut from
     the file in column ``views_from`` when given (a pool stored as crops of larger originals is judged on the
-    originals, as the world shows them). ``out`` receives ``cv.json``, ``oof.csv``,
-    ``plan.json`` and, with ``refit_all``, ``detector/``.
+    originals, as the world shows them). ``derived``: training-only images made from images of ``data``
+    (:func:`~synthdet.data.splits.derived_rows`), in the fit rows of exactly the models fitted on their source.
+    ``out`` receives ``cv.json``, ``oof.csv``, ``plan.json`` and, with ``refit_all``, ``detector/``.
 
     ``max_group_fpr`` caps every real group's flag rate at the refitted detector's threshold, on the file's scores and
     on those of each of ``cap_views`` (among ``views``): a deployed detector has one threshold whatever it is shown.
@@ -271,8 +273,10 @@ def cross_validate(
     if set(cap_views) - set(views) or (cap_views and max_group_fpr is None):
         raise ValueError(f"cap_views {list(cap_views)} must be among the views scored ({list(views)}) and need "
                          "max_group_fpr")
-    members = [_Member.of(c) for c in configs]
-    _check_pair(members)
+    if derived is not None:
+        derived_rows(derived, pd.DataFrame(columns=["sha256"]))  # wrong columns are refused before any work
+    members = [Member.of(c) for c in configs]
+    check_pair(members)
     df, skipped = usable_rows(data, progress=progress)
     df = df.drop_duplicates("sha256").reset_index(drop=True)
     plan = plan or SplitPlan.build(df, test=0.0, calib=lead.calib_fraction, k=k, seed=lead.seed,
@@ -297,8 +301,10 @@ def cross_validate(
         raise ValueError(f"fit_views {lead.fit_views} are cut from each image's original file: give views_from")
     matched = size_matched(file_megapixels(df[views_from]), df["label"].to_numpy(), seed=lead.seed) \
         if lead.fit_views else np.empty(0, dtype=int)
+    derived = derived_rows(derived, df)
     for m in members:
         m.X, owner = load_features(m.store, df["sha256"].tolist(), train_views, m.features)  # row i * len(views) + v
+        derived = m.load_derived(derived, train_views, progress=progress)  # a pair's members: the same images
         m.shown = {v: view_features(m.bb, df[views_from or "path"].tolist(), df["sha256"].tolist(), v, t, m.features,
                                     tag=f"@{views_from}" if views_from else "", cache_dir=m.config.cache_dir,
                                     batch_size=m.config.batch_size, num_workers=m.config.num_workers,
@@ -322,7 +328,7 @@ def cross_validate(
         extra = np.intersect1d(fit_images, matched)
         fitted = []
         for m in members:
-            X, labels, groups = m.fit_rows(fit, extra, y, shas)
+            X, labels, groups = m.fit_rows(fit, extra, y, shas, sources=fit_images)
             fitted.append(fit_head(m.config.head, m.params, X, labels, m.X[cal], y[cal], groups=groups))
         models = [model for model, _ in fitted]
         for j, model in enumerate(models):
@@ -357,52 +363,8 @@ def cross_validate(
     return result
 
 
-@dataclass
-class _Member:
-    """One probe of a cross-validated recipe: its backbone, head settings, feature store and every image's
-    features (``X``: the training views, row ``i * n_views + v``; ``shown``: per scored view, one row per image)."""
-
-    config: ProbeConfig
-    bb: Backbone
-    features: FeatureKind
-    params: dict[str, Any]
-    store: FeatureStore
-    X: np.ndarray = field(default_factory=lambda: np.empty((0, 0)))
-    shown: dict[str, np.ndarray] = field(default_factory=dict)
-
-    def fit_rows(self, rows: np.ndarray, images: np.ndarray, y: np.ndarray, shas: np.ndarray
-                 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        """The head's fit rows, labels and content hashes: the training views ``rows`` of :attr:`X` and, for
-        ``images`` (image indices), view 0 of each fit view that decoded (``y``, ``shas``: one per row of X)."""
-        per = max(1, self.config.n_views)  # rows of X per image
-        extra = [(v, images[np.isfinite(self.shown[v][images]).all(axis=1)]) for v in self.config.fit_views]
-        own = np.concatenate([rows, *(i * per for _, i in extra)]).astype(int)
-        return np.concatenate([self.X[rows], *(self.shown[v][i] for v, i in extra)]), y[own], shas[own]
-
-    @classmethod
-    def of(cls, config: ProbeConfig) -> _Member:
-        bb = config.build_backbone()
-        features, params = config.head_setup(bb)
-        return cls(config, bb, features, params, FeatureStore.for_backbone(bb, config.cache_dir))
-
-
-def _check_pair(members: list[_Member]) -> None:
-    """One probe, or two logistic probes that read the same pixels the same way (a pair's mean logit is a probe)."""
-    if len(members) > 2:
-        raise ValueError(f"cross-validate one probe or a pair, not {len(members)}")
-    if len(members) == 1:
-        return
-    a, b = members
-    if a.config.head != "logreg" or b.config.head != "logreg":
-        raise ValueError("a pair averages logistic heads' logits: both heads must be logreg")
-    if (a.bb.preprocess, a.features, a.bb.tap_pool, a.config.n_views, a.config.fit_views) != (
-            b.bb.preprocess, b.features, b.bb.tap_pool, b.config.n_views, b.config.fit_views):
-        raise ValueError(f"a pair's members read the same pixels and features: {a.bb.name} and {b.bb.name} differ "
-                         "in preprocessing, features, tap pooling, views or fit views")
-
-
 def _refit(
-    df: pd.DataFrame, y: np.ndarray, shas: np.ndarray, members: list[_Member], best_epochs: list[list[int | None]],
+    df: pd.DataFrame, y: np.ndarray, shas: np.ndarray, members: list[Member], best_epochs: list[list[int | None]],
     cv: CVResult, matched: np.ndarray, calibrate: CalibrationMethod | None = None, max_group_fpr: float | None = None,
 ) -> Detector:
     """The head on every image and view (and the fit views of the ``matched`` images); threshold from the
@@ -412,7 +374,7 @@ def _refit(
     refitted, as one head over the pair backbone's features whose logit is the mean of theirs."""
     heads = []
     for m, epochs in zip(members, best_epochs):
-        X, labels, groups = m.fit_rows(np.arange(len(y)), matched, y, shas)
+        X, labels, groups = m.fit_rows(np.arange(len(y)), matched, y, shas, sources=np.arange(len(df)))
         heads.append(create_head(m.config.head, **refit_params(m.params, epochs)).fit(X, labels, groups=groups))
     if len(members) == 1:
         bb, model, n_features = members[0].bb, heads[0], members[0].X.shape[1]
@@ -430,7 +392,7 @@ def _refit(
         data={"manifest_hash": manifest_hash(df), "n_images": len(df), "n_views": cv.config["n_views"],
               "seed": cv.config["seed"], "k": cv.config["k"], "refit_on": "all", "threshold_from": how,
               **({"fit_views": list(members[0].config.fit_views), "fit_views_images": len(matched)}
-                 if len(matched) else {}),
+                 if len(matched) else {}), **({"derived_images": n} if (n := len(members[0].derived)) else {}),
               "group_by": cv.group_by, "split_plan": cv.plan.summary() if cv.plan else None},
     )
     card._tiles = TileIndex.of_rows(df)  # crops and resizes of every refitted image count as seen

@@ -1,0 +1,106 @@
+"""Content-aligned training pairs for the protocol pool: a native-scale crop of a real photograph and the same crop
+after a round trip through a latent autoencoder (TAEF2, :mod:`synthdet.localization.autoencoder`), labelled real and
+generated.
+
+    python scripts/aligned_pool.py [--pool build/protocol-pool/manifest.csv] [--out build/aligned-pool] [--per-group 40]
+
+Why: in the pool, what a generated image shows and at what zoom differs from what a photograph shows, and a head
+learns those (issue 19's trap: native crops of large photographs look "zoomed in" like generated images). An aligned
+pair differs only in what a latent decoder does to fine detail — same content, same scale, same size, same JPEG
+chain — so the only thing the pair can teach is the decoder's trace (Rajan et al., "Aligned datasets improve detection
+of latent diffusion-generated images", ICLR 2025; B-Free, CVPR 2025). One decoder is not every generator: the
+protocol measures whether the trace transfers to the generator lineages it holds out.
+
+Each pair names the pool image it was cut from (``derived_from``, its sha256): ``cross_validate(derived=...)`` puts a
+pair in the fit rows of exactly the fold models that train on that image, so a held-out image's pair is never
+trained on. The final groups are never used. Both crops pass the pool's chain (decode, crop at the image's own scale,
+JPEG at a quality drawn from 85–97, one draw per pair); the box and quality are seeded by the source's sha256, so a
+rebuild writes the same bytes. Resumes: pairs already written are kept.
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import io
+import sys
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+from PIL import Image
+from tqdm import tqdm
+
+from synthdet.io.atomic import write_text
+from synthdet.io.files import sha256_file
+from synthdet.io.pixels import load_image
+from synthdet.localization import autoencoder
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "scripts"))
+from rebuild_pool import QUALITY  # noqa: E402
+from train_default import final_groups  # noqa: E402
+
+SIDE = 256  # the crop's side at the image's own scale (a multiple of the autoencoder's 8)
+
+
+def rng_of(sha: str) -> np.random.Generator:
+    return np.random.default_rng(int(hashlib.sha256(f"aligned:{sha}".encode()).hexdigest()[:16], 16))
+
+
+def pair(img: Image.Image, sha: str) -> tuple[bytes, bytes]:
+    """The JPEG bytes of the real crop and of its autoencoder round trip (same box, same quality)."""
+    rng = rng_of(sha)
+    w, h = img.size
+    side = min(SIDE, w, h) // autoencoder.SCALE * autoencoder.SCALE
+    x, y = int(rng.integers(0, w - side + 1)), int(rng.integers(0, h - side + 1))
+    crop = img.convert("RGB").crop((x, y, x + side, y + side))
+    quality = int(rng.integers(QUALITY[0], QUALITY[1] + 1))
+    out = []
+    for im in (crop, autoencoder.roundtrip(crop)):
+        buf = io.BytesIO()
+        im.save(buf, "JPEG", quality=quality)
+        out.append(buf.getvalue())
+    return out[0], out[1]
+
+
+def choose(pool: pd.DataFrame, per_group: int) -> pd.DataFrame:
+    """Up to ``per_group`` photographs of every real group (seeded), outside the final groups, in rounds (one of
+    each group, then the next), so that a run stopped early still covers every group."""
+    real = pool[(pool["label"] == 0) & ~pool["group"].isin(final_groups())].sample(frac=1.0, random_state=0)
+    real = real.assign(round=real.groupby("group").cumcount())
+    return real[real["round"] < per_group].sort_values(["round", "sha256"])
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--pool", type=Path, default=ROOT / "build" / "protocol-pool" / "manifest.csv")
+    ap.add_argument("--out", type=Path, default=ROOT / "build" / "aligned-pool")
+    ap.add_argument("--per-group", type=int, default=40)
+    args = ap.parse_args()
+    pool = pd.read_csv(args.pool, dtype={"sha256": str})
+    chosen = choose(pool, args.per_group)
+    images = args.out / "images"
+    images.mkdir(parents=True, exist_ok=True)
+    rows = []
+    for r in tqdm(chosen.itertuples(), total=len(chosen), desc="aligned pairs"):
+        paths = [images / f"{r.sha256[:16]}-{kind}.jpg" for kind in ("real", "recon")]
+        if not all(p.is_file() for p in paths):
+            try:
+                img = load_image(r.original)
+            except Exception as e:  # a source that no longer decodes is reported, the run goes on
+                print(f"skipped {r.original}: {e}", file=sys.stderr)
+                continue
+            for p, data in zip(paths, pair(img, r.sha256)):
+                p.write_bytes(data)
+        for p, label in zip(paths, (0, 1)):
+            rows.append({"path": str(p), "sha256": sha256_file(p), "label": label, "derived_from": r.sha256,
+                         "group": r.group})
+        if len(rows) % 100 == 0:  # a run stopped early leaves a manifest of every pair written so far
+            write_text(args.out / "manifest.csv", pd.DataFrame(rows).to_csv(index=False))
+    write_text(args.out / "manifest.csv", pd.DataFrame(rows).to_csv(index=False))
+    print(f"{len(rows) // 2} pairs from {chosen['group'].nunique()} real groups → {args.out / 'manifest.csv'}")
+
+
+if __name__ == "__main__":
+    main()
