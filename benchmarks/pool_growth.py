@@ -80,15 +80,16 @@ def main() -> None:
     short = file_sizes(pd.read_csv(args.after / "manifest.csv").set_index("path").loc[both["path"], "original"]).min(axis=1)
     matched = (short >= SIZE_MATCHED[0]) & (short <= SIZE_MATCHED[1])
     fresh = new[~new["sha256"].isin(old["sha256"])]
+    common = "" if args.after_levers else "earlier_"  # two recipes on one pool: every image is in both runs
     result: dict[str, Any] = {
         "levers": args.levers, **({"after_levers": args.after_levers} if args.after_levers else {}),
         "rows": "held-out: each image scored by the fold model whose training excluded its whole fold of groups, in "
                 "both runs; the earlier pool's images are held out by the same fold in both",
         "pool": {"before": len(old), "after": len(new), "new_images": len(fresh), "moved_fold_left_out": moved,
                  "new_by_label": fresh["label"].value_counts().to_dict()},
-        "earlier_images": compare(both, before, after, args.n_boot),
-        "earlier_images_size_matched": compare(both[matched], {v: z[matched] for v, z in before.items()},
-                                               {v: z[matched] for v, z in after.items()}, args.n_boot),
+        f"{common}images": compare(both, before, after, args.n_boot),
+        f"{common}images_size_matched": compare(both[matched], {v: z[matched] for v, z in before.items()},
+                                                {v: z[matched] for v, z in after.items()}, args.n_boot),
     }
     if fresh["label"].nunique() == 2:
         idx = fresh["row"].to_numpy()
@@ -97,7 +98,8 @@ def main() -> None:
     args.out.write_text(json.dumps(result, indent=2, default=float) + "\n")
     lines = ["| rows | view | ROC AUC before [95% CI] | after [95% CI] | change [paired 95% CI] | worst group before → after |",
              "|---|---|---|---|---|---|"]
-    for key, label in (("earlier_images", "earlier pool"), ("earlier_images_size_matched", "earlier, short side 900–1100")):
+    for key, label in ((f"{common}images", common.replace("_", " ") + "pool"),
+                       (f"{common}images_size_matched", common.replace("_", " ") + "short side 900–1100")):
         part = result[key]
         for view in new_z:
             b, a, (lo, hi) = part[view]["before"], part[view]["after"], part[view]["gain_ci"]

@@ -78,10 +78,14 @@ LEVERS: dict[str, tuple[Callable[[], Backbone], dict[str, Any], str]] = {
                  "noise-residual statistics (6 fixed high-pass filters: spread, kurtosis, flatness, autocorrelation "
                  "at lags 1-8, colour coupling) of a 256-px window at the image's own scale, logreg, 3 views"),
 }
-#: lever → training-only images derived from the pool's (``scripts/aligned_pool.py``), and the lever it adds them to
-DERIVED = {"views-C0.01-aligned": (ROOT / "build" / "aligned-pool" / "manifest.csv", "views-C0.01")}
+#: lever → training-only images derived from the pool's (``scripts/aligned_pool.py``)
+DERIVED = {"views-C0.01-aligned": ROOT / "build" / "aligned-pool" / "manifest.csv",
+           "views-C0.01-aligned-few": ROOT / "build" / "aligned-pool" / "manifest-few.csv"}
 LEVERS["views-C0.01-aligned"] = (*LEVERS["views-C0.01"][:2], "views-C0.01, and in its fit rows content-aligned pairs "
-                                 "of real photographs' native 256-px crops and their TAEF2 autoencoder round trips")
+                                 "(up to 25 per real group) of real photographs' native 256-px crops and their TAEF2 "
+                                 "autoencoder round trips (scripts/aligned_pool.py)")
+LEVERS["views-C0.01-aligned-few"] = (*LEVERS["views-C0.01"][:2], "views-C0.01-aligned with the first 5 pairs per real "
+                                     "group (the first five rounds of scripts/aligned_pool.py)")
 
 
 def cpu_ms(bb: Backbone, paths: list[str]) -> float:
@@ -108,7 +112,7 @@ def run_lever(name: str, manifest: Path, pool: pd.DataFrame, out: Path, cache: P
     build, head, what = LEVERS[name]
     bb = build()
     config = ProbeConfig(backbone=bb, **head, cache_dir=cache)
-    derived = pd.read_csv(DERIVED[name][0], dtype={"sha256": str, "derived_from": str}) if name in DERIVED else None
+    derived = pd.read_csv(DERIVED[name], dtype={"sha256": str, "derived_from": str}) if name in DERIVED else None
     start = time.perf_counter()
     res = cross_validate(manifest, config, group_by="group", folds_by="fold", views=VIEWS, views_from="original",
                          derived=derived, out=out / name, progress=True, **SELECTION)

@@ -13,9 +13,10 @@ protocol measures whether the trace transfers to the generator lineages it holds
 
 Each pair names the pool image it was cut from (``derived_from``, its sha256): ``cross_validate(derived=...)`` puts a
 pair in the fit rows of exactly the fold models that train on that image, so a held-out image's pair is never
-trained on. The final groups are never used. Both crops pass the pool's chain (decode, crop at the image's own scale,
-JPEG at a quality drawn from 85–97, one draw per pair); the box and quality are seeded by the source's sha256, so a
-rebuild writes the same bytes. Resumes: pairs already written are kept.
+trained on. The final groups are never used. Both crops pass the pool's chain: decode, a first JPEG generation (the
+photograph's own; the round trip gets one at a quality drawn from 85–97, as does a photograph stored losslessly), a
+crop at the image's own scale on the 16-px JPEG grid, JPEG at a second drawn quality; box and qualities are seeded by
+the source's sha256, so a rebuild writes the same bytes. Resumes: pairs already written are kept.
 """
 
 from __future__ import annotations
@@ -33,12 +34,12 @@ from tqdm import tqdm
 
 from synthdet.io.atomic import write_text
 from synthdet.io.files import sha256_file
-from synthdet.io.pixels import load_image
+from synthdet.io.pixels import jpeg_roundtrip, load_image
 from synthdet.localization import autoencoder
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "scripts"))
-from rebuild_pool import QUALITY  # noqa: E402
+from rebuild_pool import MAX_PIXELS, QUALITY  # noqa: E402
 from train_default import final_groups  # noqa: E402
 
 SIDE = 256  # the crop's side at the image's own scale (a multiple of the autoencoder's 8)
@@ -48,18 +49,21 @@ def rng_of(sha: str) -> np.random.Generator:
     return np.random.default_rng(int(hashlib.sha256(f"aligned:{sha}".encode()).hexdigest()[:16], 16))
 
 
-def pair(img: Image.Image, sha: str) -> tuple[bytes, bytes]:
-    """The JPEG bytes of the real crop and of its autoencoder round trip (same box, same quality)."""
+def pair(img: Image.Image, sha: str, jpeg: bool = True) -> tuple[bytes, bytes]:
+    """The JPEG bytes of the real crop and of its autoencoder round trip: the same box, on the 16-px JPEG grid, and
+    the same two JPEG generations — the photograph's own (one at a drawn quality if the file ``jpeg`` was not) and
+    the stored one — so neither the crop's position nor the compression history tells them apart."""
     rng = rng_of(sha)
+    q1, q2 = (int(q) for q in rng.integers(QUALITY[0], QUALITY[1] + 1, size=2))
     w, h = img.size
     side = min(SIDE, w, h) // autoencoder.SCALE * autoencoder.SCALE
-    x, y = int(rng.integers(0, w - side + 1)), int(rng.integers(0, h - side + 1))
-    crop = img.convert("RGB").crop((x, y, x + side, y + side))
-    quality = int(rng.integers(QUALITY[0], QUALITY[1] + 1))
+    x, y = (16 * int(rng.integers(0, (n - side) // 16 + 1)) for n in (w, h))
+    img = img.convert("RGB") if jpeg else jpeg_roundtrip(img.convert("RGB"), q1, subsampling="4:2:0")
+    crop = img.crop((x, y, x + side, y + side))
     out = []
-    for im in (crop, autoencoder.roundtrip(crop)):
+    for im in (crop, jpeg_roundtrip(autoencoder.roundtrip(crop), q1, subsampling="4:2:0")):
         buf = io.BytesIO()
-        im.save(buf, "JPEG", quality=quality)
+        im.save(buf, "JPEG", quality=q2, subsampling="4:2:0")
         out.append(buf.getvalue())
     return out[0], out[1]
 
@@ -87,11 +91,13 @@ def main() -> None:
         paths = [images / f"{r.sha256[:16]}-{kind}.jpg" for kind in ("real", "recon")]
         if not all(p.is_file() for p in paths):
             try:
-                img = load_image(r.original)
+                with Image.open(r.original) as im:
+                    jpeg = im.format == "JPEG"
+                img = load_image(r.original, max_pixels=MAX_PIXELS)
             except Exception as e:  # a source that no longer decodes is reported, the run goes on
                 print(f"skipped {r.original}: {e}", file=sys.stderr)
                 continue
-            for p, data in zip(paths, pair(img, r.sha256)):
+            for p, data in zip(paths, pair(img, r.sha256, jpeg)):
                 p.write_bytes(data)
         for p, label in zip(paths, (0, 1)):
             rows.append({"path": str(p), "sha256": sha256_file(p), "label": label, "derived_from": r.sha256,

@@ -147,8 +147,8 @@ def test_the_open_dit_families_are_groups_of_their_own_not_one_lump() -> None:
 
 
 def test_aligned_pairs_differ_only_in_the_autoencoders_fine_detail(tmp_path: Path) -> None:
-    """scripts/aligned_pool.py: a real crop and its TAEF2 round trip share box, size, JPEG quality and content (close
-    in PSNR, far from identical); the pair is a function of the source's digest; groups are taken in rounds, capped,
+    """scripts/aligned_pool.py: a real crop and its TAEF2 round trip share box, size, two JPEG generations and content
+    (close in PSNR, far from identical); the pair is a function of the source's digest; groups are taken in rounds, capped,
     and the final groups never."""
     from aligned_pool import SIDE, choose, pair
     from train_default import final_groups
@@ -163,6 +163,7 @@ def test_aligned_pairs_differ_only_in_the_autoencoders_fine_detail(tmp_path: Pat
     psnr = 10 * np.log10(255**2 / ((a - b) ** 2).mean())
     assert 18 < psnr < 45, psnr  # the same picture, not the same pixels
     assert Image.open(io.BytesIO(real)).format == Image.open(io.BytesIO(recon)).format == "JPEG"
+    assert pair(photo, "ab" * 32, jpeg=False) != (real, recon)  # a lossless photograph gets its first generation
     small = Image.fromarray(ramps(100, 90))
     assert Image.open(io.BytesIO(pair(small, "ef" * 32)[1])).size == (88, 88)  # the largest multiple of 8 that fits
     held = final_groups()[0]
