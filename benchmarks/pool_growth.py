@@ -98,8 +98,8 @@ def main() -> None:
     args.out.write_text(json.dumps(result, indent=2, default=float) + "\n")
     lines = ["| rows | view | ROC AUC before [95% CI] | after [95% CI] | change [paired 95% CI] | worst group before → after |",
              "|---|---|---|---|---|---|"]
-    for key, label in ((f"{common}images", common.replace("_", " ") + "pool"),
-                       (f"{common}images_size_matched", common.replace("_", " ") + "short side 900–1100")):
+    labels = ("pool", "short side 900–1100") if args.after_levers else ("earlier pool", "earlier, short side 900–1100")
+    for key, label in zip((f"{common}images", f"{common}images_size_matched"), labels):
         part = result[key]
         for view in new_z:
             b, a, (lo, hi) = part[view]["before"], part[view]["after"], part[view]["gain_ci"]

@@ -78,7 +78,8 @@ LEVERS: dict[str, tuple[Callable[[], Backbone], dict[str, Any], str]] = {
                  "noise-residual statistics (6 fixed high-pass filters: spread, kurtosis, flatness, autocorrelation "
                  "at lags 1-8, colour coupling) of a 256-px window at the image's own scale, logreg, 3 views"),
 }
-#: lever → training-only images derived from the pool's (``scripts/aligned_pool.py``)
+#: lever → training-only images derived from the pool's: ``scripts/aligned_pool.py`` (25 per real group) and
+#: ``scripts/aligned_pool.py --per-group 5 --manifest manifest-few.csv``
 DERIVED = {"views-C0.01-aligned": ROOT / "build" / "aligned-pool" / "manifest.csv",
            "views-C0.01-aligned-few": ROOT / "build" / "aligned-pool" / "manifest-few.csv"}
 LEVERS["views-C0.01-aligned"] = (*LEVERS["views-C0.01"][:2], "views-C0.01, and in its fit rows content-aligned pairs "

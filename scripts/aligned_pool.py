@@ -2,7 +2,8 @@
 after a round trip through a latent autoencoder (TAEF2, :mod:`synthdet.localization.autoencoder`), labelled real and
 generated.
 
-    python scripts/aligned_pool.py [--pool build/protocol-pool/manifest.csv] [--out build/aligned-pool] [--per-group 40]
+    python scripts/aligned_pool.py [--pool build/protocol-pool/manifest.csv] [--out build/aligned-pool] [--per-group 25]
+    python scripts/aligned_pool.py --per-group 5 --manifest manifest-few.csv   # the first five rounds, same files
 
 Why: in the pool, what a generated image shows and at what zoom differs from what a photograph shows, and a head
 learns those (issue 19's trap: native crops of large photographs look "zoomed in" like generated images). An aligned
@@ -32,7 +33,7 @@ import pandas as pd
 from PIL import Image
 from tqdm import tqdm
 
-from synthdet.io.atomic import write_text
+from synthdet.io.atomic import atomic_open, write_text
 from synthdet.io.files import sha256_file
 from synthdet.io.pixels import jpeg_roundtrip, load_image
 from synthdet.localization import autoencoder
@@ -80,7 +81,9 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--pool", type=Path, default=ROOT / "build" / "protocol-pool" / "manifest.csv")
     ap.add_argument("--out", type=Path, default=ROOT / "build" / "aligned-pool")
-    ap.add_argument("--per-group", type=int, default=40)
+    ap.add_argument("--per-group", type=int, default=25)
+    ap.add_argument("--manifest", default="manifest.csv", help="its name in --out (a smaller --per-group reuses the "
+                    "pairs of a larger one: the same photographs, in the same rounds)")
     args = ap.parse_args()
     pool = pd.read_csv(args.pool, dtype={"sha256": str})
     chosen = choose(pool, args.per_group)
@@ -98,14 +101,15 @@ def main() -> None:
                 print(f"skipped {r.original}: {e}", file=sys.stderr)
                 continue
             for p, data in zip(paths, pair(img, r.sha256, jpeg)):
-                p.write_bytes(data)
+                with atomic_open(p, "wb") as f:  # a run stopped mid-write leaves no half file to resume from
+                    f.write(data)
         for p, label in zip(paths, (0, 1)):
             rows.append({"path": str(p), "sha256": sha256_file(p), "label": label, "derived_from": r.sha256,
                          "group": r.group})
         if len(rows) % 100 == 0:  # a run stopped early leaves a manifest of every pair written so far
-            write_text(args.out / "manifest.csv", pd.DataFrame(rows).to_csv(index=False))
-    write_text(args.out / "manifest.csv", pd.DataFrame(rows).to_csv(index=False))
-    print(f"{len(rows) // 2} pairs from {chosen['group'].nunique()} real groups → {args.out / 'manifest.csv'}")
+            write_text(args.out / args.manifest, pd.DataFrame(rows).to_csv(index=False))
+    write_text(args.out / args.manifest, pd.DataFrame(rows).to_csv(index=False))
+    print(f"{len(rows) // 2} pairs from {chosen['group'].nunique()} real groups → {args.out / args.manifest}")
 
 
 if __name__ == "__main__":

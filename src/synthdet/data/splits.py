@@ -390,18 +390,16 @@ class SplitPlan(BaseModel):
 
 def derived_rows(derived: pd.DataFrame | None, df: pd.DataFrame) -> pd.DataFrame:
     """Training-only images made from images of ``df`` (columns ``path``, ``sha256``, ``label`` and ``derived_from``:
-    the sha256 of the source, e.g. a content-aligned autoencoder round trip of a crop of it), with ``source``: the
-    source's row in ``df``. A model that fits on the source may fit on them too, and no other: so none trains on a
-    copy of an image it is scored on. Images derived from anything else (a final group, a skipped file) are dropped."""
+    the sha256 of the source, e.g. a content-aligned autoencoder round trip of a crop of it). A model that fits on the
+    source may fit on them too, and no other: so none trains on a copy of an image it is scored on. Images derived
+    from anything else (a final group, a skipped file) are dropped."""
     import pandas as pd
 
     if derived is None:
-        return pd.DataFrame(columns=["path", "sha256", "label", "derived_from", "source"])
+        return pd.DataFrame(columns=["path", "sha256", "label", "derived_from"])
     missing = {"path", "sha256", "label", "derived_from"} - set(derived.columns)
     if missing:
         raise ValueError(f"derived images need columns {sorted(missing)}")
     if derived["sha256"].isin(df["sha256"]).any():
         raise ValueError("a derived image is also an image of the data: derived images are training-only")
-    index = pd.Series(np.arange(len(df)), index=df["sha256"].to_numpy())
-    kept = derived[derived["derived_from"].isin(index.index)].drop_duplicates("sha256")
-    return kept.assign(source=index[kept["derived_from"]].to_numpy()).reset_index(drop=True)
+    return derived[derived["derived_from"].isin(df["sha256"])].drop_duplicates("sha256").reset_index(drop=True)

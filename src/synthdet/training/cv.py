@@ -273,8 +273,6 @@ def cross_validate(
     if set(cap_views) - set(views) or (cap_views and max_group_fpr is None):
         raise ValueError(f"cap_views {list(cap_views)} must be among the views scored ({list(views)}) and need "
                          "max_group_fpr")
-    if derived is not None:
-        derived_rows(derived, pd.DataFrame(columns=["sha256"]))  # wrong columns are refused before any work
     members = [Member.of(c) for c in configs]
     check_pair(members)
     df, skipped = usable_rows(data, progress=progress)
@@ -287,6 +285,7 @@ def cross_validate(
     df, outside = assign_roles(df, plan)  # images labelled both ways are left out, with their reason
     skipped += outside
     df = df.drop(columns="split")
+    derived = derived_rows(derived, df)  # refused before any work; those of a file that fails join no fit
     train_views = list(range(max(1, lead.n_views)))  # every image is in the fit rows of some fold: extract every view once
     failed: dict[str, str] = {}
     for m in members:
@@ -301,7 +300,6 @@ def cross_validate(
         raise ValueError(f"fit_views {lead.fit_views} are cut from each image's original file: give views_from")
     matched = size_matched(file_megapixels(df[views_from]), df["label"].to_numpy(), seed=lead.seed) \
         if lead.fit_views else np.empty(0, dtype=int)
-    derived = derived_rows(derived, df)
     for m in members:
         m.X, owner = load_features(m.store, df["sha256"].tolist(), train_views, m.features)  # row i * len(views) + v
         derived = m.load_derived(derived, train_views, progress=progress)  # a pair's members: the same images
@@ -392,7 +390,7 @@ def _refit(
         data={"manifest_hash": manifest_hash(df), "n_images": len(df), "n_views": cv.config["n_views"],
               "seed": cv.config["seed"], "k": cv.config["k"], "refit_on": "all", "threshold_from": how,
               **({"fit_views": list(members[0].config.fit_views), "fit_views_images": len(matched)}
-                 if len(matched) else {}), **({"derived_images": n} if (n := len(members[0].derived)) else {}),
+                 if len(matched) else {}), **({"derived_images": n} if (n := int(members[0].derived["derived_from"].isin(df["sha256"]).sum())) else {}),
               "group_by": cv.group_by, "split_plan": cv.plan.summary() if cv.plan else None},
     )
     card._tiles = TileIndex.of_rows(df)  # crops and resizes of every refitted image count as seen

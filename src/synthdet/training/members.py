@@ -27,7 +27,7 @@ class Member:
     store: FeatureStore
     X: np.ndarray = field(default_factory=lambda: np.empty((0, 0)))
     shown: dict[str, np.ndarray] = field(default_factory=dict)
-    derived: pd.DataFrame = field(default_factory=pd.DataFrame)  # training-only images, ``source``: index of theirs
+    derived: pd.DataFrame = field(default_factory=pd.DataFrame)  # training-only images (``derived_from``: source)
     D: np.ndarray = field(default_factory=lambda: np.empty((0, 0)))  # their training views, row j * n_views + v
 
     def load_derived(self, derived: pd.DataFrame, views: list[int], progress: bool = False) -> pd.DataFrame:
@@ -46,11 +46,12 @@ class Member:
         per = max(1, self.config.n_views)  # rows of X per image
         extra = [(v, images[np.isfinite(self.shown[v][images]).all(axis=1)]) for v in self.config.fit_views]
         own = np.concatenate([rows, *(i * per for _, i in extra)]).astype(int)
-        d_rows = (np.flatnonzero(self.derived["source"].isin(sources))[:, None] * per + np.arange(per)).ravel()
-        d_src = self.derived["source"].to_numpy(dtype=int)[d_rows // per] * per  # the source's row: its group
+        made_from = self.derived["derived_from"].to_numpy()
+        d = np.flatnonzero(np.isin(made_from, shas[np.asarray(sources, dtype=int) * per]))
+        d_rows = (d[:, None] * per + np.arange(per)).ravel()
         X = [self.X[rows], *(self.shown[v][i] for v, i in extra), *([self.D[d_rows]] if len(d_rows) else [])]
         labels = np.concatenate([y[own], self.derived["label"].to_numpy(dtype=y.dtype)[d_rows // per]])
-        return np.concatenate(X), labels, np.concatenate([shas[own], shas[d_src]])
+        return np.concatenate(X), labels, np.concatenate([shas[own], made_from[d_rows // per]])
 
     @classmethod
     def of(cls, config: ProbeConfig) -> Member:
