@@ -36,7 +36,7 @@ from torch.utils.data import DataLoader
 
 from synthdet.data.perturbations import native_crop, random_crop
 from synthdet.evaluation.selection import auc_gain_ci
-from synthdet.features.extract import ViewsDecoder, _collate
+from synthdet.features.extract import ViewsDecoder
 from synthdet.io.pixels import DEFAULT_MAX_PIXELS
 from synthdet.training.train import generalising_backbone
 
@@ -46,6 +46,8 @@ OUT = ROOT / "build" / "early-maps"
 PROBE = ROOT / "build" / "protocol-grown" / "views-C0.01" / "oof.csv"
 SIDE = 224  # the crop view's side: stage 1 is 56 x 56, stage 2 28 x 28 (smaller images are zero-padded, masked)
 S1, S2 = 56, 28
+Norm = tuple[torch.Tensor, ...]
+"""Per-channel mean and spread of stage 1, then of stage 2, from a fold's fit rows."""
 
 
 def random_224(img: Any, key: str = "") -> Any:
@@ -68,7 +70,7 @@ def extract(manifest: Path, out: Path, workers: int) -> None:
         size = np.zeros((n, 2), np.int16)  # valid stage-2 rows, columns (0: the file failed)
         dec = ViewsDecoder(bb.preprocess, DEFAULT_MAX_PIXELS, transform)
         items = [(i, (p, s, [0])) for i, (p, s) in enumerate(zip(df["original"], df["sha256"], strict=True))]
-        loader = DataLoader(dec, sampler=items, batch_size=16, num_workers=workers, collate_fn=_collate)  # type: ignore[arg-type]
+        loader = DataLoader(dec, sampler=items, batch_size=16, num_workers=workers, collate_fn=list)  # type: ignore[arg-type]
         start = time.perf_counter()
         for k, batch in enumerate(loader):
             for err_i, err in ((i, e) for i, t, e, _ in batch if t is None):
@@ -120,17 +122,15 @@ def masks(size: np.ndarray) -> torch.Tensor:
 
 
 def fit_fold(s1: np.ndarray, s2: np.ndarray, mask: torch.Tensor, y: np.ndarray, rows: np.ndarray, *,
-             epochs: int, width: int, seed: int) -> tuple[EarlyNet, torch.Tensor, torch.Tensor]:
+             epochs: int, width: int, seed: int) -> tuple[EarlyNet, Norm]:
     """Train on ``rows`` (both views), classes weighted to balance; the input standardised by the fit rows'
     per-channel mean and spread (no held-out row enters)."""
     torch.manual_seed(seed)
     rng = np.random.default_rng(seed)
-    sub = rng.choice(rows, size=min(512, len(rows)), replace=False)
-    mu1 = torch.as_tensor(s1[np.sort(sub)].astype(np.float32).mean((0, 2, 3)))
-    sd1 = torch.as_tensor(s1[np.sort(sub)].astype(np.float32).std((0, 2, 3))) + 1e-3
-    mu2 = torch.as_tensor(s2[np.sort(sub)].astype(np.float32).mean((0, 2, 3)))
-    sd2 = torch.as_tensor(s2[np.sort(sub)].astype(np.float32).std((0, 2, 3))) + 1e-3
-    norm = (mu1[:, None, None], sd1[:, None, None], mu2[:, None, None], sd2[:, None, None])
+    sub = np.sort(rng.choice(rows, size=min(512, len(rows)), replace=False))
+    a, b = s1[sub].astype(np.float32), s2[sub].astype(np.float32)
+    norm = tuple(torch.as_tensor(v)[:, None, None]
+                 for v in (a.mean((0, 2, 3)), a.std((0, 2, 3)) + 1e-3, b.mean((0, 2, 3)), b.std((0, 2, 3)) + 1e-3))
     net = EarlyNet(width)
     opt = torch.optim.AdamW(net.parameters(), lr=2e-3, weight_decay=0.05)
     pos = float(y[rows].mean())
@@ -150,11 +150,12 @@ def fit_fold(s1: np.ndarray, s2: np.ndarray, mask: torch.Tensor, y: np.ndarray, 
             loss.backward()
             opt.step()
             sched.step()
-    return net.eval(), *norm  # type: ignore[return-value]
+    return net.eval(), norm
 
 
 def inputs(s1: np.ndarray, s2: np.ndarray, mask: torch.Tensor, b: np.ndarray,
-           norm: tuple[torch.Tensor, ...]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+           norm: Norm) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Rows ``b`` standardised, as float32, with every padded position zero (so padding never reaches a score)."""
     mu1, sd1, mu2, sd2 = norm
     m = mask[b]
     x1 = (torch.from_numpy(s1[b]).float() - mu1) / sd1
@@ -163,7 +164,7 @@ def inputs(s1: np.ndarray, s2: np.ndarray, mask: torch.Tensor, b: np.ndarray,
     return x1 * up, x2 * m[:, None], m
 
 
-def score(net: EarlyNet, norm: tuple[torch.Tensor, ...], s1: np.ndarray, s2: np.ndarray, mask: torch.Tensor,
+def score(net: EarlyNet, norm: Norm, s1: np.ndarray, s2: np.ndarray, mask: torch.Tensor,
           rows: np.ndarray) -> np.ndarray:
     out = []
     with torch.no_grad():
@@ -194,8 +195,8 @@ def screen(manifest: Path, maps: Path, probe: Path, epochs: int, n_boot: int, js
             continue
         held = np.flatnonzero((folds == f) & ok[:n])
         fit = np.flatnonzero(np.concatenate([folds != f, folds != f]) & ok)
-        net, *norm = fit_fold(s1, s2, mask, y, fit, epochs=epochs, width=width, seed=0)
-        np.save(maps / f"oof{tag}-{f}.npy", np.stack([held, score(net, tuple(norm), s1, s2, mask, held)]))
+        net, norm = fit_fold(s1, s2, mask, y, fit, epochs=epochs, width=width, seed=0)
+        np.save(maps / f"oof{tag}-{f}.npy", np.stack([held, score(net, norm, s1, s2, mask, held)]))
         print(f"{f}: fit {len(fit)} views, held out {len(held)}, {time.perf_counter() - start:.0f} s", flush=True)
     parts = [maps / f"oof{tag}-{f}.npy" for f in sorted(set(folds))]
     if not all(p.exists() for p in parts):
