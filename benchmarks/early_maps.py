@@ -4,7 +4,7 @@ native-scale crops, per protocol fold, against the linear probe of the pooled fe
 
     python benchmarks/protocol.py --pool build/protocol-pool/manifest.csv --out build/protocol-grown \
         --json benchmarks/results/protocol_grown.json --only views-C0.01        # the probe's held-out scores
-    python benchmarks/early_maps.py extract                                   # maps of every crop (~10 min, 2 cores)
+    python benchmarks/early_maps.py extract                                   # maps of every crop (~7 min, 2 cores)
     python benchmarks/early_maps.py screen --width 32 --epochs 4 --json benchmarks/results/early_maps.json
 
 Rows: the grown protocol pool less its final groups, every image held out by the fold of whole groups it belongs to
