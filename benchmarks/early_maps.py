@@ -70,7 +70,8 @@ def extract(manifest: Path, out: Path, workers: int) -> None:
         size = np.zeros((n, 2), np.int16)  # valid stage-2 rows, columns (0: the file failed)
         dec = ViewsDecoder(bb.preprocess, DEFAULT_MAX_PIXELS, transform)
         items = [(i, (p, s, [0])) for i, (p, s) in enumerate(zip(df["original"], df["sha256"], strict=True))]
-        loader = DataLoader(dec, sampler=items, batch_size=16, num_workers=workers, collate_fn=list)  # type: ignore[arg-type]
+        loader = DataLoader(dec, sampler=items, batch_size=16, num_workers=workers,  # type: ignore[arg-type]
+                            collate_fn=list)
         start = time.perf_counter()
         for k, batch in enumerate(loader):
             for err_i, err in ((i, e) for i, t, e, _ in batch if t is None):
@@ -239,7 +240,8 @@ def table(res: dict[str, Any]) -> str:
         lo, hi = r["gain_ci"]
         change = r["probe+early"]["roc_auc"] - res["probe"]["roc_auc"]
         lines += [f"| early network, {name} | {cell(r['early'])} | — |",
-                  f"| probe + early network, {name} | {cell(r['probe+early'])} | {change:+.3f} [{lo:+.3f}, {hi:+.3f}] |"]
+                  f"| probe + early network, {name} | {cell(r['probe+early'])} | "
+                  f"{change:+.3f} [{lo:+.3f}, {hi:+.3f}] |"]
     return "\n".join(lines)
 
 

@@ -383,6 +383,7 @@ def _refit(
     calibration, threshold, how = decide(cv, calibrate=calibrate, max_group_fpr=max_group_fpr,
                                          cap_views=cv.selection.get("cap_views", ()))
     seen = RowSet.of_rows(df)
+    n_derived = int(members[0].derived["derived_from"].isin(df["sha256"]).sum())  # of the files that decoded
     metrics = {"cv": cv.summary(), "cv_at_threshold": _at_threshold(cv, calibration, threshold)}
     card = members[0].config.card(
         bb, members[0].features, model, n_features, threshold=threshold, prior=float(df["label"].mean()),
@@ -390,7 +391,7 @@ def _refit(
         data={"manifest_hash": manifest_hash(df), "n_images": len(df), "n_views": cv.config["n_views"],
               "seed": cv.config["seed"], "k": cv.config["k"], "refit_on": "all", "threshold_from": how,
               **({"fit_views": list(members[0].config.fit_views), "fit_views_images": len(matched)}
-                 if len(matched) else {}), **({"derived_images": n} if (n := int(members[0].derived["derived_from"].isin(df["sha256"]).sum())) else {}),
+                 if len(matched) else {}), **({"derived_images": n_derived} if n_derived else {}),
               "group_by": cv.group_by, "split_plan": cv.plan.summary() if cv.plan else None},
     )
     card._tiles = TileIndex.of_rows(df)  # crops and resizes of every refitted image count as seen
