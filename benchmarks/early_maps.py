@@ -23,6 +23,7 @@ from __future__ import annotations
 import argparse
 import json
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -55,19 +56,26 @@ def random_224(img: Any, key: str = "") -> Any:
     return random_crop(img, key, sides=(SIDE, SIDE))
 
 
-def extract(manifest: Path, out: Path, workers: int) -> None:
-    """Stage-1 and stage-2 maps of view ``centre`` and ``random`` of every image, float16, zero-padded."""
+Taps = dict[str, tuple[int, int, int]]
+"""Maps to store: name -> (index of the block they leave, channels, side of a full 224-px crop's map)."""
+EARLY: Taps = {"s1": (1, 24, S1), "s2": (2, 40, S2)}
+
+
+def extract(manifest: Path, out: Path, workers: int, taps: Taps = EARLY) -> None:
+    """The ``taps`` maps of view ``centre`` and ``random`` of every image, float16, zero-padded; ``{view}-size``
+    holds the valid rows and columns of the last tap's map (0: the file failed)."""
     df = pd.read_csv(manifest, dtype={"sha256": str})
     out.mkdir(parents=True, exist_ok=True)
     bb = generalising_backbone("effnet-lite0")
     m = bb.model.eval()
     n = len(df)
+    last = max(k for k, _, _ in taps.values())
     for view, transform in (("centre", native_crop), ("random", random_224)):
         if (out / f"{view}.done").exists():
             continue
-        s1 = np.lib.format.open_memmap(out / f"{view}-s1.npy", "w+", np.float16, (n, 24, S1, S1))
-        s2 = np.lib.format.open_memmap(out / f"{view}-s2.npy", "w+", np.float16, (n, 40, S2, S2))
-        size = np.zeros((n, 2), np.int16)  # valid stage-2 rows, columns (0: the file failed)
+        maps = {name: np.lib.format.open_memmap(out / f"{view}-{name}.npy", "w+", np.float16, (n, c, side, side))
+                for name, (_, c, side) in taps.items()}
+        size = np.zeros((n, 2), np.int16)
         dec = ViewsDecoder(bb.preprocess, DEFAULT_MAX_PIXELS, transform)
         items = [(i, (p, s, [0])) for i, (p, s) in enumerate(zip(df["original"], df["sha256"], strict=True))]
         loader = DataLoader(dec, sampler=items, batch_size=16, num_workers=workers,  # type: ignore[arg-type]
@@ -83,15 +91,17 @@ def extract(manifest: Path, out: Path, workers: int) -> None:
             for group in by_shape.values():
                 rows = [i for i, _ in group]
                 with torch.no_grad():
-                    f1 = m.blocks[1](m.blocks[0](m.bn1(m.conv_stem(torch.stack([t for _, t in group])))))
-                    f2 = m.blocks[2](f1)
-                s1[rows, :, :f1.shape[2], :f1.shape[3]] = f1.numpy()
-                s2[rows, :, :f2.shape[2], :f2.shape[3]] = f2.numpy()
-                size[rows] = f2.shape[2:]
+                    h = m.bn1(m.conv_stem(torch.stack([t for _, t in group])))
+                    for b in range(last + 1):
+                        h = m.blocks[b](h)
+                        for name, (at, _, _) in taps.items():
+                            if at == b:
+                                maps[name][rows, :, :h.shape[2], :h.shape[3]] = h.numpy()
+                size[rows] = h.shape[2:]
             if k % 40 == 0:
                 print(f"{view}: {16 * (k + 1)}/{n} in {time.perf_counter() - start:.0f} s", flush=True)
-        s1.flush()
-        s2.flush()
+        for a in maps.values():
+            a.flush()
         np.save(out / f"{view}-size.npy", size)
         (out / f"{view}.done").write_text("ok")
 
@@ -133,25 +143,32 @@ def fit_fold(s1: np.ndarray, s2: np.ndarray, mask: torch.Tensor, y: np.ndarray, 
     norm = tuple(torch.as_tensor(v)[:, None, None]
                  for v in (a.mean((0, 2, 3)), a.std((0, 2, 3)) + 1e-3, b.mean((0, 2, 3)), b.std((0, 2, 3)) + 1e-3))
     net = EarlyNet(width)
-    opt = torch.optim.AdamW(net.parameters(), lr=2e-3, weight_decay=0.05)
+    net.train()
+    train(net, lambda b: net(*inputs(s1, s2, mask, b, norm)), y, rows, rng, epochs=epochs, lr=2e-3,
+          weight_decay=0.05, warmup=0.3)
+    return net.eval(), norm
+
+
+def train(net: nn.Module, logits: Callable[[np.ndarray], torch.Tensor], y: np.ndarray, rows: np.ndarray,
+          rng: np.random.Generator, *, epochs: int, lr: float, weight_decay: float, warmup: float) -> None:
+    """AdamW on ``net``'s parameters over batches of 64 of ``rows`` (``logits(batch)`` gives theirs), a one-cycle
+    schedule peaking at ``lr`` after the ``warmup`` share of steps, classes weighted to balance."""
+    opt = torch.optim.AdamW(net.parameters(), lr=lr, weight_decay=weight_decay)
     pos = float(y[rows].mean())
     weight = torch.as_tensor(np.where(y == 1, 0.5 / pos, 0.5 / (1 - pos)), dtype=torch.float32)
     batch = min(64, len(rows))
-    steps = epochs * (len(rows) // batch)
-    sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=2e-3, total_steps=steps)
-    net.train()
+    steps = max(1, epochs * (len(rows) // batch))
+    sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=lr, total_steps=steps, pct_start=warmup)
     for _ in range(epochs):
         order = rng.permutation(rows)
         for k in range(len(order) // batch):  # the last short batch is dropped
             b = np.sort(order[batch * k: batch * (k + 1)])
-            logit = net(*inputs(s1, s2, mask, b, norm))
             loss = (nn.functional.binary_cross_entropy_with_logits(
-                logit, torch.as_tensor(y[b], dtype=torch.float32), reduction="none") * weight[b]).mean()
+                logits(b), torch.as_tensor(y[b], dtype=torch.float32), reduction="none") * weight[b]).mean()
             opt.zero_grad()
             loss.backward()
             opt.step()
             sched.step()
-    return net.eval(), norm
 
 
 def inputs(s1: np.ndarray, s2: np.ndarray, mask: torch.Tensor, b: np.ndarray,
@@ -179,48 +196,88 @@ def screen(manifest: Path, maps: Path, probe: Path, epochs: int, n_boot: int, js
     """Fit the folds in ``only`` (default: all) not already done, each saved as it ends (two processes can share
     the folds); the table once every fold is done."""
     df = pd.read_csv(manifest, dtype={"sha256": str})
-    n = len(df)
     y1 = df["label"].to_numpy()
-    centre = [np.load(maps / f"centre-s{k}.npy", mmap_mode="r") for k in (1, 2)]
-    rand = [np.load(maps / f"random-s{k}.npy", mmap_mode="r") for k in (1, 2)]
-    s1 = np.concatenate([np.asarray(centre[0]), np.asarray(rand[0])])
-    s2 = np.concatenate([np.asarray(centre[1]), np.asarray(rand[1])])
-    size = np.concatenate([np.load(maps / "centre-size.npy"), np.load(maps / "random-size.npy")])
+    (s1, s2), size = load_views(maps, ["s1", "s2"])
     mask = masks(size)
     y = np.concatenate([y1, y1])
     ok = size[:, 0] > 0
-    folds = df["fold"].to_numpy()
+
+    def fit_score(fit: np.ndarray, held: np.ndarray) -> np.ndarray:
+        net, norm = fit_fold(s1, s2, mask, y, fit, epochs=epochs, width=width, seed=0)
+        return score(net, norm, s1, s2, mask, held)[None]
+
+    run_folds(df["fold"].to_numpy(), ok, maps, tag, only, fit_score)
+    logit = held_out(df, maps, tag)
+    if logit is None:
+        return {}
+    return report(df, {"early": logit[0]}, probe, n_boot, json_out, maps, f"oof_early{tag}.csv",
+                  f"width {width}, {epochs} epochs", {"width": width, "epochs": epochs})
+
+
+def load_views(maps: Path, names: list[str]) -> tuple[list[np.ndarray], np.ndarray]:
+    """The maps ``names`` of every image's centre crop, then of its random crop (row ``i + n``), and their sizes."""
+    arrays = [np.concatenate([np.load(maps / f"{v}-{name}.npy") for v in ("centre", "random")]) for name in names]
+    return arrays, np.concatenate([np.load(maps / f"{v}-size.npy") for v in ("centre", "random")])
+
+
+def run_folds(folds: np.ndarray, ok: np.ndarray, maps: Path, tag: str, only: list[str] | None,
+              fit_score: Callable[[np.ndarray, np.ndarray], np.ndarray]) -> None:
+    """For each fold in ``only`` (default: all) not already done: ``fit_score(fit, held)`` fits on both views of
+    every other fold's images and returns rows of logits of the fold's centre crops, saved as the fold ends (two
+    processes can share the folds; an interrupted screen resumes)."""
+    n = len(folds)
     start = time.perf_counter()
     for f in only or sorted(set(folds)):
-        if (maps / f"oof{tag}-{f}.npy").exists():
+        part = maps / f"oof{tag}-{f}.npy"
+        if part.exists():
             continue
         held = np.flatnonzero((folds == f) & ok[:n])
         fit = np.flatnonzero(np.concatenate([folds != f, folds != f]) & ok)
-        net, norm = fit_fold(s1, s2, mask, y, fit, epochs=epochs, width=width, seed=0)
-        np.save(maps / f"oof{tag}-{f}.npy", np.stack([held, score(net, norm, s1, s2, mask, held)]))
+        np.save(part, np.vstack([held, fit_score(fit, held)]))
         print(f"{f}: fit {len(fit)} views, held out {len(held)}, {time.perf_counter() - start:.0f} s", flush=True)
-    parts = [maps / f"oof{tag}-{f}.npy" for f in sorted(set(folds))]
-    if not all(p.exists() for p in parts):
-        return {}
-    logit = np.full(n, np.nan)
-    for p in parts:
-        rows, z = np.load(p)
-        logit[rows.astype(int)] = z
+
+
+def held_out(df: pd.DataFrame, maps: Path, tag: str) -> np.ndarray | None:
+    """Every image's held-out logits (one row per kind of score; NaN where its file failed) from the saved fold
+    parts, or None until every fold is done."""
+    parts = [np.load(maps / f"oof{tag}-{f}.npy") for f in sorted(set(df["fold"]))
+             if (maps / f"oof{tag}-{f}.npy").exists()]
+    if len(parts) < df["fold"].nunique():
+        return None
+    logit = np.full((len(parts[0]) - 1, len(df)), np.nan)
+    for part in parts:
+        logit[:, part[0].astype(int)] = part[1:]
+    return logit
+
+
+LABELS = {"early": "early network"}
+"""How the table names a kind of held-out scores (other screens add theirs)."""
+
+
+def report(df: pd.DataFrame, scores: dict[str, np.ndarray], probe: Path, n_boot: int, json_out: Path | None,
+           maps: Path, csv_name: str, run: str, params: dict[str, Any]) -> dict[str, Any]:
+    """Each kind of held-out crop logits alone and added to the probe's (each over its own spread over the held-out
+    rows: no label used), with the paired group-bootstrap interval of the change; the JSON and its table updated."""
     oof = pd.read_csv(probe, dtype={"sha256": str}).set_index("sha256")
     base = oof.loc[df["sha256"], "logit_crop"].to_numpy()
-    keep = np.isfinite(logit) & np.isfinite(base)
+    keep = np.isfinite(base) & np.logical_and.reduce([np.isfinite(z) for z in scores.values()])
     d = df[keep]
     yk, g = d["label"].to_numpy(), d["group"].to_numpy()
-    early, probe_z = logit[keep], base[keep]
-    both = early / early.std() + probe_z / probe_z.std()  # no label used: each logit over its own spread
-    run = {"width": width, "epochs": epochs, "early": ranking(yk, early, g, n_boot),
-           "probe+early": ranking(yk, both, g, n_boot), "gain_ci": auc_gain_ci(yk, probe_z, both, g, n_boot=n_boot)}
-    pd.DataFrame({"sha256": d["sha256"], "logit_early": early}).to_csv(maps / f"oof_early{tag}.csv", index=False)
+    probe_z = base[keep]
+    entry: dict[str, Any] = {"params": params, "scores": {}}
+    for kind, z in scores.items():
+        zk = z[keep]
+        both = zk / zk.std() + probe_z / probe_z.std()
+        entry["scores"][kind] = {"label": LABELS[kind], "alone": ranking(yk, zk, g, n_boot),
+                                 "with_probe": ranking(yk, both, g, n_boot),
+                                 "gain_ci": auc_gain_ci(yk, probe_z, both, g, n_boot=n_boot)}
+    pd.DataFrame({"sha256": d["sha256"], **{f"logit_{k}": z[keep] for k, z in scores.items()}}).to_csv(
+        maps / csv_name, index=False)
     res: dict[str, Any] = json.loads(json_out.read_text()) if json_out is not None and json_out.is_file() else {}
     res.update({"rows": f"{keep.sum()} held-out centre crops (the grown protocol pool less its final groups), each "
                         "scored by a model that never fitted on its fold of whole groups",
                 "probe": {"lever": "views-C0.01", **ranking(yk, probe_z, g, n_boot)}})
-    res.setdefault("runs", {})[f"width {width}, {epochs} epochs"] = run
+    res.setdefault("runs", {})[run] = entry
     if json_out is not None:
         json_out.write_text(json.dumps(res, indent=1) + "\n")
         json_out.with_suffix(".md").write_text(table(res) + "\n")
@@ -236,29 +293,36 @@ def table(res: dict[str, Any]) -> str:
     lines = [f"Crop view, {res['rows']}.", "",
              "| scores | ROC AUC [95% CI] | worst group | change vs probe [paired 95% CI] |", "|---|---|---|---|",
              f"| probe ({res['probe']['lever']}) | {cell(res['probe'])} | — |"]
-    for name, r in res["runs"].items():
-        lo, hi = r["gain_ci"]
-        change = r["probe+early"]["roc_auc"] - res["probe"]["roc_auc"]
-        lines += [f"| early network, {name} | {cell(r['early'])} | — |",
-                  f"| probe + early network, {name} | {cell(r['probe+early'])} | "
-                  f"{change:+.3f} [{lo:+.3f}, {hi:+.3f}] |"]
+    for name, run in res["runs"].items():
+        for r in run["scores"].values():
+            lo, hi = r["gain_ci"]
+            change = r["with_probe"]["roc_auc"] - res["probe"]["roc_auc"]
+            lines += [f"| {r['label']}, {name} | {cell(r['alone'])} | — |",
+                      f"| probe + {r['label']}, {name} | {cell(r['with_probe'])} | "
+                      f"{change:+.3f} [{lo:+.3f}, {hi:+.3f}] |"]
     return "\n".join(lines)
 
 
-def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+def parser(doc: str, maps: Path, epochs: int) -> argparse.ArgumentParser:
+    """The options every screen on stored maps shares (``extract``, then ``screen`` by folds)."""
+    ap = argparse.ArgumentParser(description=doc.split("\n\n")[0])
     ap.add_argument("step", choices=["extract", "screen"])
     ap.add_argument("--manifest", type=Path, default=MANIFEST)
-    ap.add_argument("--maps", type=Path, default=OUT)
+    ap.add_argument("--maps", type=Path, default=maps)
     ap.add_argument("--probe", type=Path, default=PROBE, help="the probe's oof.csv (benchmarks/protocol.py)")
-    ap.add_argument("--epochs", type=int, default=4)
+    ap.add_argument("--epochs", type=int, default=epochs)
     ap.add_argument("--folds", nargs="*", default=None, help="fit only these folds (default: all)")
     ap.add_argument("--threads", type=int, default=2)
-    ap.add_argument("--width", type=int, default=32, help="channels of the local detectors")
     ap.add_argument("--tag", default="", help="names this run's held-out scores beside the maps")
     ap.add_argument("--workers", type=int, default=1)
     ap.add_argument("--n-boot", type=int, default=1000)
     ap.add_argument("--json", type=Path, default=None)
+    return ap
+
+
+def main() -> None:
+    ap = parser(__doc__, OUT, epochs=4)
+    ap.add_argument("--width", type=int, default=32, help="channels of the local detectors")
     a = ap.parse_args()
     torch.set_num_threads(a.threads)
     if a.step == "extract":

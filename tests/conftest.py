@@ -7,11 +7,13 @@ Helpers are plain functions (importable as ``from conftest import synthetic_phot
 
 from __future__ import annotations
 
+import hashlib
 import io
 from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
+import pandas as pd
 import pytest
 import torch
 from PIL import Image
@@ -60,8 +62,6 @@ def write_image(path: str | Path, img: Image.Image | None = None, *, fmt: str | 
 
 def small_demo_csv(tmp_path: Path, n_per_class: int = 24) -> Path:
     """A labelled CSV over the first images of each class of the demo data shipped in the package."""
-    import pandas as pd
-
     from synthdet.data.demo import demo_data_dir
 
     src = pd.read_csv(demo_data_dir() / "manifest.csv")
@@ -70,6 +70,23 @@ def small_demo_csv(tmp_path: Path, n_per_class: int = 24) -> Path:
     out = tmp_path / "small.csv"
     part.to_csv(out, index=False)
     return out
+
+
+def demo_protocol_pool(tmp: Path) -> tuple[Path, pd.DataFrame]:
+    """Twelve demo images (six per class) as a protocol pool: ``original``, ``sha256``, three folds and a group per
+    class and fold; with a probe's held-out crop logits (``oof.csv``) beside the manifest."""
+    from synthdet.data.demo import demo_data_dir
+
+    demo = pd.read_csv(demo_data_dir() / "manifest.csv")
+    rows = pd.concat([demo[demo["label"] == 0].head(6), demo[demo["label"] == 1].head(6)], ignore_index=True)
+    rows["original"] = [str(demo_data_dir() / p) for p in rows["path"]]
+    rows["sha256"] = [hashlib.sha256(Path(p).read_bytes()).hexdigest() for p in rows["original"]]
+    rows["fold"] = [f"fold0{i % 3}" for i in range(len(rows))]
+    rows["group"] = [f"{'fake' if y else 'real'}:g{i % 3}" for i, y in enumerate(rows["label"])]
+    manifest = tmp / "manifest.csv"
+    rows.to_csv(manifest, index=False)
+    pd.DataFrame({"sha256": rows["sha256"], "logit_crop": np.linspace(-1, 1, len(rows))}).to_csv(tmp / "oof.csv")
+    return manifest, rows
 
 
 def labelled_items(root: Path, n: int) -> list[tuple[str, int]]:

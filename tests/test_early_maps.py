@@ -3,7 +3,6 @@ that cannot reach a score, and fold models that never fit on the fold they score
 
 from __future__ import annotations
 
-import hashlib
 import json
 import sys
 from pathlib import Path
@@ -18,24 +17,15 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "benchmarks"))
 
 import early_maps  # noqa: E402
-
-DEMO = ROOT / "src" / "synthdet" / "demo_data"
+from conftest import demo_protocol_pool  # noqa: E402
 
 
 @pytest.fixture(scope="module")
 def pool(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path, pd.DataFrame]:
     """Twelve demo images (real and generated, some smaller than the crop) in three folds, their maps, and a probe's
     held-out crop logits."""
-    demo = pd.read_csv(DEMO / "manifest.csv")
-    rows = pd.concat([demo[demo["label"] == 0].head(6), demo[demo["label"] == 1].head(6)], ignore_index=True)
-    rows["original"] = [str(DEMO / p) for p in rows["path"]]
-    rows["sha256"] = [hashlib.sha256(Path(p).read_bytes()).hexdigest() for p in rows["original"]]
-    rows["fold"] = [f"fold0{i % 3}" for i in range(len(rows))]
-    rows["group"] = [f"{'fake' if y else 'real'}:g{i % 3}" for i, y in enumerate(rows["label"])]
     tmp = tmp_path_factory.mktemp("early")
-    manifest = tmp / "manifest.csv"
-    rows.to_csv(manifest, index=False)
-    pd.DataFrame({"sha256": rows["sha256"], "logit_crop": np.linspace(-1, 1, len(rows))}).to_csv(tmp / "oof.csv")
+    manifest, rows = demo_protocol_pool(tmp)
     early_maps.extract(manifest, tmp / "maps", workers=0)
     return manifest, tmp, rows
 
