@@ -31,14 +31,15 @@ import _common  # noqa: F401  (import fallback for a checkout)
 import numpy as np
 import pandas as pd
 import torch
-from pool_growth import ranking
+from pool_growth import SIZE_MATCHED, ranking
+from sklearn.metrics import roc_auc_score
 from torch import nn
 from torch.utils.data import DataLoader
 
 from synthdet.data.perturbations import native_crop, random_crop
 from synthdet.evaluation.selection import auc_gain_ci
 from synthdet.features.extract import ViewsDecoder
-from synthdet.io.pixels import DEFAULT_MAX_PIXELS
+from synthdet.io.pixels import DEFAULT_MAX_PIXELS, file_sizes
 from synthdet.training.train import generalising_backbone
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -264,19 +265,31 @@ def report(df: pd.DataFrame, scores: dict[str, np.ndarray], probe: Path, n_boot:
     d = df[keep]
     yk, g = d["label"].to_numpy(), d["group"].to_numpy()
     probe_z = base[keep]
+    short = file_sizes(d["original"]).min(axis=1)
+    sm = (short >= SIZE_MATCHED[0]) & (short <= SIZE_MATCHED[1])  # where the zoom level cannot tell the class
+    sized = len(set(yk[sm])) == 2
+
+    def rank(z: np.ndarray) -> dict[str, Any]:
+        return {**ranking(yk, z, g, n_boot), **({"size_matched_auc": float(roc_auc_score(yk[sm], z[sm]))}
+                                                 if sized else {})}
+
     entry: dict[str, Any] = {"params": params, "scores": {}}
     for kind, z in scores.items():
         zk = z[keep]
         both = zk / zk.std() + probe_z / probe_z.std()
-        entry["scores"][kind] = {"label": LABELS[kind], "alone": ranking(yk, zk, g, n_boot),
-                                 "with_probe": ranking(yk, both, g, n_boot),
+        entry["scores"][kind] = {"label": LABELS[kind], "alone": rank(zk), "with_probe": rank(both),
                                  "gain_ci": auc_gain_ci(yk, probe_z, both, g, n_boot=n_boot)}
+        if sized:
+            entry["scores"][kind]["size_matched_gain_ci"] = auc_gain_ci(yk[sm], probe_z[sm], both[sm], g[sm],
+                                                                        n_boot=n_boot)
     pd.DataFrame({"sha256": d["sha256"], **{f"logit_{k}": z[keep] for k, z in scores.items()}}).to_csv(
         maps / csv_name, index=False)
     res: dict[str, Any] = json.loads(json_out.read_text()) if json_out is not None and json_out.is_file() else {}
     res.update({"rows": f"{keep.sum()} held-out centre crops (the grown protocol pool less its final groups), each "
                         "scored by a model that never fitted on its fold of whole groups",
-                "probe": {"lever": "views-C0.01", **ranking(yk, probe_z, g, n_boot)}})
+                "size_matched": f"{int(sm.sum())} of them whose original's short side is {SIZE_MATCHED[0]}-"
+                                f"{SIZE_MATCHED[1]} px ({int((yk[sm] == 0).sum())} real)",
+                "probe": {"lever": "views-C0.01", **rank(probe_z)}})
     res.setdefault("runs", {})[run] = entry
     if json_out is not None:
         json_out.write_text(json.dumps(res, indent=1) + "\n")
@@ -288,18 +301,24 @@ def report(df: pd.DataFrame, scores: dict[str, np.ndarray], probe: Path, n_boot:
 def table(res: dict[str, Any]) -> str:
     def cell(r: dict[str, Any]) -> str:
         lo, hi = r["roc_auc_ci"]
-        return f"{r['roc_auc']:.3f} [{lo:.3f}–{hi:.3f}] | {r['worst_group_auc']:.3f} ({r['worst_group']})"
+        sized = f"{r['size_matched_auc']:.3f}" if "size_matched_auc" in r else "—"
+        return f"{r['roc_auc']:.3f} [{lo:.3f}–{hi:.3f}] | {r['worst_group_auc']:.3f} ({r['worst_group']}) | {sized}"
 
-    lines = [f"Crop view, {res['rows']}.", "",
-             "| scores | ROC AUC [95% CI] | worst group | change vs probe [paired 95% CI] |", "|---|---|---|---|",
-             f"| probe ({res['probe']['lever']}) | {cell(res['probe'])} | — |"]
+    def change(r: dict[str, Any], key: str, ci: str) -> str:
+        if ci not in r:
+            return "—"
+        lo, hi = r[ci]
+        return f"{r['with_probe'][key] - res['probe'][key]:+.3f} [{lo:+.3f}, {hi:+.3f}]"
+
+    lines = [f"Crop view, {res['rows']}; size-matched: {res.get('size_matched', 'not measured')}.", "",
+             "| scores | ROC AUC [95% CI] | worst group | size-matched AUC | change vs probe [paired 95% CI] | "
+             "size-matched change |", "|---|---|---|---|---|---|",
+             f"| probe ({res['probe']['lever']}) | {cell(res['probe'])} | — | — |"]
     for name, run in res["runs"].items():
         for r in run["scores"].values():
-            lo, hi = r["gain_ci"]
-            change = r["with_probe"]["roc_auc"] - res["probe"]["roc_auc"]
-            lines += [f"| {r['label']}, {name} | {cell(r['alone'])} | — |",
+            lines += [f"| {r['label']}, {name} | {cell(r['alone'])} | — | — |",
                       f"| probe + {r['label']}, {name} | {cell(r['with_probe'])} | "
-                      f"{change:+.3f} [{lo:+.3f}, {hi:+.3f}] |"]
+                      f"{change(r, 'roc_auc', 'gain_ci')} | {change(r, 'size_matched_auc', 'size_matched_gain_ci')} |"]
     return "\n".join(lines)
 
 

@@ -29,6 +29,7 @@ import _common  # noqa: F401  (puts src/ on sys.path in a bare checkout)
 import numpy as np
 import pandas as pd
 from protocol import mean_logits
+from size_matched import SIZE_MATCHED
 from sklearn.metrics import roc_auc_score
 
 from synthdet.evaluation.metrics import source_table
@@ -37,7 +38,6 @@ from synthdet.io.pixels import file_sizes
 
 ROOT = Path(__file__).resolve().parents[1]
 PAIR = ["views-C0.01", "lite2-views-C0.01"]
-SIZE_MATCHED = (900, 1100)
 
 
 def ranking(y: np.ndarray, z: np.ndarray, g: np.ndarray, n_boot: int) -> dict[str, Any]:

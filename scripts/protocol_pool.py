@@ -165,6 +165,7 @@ def main() -> None:
     ap.add_argument("--ratio", type=float, default=0.0,
                     help="then at most this class ratio per size/orientation bin (0: none; framing suffices)")
     args = ap.parse_args()
+    args.out = args.out.resolve()  # the manifest's paths are absolute, wherever it is read from
     dev = pooled_manifest()
     dev = dev[dev["ok"]].assign(bytes=lambda d: [Path(p).stat().st_size for p in d["path"]])
     native = pd.read_csv(args.native / "manifest.csv", dtype={"sha256": str})

@@ -193,13 +193,14 @@ def balance(df: pd.DataFrame, *, ratio: float, seed: int = 0) -> pd.DataFrame:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--sources", type=Path, default=SOURCES)
+    ap.add_argument("--sources", type=Path, nargs="+", default=[SOURCES],
+                    help="sources tables, concatenated (e.g. the table and a candidate growth of data/pool/candidates)")
     ap.add_argument("--mirrors", type=Path, default=Path("/work/.mirror"))
     ap.add_argument("--out", type=Path, default=ROOT / "build" / "native-pool")
     ap.add_argument("--balance", type=float, default=None, help="per-bin class ratio cap (e.g. 1.5)")
     ap.add_argument("--allow-missing", action="store_true", help="write what could be rebuilt; exit 0")
     args = ap.parse_args()
-    sources = pd.read_csv(args.sources, dtype=str, keep_default_na=False)
+    sources = pd.concat([pd.read_csv(t, dtype=str, keep_default_na=False) for t in args.sources], ignore_index=True)
     df = rebuild(sources, args.mirrors, args.out, allow_missing=args.allow_missing)
     report = {"all": {**describe(df), "meta_auc": meta_auc(df)}}
     if args.balance:
