@@ -251,6 +251,18 @@ def held_out(df: pd.DataFrame, maps: Path, tag: str) -> np.ndarray | None:
     return logit
 
 
+def split_near_duplicates(df: pd.DataFrame, plan: Path) -> np.ndarray:
+    """Rows with a near-duplicate in another ``fold`` (near-duplicate groups from the protocol's split plan, which
+    holds such a group out together): a fold model may have fitted on a near-copy of them, so they are not scored.
+    None is flagged without a plan."""
+    if not plan.is_file():
+        return np.zeros(len(df), dtype=bool)
+    p = json.loads(plan.read_text())
+    dup_group = dict(zip(p["hashes"], p["groups"], strict=True))
+    g = pd.Series([dup_group.get(sha[:16], -1 - i) for i, sha in enumerate(df["sha256"])], index=df.index)
+    return (df["fold"].groupby(g).transform("nunique") > 1).to_numpy()
+
+
 LABELS = {"early": "early network"}
 """How the table names a kind of held-out scores (other screens add theirs)."""
 
@@ -261,7 +273,8 @@ def report(df: pd.DataFrame, scores: dict[str, np.ndarray], probe: Path, n_boot:
     rows: no label used), with the paired group-bootstrap interval of the change; the JSON and its table updated."""
     oof = pd.read_csv(probe, dtype={"sha256": str}).set_index("sha256")
     base = oof.loc[df["sha256"], "logit_crop"].to_numpy()
-    keep = np.isfinite(base) & np.logical_and.reduce([np.isfinite(z) for z in scores.values()])
+    split = split_near_duplicates(df, probe.parent / "plan.json")
+    keep = np.isfinite(base) & np.logical_and.reduce([np.isfinite(z) for z in scores.values()]) & ~split
     d = df[keep]
     yk, g = d["label"].to_numpy(), d["group"].to_numpy()
     probe_z = base[keep]
@@ -286,7 +299,8 @@ def report(df: pd.DataFrame, scores: dict[str, np.ndarray], probe: Path, n_boot:
         maps / csv_name, index=False)
     res: dict[str, Any] = json.loads(json_out.read_text()) if json_out is not None and json_out.is_file() else {}
     res.update({"rows": f"{keep.sum()} held-out centre crops (the grown protocol pool less its final groups), each "
-                        "scored by a model that never fitted on its fold of whole groups",
+                        "scored by a model that never fitted on its fold of whole groups; left out: "
+                        f"{int(split.sum())} whose near-duplicate is in another fold",
                 "size_matched": f"{int(sm.sum())} of them whose original's short side is {SIZE_MATCHED[0]}-"
                                 f"{SIZE_MATCHED[1]} px ({int((yk[sm] == 0).sum())} real)",
                 "probe": {"lever": "views-C0.01", **rank(probe_z)}})

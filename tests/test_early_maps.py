@@ -83,3 +83,13 @@ def test_screen_never_fits_on_the_fold_it_scores(pool: tuple[Path, Path, pd.Data
     scored = pd.read_csv(tmp / "maps" / "oof_early.csv", dtype={"sha256": str})
     assert sorted(scored["sha256"]) == sorted(rows["sha256"])
     assert json.loads(out.read_text())["probe"]["roc_auc"] == res["probe"]["roc_auc"]
+
+
+def test_near_duplicates_split_between_folds_are_not_scored(tmp_path: Path) -> None:
+    df = pd.DataFrame({"sha256": [f"{i:016x}" + "0" * 48 for i in range(5)],
+                       "fold": ["fold00", "fold01", "fold00", "fold00", "fold01"]})
+    plan = tmp_path / "plan.json"
+    # near-duplicate groups: rows 0 and 1 (two folds), rows 2 and 3 (one fold), row 4 alone
+    plan.write_text(json.dumps({"hashes": [s[:16] for s in df["sha256"]], "groups": [0, 0, 1, 1, 2]}))
+    assert early_maps.split_near_duplicates(df, plan).tolist() == [True, True, False, False, False]
+    assert not early_maps.split_near_duplicates(df, tmp_path / "missing.json").any()
