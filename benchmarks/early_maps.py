@@ -13,7 +13,9 @@ of its original file at native scale, JPEG 70-95: :func:`~synthdet.data.perturba
 rows only, one more 224-px native crop at a random position. The early network of a fold fits on the other folds'
 images only and scores the held-out fold's centre crops. Reported: pooled and worst-group ROC AUC of the early
 network alone, of the probe alone, and of their sum (each logit divided by its spread over all held-out rows, which
-uses no label), with the paired group-bootstrap interval of the change. A screen: the other views are not scored.
+uses no label), with the paired group-bootstrap interval of the change, also on the rows whose original's short side
+is 900-1100 px (size-matched: zoom level cannot tell the class there). Rows whose near-duplicate lies in another fold
+(the protocol's split plan beside the probe's scores) are left out. A screen: the other views are not scored.
 ``--folds`` splits the ten fold models between processes (each saved as it ends); the table is written by the call
 that finds all ten done.
 """
