@@ -23,6 +23,7 @@ the paired group-bootstrap interval of the change.
 from __future__ import annotations
 
 import copy
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -70,7 +71,7 @@ def by_size(size: np.ndarray, rows: np.ndarray) -> list[tuple[np.ndarray, int, i
     return [(rows[(keys == k).all(1)], int(k[0]), int(k[1])) for k in np.unique(keys, axis=0)]
 
 
-def apply(fn: Any, maps: np.ndarray, size: np.ndarray, rows: np.ndarray, batch: int = 256) -> np.ndarray:
+def apply(fn: Callable[[torch.Tensor], torch.Tensor], maps: np.ndarray, size: np.ndarray, rows: np.ndarray, batch: int = 256) -> np.ndarray:
     """``fn`` over ``rows``, each at its own valid size, without gradients; results in the order of ``rows``."""
     out: dict[int, np.ndarray] = {}
     with torch.no_grad():
@@ -92,11 +93,11 @@ def fit_fold(model: nn.Module, maps: np.ndarray, size: np.ndarray, y: np.ndarray
     net = TailNet(model).eval()  # eval throughout: batch norm keeps its ImageNet statistics
     feats = apply(net.features, maps, size, rows)
     scaler = StandardScaler().fit(feats)
-    lr_head = LogisticRegression(C=c, class_weight="balanced", max_iter=2000).fit(scaler.transform(feats), y[rows])
-    w = lr_head.coef_[0] / scaler.scale_
+    read_out = LogisticRegression(C=c, class_weight="balanced", max_iter=2000).fit(scaler.transform(feats), y[rows])
+    w = read_out.coef_[0] / scaler.scale_  # the scaler folded into the linear layer
     with torch.no_grad():
         net.out.weight.copy_(torch.as_tensor(w, dtype=torch.float32)[None])
-        net.out.bias.fill_(float(lr_head.intercept_[0] - (w * scaler.mean_).sum()))
+        net.out.bias.fill_(float(read_out.intercept_[0] - (w * scaler.mean_).sum()))
     frozen = copy.deepcopy(net)
     early_maps.train(net, lambda b: net(torch.from_numpy(maps[b]).float()), y, rows, rng, epochs=epochs, lr=lr,
                      weight_decay=0.01, warmup=0.1)

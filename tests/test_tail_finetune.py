@@ -12,6 +12,9 @@ import pandas as pd
 import pytest
 import torch
 from PIL import Image
+from sklearn.linear_model import LogisticRegression
+from sklearn.pipeline import make_pipeline
+from sklearn.preprocessing import StandardScaler
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "benchmarks"))
@@ -67,9 +70,6 @@ def test_read_out_starts_as_the_fitted_logistic_regression(pool: tuple[Path, Pat
     z = tail_finetune.apply(frozen, maps, size, fit)
     feats = tail_finetune.apply(frozen.features, maps, size, fit)
     full = (size[fit] == 7).all(1)
-    from sklearn.linear_model import LogisticRegression
-    from sklearn.pipeline import make_pipeline
-    from sklearn.preprocessing import StandardScaler
     ref = make_pipeline(StandardScaler(), LogisticRegression(C=1.0, class_weight="balanced", max_iter=2000))
     ref.fit(feats[full], y[full])
     assert np.allclose(z, ref.decision_function(feats), atol=1e-3)
