@@ -7,7 +7,6 @@ Helpers are plain functions (importable as ``from conftest import synthetic_phot
 
 from __future__ import annotations
 
-import hashlib
 import io
 from collections.abc import Callable
 from pathlib import Path
@@ -76,11 +75,12 @@ def demo_protocol_pool(tmp: Path) -> tuple[Path, pd.DataFrame]:
     """Twelve demo images (six per class) as a protocol pool: ``original``, ``sha256``, three folds and a group per
     class and fold; with a probe's held-out crop logits (``oof.csv``) beside the manifest."""
     from synthdet.data.demo import demo_data_dir
+    from synthdet.io.files import sha256_file
 
     demo = pd.read_csv(demo_data_dir() / "manifest.csv")
     rows = pd.concat([demo[demo["label"] == 0].head(6), demo[demo["label"] == 1].head(6)], ignore_index=True)
     rows["original"] = [str(demo_data_dir() / p) for p in rows["path"]]
-    rows["sha256"] = [hashlib.sha256(Path(p).read_bytes()).hexdigest() for p in rows["original"]]
+    rows["sha256"] = [sha256_file(p) for p in rows["original"]]
     rows["fold"] = [f"fold0{i % 3}" for i in range(len(rows))]
     rows["group"] = [f"{'fake' if y else 'real'}:g{i % 3}" for i, y in enumerate(rows["label"])]
     manifest = tmp / "manifest.csv"
